@@ -1,0 +1,1 @@
+"""The gateway: control-plane API, request queueing, wake-ups, routing and streaming."""

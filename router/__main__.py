@@ -1,0 +1,28 @@
+"""`python -m router`: run one gateway instance."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from router.app import create_app
+from wakegate.logs import setup_logging
+from wakegate.settings import load_settings
+
+
+def main() -> None:
+    settings = load_settings()
+    setup_logging(settings.log_level, "gateway")
+    web.run_app(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        # A client that goes away cancels its handler, which takes it out of the queue.
+        handler_cancellation=True,
+        access_log=None,
+        print=None,
+        shutdown_timeout=10,
+    )
+
+
+if __name__ == "__main__":
+    main()

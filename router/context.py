@@ -1,0 +1,26 @@
+"""Typed keys for what the gateway app holds (created in cleanup contexts, never globals)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import httpx
+from aiohttp import web
+
+from wakegate.settings import Settings
+from wakegate.store import Store
+
+if TYPE_CHECKING:
+    from router.dispatch import Dispatcher
+    from router.metrics import GatewayMetrics
+    from wakegate.bus import Bus
+
+SETTINGS = web.AppKey("settings", Settings)
+STORE = web.AppKey("store", Store)
+UPSTREAM = web.AppKey("upstream", httpx.AsyncClient)
+DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher")
+METRICS: web.AppKey[GatewayMetrics] = web.AppKey("metrics")
+BUS: web.AppKey[Bus | None] = web.AppKey("bus")
+
+# Set on each authenticated request by the auth middleware.
+TENANT_KEY = "wakegate.tenant"

@@ -1,0 +1,230 @@
+"""Control plane: the Predibase-compatible user, deployment and event endpoints."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import replace
+from typing import Any
+
+from aiohttp import web
+
+from router.context import BUS, STORE
+from router.errors import ApiError
+from router.middlewares import tenant_of
+from wakegate import topics
+from wakegate.events import event
+from wakegate.spec import (
+    ENGINE_FIELDS,
+    DeploymentSpec,
+    InvalidSpec,
+    merge_config,
+    parse_create,
+    parse_update,
+    validate_name,
+)
+from wakegate.store import Store
+
+routes = web.RouteTableDef()
+
+# A deployment is gettable and listed in these states; "deleting" ones are on their way out.
+VISIBLE = frozenset({"ready", "updating", "failed"})
+
+
+async def read_json(request: web.Request) -> Any:
+    raw = await request.read()
+    if not raw:
+        return {}
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise ApiError(400, f"malformed JSON: {exc}", field="body") from None
+
+
+def _key(request: web.Request, name: str) -> str:
+    return f"{tenant_of(request)['code']}/{name}"
+
+
+async def _visible(store: Store, key: str, name: str) -> DeploymentSpec:
+    spec = await store.get_deployment(key)
+    if spec is None or spec.status not in VISIBLE:
+        raise ApiError(404, f"deployment {name} not found")
+    return spec
+
+
+async def _wire(store: Store, spec: DeploymentSpec) -> dict[str, Any]:
+    return spec.to_wire(current_replicas=await store.ready_count(spec.key))
+
+
+async def _announce(request: web.Request, key: str, change: str) -> None:
+    bus = request.app[BUS]
+    if bus is not None:
+        await bus.publish("config", topics.ConfigChanged(deployment=key, change=change))  # type: ignore[arg-type]
+
+
+@routes.get("/users/current")
+async def current_user(request: web.Request) -> web.Response:
+    tenant = tenant_of(request)
+    return web.json_response(
+        {
+            "id": 1,
+            "username": tenant["code"],
+            "uuid": tenant["uuid"],
+            "tenant": {
+                "name": tenant["name"],
+                "shortCode": tenant["code"],
+                "subscription": {
+                    "id": 1,
+                    "tier": "enterprise",
+                    "isTrial": False,
+                    "expiration": None,
+                    "daysRemainingInPlan": None,
+                    "active": True,
+                },
+            },
+        }
+    )
+
+
+@routes.post("/v2/deployments")
+async def create_deployment(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    try:
+        req = parse_create(await read_json(request))
+    except InvalidSpec as exc:
+        raise ApiError(400, str(exc), field=exc.field) from None
+    key = _key(request, req.name)
+    config = req.config.model_dump(exclude_none=True)
+    now = time.time()
+    spec = DeploymentSpec(
+        tenant=tenant_of(request)["code"],
+        name=req.name,
+        uuid=str(uuid.uuid4()),
+        description=req.description,
+        config=config,
+        status="ready",
+        revision=1,
+        created_at=now,
+        updated_at=now,
+    )
+    # A scale-to-zero deployment accepts (queues) requests at once, so it is Ready at once;
+    # one with min_replicas > 0 becomes Ready when its first replica is (the scaler says so).
+    events = [event("Created", 1, f"base model {spec.base_model}")]
+    if spec.min_replicas == 0:
+        events.append(event("Ready", 1, "accepting requests; replicas start on demand"))
+    if not await store.create_deployment(spec, events):
+        existing = await store.get_deployment(key)
+        # The SDK retries this POST on 5xx/429: an identical repeat is not a conflict.
+        if (
+            existing is not None
+            and existing.status in VISIBLE
+            and existing.config == config
+            and existing.description == req.description
+        ):
+            return web.json_response({"data": await _wire(store, existing)})
+        state = "is being deleted" if existing and existing.status == "deleting" else "exists"
+        raise ApiError(409, f"deployment {req.name} already {state}", field="name")
+    await _announce(request, key, "created")
+    return web.json_response({"data": await _wire(store, spec)})
+
+
+@routes.get("/v2/deployments")
+async def list_deployments(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    kind = request.query.get("type")
+    if kind is not None and kind.lower() not in ("serverless", "dedicated", "shared", "private"):
+        raise ApiError(400, f"unknown deployment type {kind!r}", field="type")
+    specs = await store.list_deployments(tenant_of(request)["code"])
+    # Every wakegate deployment is a private (dedicated) one.
+    if kind is not None and kind.lower() in ("serverless", "shared"):
+        specs = []
+    data = [await _wire(store, s) for s in specs if s.status in VISIBLE]
+    return web.json_response({"data": data})
+
+
+@routes.get("/v2/deployments/{name}")
+async def get_deployment(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    store = request.app[STORE]
+    spec = await _visible(store, _key(request, name), name)
+    return web.json_response({"data": await _wire(store, spec)})
+
+
+@routes.put("/v2/deployments/{name}")
+async def update_deployment(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    store = request.app[STORE]
+    key = _key(request, name)
+    spec = await _visible(store, key, name)
+    try:
+        req = parse_update(await read_json(request))
+        config = merge_config(spec.config, req.config) if req.config else spec.config
+    except InvalidSpec as exc:
+        raise ApiError(400, str(exc), field=exc.field) from None
+    changed = {k for k in set(config) | set(spec.config) if config.get(k) != spec.config.get(k)}
+    description = req.description if req.description is not None else spec.description
+    revision = spec.revision + 1
+    updated = replace(
+        spec,
+        config=config,
+        description=description,
+        revision=revision,
+        # An update is the way out of "failed": the scaler tries again.
+        status="ready",
+        updated_at=time.time(),
+    )
+    await store.put_deployment(updated)
+    engine_changes = sorted(changed & ENGINE_FIELDS)
+    message = "changed: " + (", ".join(sorted(changed)) or "nothing")
+    events = [event("Updating", revision, message)]
+    # Scaling fields apply live; the readiness poll of `update(block=True)` ends at once.
+    events.append(
+        event(
+            "Ready",
+            revision,
+            "applied"
+            if not engine_changes
+            else "applied; new replicas use the new engine settings",
+        )
+    )
+    await store.append_events(key, events)
+    await _announce(request, key, "updated")
+    return web.json_response({"data": await _wire(store, updated)})
+
+
+@routes.delete("/v2/deployments/{name}")
+async def delete_deployment(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    store = request.app[STORE]
+    key = _key(request, name)
+    spec = await _visible(store, key, name)
+    await store.put_deployment(replace(spec, status="deleting", updated_at=time.time()))
+    await store.append_events(key, [event("Deleted", spec.revision, "deleted by the user")])
+    await _announce(request, key, "deleted")
+    return web.json_response({})
+
+
+@routes.get("/llms/{name}/events")
+async def deployment_events(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    store = request.app[STORE]
+    try:
+        validate_name(name)
+    except InvalidSpec as exc:
+        raise ApiError(400, str(exc), field="name") from None
+    key = _key(request, name)
+    spec = await store.get_deployment(key)
+    if spec is None:
+        # The SDK treats status "deleted" as terminal; a 404 here would abort create().
+        return web.json_response({"name": name, "deploymentStatus": "deleted", "ComputeEvents": []})
+    events = [e for e in await store.events(key) if e.get("revision") == spec.revision]
+    status = "deleted" if spec.status == "deleting" else spec.status
+    return web.json_response(
+        {
+            "name": name,
+            "deploymentStatus": status,
+            "resourceActiveTime": int(time.time() - spec.created_at),
+            "ComputeEvents": events,
+        }
+    )

@@ -1,0 +1,66 @@
+"""Engine dialects: how the gateway talks to a replica, whatever public API the client used.
+
+A dialect turns a validated generate request into the engine's own HTTP call and the
+engine's answer into neutral `Token` / `Finish` items. The public APIs (LoRAX today, OpenAI
+next) render those items in their own shapes, so each engine is written once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import httpx
+
+from router.params import GenerateRequest
+from wakegate.store import ReplicaRecord
+
+
+@dataclass(frozen=True)
+class Token:
+    id: int
+    text: str
+    logprob: float
+    special: bool = False
+
+
+@dataclass(frozen=True)
+class Finish:
+    reason: str  # LoRAX vocabulary: length | eos_token | stop_sequence
+    prompt_tokens: int
+    generated_tokens: int
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    tokens: list[Token]
+    finish: Finish
+
+
+class UpstreamError(Exception):
+    """The replica failed. `before_first_byte` tells whether a retry elsewhere is safe."""
+
+    def __init__(self, message: str, status: int = 502, before_first_byte: bool = True) -> None:
+        super().__init__(message)
+        self.status = status
+        self.before_first_byte = before_first_byte
+
+
+class Dialect(Protocol):
+    async def generate(
+        self, client: httpx.AsyncClient, replica: ReplicaRecord, model: str, req: GenerateRequest
+    ) -> Generation: ...
+
+    def stream(
+        self, client: httpx.AsyncClient, replica: ReplicaRecord, model: str, req: GenerateRequest
+    ) -> AsyncIterator[Token | Finish]: ...
+
+
+def get_dialect(name: str) -> Dialect:
+    from router.dialects.openai import OpenAICompletions
+
+    dialects: dict[str, Dialect] = {"openai": OpenAICompletions()}
+    return dialects[name]

@@ -1,0 +1,162 @@
+"""Engines that speak the OpenAI completions API (llama.cpp's Python server, vLLM).
+
+LoRAX semantics are mapped onto it: sampling only when asked (`do_sample` or a sampling
+parameter), the engine's own sampling defaults neutralised so that "not given" means the
+same as on LoRAX. This API reports no token ids, so tokens carry id -1; streams report no
+prompt token count, so `prompt_tokens` is 0 where the engine did not say.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from httpx_sse import SSEError, aconnect_sse
+
+from router.dialects import Finish, Generation, Token, UpstreamError
+from router.errors import ApiError
+from router.params import GenerateRequest
+from wakegate.store import ReplicaRecord
+
+DEFAULT_MAX_NEW_TOKENS = 100
+UNKNOWN_TOKEN_ID = -1
+
+
+def completion_body(
+    model: str, req: GenerateRequest, stream: bool, cheap_logprobs: bool
+) -> dict[str, Any]:
+    p = req.parameters
+    if p.response_format is not None:
+        raise ApiError(
+            422,
+            "parameters.response_format: structured output is not supported by this engine",
+            field="parameters.response_format",
+            error_type="validation",
+        )
+    sampling = (
+        bool(p.do_sample)
+        or any(v is not None for v in (p.top_k, p.top_p, p.typical_p))
+        or (p.temperature is not None and p.temperature > 0)
+    )
+    body: dict[str, Any] = {
+        "model": model,
+        "prompt": req.inputs,
+        "max_tokens": p.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
+        "stream": stream,
+        "temperature": (p.temperature if p.temperature is not None else 1.0) if sampling else 0.0,
+        "top_k": p.top_k or 0,
+        "top_p": p.top_p or 1.0,
+        "min_p": 0.0,
+        "repeat_penalty": p.repetition_penalty or 1.0,
+    }
+    # Log-probabilities of the chosen tokens fill the LoRAX token objects. Where the engine
+    # makes them expensive they are computed only on explicit request (return_k_alternatives);
+    # otherwise tokens report 0.0.
+    if cheap_logprobs or p.return_k_alternatives:
+        body["logprobs"] = p.return_k_alternatives or 1
+    if p.stop:
+        body["stop"] = p.stop
+    if p.seed is not None:
+        body["seed"] = p.seed
+    return body
+
+
+def _finish_reason(reason: str | None, req: GenerateRequest) -> str:
+    if reason == "length":
+        return "length"
+    return "stop_sequence" if req.parameters.stop else "eos_token"
+
+
+def _tokens(choice: dict[str, Any]) -> list[Token]:
+    lp = choice.get("logprobs") or {}
+    texts = lp.get("tokens") or []
+    probs = lp.get("token_logprobs") or []
+    if not texts:
+        text = choice.get("text") or ""
+        return [Token(UNKNOWN_TOKEN_ID, text, 0.0)] if text else []
+    padded = [*probs[: len(texts)], *([None] * (len(texts) - len(probs)))]
+    return [
+        Token(UNKNOWN_TOKEN_ID, t, float(v) if v is not None else 0.0)
+        for t, v in zip(texts, padded, strict=True)
+    ]
+
+
+def _error_message(resp: httpx.Response, raw: bytes) -> str:
+    try:
+        data = json.loads(raw)
+        detail = data.get("detail") or data.get("error") or data
+        return f"replica answered {resp.status_code}: {detail}"
+    except ValueError:
+        return f"replica answered {resp.status_code}: {raw[:200]!r}"
+
+
+class OpenAICompletions:
+    async def generate(
+        self, client: httpx.AsyncClient, replica: ReplicaRecord, model: str, req: GenerateRequest
+    ) -> Generation:
+        if req.parameters.details:
+            # Per-token details come from the stream (one event per token); without
+            # log-probabilities the non-streaming answer has no token boundaries.
+            tokens: list[Token] = []
+            async for item in self.stream(client, replica, model, req):
+                if isinstance(item, Token):
+                    tokens.append(item)
+                else:
+                    return Generation("".join(t.text for t in tokens), tokens, item)
+            raise UpstreamError("replica stream ended without a finish")
+        body = completion_body(model, req, stream=False, cheap_logprobs=replica.cheap_logprobs)
+        try:
+            resp = await client.post(f"{replica.url}/v1/completions", json=body)
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"replica unreachable: {exc!r}") from exc
+        if resp.status_code != 200:
+            raise UpstreamError(_error_message(resp, resp.content), status=502)
+        data = resp.json()
+        choice = data["choices"][0]
+        usage = data.get("usage") or {}
+        tokens = _tokens(choice)
+        finish = Finish(
+            reason=_finish_reason(choice.get("finish_reason"), req),
+            prompt_tokens=int(usage.get("prompt_tokens", 0)),
+            generated_tokens=int(usage.get("completion_tokens", len(tokens))),
+            seed=req.parameters.seed,
+        )
+        return Generation(text=choice.get("text") or "", tokens=tokens, finish=finish)
+
+    async def stream(
+        self, client: httpx.AsyncClient, replica: ReplicaRecord, model: str, req: GenerateRequest
+    ) -> AsyncIterator[Token | Finish]:
+        body = completion_body(model, req, stream=True, cheap_logprobs=replica.cheap_logprobs)
+        generated = 0
+        reason: str | None = None
+        prompt_tokens = 0
+        try:
+            async with aconnect_sse(
+                client, "POST", f"{replica.url}/v1/completions", json=body
+            ) as source:
+                if source.response.status_code != 200:
+                    raw = await source.response.aread()
+                    raise UpstreamError(_error_message(source.response, raw))
+                async for sse in source.aiter_sse():
+                    if sse.data == "[DONE]":
+                        break
+                    chunk = json.loads(sse.data)
+                    if chunk.get("usage"):
+                        prompt_tokens = int(chunk["usage"].get("prompt_tokens", 0))
+                    for choice in chunk.get("choices") or []:
+                        for token in _tokens(choice):
+                            generated += 1
+                            yield token
+                        reason = choice.get("finish_reason") or reason
+        except (httpx.HTTPError, SSEError) as exc:
+            raise UpstreamError(
+                f"replica stream failed: {exc!r}", before_first_byte=generated == 0
+            ) from exc
+        yield Finish(
+            reason=_finish_reason(reason, req),
+            prompt_tokens=prompt_tokens,
+            generated_tokens=generated,
+            seed=req.parameters.seed,
+        )

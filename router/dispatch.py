@@ -1,0 +1,177 @@
+"""Queue admission and slot assignment for the requests this gateway holds.
+
+Every request goes through the deployment's Redis queue (store.ENQUEUE). Any gateway may run
+the dispatch script, which hands queue heads to free replica slots in global order and tells
+the owning gateway over Redis pub/sub. Edge and level: the pub/sub message is the fast path;
+a tick that re-runs dispatch and reads assignments from Redis is the certain one. The tick
+also renews the leases on this gateway's queue entries and slots, so that a gateway that dies
+stops blocking the queue and holding capacity within one lease period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from wakegate.store import Store, gateway_channel
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.5
+
+
+@dataclass
+class Ticket:
+    """One request's place in a deployment's queue, then its replica slot."""
+
+    deployment: str
+    request_id: str
+    assigned: asyncio.Future[str]
+    woke: bool = False
+    cold: bool = False  # no replica was ready when it was queued
+    queued_depth: int = 0
+    replica_id: str | None = None
+
+
+class Dispatcher:
+    def __init__(self, store: Store, lease_ms: int) -> None:
+        self.store = store
+        self.lease_ms = lease_ms
+        self.gateway_id = uuid.uuid4().hex[:12]
+        self._waiting: dict[str, dict[str, Ticket]] = defaultdict(dict)
+        self._running: dict[str, set[str]] = defaultdict(set)  # deployment -> "rid|req"
+        self._dirty: set[str] = set()
+        self._dispatching: set[str] = set()
+        self.listening = asyncio.Event()
+
+    # --- the request's view -----------------------------------------------------------------
+
+    async def enqueue(self, deployment: str, priority: int = 0) -> Ticket:
+        request_id = uuid.uuid4().hex
+        loop = asyncio.get_running_loop()
+        ticket = Ticket(deployment, request_id, loop.create_future())
+        self._waiting[deployment][request_id] = ticket
+        try:
+            cold_before = await self.store.ready_count(deployment) == 0
+            _, depth, woke = await self.store.enqueue(
+                deployment, request_id, self.gateway_id, priority, self.lease_ms
+            )
+        except BaseException:
+            self._waiting[deployment].pop(request_id, None)
+            raise
+        ticket.woke, ticket.cold, ticket.queued_depth = woke, cold_before, depth
+        await self.kick(deployment)
+        return ticket
+
+    async def wait(self, ticket: Ticket) -> str:
+        """Wait for a replica slot; cancellation (timeout, disconnect) is the caller's job."""
+        replica_id = await asyncio.shield(ticket.assigned)
+        ticket.replica_id = replica_id
+        self._running[ticket.deployment].add(f"{replica_id}|{ticket.request_id}")
+        await self.store.ack_assignment(ticket.deployment, ticket.request_id)
+        return replica_id
+
+    async def finish(self, ticket: Ticket) -> None:
+        """Leave the queue or give the slot back, whichever applies. Safe to call twice."""
+        self._waiting[ticket.deployment].pop(ticket.request_id, None)
+        if ticket.replica_id is not None:
+            self._running[ticket.deployment].discard(f"{ticket.replica_id}|{ticket.request_id}")
+            await self.store.release(ticket.deployment, ticket.replica_id, ticket.request_id)
+        else:
+            outcome = await self.store.cancel(ticket.deployment, ticket.request_id)
+            if outcome == "assigned" and ticket.assigned.done() is False:
+                ticket.assigned.cancel()
+        await self.kick(ticket.deployment)
+
+    @contextlib.asynccontextmanager
+    async def admitted(self, deployment: str, priority: int = 0) -> AsyncIterator[Ticket]:
+        ticket = await self.enqueue(deployment, priority)
+        try:
+            yield ticket
+        finally:
+            # Shielded: a disconnecting client cancels the handler, and the queue entry or the
+            # slot must still be given back.
+            await asyncio.shield(self.finish(ticket))
+
+    def waiting_count(self, deployment: str) -> int:
+        return len(self._waiting.get(deployment, ()))
+
+    def running_count(self, deployment: str) -> int:
+        return len(self._running.get(deployment, ()))
+
+    # --- matching queue heads to slots ------------------------------------------------------
+
+    async def kick(self, deployment: str) -> None:
+        """Run dispatch for a deployment; concurrent kicks coalesce into one more run."""
+        if deployment in self._dispatching:
+            self._dirty.add(deployment)
+            return
+        self._dispatching.add(deployment)
+        try:
+            while True:
+                self._dirty.discard(deployment)
+                for request_id, replica_id in await self.store.dispatch(deployment, self.lease_ms):
+                    self._deliver(deployment, request_id, replica_id)
+                if deployment not in self._dirty:
+                    break
+        except Exception as exc:
+            log.warning("dispatch for %s failed: %s", deployment, exc)
+        finally:
+            self._dispatching.discard(deployment)
+
+    def _deliver(self, deployment: str, request_id: str, replica_id: str) -> None:
+        ticket = self._waiting.get(deployment, {}).pop(request_id, None)
+        if ticket is not None and not ticket.assigned.done():
+            ticket.assigned.set_result(replica_id)
+
+    async def listen(self) -> None:
+        """Hear assignments of this gateway's requests made by any gateway (fast path)."""
+        while True:
+            pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(gateway_channel(self.gateway_id))
+                self.listening.set()
+                async for message in pubsub.listen():
+                    deployment, request_id, replica_id = str(message["data"]).split(" ")
+                    if request_id in self._waiting.get(deployment, {}):
+                        self._deliver(deployment, request_id, replica_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("assignment channel lost (%s); resubscribing", exc)
+                await asyncio.sleep(0.5)
+            finally:
+                self.listening.clear()
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    async def tick_forever(self) -> None:
+        """Level-triggered path: re-dispatch, pick up missed assignments, renew leases."""
+        renew_every = max(1, int(self.lease_ms / 3000 / TICK_S))
+        n = 0
+        while True:
+            await asyncio.sleep(TICK_S)
+            n += 1
+            try:
+                for deployment in [d for d, w in self._waiting.items() if w]:
+                    await self.kick(deployment)
+                    waiting = list(self._waiting.get(deployment, {}))
+                    found = await self.store.take_assignments(deployment, waiting)
+                    for request_id, replica_id in found.items():
+                        self._deliver(deployment, request_id, replica_id)
+                if n % renew_every == 0:
+                    await self.store.renew_leases(
+                        {d: list(w) for d, w in self._waiting.items() if w},
+                        {d: list(r) for d, r in self._running.items() if r},
+                        self.lease_ms,
+                    )
+                for d in [d for d, w in self._waiting.items() if not w and not self._running[d]]:
+                    self._waiting.pop(d, None)
+                    self._running.pop(d, None)
+            except Exception as exc:
+                log.warning("dispatch tick failed: %s", exc)

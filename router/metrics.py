@@ -1,0 +1,64 @@
+"""Prometheus metrics of one gateway, on a registry owned by its app."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "wakegate_requests",
+            "Generate requests by outcome",
+            ["deployment", "code"],
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "wakegate_queue_depth",
+            "Requests waiting in the deployment's queue (all gateways)",
+            ["deployment"],
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "wakegate_in_flight",
+            "Requests this gateway is proxying to a replica",
+            ["deployment"],
+            registry=self.registry,
+        )
+        self.queue_wait = Histogram(
+            "wakegate_queue_wait_seconds",
+            "Time from enqueue to replica slot",
+            ["deployment"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.cold_start = Histogram(
+            "wakegate_cold_start_seconds",
+            "First request at a deployment without ready replicas: enqueue to first token",
+            ["deployment"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.ttft = Histogram(
+            "wakegate_time_to_first_token_seconds",
+            "Arrival to first token",
+            ["deployment"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "wakegate_request_duration_seconds",
+            "Arrival to last byte",
+            ["deployment"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.wakes = Counter(
+            "wakegate_wakes",
+            "Wake events published for cold deployments",
+            ["deployment"],
+            registry=self.registry,
+        )

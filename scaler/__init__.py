@@ -1,0 +1,1 @@
+"""The autoscaler: decides replica counts and drives a GPU backend."""

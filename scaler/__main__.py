@@ -1,0 +1,76 @@
+"""`python -m scaler`: run one scaler instance with its /metrics and /healthz endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from scaler.backends import create_backend
+from scaler.service import Scaler
+from wakegate.logs import setup_logging
+from wakegate.settings import Settings, load_settings
+from wakegate.store import Store
+
+log = logging.getLogger("scaler")
+
+
+def _http_app(scaler: Scaler) -> web.Application:
+    async def metrics(_: web.Request) -> web.Response:
+        body = generate_latest(scaler.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def health(_: web.Request) -> web.Response:
+        return web.json_response({"instance": scaler.instance_id, "leader": scaler.is_leader})
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", health)
+    return app
+
+
+async def serve(settings: Settings) -> None:
+    if not settings.redis_url:
+        raise SystemExit("the scaler needs REDIS_URL (wakegate up sets it for you)")
+    store = Store.from_url(settings.redis_url)
+    scaler = Scaler(settings, store, create_backend(settings))
+    runner = web.AppRunner(_http_app(scaler), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, settings.host, settings.scaler_port).start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    log.info(
+        "scaler %s serving metrics on http://%s:%s/metrics",
+        scaler.instance_id,
+        settings.host,
+        settings.scaler_port,
+    )
+    task = asyncio.create_task(scaler.run())
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    # Replicas keep running: a restarted scaler adopts them instead of paying cold starts.
+    task.cancel()
+    stopper.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+    if task.done() and not task.cancelled() and task.exception():
+        log.error("scaler stopped on an error", exc_info=task.exception())
+    await scaler.close()
+    await runner.cleanup()
+    await store.close()
+
+
+def main() -> None:
+    settings = load_settings()
+    setup_logging(settings.log_level, "scaler")
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""GPU backends: where replica processes run. One small async interface, registered by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from scaler.engines import EngineProfile
+from wakegate.settings import Settings
+from wakegate.spec import DeploymentSpec
+
+
+@dataclass(frozen=True)
+class RunningReplica:
+    """What a backend knows about one replica it runs."""
+
+    replica_id: str
+    deployment: str
+    revision: int
+    url: str
+    handle: dict[str, Any] = field(default_factory=dict)
+    alive: bool = True
+
+
+class Backend(Protocol):
+    name: str
+
+    async def start(
+        self, spec: DeploymentSpec, replica_id: str, engine: EngineProfile
+    ) -> RunningReplica:
+        """Launch a replica; returns once it is launched, not once it is ready."""
+        ...
+
+    async def stop(self, replica: RunningReplica, grace_s: float) -> None:
+        """Stop a replica: ask politely, then force after `grace_s`. Idempotent."""
+        ...
+
+    async def list(self) -> list[RunningReplica]:
+        """Every replica this backend runs, including ones started by an earlier scaler."""
+        ...
+
+    async def free_accelerators(self) -> dict[str, int]:
+        """Free accelerators by SKU (`cpu` counts as unlimited: -1)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+BackendFactory = Callable[[Settings], Backend]
+
+
+def create_backend(settings: Settings) -> Backend:
+    from scaler.backends.local import LocalBackend
+
+    factories: dict[str, BackendFactory] = {"local": LocalBackend}
+    try:
+        return factories[settings.backend](settings)
+    except KeyError:
+        known = ", ".join(sorted(factories))
+        raise ValueError(f"unknown backend {settings.backend!r}; known: {known}") from None

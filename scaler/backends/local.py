@@ -1,0 +1,162 @@
+"""The `local` backend: replicas are processes on this host.
+
+Each replica runs in its own session so that it outlives a scaler restart; a manifest per
+replica under `<state_dir>/replicas/` lets a new scaler (or `wakegate up` at shutdown) find it
+again. GPUs are handed out with CUDA_VISIBLE_DEVICES when `nvidia-smi` reports any; CPU
+engines need none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from scaler.backends import RunningReplica
+from scaler.engines import EngineProfile
+from wakegate.settings import Settings
+from wakegate.spec import DeploymentSpec
+
+log = logging.getLogger(__name__)
+
+
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def pid_alive(pid: int, replica_id: str) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # Guard against pid reuse: the process must carry our replica id in its environment.
+    environ = Path(f"/proc/{pid}/environ")
+    try:
+        return f"WAKEGATE_REPLICA_ID={replica_id}".encode() in environ.read_bytes()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    finally:
+        _reap(pid)
+
+
+def _spawn(argv: list[str], env: dict[str, str], log_path: Path) -> int:
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # survives the scaler; stopped by process group
+        )
+    return proc.pid
+
+
+def _reap(pid: int) -> None:
+    # A replica this process started and that died is a zombie until waited for.
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+class LocalBackend:
+    name = "local"
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._dir = settings.state_dir / "replicas"
+        self._models = settings.state_dir / "models"
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._models.mkdir(parents=True, exist_ok=True)
+
+    def _manifest(self, replica_id: str) -> Path:
+        return self._dir / f"{replica_id}.json"
+
+    async def start(
+        self, spec: DeploymentSpec, replica_id: str, engine: EngineProfile
+    ) -> RunningReplica:
+        host = self._settings.replica_host
+        port = free_port(host)
+        plan = await asyncio.to_thread(engine.launch, spec, host, port, self._models)
+        log_path = self._dir / f"{replica_id}.log"
+        env = {**os.environ, **plan.env, "WAKEGATE_REPLICA_ID": replica_id}
+        pid = await asyncio.to_thread(_spawn, plan.argv, env, log_path)
+        url = f"http://{host}:{port}"
+        replica = RunningReplica(
+            replica_id=replica_id,
+            deployment=spec.key,
+            revision=spec.revision,
+            url=url,
+            handle={"pid": pid, "log": str(log_path)},
+        )
+        manifest = {
+            "replica_id": replica_id,
+            "deployment": spec.key,
+            "revision": spec.revision,
+            "url": url,
+            "pid": pid,
+            "log": str(log_path),
+            "started_at": time.time(),
+        }
+        self._manifest(replica_id).write_text(json.dumps(manifest))
+        log.info("started replica %s of %s: pid %s at %s", replica_id, spec.key, pid, url)
+        return replica
+
+    async def stop(self, replica: RunningReplica, grace_s: float) -> None:
+        pid = int(replica.handle.get("pid", 0))
+        if pid and pid_alive(pid, replica.replica_id):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)
+            deadline = time.monotonic() + grace_s
+            while time.monotonic() < deadline and pid_alive(pid, replica.replica_id):
+                await asyncio.sleep(0.1)
+            if pid_alive(pid, replica.replica_id):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+                while pid_alive(pid, replica.replica_id):
+                    await asyncio.sleep(0.05)
+        self._manifest(replica.replica_id).unlink(missing_ok=True)
+        log.info("stopped replica %s of %s", replica.replica_id, replica.deployment)
+
+    async def list(self) -> list[RunningReplica]:
+        out = []
+        for path in sorted(self._dir.glob("*.json")):
+            try:
+                m = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            out.append(
+                RunningReplica(
+                    replica_id=m["replica_id"],
+                    deployment=m["deployment"],
+                    revision=int(m["revision"]),
+                    url=m["url"],
+                    handle={"pid": m["pid"], "log": m.get("log")},
+                    alive=pid_alive(int(m["pid"]), m["replica_id"]),
+                )
+            )
+        return out
+
+    async def free_accelerators(self) -> dict[str, int]:
+        return {"cpu": -1}
+
+    async def close(self) -> None:
+        return None
+
+    async def stop_all(self, grace_s: float = 10.0) -> int:
+        """Stop every replica this host runs (used by `wakegate up` on shutdown)."""
+        replicas = await self.list()
+        await asyncio.gather(*(self.stop(r, grace_s) for r in replicas))
+        return len(replicas)

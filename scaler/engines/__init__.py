@@ -1,0 +1,53 @@
+"""Engine profiles: how a deployment spec becomes a model-server command line.
+
+A profile says which command and environment start the engine for a spec, which HTTP path
+answers 200 once the model is loaded, and which request dialect the engine speaks (the
+gateway translates the public APIs into that dialect, see router/dialects).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from wakegate.spec import DeploymentSpec
+
+
+class EngineRefused(ValueError):
+    """The engine cannot honour a field of the spec; `field` names it (JSON key)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    # Env var names whose values are secrets (kept out of logs and replica records).
+    secret_env: frozenset[str] = frozenset()
+
+
+class EngineProfile(Protocol):
+    name: str
+    dialect: str
+    health_path: str
+    concurrency: int
+    # False where per-token log-probabilities slow generation down a lot (see router/dialects).
+    cheap_logprobs: bool
+
+    def launch(self, spec: DeploymentSpec, host: str, port: int, models_dir: Path) -> LaunchPlan:
+        """The command that serves `spec` on host:port. Raises EngineRefused."""
+        ...
+
+
+def get_engine(name: str, concurrency: int = 1) -> EngineProfile:
+    from scaler.engines.llamacpp import LlamaCppProfile
+
+    engines: dict[str, EngineProfile] = {"llamacpp": LlamaCppProfile(concurrency=concurrency)}
+    try:
+        return engines[name]
+    except KeyError:
+        raise EngineRefused("config.baseModel", f"engine {name!r} is not available") from None

@@ -1,0 +1,52 @@
+"""Prometheus metrics of the scaler, on a registry owned by one Scaler instance."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class ScalerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.replicas = Gauge(
+            "wakegate_replicas",
+            "Replicas by state",
+            ["deployment", "state"],
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "wakegate_scaler_queue_depth",
+            "Queued requests seen by the scaler",
+            ["deployment"],
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "wakegate_scaler_in_flight",
+            "Requests in flight seen by the scaler",
+            ["deployment"],
+            registry=self.registry,
+        )
+        self.decisions = Counter(
+            "wakegate_scaling_decisions",
+            "Scaling decisions that changed the replica count, by kind of reason",
+            ["deployment", "reason"],
+            registry=self.registry,
+        )
+        self.replica_start_seconds = Histogram(
+            "wakegate_replica_start_seconds",
+            "Time from launching a replica to its first successful health probe",
+            ["deployment"],
+            buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600),
+            registry=self.registry,
+        )
+        self.replica_failures = Counter(
+            "wakegate_replica_failures",
+            "Replicas that failed to start or died",
+            ["deployment"],
+            registry=self.registry,
+        )
+        self.is_leader = Gauge(
+            "wakegate_scaler_leader",
+            "1 while this instance holds the lease",
+            registry=self.registry,
+        )

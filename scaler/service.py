@@ -1,0 +1,494 @@
+"""The scaler's control loop: observe Redis, decide (scaler/policy.py), actuate the backend.
+
+Edge and level: MQTT events (wake, load, config) make a deployment's reconcile run at once; a
+pass over every deployment every `reconcile_interval_s` makes the outcome certain even when
+events are lost. Only the instance holding the Redis lease acts. Replica start, readiness
+probing and drain run as tasks so one slow replica never stalls the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import httpx
+
+from scaler.backends import Backend, RunningReplica
+from scaler.engines import EngineProfile, EngineRefused, get_engine
+from scaler.metrics import ScalerMetrics
+from scaler.policy import Observation, PolicyState, ScalingConfig, decide
+from wakegate import topics
+from wakegate.bus import Bus
+from wakegate.catalog import MODELS
+from wakegate.events import event
+from wakegate.settings import Settings
+from wakegate.spec import DeploymentSpec
+from wakegate.store import ReplicaRecord, Store
+
+log = logging.getLogger(__name__)
+
+# Consecutive failed starts after which a deployment is marked failed.
+MAX_START_FAILURES = 3
+
+
+@dataclass
+class DeploymentState:
+    policy: PolicyState = field(default_factory=PolicyState)
+    consecutive_failures: int = 0
+    retry_after: float = 0.0
+    last_reason: str = ""
+
+
+class Scaler:
+    def __init__(self, settings: Settings, store: Store, backend: Backend) -> None:
+        self.settings = settings
+        self.store = store
+        self.backend = backend
+        self.instance_id = f"scaler-{uuid.uuid4().hex[:8]}"
+        self.metrics = ScalerMetrics()
+        self.bus: Bus | None = None
+        if settings.mqtt_url:
+            self.bus = Bus(
+                settings.mqtt_url,
+                "wakegate-scaler",
+                subscriptions=[
+                    topics.all_of("wake"),
+                    topics.all_of("load"),
+                    topics.all_of("config"),
+                ],
+                handler=self._on_event,
+            )
+        self.is_leader = False
+        self._states: dict[str, DeploymentState] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # replica id -> start/probe/drain task
+        self._reserved: set[str] = set()  # replica ids registered, task not yet spawned
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._kicks: asyncio.Queue[str] = asyncio.Queue()
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(5.0))
+        self._background: set[asyncio.Task[None]] = set()
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            if self.bus is not None:
+                tg.create_task(self.bus.run())
+            tg.create_task(self._leadership_loop())
+            tg.create_task(self._reconcile_loop())
+            tg.create_task(self._kick_loop())
+
+    async def close(self) -> None:
+        for task in list(self._tasks.values()):
+            task.cancel()
+        for task in list(self._tasks.values()):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.is_leader:
+            with contextlib.suppress(Exception):
+                await self.store.resign_leadership(self.instance_id)
+        await self._http.aclose()
+        await self.backend.close()
+
+    async def _leadership_loop(self) -> None:
+        ttl_ms = int(self.settings.scaler_lease_ttl_s * 1000)
+        while True:
+            try:
+                held = await self.store.hold_leadership(self.instance_id, ttl_ms)
+            except Exception as exc:
+                log.warning("leader lease check failed: %s", exc)
+                held = False
+            if held and not self.is_leader:
+                log.info("%s is the leader; adopting running replicas", self.instance_id)
+                self.is_leader = True
+                await self.adopt()
+                self.kick_all()
+            elif not held and self.is_leader:
+                log.warning("%s lost the leader lease", self.instance_id)
+                self.is_leader = False
+            self.metrics.is_leader.set(1 if self.is_leader else 0)
+            await asyncio.sleep(self.settings.scaler_lease_ttl_s / 3)
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reconcile_interval_s)
+            if self.is_leader:
+                self.kick_all()
+
+    def kick_all(self) -> None:
+        self._kicks.put_nowait("*")
+
+    def kick(self, deployment: str) -> None:
+        self._kicks.put_nowait(deployment)
+
+    async def _kick_loop(self) -> None:
+        while True:
+            first = await self._kicks.get()
+            batch = {first}
+            while not self._kicks.empty():
+                batch.add(self._kicks.get_nowait())
+            if not self.is_leader:
+                continue
+            try:
+                if "*" in batch:
+                    await self.sync_with_backend()
+                    keys = await self.store.deployment_keys()
+                else:
+                    keys = sorted(batch)
+                await asyncio.gather(*(self.reconcile(k) for k in keys))
+            except Exception:
+                log.exception("reconcile pass failed")
+
+    async def _on_event(self, kind: str, ev: topics.Event) -> None:
+        if self.is_leader:
+            self.kick(ev.deployment)
+
+    async def publish(self, kind: topics.Kind, ev: topics.Event) -> None:
+        if self.bus is not None:
+            await self.bus.publish(kind, ev)
+
+    # --- adoption and liveness --------------------------------------------------------------
+
+    async def adopt(self) -> None:
+        """Take over what the backend runs (called when this instance becomes the leader)."""
+        await self.sync_with_backend()
+
+    async def sync_with_backend(self) -> None:
+        """Make the replica registry and what the backend runs agree.
+
+        A live replica nobody watches is adopted (probed, then routable) or stopped when its
+        deployment is gone; a registry entry without a live process is removed.
+        """
+        running = await self.backend.list()
+        for rep in running:
+            if self._busy(rep.replica_id):
+                continue
+            if not rep.alive:
+                await self.backend.stop(rep, 0)
+                continue
+            spec = await self.store.get_deployment(rep.deployment)
+            rec = await self.store.replica(rep.deployment, rep.replica_id)
+            if spec is None or (spec.status == "deleting" and rec is None):
+                log.info(
+                    "stopping replica %s of missing deployment %s", rep.replica_id, rep.deployment
+                )
+                self._spawn(rep.replica_id, self._stop(rep, None))
+                continue
+            if rec is None:
+                engine = get_engine(
+                    MODELS[spec.base_model].engine, self.settings.replica_concurrency
+                )
+                rec = ReplicaRecord(
+                    id=rep.replica_id,
+                    deployment=rep.deployment,
+                    revision=rep.revision,
+                    state="starting",
+                    url=rep.url,
+                    dialect=engine.dialect,
+                    concurrency=engine.concurrency,
+                    backend=self.backend.name,
+                    cheap_logprobs=engine.cheap_logprobs,
+                    handle=rep.handle,
+                    created_at=time.time(),
+                )
+                await self.store.put_replica(rec)
+            if rec.state == "ready":
+                continue
+            log.info("adopted replica %s of %s (%s)", rep.replica_id, rep.deployment, rec.state)
+            if rec.state == "starting":
+                self._spawn(rec.id, self._probe(spec, rec, time.time()))
+            elif rec.state == "draining":
+                self._spawn(rec.id, self._drain(rec))
+        alive = {r.replica_id for r in running if r.alive}
+        for key in await self.store.deployment_keys():
+            for rec in await self.store.replicas(key):
+                if rec.id in alive or self._busy(rec.id):
+                    continue
+                log.warning("replica %s of %s is gone; removing it", rec.id, key)
+                self.metrics.replica_failures.labels(key).inc()
+                await self.store.remove_replica(key, rec.id)
+                await self.publish(
+                    "replica",
+                    topics.ReplicaChanged(deployment=key, replica_id=rec.id, state="failed"),
+                )
+
+    def _busy(self, replica_id: str) -> bool:
+        """A task of this instance is starting, probing, draining or stopping the replica."""
+        return replica_id in self._tasks or replica_id in self._reserved
+
+    # --- the decision -----------------------------------------------------------------------
+
+    async def reconcile(self, key: str) -> None:
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            spec = await self.store.get_deployment(key)
+            if spec is None:
+                return
+            replicas = await self.store.replicas(key)
+            if spec.status == "deleting":
+                await self._delete(spec, replicas)
+                return
+            state = self._states.setdefault(key, DeploymentState())
+            active = [r for r in replicas if r.state in ("starting", "ready")]
+            load = await self.store.load(key)
+            now = time.time()
+            observed = Observation(
+                queued=load.queued,
+                in_flight=load.in_flight,
+                last_activity_at=load.last_activity_ms / 1000 if load.last_activity_ms else None,
+                observed_at=now,
+            )
+            config = ScalingConfig(
+                min_replicas=spec.min_replicas,
+                max_replicas=spec.max_replicas,
+                scale_up_threshold=spec.scale_up_threshold,
+                cooldown_s=spec.cooldown_s,
+            )
+            if spec.status == "failed":
+                # Stay down until the user updates the deployment; hold what is running.
+                config = ScalingConfig(0, len(active), config.scale_up_threshold, 0)
+            decision, state.policy = decide(now, observed, config, len(active), state.policy)
+            self._observe(key, replicas, load.queued, load.in_flight)
+            if decision.desired != len(active) or decision.reason != state.last_reason:
+                log.info("%s: %d -> %d (%s)", key, len(active), decision.desired, decision.reason)
+            state.last_reason = decision.reason
+            if decision.desired == len(active):
+                return
+            self.metrics.decisions.labels(key, decision.reason.split(":")[0]).inc()
+            await self.publish(
+                "decision",
+                topics.Decision(
+                    deployment=key,
+                    current=len(active),
+                    desired=decision.desired,
+                    reason=decision.reason,
+                ),
+            )
+            if decision.desired > len(active):
+                if now < state.retry_after:
+                    return
+                for _ in range(decision.desired - len(active)):
+                    await self._start(spec, state)
+            else:
+                victims = self._pick_victims(active, len(active) - decision.desired)
+                for rec in victims:
+                    rec.state = "draining"
+                    await self.store.put_replica(rec)
+                    self._spawn(rec.id, self._drain(rec))
+
+    def _observe(
+        self, key: str, replicas: list[ReplicaRecord], queued: int, in_flight: int
+    ) -> None:
+        self.metrics.queue_depth.labels(key).set(queued)
+        self.metrics.in_flight.labels(key).set(in_flight)
+        for st in ("starting", "ready", "draining"):
+            self.metrics.replicas.labels(key, st).set(sum(1 for r in replicas if r.state == st))
+
+    @staticmethod
+    def _pick_victims(active: list[ReplicaRecord], count: int) -> list[ReplicaRecord]:
+        # Not-yet-ready replicas go first (nothing to drain), then the newest ready ones.
+        ordered = sorted(active, key=lambda r: (r.state == "ready", -r.created_at))
+        return ordered[:count]
+
+    # --- actuation --------------------------------------------------------------------------
+
+    def _spawn(self, replica_id: str, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro)  # type: ignore[arg-type]
+        self._tasks[replica_id] = task
+
+        def done(t: asyncio.Task[None]) -> None:
+            if self._tasks.get(replica_id) is t:
+                del self._tasks[replica_id]
+            if not t.cancelled() and t.exception() is not None:
+                log.error("task for replica %s failed", replica_id, exc_info=t.exception())
+
+        task.add_done_callback(done)
+
+    async def _start(self, spec: DeploymentSpec, state: DeploymentState) -> None:
+        try:
+            engine = get_engine(MODELS[spec.base_model].engine, self.settings.replica_concurrency)
+        except EngineRefused as exc:
+            await self._mark_failed(spec, str(exc))
+            return
+        replica_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
+        rec = ReplicaRecord(
+            id=replica_id,
+            deployment=spec.key,
+            revision=spec.revision,
+            state="starting",
+            url="",
+            dialect=engine.dialect,
+            concurrency=engine.concurrency,
+            backend=self.backend.name,
+            cheap_logprobs=engine.cheap_logprobs,
+            created_at=time.time(),
+        )
+        # Registered before launching, so a concurrent pass counts it and never doubles it.
+        self._reserved.add(replica_id)
+        try:
+            await self.store.put_replica(rec)
+            self._spawn(replica_id, self._launch(spec, rec, engine, state))
+        finally:
+            self._reserved.discard(replica_id)
+
+    async def _launch(
+        self,
+        spec: DeploymentSpec,
+        rec: ReplicaRecord,
+        engine: EngineProfile,
+        state: DeploymentState,
+    ) -> None:
+        started = time.time()
+        try:
+            running = await self.backend.start(spec, rec.id, engine)
+        except EngineRefused as exc:
+            await self.store.remove_replica(spec.key, rec.id)
+            await self._mark_failed(spec, str(exc))
+            return
+        except Exception as exc:
+            log.exception("backend failed to start %s", rec.id)
+            await self.store.remove_replica(spec.key, rec.id)
+            await self._start_failed(spec, state, f"backend start failed: {exc}")
+            return
+        rec.url = running.url
+        rec.handle = running.handle
+        await self.store.put_replica(rec)
+        await self.publish(
+            "replica",
+            topics.ReplicaChanged(
+                deployment=spec.key, replica_id=rec.id, state="starting", url=rec.url
+            ),
+        )
+        await self._probe(spec, rec, started)
+
+    async def _probe(self, spec: DeploymentSpec, rec: ReplicaRecord, started: float) -> None:
+        engine = get_engine(MODELS[spec.base_model].engine)
+        deadline = started + self.settings.replica_start_timeout_s
+        running = RunningReplica(rec.id, rec.deployment, rec.revision, rec.url, rec.handle)
+        state = self._states.setdefault(spec.key, DeploymentState())
+        while time.time() < deadline:
+            if not await self._alive(running):
+                await self.backend.stop(running, 0)
+                await self.store.remove_replica(spec.key, rec.id)
+                await self._start_failed(spec, state, self._exit_reason(rec))
+                return
+            with contextlib.suppress(httpx.HTTPError):
+                resp = await self._http.get(rec.url + engine.health_path)
+                if resp.status_code == 200:
+                    break
+            await asyncio.sleep(0.25)
+        else:
+            await self.backend.stop(running, 5)
+            await self.store.remove_replica(spec.key, rec.id)
+            await self._start_failed(spec, state, "replica was not ready before the start timeout")
+            return
+        rec.state = "ready"
+        rec.ready_at = time.time()
+        await self.store.put_replica(rec)
+        await self.store.clear_wake(spec.key)
+        state.consecutive_failures = 0
+        self.metrics.replica_start_seconds.labels(spec.key).observe(rec.ready_at - started)
+        log.info("replica %s of %s ready after %.1fs", rec.id, spec.key, rec.ready_at - started)
+        await self.publish(
+            "replica",
+            topics.ReplicaChanged(
+                deployment=spec.key, replica_id=rec.id, state="ready", url=rec.url
+            ),
+        )
+        await self._announce_ready(spec.key)
+
+    async def _announce_ready(self, key: str) -> None:
+        """Deployments that wait for a replica (min_replicas > 0) get their Ready event now."""
+        spec = await self.store.get_deployment(key)
+        if spec is None:
+            return
+        events = [e for e in await self.store.events(key) if e.get("revision") == spec.revision]
+        if not any(e["eventType"] == "Ready" for e in events):
+            await self.store.append_events(
+                key, [event("Ready", spec.revision, "first replica is ready")]
+            )
+
+    async def _alive(self, running: RunningReplica) -> bool:
+        listed = {r.replica_id: r for r in await self.backend.list()}
+        rep = listed.get(running.replica_id)
+        return rep is not None and rep.alive
+
+    @staticmethod
+    def _exit_reason(rec: ReplicaRecord) -> str:
+        log_path = rec.handle.get("log")
+        tail = ""
+        if log_path:
+            with contextlib.suppress(OSError), open(log_path, "rb") as fh:
+                fh.seek(0, 2)
+                fh.seek(max(0, fh.tell() - 400))
+                tail = fh.read().decode(errors="replace").strip().splitlines()[-1:][0:1]
+                tail = f": {tail[0]}" if tail else ""
+        return f"replica exited during start-up{tail}"
+
+    async def _start_failed(self, spec: DeploymentSpec, state: DeploymentState, why: str) -> None:
+        state.consecutive_failures += 1
+        self.metrics.replica_failures.labels(spec.key).inc()
+        backoff = min(2.0**state.consecutive_failures, 60.0)
+        state.retry_after = time.time() + backoff
+        log.warning(
+            "%s: start failed (%d in a row, retry in %.0fs): %s",
+            spec.key,
+            state.consecutive_failures,
+            backoff,
+            why,
+        )
+        await self.publish(
+            "replica", topics.ReplicaChanged(deployment=spec.key, replica_id="", state="failed")
+        )
+        if state.consecutive_failures >= MAX_START_FAILURES:
+            await self._mark_failed(spec, why)
+
+    async def _mark_failed(self, spec: DeploymentSpec, why: str) -> None:
+        current = await self.store.get_deployment(spec.key)
+        if current is None or current.status == "failed":
+            return
+        from dataclasses import replace
+
+        await self.store.put_deployment(replace(current, status="failed", updated_at=time.time()))
+        await self.store.append_events(spec.key, [event("Failed", current.revision, why)])
+        log.error("%s failed: %s", spec.key, why)
+
+    async def _drain(self, rec: ReplicaRecord) -> None:
+        """No new requests (already out of `routable`), let in-flight finish, then stop."""
+        await self.publish(
+            "replica",
+            topics.ReplicaChanged(deployment=rec.deployment, replica_id=rec.id, state="draining"),
+        )
+        deadline = time.time() + self.settings.drain_timeout_s
+        while time.time() < deadline:
+            if await self.store.replica_in_flight(rec.deployment, rec.id) == 0:
+                break
+            await asyncio.sleep(0.2)
+        await self._stop(
+            RunningReplica(rec.id, rec.deployment, rec.revision, rec.url, rec.handle), rec
+        )
+
+    async def _stop(self, running: RunningReplica, rec: ReplicaRecord | None) -> None:
+        await self.backend.stop(running, grace_s=10)
+        await self.store.remove_replica(running.deployment, running.replica_id)
+        await self.publish(
+            "replica",
+            topics.ReplicaChanged(
+                deployment=running.deployment, replica_id=running.replica_id, state="stopped"
+            ),
+        )
+
+    async def _delete(self, spec: DeploymentSpec, replicas: list[ReplicaRecord]) -> None:
+        for rec in replicas:
+            if self._busy(rec.id):
+                continue  # a start finishes (then drains next pass); a drain is under way
+            rec.state = "draining"
+            await self.store.put_replica(rec)
+            self._spawn(rec.id, self._drain(rec))
+        if not replicas:
+            await self.store.purge_deployment(spec.key)
+            self._states.pop(spec.key, None)
+            log.info("%s deleted", spec.key)

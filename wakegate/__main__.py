@@ -1,0 +1,3 @@
+from wakegate.cli import main
+
+main()

@@ -1,0 +1,95 @@
+"""Runtime settings, read once at start-up from the environment and an optional TOML file.
+
+Precedence: environment (`WAKEGATE_*`, plus the conventional `REDIS_URL` and `MQTT_URL`) over
+the config file (`WAKEGATE_CONFIG` or `--config`) over defaults. Inner code receives the frozen
+`Settings` value and never reads the environment itself.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str | None = None  # None: `wakegate up` starts an embedded redis-server
+    mqtt_url: str | None = None  # None: `wakegate up` starts an embedded broker
+    state_dir: Path = Path(".wakegate")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    scaler_port: int = 8081
+    backend: str = "local"
+    # Longest a queued request waits for a replica before 504 (cold start included).
+    queue_timeout_s: float = 300.0
+    # Keep-alive comment interval on streams that wait in the queue.
+    keepalive_s: float = 5.0
+    max_body_bytes: int = 8 * 1024 * 1024
+    # Queue entries and slots are leases that the holding gateway renews; a dead gateway's
+    # entries expire after this long and stop blocking the queue or holding capacity.
+    lease_ms: int = 15_000
+    # Scaler: level-triggered reconcile period, and how long to wait for a replica to be ready.
+    reconcile_interval_s: float = 2.0
+    replica_start_timeout_s: float = 300.0
+    drain_timeout_s: float = 60.0
+    scaler_lease_ttl_s: float = 10.0
+    # Replica processes launched by the local backend bind here.
+    replica_host: str = "127.0.0.1"
+    # llama.cpp serves one request at a time per replica.
+    replica_concurrency: int = 1
+    default_token: str | None = None
+    default_tenant: str = "default"
+    log_level: str = "INFO"
+
+    def with_overrides(self, **kw: Any) -> Settings:
+        return replace(self, **{k: v for k, v in kw.items() if v is not None})
+
+
+_ENV_ALIASES = {"redis_url": "REDIS_URL", "mqtt_url": "MQTT_URL"}
+
+
+def _coerce(kind: Any, raw: Any) -> Any:
+    kind_s = str(kind)
+    if "Path" in kind_s:
+        return Path(raw)
+    if "int" in kind_s and "None" not in kind_s:
+        return int(raw)
+    if "float" in kind_s:
+        return float(raw)
+    return raw
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {}
+    path = config_file or os.environ.get("WAKEGATE_CONFIG")
+    if path:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+        values.update(data.get("wakegate", data))
+    for f in fields(Settings):
+        for env in (f"WAKEGATE_{f.name.upper()}", _ENV_ALIASES.get(f.name)):
+            if env and os.environ.get(env):
+                values[f.name] = os.environ[env]
+                break
+    known = {f.name: f.type for f in fields(Settings)}
+    unknown = set(values) - set(known)
+    if unknown:
+        raise ValueError(f"unknown settings: {', '.join(sorted(unknown))}")
+    settings = Settings(**{k: _coerce(known[k], v) for k, v in values.items()})
+    settings = settings.with_overrides(**overrides)
+    if settings.queue_timeout_s <= 0 or settings.lease_ms < 1000:
+        raise ValueError("queue_timeout_s must be > 0 and lease_ms >= 1000")
+    return settings
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that reproduces these settings in a child process."""
+    env: dict[str, str] = {}
+    for f in fields(Settings):
+        value = getattr(settings, f.name)
+        if value is not None:
+            env[f"WAKEGATE_{f.name.upper()}"] = str(value)
+    return env

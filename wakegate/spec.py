@@ -1,0 +1,334 @@
+"""Deployment specs: what a client may send, how it is validated, how it is shown back.
+
+The JSON shapes are those of the Predibase SDK (see the wire-protocol spec, sections 4 and 7):
+camelCase keys on the wire, snake_case accepted too, `null` meaning "unset" on create and
+"unchanged" on update. Everything is validated here, at the edge; inner code gets a frozen
+`DeploymentSpec` whose scaling fields always hold a value.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from wakegate.catalog import ACCELERATORS, MODELS, SKUS
+
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+# Path segments the control plane owns; a tenant or deployment named like this would shadow them.
+RESERVED_NAMES = frozenset({"v1", "v2", "llms", "users", "metrics", "healthz", "deployments"})
+
+DEFAULT_MIN_REPLICAS = 0
+DEFAULT_MAX_REPLICAS = 1
+DEFAULT_COOLDOWN_S = 3600
+DEFAULT_SCALE_UP_THRESHOLD = 1
+
+NonNegInt = Annotated[StrictInt, Field(ge=0)]
+PosInt = Annotated[StrictInt, Field(ge=1)]
+
+
+class InvalidSpec(ValueError):
+    """A client-supplied spec is wrong; `field` is the JSON path of the offending value."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class ComputeRequests(_Wire):
+    inference: dict[str, Any]
+
+
+class ComputeSpec(_Wire):
+    requests: ComputeRequests
+    region: StrictStr | None = None
+
+    @field_validator("requests")
+    @classmethod
+    def _sku_known(cls, v: ComputeRequests) -> ComputeRequests:
+        sku = v.inference.get("sku")
+        if not isinstance(sku, str):
+            raise ValueError("requests.inference.sku is required and must be a string")
+        if sku not in SKUS and sku not in ACCELERATORS:
+            raise ValueError(f"unknown sku {sku!r}; known: {', '.join(sorted(SKUS))}")
+        return v
+
+
+class ConfigUpdate(_Wire):
+    """Every settable field; all optional. On update, `None` means "leave unchanged"."""
+
+    base_model: StrictStr | None = None
+    custom_args: list[StrictStr] | None = None
+    cooldown_time: NonNegInt | None = None
+    hf_token: StrictStr | None = None
+    min_replicas: NonNegInt | None = None
+    max_replicas: PosInt | None = None
+    scale_up_threshold: PosInt | None = Field(default=None, alias="scaleUpRequestThreshold")
+    max_total_tokens: PosInt | None = None
+    lorax_image_tag: StrictStr | None = None
+    request_logging_enabled: StrictBool | None = None
+    direct_ingress: StrictBool | None = None
+    preloaded_adapters: list[StrictStr] | None = None
+    speculator: StrictStr | None = None
+    prefix_caching: StrictBool | None = None
+    backend: Literal["v1", "v2", "v3"] | None = None
+    disable_adapters: StrictBool | None = None
+    uses_guaranteed_capacity: StrictBool | None = None
+    chunked_prefill: StrictBool | None = None
+    speculation_disable_by_batch_size: NonNegInt | None = None
+    max_num_batched_tokens: PosInt | None = None
+    cache_model: StrictBool | None = None
+    merge_adapter: StrictBool | None = None
+    compute_spec: ComputeSpec | None = None
+    quantization: StrictStr | None = None
+    accelerator: StrictStr | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _snake_threshold(cls, data: Any) -> Any:
+        # The SDK's dict form renames scale_up_threshold to scale_up_request_threshold.
+        if isinstance(data, dict):
+            for legacy in ("scale_up_request_threshold", "scale_up_threshold"):
+                if legacy in data and "scaleUpRequestThreshold" not in data:
+                    data = {**data, "scaleUpRequestThreshold": data[legacy]}
+                    data.pop(legacy)
+        return data
+
+    @field_validator("base_model")
+    @classmethod
+    def _model_known(cls, v: str | None) -> str | None:
+        if v is not None and v not in MODELS:
+            raise ValueError(f"unknown base model {v!r}; known: {', '.join(sorted(MODELS))}")
+        return v
+
+    @field_validator("accelerator")
+    @classmethod
+    def _accelerator_known(cls, v: str | None) -> str | None:
+        if v is not None and v not in ACCELERATORS:
+            known = ", ".join(sorted(ACCELERATORS))
+            raise ValueError(f"unknown accelerator {v!r}; known: {known}")
+        return v
+
+
+class CreateRequest(_Wire):
+    name: StrictStr
+    config: ConfigUpdate
+    description: StrictStr | None = None
+
+
+class UpdateRequest(_Wire):
+    config: ConfigUpdate | None = None
+    description: StrictStr | None = None
+
+
+# JSON key for each config field, in the SDK's order.
+CONFIG_KEYS: dict[str, str] = {
+    name: (field.alias or name) for name, field in ConfigUpdate.model_fields.items()
+}
+SECRET_FIELDS = frozenset({"hf_token"})
+
+
+def _first_error(exc: ValidationError, prefix: str) -> InvalidSpec:
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"] if not str(p).startswith("function-")]
+    field = ".".join([prefix, *loc]) if prefix else ".".join(loc)
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown field"
+    elif err["type"] == "missing":
+        msg = "field required"
+    return InvalidSpec(field or prefix or "body", msg)
+
+
+def validate_name(name: str, field: str = "name") -> str:
+    if not NAME_RE.match(name) or name in RESERVED_NAMES:
+        raise InvalidSpec(
+            field,
+            f"{name!r} is not a valid name: use 1-63 lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit",
+        )
+    return name
+
+
+def parse_create(body: Any) -> CreateRequest:
+    if not isinstance(body, dict):
+        raise InvalidSpec("body", "must be a JSON object")
+    try:
+        req = CreateRequest.model_validate(body)
+    except ValidationError as exc:
+        raise _first_error(exc, "") from None
+    validate_name(req.name)
+    if req.config.base_model is None:
+        raise InvalidSpec("config.baseModel", "field required")
+    check_bounds(effective_scaling(req.config.model_dump(exclude_none=True)), "config")
+    return req
+
+
+def parse_update(body: Any) -> UpdateRequest:
+    if not isinstance(body, dict):
+        raise InvalidSpec("body", "must be a JSON object")
+    try:
+        return UpdateRequest.model_validate(body)
+    except ValidationError as exc:
+        raise _first_error(exc, "") from None
+
+
+def effective_scaling(config: dict[str, Any]) -> dict[str, int]:
+    return {
+        "min_replicas": config.get("min_replicas", DEFAULT_MIN_REPLICAS),
+        "max_replicas": config.get("max_replicas", DEFAULT_MAX_REPLICAS),
+        "cooldown_time": config.get("cooldown_time", DEFAULT_COOLDOWN_S),
+        "scale_up_threshold": config.get("scale_up_threshold", DEFAULT_SCALE_UP_THRESHOLD),
+    }
+
+
+def check_bounds(scaling: dict[str, int], prefix: str) -> None:
+    if scaling["min_replicas"] > scaling["max_replicas"]:
+        raise InvalidSpec(
+            f"{prefix}.minReplicas",
+            f"must not exceed maxReplicas ({scaling['min_replicas']} > {scaling['max_replicas']})",
+        )
+
+
+def merge_config(stored: dict[str, Any], update: ConfigUpdate) -> dict[str, Any]:
+    """Apply an update with "null means unchanged"; re-check cross-field bounds."""
+    merged = {**stored, **update.model_dump(exclude_none=True)}
+    check_bounds(effective_scaling(merged), "config")
+    return merged
+
+
+# Fields whose change needs new replicas (a rolling replacement); the rest apply live.
+ENGINE_FIELDS = frozenset(
+    {
+        "base_model",
+        "custom_args",
+        "hf_token",
+        "max_total_tokens",
+        "lorax_image_tag",
+        "preloaded_adapters",
+        "speculator",
+        "prefix_caching",
+        "backend",
+        "disable_adapters",
+        "chunked_prefill",
+        "speculation_disable_by_batch_size",
+        "max_num_batched_tokens",
+        "cache_model",
+        "merge_adapter",
+        "compute_spec",
+        "quantization",
+        "accelerator",
+    }
+)
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    """A stored deployment as inner code sees it: validated, defaults applied."""
+
+    tenant: str
+    name: str
+    uuid: str
+    description: str | None
+    config: dict[str, Any]  # snake_case, only the fields the user set
+    status: str
+    revision: int
+    created_at: float
+    updated_at: float
+
+    @property
+    def key(self) -> str:
+        return f"{self.tenant}/{self.name}"
+
+    @property
+    def min_replicas(self) -> int:
+        return int(self.config.get("min_replicas", DEFAULT_MIN_REPLICAS))
+
+    @property
+    def max_replicas(self) -> int:
+        return int(self.config.get("max_replicas", DEFAULT_MAX_REPLICAS))
+
+    @property
+    def cooldown_s(self) -> int:
+        return int(self.config.get("cooldown_time", DEFAULT_COOLDOWN_S))
+
+    @property
+    def scale_up_threshold(self) -> int:
+        return int(self.config.get("scale_up_threshold", DEFAULT_SCALE_UP_THRESHOLD))
+
+    @property
+    def base_model(self) -> str:
+        return str(self.config["base_model"])
+
+    @property
+    def accelerator(self) -> str:
+        if self.config.get("accelerator"):
+            return str(self.config["accelerator"])
+        compute = self.config.get("compute_spec")
+        if compute:
+            from wakegate.catalog import accelerator_for_sku
+
+            acc = accelerator_for_sku(compute["requests"]["inference"]["sku"])
+            if acc:
+                return acc
+        return MODELS[self.base_model].default_accelerator
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "tenant": self.tenant,
+            "name": self.name,
+            "uuid": self.uuid,
+            "description": self.description,
+            "config": self.config,
+            "status": self.status,
+            "revision": self.revision,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> DeploymentSpec:
+        return cls(**rec)
+
+    def to_wire(self, current_replicas: int) -> dict[str, Any]:
+        """The SDK's `Deployment` object (wire-protocol spec, section 4.1)."""
+        cfg = {**self.config, **effective_scaling(self.config)}
+        wire_cfg = {
+            CONFIG_KEYS[k]: v for k, v in cfg.items() if k not in SECRET_FIELDS and k in CONFIG_KEYS
+        }
+        return {
+            "name": self.name,
+            "uuid": self.uuid,
+            "description": self.description,
+            "type": "dedicated",
+            "status": self.status,
+            "model": {
+                "name": self.base_model,
+                "maxInputLength": MODELS[self.base_model].context_window,
+            },
+            "accelerator": {"id": self.accelerator},
+            "quantization": self.config.get("quantization"),
+            "currentReplicas": current_replicas,
+            "config": wire_cfg,
+            "usesGuaranteedCapacity": bool(self.config.get("uses_guaranteed_capacity", False)),
+        }

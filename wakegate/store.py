@@ -1,0 +1,427 @@
+"""Every Redis key and Lua script wakegate uses, and typed accessors over them.
+
+Nothing else spells a key. Keys of one deployment share the hash tag `{tenant/name}` so that
+each script touches one slot and runs unchanged on Redis Cluster. Time is passed into the
+scripts by the caller (milliseconds), which keeps them deterministic and replicable.
+
+Per-deployment keys (`wg:{t/n}:<part>`):
+  spec       STRING  JSON DeploymentSpec record
+  events     LIST    JSON events (eventType, timestamp, revision, message), oldest first
+  queue      ZSET    request id -> order score (priority first, then arrival)
+  qmeta      HASH    request id -> JSON (owning gateway id, enqueue time)
+  qlease     ZSET    request id -> lease expiry ms; renewed by the owning gateway
+  replicas   HASH    replica id -> JSON replica record (all states)
+  routable   HASH    replica id -> concurrency limit (ready and not draining only)
+  inflight   ZSET    "replica id|request id" -> slot lease expiry ms
+  assigned   HASH    request id -> replica id, until the owning gateway picks it up
+  wake       STRING  present while a wake-up was published recently (dedup window)
+  activity   STRING  ms of the last enqueue or completion (scale-to-zero idleness)
+Global keys:
+  wg:deployments        SET   "tenant/name" of every deployment (the scaler's reconcile index)
+  wg:tenant:<code>      STRING JSON tenant record
+  wg:token:<sha256>     STRING tenant code for an API token (only the digest is stored)
+  wg:scaler:leader      STRING id of the scaler instance holding the lease
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+
+from wakegate.spec import DeploymentSpec
+
+DEPLOYMENTS = "wg:deployments"
+SCALER_LEADER = "wg:scaler:leader"
+WAKE_DEDUP_MS = 10_000  # one wake event per cold deployment per window, however many requests
+EVENTS_MAX = 200  # events kept per deployment
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def dep_key(deployment: str, part: str) -> str:
+    return f"wg:{{{deployment}}}:{part}"
+
+
+def tenant_key(code: str) -> str:
+    return f"wg:tenant:{code}"
+
+
+def token_key(token: str) -> str:
+    return "wg:token:" + hashlib.sha256(token.encode()).hexdigest()
+
+
+def gateway_channel(gateway_id: str) -> str:
+    """Redis pub/sub channel on which a gateway hears that its queued requests got a slot."""
+    return f"wg:gw:{gateway_id}"
+
+
+# Queue order: lower score first. Priority dominates, arrival breaks ties.
+PRIORITY_WEIGHT = 10**13
+
+
+def queue_score(priority: int, arrival_ms: int) -> int:
+    return -priority * PRIORITY_WEIGHT + arrival_ms
+
+
+ENQUEUE = """
+local queue, qmeta, qlease, routable, wake, activity = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local req_id, score, meta = ARGV[1], ARGV[2], ARGV[3]
+local lease_expiry, now, wake_ttl = ARGV[4], ARGV[5], ARGV[6]
+if redis.call('ZSCORE', queue, req_id) then
+  return {0, redis.call('ZCARD', queue), 0}
+end
+redis.call('ZADD', queue, score, req_id)
+redis.call('HSET', qmeta, req_id, meta)
+redis.call('ZADD', qlease, lease_expiry, req_id)
+redis.call('SET', activity, now)
+local woke = 0
+if redis.call('HLEN', routable) == 0 then
+  if redis.call('SET', wake, now, 'NX', 'PX', wake_ttl) then woke = 1 end
+end
+return {1, redis.call('ZCARD', queue), woke}
+"""
+
+# Match queue heads to free replica slots, least-loaded replica first. Expired queue entries
+# (their gateway died) and expired slots are dropped first so they block nothing.
+DISPATCH = """
+local queue, qmeta, qlease, routable, inflight, assigned = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local now, slot_lease, max_assign = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local channel_prefix, deployment = ARGV[4], ARGV[5]
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', qlease, '-inf', now)) do
+  redis.call('ZREM', queue, id)
+  redis.call('HDEL', qmeta, id)
+  redis.call('ZREM', qlease, id)
+end
+redis.call('ZREMRANGEBYSCORE', inflight, '-inf', now)
+local limits, load, order = {}, {}, {}
+local r = redis.call('HGETALL', routable)
+for i = 1, #r, 2 do
+  limits[r[i]] = tonumber(r[i + 1]); load[r[i]] = 0; table.insert(order, r[i])
+end
+if #order == 0 then return {} end
+table.sort(order)
+for _, m in ipairs(redis.call('ZRANGE', inflight, 0, -1)) do
+  local rid = string.match(m, '^([^|]+)|')
+  if rid and load[rid] then load[rid] = load[rid] + 1 end
+end
+local out = {}
+while #out / 2 < max_assign do
+  local head = redis.call('ZRANGE', queue, 0, 0)[1]
+  if not head then break end
+  local best = nil
+  for _, rid in ipairs(order) do
+    if load[rid] < limits[rid] and (best == nil or load[rid] < load[best]) then best = rid end
+  end
+  if not best then break end
+  local meta = redis.call('HGET', qmeta, head)
+  redis.call('ZREM', queue, head)
+  redis.call('HDEL', qmeta, head)
+  redis.call('ZREM', qlease, head)
+  redis.call('ZADD', inflight, now + slot_lease, best .. '|' .. head)
+  redis.call('HSET', assigned, head, best)
+  load[best] = load[best] + 1
+  if meta then
+    local gw = cjson.decode(meta)['gw']
+    if gw then redis.call('PUBLISH', channel_prefix .. gw, deployment .. ' ' .. head .. ' ' .. best) end
+  end
+  table.insert(out, head); table.insert(out, best)
+end
+return out
+"""
+
+# Take a request out wherever it is: still queued, or assigned but not yet released.
+CANCEL = """
+local queue, qmeta, qlease, assigned, inflight = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local req_id = ARGV[1]
+if redis.call('ZREM', queue, req_id) == 1 then
+  redis.call('HDEL', qmeta, req_id)
+  redis.call('ZREM', qlease, req_id)
+  return 'queued'
+end
+local rid = redis.call('HGET', assigned, req_id)
+if rid then
+  redis.call('HDEL', assigned, req_id)
+  redis.call('ZREM', inflight, rid .. '|' .. req_id)
+  return 'assigned'
+end
+return 'none'
+"""
+
+# Renew or take the scaler leader lease; returns 1 when `me` holds it afterwards.
+LEADER_LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+RELEASE_LEADER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+@dataclass
+class ReplicaRecord:
+    id: str
+    deployment: str
+    revision: int
+    state: str  # starting | ready | draining
+    url: str
+    dialect: str  # request dialect the engine speaks, see router/dialects
+    concurrency: int
+    backend: str
+    # Whether asking the engine for per-token log-probabilities costs little (see dialects).
+    cheap_logprobs: bool = True
+    handle: dict[str, Any] = field(default_factory=dict)  # backend-specific (pid, actor, pod)
+    created_at: float = 0.0
+    ready_at: float | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> ReplicaRecord:
+        return cls(**json.loads(raw))
+
+
+@dataclass(frozen=True)
+class Load:
+    queued: int
+    in_flight: int
+    last_activity_ms: int | None
+
+
+class Store:
+    """Typed access to wakegate's Redis state. One instance per process."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+        self._enqueue = redis.register_script(ENQUEUE)
+        self._dispatch = redis.register_script(DISPATCH)
+        self._cancel = redis.register_script(CANCEL)
+        self._leader = redis.register_script(LEADER_LEASE)
+        self._release_leader = redis.register_script(RELEASE_LEADER)
+
+    @classmethod
+    def from_url(cls, url: str) -> Store:
+        return cls(aioredis.from_url(url, decode_responses=True, health_check_interval=10))
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    # --- tenants and tokens -------------------------------------------------------------
+
+    async def ensure_tenant(self, code: str, name: str | None = None) -> dict[str, Any]:
+        import uuid as _uuid
+
+        record = {
+            "code": code,
+            "name": name or code,
+            "uuid": str(_uuid.uuid5(_uuid.NAMESPACE_URL, f"wakegate:tenant:{code}")),
+            "created_at": time.time(),
+        }
+        await self.redis.set(tenant_key(code), json.dumps(record), nx=True)
+        raw = await self.redis.get(tenant_key(code))
+        return cast(dict[str, Any], json.loads(raw))
+
+    async def add_token(self, token: str, tenant: str) -> None:
+        await self.redis.set(token_key(token), tenant)
+
+    async def tenant_for_token(self, token: str) -> dict[str, Any] | None:
+        code = await self.redis.get(token_key(token))
+        if code is None:
+            return None
+        raw = await self.redis.get(tenant_key(code))
+        return cast(dict[str, Any], json.loads(raw)) if raw else None
+
+    # --- deployments ----------------------------------------------------------------------
+
+    async def create_deployment(self, spec: DeploymentSpec, events: list[dict[str, Any]]) -> bool:
+        """Store a new deployment; False when the name is taken (nothing is changed then)."""
+        # Index first: the reconcile pass skips index entries without a spec, so a crash
+        # between the two writes leaves nothing half-visible.
+        await self.redis.sadd(DEPLOYMENTS, spec.key)
+        created = await self.redis.set(
+            dep_key(spec.key, "spec"), json.dumps(spec.to_record()), nx=True
+        )
+        if not created:
+            return False
+        await self.append_events(spec.key, events)
+        return True
+
+    async def get_deployment(self, key: str) -> DeploymentSpec | None:
+        raw = await self.redis.get(dep_key(key, "spec"))
+        return DeploymentSpec.from_record(json.loads(raw)) if raw else None
+
+    async def put_deployment(self, spec: DeploymentSpec) -> None:
+        await self.redis.set(dep_key(spec.key, "spec"), json.dumps(spec.to_record()))
+
+    async def deployment_keys(self, tenant: str | None = None) -> list[str]:
+        keys = sorted(await self.redis.smembers(DEPLOYMENTS))
+        if tenant is not None:
+            keys = [k for k in keys if k.split("/", 1)[0] == tenant]
+        return keys
+
+    async def list_deployments(self, tenant: str | None = None) -> list[DeploymentSpec]:
+        keys = await self.deployment_keys(tenant)
+        if not keys:
+            return []
+        raws = await self.redis.mget([dep_key(k, "spec") for k in keys])
+        return [DeploymentSpec.from_record(json.loads(r)) for r in raws if r]
+
+    async def purge_deployment(self, key: str) -> None:
+        """Forget a deleted deployment once its replicas are gone."""
+        parts = ("spec", "events", "queue", "qmeta", "qlease", "replicas", "routable")
+        parts += ("inflight", "assigned", "wake", "activity")
+        await self.redis.delete(*(dep_key(key, p) for p in parts))
+        await self.redis.srem(DEPLOYMENTS, key)
+
+    async def append_events(self, key: str, events: list[dict[str, Any]]) -> None:
+        if not events:
+            return
+        ek = dep_key(key, "events")
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(ek, *(json.dumps(e) for e in events))
+            pipe.ltrim(ek, -EVENTS_MAX, -1)
+            await pipe.execute()
+
+    async def events(self, key: str) -> list[dict[str, Any]]:
+        return [json.loads(e) for e in await self.redis.lrange(dep_key(key, "events"), 0, -1)]
+
+    # --- queue ----------------------------------------------------------------------------
+
+    async def enqueue(
+        self, key: str, req_id: str, gateway_id: str, priority: int, lease_ms: int
+    ) -> tuple[bool, int, bool]:
+        """Queue a request. Returns (added, queue depth, this request should publish a wake)."""
+        now = now_ms()
+        meta = json.dumps({"gw": gateway_id, "enq": now, "priority": priority})
+        added, depth, woke = await self._enqueue(
+            keys=[dep_key(key, p) for p in ("queue", "qmeta", "qlease", "routable", "wake")]
+            + [dep_key(key, "activity")],
+            args=[req_id, queue_score(priority, now), meta, now + lease_ms, now, WAKE_DEDUP_MS],
+        )
+        return bool(added), int(depth), bool(woke)
+
+    async def dispatch(
+        self, key: str, lease_ms: int, max_assign: int = 64
+    ) -> list[tuple[str, str]]:
+        """Assign queue heads to free slots; returns [(request id, replica id)]."""
+        out = await self._dispatch(
+            keys=[
+                dep_key(key, p)
+                for p in ("queue", "qmeta", "qlease", "routable", "inflight", "assigned")
+            ],
+            args=[now_ms(), lease_ms, max_assign, gateway_channel(""), key],
+        )
+        return [(out[i], out[i + 1]) for i in range(0, len(out), 2)]
+
+    async def cancel(self, key: str, req_id: str) -> str:
+        """Remove a request from the queue or its slot: 'queued', 'assigned' or 'none'."""
+        return cast(
+            str,
+            await self._cancel(
+                keys=[
+                    dep_key(key, p) for p in ("queue", "qmeta", "qlease", "assigned", "inflight")
+                ],
+                args=[req_id],
+            ),
+        )
+
+    async def take_assignments(self, key: str, req_ids: list[str]) -> dict[str, str]:
+        """Which of these queued requests have been assigned a replica (level-triggered path)."""
+        if not req_ids:
+            return {}
+        found = await self.redis.hmget(dep_key(key, "assigned"), req_ids)
+        return {r: rid for r, rid in zip(req_ids, found, strict=True) if rid}
+
+    async def ack_assignment(self, key: str, req_id: str) -> None:
+        await self.redis.hdel(dep_key(key, "assigned"), req_id)
+
+    async def renew_leases(
+        self, queued: dict[str, list[str]], running: dict[str, list[str]], lease_ms: int
+    ) -> None:
+        """Extend the leases of this gateway's queued requests and held slots."""
+        expiry = now_ms() + lease_ms
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key, ids in queued.items():
+                if ids:
+                    pipe.zadd(dep_key(key, "qlease"), dict.fromkeys(ids, expiry), xx=True)
+            for key, members in running.items():
+                if members:
+                    pipe.zadd(dep_key(key, "inflight"), dict.fromkeys(members, expiry), xx=True)
+            await pipe.execute()
+
+    async def release(self, key: str, replica_id: str, req_id: str) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(dep_key(key, "inflight"), f"{replica_id}|{req_id}")
+            pipe.hdel(dep_key(key, "assigned"), req_id)
+            pipe.set(dep_key(key, "activity"), now_ms())
+            await pipe.execute()
+
+    async def load(self, key: str) -> Load:
+        now = now_ms()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcount(dep_key(key, "qlease"), now, "+inf")
+            pipe.zcount(dep_key(key, "inflight"), now, "+inf")
+            pipe.get(dep_key(key, "activity"))
+            queued, in_flight, activity = await pipe.execute()
+        return Load(int(queued), int(in_flight), int(activity) if activity else None)
+
+    async def replica_in_flight(self, key: str, replica_id: str) -> int:
+        members = await self.redis.zrangebyscore(dep_key(key, "inflight"), now_ms(), "+inf")
+        return sum(1 for m in members if m.startswith(replica_id + "|"))
+
+    # --- replicas -------------------------------------------------------------------------
+
+    async def replicas(self, key: str) -> list[ReplicaRecord]:
+        raw = await self.redis.hgetall(dep_key(key, "replicas"))
+        return [ReplicaRecord.from_json(v) for v in raw.values()]
+
+    async def replica(self, key: str, replica_id: str) -> ReplicaRecord | None:
+        raw = await self.redis.hget(dep_key(key, "replicas"), replica_id)
+        return ReplicaRecord.from_json(raw) if raw else None
+
+    async def put_replica(self, rec: ReplicaRecord) -> None:
+        """Record a replica; a ready one becomes routable, any other state is taken out."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(dep_key(rec.deployment, "replicas"), rec.id, rec.to_json())
+            if rec.state == "ready":
+                pipe.hset(dep_key(rec.deployment, "routable"), rec.id, rec.concurrency)
+            else:
+                pipe.hdel(dep_key(rec.deployment, "routable"), rec.id)
+            await pipe.execute()
+
+    async def remove_replica(self, key: str, replica_id: str) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(dep_key(key, "replicas"), replica_id)
+            pipe.hdel(dep_key(key, "routable"), replica_id)
+            await pipe.execute()
+
+    async def ready_count(self, key: str) -> int:
+        return int(await self.redis.hlen(dep_key(key, "routable")))
+
+    async def clear_wake(self, key: str) -> None:
+        await self.redis.delete(dep_key(key, "wake"))
+
+    # --- scaler leadership ----------------------------------------------------------------
+
+    async def hold_leadership(self, instance_id: str, ttl_ms: int) -> bool:
+        return bool(await self._leader(keys=[SCALER_LEADER], args=[instance_id, ttl_ms]))
+
+    async def resign_leadership(self, instance_id: str) -> None:
+        await self._release_leader(keys=[SCALER_LEADER], args=[instance_id])

