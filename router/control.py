@@ -22,6 +22,7 @@ from wakegate.spec import (
     merge_config,
     parse_create,
     parse_update,
+    set_fields,
     validate_name,
 )
 from wakegate.store import Store
@@ -95,7 +96,7 @@ async def create_deployment(request: web.Request) -> web.Response:
     except InvalidSpec as exc:
         raise ApiError(400, str(exc), field=exc.field) from None
     key = _key(request, req.name)
-    config = req.config.model_dump(exclude_none=True)
+    config = set_fields(req.config)
     now = time.time()
     spec = DeploymentSpec(
         tenant=tenant_of(request)["code"],

@@ -68,10 +68,10 @@ def decide(
     target = _clamp(wanted, config)
 
     if target > current:
-        if current == 0:
-            reason = f"wake: {load} request(s) waiting at zero replicas"
-        elif wanted < target:
+        if wanted < target:
             reason = f"bounds: min_replicas={config.min_replicas}"
+        elif current == 0:
+            reason = f"wake: {load} request(s) waiting at zero replicas"
         else:
             reason = (
                 f"scale up: load {load} needs {target} replica(s) at "
@@ -81,6 +81,13 @@ def decide(
 
     if target == current:
         return Decision(current, "steady"), replace(state, below_capacity_since=None)
+
+    if current > config.max_replicas:
+        # max_replicas was lowered: a bound the user set applies at once, not after a cooldown.
+        return (
+            Decision(target, f"bounds: max_replicas={config.max_replicas}"),
+            replace(state, below_capacity_since=None),
+        )
 
     below_since = state.below_capacity_since if state.below_capacity_since is not None else now
     new_state = replace(state, below_capacity_since=below_since)

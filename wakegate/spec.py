@@ -170,6 +170,11 @@ def validate_name(name: str, field: str = "name") -> str:
     return name
 
 
+def set_fields(config: ConfigUpdate) -> dict[str, Any]:
+    """The fields a client set (not null), snake_case; nested values are kept whole."""
+    return {k: v for k, v in config.model_dump().items() if v is not None}
+
+
 def parse_create(body: Any) -> CreateRequest:
     if not isinstance(body, dict):
         raise InvalidSpec("body", "must be a JSON object")
@@ -180,7 +185,7 @@ def parse_create(body: Any) -> CreateRequest:
     validate_name(req.name)
     if req.config.base_model is None:
         raise InvalidSpec("config.baseModel", "field required")
-    check_bounds(effective_scaling(req.config.model_dump(exclude_none=True)), "config")
+    check_bounds(effective_scaling(set_fields(req.config)), "config")
     return req
 
 
@@ -212,7 +217,7 @@ def check_bounds(scaling: dict[str, int], prefix: str) -> None:
 
 def merge_config(stored: dict[str, Any], update: ConfigUpdate) -> dict[str, Any]:
     """Apply an update with "null means unchanged"; re-check cross-field bounds."""
-    merged = {**stored, **update.model_dump(exclude_none=True)}
+    merged = {**stored, **set_fields(update)}
     check_bounds(effective_scaling(merged), "config")
     return merged
 

@@ -1,0 +1,79 @@
+"""Session infrastructure: a real redis-server and mosquitto, and wakegate stacks on them."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from harness import Proc, Stack, start_mosquitto, start_redis
+from wakegate.store import Store
+
+# Database 0 serves the shared stack; each isolated stack gets its own database so that its
+# scaler never sees another stack's deployments. Database 15 is for store-level tests.
+_databases = itertools.count(1)
+STORE_TEST_DB = 15
+
+
+@pytest.fixture(scope="session")
+def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    tmp = tmp_path_factory.mktemp("infra")
+    redis_proc, redis_url = start_redis(tmp)
+    mqtt_proc, mqtt_url = start_mosquitto(tmp)
+    procs: dict[str, Proc] = {"redis": redis_proc, "mqtt": mqtt_proc}
+    yield {"redis_url": redis_url, "mqtt_url": mqtt_url, "procs": procs, "tmp": tmp}
+    mqtt_proc.stop()
+    redis_proc.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(infra: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The shared stack: for tests that do not restart or reconfigure processes."""
+    s = Stack(tmp_path_factory.mktemp("shared"), infra["redis_url"] + "/0", infra["mqtt_url"])
+    s.start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def make_stack(
+    infra: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., Stack]]:
+    """Isolated stacks, for tests that kill, restart or reconfigure processes."""
+    made: list[Stack] = []
+
+    def make(mqtt: bool = True, **settings: Any) -> Stack:
+        db = next(_databases)
+        assert db < STORE_TEST_DB, "too many isolated stacks for one Redis"
+        s = Stack(
+            tmp_path_factory.mktemp("stack"),
+            f"{infra['redis_url']}/{db}",
+            infra["mqtt_url"] if mqtt else None,
+            **settings,
+        )
+        made.append(s)
+        return s.start()
+
+    yield make
+    for s in made:
+        s.stop()
+
+
+@pytest.fixture
+def name() -> str:
+    """A deployment name of its own for each test."""
+    return "t-" + uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+async def store(infra: dict[str, Any]) -> Any:
+    client = aioredis.from_url(f"{infra['redis_url']}/{STORE_TEST_DB}", decode_responses=True)
+    await client.flushdb()
+    s = Store(client)
+    yield s
+    await s.close()
+
