@@ -136,11 +136,12 @@ def lorax_response(gen: Generation, req: GenerateRequest) -> dict[str, Any]:
 @routes.post(DEPLOY_URL)
 async def generate_root(request: web.Request) -> web.StreamResponse:
     """The SDK's and lorax.Client's URL: `"stream"` in the body picks the mode."""
-    return await _generate(request, None)
+    return await _generate(request, None, as_array=True)
 
 
 @routes.post(DEPLOY_URL + "/generate")
 async def generate(request: web.Request) -> web.StreamResponse:
+    """Native LoRAX route: one JSON object, not the array the deployment URL answers."""
     return await _generate(request, False)
 
 
@@ -149,7 +150,9 @@ async def generate_stream(request: web.Request) -> web.StreamResponse:
     return await _generate(request, True)
 
 
-async def _generate(request: web.Request, force_stream: bool | None) -> web.StreamResponse:
+async def _generate(
+    request: web.Request, force_stream: bool | None, as_array: bool = False
+) -> web.StreamResponse:
     arrived = time.monotonic()
     spec = await resolve(request)
     req = parse_generate(await read_json(request))
@@ -160,7 +163,7 @@ async def _generate(request: web.Request, force_stream: bool | None) -> web.Stre
     try:
         if stream:
             return await _stream(request, spec, req, priority, arrived)
-        return await _unary(request, spec, req, priority, arrived)
+        return await _unary(request, spec, req, priority, arrived, as_array)
     except ApiError as err:
         code = str(err.status)
         raise
@@ -178,6 +181,7 @@ async def _unary(
     req: GenerateRequest,
     priority: int,
     arrived: float,
+    as_array: bool,
 ) -> web.StreamResponse:
     app = request.app
     async with app[DISPATCHER].admitted(spec.key, priority) as ticket:
@@ -196,7 +200,8 @@ async def _unary(
         app[METRICS].ttft.labels(spec.key).observe(elapsed)
         if ticket.cold:
             app[METRICS].cold_start.labels(spec.key).observe(elapsed)
-        return web.json_response([lorax_response(gen, req)])
+        body = lorax_response(gen, req)
+        return web.json_response([body] if as_array else body)
 
 
 async def _stream(
