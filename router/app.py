@@ -48,14 +48,15 @@ async def _dispatch_ctx(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(dispatcher.tick_forever()),
     ]
     bus: Bus | None = None
-    if app[SETTINGS].mqtt_url:
+    mqtt_url = app[SETTINGS].mqtt_url
+    if mqtt_url:
 
         async def on_event(kind: str, ev: topics.Event) -> None:
             # A replica became ready (anywhere): hand it our queued requests at once.
             if isinstance(ev, topics.ReplicaChanged) and ev.state == "ready":
                 await dispatcher.kick(ev.deployment)
 
-        bus = Bus(app[SETTINGS].mqtt_url, "wakegate-gateway", [topics.all_of("replica")], on_event)
+        bus = Bus(mqtt_url, "wakegate-gateway", [topics.all_of("replica")], on_event)
         tasks.append(asyncio.create_task(bus.run()))
     app[BUS] = bus
     yield

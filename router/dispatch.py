@@ -148,7 +148,7 @@ class Dispatcher:
             finally:
                 self.listening.clear()
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def tick_forever(self) -> None:
         """Level-triggered path: re-dispatch, pick up missed assignments, renew leases."""

@@ -418,15 +418,16 @@ class Scaler:
 
     @staticmethod
     def _exit_reason(rec: ReplicaRecord) -> str:
+        """Why a replica died during start-up: the last line of its log, when there is one."""
+        last_line = ""
         log_path = rec.handle.get("log")
-        tail = ""
         if log_path:
             with contextlib.suppress(OSError), open(log_path, "rb") as fh:
                 fh.seek(0, 2)
                 fh.seek(max(0, fh.tell() - 400))
-                tail = fh.read().decode(errors="replace").strip().splitlines()[-1:][0:1]
-                tail = f": {tail[0]}" if tail else ""
-        return f"replica exited during start-up{tail}"
+                lines = fh.read().decode(errors="replace").strip().splitlines()
+                last_line = lines[-1] if lines else ""
+        return "replica exited during start-up" + (f": {last_line}" if last_line else "")
 
     async def _start_failed(self, spec: DeploymentSpec, state: DeploymentState, why: str) -> None:
         state.consecutive_failures += 1

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-
 from harness import Proc, Stack, start_mosquitto, start_redis
+
 from wakegate.store import Store
 
 # Database 0 serves the shared stack; each isolated stack gets its own database so that its
@@ -76,4 +76,3 @@ async def store(infra: dict[str, Any]) -> Any:
     s = Store(client)
     yield s
     await s.close()
-

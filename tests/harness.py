@@ -63,7 +63,10 @@ class Proc:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as fh:
             self.p = subprocess.Popen(
-                self.argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                self.argv,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 env={**os.environ, **(self.env or {})},
             )
         return self
@@ -97,8 +100,23 @@ def start_redis(tmp: Path) -> tuple[Proc, str]:
     port = free_port()
     data = tmp / "redis"
     data.mkdir(parents=True, exist_ok=True)
-    proc = Proc("redis", [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
-                          "--appendonly", "yes", "--save", ""], tmp / "redis.log").start()
+    proc = Proc(
+        "redis",
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+        ],
+        tmp / "redis.log",
+    ).start()
     wait_until(lambda: port_open(port), 15, "redis-server")
     return proc, f"redis://127.0.0.1:{port}"
 
@@ -168,18 +186,23 @@ class Stack:
 
     def start_gateway(self) -> None:
         self.gateway.start()
-        wait_until(lambda: httpx.get(f"{self.base}/healthz").status_code == 200, 30,
-                   "gateway health")
+        wait_until(
+            lambda: httpx.get(f"{self.base}/healthz").status_code == 200, 30, "gateway health"
+        )
 
     def start_scaler(self, port: int | None = None) -> Proc:
         port = port or (self.scaler_port if not self.scalers else free_port())
         n = len(self.scalers)
         env = {**self.env, "WAKEGATE_SCALER_PORT": str(port)}
-        proc = Proc(f"scaler{n}", [sys.executable, "-m", "scaler"], self.tmp / f"scaler{n}.log",
-                    env).start()
+        proc = Proc(
+            f"scaler{n}", [sys.executable, "-m", "scaler"], self.tmp / f"scaler{n}.log", env
+        ).start()
         self.scalers.append(proc)
-        wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200, 30,
-                   "scaler health")
+        wait_until(
+            lambda: httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200,
+            30,
+            "scaler health",
+        )
         return proc
 
     def stop(self) -> None:
@@ -202,10 +225,12 @@ class Stack:
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
 
-    def api(self, method: str, path: str, headers: dict[str, str] | None = None,
-            **kw: Any) -> httpx.Response:
-        return httpx.request(method, self.base + path, headers={**self.headers, **(headers or {})},
-                             timeout=60, **kw)
+    def api(
+        self, method: str, path: str, headers: dict[str, str] | None = None, **kw: Any
+    ) -> httpx.Response:
+        return httpx.request(
+            method, self.base + path, headers={**self.headers, **(headers or {})}, timeout=60, **kw
+        )
 
     def deploy_url(self, name: str) -> str:
         return f"{self.base}/{self.tenant}/deployments/v2/llms/{name}"
@@ -219,8 +244,14 @@ class Stack:
     def delete(self, name: str) -> None:
         self.api("DELETE", f"/v2/deployments/{name}")
 
-    def generate(self, name: str, prompt: str = "The capital of France is", max_new_tokens: int = 8,
-                 timeout: float = 120, **params: Any) -> httpx.Response:
+    def generate(
+        self,
+        name: str,
+        prompt: str = "The capital of France is",
+        max_new_tokens: int = 8,
+        timeout: float = 120,
+        **params: Any,
+    ) -> httpx.Response:
         return httpx.post(
             self.deploy_url(name) + "/generate",
             headers=self.headers,

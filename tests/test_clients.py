@@ -7,9 +7,8 @@ import os
 from contextlib import redirect_stdout
 
 import pytest
-from lorax import Client as LoraxClient
-
 from harness import Stack, wait_until
+from lorax import Client as LoraxClient
 
 
 @pytest.fixture
@@ -28,7 +27,10 @@ def test_predibase_sdk_full_lifecycle(stack: Stack, name: str, predibase_env: No
         created = pb.deployments.create(
             name=name,
             config=DeploymentConfig(
-                base_model="gemma-3-270m", min_replicas=0, max_replicas=1, cooldown_time=30,
+                base_model="gemma-3-270m",
+                min_replicas=0,
+                max_replicas=1,
+                cooldown_time=30,
                 scale_up_threshold=1,
             ),
             description="sdk test",
@@ -57,8 +59,9 @@ def test_predibase_sdk_full_lifecycle(stack: Stack, name: str, predibase_env: No
     assert pb.deployments.get(name).current_replicas == 1
 
     with redirect_stdout(io.StringIO()):
-        pb.deployments.update(deployment_ref=name,
-                              config=UpdateDeploymentConfig(max_replicas=2), block=True)
+        pb.deployments.update(
+            deployment_ref=name, config=UpdateDeploymentConfig(max_replicas=2), block=True
+        )
     updated = pb.deployments.get(name)
     assert updated.config.max_replicas == 2
     assert updated.config.cooldown_time == 30

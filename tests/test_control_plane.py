@@ -6,16 +6,34 @@ from typing import Any
 
 import httpx
 import pytest
-
 from harness import Stack
 
 SDK_CREATE_KEYS = [
-    "baseModel", "customArgs", "cooldownTime", "hfToken", "minReplicas", "maxReplicas",
-    "scaleUpRequestThreshold", "maxTotalTokens", "loraxImageTag", "requestLoggingEnabled",
-    "directIngress", "preloadedAdapters", "speculator", "prefixCaching", "backend",
-    "disableAdapters", "usesGuaranteedCapacity", "chunkedPrefill",
-    "speculationDisableByBatchSize", "maxNumBatchedTokens", "cacheModel", "mergeAdapter",
-    "computeSpec", "quantization", "accelerator",
+    "baseModel",
+    "customArgs",
+    "cooldownTime",
+    "hfToken",
+    "minReplicas",
+    "maxReplicas",
+    "scaleUpRequestThreshold",
+    "maxTotalTokens",
+    "loraxImageTag",
+    "requestLoggingEnabled",
+    "directIngress",
+    "preloadedAdapters",
+    "speculator",
+    "prefixCaching",
+    "backend",
+    "disableAdapters",
+    "usesGuaranteedCapacity",
+    "chunkedPrefill",
+    "speculationDisableByBatchSize",
+    "maxNumBatchedTokens",
+    "cacheModel",
+    "mergeAdapter",
+    "computeSpec",
+    "quantization",
+    "accelerator",
 ]
 
 
@@ -35,14 +53,29 @@ def test_every_config_field_is_stored_and_shown_back_except_the_secret(
     stack: Stack, name: str
 ) -> None:
     cfg = full_config(
-        baseModel="gemma-3-270m", customArgs=["--n_threads", "1"], cooldownTime=120,
-        hfToken="hf_secret", minReplicas=0, maxReplicas=2, scaleUpRequestThreshold=3,
-        maxTotalTokens=2048, loraxImageTag="v1", requestLoggingEnabled=True,
-        directIngress=False, preloadedAdapters=["a/1"], speculator=None, prefixCaching=True,
-        backend="v2", disableAdapters=False, usesGuaranteedCapacity=False, chunkedPrefill=True,
-        speculationDisableByBatchSize=8, maxNumBatchedTokens=512, cacheModel=True,
-        mergeAdapter=False, computeSpec={"requests": {"inference": {"sku": "a10_24gb"}},
-                                          "region": None},
+        baseModel="gemma-3-270m",
+        customArgs=["--n_threads", "1"],
+        cooldownTime=120,
+        hfToken="hf_secret",
+        minReplicas=0,
+        maxReplicas=2,
+        scaleUpRequestThreshold=3,
+        maxTotalTokens=2048,
+        loraxImageTag="v1",
+        requestLoggingEnabled=True,
+        directIngress=False,
+        preloadedAdapters=["a/1"],
+        speculator=None,
+        prefixCaching=True,
+        backend="v2",
+        disableAdapters=False,
+        usesGuaranteedCapacity=False,
+        chunkedPrefill=True,
+        speculationDisableByBatchSize=8,
+        maxNumBatchedTokens=512,
+        cacheModel=True,
+        mergeAdapter=False,
+        computeSpec={"requests": {"inference": {"sku": "a10_24gb"}}, "region": None},
         accelerator=None,
     )
     r = stack.api("POST", "/v2/deployments", json={"name": name, "config": cfg, "description": "d"})
@@ -103,7 +136,13 @@ def test_users_current_names_the_tenant(stack: Stack) -> None:
     assert body["tenant"]["shortCode"] == stack.tenant
     assert {"id", "username", "uuid"} <= body.keys()
     assert set(body["tenant"]["subscription"]) == {
-        "id", "tier", "isTrial", "expiration", "daysRemainingInPlan", "active"}
+        "id",
+        "tier",
+        "isTrial",
+        "expiration",
+        "daysRemainingInPlan",
+        "active",
+    }
 
 
 @pytest.mark.parametrize(
@@ -112,47 +151,78 @@ def test_users_current_names_the_tenant(stack: Stack) -> None:
     ids=["no-token", "unknown-token", "wrong-scheme"],
 )
 def test_requests_without_a_valid_token_get_401(stack: Stack, headers: dict[str, str]) -> None:
-    for method, path in [("GET", "/users/current"), ("GET", "/v2/deployments"),
-                         ("POST", f"/{stack.tenant}/deployments/v2/llms/x/generate")]:
+    for method, path in [
+        ("GET", "/users/current"),
+        ("GET", "/v2/deployments"),
+        ("POST", f"/{stack.tenant}/deployments/v2/llms/x/generate"),
+    ]:
         r = httpx.request(method, stack.base + path, headers=headers, json={})
         assert r.status_code == 401, (method, path)
         assert "token" in r.json()["error"]
 
 
 BAD_CREATES = [
-    ({"name": "ok-name", "config": {"baseModel": "gemma-3-270m", "minReplicas": 3,
-                                    "maxReplicas": 1}}, "config.minReplicas"),
-    ({"name": "ok-name", "config": {"baseModel": "gemma-3-270m", "minReplicas": -1}},
-     "config.minReplicas"),
-    ({"name": "ok-name", "config": {"baseModel": "gemma-3-270m", "cooldownTime": -5}},
-     "config.cooldownTime"),
-    ({"name": "ok-name", "config": {"baseModel": "gemma-3-270m", "maxReplicas": 0}},
-     "config.maxReplicas"),
-    ({"name": "ok-name", "config": {"baseModel": "gemma-3-270m",
-                                    "scaleUpRequestThreshold": 0}},
-     "config.scaleUpRequestThreshold"),
+    (
+        {
+            "name": "ok-name",
+            "config": {"baseModel": "gemma-3-270m", "minReplicas": 3, "maxReplicas": 1},
+        },
+        "config.minReplicas",
+    ),
+    (
+        {"name": "ok-name", "config": {"baseModel": "gemma-3-270m", "minReplicas": -1}},
+        "config.minReplicas",
+    ),
+    (
+        {"name": "ok-name", "config": {"baseModel": "gemma-3-270m", "cooldownTime": -5}},
+        "config.cooldownTime",
+    ),
+    (
+        {"name": "ok-name", "config": {"baseModel": "gemma-3-270m", "maxReplicas": 0}},
+        "config.maxReplicas",
+    ),
+    (
+        {"name": "ok-name", "config": {"baseModel": "gemma-3-270m", "scaleUpRequestThreshold": 0}},
+        "config.scaleUpRequestThreshold",
+    ),
     ({"name": "ok-name", "config": {"baseModel": "no-such-model"}}, "config.baseModel"),
     ({"name": "ok-name", "config": {"maxReplicas": 1}}, "config.baseModel"),
-    ({"name": "ok-name", "config": {"baseModel": "gemma-3-270m", "accelerator": "tpu_v9"}},
-     "config.accelerator"),
-    ({"name": "ok-name", "config": {"baseModel": "gemma-3-270m",
-                                    "computeSpec": {"requests": {"inference": {"sku": "x"}}}}},
-     "config.computeSpec.requests"),
+    (
+        {"name": "ok-name", "config": {"baseModel": "gemma-3-270m", "accelerator": "tpu_v9"}},
+        "config.accelerator",
+    ),
+    (
+        {
+            "name": "ok-name",
+            "config": {
+                "baseModel": "gemma-3-270m",
+                "computeSpec": {"requests": {"inference": {"sku": "x"}}},
+            },
+        },
+        "config.computeSpec.requests",
+    ),
     ({"name": "Bad_Name!", "config": {"baseModel": "gemma-3-270m"}}, "name"),
     ({"name": "v2", "config": {"baseModel": "gemma-3-270m"}}, "name"),
-    ({"name": "ok-name", "config": {"baseModel": "gemma-3-270m", "maxReplicas": 1.5}},
-     "config.maxReplicas"),
-    ({"name": "ok-name", "config": {"baseModel": "gemma-3-270m", "backend": "vllm"}},
-     "config.backend"),
-    ({"name": "ok-name", "config": {"baseModel": "gemma-3-270m", "minReplica": 1}},
-     "config.minReplica"),
+    (
+        {"name": "ok-name", "config": {"baseModel": "gemma-3-270m", "maxReplicas": 1.5}},
+        "config.maxReplicas",
+    ),
+    (
+        {"name": "ok-name", "config": {"baseModel": "gemma-3-270m", "backend": "vllm"}},
+        "config.backend",
+    ),
+    (
+        {"name": "ok-name", "config": {"baseModel": "gemma-3-270m", "minReplica": 1}},
+        "config.minReplica",
+    ),
     ({"config": {"baseModel": "gemma-3-270m"}}, "name"),
     ([1, 2], "body"),
 ]
 
 
-@pytest.mark.parametrize(("body", "field"), BAD_CREATES,
-                         ids=[f"{i}-{f}" for i, (_, f) in enumerate(BAD_CREATES)])
+@pytest.mark.parametrize(
+    ("body", "field"), BAD_CREATES, ids=[f"{i}-{f}" for i, (_, f) in enumerate(BAD_CREATES)]
+)
 def test_bad_create_gets_400_naming_the_field_and_stores_nothing(
     stack: Stack, body: Any, field: str
 ) -> None:
@@ -167,14 +237,22 @@ def test_bad_create_gets_400_naming_the_field_and_stores_nothing(
 
 def test_malformed_json_and_oversized_bodies_get_4xx_json(stack: Stack) -> None:
     before = names(stack)
-    r = stack.api("POST", "/v2/deployments", content=b"{not json",
-                  headers={"Content-Type": "application/json"})
+    r = stack.api(
+        "POST",
+        "/v2/deployments",
+        content=b"{not json",
+        headers={"Content-Type": "application/json"},
+    )
     assert r.status_code == 400
     assert r.json()["field"] == "body"
-    huge = b'{"name": "big", "config": {"baseModel": "gemma-3-270m"}, "description": "' + (
-        b"x" * (9 * 1024 * 1024)) + b'"}'
-    r = stack.api("POST", "/v2/deployments", content=huge,
-                  headers={"Content-Type": "application/json"})
+    huge = (
+        b'{"name": "big", "config": {"baseModel": "gemma-3-270m"}, "description": "'
+        + (b"x" * (9 * 1024 * 1024))
+        + b'"}'
+    )
+    r = stack.api(
+        "POST", "/v2/deployments", content=huge, headers={"Content-Type": "application/json"}
+    )
     assert r.status_code == 413
     assert r.json()["field"] == "body"
     assert names(stack) == before
@@ -210,9 +288,11 @@ def test_bad_generate_parameters_get_422_naming_the_field(stack: Stack, name: st
 
 
 def test_unknown_deployment_and_foreign_tenant_get_404(stack: Stack) -> None:
-    r = httpx.post(stack.deploy_url("does-not-exist"), headers=stack.headers,
-                   json={"inputs": "hi"})
+    r = httpx.post(stack.deploy_url("does-not-exist"), headers=stack.headers, json={"inputs": "hi"})
     assert r.status_code == 404
-    r = httpx.post(f"{stack.base}/other-tenant/deployments/v2/llms/x", headers=stack.headers,
-                   json={"inputs": "hi"})
+    r = httpx.post(
+        f"{stack.base}/other-tenant/deployments/v2/llms/x",
+        headers=stack.headers,
+        json={"inputs": "hi"},
+    )
     assert r.status_code == 404

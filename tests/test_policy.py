@@ -38,8 +38,14 @@ CASES = [
     (ONE_TO_FOUR, obs(idle_s=3600), 3, PolicyState(NOW - 60), 1, "scale down"),
     (ONE_TO_FOUR, obs(idle_s=3600), 1, PolicyState(NOW - 600), 1, "steady"),
     # Config lowered below what runs: bounds win, after the cooldown like any scale-down.
-    (ScalingConfig(0, 1, 1, 600), obs(queued=5, in_flight=1, idle_s=0), 2, PolicyState(), 1,
-     "bounds"),
+    (
+        ScalingConfig(0, 1, 1, 600),
+        obs(queued=5, in_flight=1, idle_s=0),
+        2,
+        PolicyState(),
+        1,
+        "bounds",
+    ),
 ]
 IDS = [
     "queued-request-at-zero-wakes-one",
@@ -61,11 +67,16 @@ IDS = [
 ]
 
 
-@pytest.mark.parametrize(("config", "observed", "current", "state", "desired", "reason"), CASES,
-                         ids=IDS)
+@pytest.mark.parametrize(
+    ("config", "observed", "current", "state", "desired", "reason"), CASES, ids=IDS
+)
 def test_decision_table(
-    config: ScalingConfig, observed: Observation, current: int, state: PolicyState,
-    desired: int, reason: str,
+    config: ScalingConfig,
+    observed: Observation,
+    current: int,
+    state: PolicyState,
+    desired: int,
+    reason: str,
 ) -> None:
     decision, _ = decide(NOW, observed, config, current, state)
     assert decision.desired == desired
@@ -95,11 +106,16 @@ def test_cooldown_clock_starts_when_load_first_drops() -> None:
 
 configs = st.builds(
     lambda lo, extra, thr, cd: ScalingConfig(lo, max(1, lo + extra), thr, cd),
-    st.integers(0, 5), st.integers(0, 5), st.integers(1, 8), st.floats(0, 600),
+    st.integers(0, 5),
+    st.integers(0, 5),
+    st.integers(1, 8),
+    st.floats(0, 600),
 )
 observations = st.builds(
     lambda q, f, idle: Observation(q, f, None if idle is None else NOW - idle, NOW),
-    st.integers(0, 100), st.integers(0, 100), st.none() | st.floats(0, 7200),
+    st.integers(0, 100),
+    st.integers(0, 100),
+    st.none() | st.floats(0, 7200),
 )
 states = st.builds(PolicyState, st.none() | st.floats(NOW - 7200, NOW))
 

@@ -7,7 +7,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-
 from harness import Stack, wait_until
 
 
@@ -75,8 +74,9 @@ class Load:
 
 
 def scale_out_then_in(stack: Stack, name: str, min_replicas: int) -> None:
-    stack.create(name, minReplicas=min_replicas, maxReplicas=2, scaleUpRequestThreshold=1,
-                 cooldownTime=4)
+    stack.create(
+        name, minReplicas=min_replicas, maxReplicas=2, scaleUpRequestThreshold=1, cooldownTime=4
+    )
     most_running = 0
     with Load(stack, name, 4) as load:
         deadline = time.monotonic() + 90
@@ -92,8 +92,11 @@ def scale_out_then_in(stack: Stack, name: str, min_replicas: int) -> None:
     assert load.codes and set(load.codes) == {200}, load.codes
     assert most_running == 2
     assert len(stack.replicas_started(name)) == 2
-    wait_until(lambda: len(stack.replicas_running(name)) == min_replicas, 60,
-               f"drain down to {min_replicas} replica(s)")
+    wait_until(
+        lambda: len(stack.replicas_running(name)) == min_replicas,
+        60,
+        f"drain down to {min_replicas} replica(s)",
+    )
     time.sleep(6)  # more than a cooldown: nothing else stops, nothing restarts
     assert len(stack.replicas_running(name)) == min_replicas
     assert stack.ready_replicas(name) == min_replicas
@@ -104,7 +107,5 @@ def test_sustained_load_scales_out_to_max_then_drains_to_zero(stack: Stack, name
     scale_out_then_in(stack, name, min_replicas=0)
 
 
-def test_sustained_load_scales_out_to_max_then_drains_to_min_one(
-    stack: Stack, name: str
-) -> None:
+def test_sustained_load_scales_out_to_max_then_drains_to_min_one(stack: Stack, name: str) -> None:
     scale_out_then_in(stack, name, min_replicas=1)

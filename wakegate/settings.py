@@ -36,8 +36,10 @@ class Settings:
     replica_start_timeout_s: float = 300.0
     drain_timeout_s: float = 60.0
     scaler_lease_ttl_s: float = 10.0
-    # Replica processes launched by the local backend bind here.
+    # Replica processes launched by the local backend bind here, and gateways reach them at
+    # replica_advertise_host (defaults to replica_host; set it when binding 0.0.0.0).
     replica_host: str = "127.0.0.1"
+    replica_advertise_host: str | None = None
     # llama.cpp serves one request at a time per replica.
     replica_concurrency: int = 1
     default_token: str | None = None

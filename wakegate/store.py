@@ -235,14 +235,14 @@ class Store:
             "created_at": time.time(),
         }
         await self.redis.set(tenant_key(code), json.dumps(record), nx=True)
-        raw = await self.redis.get(tenant_key(code))
+        raw = cast(str, await self.redis.get(tenant_key(code)))
         return cast(dict[str, Any], json.loads(raw))
 
     async def add_token(self, token: str, tenant: str) -> None:
         await self.redis.set(token_key(token), tenant)
 
     async def tenant_for_token(self, token: str) -> dict[str, Any] | None:
-        code = await self.redis.get(token_key(token))
+        code = cast(str | None, await self.redis.get(token_key(token)))
         if code is None:
             return None
         raw = await self.redis.get(tenant_key(code))
@@ -271,7 +271,7 @@ class Store:
         await self.redis.set(dep_key(spec.key, "spec"), json.dumps(spec.to_record()))
 
     async def deployment_keys(self, tenant: str | None = None) -> list[str]:
-        keys = sorted(await self.redis.smembers(DEPLOYMENTS))
+        keys = sorted(cast(set[str], await self.redis.smembers(DEPLOYMENTS)))
         if tenant is not None:
             keys = [k for k in keys if k.split("/", 1)[0] == tenant]
         return keys
@@ -285,8 +285,19 @@ class Store:
 
     async def purge_deployment(self, key: str) -> None:
         """Forget a deleted deployment once its replicas are gone."""
-        parts = ("spec", "events", "queue", "qmeta", "qlease", "replicas", "routable")
-        parts += ("inflight", "assigned", "wake", "activity")
+        parts = (
+            "spec",
+            "events",
+            "queue",
+            "qmeta",
+            "qlease",
+            "replicas",
+            "routable",
+            "inflight",
+            "assigned",
+            "wake",
+            "activity",
+        )
         await self.redis.delete(*(dep_key(key, p) for p in parts))
         await self.redis.srem(DEPLOYMENTS, key)
 
@@ -346,7 +357,7 @@ class Store:
         """Which of these queued requests have been assigned a replica (level-triggered path)."""
         if not req_ids:
             return {}
-        found = await self.redis.hmget(dep_key(key, "assigned"), req_ids)
+        found = cast(list[str | None], await self.redis.hmget(dep_key(key, "assigned"), req_ids))
         return {r: rid for r, rid in zip(req_ids, found, strict=True) if rid}
 
     async def ack_assignment(self, key: str, req_id: str) -> None:
@@ -383,7 +394,9 @@ class Store:
         return Load(int(queued), int(in_flight), int(activity) if activity else None)
 
     async def replica_in_flight(self, key: str, replica_id: str) -> int:
-        members = await self.redis.zrangebyscore(dep_key(key, "inflight"), now_ms(), "+inf")
+        members = cast(
+            list[str], await self.redis.zrangebyscore(dep_key(key, "inflight"), now_ms(), "+inf")
+        )
         return sum(1 for m in members if m.startswith(replica_id + "|"))
 
     # --- replicas -------------------------------------------------------------------------

@@ -93,7 +93,7 @@ class LocalBackend:
         log_path = self._dir / f"{replica_id}.log"
         env = {**os.environ, **plan.env, "WAKEGATE_REPLICA_ID": replica_id}
         pid = await asyncio.to_thread(_spawn, plan.argv, env, log_path)
-        url = f"http://{host}:{port}"
+        url = f"http://{self._settings.replica_advertise_host or host}:{port}"
         replica = RunningReplica(
             replica_id=replica_id,
             deployment=spec.key,

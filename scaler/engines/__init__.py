@@ -31,12 +31,22 @@ class LaunchPlan:
 
 
 class EngineProfile(Protocol):
-    name: str
-    dialect: str
-    health_path: str
-    concurrency: int
-    # False where per-token log-probabilities slow generation down a lot (see router/dialects).
-    cheap_logprobs: bool
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def dialect(self) -> str: ...
+
+    @property
+    def health_path(self) -> str: ...
+
+    @property
+    def concurrency(self) -> int: ...
+
+    @property
+    def cheap_logprobs(self) -> bool:
+        """False where per-token log-probabilities slow generation down a lot."""
+        ...
 
     def launch(self, spec: DeploymentSpec, host: str, port: int, models_dir: Path) -> LaunchPlan:
         """The command that serves `spec` on host:port. Raises EngineRefused."""

@@ -1,0 +1,13 @@
+# wakegate: gateway and scaler image (the scaler's local backend runs llama.cpp replicas on CPU).
+FROM python:3.11-slim
+RUN apt-get update && apt-get install -y --no-install-recommends build-essential cmake \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY wakegate ./wakegate
+COPY router ./router
+COPY scaler ./scaler
+RUN pip install --no-cache-dir '.[llama]'
+ENV WAKEGATE_HOST=0.0.0.0 WAKEGATE_STATE_DIR=/var/lib/wakegate PYTHONUNBUFFERED=1
+EXPOSE 8080 8081
+CMD ["wakegate", "gateway"]

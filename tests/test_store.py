@@ -1,0 +1,113 @@
+"""Queue, dispatch and lease scripts against a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+
+from wakegate.store import ReplicaRecord, Store, dep_key
+
+D = "acme/llm"
+
+
+def replica(rid: str, concurrency: int = 1, state: str = "ready") -> ReplicaRecord:
+    return ReplicaRecord(id=rid, deployment=D, revision=1, state=state, url="http://x",
+                         dialect="openai", concurrency=concurrency, backend="local")
+
+
+async def test_a_burst_of_cold_requests_wakes_once(store: Store) -> None:
+    wakes = [(await store.enqueue(D, f"r{i}", "gw", 0, 10_000))[2] for i in range(50)]
+    assert wakes.count(True) == 1
+    assert wakes[0] is True
+
+
+async def test_enqueue_is_idempotent_on_the_request_id(store: Store) -> None:
+    first = await store.enqueue(D, "same", "gw", 0, 10_000)
+    again = await store.enqueue(D, "same", "gw", 0, 10_000)
+    assert first[0] is True and again[0] is False
+    assert (await store.load(D)).queued == 1
+
+
+async def test_no_wake_when_a_replica_is_ready(store: Store) -> None:
+    await store.put_replica(replica("r1"))
+    assert (await store.enqueue(D, "a", "gw", 0, 10_000))[2] is False
+
+
+async def test_dispatch_serves_priority_then_arrival_and_respects_concurrency(
+    store: Store,
+) -> None:
+    for rid, prio in [("low1", 0), ("low2", 0), ("high", 5)]:
+        await store.enqueue(D, rid, "gw", prio, 10_000)
+        await asyncio.sleep(0.002)
+    assert await store.dispatch(D, 10_000) == []  # no replica yet
+    await store.put_replica(replica("rep-a", concurrency=2))
+    assert await store.dispatch(D, 10_000) == [("high", "rep-a"), ("low1", "rep-a")]
+    assert await store.dispatch(D, 10_000) == []  # full
+    await store.release(D, "rep-a", "high")
+    assert await store.dispatch(D, 10_000) == [("low2", "rep-a")]
+
+
+async def test_dispatch_prefers_the_least_loaded_replica(store: Store) -> None:
+    await store.put_replica(replica("a", concurrency=4))
+    await store.put_replica(replica("b", concurrency=4))
+    for i in range(4):
+        await store.enqueue(D, f"r{i}", "gw", 0, 10_000)
+    got = await store.dispatch(D, 10_000)
+    assert sorted(rid for _, rid in got) == ["a", "a", "b", "b"]
+
+
+async def test_draining_replica_gets_no_new_requests(store: Store) -> None:
+    await store.put_replica(replica("a", concurrency=4))
+    await store.put_replica(replica("a", concurrency=4, state="draining"))
+    await store.enqueue(D, "r", "gw", 0, 10_000)
+    assert await store.dispatch(D, 10_000) == []
+
+
+async def test_expired_queue_entries_and_slots_stop_blocking(store: Store) -> None:
+    await store.put_replica(replica("a", concurrency=1))
+    await store.enqueue(D, "dead-gateway", "gw-dead", 0, 1)  # lease of 1 ms
+    await store.enqueue(D, "live", "gw", 0, 10_000)
+    await asyncio.sleep(0.01)
+    assert await store.dispatch(D, 1) == [("live", "a")]  # slot lease of 1 ms
+    await asyncio.sleep(0.01)
+    await store.enqueue(D, "next", "gw", 0, 10_000)
+    assert await store.dispatch(D, 10_000) == [("next", "a")]
+
+
+async def test_cancel_takes_a_request_out_wherever_it_is(store: Store) -> None:
+    await store.enqueue(D, "q", "gw", 0, 10_000)
+    assert await store.cancel(D, "q") == "queued"
+    assert (await store.load(D)).queued == 0
+    await store.put_replica(replica("a"))
+    await store.enqueue(D, "s", "gw", 0, 10_000)
+    assert await store.dispatch(D, 10_000) == [("s", "a")]
+    assert await store.cancel(D, "s") == "assigned"
+    assert (await store.load(D)).in_flight == 0
+    assert await store.cancel(D, "s") == "none"
+
+
+async def test_assignment_is_published_to_the_owning_gateway(store: Store) -> None:
+    pubsub = store.redis.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe("wg:gw:gw-7")
+    await store.put_replica(replica("a"))
+    await store.enqueue(D, "r", "gw-7", 0, 10_000)
+    await store.dispatch(D, 10_000)
+    msg = None
+    for _ in range(50):
+        msg = await pubsub.get_message(timeout=0.1)
+        if msg:
+            break
+    await pubsub.aclose()  # type: ignore[no-untyped-call]
+    assert msg is not None and msg["data"] == f"{D} r a"
+
+
+async def test_leader_lease_has_one_holder(store: Store) -> None:
+    assert await store.hold_leadership("one", 5_000)
+    assert not await store.hold_leadership("two", 5_000)
+    assert await store.hold_leadership("one", 5_000)
+    await store.resign_leadership("one")
+    assert await store.hold_leadership("two", 5_000)
+
+
+async def test_keys_of_one_deployment_share_a_hash_tag() -> None:
+    tags = {dep_key(D, p).split("{")[1].split("}")[0] for p in ("queue", "inflight", "spec")}
+    assert tags == {D}
