@@ -10,8 +10,16 @@ D = "acme/llm"
 
 
 def replica(rid: str, concurrency: int = 1, state: str = "ready") -> ReplicaRecord:
-    return ReplicaRecord(id=rid, deployment=D, revision=1, state=state, url="http://x",
-                         dialect="openai", concurrency=concurrency, backend="local")
+    return ReplicaRecord(
+        id=rid,
+        deployment=D,
+        revision=1,
+        state=state,
+        url="http://x",
+        dialect="openai",
+        concurrency=concurrency,
+        backend="local",
+    )
 
 
 async def test_a_burst_of_cold_requests_wakes_once(store: Store) -> None:
