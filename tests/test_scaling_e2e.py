@@ -91,6 +91,15 @@ def scale_out_then_in(stack: Stack, name: str, min_replicas: int) -> None:
             time.sleep(0.2)
     assert load.codes and set(load.codes) == {200}, load.codes
     assert most_running == 2
+    scaler_metrics = httpx.get(f"http://127.0.0.1:{stack.scaler_port}/metrics").text
+    key = f"{stack.tenant}/{name}"
+    decisions = [
+        ln
+        for ln in scaler_metrics.splitlines()
+        if ln.startswith(f'wakegate_scaling_decisions_total{{deployment="{key}"')
+    ]
+    assert any('reason="wake"' in ln or 'reason="scale up"' in ln for ln in decisions)
+    assert f'wakegate_replica_start_seconds_count{{deployment="{key}"}} 2.0' in scaler_metrics
     assert len(stack.replicas_started(name)) == 2
     wait_until(
         lambda: len(stack.replicas_running(name)) == min_replicas,

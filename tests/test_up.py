@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 from harness import ROOT, free_port, wait_until
@@ -31,7 +32,7 @@ def processes_mentioning(marker: str) -> list[int]:
     return found
 
 
-def start_up(state: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+def start_up(state: Path, port: int, log: Path, **extra_env: str) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "WAKEGATE_STATE_DIR": str(state),
@@ -40,6 +41,7 @@ def start_up(state: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     }
     for var in ("REDIS_URL", "MQTT_URL"):
         env.pop(var, None)
+    env.update(extra_env)
     with open(log, "ab") as fh:
         return subprocess.Popen(
             [sys.executable, "-m", "wakegate", "up"],
@@ -103,6 +105,32 @@ def test_up_serves_a_real_model_stops_cleanly_and_remembers_deployments(tmp_path
         up.send_signal(signal.SIGTERM)
         assert up.wait(60) == 0
     wait_until(lambda: not processes_mentioning(str(state)), 10, "no process left behind")
+
+
+def test_up_uses_the_configured_redis_and_broker_instead_of_embedded_ones(
+    tmp_path: Path, infra: dict[str, Any]
+) -> None:
+    state = tmp_path / "state"
+    log = tmp_path / "up.log"
+    port = free_port()
+    up = start_up(
+        state, port, log, REDIS_URL=infra["redis_url"] + "/14", MQTT_URL=infra["mqtt_url"]
+    )
+    try:
+        wait_until(lambda: "wakegate is up." in log.read_text(), 90, "wakegate up")
+        out = log.read_text()
+        assert f"using Redis at {infra['redis_url']}/14" in out
+        assert f"using MQTT broker at {infra['mqtt_url']}" in out
+        assert "embedded" not in out
+        token = (state / "token").read_text().strip()
+        r = httpx.get(
+            f"http://127.0.0.1:{port}/users/current", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert r.status_code == 200
+    finally:
+        up.send_signal(signal.SIGINT)
+        assert up.wait(60) == 0
+    assert infra["procs"]["redis"].alive(), "an external Redis is not ours to stop"
 
 
 def test_readme_test_command_is_what_ci_runs() -> None:
