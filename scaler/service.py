@@ -1,4 +1,4 @@
-"""The scaler's control loop: observe Redis, decide (scaler/policy.py), actuate the backend.
+"""The scaler's control loop: observe Redis, decide (scaler/policies/), actuate the backend.
 
 Edge and level: MQTT events (wake, load, config) make a deployment's reconcile run at once; a
 pass over every deployment every `reconcile_interval_s` makes the outcome certain even when
@@ -13,14 +13,15 @@ import contextlib
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
 from scaler.backends import Backend, RunningReplica
 from scaler.engines import EngineProfile, EngineRefused, get_engine
 from scaler.metrics import ScalerMetrics
-from scaler.policy import Observation, PolicyState, ScalingConfig, decide
+from scaler.policies import Observation, ScalingConfig, get_policy
 from wakegate import topics
 from wakegate.bus import Bus
 from wakegate.catalog import MODELS
@@ -37,7 +38,8 @@ MAX_START_FAILURES = 3
 
 @dataclass
 class DeploymentState:
-    policy: PolicyState = field(default_factory=PolicyState)
+    policy_name: str = ""
+    policy_state: Any = None
     consecutive_failures: int = 0
     retry_after: float = 0.0
     last_reason: str = ""
@@ -241,16 +243,23 @@ class Scaler:
                 last_activity_at=load.last_activity_ms / 1000 if load.last_activity_ms else None,
                 observed_at=now,
             )
+            policy_name, params = spec.scaling_policy
+            policy = get_policy(policy_name)
+            if state.policy_name != policy_name:
+                state.policy_name, state.policy_state = policy_name, policy.initial_state()
             config = ScalingConfig(
                 min_replicas=spec.min_replicas,
                 max_replicas=spec.max_replicas,
                 scale_up_threshold=spec.scale_up_threshold,
                 cooldown_s=spec.cooldown_s,
+                params=params,
             )
             if spec.status == "failed":
                 # Stay down until the user updates the deployment; hold what is running.
                 config = ScalingConfig(0, len(active), config.scale_up_threshold, 0)
-            decision, state.policy = decide(now, observed, config, len(active), state.policy)
+            decision, state.policy_state = policy.decide(
+                now, observed, config, len(active), state.policy_state
+            )
             self._observe(key, replicas, load.queued, load.in_flight)
             if decision.desired != len(active) or decision.reason != state.last_reason:
                 log.info("%s: %d -> %d (%s)", key, len(active), decision.desired, decision.reason)

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scaler.policy import STALE_AFTER_S, Observation, PolicyState, ScalingConfig, decide
+from scaler.policies import STALE_AFTER_S, Observation, ScalingConfig
+from scaler.policies.wakegate import PolicyState, decide
 
 NOW = 1_000_000.0
 ZERO_TO_TWO = ScalingConfig(min_replicas=0, max_replicas=2, scale_up_threshold=1, cooldown_s=60)

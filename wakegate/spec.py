@@ -74,6 +74,26 @@ class ComputeSpec(_Wire):
         return v
 
 
+class ScalingPolicy(_Wire):
+    """wakegate extension: which scaling policy runs the deployment, and its knobs."""
+
+    name: Literal["wakegate", "knative", "ray", "always-on"] = "wakegate"
+    params: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_params(self) -> ScalingPolicy:
+        from scaler.policies import known_params
+
+        allowed = known_params(self.name)
+        unknown = sorted(set(self.params) - allowed)
+        if unknown:
+            raise ValueError(
+                f"unknown params for policy {self.name!r}: {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(allowed)) or 'none'}"
+            )
+        return self
+
+
 class ConfigUpdate(_Wire):
     """Every settable field; all optional. On update, `None` means "leave unchanged"."""
 
@@ -102,6 +122,7 @@ class ConfigUpdate(_Wire):
     compute_spec: ComputeSpec | None = None
     quantization: StrictStr | None = None
     accelerator: StrictStr | None = None
+    scaling_policy: ScalingPolicy | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -280,6 +301,11 @@ class DeploymentSpec:
     @property
     def scale_up_threshold(self) -> int:
         return int(self.config.get("scale_up_threshold", DEFAULT_SCALE_UP_THRESHOLD))
+
+    @property
+    def scaling_policy(self) -> tuple[str, dict[str, float]]:
+        policy = self.config.get("scaling_policy") or {}
+        return str(policy.get("name", "wakegate")), dict(policy.get("params") or {})
 
     @property
     def base_model(self) -> str:

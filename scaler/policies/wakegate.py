@@ -1,7 +1,7 @@
-"""The scaling decision: a pure function of time, observed load, config and replica counts.
+"""wakegate's own scaling policy (DESIGN.md, "Scaling rules").
 
-No I/O, no clock, no randomness: the control loop passes `now` in and keeps the returned
-`PolicyState` for the next call, so the rules can be table-tested and replayed on traces.
+Scale up at once to ceil(load / threshold); scale down only after the load has stayed below
+capacity for `cooldown_s`; scale to zero only after `cooldown_s` without any request.
 """
 
 from __future__ import annotations
@@ -9,24 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-# Observations older than this are not trusted: hold rather than act on them.
-STALE_AFTER_S = 30.0
-
-
-@dataclass(frozen=True)
-class ScalingConfig:
-    min_replicas: int
-    max_replicas: int
-    scale_up_threshold: int  # requests (queued + in flight) one replica should carry
-    cooldown_s: float
-
-
-@dataclass(frozen=True)
-class Observation:
-    queued: int
-    in_flight: int
-    last_activity_at: float | None  # last enqueue or completion; None: never any traffic
-    observed_at: float
+from scaler.policies import Decision, Observation, ScalingConfig, clamp, is_fresh
 
 
 @dataclass(frozen=True)
@@ -35,14 +18,8 @@ class PolicyState:
     below_capacity_since: float | None = None
 
 
-@dataclass(frozen=True)
-class Decision:
-    desired: int
-    reason: str
-
-
-def _clamp(n: int, config: ScalingConfig) -> int:
-    return max(config.min_replicas, min(config.max_replicas, n))
+def initial_state() -> PolicyState:
+    return PolicyState()
 
 
 def decide(
@@ -56,8 +33,8 @@ def decide(
 
     `current` counts replicas that are starting or ready, not those draining.
     """
-    if observed is None or now - observed.observed_at > STALE_AFTER_S:
-        held = _clamp(current, config)
+    if observed is None or not is_fresh(now, observed):
+        held = clamp(current, config)
         # Hold rather than scale down: without fresh metrics idleness cannot be told from
         # an outage of the metrics path. Bounds are still enforced.
         reason = "hold: no fresh metrics" if held == current else "bounds: no fresh metrics"
@@ -65,7 +42,7 @@ def decide(
 
     load = observed.queued + observed.in_flight
     wanted = math.ceil(load / config.scale_up_threshold) if load else 0
-    target = _clamp(wanted, config)
+    target = clamp(wanted, config)
 
     if target > current:
         if wanted < target:

@@ -1,0 +1,84 @@
+"""Scaling policies: pure functions that say how many replicas a deployment should have.
+
+Every policy is a module-level pair `initial_state()` and
+`decide(now, observed, config, current, state) -> (Decision, new_state)` with no I/O, no clock
+and no randomness: the control loop passes `now` in and keeps the returned state, so a policy
+can be table-tested and replayed on traces. `current` counts replicas that are starting or
+ready (not draining). A deployment picks its policy with `scalingPolicy` in its config;
+`wakegate` is the default, the others are baselines for comparison.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Protocol
+
+# Observations older than this are not trusted: hold rather than act on them.
+STALE_AFTER_S = 30.0
+
+
+@dataclass(frozen=True)
+class ScalingConfig:
+    min_replicas: int
+    max_replicas: int
+    scale_up_threshold: int  # requests (queued + in flight) one replica should carry
+    cooldown_s: float
+    # Policy-specific knobs (seconds and ratios), e.g. a Knative stable window.
+    params: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class Observation:
+    queued: int
+    in_flight: int
+    last_activity_at: float | None  # last enqueue or completion; None: never any traffic
+    observed_at: float
+
+
+@dataclass(frozen=True)
+class Decision:
+    desired: int
+    reason: str
+
+
+def clamp(n: int, config: ScalingConfig) -> int:
+    return max(config.min_replicas, min(config.max_replicas, n))
+
+
+def is_fresh(now: float, observed: Observation | None) -> bool:
+    return observed is not None and now - observed.observed_at <= STALE_AFTER_S
+
+
+class Policy(Protocol):
+    def initial_state(self) -> Any: ...
+
+    def decide(
+        self,
+        now: float,
+        observed: Observation | None,
+        config: ScalingConfig,
+        current: int,
+        state: Any,
+    ) -> tuple[Decision, Any]: ...
+
+
+def _registry() -> dict[str, Any]:
+    from scaler.policies import wakegate
+
+    return {"wakegate": wakegate}
+
+
+def get_policy(name: str) -> Policy:
+    try:
+        policy: Policy = _registry()[name]
+    except KeyError:
+        raise ValueError(f"unknown scaling policy {name!r}") from None
+    return policy
+
+
+def known_params(name: str) -> frozenset[str]:
+    """The knobs a policy reads from `ScalingConfig.params` (its module's `PARAMS`)."""
+    module = _registry().get(name)
+    return frozenset(getattr(module, "PARAMS", {}))
