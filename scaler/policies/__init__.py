@@ -65,9 +65,9 @@ class Policy(Protocol):
 
 
 def _registry() -> dict[str, Any]:
-    from scaler.policies import wakegate
+    from scaler.policies import always_on, knative, ray, wakegate
 
-    return {"wakegate": wakegate}
+    return {"wakegate": wakegate, "knative": knative, "ray": ray, "always-on": always_on}
 
 
 def get_policy(name: str) -> Policy:
