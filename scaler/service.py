@@ -181,7 +181,7 @@ class Scaler:
                 continue
             if rec is None:
                 engine = get_engine(
-                    MODELS[spec.base_model].engine, self.settings.replica_concurrency
+                    MODELS[spec.base_model].engine, self.settings.replica_concurrency, spec=spec
                 )
                 rec = ReplicaRecord(
                     id=rep.replica_id,
@@ -318,7 +318,9 @@ class Scaler:
 
     async def _start(self, spec: DeploymentSpec, state: DeploymentState) -> None:
         try:
-            engine = get_engine(MODELS[spec.base_model].engine, self.settings.replica_concurrency)
+            engine = get_engine(
+                MODELS[spec.base_model].engine, self.settings.replica_concurrency, spec=spec
+            )
         except EngineRefused as exc:
             await self._mark_failed(spec, str(exc))
             return
@@ -374,7 +376,7 @@ class Scaler:
         await self._probe(spec, rec, started)
 
     async def _probe(self, spec: DeploymentSpec, rec: ReplicaRecord, started: float) -> None:
-        engine = get_engine(MODELS[spec.base_model].engine)
+        engine = get_engine(MODELS[spec.base_model].engine, spec=spec)
         deadline = started + self.settings.replica_start_timeout_s
         running = RunningReplica(rec.id, rec.deployment, rec.revision, rec.url, rec.handle)
         state = self._states.setdefault(spec.key, DeploymentState())

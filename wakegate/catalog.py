@@ -36,6 +36,15 @@ MODELS: dict[str, ModelEntry] = {
         context_window=32768,
         default_accelerator="cpu",
     ),
+    # Served by the simulated engine (scaler/engines/sim.py) on the `sim` backend: no weights,
+    # timing from the deployment's customArgs.
+    "sim-llm": ModelEntry(
+        name="sim-llm",
+        engine="sim",
+        weights="none",
+        context_window=32768,
+        default_accelerator="a10_24gb_100",
+    ),
 }
 
 ACCELERATORS: dict[str, Accelerator] = {

@@ -7,6 +7,7 @@ gateway translates the public APIs into that dialect, see router/dialects).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -53,11 +54,23 @@ class EngineProfile(Protocol):
         ...
 
 
-def get_engine(name: str, concurrency: int = 1) -> EngineProfile:
+def get_engine(
+    name: str, concurrency: int = 1, spec: DeploymentSpec | None = None
+) -> EngineProfile:
+    """The profile of engine `name`. Profiles whose knobs come from the deployment (the sim
+    engine's `customArgs`) read them from `spec`; without one they take their defaults."""
     from scaler.engines.llamacpp import LlamaCppProfile
+    from scaler.engines.sim import SimProfile
 
-    engines: dict[str, EngineProfile] = {"llamacpp": LlamaCppProfile(concurrency=concurrency)}
+    def sim() -> EngineProfile:
+        return SimProfile.from_spec(spec) if spec is not None else SimProfile()
+
+    engines: dict[str, Callable[[], EngineProfile]] = {
+        "llamacpp": lambda: LlamaCppProfile(concurrency=concurrency),
+        "sim": sim,
+    }
     try:
-        return engines[name]
+        factory = engines[name]
     except KeyError:
         raise EngineRefused("config.baseModel", f"engine {name!r} is not available") from None
+    return factory()
