@@ -1,0 +1,870 @@
+"""The sim host: one process, one event loop, every simulated replica and the GPU pool.
+
+    python -m scaler.sim.host --host 127.0.0.1 --port 0 --state-dir DIR \\
+        --pool "cpu=1000,a10_24gb=64" --acquire-s 0 --time-scale 1
+
+Each simulated replica is its own aiohttp server (AppRunner + site) on its own port and speaks
+the OpenAI completions API with llama-cpp-python's JSON shapes, so the real gateway proxies to
+it unchanged. Timing is simulated with plain asyncio sleeps paced against absolute deadlines:
+an idle replica costs nothing, a streaming sequence one wake-up per token at most.
+
+Control API (JSON) on --port:
+
+    POST   /replicas           {"replica_id","deployment","revision","accelerator","params"}
+                               waits --acquire-s, takes the GPUs, returns the replica
+                               (409 when the pool has no room, 422 on bad input)
+    DELETE /replicas/{id}      ?grace_s=: in-flight requests get that long, then it closes
+    GET    /replicas           [{replica_id, deployment, revision, url, accelerator, state}]
+                               state: loading (health 503), ready, draining
+    GET    /replicas/{id}      one of them, with its request counters
+    GET    /pool               {sku: {total, free, used}}
+    GET    /usage              GPU lease intervals (all, and per deployment) with GPU-seconds
+                               per deployment; wall-clock seconds, released_at null if held
+    GET    /health             liveness, pid, CPU seconds and RSS of this process
+    POST   /shutdown           ?grace_s=: stop every replica, then exit
+
+The pool counts GPUs per SKU (an accelerator id in --pool counts for its SKU); a replica on
+accelerator `a10_24gb_400` takes 4 `a10_24gb` GPUs, a `cpu` replica one `cpu` slot. The host
+writes its address to <state-dir>/sim-host.json, and it and its replicas outlive the scaler
+that started them, like local replicas do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import resource
+import signal
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from wakegate.catalog import ACCELERATORS, SKUS
+from wakegate.logs import setup_logging
+
+log = logging.getLogger("scaler.sim.host")
+
+STATE_FILE = "sim-host.json"
+TOKEN_TEXT = " tok"
+TOKEN_LOGPROB = -0.1
+DEFAULT_MAX_TOKENS = 16  # llama-cpp-python's default
+# Tokens due within this much of each other go out in one wake-up (never early, so measured
+# durations are lower-bounded by the simulated ones). A non-streaming request only needs its
+# end time, so it wakes rarely.
+STREAM_TICK_S = 0.005
+NONSTREAM_TICK_S = 0.1
+_OFFSET_MARK = -987654321  # placeholder in the streamed chunk template
+REPLICA_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+
+
+class PoolError(Exception):
+    """The pool cannot give a replica the GPUs it needs."""
+
+
+def parse_pool(text: str) -> dict[str, int]:
+    """`"cpu=1000,a10_24gb=64,a100_80gb_100=8"` -> GPUs (cpu: replica slots) per SKU."""
+    pool: dict[str, int] = {}
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        key, sep, raw = part.partition("=")
+        key = key.strip()
+        sku = ACCELERATORS[key].sku if key in ACCELERATORS else key
+        if not sep or sku not in SKUS:
+            raise ValueError(f"pool entry {part!r}: want <sku>=<count>, sku one of {sorted(SKUS)}")
+        count = int(raw)
+        if count < 0:
+            raise ValueError(f"pool entry {part!r}: count must be >= 0")
+        pool[sku] = pool.get(sku, 0) + count
+    return pool
+
+
+class Pool:
+    def __init__(self, capacity: dict[str, int]) -> None:
+        self.total = dict(capacity)
+        self.free = dict(capacity)
+
+    @staticmethod
+    def demand(accelerator: str) -> tuple[str, int, int]:
+        """(sku, pool units taken, GPUs) for one replica on `accelerator`."""
+        acc = ACCELERATORS.get(accelerator)
+        if acc is None:
+            raise PoolError(f"unknown accelerator {accelerator!r}; known: {sorted(ACCELERATORS)}")
+        return acc.sku, max(acc.gpu_count, 1), acc.gpu_count
+
+    def take(self, accelerator: str) -> tuple[str, int, int]:
+        sku, units, gpus = self.demand(accelerator)
+        free = self.free.get(sku, 0)
+        if free < units:
+            what = "cpu slot(s)" if sku == "cpu" else f"{sku} GPU(s)"
+            raise PoolError(
+                f"GPU pool exhausted: accelerator {accelerator} needs {units} {what}, "
+                f"{free} of {self.total.get(sku, 0)} free"
+            )
+        self.free[sku] = free - units
+        return sku, units, gpus
+
+    def give(self, sku: str, units: int) -> None:
+        self.free[sku] = min(self.total.get(sku, 0), self.free.get(sku, 0) + units)
+
+    def snapshot(self) -> dict[str, dict[str, int]]:
+        return {
+            sku: {"total": total, "free": self.free[sku], "used": total - self.free[sku]}
+            for sku, total in sorted(self.total.items())
+        }
+
+
+@dataclass(frozen=True)
+class ReplicaParams:
+    """One simulated engine's knobs (see scaler/engines/sim.py), in simulated seconds."""
+
+    model: str = "sim-llm"
+    load_s: float = 0.0
+    ttft_s: float = 0.0
+    prefill_tps: float = 5000.0
+    tps: float = 40.0
+    batch: int = 8
+    batch_slowdown: float = 0.0
+    n_ctx: int = 32768
+
+    @classmethod
+    def from_json(cls, raw: Any) -> ReplicaParams:
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ValueError("params must be an object")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"unknown params: {', '.join(unknown)}")
+        values: dict[str, Any] = {}
+        for key, value in raw.items():
+            default = getattr(cls, key)
+            if isinstance(default, str):
+                ok = isinstance(value, str)
+            elif isinstance(default, int):
+                ok = isinstance(value, int) and not isinstance(value, bool)
+            else:
+                ok = isinstance(value, int | float) and not isinstance(value, bool)
+                value = float(value) if ok else value
+            if not ok:
+                raise ValueError(f"params.{key} has the wrong type")
+            values[key] = value
+        params = cls(**values)
+        if min(params.load_s, params.ttft_s, params.batch_slowdown) < 0:
+            raise ValueError("params: durations and batch_slowdown must be >= 0")
+        if params.prefill_tps <= 0 or params.tps <= 0 or params.batch < 1 or params.n_ctx < 1:
+            raise ValueError("params: prefill_tps and tps must be > 0, batch and n_ctx >= 1")
+        return params
+
+
+@dataclass
+class Lease:
+    """GPUs held by one replica, from acquisition to release (wall-clock seconds)."""
+
+    replica_id: str
+    deployment: str
+    accelerator: str
+    sku: str
+    units: int
+    gpus: int
+    acquired_at: float
+    released_at: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "replica_id": self.replica_id,
+            "deployment": self.deployment,
+            "accelerator": self.accelerator,
+            "gpus": self.gpus,
+            "acquired_at": self.acquired_at,
+            "released_at": self.released_at,
+        }
+
+    def gpu_seconds(self, now: float) -> float:
+        return self.gpus * ((self.released_at or now) - self.acquired_at)
+
+
+def _error(status: int, message: str, **extra: Any) -> web.Response:
+    # FastAPI's shape ({"detail": ...}), which llama-cpp-python's server answers with.
+    return web.json_response({"detail": message, **extra}, status=status)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if port:  # a fixed port: rebind across restarts; never for port 0 (see below)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _sse(obj: Any) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+@dataclass(frozen=True)
+class _Request:
+    prompt: str
+    prompt_tokens: int
+    max_tokens: int
+    stream: bool
+    logprobs: bool
+    include_usage: bool
+
+
+class SimReplica:
+    """One simulated engine: a real HTTP server inside the host's event loop."""
+
+    def __init__(
+        self,
+        *,
+        replica_id: str,
+        deployment: str,
+        revision: int,
+        accelerator: str,
+        params: ReplicaParams,
+        time_scale: float,
+        bind_host: str,
+        advertise_host: str,
+        lease: Lease,
+    ) -> None:
+        self.replica_id = replica_id
+        self.deployment = deployment
+        self.revision = revision
+        self.accelerator = accelerator
+        self.params = params
+        self.time_scale = time_scale
+        self.lease = lease
+        self._bind_host = bind_host
+        self._advertise_host = advertise_host
+        self._loop = asyncio.get_running_loop()
+        self._ready_at = self._loop.time() + params.load_s / time_scale
+        self._slots = asyncio.Semaphore(params.batch)  # FIFO
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+        self.stopping = False
+        self.stopped = False
+        # Counters for tests and benchmarks (GET /stats).
+        self.active = 0
+        self.waiting = 0
+        self.served = 0
+        self.disconnected = 0
+        self.rejected = 0
+        self.tokens = 0
+        self.prompt_tokens = 0
+        self.max_concurrent = 0
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self._loop.time() >= self._ready_at
+
+    @property
+    def state(self) -> str:
+        if self.stopped:
+            return "stopped"
+        if self.stopping:
+            return "draining"
+        return "ready" if self.ready else "loading"
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/stats", self._stats)
+        app.router.add_post("/v1/completions", self._completions)
+        # After the host's own grace period, whatever still runs is cut off quickly.
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        sock = _bind(self._bind_host, 0)
+        port = int(sock.getsockname()[1])
+        try:
+            await web.SockSite(self._runner, sock, backlog=256).start()
+        except BaseException:
+            sock.close()
+            await self._runner.cleanup()
+            raise
+        self.url = f"http://{self._advertise_host}:{port}"
+
+    async def stop(self, grace_s: float) -> None:
+        """Refuse new requests, let in-flight ones finish for up to `grace_s`, then close."""
+        self.stopping = True
+        if grace_s > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), grace_s)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        self.stopped = True
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "replica_id": self.replica_id,
+            "deployment": self.deployment,
+            "revision": self.revision,
+            "url": self.url,
+            "accelerator": self.accelerator,
+            "state": self.state,
+            "acquired_at": self.lease.acquired_at,
+            "params": asdict(self.params),
+        }
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "replica_id": self.replica_id,
+            "state": self.state,
+            "requests": self.served,
+            "disconnected": self.disconnected,
+            "rejected": self.rejected,
+            "active": self.active,
+            "waiting": self.waiting,
+            "max_concurrent": self.max_concurrent,
+            "tokens_generated": self.tokens,
+            "prompt_tokens": self.prompt_tokens,
+        }
+
+    # --- HTTP -------------------------------------------------------------------------------
+
+    def _unavailable(self) -> web.Response | None:
+        if self.stopping:
+            return _error(503, "replica is shutting down")
+        if not self.ready:
+            return _error(503, "model is loading")
+        return None
+
+    async def _health(self, _: web.Request) -> web.Response:
+        refusal = self._unavailable()
+        return refusal or web.json_response({"status": "ok"})
+
+    async def _models(self, _: web.Request) -> web.Response:
+        refusal = self._unavailable()
+        model = {"id": self.params.model, "object": "model", "owned_by": "me", "permissions": []}
+        return refusal or web.json_response({"object": "list", "data": [model]})
+
+    async def _stats(self, _: web.Request) -> web.Response:
+        return web.json_response(self.stats())
+
+    def _parse(self, body: Any) -> _Request:
+        if not isinstance(body, dict):
+            raise ValueError("body must be a JSON object")
+        prompt = body.get("prompt", "")
+        if isinstance(prompt, list) and len(prompt) == 1:
+            prompt = prompt[0]
+        if not isinstance(prompt, str):
+            raise ValueError("prompt must be a string")
+        max_tokens = body.get("max_tokens")
+        if max_tokens is None:
+            max_tokens = DEFAULT_MAX_TOKENS
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+            raise ValueError("max_tokens must be an integer >= 1")
+        logprobs = body.get("logprobs")
+        if logprobs is not None and (not isinstance(logprobs, int) or logprobs < 0):
+            raise ValueError("logprobs must be a non-negative integer")
+        options = body.get("stream_options") or {}
+        return _Request(
+            prompt=prompt,
+            prompt_tokens=len(prompt.split()),
+            max_tokens=max_tokens,
+            stream=bool(body.get("stream")),
+            logprobs=logprobs is not None,
+            include_usage=bool(isinstance(options, dict) and options.get("include_usage")),
+        )
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        refusal = self._unavailable()
+        if refusal is not None:
+            self.rejected += 1
+            return refusal
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "request body is not valid JSON")
+        try:
+            req = self._parse(body)
+        except ValueError as exc:
+            return _error(422, str(exc))
+        total = req.prompt_tokens + req.max_tokens
+        if total > self.params.n_ctx:
+            return _error(
+                400,
+                f"Requested tokens ({total}) exceed context window of {self.params.n_ctx}",
+            )
+        self.waiting += 1
+        self._idle.clear()
+        try:
+            await self._slots.acquire()
+        except BaseException:
+            self.waiting -= 1
+            self._check_idle()
+            raise
+        self.waiting -= 1
+        self.active += 1
+        self.max_concurrent = max(self.max_concurrent, self.active)
+        self.prompt_tokens += req.prompt_tokens
+        try:
+            if req.stream:
+                return await self._stream(request, req)
+            return await self._complete(req)
+        finally:
+            self.active -= 1
+            self._slots.release()
+            self._check_idle()
+
+    def _check_idle(self) -> None:
+        if self.active == 0 and self.waiting == 0:
+            self._idle.set()
+
+    # --- generation -------------------------------------------------------------------------
+
+    def _interval(self) -> float:
+        p = self.params
+        return (1.0 + p.batch_slowdown * max(self.active - 1, 0)) / (p.tps * self.time_scale)
+
+    async def _token_clock(self, req: _Request, tick: float) -> AsyncIterator[int]:
+        """Yields how many tokens are due, as they come due: the first after the time to first
+        token, then one per (degraded) token interval, several per wake-up when they fall
+        within `tick` of each other or the loop is late."""
+        p = self.params
+        first = (p.ttft_s + req.prompt_tokens / p.prefill_tps) / self.time_scale
+        due = self._loop.time() + first
+        left = req.max_tokens
+        while left > 0:
+            now = self._loop.time()
+            horizon = max(due + tick, now)
+            n, last = 1, due
+            nxt = due + self._interval()
+            while n < left and nxt <= horizon:
+                n, last = n + 1, nxt
+                nxt += self._interval()
+            if last > now:
+                await asyncio.sleep(last - now)
+            left -= n
+            due = nxt
+            self.tokens += n
+            yield n
+
+    def _head(self, cid: str, created: int) -> dict[str, Any]:
+        return {
+            "id": cid,
+            "object": "text_completion",
+            "created": created,
+            "model": self.params.model,
+        }
+
+    @staticmethod
+    def _logprobs(prompt: str, count: int) -> dict[str, Any]:
+        step = len(TOKEN_TEXT)
+        return {
+            "tokens": [TOKEN_TEXT] * count,
+            "text_offset": [len(prompt) + i * step for i in range(count)],
+            "token_logprobs": [TOKEN_LOGPROB] * count,
+            "top_logprobs": [{TOKEN_TEXT: TOKEN_LOGPROB}] * count,
+        }
+
+    def _usage(self, req: _Request) -> dict[str, int]:
+        return {
+            "prompt_tokens": req.prompt_tokens,
+            "completion_tokens": req.max_tokens,
+            "total_tokens": req.prompt_tokens + req.max_tokens,
+        }
+
+    async def _complete(self, req: _Request) -> web.Response:
+        cid, created = f"cmpl-{uuid.uuid4()}", int(time.time())
+        async for _ in self._token_clock(req, NONSTREAM_TICK_S):
+            pass
+        choice = {
+            "text": TOKEN_TEXT * req.max_tokens,
+            "index": 0,
+            "logprobs": self._logprobs(req.prompt, req.max_tokens) if req.logprobs else None,
+            "finish_reason": "length",
+        }
+        self.served += 1
+        body = {**self._head(cid, created), "choices": [choice], "usage": self._usage(req)}
+        return web.json_response(body)
+
+    async def _stream(self, request: web.Request, req: _Request) -> web.StreamResponse:
+        cid, created = f"cmpl-{uuid.uuid4()}", int(time.time())
+        head = self._head(cid, created)
+        resp = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+            }
+        )
+
+        # Every chunk is the same bytes but for its text offset and the last one's finish
+        # reason: build two templates once, not one JSON document per token.
+        def template(finish: str | None) -> tuple[bytes, bytes]:
+            lp = None
+            if req.logprobs:
+                lp = {
+                    "tokens": [TOKEN_TEXT],
+                    "text_offset": [_OFFSET_MARK],
+                    "token_logprobs": [TOKEN_LOGPROB],
+                    "top_logprobs": [{TOKEN_TEXT: TOKEN_LOGPROB}],
+                }
+            choice = {"text": TOKEN_TEXT, "index": 0, "logprobs": lp, "finish_reason": finish}
+            before, _, after = _sse({**head, "choices": [choice]}).partition(
+                str(_OFFSET_MARK).encode()
+            )
+            return before, after
+
+        middle, final = template(None), template("length")
+        base, step = len(req.prompt), len(TOKEN_TEXT)
+
+        def chunk(index: int) -> bytes:
+            before, after = final if index == req.max_tokens - 1 else middle
+            if not after:  # no offset in it
+                return before
+            return before + str(base + index * step).encode() + after
+
+        sent = 0
+        try:
+            await resp.prepare(request)
+            async for n in self._token_clock(req, STREAM_TICK_S):
+                await resp.write(b"".join(chunk(i) for i in range(sent, sent + n)))
+                sent += n
+            if req.include_usage:
+                await resp.write(_sse({**head, "choices": [], "usage": self._usage(req)}))
+            await resp.write(b"data: [DONE]\n\n")
+            await resp.write_eof()
+            self.served += 1
+        except ConnectionError:
+            self.disconnected += 1  # the client went away; the sequence ends with it
+        return resp
+
+
+class SimHost:
+    """Every simulated replica of this host, the GPU pool and the lease record."""
+
+    def __init__(
+        self,
+        *,
+        pool: dict[str, int],
+        acquire_s: float,
+        time_scale: float,
+        bind_host: str,
+        advertise_host: str,
+        state_dir: Path,
+    ) -> None:
+        self.pool = Pool(pool)
+        self.acquire_s = acquire_s
+        self.time_scale = time_scale
+        self.bind_host = bind_host
+        self.advertise_host = advertise_host
+        self.state_dir = state_dir
+        self.replicas: dict[str, SimReplica] = {}
+        self.leases: list[Lease] = []
+        self.started_at = time.time()
+        self.exit = asyncio.Event()
+        self._starting: set[str] = set()
+        self._cancelled: set[str] = set()
+        self._stopping: dict[str, asyncio.Task[None]] = {}
+
+    # --- replicas ---------------------------------------------------------------------------
+
+    async def create(self, body: Any) -> web.Response:
+        if not isinstance(body, dict):
+            return _error(422, "body must be a JSON object")
+        rid = body.get("replica_id")
+        deployment = body.get("deployment")
+        revision = body.get("revision", 0)
+        accelerator = body.get("accelerator", "cpu")
+        if not isinstance(rid, str) or not REPLICA_ID_RE.match(rid):
+            return _error(422, "replica_id: want 1-200 letters, digits, '.', '_' or '-'")
+        if not isinstance(deployment, str) or not deployment:
+            return _error(422, "deployment: want a non-empty string")
+        if not isinstance(revision, int) or isinstance(revision, bool):
+            return _error(422, "revision: want an integer")
+        if not isinstance(accelerator, str):
+            return _error(422, "accelerator: want a string")
+        try:
+            params = ReplicaParams.from_json(body.get("params"))
+            Pool.demand(accelerator)
+        except (ValueError, PoolError) as exc:
+            return _error(422, str(exc))
+        existing = self.replicas.get(rid)
+        if existing is not None:
+            if existing.stopping:
+                return _error(409, f"replica {rid} is stopping")
+            return web.json_response(existing.describe())  # starting twice is starting once
+        if rid in self._starting:
+            return _error(409, f"replica {rid} is already starting")
+        self._starting.add(rid)
+        try:
+            if self.acquire_s > 0:
+                await asyncio.sleep(self.acquire_s / self.time_scale)
+            if rid in self._cancelled:
+                return _error(409, f"replica {rid} was deleted while acquiring its GPUs")
+            try:
+                sku, units, gpus = self.pool.take(accelerator)
+            except PoolError as exc:
+                log.warning("refused %s of %s: %s", rid, deployment, exc)
+                return _error(409, str(exc), reason="pool_exhausted")
+            lease = Lease(rid, deployment, accelerator, sku, units, gpus, time.time())
+            replica = SimReplica(
+                replica_id=rid,
+                deployment=deployment,
+                revision=revision,
+                accelerator=accelerator,
+                params=params,
+                time_scale=self.time_scale,
+                bind_host=self.bind_host,
+                advertise_host=self.advertise_host,
+                lease=lease,
+            )
+            try:
+                await replica.start()
+            except OSError as exc:
+                self.pool.give(sku, units)
+                return _error(500, f"replica {rid} could not listen: {exc}")
+            self.replicas[rid] = replica
+            self.leases.append(lease)
+        finally:
+            self._starting.discard(rid)
+            self._cancelled.discard(rid)
+        log.info("started %s of %s on %s at %s", rid, deployment, accelerator, replica.url)
+        return web.json_response(replica.describe())
+
+    def stop(self, rid: str, grace_s: float) -> asyncio.Task[None] | None:
+        """Stop a replica and release its GPUs; one task per replica however often asked."""
+        task = self._stopping.get(rid)
+        if task is not None:
+            return task
+        replica = self.replicas.get(rid)
+        if replica is None:
+            return None
+
+        async def retire() -> None:
+            try:
+                await replica.stop(grace_s)
+            finally:
+                replica.lease.released_at = time.time()
+                self.pool.give(replica.lease.sku, replica.lease.units)
+                self.replicas.pop(rid, None)
+                self._stopping.pop(rid, None)
+                log.info("stopped %s of %s", rid, replica.deployment)
+
+        task = asyncio.create_task(retire())
+        self._stopping[rid] = task
+        return task
+
+    async def stop_all(self, grace_s: float) -> int:
+        self._cancelled.update(self._starting)
+        tasks = [t for rid in list(self.replicas) if (t := self.stop(rid, grace_s)) is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return len(tasks)
+
+    def usage(self) -> dict[str, Any]:
+        now = time.time()
+        by_deployment: dict[str, list[dict[str, Any]]] = {}
+        gpu_seconds: dict[str, float] = {}
+        for lease in self.leases:
+            by_deployment.setdefault(lease.deployment, []).append(lease.to_json())
+            gpu_seconds[lease.deployment] = gpu_seconds.get(
+                lease.deployment, 0.0
+            ) + lease.gpu_seconds(now)
+        return {
+            "now": now,
+            "time_scale": self.time_scale,
+            "intervals": [lease.to_json() for lease in self.leases],  # all, in start order
+            "usage": by_deployment,
+            "gpu_seconds": gpu_seconds,
+        }
+
+    # --- control API ------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/replicas", self._h_create)
+        app.router.add_get("/replicas", self._h_list)
+        app.router.add_get("/replicas/{id}", self._h_get)
+        app.router.add_delete("/replicas/{id}", self._h_delete)
+        app.router.add_get("/pool", self._h_pool)
+        app.router.add_get("/usage", self._h_usage)
+        app.router.add_get("/health", self._h_health)
+        app.router.add_post("/shutdown", self._h_shutdown)
+        return app
+
+    @staticmethod
+    def _grace(request: web.Request, default: float = 10.0) -> float:
+        try:
+            return max(0.0, float(request.query.get("grace_s", default)))
+        except ValueError:
+            raise web.HTTPUnprocessableEntity(
+                text=json.dumps({"detail": "grace_s must be a number"}),
+                content_type="application/json",
+            ) from None
+
+    async def _h_create(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "request body is not valid JSON")
+        return await self.create(body)
+
+    async def _h_list(self, _: web.Request) -> web.Response:
+        return web.json_response([r.describe() for r in self.replicas.values()])
+
+    async def _h_get(self, request: web.Request) -> web.Response:
+        replica = self.replicas.get(request.match_info["id"])
+        if replica is None:
+            return _error(404, "no such replica")
+        return web.json_response({**replica.describe(), "stats": replica.stats()})
+
+    async def _h_delete(self, request: web.Request) -> web.Response:
+        rid = request.match_info["id"]
+        grace_s = self._grace(request)
+        if rid in self._starting:
+            self._cancelled.add(rid)
+            return web.json_response({"replica_id": rid, "state": "cancelled"})
+        task = self.stop(rid, grace_s)
+        if task is None:
+            return _error(404, f"no replica {rid}")
+        await asyncio.shield(task)
+        return web.json_response({"replica_id": rid, "state": "stopped"})
+
+    async def _h_pool(self, _: web.Request) -> web.Response:
+        return web.json_response(self.pool.snapshot())
+
+    async def _h_usage(self, _: web.Request) -> web.Response:
+        return web.json_response(self.usage())
+
+    async def _h_health(self, _: web.Request) -> web.Response:
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        return web.json_response(
+            {
+                "status": "ok",
+                "pid": os.getpid(),
+                "state_dir": str(self.state_dir),
+                "started_at": self.started_at,
+                "replicas": len(self.replicas),
+                "time_scale": self.time_scale,
+                "cpu_s": ru.ru_utime + ru.ru_stime,
+                "rss_mib": _rss_mib(),
+                "max_rss_mib": ru.ru_maxrss / 1024,
+            }
+        )
+
+    async def _h_shutdown(self, request: web.Request) -> web.Response:
+        stopped = await self.stop_all(self._grace(request))
+        self.exit.set()
+        return web.json_response({"stopped": stopped})
+
+
+def _rss_mib() -> float:
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _raise_fd_limit() -> None:
+    # Hundreds of replicas: a listening socket each, plus their connections.
+    with contextlib.suppress(ValueError, OSError):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or hard > soft:
+            target = 65536 if hard == resource.RLIM_INFINITY else hard
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, target), hard))
+
+
+def state_path(state_dir: Path) -> Path:
+    return state_dir / STATE_FILE
+
+
+def _write_state(path: Path, record: dict[str, Any]) -> None:
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record))
+    tmp.replace(path)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    state_dir = Path(args.state_dir)
+    host = SimHost(
+        pool=parse_pool(args.pool),
+        acquire_s=args.acquire_s,
+        time_scale=args.time_scale,
+        bind_host=args.host,
+        advertise_host=args.advertise_host or args.host,
+        state_dir=state_dir,
+    )
+    runner = web.AppRunner(host.app(), access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    sock = _bind(args.host, args.port)
+    port = int(sock.getsockname()[1])
+    await web.SockSite(runner, sock).start()
+    url = f"http://{args.advertise_host or args.host}:{port}"
+    record = {
+        "pid": os.getpid(),
+        "url": url,
+        "port": port,
+        "state_dir": str(state_dir),
+        "started_at": host.started_at,
+        "pool": host.pool.total,
+        "acquire_s": args.acquire_s,
+        "time_scale": args.time_scale,
+    }
+    path = state_path(state_dir)
+    _write_state(path, record)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, host.exit.set)
+    log.info("sim host %s serving at %s, pool %s", os.getpid(), url, host.pool.total)
+    try:
+        await host.exit.wait()
+        await host.stop_all(grace_s=args.grace_s)
+    finally:
+        await runner.cleanup()
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(path.read_text()).get("pid") == os.getpid():
+                path.unlink()
+        log.info("sim host %s stopped", os.getpid())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m scaler.sim.host", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--advertise-host", default=None)
+    parser.add_argument("--port", type=int, default=0, help="control API port (0: any free)")
+    parser.add_argument("--state-dir", required=True)
+    parser.add_argument("--pool", default="cpu=1000")
+    parser.add_argument("--acquire-s", type=float, default=0.0)
+    parser.add_argument("--time-scale", type=float, default=1.0)
+    parser.add_argument("--grace-s", type=float, default=5.0, help="grace when stopped by signal")
+    parser.add_argument("--log-level", default=os.environ.get("WAKEGATE_LOG_LEVEL", "INFO"))
+    args = parser.parse_args(argv)
+    if args.time_scale <= 0 or args.acquire_s < 0:
+        parser.error("--time-scale must be > 0 and --acquire-s >= 0")
+    try:
+        parse_pool(args.pool)
+    except ValueError as exc:
+        parser.error(str(exc))
+    setup_logging(args.log_level, "simhost")
+    _raise_fd_limit()
+    Path(args.state_dir).mkdir(parents=True, exist_ok=True)
+    asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    main()
