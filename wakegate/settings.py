@@ -42,6 +42,15 @@ class Settings:
     replica_advertise_host: str | None = None
     # llama.cpp serves one request at a time per replica.
     replica_concurrency: int = 1
+    # The `sim` backend (scaler/sim): GPUs in the simulated pool by SKU (an accelerator id
+    # counts for its SKU), seconds to acquire a GPU, and how much faster than real time the
+    # simulated engines run (load, prefill and decode durations are divided by it).
+    sim_pool: str = (
+        "cpu=1000,a10_24gb=64,l4_24gb=64,l40s_48gb=32,a100_80gb=32,"
+        "h100_80gb_pcie=16,h100_80gb_sxm=32"
+    )
+    sim_acquire_s: float = 0.0
+    sim_time_scale: float = 1.0
     default_token: str | None = None
     default_tenant: str = "default"
     log_level: str = "INFO"

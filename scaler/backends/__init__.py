@@ -52,8 +52,9 @@ BackendFactory = Callable[[Settings], Backend]
 
 def create_backend(settings: Settings) -> Backend:
     from scaler.backends.local import LocalBackend
+    from scaler.backends.sim import SimBackend
 
-    factories: dict[str, BackendFactory] = {"local": LocalBackend}
+    factories: dict[str, BackendFactory] = {"local": LocalBackend, "sim": SimBackend}
     try:
         return factories[settings.backend](settings)
     except KeyError:

@@ -1,0 +1,292 @@
+"""The `sim` backend: replicas are simulated engines on a simulated GPU pool.
+
+Every replica lives in one sim host process (scaler/sim/host.py), driven over HTTP. The host
+records its address in `<state_dir>/sim-host.json`; a scaler that finds no live host there
+starts one in its own session, so that the host and its replicas outlive the scaler and a
+restarted scaler adopts them, as with the local backend. Only models of the `sim` engine
+(e.g. `sim-llm`) run here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from scaler.backends import RunningReplica
+from scaler.engines import EngineProfile, EngineRefused
+from scaler.engines.sim import SimProfile
+from scaler.sim.host import STATE_FILE, parse_pool
+from wakegate.settings import Settings
+from wakegate.spec import DeploymentSpec
+
+log = logging.getLogger(__name__)
+
+HOST_START_TIMEOUT_S = 20.0
+HTTP_MARGIN_S = 30.0
+
+
+class SimHostError(RuntimeError):
+    """The sim host failed or answered an error."""
+
+
+class PoolExhausted(SimHostError):
+    """The simulated pool has no free GPU of the kind a replica needs."""
+
+
+def host_alive(pid: int, state_dir: Path) -> bool:
+    """A sim host for `state_dir` runs as `pid` (guards against pid reuse)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)  # a host this process started and that died is a zombie
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"scaler.sim.host" in args and str(state_dir).encode() in args
+
+
+def _detail(resp: httpx.Response) -> str:
+    try:
+        data = resp.json()
+    except ValueError:
+        return resp.text[:300]
+    return str(data.get("detail", data)) if isinstance(data, dict) else str(data)
+
+
+class SimBackend:
+    name = "sim"
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._dir = settings.state_dir.resolve()
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(10.0))
+        self._start_lock = asyncio.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None  # a host this process started
+
+    # --- the host ---------------------------------------------------------------------------
+
+    @property
+    def state_file(self) -> Path:
+        return self._dir / STATE_FILE
+
+    def _record(self) -> dict[str, Any] | None:
+        try:
+            rec = json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return rec if isinstance(rec, dict) and "pid" in rec and "url" in rec else None
+
+    def _live_record(self) -> dict[str, Any] | None:
+        rec = self._record()
+        return rec if rec is not None and host_alive(int(rec["pid"]), self._dir) else None
+
+    async def host_url(self, start: bool = False) -> str | None:
+        """The live host's control URL; with `start`, one is started when none runs."""
+        rec = self._live_record()
+        if rec is not None:
+            return str(rec["url"])
+        if not start:
+            return None
+        async with self._start_lock:
+            return await asyncio.to_thread(self._start_host)
+
+    def _start_host(self) -> str:
+        # A file lock, so two scalers (or a scaler and a benchmark) never start two hosts.
+        with open(self._dir / "sim-host.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            rec = self._live_record()
+            if rec is not None:
+                return str(rec["url"])
+            s = self._settings
+            argv = [
+                sys.executable,
+                "-m",
+                "scaler.sim.host",
+                "--host",
+                s.replica_host,
+                "--port",
+                "0",
+                "--state-dir",
+                str(self._dir),
+                "--pool",
+                s.sim_pool,
+                "--acquire-s",
+                str(s.sim_acquire_s),
+                "--time-scale",
+                str(s.sim_time_scale),
+                "--log-level",
+                s.log_level,
+            ]
+            if s.replica_advertise_host:
+                argv += ["--advertise-host", s.replica_advertise_host]
+            log_path = self._dir / "sim-host.log"
+            with open(log_path, "ab") as fh:
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=fh,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # outlives the scaler, like local replicas
+                )
+            deadline = time.monotonic() + HOST_START_TIMEOUT_S
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    raise SimHostError(
+                        f"sim host exited with {proc.returncode} at start-up; see {log_path}"
+                    )
+                rec = self._record()
+                if rec is not None and rec.get("pid") == proc.pid:
+                    self._proc = proc
+                    log.info("started sim host %s at %s", proc.pid, rec["url"])
+                    return str(rec["url"])
+                time.sleep(0.05)
+            proc.kill()
+            proc.wait()
+            raise SimHostError(f"sim host did not come up in {HOST_START_TIMEOUT_S}s")
+
+    def _start_timeout(self) -> float:
+        rec = self._record() or {}
+        acquire_s = float(rec.get("acquire_s", self._settings.sim_acquire_s))
+        scale = float(rec.get("time_scale", self._settings.sim_time_scale)) or 1.0
+        return acquire_s / scale + HTTP_MARGIN_S
+
+    # --- Backend ----------------------------------------------------------------------------
+
+    async def start(
+        self, spec: DeploymentSpec, replica_id: str, engine: EngineProfile
+    ) -> RunningReplica:
+        if not isinstance(engine, SimProfile):
+            raise EngineRefused(
+                "config.baseModel",
+                f"the sim backend runs only simulated models (engine 'sim', e.g. sim-llm); "
+                f"{spec.base_model!r} needs engine {engine.name!r}",
+            )
+        params = engine.sim_params(spec)
+        url = await self.host_url(start=True)
+        assert url is not None
+        body = {
+            "replica_id": replica_id,
+            "deployment": spec.key,
+            "revision": spec.revision,
+            "accelerator": spec.accelerator,
+            "params": params,
+        }
+        resp = await self._http.post(f"{url}/replicas", json=body, timeout=self._start_timeout())
+        if resp.status_code == 409 and "pool_exhausted" in resp.text:
+            raise PoolExhausted(_detail(resp))
+        if resp.status_code != 200:
+            raise SimHostError(
+                f"sim host refused {replica_id} ({resp.status_code}): {_detail(resp)}"
+            )
+        data = resp.json()
+        log.info("started sim replica %s of %s at %s", replica_id, spec.key, data["url"])
+        return RunningReplica(
+            replica_id=replica_id,
+            deployment=spec.key,
+            revision=spec.revision,
+            url=str(data["url"]),
+            handle={"host": url, "accelerator": spec.accelerator},
+        )
+
+    async def stop(self, replica: RunningReplica, grace_s: float) -> None:
+        url = await self.host_url()
+        if url is None:
+            return  # no host, no replicas
+        try:
+            resp = await self._http.delete(
+                f"{url}/replicas/{quote(replica.replica_id, safe='')}",
+                params={"grace_s": grace_s},
+                timeout=grace_s + HTTP_MARGIN_S,
+            )
+        except httpx.TransportError:
+            if await self.host_url() is None:
+                return  # the host died with its replicas
+            raise
+        if resp.status_code not in (200, 404):
+            raise SimHostError(f"sim host could not stop {replica.replica_id}: {_detail(resp)}")
+        log.info("stopped sim replica %s of %s", replica.replica_id, replica.deployment)
+
+    async def list(self) -> list[RunningReplica]:
+        url = await self.host_url()
+        if url is None:
+            return []  # no host: every simulated replica is gone
+        try:
+            resp = await self._http.get(f"{url}/replicas")
+        except httpx.TransportError:
+            if await self.host_url() is None:
+                return []
+            raise  # a live host that does not answer: better no answer than a wrong one
+        resp.raise_for_status()
+        return [
+            RunningReplica(
+                replica_id=r["replica_id"],
+                deployment=r["deployment"],
+                revision=int(r["revision"]),
+                url=r["url"],
+                handle={"host": url, "accelerator": r["accelerator"]},
+                alive=r["state"] != "stopped",
+            )
+            for r in resp.json()
+        ]
+
+    async def free_accelerators(self) -> dict[str, int]:
+        url = await self.host_url()
+        if url is None:
+            return parse_pool(self._settings.sim_pool)
+        resp = await self._http.get(f"{url}/pool")
+        resp.raise_for_status()
+        return {sku: int(v["free"]) for sku, v in resp.json().items()}
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    # --- beyond the protocol ----------------------------------------------------------------
+
+    async def usage(self) -> dict[str, Any]:
+        """GPU lease intervals per deployment (GET /usage on the host); empty without one."""
+        url = await self.host_url()
+        if url is None:
+            return {"usage": {}, "gpu_seconds": {}}
+        resp = await self._http.get(f"{url}/usage")
+        resp.raise_for_status()
+        return dict(resp.json())
+
+    async def stop_all(self, grace_s: float = 10.0) -> int:
+        """Stop every replica and the host itself (test stacks and `wakegate up` shutdown)."""
+        rec = self._live_record()
+        if rec is None:
+            return 0
+        pid, url = int(rec["pid"]), str(rec["url"])
+        stopped = 0
+        try:
+            resp = await self._http.post(
+                f"{url}/shutdown", params={"grace_s": grace_s}, timeout=grace_s + HTTP_MARGIN_S
+            )
+            stopped = int(resp.json().get("stopped", 0))
+        except (httpx.HTTPError, ValueError) as exc:
+            log.warning("sim host %s did not shut down on request (%s); killing it", pid, exc)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and host_alive(pid, self._dir):
+            await asyncio.sleep(0.05)
+        if host_alive(pid, self._dir):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            while host_alive(pid, self._dir):
+                await asyncio.sleep(0.05)
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(self.state_file.read_text()).get("pid") == pid:
+                self.state_file.unlink()
+        return stopped
