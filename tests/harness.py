@@ -211,9 +211,19 @@ class Stack:
             s.stop()
         # Replicas outlive the scaler by design; the test stack removes them like `up` does.
         from scaler.backends.local import LocalBackend
+        from scaler.backends.sim import SimBackend
         from wakegate.settings import Settings
 
-        run_async(LocalBackend(Settings(state_dir=self.state_dir)).stop_all(grace_s=5))
+        async def stop_replicas() -> None:
+            settings = Settings(state_dir=self.state_dir)
+            sim = self.env.get("WAKEGATE_BACKEND") == "sim"
+            backend = SimBackend(settings) if sim else LocalBackend(settings)
+            try:
+                await backend.stop_all(grace_s=5)
+            finally:
+                await backend.close()
+
+        run_async(stop_replicas())
 
     def logs(self) -> str:
         parts = [f"--- {p.name}\n{p.tail()}" for p in [self.gateway, *self.scalers]]
