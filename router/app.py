@@ -34,7 +34,11 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     # One pooled client for every replica; generation can be slow, connecting must not be.
     app[UPSTREAM] = httpx.AsyncClient(
         timeout=httpx.Timeout(connect=5.0, read=600.0, write=30.0, pool=30.0),
-        limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+        # Idle connections are dropped before the engines' own keep-alive timeout (uvicorn's
+        # is 5 s): reusing one the server is closing at that moment fails the request.
+        limits=httpx.Limits(
+            max_connections=1000, max_keepalive_connections=200, keepalive_expiry=2.0
+        ),
     )
     yield
     await app[UPSTREAM].aclose()

@@ -166,29 +166,26 @@ async def update_deployment(request: web.Request) -> web.Response:
     changed = {k for k in set(config) | set(spec.config) if config.get(k) != spec.config.get(k)}
     description = req.description if req.description is not None else spec.description
     revision = spec.revision + 1
+    engine_changes = sorted(changed & ENGINE_FIELDS)
+    # Engine changes on a deployment with replicas need a rolling replacement (the scaler
+    # starts new replicas, waits until they are ready, drains the old ones, then says Ready).
+    # Everything else applies live, and so does an engine change at zero replicas.
+    rolling = bool(engine_changes) and bool(await store.replicas(key))
     updated = replace(
         spec,
         config=config,
         description=description,
         revision=revision,
-        # An update is the way out of "failed": the scaler tries again.
-        status="ready",
+        engine_revision=revision if engine_changes else spec.engine_revision,
+        # An update is also the way out of "failed": the scaler tries again.
+        status="updating" if rolling else "ready",
         updated_at=time.time(),
     )
     await store.put_deployment(updated)
-    engine_changes = sorted(changed & ENGINE_FIELDS)
     message = "changed: " + (", ".join(sorted(changed)) or "nothing")
     events = [event("Updating", revision, message)]
-    # Scaling fields apply live; the readiness poll of `update(block=True)` ends at once.
-    events.append(
-        event(
-            "Ready",
-            revision,
-            "applied"
-            if not engine_changes
-            else "applied; new replicas use the new engine settings",
-        )
-    )
+    if not rolling:
+        events.append(event("Ready", revision, "applied"))
     await store.append_events(key, events)
     await _announce(request, key, "updated")
     return web.json_response({"data": await _wire(store, updated)})

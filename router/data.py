@@ -88,19 +88,29 @@ async def on_enqueued(request: web.Request, ticket: Ticket) -> None:
             )
 
 
+# While a request waits, the deployment is re-checked this often: a deployment that failed or
+# was deleted answers its waiting requests at once instead of at the queue timeout.
+RECHECK_S = 1.0
+
+
 async def await_replica(request: web.Request, ticket: Ticket) -> ReplicaRecord:
     settings = request.app[SETTINGS]
     start = time.monotonic()
-    try:
-        async with asyncio.timeout(settings.queue_timeout_s):
-            replica_id = await request.app[DISPATCHER].wait(ticket)
-    except TimeoutError:
-        raise ApiError(
-            504,
-            f"no replica of {ticket.deployment} became available within "
-            f"{settings.queue_timeout_s:.0f}s",
-            error_type="timeout",
-        ) from None
+    deadline = start + settings.queue_timeout_s
+    while True:
+        try:
+            async with asyncio.timeout(min(RECHECK_S, max(0.0, deadline - time.monotonic()))):
+                replica_id = await request.app[DISPATCHER].wait(ticket)
+            break
+        except TimeoutError:
+            if time.monotonic() >= deadline:
+                raise ApiError(
+                    504,
+                    f"no replica of {ticket.deployment} became available within "
+                    f"{settings.queue_timeout_s:.0f}s",
+                    error_type="timeout",
+                ) from None
+            await resolve(request)  # raises 404 / 424 when the deployment is gone or failed
     request.app[METRICS].queue_wait.labels(ticket.deployment).observe(time.monotonic() - start)
     replica = await request.app[STORE].replica(ticket.deployment, replica_id)
     if replica is None:
@@ -225,7 +235,14 @@ async def _stream(
     try:
         async with app[DISPATCHER].admitted(spec.key, priority) as ticket:
             await on_enqueued(request, ticket)
+            queued_at = time.monotonic()
             replica = await await_replica(request, ticket)
+            # For tools that measure the queue (trace replay); clients ignore SSE comments.
+            wait_ms = int((time.monotonic() - queued_at) * 1000)
+            await resp.write(
+                f": wakegate queue_wait_ms={wait_ms} cold={int(ticket.cold)} "
+                f"replica={replica.id}\n\n".encode()
+            )
             app[METRICS].in_flight.labels(spec.key).inc()
             try:
                 await _relay(request, spec, req, replica, ticket, arrived, send)

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
@@ -235,6 +235,10 @@ class Scaler:
                 return
             state = self._states.setdefault(key, DeploymentState())
             active = [r for r in replicas if r.state in ("starting", "ready")]
+            outdated = [r for r in active if r.revision < spec.engine_revision]
+            # While a rolling update replaces old replicas one for one, the deployment has
+            # as many logical replicas as the larger of the two generations.
+            current = max(len(outdated), len(active) - len(outdated)) if outdated else len(active)
             load = await self.store.load(key)
             now = time.time()
             observed = Observation(
@@ -256,37 +260,70 @@ class Scaler:
             )
             if spec.status == "failed":
                 # Stay down until the user updates the deployment; hold what is running.
-                config = ScalingConfig(0, len(active), config.scale_up_threshold, 0)
+                config = ScalingConfig(0, current, config.scale_up_threshold, 0)
             decision, state.policy_state = policy.decide(
-                now, observed, config, len(active), state.policy_state
+                now, observed, config, current, state.policy_state
             )
             self._observe(key, replicas, load.queued, load.in_flight)
-            if decision.desired != len(active) or decision.reason != state.last_reason:
-                log.info("%s: %d -> %d (%s)", key, len(active), decision.desired, decision.reason)
+            if decision.desired != current or decision.reason != state.last_reason:
+                log.info("%s: %d -> %d (%s)", key, current, decision.desired, decision.reason)
             state.last_reason = decision.reason
-            if decision.desired == len(active):
-                return
-            self.metrics.decisions.labels(key, decision.reason.split(":")[0]).inc()
-            await self.publish(
-                "decision",
-                topics.Decision(
-                    deployment=key,
-                    current=len(active),
-                    desired=decision.desired,
-                    reason=decision.reason,
-                ),
-            )
-            if decision.desired > len(active):
-                if now < state.retry_after:
-                    return
-                for _ in range(decision.desired - len(active)):
-                    await self._start(spec, state)
-            else:
-                victims = self._pick_victims(active, len(active) - decision.desired)
-                for rec in victims:
-                    rec.state = "draining"
-                    await self.store.put_replica(rec)
-                    self._spawn(rec.id, self._drain(rec))
+            if decision.desired != current:
+                self.metrics.decisions.labels(key, decision.reason.split(":")[0]).inc()
+                await self.publish(
+                    "decision",
+                    topics.Decision(
+                        deployment=key,
+                        current=current,
+                        desired=decision.desired,
+                        reason=decision.reason,
+                    ),
+                )
+            await self._actuate(spec, state, active, decision.desired, now)
+
+    async def _actuate(
+        self,
+        spec: DeploymentSpec,
+        state: DeploymentState,
+        active: list[ReplicaRecord],
+        desired: int,
+        now: float,
+    ) -> None:
+        """Start and drain replicas so that `desired` of the current engine revision run.
+
+        A rolling update starts one replica above `desired` (surge), and drains an old
+        replica only once a new one is ready to take its place, so capacity never drops.
+        """
+        fresh = [r for r in active if r.revision >= spec.engine_revision]
+        outdated = [r for r in active if r.revision < spec.engine_revision]
+        fresh_ready = sum(1 for r in fresh if r.state == "ready")
+        surge = 1 if outdated else 0
+        to_start = min(desired - len(fresh), desired + surge - len(active))
+        retired_old = self._pick_victims(outdated, len(outdated) - max(0, desired - fresh_ready))
+        if outdated:
+            victims = retired_old + self._pick_victims(fresh, len(fresh) - desired)
+        else:
+            victims = self._pick_victims(active, len(active) - desired)
+        if to_start > 0 and now >= state.retry_after:
+            for _ in range(to_start):
+                await self._start(spec, state)
+        for rec in victims:
+            rec.state = "draining"
+            await self.store.put_replica(rec)
+            self._spawn(rec.id, self._drain(rec))
+        rollout_done = len(retired_old) == len(outdated) and fresh_ready >= min(desired, 1)
+        if spec.status == "updating" and rollout_done:
+            await self._finish_rollout(spec)
+
+    async def _finish_rollout(self, spec: DeploymentSpec) -> None:
+        current = await self.store.get_deployment(spec.key)
+        if current is None or current.status != "updating" or current.revision != spec.revision:
+            return
+        await self.store.put_deployment(replace(current, status="ready", updated_at=time.time()))
+        await self.store.append_events(
+            spec.key, [event("Ready", spec.revision, "rolling update complete")]
+        )
+        log.info("%s: rolling update to revision %d complete", spec.key, spec.revision)
 
     def _observe(
         self, key: str, replicas: list[ReplicaRecord], queued: int, in_flight: int
@@ -298,6 +335,8 @@ class Scaler:
 
     @staticmethod
     def _pick_victims(active: list[ReplicaRecord], count: int) -> list[ReplicaRecord]:
+        if count <= 0:
+            return []
         # Not-yet-ready replicas go first (nothing to drain), then the newest ready ones.
         ordered = sorted(active, key=lambda r: (r.state == "ready", -r.created_at))
         return ordered[:count]
@@ -462,8 +501,6 @@ class Scaler:
         current = await self.store.get_deployment(spec.key)
         if current is None or current.status == "failed":
             return
-        from dataclasses import replace
-
         await self.store.put_deployment(replace(current, status="failed", updated_at=time.time()))
         await self.store.append_events(spec.key, [event("Failed", current.revision, why)])
         log.error("%s failed: %s", spec.key, why)

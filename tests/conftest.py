@@ -46,13 +46,14 @@ def make_stack(
     """Isolated stacks, for tests that kill, restart or reconfigure processes."""
     made: list[Stack] = []
 
-    def make(mqtt: bool = True, **settings: Any) -> Stack:
+    def make(mqtt: bool | str = True, **settings: Any) -> Stack:
+        """`mqtt`: use the session broker (True), none (False), or this broker URL."""
         db = next(_databases)
         assert db < STORE_TEST_DB, "too many isolated stacks for one Redis"
         s = Stack(
             tmp_path_factory.mktemp("stack"),
             f"{infra['redis_url']}/{db}",
-            infra["mqtt_url"] if mqtt else None,
+            mqtt if isinstance(mqtt, str) else (infra["mqtt_url"] if mqtt else None),
             **settings,
         )
         made.append(s)

@@ -278,9 +278,12 @@ class DeploymentSpec:
     description: str | None
     config: dict[str, Any]  # snake_case, only the fields the user set
     status: str
-    revision: int
+    revision: int  # bumped by every update; events are scoped to it
     created_at: float
     updated_at: float
+    # The revision at which engine fields last changed: replicas started at an earlier
+    # revision run old engine settings and are replaced by a rolling update.
+    engine_revision: int = 1
 
     @property
     def key(self) -> str:
@@ -335,6 +338,7 @@ class DeploymentSpec:
             "revision": self.revision,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
+            "engine_revision": self.engine_revision,
         }
 
     @classmethod
