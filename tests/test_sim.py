@@ -99,7 +99,7 @@ def test_sim_profile_reads_custom_args_and_refuses_bad_ones() -> None:
     engine = get_engine("sim", 1, spec=sim_spec(args=args))
     assert isinstance(engine, SimProfile)
     assert (engine.name, engine.dialect, engine.health_path) == ("sim", "openai", "/health")
-    assert engine.concurrency == 3 and engine.cheap_logprobs
+    assert engine.concurrency == 3 and not engine.cheap_logprobs
     params = engine.sim_params(sim_spec(args=args))
     assert params["load_s"] == 2.0 and params["tps"] == 25.0 and params["batch"] == 3
     assert params["batch_slowdown"] == 0.1 and params["model"] == "sim-llm"

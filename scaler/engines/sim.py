@@ -42,6 +42,7 @@ def _parser() -> _Parser:
     p.add_argument("--tps", type=float, default=SimProfile.tps)
     p.add_argument("--batch", type=int, default=SimProfile.batch)
     p.add_argument("--batch-slowdown", type=float, default=SimProfile.batch_slowdown)
+    p.add_argument("--stream-interval-s", type=float, default=SimProfile.stream_interval_s)
     return p
 
 
@@ -53,10 +54,15 @@ class SimProfile:
     tps: float = 40.0
     batch: int = 8
     batch_slowdown: float = 0.0
+    # Tokens after the first that come due within this long of each other share one stream
+    # chunk: long replays at high speed need not push every token through the gateway.
+    stream_interval_s: float = 0.0
     name: str = "sim"
     dialect: str = "openai"
     health_path: str = "/health"
-    cheap_logprobs: bool = True
+    # Like the llama.cpp profile it imitates: the gateway asks for log-probabilities only on
+    # explicit request, so a merged chunk travels as one event.
+    cheap_logprobs: bool = False
 
     def __post_init__(self) -> None:
         checks = [
@@ -66,6 +72,7 @@ class SimProfile:
             ("--tps", self.tps > 0),
             ("--batch", self.batch >= 1),
             ("--batch-slowdown", self.batch_slowdown >= 0),
+            ("--stream-interval-s", self.stream_interval_s >= 0),
         ]
         for flag, ok in checks:
             if not ok:
@@ -85,6 +92,7 @@ class SimProfile:
             tps=ns.tps,
             batch=ns.batch,
             batch_slowdown=ns.batch_slowdown,
+            stream_interval_s=ns.stream_interval_s,
         )
 
     @classmethod

@@ -137,6 +137,7 @@ class ReplicaParams:
     tps: float = 40.0
     batch: int = 8
     batch_slowdown: float = 0.0
+    stream_interval_s: float = 0.0
     n_ctx: int = 32768
 
     @classmethod
@@ -163,7 +164,7 @@ class ReplicaParams:
                 raise ValueError(f"params.{key} has the wrong type")
             values[key] = value
         params = cls(**values)
-        if min(params.load_s, params.ttft_s, params.batch_slowdown) < 0:
+        if min(params.load_s, params.ttft_s, params.batch_slowdown, params.stream_interval_s) < 0:
             raise ValueError("params: durations and batch_slowdown must be >= 0")
         if params.prefill_tps <= 0 or params.tps <= 0 or params.batch < 1 or params.n_ctx < 1:
             raise ValueError("params: prefill_tps and tps must be > 0, batch and n_ctx >= 1")
@@ -447,9 +448,12 @@ class SimReplica:
         first = (p.ttft_s + req.prompt_tokens / p.prefill_tps) / self.time_scale
         due = self._loop.time() + first
         left = req.max_tokens
+        first_out = True
         while left > 0:
             now = self._loop.time()
-            horizon = max(due + tick, now)
+            # The first token goes out alone, so the time to first token stays exact.
+            horizon = max(due + (0.0 if first_out else tick), now)
+            first_out = False
             n, last = 1, due
             nxt = due + self._interval()
             while n < left and nxt <= horizon:
@@ -538,11 +542,30 @@ class SimReplica:
                 return before
             return before + str(base + index * step).encode() + after
 
+        def merged(first: int, n: int) -> bytes:
+            # One chunk carrying n tokens (stream_interval_s > 0).
+            last = first + n >= req.max_tokens
+            lp = None
+            if req.logprobs:
+                lp = {
+                    "tokens": [TOKEN_TEXT] * n,
+                    "text_offset": [base + (first + i) * step for i in range(n)],
+                    "token_logprobs": [TOKEN_LOGPROB] * n,
+                    "top_logprobs": [{TOKEN_TEXT: TOKEN_LOGPROB}] * n,
+                }
+            choice = {"text": TOKEN_TEXT * n, "index": 0, "logprobs": lp,
+                      "finish_reason": "length" if last else None}  # fmt: skip
+            return _sse({**head, "choices": [choice]})
+
+        interval = self.params.stream_interval_s / self.time_scale
         sent = 0
         try:
             await resp.prepare(request)
-            async for n in self._token_clock(req, STREAM_TICK_S):
-                await resp.write(b"".join(chunk(i) for i in range(sent, sent + n)))
+            async for n in self._token_clock(req, max(STREAM_TICK_S, interval)):
+                if interval > 0:
+                    await resp.write(merged(sent, n))
+                else:
+                    await resp.write(b"".join(chunk(i) for i in range(sent, sent + n)))
                 sent += n
             if req.include_usage:
                 await resp.write(_sse({**head, "choices": [], "usage": self._usage(req)}))

@@ -38,12 +38,16 @@ class SimEngine:
     tps: float = 40.0
     batch: int = 16
     batch_slowdown: float = 0.02
+    # Tokens after the first travel in chunks of this many trace seconds, which keeps the
+    # gateway's per-event work bounded at high replay speeds; TTFT stays exact.
+    stream_interval_s: float = 1.0
 
     def custom_args(self) -> list[str]:
         return [
             "--load-s", str(self.load_s), "--ttft-s", str(self.ttft_s),
             "--prefill-tps", str(self.prefill_tps), "--tps", str(self.tps),
             "--batch", str(self.batch), "--batch-slowdown", str(self.batch_slowdown),
+            "--stream-interval-s", str(self.stream_interval_s),
         ]  # fmt: skip
 
 
