@@ -252,6 +252,12 @@ async def _stream(
         await send({"error": err.message, "error_type": err.error_type or "generation"})
     except UpstreamError as exc:
         await send({"error": str(exc), "error_type": "generation"})
+    except (ConnectionError, asyncio.CancelledError):
+        raise  # the client went away
+    except Exception:
+        # The 200 is committed: a failure can only be an event in the stream now.
+        log.exception("stream of %s failed", spec.key)
+        await send({"error": "internal error", "error_type": "generation"})
     resp.stop_streaming()
     await resp.write_eof()
     return resp

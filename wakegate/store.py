@@ -217,8 +217,17 @@ class Store:
         self._release_leader = redis.register_script(RELEASE_LEADER)
 
     @classmethod
-    def from_url(cls, url: str) -> Store:
-        return cls(aioredis.from_url(url, decode_responses=True, health_check_interval=10))
+    def from_url(cls, url: str, max_connections: int = 256) -> Store:
+        # A burst of requests waits for a pooled connection instead of failing with
+        # "Too many connections" (the default pool raises at 100).
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=30,
+            decode_responses=True,
+            health_check_interval=10,
+        )
+        return cls(aioredis.Redis(connection_pool=pool))
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 
 from wakegate.embedded import free_port
 from wakegate.replay.traces import TraceRequest, prompt_text
@@ -113,35 +113,43 @@ def scaled_params(params: dict[str, float], speed: float) -> dict[str, float]:
 
 
 async def _send(
-    client: httpx.AsyncClient, url: str, headers: dict[str, str], req: TraceRequest, speed: float
+    session: aiohttp.ClientSession,
+    url: str,
+    headers: dict[str, str],
+    req: TraceRequest,
+    speed: float,
 ) -> RequestResult:
-    body = {
-        "inputs": prompt_text(req),
-        "parameters": {"max_new_tokens": req.output_tokens},
-        "stream": True,
-    }
+    body = json.dumps(
+        {
+            "inputs": prompt_text(req),
+            "parameters": {"max_new_tokens": req.output_tokens},
+            "stream": True,
+        }
+    )
     sent = time.monotonic()
     result = RequestResult(at_s=req.at_s, ok=False, status=0)
     try:
-        async with client.stream("POST", url, json=body, headers=headers) as resp:
-            result.status = resp.status_code
-            if resp.status_code != 200:
-                result.error = (await resp.aread()).decode(errors="replace")[:200]
+        async with session.post(url, data=body, headers=headers) as resp:
+            result.status = resp.status
+            if resp.status != 200:
+                result.error = (await resp.text())[:200]
                 return result
-            async for line in resp.aiter_lines():
+            # The driver only needs two lines of the stream: the gateway's queue comment and
+            # the first event; the rest is read to the end to time the whole response.
+            async for raw in resp.content:
+                line = raw.decode(errors="replace").rstrip("\r\n")
                 if line.startswith(QUEUE_COMMENT):
                     fields = dict(kv.split("=", 1) for kv in line[len(QUEUE_COMMENT) :].split())
                     result.queue_wait_s = float(fields["queue_wait_ms"]) / 1000 * speed
                     result.cold = fields.get("cold") == "1"
                 elif line.startswith("data:"):
-                    event = json.loads(line[5:])
-                    if "error" in event:
-                        result.error = str(event["error"])[:200]
+                    if '"error"' in line and '"token"' not in line:
+                        result.error = line[5:205]
                         return result
                     if result.ttft_s is None:
                         result.ttft_s = (time.monotonic() - sent) * speed
         result.ok = result.ttft_s is not None
-    except httpx.HTTPError as exc:
+    except (aiohttp.ClientError, TimeoutError) as exc:
         result.error = repr(exc)[:200]
     result.duration_s = (time.monotonic() - sent) * speed
     return result
@@ -169,9 +177,9 @@ async def _drive(plan: Plan, settings: Settings, token: str) -> RunResult:
     headers = {"Authorization": f"Bearer {token}"}
     name = "replay"
     key = f"{settings.default_tenant}/{name}"
-    async with httpx.AsyncClient(
-        timeout=httpx.Timeout(None, connect=30.0),
-        limits=httpx.Limits(max_connections=4000, max_keepalive_connections=500),
+    async with aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=30),
+        connector=aiohttp.TCPConnector(limit=4000),
     ) as client:
         config = {
             "baseModel": "sim-llm",
@@ -186,10 +194,11 @@ async def _drive(plan: Plan, settings: Settings, token: str) -> RunResult:
                 "params": scaled_params(plan.policy_params, plan.speed),
             },
         }
-        r = await client.post(
+        async with client.post(
             f"{base}/v2/deployments", headers=headers, json={"name": name, "config": config}
-        )
-        r.raise_for_status()
+        ) as r:
+            if r.status != 200:
+                raise RuntimeError(f"creating the deployment failed: {await r.text()}")
         url = f"{base}/{settings.default_tenant}/deployments/v2/llms/{name}"
         store = Store.from_url(settings.redis_url)
         samples: list[Sample] = []
@@ -212,8 +221,8 @@ async def _drive(plan: Plan, settings: Settings, token: str) -> RunResult:
 async def _usage(settings: Settings, t0: float, speed: float) -> list[dict[str, Any]]:
     """GPU lease intervals from the sim host, re-based to trace seconds."""
     host = json.loads((settings.state_dir / "sim-host.json").read_text())
-    async with httpx.AsyncClient(timeout=30) as client:
-        data = (await client.get(f"{host['url']}/usage")).json()
+    async with aiohttp.ClientSession() as client, client.get(f"{host['url']}/usage") as r:
+        data = await r.json()
     # The host reports wall-clock times; convert relative to the run's start.
     wall0 = time.time() - (time.monotonic() - t0)
     rows: list[dict[str, Any]] = []

@@ -77,13 +77,13 @@ def window(trace: list[TraceRequest], start_s: float, end_s: float | None) -> li
 
 def prompt_text(req: TraceRequest) -> str:
     """`prompt_tokens` words; with hash ids, each 512-word block is named by its id."""
-    if not req.hash_ids:
-        return " ".join(["w"] * req.prompt_tokens)
-    words: list[str] = []
+    left = req.prompt_tokens
+    parts: list[str] = []
     for h in req.hash_ids:
-        words.extend([f"h{h}"] * BLOCK_TOKENS)
-        if len(words) >= req.prompt_tokens:
+        n = min(BLOCK_TOKENS, left)
+        parts.append(f"h{h} " * n)
+        left -= n
+        if left == 0:
             break
-    if len(words) < req.prompt_tokens:
-        words.extend(["w"] * (req.prompt_tokens - len(words)))
-    return " ".join(words[: req.prompt_tokens])
+    parts.append("w " * left)
+    return "".join(parts).rstrip()
