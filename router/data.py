@@ -26,12 +26,14 @@ from router.middlewares import tenant_of
 from router.params import GenerateRequest, parse_generate
 from wakegate import topics
 from wakegate.spec import DeploymentSpec
-from wakegate.store import ReplicaRecord
+from wakegate.store import MAX_PRIORITY, ReplicaRecord
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
 DEPLOY_URL = "/{tenant}/deployments/v2/llms/{name}"
+# Queue-depth reports to the scaler: at most this often per deployment and gateway.
+LOAD_REPORT_EVERY_S = 0.5
 PRIORITY_HEADER = "X-Wakegate-Priority"
 
 
@@ -55,11 +57,14 @@ def priority_of(request: web.Request, req: GenerateRequest) -> int:
     if raw is None:
         return req.parameters.priority or 0
     try:
-        return int(raw)
+        value = int(raw)
+        if abs(value) > MAX_PRIORITY:
+            raise ValueError
+        return value
     except ValueError:
         raise ApiError(
             422,
-            f"{PRIORITY_HEADER} must be an integer",
+            f"{PRIORITY_HEADER} must be an integer within ±{MAX_PRIORITY}",
             field=PRIORITY_HEADER,
             error_type="validation",
         ) from None
@@ -78,7 +83,8 @@ async def on_enqueued(request: web.Request, ticket: Ticket) -> None:
             )
         else:
             disp = request.app[DISPATCHER]
-            await bus.publish(
+            await bus.publish_at_most(
+                LOAD_REPORT_EVERY_S,
                 "load",
                 topics.LoadReport(
                     deployment=ticket.deployment,

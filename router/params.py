@@ -67,7 +67,8 @@ class Parameters(BaseModel):
     decoder_input_details: StrictBool | None = False
     return_k_alternatives: Annotated[StrictInt, Field(gt=0)] | None = None
     response_format: ResponseFormat | None = None
-    priority: StrictInt | None = None  # wakegate extension: higher is served first
+    # wakegate extension: higher is served first.
+    priority: Annotated[StrictInt, Field(ge=-1000, le=1000)] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Parameters:

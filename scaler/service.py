@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import statistics
 import time
 import uuid
-from dataclasses import dataclass, replace
+from collections import deque
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
@@ -40,9 +42,15 @@ MAX_START_FAILURES = 3
 class DeploymentState:
     policy_name: str = ""
     policy_state: Any = None
+    # Launch-to-ready seconds of the latest replicas: what a scale-up costs in time.
+    startup_samples: deque[float] = field(default_factory=lambda: deque(maxlen=5))
+
+    def startup_s(self) -> float | None:
+        return statistics.median(self.startup_samples) if self.startup_samples else None
+
     consecutive_failures: int = 0
     retry_after: float = 0.0
-    last_reason: str = ""
+    last_reason_kind: str = ""
 
 
 class Scaler:
@@ -201,7 +209,8 @@ class Scaler:
                 continue
             log.info("adopted replica %s of %s (%s)", rep.replica_id, rep.deployment, rec.state)
             if rec.state == "starting":
-                self._spawn(rec.id, self._probe(spec, rec, time.time()))
+                # Its launch time is unknown: the start-up is not measured.
+                self._spawn(rec.id, self._probe(spec, rec, time.time(), measured=False))
             elif rec.state == "draining":
                 self._spawn(rec.id, self._drain(rec))
         alive = {r.replica_id for r in running if r.alive}
@@ -246,6 +255,9 @@ class Scaler:
                 in_flight=load.in_flight,
                 last_activity_at=load.last_activity_ms / 1000 if load.last_activity_ms else None,
                 observed_at=now,
+                arrivals_total=load.arrivals_total,
+                completions_total=load.completions_total,
+                startup_s=state.startup_s(),
             )
             policy_name, params = spec.scaling_policy
             policy = get_policy(policy_name)
@@ -265,9 +277,11 @@ class Scaler:
                 now, observed, config, current, state.policy_state
             )
             self._observe(key, replicas, load.queued, load.in_flight)
-            if decision.desired != current or decision.reason != state.last_reason:
+            # Log changes of count or of kind of reason, not every pass of a countdown.
+            kind = decision.reason.split(":")[0]
+            if decision.desired != current or kind != state.last_reason_kind:
                 log.info("%s: %d -> %d (%s)", key, current, decision.desired, decision.reason)
-            state.last_reason = decision.reason
+            state.last_reason_kind = kind
             if decision.desired != current:
                 self.metrics.decisions.labels(key, decision.reason.split(":")[0]).inc()
                 await self.publish(
@@ -414,7 +428,9 @@ class Scaler:
         )
         await self._probe(spec, rec, started)
 
-    async def _probe(self, spec: DeploymentSpec, rec: ReplicaRecord, started: float) -> None:
+    async def _probe(
+        self, spec: DeploymentSpec, rec: ReplicaRecord, started: float, measured: bool = True
+    ) -> None:
         engine = get_engine(MODELS[spec.base_model].engine, spec=spec)
         deadline = started + self.settings.replica_start_timeout_s
         running = RunningReplica(rec.id, rec.deployment, rec.revision, rec.url, rec.handle)
@@ -440,7 +456,9 @@ class Scaler:
         await self.store.put_replica(rec)
         await self.store.clear_wake(spec.key)
         state.consecutive_failures = 0
-        self.metrics.replica_start_seconds.labels(spec.key).observe(rec.ready_at - started)
+        if measured:
+            state.startup_samples.append(rec.ready_at - started)
+            self.metrics.replica_start_seconds.labels(spec.key).observe(rec.ready_at - started)
         log.info("replica %s of %s ready after %.1fs", rec.id, spec.key, rec.ready_at - started)
         await self.publish(
             "replica",

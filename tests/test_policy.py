@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from scaler.policies import STALE_AFTER_S, Observation, ScalingConfig
-from scaler.policies.wakegate import PolicyState, decide
+from scaler.policies.wakegate import PolicyState, Rates, decide
 
 NOW = 1_000_000.0
 ZERO_TO_TWO = ScalingConfig(min_replicas=0, max_replicas=2, scale_up_threshold=1, cooldown_s=60)
@@ -113,12 +115,25 @@ configs = st.builds(
     st.floats(0, 600),
 )
 observations = st.builds(
-    lambda q, f, idle: Observation(q, f, None if idle is None else NOW - idle, NOW),
+    lambda q, f, idle, counts, startup: Observation(
+        q, f, None if idle is None else NOW - idle, NOW, counts[0], counts[1], startup
+    ),
     st.integers(0, 100),
     st.integers(0, 100),
     st.none() | st.floats(0, 7200),
+    st.just((None, None)) | st.tuples(st.integers(0, 10**6), st.integers(0, 10**6)),
+    st.none() | st.floats(0, 600),
 )
-states = st.builds(PolicyState, st.none() | st.floats(NOW - 7200, NOW))
+rates = st.none() | st.builds(
+    Rates,
+    st.floats(NOW - 60, NOW),
+    st.integers(0, 10**6),
+    st.integers(0, 10**6),
+    st.none() | st.floats(0, 1000),
+    st.none() | st.floats(0, 1000),
+    st.none() | st.floats(0, 100),
+)
+states = st.builds(PolicyState, st.none() | st.floats(NOW - 7200, NOW), rates)
 
 
 @given(configs, observations, st.integers(0, 12), states)
@@ -131,7 +146,70 @@ def test_invariants(
         assert decision.desired >= 1, "never zero while requests wait"
     if decision.desired < current and current <= config.max_replicas:
         since = state.below_capacity_since
-        assert since is not None and NOW - since >= config.cooldown_s, (
-            "never scale down inside the cooldown"
-        )
+        waited = 0.0 if since is None else NOW - since
+        assert waited >= config.cooldown_s, "never scale down inside the cooldown"
     assert new_state.below_capacity_since is None or new_state.below_capacity_since <= NOW
+
+
+# --- start-up-aware scale-up ------------------------------------------------------------------
+
+# Before the burst: 2 requests/s arriving and served, one request in service on average, so a
+# request holds a slot for 0.5 s and one replica of 16 slots serves 32 requests/s.
+CALM = Rates(at=NOW - 1, arrivals_total=100, completions_total=100, arrival_rate=2.0,
+             service_rate=2.0, in_flight=1.0)  # fmt: skip
+
+
+def burst(queued: int, startup_s: float | None = 30.0) -> Observation:
+    return Observation(
+        queued=queued, in_flight=16, last_activity_at=NOW, observed_at=NOW,
+        arrivals_total=156, completions_total=102, startup_s=startup_s,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("observed", "baseline", "params", "desired", "reason"),
+    [
+        (burst(40), CALM, {}, 1, "burst"),
+        (burst(2000), CALM, {}, 2, "scale up"),
+        (burst(40, startup_s=None), CALM, {}, 2, "scale up"),
+        (burst(40), CALM, {"startup_aware": 0.0}, 2, "scale up"),
+        (burst(40), replace(CALM, arrival_rate=40.0), {}, 2, "scale up"),
+        (burst(40), replace(CALM, service_rate=0.0), {}, 2, "scale up"),
+        (burst(40), None, {}, 2, "scale up"),
+    ],
+    ids=[
+        "burst-that-drains-before-a-startup-holds",
+        "backlog-longer-than-a-startup-scales-up",
+        "unknown-startup-time-scales-up",
+        "startup-awareness-off-scales-up",
+        "arrivals-above-capacity-scale-up",
+        "no-completions-yet-scales-up",
+        "no-rate-history-scales-up",
+    ],
+)
+def test_startup_aware_scale_up(
+    observed: Observation,
+    baseline: Rates | None,
+    params: dict[str, float],
+    desired: int,
+    reason: str,
+) -> None:
+    config = ScalingConfig(0, 2, 16, 60, params=params)
+    decision, state = decide(NOW, observed, config, 1, PolicyState(rates=baseline))
+    assert decision.desired == desired
+    assert decision.reason.startswith(reason), decision.reason
+    assert state.below_capacity_since is None
+
+
+def test_rates_follow_the_counters() -> None:
+    config = ScalingConfig(0, 2, 16, 60, params={"rate_window_s": 1.0})
+    state = PolicyState()
+    arrivals = completions = 0
+    for step in range(1, 41):
+        arrivals, completions = arrivals + 5, completions + 5  # 10 requests/s at 0.5 s steps
+        observed = Observation(0, 3, NOW, NOW + step / 2, arrivals, completions, 30.0)
+        _, state = decide(NOW + step / 2, observed, config, 1, state)
+    assert state.rates is not None
+    assert state.rates.arrival_rate == pytest.approx(10.0, rel=0.01)
+    assert state.rates.service_rate == pytest.approx(10.0, rel=0.01)
+    assert state.rates.service_time_s() == pytest.approx(0.3, rel=0.01)

@@ -119,3 +119,17 @@ async def test_leader_lease_has_one_holder(store: Store) -> None:
 async def test_keys_of_one_deployment_share_a_hash_tag() -> None:
     tags = {dep_key(D, p).split("{")[1].split("}")[0] for p in ("queue", "inflight", "spec")}
     assert tags == {D}
+
+
+async def test_counters_count_arrivals_and_every_way_out(store: Store) -> None:
+    await store.put_replica(replica("a", concurrency=1))
+    for rid in ("served", "queued-then-gone", "assigned-then-gone"):
+        await store.enqueue(D, rid, "gw", 0, 10_000)
+    await store.enqueue(D, "served", "gw", 0, 10_000)  # a duplicate is no new arrival
+    assert await store.dispatch(D, 10_000) == [("served", "a")]
+    await store.release(D, "a", "served")
+    assert await store.cancel(D, "queued-then-gone") == "queued"
+    assert await store.dispatch(D, 10_000) == [("assigned-then-gone", "a")]
+    assert await store.cancel(D, "assigned-then-gone") == "assigned"
+    load = await store.load(D)
+    assert (load.arrivals_total, load.completions_total) == (3, 3)

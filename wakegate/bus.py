@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from urllib.parse import urlparse
@@ -37,6 +39,7 @@ class Bus:
         self._subscriptions = list(subscriptions)
         self._handler = handler
         self._client: aiomqtt.Client | None = None
+        self._last_sent: dict[tuple[str, str], float] = {}
         self.connected = asyncio.Event()
 
     async def run(self) -> None:
@@ -85,14 +88,27 @@ class Bus:
         except Exception:
             log.exception("handler failed for %s", topic_name)
 
-    async def publish(self, kind: Kind, event: Event) -> bool:
+    async def publish(self, kind: Kind, event: Event, qos: int = 1) -> bool:
         client = self._client
         if client is None:
             return False
         with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
             async with asyncio.timeout(2):
                 await client.publish(
-                    topic(event.deployment, kind), event.model_dump_json().encode(), qos=1
+                    topic(event.deployment, kind), event.model_dump_json().encode(), qos=qos
                 )
                 return True
         return False
+
+    async def publish_at_most(self, every_s: float, kind: Kind, event: Event) -> bool:
+        """Publish unless this kind of event went out for this deployment within `every_s`.
+
+        For periodic reports (queue depth) that are superseded by the next one: QoS 0, and
+        a burst of requests yields one message, not one per request.
+        """
+        now = time.monotonic()
+        key = (kind, event.deployment)
+        if now - self._last_sent.get(key, -math.inf) < every_s:
+            return False
+        self._last_sent[key] = now
+        return await self.publish(kind, event, qos=0)

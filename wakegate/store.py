@@ -16,6 +16,7 @@ Per-deployment keys (`wg:{t/n}:<part>`):
   assigned   HASH    request id -> replica id, until the owning gateway picks it up
   wake       STRING  present while a wake-up was published recently (dedup window)
   activity   STRING  ms of the last enqueue or completion (scale-to-zero idleness)
+  counters   HASH    arrivals / completions: monotonic request counts (rates for the scaler)
 Global keys:
   wg:deployments        SET   "tenant/name" of every deployment (the scaler's reconcile index)
   wg:tenant:<code>      STRING JSON tenant record
@@ -62,22 +63,23 @@ def gateway_channel(gateway_id: str) -> str:
     return f"wg:gw:{gateway_id}"
 
 
-# Queue order: lower score first. Priority dominates, arrival breaks ties.
-PRIORITY_WEIGHT = 10**13
-
-
-def queue_score(priority: int, arrival_ms: int) -> int:
-    return -priority * PRIORITY_WEIGHT + arrival_ms
+# Queue order: lower score first. Priority dominates; the deployment's arrival counter breaks
+# ties, so requests of one priority are served strictly in arrival order (scores stay exact
+# doubles for |priority| <= MAX_PRIORITY and 10**12 arrivals).
+PRIORITY_WEIGHT = 10**12
+MAX_PRIORITY = 1000
 
 
 ENQUEUE = """
 local queue, qmeta, qlease, routable, wake, activity = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local req_id, score, meta = ARGV[1], ARGV[2], ARGV[3]
-local lease_expiry, now, wake_ttl = ARGV[4], ARGV[5], ARGV[6]
+local counters = KEYS[7]
+local req_id, priority, meta = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local lease_expiry, now, wake_ttl, weight = ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7])
 if redis.call('ZSCORE', queue, req_id) then
   return {0, redis.call('ZCARD', queue), 0}
 end
-redis.call('ZADD', queue, score, req_id)
+local seq = redis.call('HINCRBY', counters, 'arrivals', 1)
+redis.call('ZADD', queue, -priority * weight + seq, req_id)
 redis.call('HSET', qmeta, req_id, meta)
 redis.call('ZADD', qlease, lease_expiry, req_id)
 redis.call('SET', activity, now)
@@ -138,17 +140,19 @@ return out
 
 # Take a request out wherever it is: still queued, or assigned but not yet released.
 CANCEL = """
-local queue, qmeta, qlease, assigned, inflight = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local queue, qmeta, qlease, assigned, inflight, counters = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local req_id = ARGV[1]
 if redis.call('ZREM', queue, req_id) == 1 then
   redis.call('HDEL', qmeta, req_id)
   redis.call('ZREM', qlease, req_id)
+  redis.call('HINCRBY', counters, 'completions', 1)
   return 'queued'
 end
 local rid = redis.call('HGET', assigned, req_id)
 if rid then
   redis.call('HDEL', assigned, req_id)
   redis.call('ZREM', inflight, rid .. '|' .. req_id)
+  redis.call('HINCRBY', counters, 'completions', 1)
   return 'assigned'
 end
 return 'none'
@@ -203,6 +207,8 @@ class Load:
     queued: int
     in_flight: int
     last_activity_ms: int | None
+    arrivals_total: int = 0
+    completions_total: int = 0
 
 
 class Store:
@@ -306,6 +312,7 @@ class Store:
             "assigned",
             "wake",
             "activity",
+            "counters",
         )
         await self.redis.delete(*(dep_key(key, p) for p in parts))
         await self.redis.srem(DEPLOYMENTS, key)
@@ -328,12 +335,16 @@ class Store:
         self, key: str, req_id: str, gateway_id: str, priority: int, lease_ms: int
     ) -> tuple[bool, int, bool]:
         """Queue a request. Returns (added, queue depth, this request should publish a wake)."""
+        if abs(priority) > MAX_PRIORITY:
+            raise ValueError(f"priority must be within ±{MAX_PRIORITY}")
         now = now_ms()
         meta = json.dumps({"gw": gateway_id, "enq": now, "priority": priority})
         added, depth, woke = await self._enqueue(
-            keys=[dep_key(key, p) for p in ("queue", "qmeta", "qlease", "routable", "wake")]
-            + [dep_key(key, "activity")],
-            args=[req_id, queue_score(priority, now), meta, now + lease_ms, now, WAKE_DEDUP_MS],
+            keys=[
+                dep_key(key, p)
+                for p in ("queue", "qmeta", "qlease", "routable", "wake", "activity", "counters")
+            ],
+            args=[req_id, priority, meta, now + lease_ms, now, WAKE_DEDUP_MS, PRIORITY_WEIGHT],
         )
         return bool(added), int(depth), bool(woke)
 
@@ -356,7 +367,8 @@ class Store:
             str,
             await self._cancel(
                 keys=[
-                    dep_key(key, p) for p in ("queue", "qmeta", "qlease", "assigned", "inflight")
+                    dep_key(key, p)
+                    for p in ("queue", "qmeta", "qlease", "assigned", "inflight", "counters")
                 ],
                 args=[req_id],
             ),
@@ -391,6 +403,7 @@ class Store:
             pipe.zrem(dep_key(key, "inflight"), f"{replica_id}|{req_id}")
             pipe.hdel(dep_key(key, "assigned"), req_id)
             pipe.set(dep_key(key, "activity"), now_ms())
+            pipe.hincrby(dep_key(key, "counters"), "completions", 1)
             await pipe.execute()
 
     async def load(self, key: str) -> Load:
@@ -399,8 +412,15 @@ class Store:
             pipe.zcount(dep_key(key, "qlease"), now, "+inf")
             pipe.zcount(dep_key(key, "inflight"), now, "+inf")
             pipe.get(dep_key(key, "activity"))
-            queued, in_flight, activity = await pipe.execute()
-        return Load(int(queued), int(in_flight), int(activity) if activity else None)
+            pipe.hmget(dep_key(key, "counters"), ["arrivals", "completions"])
+            queued, in_flight, activity, (arrivals, completions) = await pipe.execute()
+        return Load(
+            int(queued),
+            int(in_flight),
+            int(activity) if activity else None,
+            int(arrivals or 0),
+            int(completions or 0),
+        )
 
     async def replica_in_flight(self, key: str, replica_id: str) -> int:
         members = cast(

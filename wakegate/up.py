@@ -242,18 +242,15 @@ class Stack:
         if not self.quiet:
             click.echo("")
         for child in reversed(self.services):
-            say(f"stopping {child.name} ...")
+            self.say(f"stopping {child.name} ...")
             child.stop()
-        if self.settings.backend == "local":
-            from scaler.backends.local import LocalBackend
-
-            say("stopping replicas ...")
-            stopped = asyncio.run(LocalBackend(self.settings).stop_all())
-            say(f"stopped {stopped} replica(s)", ok=True)
+        self.say("stopping replicas ...")
+        stopped = asyncio.run(stop_all_replicas(self.settings))
+        self.say(f"stopped {stopped} replica(s)", ok=True)
         for child in reversed(self.infra):
-            say(f"stopping {child.name} ...")
+            self.say(f"stopping {child.name} ...")
             child.stop()
-        say("all stopped", ok=True)
+        self.say("all stopped", ok=True)
 
 
 def run_up(settings: Settings) -> int:

@@ -35,6 +35,12 @@ class Observation:
     in_flight: int
     last_activity_at: float | None  # last enqueue or completion; None: never any traffic
     observed_at: float
+    # Monotonic counters of requests queued and finished (completed or gone) since the
+    # deployment began, for arrival and service rates; None where unknown.
+    arrivals_total: int | None = None
+    completions_total: int | None = None
+    # How long a new replica has lately taken to become ready; None until measured.
+    startup_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -78,7 +84,11 @@ def get_policy(name: str) -> Policy:
     return policy
 
 
-def known_params(name: str) -> frozenset[str]:
-    """The knobs a policy reads from `ScalingConfig.params` (its module's `PARAMS`)."""
+def default_params(name: str) -> dict[str, float]:
+    """The knobs a policy reads from `ScalingConfig.params`, with their defaults."""
     module = _registry().get(name)
-    return frozenset(getattr(module, "PARAMS", {}))
+    return dict(getattr(module, "PARAMS", {}))
+
+
+def known_params(name: str) -> frozenset[str]:
+    return frozenset(default_params(name))

@@ -2,6 +2,12 @@
 
 Scale up at once to ceil(load / threshold); scale down only after the load has stayed below
 capacity for `cooldown_s`; scale to zero only after `cooldown_s` without any request.
+
+Startup-aware scale-up: a new replica only helps the requests still waiting when it becomes
+ready. When the replicas already running will drain the queue (at the measured service and
+arrival rates) before a new one could start (`startup_s`, as measured lately), the policy
+holds: the new replica would cost GPU time for the whole cooldown and serve nothing. A queue
+that keeps growing, or one too long to drain in a start-up time, scales up at once.
 """
 
 from __future__ import annotations
@@ -11,11 +17,33 @@ from dataclasses import dataclass, replace
 
 from scaler.policies import Decision, Observation, ScalingConfig, clamp, is_fresh
 
+# Knobs: the time constant of the rate estimates, and whether the start-up-aware rule runs.
+PARAMS: dict[str, float] = {"rate_window_s": 10.0, "startup_aware": 1.0}
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Exponentially weighted traffic estimates: requests per second and requests in service."""
+
+    at: float
+    arrivals_total: int
+    completions_total: int
+    arrival_rate: float | None = None
+    service_rate: float | None = None
+    in_flight: float | None = None
+
+    def service_time_s(self) -> float | None:
+        """Mean time a request holds a slot (Little's law), once there has been traffic."""
+        if not self.service_rate or self.in_flight is None or self.service_rate < 1e-3:
+            return None
+        return self.in_flight / self.service_rate
+
 
 @dataclass(frozen=True)
 class PolicyState:
     # Since when the load has been below what the current replicas carry; None while it is not.
     below_capacity_since: float | None = None
+    rates: Rates | None = None
 
 
 def initial_state() -> PolicyState:
@@ -40,6 +68,8 @@ def decide(
         reason = "hold: no fresh metrics" if held == current else "bounds: no fresh metrics"
         return Decision(held, reason), state
 
+    baseline = state.rates
+    state = replace(state, rates=_update_rates(now, observed, state.rates, config))
     load = observed.queued + observed.in_flight
     wanted = math.ceil(load / config.scale_up_threshold) if load else 0
     target = clamp(wanted, config)
@@ -50,6 +80,16 @@ def decide(
         elif current == 0:
             reason = f"wake: {load} request(s) waiting at zero replicas"
         else:
+            drain_s = _drains_before_startup(observed, baseline, current, config)
+            if drain_s is not None:
+                return (
+                    Decision(
+                        current,
+                        f"burst: queue of {observed.queued} drains in ~{drain_s:.1f}s, before "
+                        f"a new replica could be ready (~{observed.startup_s:.0f}s)",
+                    ),
+                    replace(state, below_capacity_since=None),
+                )
             reason = (
                 f"scale up: load {load} needs {target} replica(s) at "
                 f"threshold {config.scale_up_threshold}"
@@ -94,3 +134,51 @@ def decide(
     else:
         reason = f"scale down: load {load} fits {target} replica(s) for {config.cooldown_s:.0f}s"
     return Decision(target, reason), replace(state, below_capacity_since=None)
+
+
+def _update_rates(
+    now: float, observed: Observation, rates: Rates | None, config: ScalingConfig
+) -> Rates | None:
+    if observed.arrivals_total is None or observed.completions_total is None:
+        return None
+    if rates is None or now <= rates.at:
+        return Rates(now, observed.arrivals_total, observed.completions_total)
+    dt = now - rates.at
+    tau = max(config.params.get("rate_window_s", PARAMS["rate_window_s"]), 1e-6)
+    alpha = 1.0 - math.exp(-dt / tau)
+
+    def ewma(previous: float | None, sample: float) -> float:
+        return sample if previous is None else previous + alpha * (sample - previous)
+
+    return Rates(
+        now,
+        observed.arrivals_total,
+        observed.completions_total,
+        ewma(rates.arrival_rate, max(0, observed.arrivals_total - rates.arrivals_total) / dt),
+        ewma(rates.service_rate, max(0, observed.completions_total - rates.completions_total) / dt),
+        ewma(rates.in_flight, float(observed.in_flight)),
+    )
+
+
+def _drains_before_startup(
+    observed: Observation, baseline: Rates | None, current: int, config: ScalingConfig
+) -> float | None:
+    """Seconds the running replicas need to clear the queue, when that beats a start-up.
+
+    Capacity is what `current` replicas serve per second (slots / mean service time); future
+    arrivals are projected at the rate seen before this observation, since the burst being
+    judged is already in the queue.
+    """
+    if not config.params.get("startup_aware", PARAMS["startup_aware"]):
+        return None
+    if observed.startup_s is None or baseline is None or baseline.arrival_rate is None:
+        return None
+    service_time = baseline.service_time_s()
+    if service_time is None:
+        return None
+    capacity_rate = current * config.scale_up_threshold / service_time
+    net = capacity_rate - baseline.arrival_rate
+    if net <= 0:
+        return None  # the queue grows: only more replicas help
+    drain_s = observed.queued / net
+    return drain_s if drain_s < observed.startup_s else None

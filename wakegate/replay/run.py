@@ -107,9 +107,13 @@ class RunResult:
         }
 
 
-def scaled_params(params: dict[str, float], speed: float) -> dict[str, float]:
-    """Policy knobs named `*_s` are durations: compress them like the trace."""
-    return {k: (v / speed if k.endswith("_s") else v) for k, v in params.items()}
+def scaled_params(policy: str, params: dict[str, float], speed: float) -> dict[str, float]:
+    """Every knob of the policy, defaults included; those named `*_s` are durations and are
+    compressed like the trace (a 60 s window at 10x lasts 6 s)."""
+    from scaler.policies import default_params
+
+    merged = {**default_params(policy), **params}
+    return {k: (v / speed if k.endswith("_s") and v > 0 else v) for k, v in merged.items()}
 
 
 async def _send(
@@ -191,7 +195,7 @@ async def _drive(plan: Plan, settings: Settings, token: str) -> RunResult:
             "accelerator": plan.accelerator,
             "scalingPolicy": {
                 "name": plan.policy,
-                "params": scaled_params(plan.policy_params, plan.speed),
+                "params": scaled_params(plan.policy, plan.policy_params, plan.speed),
             },
         }
         async with client.post(
