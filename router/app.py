@@ -6,12 +6,22 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-import httpx
+import aiohttp
 from aiohttp import web
+from cachetools import TTLCache
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from router import control, data
-from router.context import BUS, DISPATCHER, METRICS, SETTINGS, STORE, UPSTREAM
+from router.context import (
+    BUS,
+    DISPATCHER,
+    METRICS,
+    SETTINGS,
+    SPEC_CACHE,
+    STORE,
+    TOKEN_CACHE,
+    UPSTREAM,
+)
 from router.dispatch import Dispatcher
 from router.metrics import GatewayMetrics
 from router.middlewares import auth_middleware, errors_middleware
@@ -19,6 +29,9 @@ from wakegate import topics
 from wakegate.bus import Bus
 from wakegate.settings import Settings
 from wakegate.store import Store
+
+TOKEN_TTL_S = 5.0
+SPEC_TTL_S = 1.0
 
 
 async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -32,16 +45,15 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     # One pooled client for every replica; generation can be slow, connecting must not be.
-    app[UPSTREAM] = httpx.AsyncClient(
-        timeout=httpx.Timeout(connect=5.0, read=600.0, write=30.0, pool=30.0),
+    app[UPSTREAM] = aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=600.0),
         # Idle connections are dropped before the engines' own keep-alive timeout (uvicorn's
         # is 5 s): reusing one the server is closing at that moment fails the request.
-        limits=httpx.Limits(
-            max_connections=1000, max_keepalive_connections=200, keepalive_expiry=2.0
-        ),
+        connector=aiohttp.TCPConnector(limit=2000, keepalive_timeout=2.0),
+        raise_for_status=False,
     )
     yield
-    await app[UPSTREAM].aclose()
+    await app[UPSTREAM].close()
 
 
 async def _dispatch_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -88,6 +100,10 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[METRICS] = GatewayMetrics()
+    # A revoked token stops working within TOKEN_TTL_S; a changed deployment is seen by
+    # the data plane within SPEC_TTL_S (requests that wait re-read it fresh).
+    app[TOKEN_CACHE] = TTLCache(maxsize=10_000, ttl=TOKEN_TTL_S)
+    app[SPEC_CACHE] = TTLCache(maxsize=10_000, ttl=SPEC_TTL_S)
     app.cleanup_ctx.extend([_redis_ctx, _upstream_ctx, _dispatch_ctx])
     app.router.add_get("/healthz", health_handler)
     app.router.add_get("/metrics", metrics_handler)

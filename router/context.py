@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import httpx
+import aiohttp
 from aiohttp import web
+from cachetools import TTLCache
 
 from wakegate.settings import Settings
 from wakegate.store import Store
@@ -16,8 +17,11 @@ if TYPE_CHECKING:
     from wakegate.bus import Bus
 
 SETTINGS = web.AppKey("settings", Settings)
+# Short-lived caches of what every request looks up: API token -> tenant, key -> deployment.
+TOKEN_CACHE = web.AppKey("token_cache", TTLCache)
+SPEC_CACHE = web.AppKey("spec_cache", TTLCache)
 STORE = web.AppKey("store", Store)
-UPSTREAM = web.AppKey("upstream", httpx.AsyncClient)
+UPSTREAM = web.AppKey("upstream", aiohttp.ClientSession)
 DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher")
 METRICS: web.AppKey[GatewayMetrics] = web.AppKey("metrics")
 BUS: web.AppKey[Bus | None] = web.AppKey("bus")

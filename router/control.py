@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from router.context import BUS, STORE
+from router.context import BUS, SPEC_CACHE, STORE
 from router.errors import ApiError
 from router.middlewares import tenant_of
 from wakegate import topics
@@ -59,6 +59,7 @@ async def _wire(store: Store, spec: DeploymentSpec) -> dict[str, Any]:
 
 
 async def _announce(request: web.Request, key: str, change: str) -> None:
+    request.app[SPEC_CACHE].pop(key, None)  # this gateway sees its own change at once
     bus = request.app[BUS]
     if bus is not None:
         await bus.publish("config", topics.ConfigChanged(deployment=key, change=change))  # type: ignore[arg-type]

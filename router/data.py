@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 
-from router.context import BUS, DISPATCHER, METRICS, SETTINGS, STORE, UPSTREAM
+from router.context import BUS, DISPATCHER, METRICS, SETTINGS, SPEC_CACHE, STORE, UPSTREAM
 from router.control import read_json
 from router.dialects import Finish, Generation, Token, UpstreamError, get_dialect
 from router.dispatch import Ticket
@@ -37,12 +37,19 @@ LOAD_REPORT_EVERY_S = 0.5
 PRIORITY_HEADER = "X-Wakegate-Priority"
 
 
-async def resolve(request: web.Request) -> DeploymentSpec:
+async def resolve(request: web.Request, fresh: bool = False) -> DeploymentSpec:
+    """The request's deployment; `fresh` skips the cache (the spec may be a second old)."""
     tenant, name = request.match_info["tenant"], request.match_info["name"]
     if tenant != tenant_of(request)["code"]:
         # Another tenant's deployments do not exist for this token.
         raise ApiError(404, f"deployment {name} not found")
-    spec = await request.app[STORE].get_deployment(f"{tenant}/{name}")
+    key = f"{tenant}/{name}"
+    cache = request.app[SPEC_CACHE]
+    spec = None if fresh else cache.get(key)
+    if spec is None:
+        spec = await request.app[STORE].get_deployment(key)
+        if spec is not None:
+            cache[key] = spec
     if spec is None or spec.status == "deleting":
         raise ApiError(404, f"deployment {name} not found")
     if spec.status == "failed":
@@ -116,7 +123,7 @@ async def await_replica(request: web.Request, ticket: Ticket) -> ReplicaRecord:
                     f"{settings.queue_timeout_s:.0f}s",
                     error_type="timeout",
                 ) from None
-            await resolve(request)  # raises 404 / 424 when the deployment is gone or failed
+            await resolve(request, fresh=True)  # 404 / 424 when it is gone or failed
     request.app[METRICS].queue_wait.labels(ticket.deployment).observe(time.monotonic() - start)
     replica = await request.app[STORE].replica(ticket.deployment, replica_id)
     if replica is None:

@@ -57,14 +57,13 @@ class Dispatcher:
         ticket = Ticket(deployment, request_id, loop.create_future())
         self._waiting[deployment][request_id] = ticket
         try:
-            cold_before = await self.store.ready_count(deployment) == 0
-            _, depth, woke = await self.store.enqueue(
+            _, depth, woke, cold = await self.store.enqueue(
                 deployment, request_id, self.gateway_id, priority, self.lease_ms
             )
         except BaseException:
             self._waiting[deployment].pop(request_id, None)
             raise
-        ticket.woke, ticket.cold, ticket.queued_depth = woke, cold_before, depth
+        ticket.woke, ticket.cold, ticket.queued_depth = woke, cold, depth
         await self.kick(deployment)
         return ticket
 

@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from router.context import STORE, TENANT_KEY
+from router.context import STORE, TENANT_KEY, TOKEN_CACHE
 from router.errors import ApiError, render
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,13 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "missing API token: send 'Authorization: Bearer <token>'")
-    tenant = await request.app[STORE].tenant_for_token(token.strip())
+    token = token.strip()
+    cache = request.app[TOKEN_CACHE]
+    tenant = cache.get(token)
+    if tenant is None:
+        tenant = await request.app[STORE].tenant_for_token(token)
+        if tenant is not None:
+            cache[token] = tenant
     if tenant is None:
         raise ApiError(401, "invalid API token")
     request[TENANT_KEY] = tenant

@@ -23,7 +23,9 @@ def replica(rid: str, concurrency: int = 1, state: str = "ready") -> ReplicaReco
 
 
 async def test_a_burst_of_cold_requests_wakes_once(store: Store) -> None:
-    wakes = [(await store.enqueue(D, f"r{i}", "gw", 0, 10_000))[2] for i in range(50)]
+    results = [await store.enqueue(D, f"r{i}", "gw", 0, 10_000) for i in range(50)]
+    assert all(cold for *_, cold in results)
+    wakes = [woke for _, _, woke, _ in results]
     assert wakes.count(True) == 1
     assert wakes[0] is True
 
@@ -37,7 +39,8 @@ async def test_enqueue_is_idempotent_on_the_request_id(store: Store) -> None:
 
 async def test_no_wake_when_a_replica_is_ready(store: Store) -> None:
     await store.put_replica(replica("r1"))
-    assert (await store.enqueue(D, "a", "gw", 0, 10_000))[2] is False
+    _, _, woke, cold = await store.enqueue(D, "a", "gw", 0, 10_000)
+    assert not woke and not cold
 
 
 async def test_dispatch_serves_priority_then_arrival_and_respects_concurrency(

@@ -76,18 +76,19 @@ local counters = KEYS[7]
 local req_id, priority, meta = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local lease_expiry, now, wake_ttl, weight = ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7])
 if redis.call('ZSCORE', queue, req_id) then
-  return {0, redis.call('ZCARD', queue), 0}
+  return {0, redis.call('ZCARD', queue), 0, 0}
 end
 local seq = redis.call('HINCRBY', counters, 'arrivals', 1)
 redis.call('ZADD', queue, -priority * weight + seq, req_id)
 redis.call('HSET', qmeta, req_id, meta)
 redis.call('ZADD', qlease, lease_expiry, req_id)
 redis.call('SET', activity, now)
-local woke = 0
+local woke, cold = 0, 0
 if redis.call('HLEN', routable) == 0 then
+  cold = 1
   if redis.call('SET', wake, now, 'NX', 'PX', wake_ttl) then woke = 1 end
 end
-return {1, redis.call('ZCARD', queue), woke}
+return {1, redis.call('ZCARD', queue), woke, cold}
 """
 
 # Match queue heads to free replica slots, least-loaded replica first. Expired queue entries
@@ -333,20 +334,20 @@ class Store:
 
     async def enqueue(
         self, key: str, req_id: str, gateway_id: str, priority: int, lease_ms: int
-    ) -> tuple[bool, int, bool]:
-        """Queue a request. Returns (added, queue depth, this request should publish a wake)."""
+    ) -> tuple[bool, int, bool, bool]:
+        """Queue a request: (added, queue depth, publish a wake, no replica was ready)."""
         if abs(priority) > MAX_PRIORITY:
             raise ValueError(f"priority must be within ±{MAX_PRIORITY}")
         now = now_ms()
         meta = json.dumps({"gw": gateway_id, "enq": now, "priority": priority})
-        added, depth, woke = await self._enqueue(
+        added, depth, woke, cold = await self._enqueue(
             keys=[
                 dep_key(key, p)
                 for p in ("queue", "qmeta", "qlease", "routable", "wake", "activity", "counters")
             ],
             args=[req_id, priority, meta, now + lease_ms, now, WAKE_DEDUP_MS, PRIORITY_WEIGHT],
         )
-        return bool(added), int(depth), bool(woke)
+        return bool(added), int(depth), bool(woke), bool(cold)
 
     async def dispatch(
         self, key: str, lease_ms: int, max_assign: int = 64

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
-import httpx
+import aiohttp
 
 from router.params import GenerateRequest
 from wakegate.store import ReplicaRecord
@@ -51,11 +51,19 @@ class UpstreamError(Exception):
 
 class Dialect(Protocol):
     async def generate(
-        self, client: httpx.AsyncClient, replica: ReplicaRecord, model: str, req: GenerateRequest
+        self,
+        client: aiohttp.ClientSession,
+        replica: ReplicaRecord,
+        model: str,
+        req: GenerateRequest,
     ) -> Generation: ...
 
     def stream(
-        self, client: httpx.AsyncClient, replica: ReplicaRecord, model: str, req: GenerateRequest
+        self,
+        client: aiohttp.ClientSession,
+        replica: ReplicaRecord,
+        model: str,
+        req: GenerateRequest,
     ) -> AsyncIterator[Token | Finish]: ...
 
 

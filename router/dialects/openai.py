@@ -12,10 +12,10 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
-from httpx_sse import SSEError, aconnect_sse
+import aiohttp
 
 from router.dialects import Finish, Generation, Token, UpstreamError
+from router.dialects.sse import aiter_sse
 from router.errors import ApiError
 from router.params import GenerateRequest
 from wakegate.store import ReplicaRecord
@@ -83,18 +83,22 @@ def _tokens(choice: dict[str, Any]) -> list[Token]:
     ]
 
 
-def _error_message(resp: httpx.Response, raw: bytes) -> str:
+def _error_message(status: int, raw: bytes) -> str:
     try:
         data = json.loads(raw)
         detail = data.get("detail") or data.get("error") or data
-        return f"replica answered {resp.status_code}: {detail}"
+        return f"replica answered {status}: {detail}"
     except ValueError:
-        return f"replica answered {resp.status_code}: {raw[:200]!r}"
+        return f"replica answered {status}: {raw[:200]!r}"
 
 
 class OpenAICompletions:
     async def generate(
-        self, client: httpx.AsyncClient, replica: ReplicaRecord, model: str, req: GenerateRequest
+        self,
+        client: aiohttp.ClientSession,
+        replica: ReplicaRecord,
+        model: str,
+        req: GenerateRequest,
     ) -> Generation:
         if req.parameters.details:
             # Per-token details come from the stream (one event per token); without
@@ -108,12 +112,13 @@ class OpenAICompletions:
             raise UpstreamError("replica stream ended without a finish")
         body = completion_body(model, req, stream=False, cheap_logprobs=replica.cheap_logprobs)
         try:
-            resp = await client.post(f"{replica.url}/v1/completions", json=body)
-        except httpx.HTTPError as exc:
+            async with client.post(f"{replica.url}/v1/completions", json=body) as resp:
+                raw = await resp.read()
+                if resp.status != 200:
+                    raise UpstreamError(_error_message(resp.status, raw), status=502)
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamError(f"replica unreachable: {exc!r}") from exc
-        if resp.status_code != 200:
-            raise UpstreamError(_error_message(resp, resp.content), status=502)
-        data = resp.json()
+        data = json.loads(raw)
         choice = data["choices"][0]
         usage = data.get("usage") or {}
         tokens = _tokens(choice)
@@ -126,22 +131,27 @@ class OpenAICompletions:
         return Generation(text=choice.get("text") or "", tokens=tokens, finish=finish)
 
     async def stream(
-        self, client: httpx.AsyncClient, replica: ReplicaRecord, model: str, req: GenerateRequest
+        self,
+        client: aiohttp.ClientSession,
+        replica: ReplicaRecord,
+        model: str,
+        req: GenerateRequest,
     ) -> AsyncIterator[Token | Finish]:
         body = completion_body(model, req, stream=True, cheap_logprobs=replica.cheap_logprobs)
         generated = 0
         reason: str | None = None
         prompt_tokens = 0
         try:
-            async with aconnect_sse(
-                client, "POST", f"{replica.url}/v1/completions", json=body
-            ) as source:
-                if source.response.status_code != 200:
-                    raw = await source.response.aread()
-                    raise UpstreamError(_error_message(source.response, raw))
-                async for sse in source.aiter_sse():
+            async with client.post(
+                f"{replica.url}/v1/completions",
+                json=body,
+                headers={"Accept": "text/event-stream"},
+            ) as resp:
+                if resp.status != 200:
+                    raise UpstreamError(_error_message(resp.status, await resp.read()))
+                async for sse in aiter_sse(resp):
                     if sse.data == "[DONE]":
-                        break
+                        continue  # read on to the end: the connection goes back to the pool
                     chunk = json.loads(sse.data)
                     if chunk.get("usage"):
                         prompt_tokens = int(chunk["usage"].get("prompt_tokens", 0))
@@ -150,7 +160,7 @@ class OpenAICompletions:
                             generated += 1
                             yield token
                         reason = choice.get("finish_reason") or reason
-        except (httpx.HTTPError, SSEError) as exc:
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise UpstreamError(
                 f"replica stream failed: {exc!r}", before_first_byte=generated == 0
             ) from exc
