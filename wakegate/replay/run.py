@@ -192,6 +192,8 @@ async def _drive(plan: Plan, settings: Settings, token: str) -> RunResult:
             "scaleUpRequestThreshold": plan.scale_up_threshold,
             "cooldownTime": max(0, round(plan.cooldown_s / plan.speed)),
             "customArgs": plan.engine.custom_args(),
+            # Long-context traces (Mooncake prompts reach 126k tokens) must fit the engine.
+            "maxTotalTokens": 262_144,
             "accelerator": plan.accelerator,
             "scalingPolicy": {
                 "name": plan.policy,
