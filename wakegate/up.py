@@ -236,9 +236,17 @@ class Stack:
         return 0
 
     def shutdown(self) -> None:
-        # Nothing may interrupt an orderly shutdown half-way.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        # Nothing may interrupt an orderly shutdown half-way; the handlers come back after.
+        previous = {
+            sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            self._stop_children()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _stop_children(self) -> None:
         if not self.quiet:
             click.echo("")
         for child in reversed(self.services):
