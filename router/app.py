@@ -11,10 +11,11 @@ from aiohttp import web
 from cachetools import TTLCache
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from router import control, data
+from router import control, lorax_api, openai_api
 from router.context import (
     BUS,
     DISPATCHER,
+    JOBS,
     METRICS,
     SETTINGS,
     SPEC_CACHE,
@@ -23,6 +24,7 @@ from router.context import (
     UPSTREAM,
 )
 from router.dispatch import Dispatcher
+from router.jobs import JobRunner
 from router.metrics import GatewayMetrics
 from router.middlewares import auth_middleware, errors_middleware
 from wakegate import topics
@@ -75,7 +77,13 @@ async def _dispatch_ctx(app: web.Application) -> AsyncIterator[None]:
         bus = Bus(mqtt_url, "wakegate-gateway", [topics.all_of("replica")], on_event)
         tasks.append(asyncio.create_task(bus.run()))
     app[BUS] = bus
+    jobs = JobRunner(
+        app[STORE], app[UPSTREAM], bus, app[SETTINGS].lease_ms, app[SETTINGS].async_result_ttl_s
+    )
+    app[JOBS] = jobs
+    tasks += [asyncio.create_task(jobs.listen()), asyncio.create_task(jobs.sweep_forever())]
     yield
+    await jobs.close()
     for task in tasks:
         task.cancel()
     for task in tasks:
@@ -108,5 +116,6 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", health_handler)
     app.router.add_get("/metrics", metrics_handler)
     app.add_routes(control.routes)
-    app.add_routes(data.routes)
+    app.add_routes(lorax_api.routes)
+    app.add_routes(openai_api.routes)
     return app

@@ -13,6 +13,7 @@ from wakegate.store import Store
 
 if TYPE_CHECKING:
     from router.dispatch import Dispatcher
+    from router.jobs import JobRunner
     from router.metrics import GatewayMetrics
     from wakegate.bus import Bus
 
@@ -24,6 +25,7 @@ STORE = web.AppKey("store", Store)
 UPSTREAM = web.AppKey("upstream", aiohttp.ClientSession)
 DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher")
 METRICS: web.AppKey[GatewayMetrics] = web.AppKey("metrics")
+JOBS: web.AppKey[JobRunner] = web.AppKey("jobs")
 BUS: web.AppKey[Bus | None] = web.AppKey("bus")
 
 # Set on each authenticated request by the auth middleware.

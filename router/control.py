@@ -6,6 +6,7 @@ import json
 import time
 import uuid
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -227,3 +228,43 @@ async def deployment_events(request: web.Request) -> web.Response:
             "ComputeEvents": events,
         }
     )
+
+
+def _time_param(request: web.Request, name: str, default: float) -> int:
+    """A query time as ms: ISO 8601 (`2026-11-28T10:00:00Z`) or seconds since the epoch."""
+    raw = request.query.get(name)
+    if raw is None:
+        return int(default * 1000)
+    try:
+        return int(float(raw) * 1000)
+    except ValueError:
+        pass
+    try:
+        return int(datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp() * 1000)
+    except ValueError:
+        raise ApiError(
+            400, f"{name}: use ISO 8601 or seconds since the epoch", field=name
+        ) from None
+
+
+@routes.get("/v2/deployments/{name}/requests")
+async def request_log(request: web.Request) -> web.StreamResponse:
+    """The deployment's request log for [start, end] as JSON lines, oldest first."""
+    name = request.match_info["name"]
+    store = request.app[STORE]
+    spec = await _visible(store, _key(request, name), name)
+    start = _time_param(request, "start", 0)
+    end = _time_param(request, "end", time.time())
+    if start > end:
+        raise ApiError(400, "start must not be after end", field="start")
+    resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await resp.prepare(request)
+    after: str | None = None
+    while True:
+        page = await store.request_log(spec.key, start, end, 500, after)
+        if not page:
+            break
+        await resp.write(b"".join(json.dumps(e).encode() + b"\n" for _, e in page))
+        after = page[-1][0]
+    await resp.write_eof()
+    return resp

@@ -15,10 +15,9 @@ import contextlib
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from wakegate.store import Store, gateway_channel
+from wakegate.store import MAX_PRIORITY, Store, gateway_channel
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +50,28 @@ class Dispatcher:
 
     # --- the request's view -----------------------------------------------------------------
 
-    async def enqueue(self, deployment: str, priority: int = 0) -> Ticket:
+    async def enqueue(
+        self,
+        deployment: str,
+        priority: int = 0,
+        max_queue: int = 2**31,
+        adapter: str | None = None,
+        prefix: str | None = None,
+    ) -> Ticket:
         request_id = uuid.uuid4().hex
         loop = asyncio.get_running_loop()
         ticket = Ticket(deployment, request_id, loop.create_future())
         self._waiting[deployment][request_id] = ticket
         try:
             _, depth, woke, cold = await self.store.enqueue(
-                deployment, request_id, self.gateway_id, priority, self.lease_ms
+                deployment,
+                request_id,
+                self.gateway_id,
+                priority,
+                self.lease_ms,
+                max_queue,
+                adapter,
+                prefix,
             )
         except BaseException:
             self._waiting[deployment].pop(request_id, None)
@@ -75,6 +88,22 @@ class Dispatcher:
         await self.store.ack_assignment(ticket.deployment, ticket.request_id)
         return replica_id
 
+    async def requeue(self, ticket: Ticket, suspect_ms: int) -> None:
+        """Give the slot back and queue the request again, at the front, away from the
+        replica that failed it before sending anything (so the retry goes elsewhere)."""
+        assert ticket.replica_id is not None
+        failed = ticket.replica_id
+        await self.store.suspect(ticket.deployment, failed, suspect_ms)
+        self._running[ticket.deployment].discard(f"{failed}|{ticket.request_id}")
+        await self.store.release(ticket.deployment, failed, ticket.request_id)
+        ticket.replica_id = None
+        ticket.assigned = asyncio.get_running_loop().create_future()
+        self._waiting[ticket.deployment][ticket.request_id] = ticket
+        await self.store.enqueue(
+            ticket.deployment, ticket.request_id, self.gateway_id, MAX_PRIORITY, self.lease_ms
+        )
+        await self.kick(ticket.deployment)
+
     async def finish(self, ticket: Ticket) -> None:
         """Leave the queue or give the slot back, whichever applies. Safe to call twice."""
         self._waiting[ticket.deployment].pop(ticket.request_id, None)
@@ -86,16 +115,6 @@ class Dispatcher:
             if outcome == "assigned" and ticket.assigned.done() is False:
                 ticket.assigned.cancel()
         await self.kick(ticket.deployment)
-
-    @contextlib.asynccontextmanager
-    async def admitted(self, deployment: str, priority: int = 0) -> AsyncIterator[Ticket]:
-        ticket = await self.enqueue(deployment, priority)
-        try:
-            yield ticket
-        finally:
-            # Shielded: a disconnecting client cancels the handler, and the queue entry or the
-            # slot must still be given back.
-            await asyncio.shield(self.finish(ticket))
 
     def waiting_count(self, deployment: str) -> int:
         return len(self._waiting.get(deployment, ()))

@@ -56,6 +56,12 @@ class GatewayMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.retries = Counter(
+            "wakegate_retries",
+            "Requests retried on another replica before their first byte",
+            ["deployment"],
+            registry=self.registry,
+        )
         self.wakes = Counter(
             "wakegate_wakes",
             "Wake events published for cold deployments",

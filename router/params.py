@@ -80,10 +80,15 @@ class Parameters(BaseModel):
 
 
 class GenerateRequest(BaseModel):
+    """The neutral generate request every public API becomes (LoRAX's shape)."""
+
     model_config = ConfigDict(extra="ignore")
     inputs: Annotated[StrictStr, Field(min_length=1)]
     parameters: Parameters = Field(default_factory=Parameters)
     stream: StrictBool = False
+    # Chat requests keep their messages (`inputs` is empty then): the engine applies the
+    # model's own chat template. Set only by the OpenAI chat route, never parsed from LoRAX.
+    messages: list[dict[str, str]] | None = Field(default=None, exclude=True)
 
 
 def parse_generate(body: Any) -> GenerateRequest:

@@ -388,6 +388,7 @@ class Scaler:
             concurrency=engine.concurrency,
             backend=self.backend.name,
             cheap_logprobs=engine.cheap_logprobs,
+            adapters=list(spec.config.get("preloaded_adapters") or []),
             created_at=time.time(),
         )
         # Registered before launching, so a concurrent pass counts it and never doubles it.

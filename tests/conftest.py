@@ -16,7 +16,8 @@ from wakegate.store import Store
 # Database 0 serves the shared stack; each isolated stack gets its own database so that its
 # scaler never sees another stack's deployments. Database 15 is for store-level tests.
 _databases = itertools.count(1)
-STORE_TEST_DB = 15
+DATABASES = 64  # the test redis-server is started with this many
+STORE_TEST_DB = DATABASES - 1
 
 
 @pytest.fixture(scope="session")

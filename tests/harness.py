@@ -114,6 +114,8 @@ def start_redis(tmp: Path) -> tuple[Proc, str]:
             "yes",
             "--save",
             "",
+            "--databases",
+            "64",  # one per isolated test stack
         ],
         tmp / "redis.log",
     ).start()

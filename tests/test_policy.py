@@ -213,3 +213,21 @@ def test_rates_follow_the_counters() -> None:
     assert state.rates.arrival_rate == pytest.approx(10.0, rel=0.01)
     assert state.rates.service_rate == pytest.approx(10.0, rel=0.01)
     assert state.rates.service_time_s() == pytest.approx(0.3, rel=0.01)
+
+
+# Demand measured over the rate window: 2 requests/s for 10 s each = 20 concurrent.
+BUSY = Rates(at=NOW - 1, arrivals_total=100, completions_total=100, arrival_rate=2.0,
+             service_rate=2.0, in_flight=20.0)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("current", "desired", "reason"),
+    [(3, 2, "scale down"), (2, 2, "steady")],
+    ids=["dip-scales-down-only-to-what-demand-needs", "dip-below-steady-demand-holds"],
+)
+def test_steady_floor(current: int, desired: int, reason: str) -> None:
+    config = ScalingConfig(0, 4, 16, 60)
+    observed = Observation(0, 5, NOW, NOW, 100, 100, 30.0)  # a dip: 5 in flight
+    state = PolicyState(below_capacity_since=NOW - 61, rates=BUSY)
+    decision, _ = decide(NOW, observed, config, current, state)
+    assert (decision.desired, decision.reason.split(":")[0]) == (desired, reason)

@@ -51,7 +51,7 @@ def test_replay_compares_policies_and_writes_table_and_plots(tmp_path: Path) -> 
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     table = (out / "table.md").read_text()
-    assert table.splitlines()[0].startswith("| policy | GPU-s |")
+    assert table.splitlines()[0].startswith("| policy | routing | GPU-s |")
     assert {"wakegate.png", "always-on.png", "wakegate.json", "always-on.json"} <= {
         p.name for p in out.iterdir()
     }
@@ -62,7 +62,7 @@ def test_replay_compares_policies_and_writes_table_and_plots(tmp_path: Path) -> 
         assert all(r["ok"] for r in run["results"]), [r for r in run["results"] if not r["ok"]]
         assert run["usage"], "the sim host recorded GPU leases"
     rows = {line.split("|")[1].strip(): line for line in table.splitlines()[2:]}
-    gpu = {p: float(rows[p].split("|")[2].replace(",", "")) for p in rows}
+    gpu = {p: float(rows[p].split("|")[3].replace(",", "")) for p in rows}
     assert gpu["always-on"] >= gpu["wakegate"] > 0
 
 

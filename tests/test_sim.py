@@ -160,7 +160,12 @@ async def test_replica_lifecycle_timing_pool_and_usage(sim: Callable[..., SimBac
             "logprobs": None,
             "finish_reason": "length",
         }
-        assert data["usage"] == {"prompt_tokens": 5, "completion_tokens": 10, "total_tokens": 15}
+        assert data["usage"] == {
+            "prompt_tokens": 5,
+            "completion_tokens": 10,
+            "total_tokens": 15,
+            "prompt_tokens_details": {"cached_tokens": 0},
+        }
         assert elapsed >= 0.2 + 9 / 50
 
         # Stream: one chunk per token, the finish reason on the last, then [DONE].
@@ -289,6 +294,34 @@ async def test_time_scale_divides_every_duration(sim: Callable[..., SimBackend])
         assert (1 + 19 / 10) / 10 <= time.monotonic() - t1 < 2.5  # 2.9 s of decoding at 10x
     usage = await backend.usage()
     assert usage["time_scale"] == 10 and usage["gpu_seconds"]["acme/ts"] > 0
+
+
+async def test_prefix_cache_serves_repeated_prefixes_faster(
+    sim: Callable[..., SimBackend],
+) -> None:
+    backend = sim()
+    args = ["--prefill-tps", "2000", "--cache-blocks", "4", "--ttft-s", "0", "--load-s", "0"]
+    spec = sim_spec("pc", args)
+    rep = await backend.start(spec, "pc-1", get_engine("sim", spec=spec))
+    shared = "h1 " * 512 + "h2 " * 512
+    async with httpx.AsyncClient(timeout=30) as client:
+        while (await client.get(rep.url + "/health")).status_code != 200:
+            await asyncio.sleep(0.02)
+
+        async def complete(prompt: str) -> tuple[int, float]:
+            t0 = time.monotonic()
+            r = await client.post(rep.url + "/v1/completions",
+                                  json={"prompt": prompt, "max_tokens": 1})  # fmt: skip
+            usage = r.json()["usage"]
+            return usage["prompt_tokens_details"]["cached_tokens"], time.monotonic() - t0
+
+        cold, cold_s = await complete(shared + "question one")
+        warm, warm_s = await complete(shared + "question two")
+        other, _ = await complete("h9 " * 1024)
+    assert (cold, warm, other) == (0, 1024, 0)
+    assert cold_s >= 1024 / 2000 and warm_s < cold_s
+    usage = await backend.usage()
+    assert usage["tokens"]["acme/pc"] == {"prompt_tokens": 3076, "cached_tokens": 1024}
 
 
 async def test_a_dead_host_means_no_replicas_and_a_new_host_starts(

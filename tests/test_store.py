@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import math
 
 from wakegate.store import ReplicaRecord, Store, dep_key
 
@@ -136,3 +138,62 @@ async def test_counters_count_arrivals_and_every_way_out(store: Store) -> None:
     assert await store.cancel(D, "assigned-then-gone") == "assigned"
     load = await store.load(D)
     assert (load.arrivals_total, load.completions_total) == (3, 3)
+
+
+_ids = itertools.count()
+
+
+async def routed(store: Store, prefix: str, n: int, adapter: str | None = None) -> list[str]:
+    for _ in range(n):
+        await store.enqueue(D, f"req-{next(_ids)}", "gw", 0, 10_000, prefix=prefix,
+                            adapter=adapter)  # fmt: skip
+    return [rid for _, rid in await store.dispatch(D, 10_000)]
+
+
+async def set_routing(store: Store, mode: str) -> None:
+    import json as _json
+
+    await store.redis.set(dep_key(D, "spec"), _json.dumps({"config": {"routing": mode}}))
+
+
+async def test_prefix_routing_keeps_a_prefix_on_one_replica_within_a_load_bound(
+    store: Store,
+) -> None:
+    for rid in ("a", "b", "c", "d"):
+        await store.put_replica(replica(rid, concurrency=8))
+    first = await routed(store, "conversation-1", 1)
+    again = await routed(store, "conversation-1", 1)
+    assert first == again, "the same prefix goes where it went"
+    # A burst of one prefix is not herded onto that replica: the bounded load spreads it.
+    burst = await routed(store, "conversation-1", 12)
+    assert burst.count(first[0]) < 12 and len(set(burst)) > 1
+    placed = first + again + burst
+    assert max(placed.count(rid) for rid in "abcd") <= math.ceil(1.25 * 14 / 4) + 2
+
+
+async def test_different_prefixes_spread_over_replicas(store: Store) -> None:
+    for rid in ("a", "b", "c", "d"):
+        await store.put_replica(replica(rid, concurrency=64))
+    chosen = {(await routed(store, f"user-{i}", 1))[0] for i in range(40)}
+    assert chosen == {"a", "b", "c", "d"}
+
+
+async def test_least_loaded_mode_ignores_prefixes(store: Store) -> None:
+    await set_routing(store, "least-loaded")
+    for rid in ("a", "b"):
+        await store.put_replica(replica(rid, concurrency=8))
+    got = await routed(store, "same-prefix", 4)
+    assert sorted(got) == ["a", "a", "b", "b"]
+
+
+async def test_adapter_affinity_prefers_the_replica_that_has_it_until_overloaded(
+    store: Store,
+) -> None:
+    await store.put_replica(replica("plain", concurrency=64))
+    with_adapter = replica("lora", concurrency=64)
+    with_adapter.adapters = ["acme/support-1"]
+    await store.put_replica(with_adapter)
+    assert await routed(store, "p1", 1, adapter="acme/support-1") == ["lora"]
+    burst = await routed(store, "p2", 40, adapter="acme/support-1")
+    assert burst.count("lora") > burst.count("plain") > 0, "bounded: overflow goes elsewhere"
+    assert burst.count("lora") + 1 <= math.ceil(1.25 * 41 / 2) + 2

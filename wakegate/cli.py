@@ -149,6 +149,22 @@ def create_token(tenant: str, name: str | None, config: str | None) -> None:
     help="Simulated batch capacity (= replica concurrency).",
 )
 @click.option(
+    "--cache-blocks",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Simulated prefix-cache capacity per replica, in 512-token blocks.",
+)
+@click.option(
+    "--routing",
+    "routings",
+    multiple=True,
+    default=["prefix"],
+    show_default=True,
+    type=click.Choice(["prefix", "least-loaded", "random"]),
+    help="How the gateway picks a replica; repeat to compare several.",
+)
+@click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
@@ -169,6 +185,8 @@ def replay(
     load_s: float,
     tps: float,
     batch: int,
+    cache_blocks: int,
+    routings: tuple[str, ...],
     out: Path | None,
 ) -> None:
     """Replay a request trace through the real gateway and scaler on the sim backend."""
@@ -189,13 +207,13 @@ def replay(
     requests = window(load_trace(trace, fmt), start_s, end_s)
     if not requests:
         raise click.ClickException("no request in that window of the trace")
-    engine = SimEngine(load_s=load_s, tps=tps, batch=batch)
+    engine = SimEngine(load_s=load_s, tps=tps, batch=batch, cache_blocks=cache_blocks)
     summaries = []
-    for policy in policies:
+    for policy, routing in [(p, r) for p in policies for r in routings]:
         span = requests[-1].at_s
         click.echo(
-            f"replaying {len(requests)} requests ({span:.0f} s of trace) under "
-            f"'{policy}' at {speed:g}x: about {span / speed / 60:.1f} min ..."
+            f"replaying {len(requests)} requests ({span:.0f} s of trace) under '{policy}' "
+            f"with {routing} routing at {speed:g}x: about {span / speed / 60:.1f} min ..."
         )
         plan = Plan(
             trace_name=trace.name,
@@ -208,6 +226,7 @@ def replay(
             scale_up_threshold=threshold,
             cooldown_s=cooldown_s,
             engine=engine,
+            routing=routing,
         )
         result = run(plan)
         summary = report.summarize(result)
@@ -215,8 +234,9 @@ def replay(
         click.echo(report.table([summary]).splitlines()[-1])
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
-            (out / f"{policy}.json").write_text(json.dumps(result.to_json()))
-            report.plot(result, out / f"{policy}.png")
+            label = policy if len(routings) == 1 else f"{policy}-{routing}"
+            (out / f"{label}.json").write_text(json.dumps(result.to_json()))
+            report.plot(result, out / f"{label}.png")
     text = report.table(summaries)
     click.echo("")
     click.echo(text)

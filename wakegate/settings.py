@@ -28,6 +28,11 @@ class Settings:
     # Keep-alive comment interval on streams that wait in the queue.
     keepalive_s: float = 5.0
     max_body_bytes: int = 8 * 1024 * 1024
+    # Waiting requests per deployment beyond which new ones get 429 (a deployment's
+    # `maxQueueLength` overrides it).
+    max_queue_length: int = 10_000
+    # How long results of async requests stay retrievable.
+    async_result_ttl_s: int = 86_400
     # Queue entries and slots are leases that the holding gateway renews; a dead gateway's
     # entries expire after this long and stop blocking the queue or holding capacity.
     lease_ms: int = 15_000
@@ -51,6 +56,9 @@ class Settings:
     )
     sim_acquire_s: float = 0.0
     sim_time_scale: float = 1.0
+    # LoRA adapters: `<adapter_dir>/<id>.gguf`, or downloaded from adapter_url (`{id}`).
+    adapter_dir: Path | None = None
+    adapter_url: str | None = None
     default_token: str | None = None
     default_tenant: str = "default"
     log_level: str = "INFO"

@@ -123,6 +123,10 @@ class ConfigUpdate(_Wire):
     quantization: StrictStr | None = None
     accelerator: StrictStr | None = None
     scaling_policy: ScalingPolicy | None = None
+    # wakegate extension: requests beyond this many waiting get 429 with Retry-After.
+    max_queue_length: PosInt | None = None
+    # wakegate extension: how the gateway picks a replica (see wakegate/store.py DISPATCH).
+    routing: Literal["prefix", "least-loaded", "random"] | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -17,11 +17,18 @@ Per-deployment keys (`wg:{t/n}:<part>`):
   wake       STRING  present while a wake-up was published recently (dedup window)
   activity   STRING  ms of the last enqueue or completion (scale-to-zero idleness)
   counters   HASH    arrivals / completions: monotonic request counts (rates for the scaler)
+  suspects   HASH    replica id -> ms until which dispatch skips it (a gateway saw it fail)
+  adapters   HASH    replica id -> " a b c " adapters loaded there (adapter affinity)
+  reqlog     STREAM  request log entries (only with request_logging_enabled), capped
+  job:<id>   HASH    an async request: request, status, attempts, result, error (TTL once done)
+  claim:<id> STRING  gateway running that async request; a lease it renews
+  running    ZSET    async request id -> claim expiry ms (the sweep re-queues expired ones)
 Global keys:
   wg:deployments        SET   "tenant/name" of every deployment (the scaler's reconcile index)
   wg:tenant:<code>      STRING JSON tenant record
   wg:token:<sha256>     STRING tenant code for an API token (only the digest is stored)
   wg:scaler:leader      STRING id of the scaler instance holding the lease
+  wg:jobs               SET   deployments that have async requests (what gateways sweep)
 """
 
 from __future__ import annotations
@@ -37,6 +44,15 @@ import redis.asyncio as aioredis
 from wakegate.spec import DeploymentSpec
 
 DEPLOYMENTS = "wg:deployments"
+# Affinity routing never puts more than this factor of the average load, plus a few requests,
+# on one replica.
+BOUNDED_LOAD_FACTOR = 1.25
+BOUNDED_LOAD_SLACK = 2
+JOB_DEPLOYMENTS = "wg:jobs"
+# Async requests wait in the same queue as the others, owned by no gateway: their queue
+# lease never runs out, and any gateway may run them (see router/jobs.py).
+ASYNC_OWNER = "async"
+FOREVER_MS = 10**15
 SCALER_LEADER = "wg:scaler:leader"
 WAKE_DEDUP_MS = 10_000  # one wake event per cold deployment per window, however many requests
 EVENTS_MAX = 200  # events kept per deployment
@@ -75,8 +91,13 @@ local queue, qmeta, qlease, routable, wake, activity = KEYS[1], KEYS[2], KEYS[3]
 local counters = KEYS[7]
 local req_id, priority, meta = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local lease_expiry, now, wake_ttl, weight = ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7])
+local max_queue = tonumber(ARGV[8])
 if redis.call('ZSCORE', queue, req_id) then
   return {0, redis.call('ZCARD', queue), 0, 0}
+end
+local depth = redis.call('ZCARD', queue)
+if depth >= max_queue then
+  return {-1, depth, 0, 0}
 end
 local seq = redis.call('HINCRBY', counters, 'arrivals', 1)
 redis.call('ZADD', queue, -priority * weight + seq, req_id)
@@ -93,10 +114,27 @@ return {1, redis.call('ZCARD', queue), woke, cold}
 
 # Match queue heads to free replica slots, least-loaded replica first. Expired queue entries
 # (their gateway died) and expired slots are dropped first so they block nothing.
+# Match queue heads to free replica slots. Expired queue entries (their gateway died) and
+# expired slots are dropped first so they block nothing. Which free replica a request gets:
+#   1. one that has its adapter loaded (adapter affinity),
+#   2. mode 'prefix': the highest rendezvous hash of its prompt prefix (replicas that served
+#      the prefix recently keep its KV cache),
+#   3. mode 'random': a pseudo-random one; otherwise (and as the fallback) the least loaded,
+# where 1 and 2 only consider replicas under the bounded load
+# ceil((total + 1) * factor / n) + slack, so no replica is loaded far above the average (no
+# herding onto one warm replica) while a lightly loaded deployment still keeps its affinity.
 DISPATCH = """
 local queue, qmeta, qlease, routable, inflight, assigned = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local suspects, adapters_key, spec_key = KEYS[7], KEYS[8], KEYS[9]
 local now, slot_lease, max_assign = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local channel_prefix, deployment = ARGV[4], ARGV[5]
+local channel_prefix, deployment, factor = ARGV[4], ARGV[5], tonumber(ARGV[6])
+local slack = tonumber(ARGV[7])
+local mode = 'prefix'
+local spec = redis.call('GET', spec_key)
+if spec then
+  local routing = cjson.decode(spec)['config']['routing']
+  if type(routing) == 'string' then mode = routing end
+end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', qlease, '-inf', now)) do
   redis.call('ZREM', queue, id)
   redis.call('HDEL', qmeta, id)
@@ -104,35 +142,79 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', qlease, '-inf', now)) do
 end
 redis.call('ZREMRANGEBYSCORE', inflight, '-inf', now)
 local limits, load, order = {}, {}, {}
+local avoid = {}
+local s = redis.call('HGETALL', suspects)
+for i = 1, #s, 2 do
+  if tonumber(s[i + 1]) > now then avoid[s[i]] = true else redis.call('HDEL', suspects, s[i]) end
+end
 local r = redis.call('HGETALL', routable)
 for i = 1, #r, 2 do
-  limits[r[i]] = tonumber(r[i + 1]); load[r[i]] = 0; table.insert(order, r[i])
+  if not avoid[r[i]] then
+    limits[r[i]] = tonumber(r[i + 1]); load[r[i]] = 0; table.insert(order, r[i])
+  end
 end
 if #order == 0 then return {} end
 table.sort(order)
+local total = 0
 for _, m in ipairs(redis.call('ZRANGE', inflight, 0, -1)) do
   local rid = string.match(m, '^([^|]+)|')
-  if rid and load[rid] then load[rid] = load[rid] + 1 end
+  if rid and load[rid] then load[rid] = load[rid] + 1; total = total + 1 end
 end
+local loaded = {}
+local a = redis.call('HGETALL', adapters_key)
+for i = 1, #a, 2 do loaded[a[i]] = a[i + 1] end
+
+local function hrw(key, rid)
+  return tonumber(string.sub(redis.sha1hex(key .. '|' .. rid), 1, 8), 16)
+end
+local function pick(key, bound, accept)
+  local best, best_score = nil, -1
+  for _, rid in ipairs(order) do
+    if load[rid] < limits[rid] and load[rid] < bound and accept(rid) then
+      local sc = hrw(key, rid)
+      if sc > best_score then best, best_score = rid, sc end
+    end
+  end
+  return best
+end
+local function any_rid() return true end
+
 local out = {}
 while #out / 2 < max_assign do
   local head = redis.call('ZRANGE', queue, 0, 0)[1]
   if not head then break end
+  local meta = redis.call('HGET', qmeta, head)
+  local m = {}
+  if meta then m = cjson.decode(meta) end
+  local bound = math.ceil((total + 1) * factor / #order) + slack
   local best = nil
-  for _, rid in ipairs(order) do
-    if load[rid] < limits[rid] and (best == nil or load[rid] < load[best]) then best = rid end
+  if m['adapter'] and m['adapter'] ~= '' then
+    local wanted = ' ' .. m['adapter'] .. ' '
+    best = pick(m['adapter'], bound, function(rid)
+      return loaded[rid] ~= nil and string.find(loaded[rid], wanted, 1, true) ~= nil
+    end)
+  end
+  if not best and mode == 'prefix' and m['prefix'] and m['prefix'] ~= '' then
+    best = pick(m['prefix'], bound, any_rid)
+  end
+  if not best and mode == 'random' then
+    best = pick(head, math.huge, any_rid)
+  end
+  if not best then
+    for _, rid in ipairs(order) do
+      if load[rid] < limits[rid] and (best == nil or load[rid] < load[best]) then best = rid end
+    end
   end
   if not best then break end
-  local meta = redis.call('HGET', qmeta, head)
   redis.call('ZREM', queue, head)
   redis.call('HDEL', qmeta, head)
   redis.call('ZREM', qlease, head)
   redis.call('ZADD', inflight, now + slot_lease, best .. '|' .. head)
   redis.call('HSET', assigned, head, best)
   load[best] = load[best] + 1
-  if meta then
-    local gw = cjson.decode(meta)['gw']
-    if gw then redis.call('PUBLISH', channel_prefix .. gw, deployment .. ' ' .. head .. ' ' .. best) end
+  total = total + 1
+  if m['gw'] then
+    redis.call('PUBLISH', channel_prefix .. m['gw'], deployment .. ' ' .. head .. ' ' .. best)
   end
   table.insert(out, head); table.insert(out, best)
 end
@@ -179,6 +261,12 @@ return 0
 """
 
 
+class QueueFull(Exception):
+    def __init__(self, depth: int) -> None:
+        super().__init__(f"{depth} requests are already waiting")
+        self.depth = depth
+
+
 @dataclass
 class ReplicaRecord:
     id: str
@@ -191,6 +279,7 @@ class ReplicaRecord:
     backend: str
     # Whether asking the engine for per-token log-probabilities costs little (see dialects).
     cheap_logprobs: bool = True
+    adapters: list[str] = field(default_factory=list)  # loaded there (preloaded at start)
     handle: dict[str, Any] = field(default_factory=dict)  # backend-specific (pid, actor, pod)
     created_at: float = 0.0
     ready_at: float | None = None
@@ -314,6 +403,9 @@ class Store:
             "wake",
             "activity",
             "counters",
+            "suspects",
+            "reqlog",
+            "adapters",
         )
         await self.redis.delete(*(dep_key(key, p) for p in parts))
         await self.redis.srem(DEPLOYMENTS, key)
@@ -333,20 +425,39 @@ class Store:
     # --- queue ----------------------------------------------------------------------------
 
     async def enqueue(
-        self, key: str, req_id: str, gateway_id: str, priority: int, lease_ms: int
+        self,
+        key: str,
+        req_id: str,
+        gateway_id: str,
+        priority: int,
+        lease_ms: int,
+        max_queue: int = 2**31,
+        adapter: str | None = None,
+        prefix: str | None = None,
     ) -> tuple[bool, int, bool, bool]:
-        """Queue a request: (added, queue depth, publish a wake, no replica was ready)."""
+        """Queue a request: (added, queue depth, publish a wake, no replica was ready).
+
+        Raises QueueFull, changing nothing, when `max_queue` requests already wait.
+        """
         if abs(priority) > MAX_PRIORITY:
             raise ValueError(f"priority must be within ±{MAX_PRIORITY}")
         now = now_ms()
-        meta = json.dumps({"gw": gateway_id, "enq": now, "priority": priority})
+        meta = json.dumps(
+            {"gw": gateway_id, "enq": now, "priority": priority, "adapter": adapter or "",
+             "prefix": prefix or ""}
+        )  # fmt: skip
         added, depth, woke, cold = await self._enqueue(
             keys=[
                 dep_key(key, p)
                 for p in ("queue", "qmeta", "qlease", "routable", "wake", "activity", "counters")
             ],
-            args=[req_id, priority, meta, now + lease_ms, now, WAKE_DEDUP_MS, PRIORITY_WEIGHT],
-        )
+            args=[
+                req_id, priority, meta, now + lease_ms, now, WAKE_DEDUP_MS, PRIORITY_WEIGHT,
+                max_queue,
+            ],
+        )  # fmt: skip
+        if added == -1:
+            raise QueueFull(int(depth))
         return bool(added), int(depth), bool(woke), bool(cold)
 
     async def dispatch(
@@ -356,9 +467,27 @@ class Store:
         out = await self._dispatch(
             keys=[
                 dep_key(key, p)
-                for p in ("queue", "qmeta", "qlease", "routable", "inflight", "assigned")
+                for p in (
+                    "queue",
+                    "qmeta",
+                    "qlease",
+                    "routable",
+                    "inflight",
+                    "assigned",
+                    "suspects",
+                    "adapters",
+                    "spec",
+                )
             ],
-            args=[now_ms(), lease_ms, max_assign, gateway_channel(""), key],
+            args=[
+                now_ms(),
+                lease_ms,
+                max_assign,
+                gateway_channel(""),
+                key,
+                BOUNDED_LOAD_FACTOR,
+                BOUNDED_LOAD_SLACK,
+            ],
         )
         return [(out[i], out[i + 1]) for i in range(0, len(out), 2)]
 
@@ -398,6 +527,108 @@ class Store:
                 if members:
                     pipe.zadd(dep_key(key, "inflight"), dict.fromkeys(members, expiry), xx=True)
             await pipe.execute()
+
+    async def log_request(self, key: str, entry: dict[str, Any], maxlen: int) -> None:
+        await self.redis.xadd(
+            dep_key(key, "reqlog"), {"entry": json.dumps(entry)}, maxlen=maxlen, approximate=True
+        )
+
+    async def request_log(
+        self, key: str, start_ms: int, end_ms: int, count: int, after: str | None = None
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Entries logged in [start_ms, end_ms], oldest first; page on with `after`."""
+        low = f"({after}" if after else str(start_ms)
+        rows = cast(
+            list[tuple[str, dict[str, str]]],
+            await self.redis.xrange(dep_key(key, "reqlog"), low, str(end_ms), count=count),
+        )
+        return [(entry_id, json.loads(fields["entry"])) for entry_id, fields in rows]
+
+    # --- async requests ---------------------------------------------------------------------
+
+    async def put_job(self, key: str, job_id: str, fields: dict[str, Any]) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.sadd(JOB_DEPLOYMENTS, key)
+            pipe.hset(
+                dep_key(key, f"job:{job_id}"), mapping={k: json.dumps(v) for k, v in fields.items()}
+            )
+            await pipe.execute()
+
+    async def job(self, key: str, job_id: str) -> dict[str, Any] | None:
+        raw = cast(dict[str, str], await self.redis.hgetall(dep_key(key, f"job:{job_id}")))
+        return {k: json.loads(v) for k, v in raw.items()} if raw else None
+
+    async def finish_job(self, key: str, job_id: str, fields: dict[str, Any], ttl_s: int) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                dep_key(key, f"job:{job_id}"), mapping={k: json.dumps(v) for k, v in fields.items()}
+            )
+            pipe.expire(dep_key(key, f"job:{job_id}"), ttl_s)
+            pipe.zrem(dep_key(key, "running"), job_id)
+            pipe.delete(dep_key(key, f"claim:{job_id}"))
+            await pipe.execute()
+
+    async def claim_job(self, key: str, job_id: str, owner: str, lease_ms: int) -> bool:
+        """Take an assigned async request to run it; one gateway wins."""
+        if not await self.redis.set(dep_key(key, f"claim:{job_id}"), owner, nx=True, px=lease_ms):
+            return False
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(dep_key(key, "running"), {job_id: now_ms() + lease_ms})
+            pipe.hset(dep_key(key, f"job:{job_id}"), "status", json.dumps("running"))
+            pipe.hincrby(dep_key(key, f"job:{job_id}"), "attempts", 1)
+            await pipe.execute()
+        return True
+
+    async def renew_job(self, key: str, job_id: str, lease_ms: int) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.pexpire(dep_key(key, f"claim:{job_id}"), lease_ms)
+            pipe.zadd(dep_key(key, "running"), {job_id: now_ms() + lease_ms}, xx=True)
+            await pipe.execute()
+
+    async def orphaned_jobs(self, key: str) -> list[str]:
+        """Async requests whose runner stopped renewing its claim (it died)."""
+        return cast(
+            list[str], await self.redis.zrangebyscore(dep_key(key, "running"), "-inf", now_ms())
+        )
+
+    async def unclaimed_assignments(self, key: str) -> dict[str, str]:
+        """Async requests that got a slot but no runner yet (the message may be lost)."""
+        assigned = cast(dict[str, str], await self.redis.hgetall(dep_key(key, "assigned")))
+        if not assigned:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in assigned:
+                pipe.exists(dep_key(key, f"job:{job_id}"))
+                pipe.exists(dep_key(key, f"claim:{job_id}"))
+            flags = await pipe.execute()
+        return {
+            job_id: rid
+            for (job_id, rid), is_job, claimed in zip(
+                assigned.items(), flags[0::2], flags[1::2], strict=True
+            )
+            if is_job and not claimed
+        }
+
+    async def holds_slot(self, key: str, replica_id: str, req_id: str) -> bool:
+        score = await self.redis.zscore(dep_key(key, "inflight"), f"{replica_id}|{req_id}")
+        return score is not None and float(score) > now_ms()
+
+    async def requeue_job(self, key: str, job_id: str, priority: int) -> None:
+        """Back to the queue (front of its priority) after its runner or replica failed."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(dep_key(key, "running"), job_id)
+            pipe.delete(dep_key(key, f"claim:{job_id}"))
+            pipe.hset(dep_key(key, f"job:{job_id}"), "status", json.dumps("queued"))
+            await pipe.execute()
+        await self.enqueue(key, job_id, ASYNC_OWNER, priority, FOREVER_MS)
+
+    async def job_deployments(self) -> list[str]:
+        return sorted(cast(set[str], await self.redis.smembers(JOB_DEPLOYMENTS)))
+
+    async def suspect(self, key: str, replica_id: str, for_ms: int) -> None:
+        """Keep dispatch away from a replica that just failed a request (until the scaler
+        has looked at it)."""
+        await self.redis.hset(dep_key(key, "suspects"), replica_id, now_ms() + for_ms)
 
     async def release(self, key: str, replica_id: str, req_id: str) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -445,14 +676,19 @@ class Store:
             pipe.hset(dep_key(rec.deployment, "replicas"), rec.id, rec.to_json())
             if rec.state == "ready":
                 pipe.hset(dep_key(rec.deployment, "routable"), rec.id, rec.concurrency)
+                pipe.hset(
+                    dep_key(rec.deployment, "adapters"), rec.id, f" {' '.join(rec.adapters)} "
+                )
             else:
                 pipe.hdel(dep_key(rec.deployment, "routable"), rec.id)
+                pipe.hdel(dep_key(rec.deployment, "adapters"), rec.id)
             await pipe.execute()
 
     async def remove_replica(self, key: str, replica_id: str) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hdel(dep_key(key, "replicas"), replica_id)
             pipe.hdel(dep_key(key, "routable"), replica_id)
+            pipe.hdel(dep_key(key, "adapters"), replica_id)
             await pipe.execute()
 
     async def ready_count(self, key: str) -> int:

@@ -41,8 +41,8 @@ def completion_body(
         or (p.temperature is not None and p.temperature > 0)
     )
     body: dict[str, Any] = {
-        "model": model,
-        "prompt": req.inputs,
+        # The engine serves each adapter under its own model alias.
+        "model": p.adapter_id or model,
         "max_tokens": p.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
         "stream": stream,
         "temperature": (p.temperature if p.temperature is not None else 1.0) if sampling else 0.0,
@@ -54,8 +54,12 @@ def completion_body(
     # Log-probabilities of the chosen tokens fill the LoRAX token objects. Where the engine
     # makes them expensive they are computed only on explicit request (return_k_alternatives);
     # otherwise tokens report 0.0.
-    if cheap_logprobs or p.return_k_alternatives:
-        body["logprobs"] = p.return_k_alternatives or 1
+    if req.messages is not None:
+        body["messages"] = req.messages
+    else:
+        body["prompt"] = req.inputs
+        if cheap_logprobs or p.return_k_alternatives:
+            body["logprobs"] = p.return_k_alternatives or 1
     if p.stop:
         body["stop"] = p.stop
     if p.seed is not None:
@@ -69,7 +73,14 @@ def _finish_reason(reason: str | None, req: GenerateRequest) -> str:
     return "stop_sequence" if req.parameters.stop else "eos_token"
 
 
+def _path(req: GenerateRequest) -> str:
+    return "/v1/chat/completions" if req.messages is not None else "/v1/completions"
+
+
 def _tokens(choice: dict[str, Any]) -> list[Token]:
+    if "delta" in choice or "message" in choice:  # chat: text only
+        text = (choice.get("delta") or choice.get("message") or {}).get("content") or ""
+        return [Token(UNKNOWN_TOKEN_ID, text, 0.0)] if text else []
     lp = choice.get("logprobs") or {}
     texts = lp.get("tokens") or []
     probs = lp.get("token_logprobs") or []
@@ -112,7 +123,7 @@ class OpenAICompletions:
             raise UpstreamError("replica stream ended without a finish")
         body = completion_body(model, req, stream=False, cheap_logprobs=replica.cheap_logprobs)
         try:
-            async with client.post(f"{replica.url}/v1/completions", json=body) as resp:
+            async with client.post(f"{replica.url}{_path(req)}", json=body) as resp:
                 raw = await resp.read()
                 if resp.status != 200:
                     raise UpstreamError(_error_message(resp.status, raw), status=502)
@@ -128,7 +139,7 @@ class OpenAICompletions:
             generated_tokens=int(usage.get("completion_tokens", len(tokens))),
             seed=req.parameters.seed,
         )
-        return Generation(text=choice.get("text") or "", tokens=tokens, finish=finish)
+        return Generation(text="".join(t.text for t in tokens), tokens=tokens, finish=finish)
 
     async def stream(
         self,
@@ -143,7 +154,7 @@ class OpenAICompletions:
         prompt_tokens = 0
         try:
             async with client.post(
-                f"{replica.url}/v1/completions",
+                f"{replica.url}{_path(req)}",
                 json=body,
                 headers={"Accept": "text/event-stream"},
             ) as resp:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from scaler.backends import RunningReplica
 from scaler.engines import EngineProfile
+from scaler.engines.adapters import adapter_path
 from wakegate.settings import Settings
 from wakegate.spec import DeploymentSpec
 
@@ -89,7 +90,8 @@ class LocalBackend:
     ) -> RunningReplica:
         host = self._settings.replica_host
         port = free_port(host)
-        plan = await asyncio.to_thread(engine.launch, spec, host, port, self._models)
+        adapters = await asyncio.to_thread(self._adapters, spec)
+        plan = await asyncio.to_thread(engine.launch, spec, host, port, self._models, adapters)
         log_path = self._dir / f"{replica_id}.log"
         env = {**os.environ, **plan.env, "WAKEGATE_REPLICA_ID": replica_id}
         pid = await asyncio.to_thread(_spawn, plan.argv, env, log_path)
@@ -113,6 +115,10 @@ class LocalBackend:
         self._manifest(replica_id).write_text(json.dumps(manifest))
         log.info("started replica %s of %s: pid %s at %s", replica_id, spec.key, pid, url)
         return replica
+
+    def _adapters(self, spec: DeploymentSpec) -> dict[str, Path]:
+        ids = spec.config.get("preloaded_adapters") or []
+        return {a: adapter_path(a, self._settings) for a in ids}
 
     async def stop(self, replica: RunningReplica, grace_s: float) -> None:
         pid = int(replica.handle.get("pid", 0))

@@ -49,8 +49,16 @@ class EngineProfile(Protocol):
         """False where per-token log-probabilities slow generation down a lot."""
         ...
 
-    def launch(self, spec: DeploymentSpec, host: str, port: int, models_dir: Path) -> LaunchPlan:
-        """The command that serves `spec` on host:port. Raises EngineRefused."""
+    def launch(
+        self,
+        spec: DeploymentSpec,
+        host: str,
+        port: int,
+        models_dir: Path,
+        adapters: dict[str, Path],
+    ) -> LaunchPlan:
+        """The command that serves `spec` on host:port with these adapters loaded (id ->
+        local file). Raises EngineRefused."""
         ...
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,17 +45,26 @@ class LlamaCppProfile:
     # log-probability for: about 20x slower generation with Gemma's 262k-token vocabulary.
     cheap_logprobs: bool = False
 
-    def launch(self, spec: DeploymentSpec, host: str, port: int, models_dir: Path) -> LaunchPlan:
+    def launch(
+        self,
+        spec: DeploymentSpec,
+        host: str,
+        port: int,
+        models_dir: Path,
+        adapters: dict[str, Path],
+    ) -> LaunchPlan:
         cfg = spec.config
-        for unsupported in ("speculator", "quantization"):
-            if cfg.get(unsupported):
-                key = "speculator" if unsupported == "speculator" else "quantization"
+        for key in ("speculator", "quantization"):
+            if cfg.get(key):
                 raise EngineRefused(
                     f"config.{key}", f"llama.cpp serves pre-quantized GGUF; {key} is not supported"
                 )
         model = MODELS[spec.base_model]
         gguf = resolve_weights(model.weights, models_dir)
         n_ctx = int(cfg.get("max_total_tokens") or min(model.context_window, DEFAULT_CONTEXT))
+        custom = [str(a) for a in cfg.get("custom_args") or []]
+        if adapters:
+            return self._with_adapters(spec, host, port, models_dir, gguf, n_ctx, adapters, custom)
         argv = [
             sys.executable,
             "-m",
@@ -75,5 +85,42 @@ class LlamaCppProfile:
         ]
         if cfg.get("max_num_batched_tokens"):
             argv += ["--n_batch", str(cfg["max_num_batched_tokens"])]
-        argv += list(cfg.get("custom_args") or [])
-        return LaunchPlan(argv=argv)
+        return LaunchPlan(argv=argv + custom)
+
+    def _with_adapters(
+        self,
+        spec: DeploymentSpec,
+        host: str,
+        port: int,
+        models_dir: Path,
+        gguf: Path,
+        n_ctx: int,
+        adapters: dict[str, Path],
+        custom: list[str],
+    ) -> LaunchPlan:
+        """One model alias per adapter (the base model plus its LoRA) in a config file:
+        llama-cpp-python serves the alias a request names, swapping models on demand, which
+        is why the gateway keeps each adapter on the replica that served it last."""
+        if len(custom) % 2:
+            raise EngineRefused("config.customArgs", "with adapters, give flag/value pairs")
+        extra = {
+            flag.lstrip("-"): value for flag, value in zip(custom[::2], custom[1::2], strict=True)
+        }
+        if spec.config.get("max_num_batched_tokens"):
+            extra["n_batch"] = str(spec.config["max_num_batched_tokens"])
+        base = {"model": str(gguf), "n_ctx": n_ctx, **extra}
+        config = {
+            "host": host,
+            "port": port,
+            "interrupt_requests": False,
+            "models": [{**base, "model_alias": spec.base_model}]
+            + [
+                {**base, "model_alias": adapter_id, "lora_path": str(path)}
+                for adapter_id, path in sorted(adapters.items())
+            ],
+        }
+        path = models_dir / f"llamacpp-{spec.name}-{port}.json"
+        path.write_text(json.dumps(config, indent=1))
+        return LaunchPlan(
+            argv=[sys.executable, "-m", "llama_cpp.server", "--config_file", str(path)]
+        )

@@ -43,6 +43,7 @@ def _parser() -> _Parser:
     p.add_argument("--batch", type=int, default=SimProfile.batch)
     p.add_argument("--batch-slowdown", type=float, default=SimProfile.batch_slowdown)
     p.add_argument("--stream-interval-s", type=float, default=SimProfile.stream_interval_s)
+    p.add_argument("--cache-blocks", type=int, default=SimProfile.cache_blocks)
     return p
 
 
@@ -57,6 +58,8 @@ class SimProfile:
     # Tokens after the first that come due within this long of each other share one stream
     # chunk: long replays at high speed need not push every token through the gateway.
     stream_interval_s: float = 0.0
+    # Prefix-cache capacity per replica in 512-token blocks (0: no prefix caching).
+    cache_blocks: int = 0
     name: str = "sim"
     dialect: str = "openai"
     health_path: str = "/health"
@@ -73,6 +76,7 @@ class SimProfile:
             ("--batch", self.batch >= 1),
             ("--batch-slowdown", self.batch_slowdown >= 0),
             ("--stream-interval-s", self.stream_interval_s >= 0),
+            ("--cache-blocks", self.cache_blocks >= 0),
         ]
         for flag, ok in checks:
             if not ok:
@@ -93,6 +97,7 @@ class SimProfile:
             batch=ns.batch,
             batch_slowdown=ns.batch_slowdown,
             stream_interval_s=ns.stream_interval_s,
+            cache_blocks=ns.cache_blocks,
         )
 
     @classmethod
@@ -111,7 +116,14 @@ class SimProfile:
         n_ctx = spec.config.get("max_total_tokens") or (model.context_window if model else 0)
         return {**params, "model": spec.base_model, "n_ctx": int(n_ctx or 32768)}
 
-    def launch(self, spec: DeploymentSpec, host: str, port: int, models_dir: Path) -> LaunchPlan:
+    def launch(
+        self,
+        spec: DeploymentSpec,
+        host: str,
+        port: int,
+        models_dir: Path,
+        adapters: dict[str, Path],
+    ) -> LaunchPlan:
         raise EngineRefused(
             "config.baseModel",
             f"{spec.base_model!r} is a simulated model: it runs only on the sim backend "

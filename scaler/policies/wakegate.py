@@ -3,6 +3,10 @@
 Scale up at once to ceil(load / threshold); scale down only after the load has stayed below
 capacity for `cooldown_s`; scale to zero only after `cooldown_s` without any request.
 
+Steady floor: a scale-down never goes below what the measured demand needs (mean concurrency
+from the arrival rate and service time, Little's law), so a dip in a steady load does not
+release a replica that the next minute needs again.
+
 Startup-aware scale-up: a new replica only helps the requests still waiting when it becomes
 ready. When the replicas already running will drain the queue (at the measured service and
 arrival rates) before a new one could start (`startup_s`, as measured lately), the policy
@@ -18,7 +22,7 @@ from dataclasses import dataclass, replace
 from scaler.policies import Decision, Observation, ScalingConfig, clamp, is_fresh
 
 # Knobs: the time constant of the rate estimates, and whether the start-up-aware rule runs.
-PARAMS: dict[str, float] = {"rate_window_s": 10.0, "startup_aware": 1.0}
+PARAMS: dict[str, float] = {"rate_window_s": 30.0, "startup_aware": 1.0, "steady_floor": 1.0}
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,16 @@ def decide(
             )
         reason = f"scale to zero: idle for {config.cooldown_s:.0f}s"
     else:
+        steady = _steady_replicas(state.rates, config)
+        if steady is not None and steady > target:
+            # The load dipped, but the demand measured over the rate window (arrival rate x
+            # service time) would bring it straight back: keep what it needs, no oscillation.
+            if steady >= current:
+                return (
+                    Decision(current, f"steady: demand still needs {current} replica(s)"),
+                    new_state,
+                )
+            target = steady
         reason = f"scale down: load {load} fits {target} replica(s) for {config.cooldown_s:.0f}s"
     return Decision(target, reason), replace(state, below_capacity_since=None)
 
@@ -158,6 +172,18 @@ def _update_rates(
         ewma(rates.service_rate, max(0, observed.completions_total - rates.completions_total) / dt),
         ewma(rates.in_flight, float(observed.in_flight)),
     )
+
+
+def _steady_replicas(rates: Rates | None, config: ScalingConfig) -> int | None:
+    """Replicas the measured demand needs: mean concurrency (Little's law) over the
+    threshold; None while the rates are unknown or the floor is switched off."""
+    if not config.params.get("steady_floor", PARAMS["steady_floor"]) or rates is None:
+        return None
+    service_time = rates.service_time_s()
+    if rates.arrival_rate is None or service_time is None:
+        return None
+    demand = rates.arrival_rate * service_time
+    return clamp(max(1, math.ceil(demand / config.scale_up_threshold)), config)
 
 
 def _drains_before_startup(

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -43,6 +44,7 @@ import signal
 import socket
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -63,6 +65,9 @@ DEFAULT_MAX_TOKENS = 16  # llama-cpp-python's default
 # durations are lower-bounded by the simulated ones). A non-streaming request only needs its
 # end time, so it wakes rarely.
 STREAM_TICK_S = 0.005
+# Prefix-cache granularity: a prompt's KV cache is kept and matched in blocks of this many
+# tokens (words), chained so that a block matches only after the same preceding blocks.
+CACHE_BLOCK_TOKENS = 512
 NONSTREAM_TICK_S = 0.1
 _OFFSET_MARK = -987654321  # placeholder in the streamed chunk template
 REPLICA_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
@@ -138,6 +143,8 @@ class ReplicaParams:
     batch: int = 8
     batch_slowdown: float = 0.0
     stream_interval_s: float = 0.0
+    # KV-cache capacity for prefix caching, in blocks of CACHE_BLOCK_TOKENS; 0 = none.
+    cache_blocks: int = 0
     n_ctx: int = 32768
 
     @classmethod
@@ -220,7 +227,7 @@ def _sse(obj: Any) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Request:
     prompt: str
     prompt_tokens: int
@@ -228,6 +235,19 @@ class _Request:
     stream: bool
     logprobs: bool
     include_usage: bool
+    cached_tokens: int = 0
+
+
+def prefix_blocks(prompt: str) -> list[bytes]:
+    """Chained hashes of the prompt's full blocks: block i matches only with blocks 0..i-1."""
+    words = prompt.split()
+    out: list[bytes] = []
+    previous = b""
+    for start in range(0, len(words) - CACHE_BLOCK_TOKENS + 1, CACHE_BLOCK_TOKENS):
+        block = " ".join(words[start : start + CACHE_BLOCK_TOKENS]).encode()
+        previous = hashlib.sha1(previous + block, usedforsecurity=False).digest()
+        out.append(previous)
+    return out
 
 
 class SimReplica:
@@ -245,6 +265,7 @@ class SimReplica:
         bind_host: str,
         advertise_host: str,
         lease: Lease,
+        totals: dict[str, list[int]] | None = None,
     ) -> None:
         self.replica_id = replica_id
         self.deployment = deployment
@@ -272,7 +293,11 @@ class SimReplica:
         self.rejected = 0
         self.tokens = 0
         self.prompt_tokens = 0
+        self.cached_tokens = 0
         self.max_concurrent = 0
+        self._cache: OrderedDict[bytes, None] = OrderedDict()
+        # Per-deployment [prompt tokens, cached tokens], kept by the host beyond this replica.
+        self._totals = totals if totals is not None else {}
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -341,6 +366,7 @@ class SimReplica:
             "max_concurrent": self.max_concurrent,
             "tokens_generated": self.tokens,
             "prompt_tokens": self.prompt_tokens,
+            "cached_tokens": self.cached_tokens,
         }
 
     # --- HTTP -------------------------------------------------------------------------------
@@ -420,7 +446,12 @@ class SimReplica:
         self.waiting -= 1
         self.active += 1
         self.max_concurrent = max(self.max_concurrent, self.active)
+        req.cached_tokens = self._use_cache(req.prompt)
         self.prompt_tokens += req.prompt_tokens
+        self.cached_tokens += req.cached_tokens
+        totals = self._totals.setdefault(self.deployment, [0, 0])
+        totals[0] += req.prompt_tokens
+        totals[1] += req.cached_tokens
         try:
             if req.stream:
                 return await self._stream(request, req)
@@ -429,6 +460,25 @@ class SimReplica:
             self.active -= 1
             self._slots.release()
             self._check_idle()
+
+    def _use_cache(self, prompt: str) -> int:
+        """Tokens of the prompt's prefix already in this replica's KV cache; the prompt's
+        blocks become the most recently used (LRU eviction at `cache_blocks`)."""
+        capacity = self.params.cache_blocks
+        if capacity <= 0:
+            return 0
+        blocks = prefix_blocks(prompt)
+        hits = 0
+        for block in blocks:
+            if block not in self._cache:
+                break
+            hits += 1
+        for block in blocks:
+            self._cache[block] = None
+            self._cache.move_to_end(block)
+        while len(self._cache) > capacity:
+            self._cache.popitem(last=False)
+        return hits * CACHE_BLOCK_TOKENS
 
     def _check_idle(self) -> None:
         if self.active == 0 and self.waiting == 0:
@@ -445,7 +495,9 @@ class SimReplica:
         token, then one per (degraded) token interval, several per wake-up when they fall
         within `tick` of each other or the loop is late."""
         p = self.params
-        first = (p.ttft_s + req.prompt_tokens / p.prefill_tps) / self.time_scale
+        first = (
+            p.ttft_s + (req.prompt_tokens - req.cached_tokens) / p.prefill_tps
+        ) / self.time_scale
         due = self._loop.time() + first
         left = req.max_tokens
         first_out = True
@@ -484,11 +536,12 @@ class SimReplica:
             "top_logprobs": [{TOKEN_TEXT: TOKEN_LOGPROB}] * count,
         }
 
-    def _usage(self, req: _Request) -> dict[str, int]:
+    def _usage(self, req: _Request) -> dict[str, Any]:
         return {
             "prompt_tokens": req.prompt_tokens,
             "completion_tokens": req.max_tokens,
             "total_tokens": req.prompt_tokens + req.max_tokens,
+            "prompt_tokens_details": {"cached_tokens": req.cached_tokens},
         }
 
     async def _complete(self, req: _Request) -> web.Response:
@@ -598,6 +651,7 @@ class SimHost:
         self.state_dir = state_dir
         self.replicas: dict[str, SimReplica] = {}
         self.leases: list[Lease] = []
+        self.token_totals: dict[str, list[int]] = {}  # deployment -> [prompt, cached]
         self.started_at = time.time()
         self.exit = asyncio.Event()
         self._starting: set[str] = set()
@@ -655,6 +709,7 @@ class SimHost:
                 bind_host=self.bind_host,
                 advertise_host=self.advertise_host,
                 lease=lease,
+                totals=self.token_totals,
             )
             try:
                 await replica.start()
@@ -713,6 +768,10 @@ class SimHost:
             "intervals": [lease.to_json() for lease in self.leases],  # all, in start order
             "usage": by_deployment,
             "gpu_seconds": gpu_seconds,
+            "tokens": {
+                d: {"prompt_tokens": t[0], "cached_tokens": t[1]}
+                for d, t in self.token_totals.items()
+            },
         }
 
     # --- control API ------------------------------------------------------------------------

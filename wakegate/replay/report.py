@@ -14,6 +14,7 @@ from wakegate.replay.run import RunResult
 @dataclass(frozen=True)
 class Summary:
     policy: str
+    routing: str
     gpu_seconds: float
     ok: int
     failed: int
@@ -27,6 +28,7 @@ class Summary:
     scale_events: int  # replica starts plus stops
     flaps: int  # 0 -> 1 -> 0 inside one cooldown
     max_replicas_seen: int
+    cache_hit: float  # share of prompt tokens served from a replica's prefix cache
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -83,8 +85,10 @@ def summarize(result: RunResult) -> Summary:
             flaps += 1
         prev = n
     stops = sum(1 for row in result.usage if row["end_s"] is not None and row["end_s"] <= horizon)
+    prompt = result.tokens.get("prompt_tokens", 0)
     return Summary(
         policy=result.plan.policy,
+        routing=result.plan.routing,
         gpu_seconds=gpu_s,
         ok=len(ok),
         failed=len(rs) - len(ok),
@@ -98,11 +102,13 @@ def summarize(result: RunResult) -> Summary:
         scale_events=len(result.usage) + stops,
         flaps=flaps,
         max_replicas_seen=max((n for _, n in timeline), default=0),
+        cache_hit=result.tokens.get("cached_tokens", 0) / prompt if prompt else 0.0,
     )
 
 
 COLUMNS = [
     ("policy", "policy", "{}"),
+    ("routing", "routing", "{}"),
     ("GPU-s", "gpu_seconds", "{:,.0f}"),
     ("ok", "ok", "{}"),
     ("failed", "failed", "{}"),
@@ -116,6 +122,7 @@ COLUMNS = [
     ("scale events", "scale_events", "{}"),
     ("flaps", "flaps", "{}"),
     ("max replicas", "max_replicas_seen", "{}"),
+    ("cache hit", "cache_hit", "{:.1%}"),
 ]
 
 
@@ -156,7 +163,9 @@ def plot(result: RunResult, path: Path, bucket_s: float = 10.0) -> None:
     ax3.set_ylabel("replicas")
     ax3.set_xlabel("trace time (minutes)")
     ax3.legend(loc="upper right")
-    fig.suptitle(f"{result.plan.trace_name}: policy {result.plan.policy}")
+    fig.suptitle(
+        f"{result.plan.trace_name}: policy {result.plan.policy}, routing {result.plan.routing}"
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)

@@ -41,6 +41,7 @@ class SimEngine:
     # Tokens after the first travel in chunks of this many trace seconds, which keeps the
     # gateway's per-event work bounded at high replay speeds; TTFT stays exact.
     stream_interval_s: float = 1.0
+    cache_blocks: int = 0  # prefix-cache capacity per replica, 512-token blocks
 
     def custom_args(self) -> list[str]:
         return [
@@ -48,6 +49,7 @@ class SimEngine:
             "--prefill-tps", str(self.prefill_tps), "--tps", str(self.tps),
             "--batch", str(self.batch), "--batch-slowdown", str(self.batch_slowdown),
             "--stream-interval-s", str(self.stream_interval_s),
+            "--cache-blocks", str(self.cache_blocks),
         ]  # fmt: skip
 
 
@@ -64,6 +66,7 @@ class Plan:
     cooldown_s: float = 120.0
     engine: SimEngine = field(default_factory=SimEngine)
     accelerator: str = "a10_24gb_100"
+    routing: str = "prefix"
 
 
 @dataclass
@@ -94,6 +97,7 @@ class RunResult:
     samples: list[Sample]
     usage: list[dict[str, Any]]  # GPU lease intervals from the sim host, trace seconds
     horizon_s: float  # trace time when the last request finished
+    tokens: dict[str, int] = field(default_factory=dict)  # prompt and prefix-cached tokens
 
     def to_json(self) -> dict[str, Any]:
         plan = asdict(self.plan)
@@ -104,6 +108,7 @@ class RunResult:
             "samples": [asdict(s) for s in self.samples],
             "usage": self.usage,
             "horizon_s": self.horizon_s,
+            "tokens": self.tokens,
         }
 
 
@@ -195,6 +200,7 @@ async def _drive(plan: Plan, settings: Settings, token: str) -> RunResult:
             # Long-context traces (Mooncake prompts reach 126k tokens) must fit the engine.
             "maxTotalTokens": 262_144,
             "accelerator": plan.accelerator,
+            "routing": plan.routing,
             "scalingPolicy": {
                 "name": plan.policy,
                 "params": scaled_params(plan.policy, plan.policy_params, plan.speed),
@@ -220,12 +226,14 @@ async def _drive(plan: Plan, settings: Settings, token: str) -> RunResult:
         horizon = (time.monotonic() - t0) * plan.speed
         sampler.cancel()
         await store.close()
-        usage = await _usage(settings, t0, plan.speed)
-    return RunResult(plan, results, samples, usage, horizon)
+        usage, tokens = await _usage(settings, key, t0, plan.speed)
+    return RunResult(plan, results, samples, usage, horizon, tokens)
 
 
-async def _usage(settings: Settings, t0: float, speed: float) -> list[dict[str, Any]]:
-    """GPU lease intervals from the sim host, re-based to trace seconds."""
+async def _usage(
+    settings: Settings, key: str, t0: float, speed: float
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """GPU lease intervals (re-based to trace seconds) and token totals from the sim host."""
     host = json.loads((settings.state_dir / "sim-host.json").read_text())
     async with aiohttp.ClientSession() as client, client.get(f"{host['url']}/usage") as r:
         data = await r.json()
@@ -237,7 +245,8 @@ async def _usage(settings: Settings, t0: float, speed: float) -> list[dict[str, 
         start = (row["acquired_at"] - wall0) * speed
         end = None if row.get("released_at") is None else (row["released_at"] - wall0) * speed
         rows.append({**row, "start_s": start, "end_s": end})
-    return rows
+    tokens = data.get("tokens", {}).get(key, {}) if isinstance(data, dict) else {}
+    return rows, {k: int(v) for k, v in tokens.items()}
 
 
 def run(plan: Plan, state_dir: Path | None = None, log_level: str = "WARNING") -> RunResult:

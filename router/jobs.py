@@ -1,0 +1,208 @@
+"""Async requests: submitted, queued and run by whichever gateway claims them.
+
+An async request is a job in Redis (its request, status and result) and an entry in the
+deployment's ordinary queue that no gateway owns (its queue lease never runs out). When the
+dispatch script gives it a slot, every gateway hears it on the shared async channel and one
+claims it with a lease it renews while it runs. A sweep on every gateway makes this certain:
+assignments nobody claimed are claimed, and jobs whose runner stopped renewing (a gateway
+killed with -9) go back to the queue. A replica failing a job sends it back to the queue too,
+away from that replica, up to `MAX_ATTEMPTS`. Results stay in Redis for `result_ttl_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from typing import Any
+
+import aiohttp
+
+from router.dialects import UpstreamError, get_dialect
+from router.params import GenerateRequest
+from wakegate import topics
+from wakegate.bus import Bus
+from wakegate.spec import DeploymentSpec
+from wakegate.store import ASYNC_OWNER, FOREVER_MS, MAX_PRIORITY, Store, gateway_channel
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 3
+SWEEP_EVERY_S = 2.0
+SUSPECT_MS = 10_000
+
+
+class JobRunner:
+    def __init__(
+        self,
+        store: Store,
+        upstream: aiohttp.ClientSession,
+        bus: Bus | None,
+        lease_ms: int,
+        result_ttl_s: int,
+    ) -> None:
+        self.store = store
+        self.upstream = upstream
+        self.bus = bus
+        self.lease_ms = lease_ms
+        self.result_ttl_s = result_ttl_s
+        self.runner_id = uuid.uuid4().hex[:12]
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- the API's view -----------------------------------------------------------------------
+
+    async def submit(
+        self, spec: DeploymentSpec, req: GenerateRequest, priority: int, max_queue: int
+    ) -> str:
+        """Store the job and queue it; returns its id at once (QueueFull when full)."""
+        job_id = uuid.uuid4().hex
+        await self.store.put_job(
+            spec.key,
+            job_id,
+            {
+                "request": req.model_dump(mode="json"),
+                "base_model": spec.base_model,
+                "status": "queued",
+                "attempts": 0,
+                "priority": priority,
+                "created": time.time(),
+            },
+        )
+        try:
+            _, depth, woke, _ = await self.store.enqueue(
+                spec.key, job_id, ASYNC_OWNER, priority, FOREVER_MS, max_queue
+            )
+        except BaseException:
+            await self.store.finish_job(spec.key, job_id, {"status": "rejected"}, 60)
+            raise
+        if woke and self.bus is not None:
+            await self.bus.publish("wake", topics.Wake(deployment=spec.key, queued=depth))
+        await self._dispatch(spec.key)
+        return job_id
+
+    async def status(self, key: str, job_id: str) -> dict[str, Any] | None:
+        job = await self.store.job(key, job_id)
+        if job is None:
+            return None
+        job.pop("request", None)
+        job.pop("base_model", None)
+        return {"id": job_id, **job}
+
+    # --- running ------------------------------------------------------------------------------
+
+    async def listen(self) -> None:
+        """Hear every async assignment; the claim decides which gateway runs it."""
+        while True:
+            pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(gateway_channel(ASYNC_OWNER))
+                async for message in pubsub.listen():
+                    key, job_id, replica_id = str(message["data"]).split(" ")
+                    self._spawn(self._run(key, job_id, replica_id))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("async channel lost (%s); resubscribing", exc)
+                await asyncio.sleep(0.5)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_EVERY_S)
+            try:
+                await self.sweep()
+            except Exception as exc:
+                log.warning("async sweep failed: %s", exc)
+
+    async def sweep(self) -> None:
+        for key in await self.store.job_deployments():
+            for job_id, replica_id in (await self.store.unclaimed_assignments(key)).items():
+                self._spawn(self._run(key, job_id, replica_id))
+            for job_id in await self.store.orphaned_jobs(key):
+                log.warning("async request %s of %s lost its runner; queueing it again",
+                            job_id, key)  # fmt: skip
+                await self._retry_or_fail(key, job_id, "its gateway stopped")
+            await self._dispatch(key)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _dispatch(self, key: str) -> None:
+        # Lease length only matters for the slots handed out; dispatch publishes the rest.
+        await self.store.dispatch(key, self.lease_ms)
+
+    async def _run(self, key: str, job_id: str, replica_id: str) -> None:
+        if not await self.store.claim_job(key, job_id, self.runner_id, self.lease_ms):
+            return  # another gateway runs it
+        await self.store.ack_assignment(key, job_id)
+        job = await self.store.job(key, job_id)
+        replica = await self.store.replica(key, replica_id)
+        slot = f"{replica_id}|{job_id}"
+        if job is None:
+            await self.store.release(key, replica_id, job_id)
+            return
+        if replica is None or not await self.store.holds_slot(key, replica_id, job_id):
+            await self.store.release(key, replica_id, job_id)
+            await self._retry_or_fail(key, job_id, "its slot was lost")
+            return
+        renew = asyncio.create_task(self._renew(key, job_id, slot))
+        try:
+            req = GenerateRequest.model_validate(job["request"])
+            gen = await get_dialect(replica.dialect).generate(
+                self.upstream, replica, str(job["base_model"]), req
+            )
+        except UpstreamError as exc:
+            renew.cancel()
+            await self.store.suspect(key, replica_id, SUSPECT_MS)
+            await self.store.release(key, replica_id, job_id)
+            await self._retry_or_fail(key, job_id, str(exc))
+            return
+        except BaseException:
+            renew.cancel()
+            raise
+        renew.cancel()
+        from router.lorax_api import lorax_response
+
+        await self.store.finish_job(
+            key,
+            job_id,
+            {"status": "done", "result": lorax_response(gen, req), "finished": time.time(),
+             "replica": replica_id},
+            self.result_ttl_s,
+        )  # fmt: skip
+        await self.store.release(key, replica_id, job_id)
+        await self._dispatch(key)
+
+    async def _renew(self, key: str, job_id: str, slot: str) -> None:
+        while True:
+            await asyncio.sleep(self.lease_ms / 3000)
+            await self.store.renew_job(key, job_id, self.lease_ms)
+            await self.store.renew_leases({}, {key: [slot]}, self.lease_ms)
+
+    async def _retry_or_fail(self, key: str, job_id: str, why: str) -> None:
+        job = await self.store.job(key, job_id)
+        if job is None:
+            return
+        if int(job.get("attempts", 0)) >= MAX_ATTEMPTS:
+            await self.store.finish_job(
+                key, job_id,
+                {"status": "failed", "error": f"gave up after {MAX_ATTEMPTS} attempts: {why}",
+                 "finished": time.time()},
+                self.result_ttl_s,
+            )  # fmt: skip
+            return
+        await self.store.requeue_job(key, job_id, MAX_PRIORITY)
+        await self._dispatch(key)

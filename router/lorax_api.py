@@ -1,0 +1,148 @@
+"""Data plane, LoRAX/TGI flavour: the SDK's deployment URL, /generate and /generate_stream."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+from aiohttp_sse import EventSourceResponse
+
+from router.context import JOBS, SETTINGS
+from router.control import read_json
+from router.dialects import Finish, Generation, Token
+from router.errors import ApiError
+from router.params import GenerateRequest, parse_generate
+from router.pipeline import (
+    DEPLOY_URL,
+    RETRY_AFTER_S,
+    Send,
+    check_adapter,
+    priority_of,
+    resolve,
+    serve_stream,
+    serve_unary,
+    tracked,
+)
+from wakegate.store import QueueFull
+
+routes = web.RouteTableDef()
+
+
+def token_json(t: Token) -> dict[str, Any]:
+    return {"id": t.id, "text": t.text, "logprob": t.logprob, "special": t.special}
+
+
+def details_json(finish: Finish, tokens: list[Token] | None) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "finish_reason": finish.reason,
+        "prompt_tokens": finish.prompt_tokens,
+        "generated_tokens": finish.generated_tokens,
+        "seed": finish.seed,
+    }
+    if tokens is not None:
+        d["prefill"] = []
+        d["tokens"] = [token_json(t) for t in tokens]
+    return d
+
+
+def lorax_response(gen: Generation, req: GenerateRequest) -> dict[str, Any]:
+    text = (req.inputs + gen.text) if req.parameters.return_full_text else gen.text
+    out: dict[str, Any] = {"generated_text": text}
+    if req.parameters.details:
+        out["details"] = details_json(gen.finish, gen.tokens)
+    return out
+
+
+@routes.post(DEPLOY_URL)
+async def generate_root(request: web.Request) -> web.StreamResponse:
+    """The SDK's and lorax.Client's URL: `"stream"` in the body picks the mode."""
+    return await _generate(request, None, as_array=True)
+
+
+@routes.post(DEPLOY_URL + "/generate")
+async def generate(request: web.Request) -> web.StreamResponse:
+    """Native LoRAX route: one JSON object, not the array the deployment URL answers."""
+    return await _generate(request, False)
+
+
+@routes.post(DEPLOY_URL + "/generate_stream")
+async def generate_stream(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, True)
+
+
+async def _generate(
+    request: web.Request, force_stream: bool | None, as_array: bool = False
+) -> web.StreamResponse:
+    arrived = time.monotonic()
+    spec = await resolve(request)
+    req = parse_generate(await read_json(request))
+    stream = req.stream if force_stream is None else force_stream
+    priority = priority_of(request, req)
+
+    async def handle() -> web.StreamResponse:
+        if stream:
+            return await serve_stream(request, spec, req, priority, arrived, LoraxStream(req))
+        body = lorax_response(await serve_unary(request, spec, req, priority, arrived), req)
+        return web.json_response([body] if as_array else body)
+
+    return await tracked(request, spec, arrived, handle())
+
+
+class LoraxStream:
+    """LoRAX events: one per token; the last token's event carries the text and details, so
+    each token is held until the next one (or the finish) arrives. No `[DONE]`."""
+
+    def __init__(self, req: GenerateRequest) -> None:
+        self.req = req
+        self.held: Token | None = None
+
+    async def token(self, send: Send, token: Token) -> None:
+        if self.held is not None:
+            await send({"token": token_json(self.held), "generated_text": None, "details": None})
+        self.held = token
+
+    async def finish(self, send: Send, finish: Finish, text: str) -> None:
+        # No visible token at all still needs one final event to carry the details.
+        last = self.held or Token(-1, "", 0.0, special=True)
+        if self.req.parameters.return_full_text:
+            text = self.req.inputs + text
+        details = details_json(finish, None) if self.req.parameters.details else None
+        await send({"token": token_json(last), "generated_text": text, "details": details})
+
+    def error(self, message: str, error_type: str) -> Any:
+        return {"error": message, "error_type": error_type}
+
+    async def close(self, resp: EventSourceResponse) -> None:
+        return None
+
+
+@routes.post(DEPLOY_URL + "/async")
+async def submit_async(request: web.Request) -> web.Response:
+    """Queue a request and answer its id at once; the result is fetched later (GET)."""
+    spec = await resolve(request)
+    req = parse_generate(await read_json(request))
+    if req.stream:
+        raise ApiError(422, "stream: async requests cannot stream", field="stream",
+                       error_type="validation")  # fmt: skip
+    check_adapter(spec, req)
+    limit = spec.config.get("max_queue_length") or request.app[SETTINGS].max_queue_length
+    try:
+        job_id = await request.app[JOBS].submit(spec, req, priority_of(request, req), int(limit))
+    except QueueFull as full:
+        raise ApiError(
+            429, f"deployment {spec.name} is at its queue limit ({full.depth} waiting)",
+            error_type="overloaded", headers={"Retry-After": str(RETRY_AFTER_S)},
+        ) from None  # fmt: skip
+    url = f"{request.path}/{job_id}"
+    return web.json_response({"id": job_id, "status": "queued", "url": url}, status=202,
+                             headers={"Location": url})  # fmt: skip
+
+
+@routes.get(DEPLOY_URL + "/async/{job_id}")
+async def async_status(request: web.Request) -> web.Response:
+    spec = await resolve(request)
+    job = await request.app[JOBS].status(spec.key, request.match_info["job_id"])
+    if job is None:
+        raise ApiError(404, "no such async request (or its result expired)", field="job_id")
+    return web.json_response(job)

@@ -1,0 +1,258 @@
+"""Data plane, OpenAI flavour: `.../v1/completions`, `.../v1/chat/completions`, `.../v1/models`.
+
+Requests become the same neutral generate request the LoRAX routes use (chat keeps its
+messages: the engine applies the model's own chat template), so queueing, waking and
+routing are shared. OpenAI sampling semantics are kept: temperature defaults to 1.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Any, Literal, TypeVar
+
+from aiohttp import web
+from aiohttp_sse import EventSourceResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+
+from router.control import read_json
+from router.dialects import Finish, Token
+from router.errors import ApiError
+from router.params import GenerateRequest, Parameters
+from router.pipeline import (
+    DEPLOY_URL,
+    Send,
+    priority_of,
+    resolve,
+    serve_stream,
+    serve_unary,
+    tracked,
+)
+from wakegate.spec import DeploymentSpec
+
+routes = web.RouteTableDef()
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: StrictBool = False
+
+
+class _Common(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # clients add fields faster than servers learn
+    model: StrictStr = ""
+    max_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    stop: StrictStr | list[StrictStr] | None = None
+    seed: StrictInt | None = None
+    n: Annotated[StrictInt, Field(ge=1, le=1)] = 1
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    priority: Annotated[StrictInt, Field(ge=-1000, le=1000)] | None = None  # extension
+
+
+class CompletionRequest(_Common):
+    prompt: StrictStr | Annotated[list[StrictStr], Field(min_length=1, max_length=1)]
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text"]
+    text: StrictStr
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: StrictStr | list[ContentPart]
+
+    def flat(self) -> dict[str, str]:
+        text = (
+            self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        )
+        return {"role": "system" if self.role == "developer" else self.role, "content": text}
+
+
+class ChatRequest(_Common):
+    messages: Annotated[list[Message], Field(min_length=1)]
+    max_completion_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    tools: list[Any] | None = None
+
+
+T = TypeVar("T", bound=BaseModel)
+
+
+def _parse(model: type[T], body: Any) -> T:
+    if not isinstance(body, dict):
+        raise ApiError(400, "request body must be a JSON object", field="body")
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "body"
+        msg = err["msg"].removeprefix("Value error, ")
+        raise ApiError(
+            400, f"{field}: {msg}", field=field, error_type="invalid_request_error"
+        ) from None
+
+
+def _adapter(spec: DeploymentSpec, model: str) -> str | None:
+    """`model` names the base model (or the deployment, or nothing) or an adapter."""
+    if model in ("", spec.base_model, spec.name):
+        return None
+    if model in (spec.config.get("preloaded_adapters") or []):
+        return model
+    raise ApiError(
+        404,
+        f"model {model!r} not found: this deployment serves {spec.base_model!r} and "
+        "the adapters in its preloadedAdapters",
+        field="model",
+        error_type="invalid_request_error",
+    )
+
+
+def _parameters(spec: DeploymentSpec, body: _Common, max_tokens: int | None) -> Parameters:
+    stop = [body.stop] if isinstance(body.stop, str) else body.stop
+    temperature = 1.0 if body.temperature is None else body.temperature
+    return Parameters(
+        adapter_id=_adapter(spec, body.model),
+        max_new_tokens=max_tokens,
+        # OpenAI samples unless told otherwise: temperature 1 by default, 0 means greedy.
+        do_sample=temperature > 0,
+        temperature=temperature,
+        top_p=body.top_p if body.top_p is not None and body.top_p < 1 else None,
+        stop=stop or None,
+        seed=body.seed,
+        details=False,  # the non-streaming engine call reports token usage
+        priority=body.priority,
+    )
+
+
+def _finish_reason(finish: Finish) -> str:
+    return "length" if finish.reason == "length" else "stop"
+
+
+def _usage(finish: Finish) -> dict[str, int]:
+    return {
+        "prompt_tokens": finish.prompt_tokens,
+        "completion_tokens": finish.generated_tokens,
+        "total_tokens": finish.prompt_tokens + finish.generated_tokens,
+    }
+
+
+@routes.get(DEPLOY_URL + "/v1/models")
+async def models(request: web.Request) -> web.Response:
+    spec = await resolve(request)
+    entry = {"id": spec.base_model, "object": "model", "created": int(spec.created_at),
+             "owned_by": spec.tenant}  # fmt: skip
+    return web.json_response({"object": "list", "data": [entry]})
+
+
+@routes.post(DEPLOY_URL + "/v1/completions")
+async def completions(request: web.Request) -> web.StreamResponse:
+    arrived = time.monotonic()
+    spec = await resolve(request)
+    body = _parse(CompletionRequest, await read_json(request))
+    prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
+    req = GenerateRequest(inputs=prompt or " ", parameters=_parameters(spec, body, body.max_tokens))
+    return await _serve(request, spec, req, body, arrived, chat=False)
+
+
+@routes.post(DEPLOY_URL + "/v1/chat/completions")
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    arrived = time.monotonic()
+    spec = await resolve(request)
+    body = _parse(ChatRequest, await read_json(request))
+    if body.tools:
+        raise ApiError(400, "tools are not supported by this deployment", field="tools",
+                       error_type="invalid_request_error")  # fmt: skip
+    params = _parameters(spec, body, body.max_completion_tokens or body.max_tokens)
+    req = GenerateRequest.model_construct(
+        inputs="", parameters=params, stream=body.stream,
+        messages=[m.flat() for m in body.messages],
+    )  # fmt: skip
+    return await _serve(request, spec, req, body, arrived, chat=True)
+
+
+async def _serve(
+    request: web.Request,
+    spec: DeploymentSpec,
+    req: GenerateRequest,
+    body: _Common,
+    arrived: float,
+    chat: bool,
+) -> web.StreamResponse:
+    priority = priority_of(request, req)
+    model = body.model or spec.base_model
+    prefix = "chatcmpl" if chat else "cmpl"
+    ident = f"{prefix}-{uuid.uuid4().hex}"
+
+    async def handle() -> web.StreamResponse:
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            renderer = OpenAIStream(ident, model, chat, include_usage)
+            return await serve_stream(request, spec, req, priority, arrived, renderer)
+        gen = await serve_unary(request, spec, req, priority, arrived)
+        choice: dict[str, Any] = {"index": 0, "finish_reason": _finish_reason(gen.finish)}
+        if chat:
+            choice["message"] = {"role": "assistant", "content": gen.text}
+        else:
+            choice["text"] = gen.text
+            choice["logprobs"] = None
+        return web.json_response({
+            "id": ident,
+            "object": "chat.completion" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [choice],
+            "usage": _usage(gen.finish),
+        })  # fmt: skip
+
+    return await tracked(request, spec, arrived, handle())
+
+
+class OpenAIStream:
+    """OpenAI chunks: one per token, the finish reason on the last, usage on request, then
+    `[DONE]` (the OpenAI client stops there)."""
+
+    def __init__(self, ident: str, model: str, chat: bool, include_usage: bool) -> None:
+        self.ident, self.model, self.chat, self.include_usage = ident, model, chat, include_usage
+        self.created = int(time.time())
+        self.started = False
+
+    def _chunk(self, text: str | None, finish: str | None) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
+        if self.chat:
+            delta: dict[str, Any] = {} if text is None else {"content": text}
+            if not self.started:
+                delta["role"] = "assistant"
+                self.started = True
+            choice["delta"] = delta
+        else:
+            choice["text"] = text or ""
+            choice["logprobs"] = None
+        return {
+            "id": self.ident,
+            "object": "chat.completion.chunk" if self.chat else "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice],
+        }
+
+    async def token(self, send: Send, token: Token) -> None:
+        await send(self._chunk(token.text, None))
+
+    async def finish(self, send: Send, finish: Finish, text: str) -> None:
+        await send(self._chunk(None, _finish_reason(finish)))
+        if self.include_usage:
+            chunk = self._chunk(None, None)
+            chunk["choices"] = []
+            chunk["usage"] = _usage(finish)
+            await send(chunk)
+
+    def error(self, message: str, error_type: str) -> Any:
+        return {"error": {"message": message, "type": error_type, "code": None}}
+
+    async def close(self, resp: EventSourceResponse) -> None:
+        await resp.send("[DONE]")

@@ -1,0 +1,455 @@
+"""The data-plane pipeline every public API shares.
+
+Every request follows one chain: resolve the deployment -> validate -> queue (waking a cold
+deployment) -> wait for a replica slot (bounded; 504 on timeout) -> proxy in the replica's
+dialect -> release. Queue entry and slot are given back in `finally`, because a client that
+disconnects cancels the handler at any await. The public APIs (router/lorax_api.py,
+router/openai_api.py) only parse their requests and render the results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from aiohttp import web
+from aiohttp_sse import EventSourceResponse
+
+from router.context import BUS, DISPATCHER, METRICS, SETTINGS, SPEC_CACHE, STORE, UPSTREAM
+from router.dialects import Finish, Generation, Token, UpstreamError, get_dialect
+from router.dispatch import Ticket
+from router.errors import ApiError
+from router.middlewares import tenant_of
+from router.params import GenerateRequest
+from wakegate import topics
+from wakegate.spec import DeploymentSpec
+from wakegate.store import MAX_PRIORITY, QueueFull, ReplicaRecord
+
+log = logging.getLogger(__name__)
+
+DEPLOY_URL = "/{tenant}/deployments/v2/llms/{name}"
+# Queue-depth reports to the scaler: at most this often per deployment and gateway.
+LOAD_REPORT_EVERY_S = 0.5
+PRIORITY_HEADER = "X-Wakegate-Priority"
+
+
+async def resolve(request: web.Request, fresh: bool = False) -> DeploymentSpec:
+    """The request's deployment; `fresh` skips the cache (the spec may be a second old)."""
+    tenant, name = request.match_info["tenant"], request.match_info["name"]
+    if tenant != tenant_of(request)["code"]:
+        # Another tenant's deployments do not exist for this token.
+        raise ApiError(404, f"deployment {name} not found")
+    key = f"{tenant}/{name}"
+    cache = request.app[SPEC_CACHE]
+    spec = None if fresh else cache.get(key)
+    if spec is None:
+        spec = await request.app[STORE].get_deployment(key)
+        if spec is not None:
+            cache[key] = spec
+    if spec is None or spec.status == "deleting":
+        raise ApiError(404, f"deployment {name} not found")
+    if spec.status == "failed":
+        events = await request.app[STORE].events(spec.key)
+        why = next((e["message"] for e in reversed(events) if e["eventType"] == "Failed"), "")
+        raise ApiError(424, f"deployment {name} failed: {why}", error_type="generation")
+    return spec
+
+
+def check_adapter(spec: DeploymentSpec, req: GenerateRequest) -> None:
+    """Adapters a deployment serves are its `preloadedAdapters` (loaded at replica start)."""
+    p = req.parameters
+    if p.merged_adapters is not None:
+        raise ApiError(422, "parameters.merged_adapters: merging adapters is not supported",
+                       field="parameters.merged_adapters", error_type="validation")  # fmt: skip
+    if p.adapter_id is None:
+        return
+    if spec.config.get("disable_adapters"):
+        raise ApiError(422, "parameters.adapter_id: adapters are disabled on this deployment",
+                       field="parameters.adapter_id", error_type="validation")  # fmt: skip
+    if p.adapter_id not in (spec.config.get("preloaded_adapters") or []):
+        raise ApiError(
+            404,
+            f"adapter {p.adapter_id!r} is not loaded by deployment {spec.name}: "
+            "add it to preloadedAdapters",
+            field="parameters.adapter_id",
+        )
+
+
+def priority_of(request: web.Request, req: GenerateRequest) -> int:
+    raw = request.headers.get(PRIORITY_HEADER)
+    if raw is None:
+        return req.parameters.priority or 0
+    try:
+        value = int(raw)
+        if abs(value) > MAX_PRIORITY:
+            raise ValueError
+        return value
+    except ValueError:
+        raise ApiError(
+            422,
+            f"{PRIORITY_HEADER} must be an integer within ±{MAX_PRIORITY}",
+            field=PRIORITY_HEADER,
+            error_type="validation",
+        ) from None
+
+
+async def on_enqueued(request: web.Request, ticket: Ticket) -> None:
+    bus = request.app[BUS]
+    if ticket.woke:
+        request.app[METRICS].wakes.labels(ticket.deployment).inc()
+        log.info("waking %s", ticket.deployment)
+    request.app[METRICS].queue_depth.labels(ticket.deployment).set(ticket.queued_depth)
+    if bus is not None:
+        if ticket.woke:
+            await bus.publish(
+                "wake", topics.Wake(deployment=ticket.deployment, queued=ticket.queued_depth)
+            )
+        else:
+            disp = request.app[DISPATCHER]
+            await bus.publish_at_most(
+                LOAD_REPORT_EVERY_S,
+                "load",
+                topics.LoadReport(
+                    deployment=ticket.deployment,
+                    queued=ticket.queued_depth,
+                    in_flight=disp.running_count(ticket.deployment),
+                ),
+            )
+
+
+# A request whose replica fails before sending anything is tried this many times in all, and
+# the failed replica gets no new requests from any gateway for SUSPECT_MS.
+ATTEMPTS = 3
+SUSPECT_MS = 10_000
+# What a 429 tells clients to wait before retrying (the OpenAI client honours it).
+RETRY_AFTER_S = 2
+# While a request waits, the deployment is re-checked this often: a deployment that failed or
+# was deleted answers its waiting requests at once instead of at the queue timeout.
+RECHECK_S = 1.0
+
+
+async def await_replica(request: web.Request, ticket: Ticket, trail: Trail) -> ReplicaRecord:
+    settings = request.app[SETTINGS]
+    start = time.monotonic()
+    deadline = start + settings.queue_timeout_s
+    while True:
+        try:
+            async with asyncio.timeout(min(RECHECK_S, max(0.0, deadline - time.monotonic()))):
+                replica_id = await request.app[DISPATCHER].wait(ticket)
+            break
+        except TimeoutError:
+            if time.monotonic() >= deadline:
+                raise ApiError(
+                    504,
+                    f"no replica of {ticket.deployment} became available within "
+                    f"{settings.queue_timeout_s:.0f}s",
+                    error_type="timeout",
+                ) from None
+            await resolve(request, fresh=True)  # 404 / 424 when it is gone or failed
+    waited = time.monotonic() - start
+    request.app[METRICS].queue_wait.labels(ticket.deployment).observe(waited)
+    trail.queue_wait_s = round(waited + (trail.queue_wait_s or 0.0), 4)
+    replica = await request.app[STORE].replica(ticket.deployment, replica_id)
+    if replica is None:
+        raise ApiError(503, "the assigned replica went away", error_type="generation")
+    trail.replica = replica.id
+    return replica
+
+
+Send = Callable[[Any], Awaitable[None]]
+# Request-log entries kept per deployment (a Redis stream, trimmed as it grows).
+REQUEST_LOG_MAX = 10_000
+
+
+@dataclass
+class Trail:
+    """What the request log keeps of one request; written only when the deployment has
+    `requestLoggingEnabled`, never otherwise."""
+
+    api: str
+    stream: bool
+    req: GenerateRequest
+    arrived: float
+    at: float = field(default_factory=time.time)
+    replica: str | None = None
+    queue_wait_s: float | None = None
+    ttft_s: float | None = None
+    output: list[str] = field(default_factory=list)
+    finish: Finish | None = None
+    status: int = 200
+    error: str | None = None
+
+    def entry(self) -> dict[str, Any]:
+        p = self.req.parameters
+        return {
+            "time": datetime.fromtimestamp(self.at, UTC).isoformat(),
+            "api": self.api,
+            "stream": self.stream,
+            "prompt": self.req.inputs if self.req.messages is None else None,
+            "messages": self.req.messages,
+            "parameters": p.model_dump(exclude_none=True, exclude={"api_token"}),
+            "adapter": p.adapter_id,
+            "output": "".join(self.output),
+            "finish_reason": self.finish.reason if self.finish else None,
+            "prompt_tokens": self.finish.prompt_tokens if self.finish else None,
+            "generated_tokens": self.finish.generated_tokens if self.finish else None,
+            "status": self.status,
+            "error": self.error,
+            "replica": self.replica,
+            "queue_wait_s": self.queue_wait_s,
+            "ttft_s": self.ttft_s,
+            "duration_s": round(time.monotonic() - self.arrived, 4),
+        }
+
+
+@contextlib.asynccontextmanager
+async def trail_of(
+    request: web.Request,
+    spec: DeploymentSpec,
+    req: GenerateRequest,
+    stream: bool,
+    arrived: float,
+) -> AsyncIterator[Trail]:
+    trail = Trail(request.get("wakegate.family", "lorax"), stream, req, arrived)
+    try:
+        yield trail
+    except ApiError as err:
+        trail.status, trail.error = err.status, err.message
+        raise
+    except asyncio.CancelledError:
+        trail.status, trail.error = 499, "client went away"
+        raise
+    finally:
+        if spec.config.get("request_logging_enabled"):
+            try:
+                await asyncio.shield(
+                    request.app[STORE].log_request(spec.key, trail.entry(), REQUEST_LOG_MAX)
+                )
+            except Exception:
+                log.exception("request log of %s failed", spec.key)
+
+
+class StreamRenderer(Protocol):
+    """How a public API writes a stream: its events, its end and its in-stream errors."""
+
+    async def token(self, send: Send, token: Token) -> None: ...
+
+    async def finish(self, send: Send, finish: Finish, text: str) -> None: ...
+
+    def error(self, message: str, error_type: str) -> Any: ...
+
+    async def close(self, resp: EventSourceResponse) -> None: ...
+
+
+async def tracked(
+    request: web.Request,
+    spec: DeploymentSpec,
+    arrived: float,
+    handler: Awaitable[web.StreamResponse],
+) -> web.StreamResponse:
+    """Count the request's outcome and duration, whatever happens to it."""
+    metrics = request.app[METRICS]
+    code = "200"
+    try:
+        return await handler
+    except ApiError as err:
+        code = str(err.status)
+        raise
+    except asyncio.CancelledError:
+        code = "499"  # the client went away
+        raise
+    finally:
+        metrics.requests.labels(spec.key, code).inc()
+        metrics.duration.labels(spec.key).observe(time.monotonic() - arrived)
+
+
+# Requests whose prompts share this many leading characters share a routing key (about the
+# first thousand tokens): replicas that served the prefix recently hold its KV cache.
+PREFIX_CHARS = 4096
+
+
+def prefix_key(req: GenerateRequest) -> str:
+    text = req.inputs if req.messages is None else json.dumps(req.messages)
+    return hashlib.sha1(text[:PREFIX_CHARS].encode(), usedforsecurity=False).hexdigest()[:16]
+
+
+@contextlib.asynccontextmanager
+async def admit(
+    request: web.Request, spec: DeploymentSpec, req: GenerateRequest, priority: int
+) -> AsyncIterator[Ticket]:
+    """A place in the deployment's queue, given back on the way out; 429 when it is full."""
+    dispatcher = request.app[DISPATCHER]
+    limit = spec.config.get("max_queue_length") or request.app[SETTINGS].max_queue_length
+    try:
+        ticket = await dispatcher.enqueue(
+            spec.key, priority, int(limit), req.parameters.adapter_id, prefix_key(req)
+        )
+    except QueueFull as full:
+        raise ApiError(
+            429,
+            f"deployment {spec.name} is at its queue limit ({full.depth} requests waiting); "
+            f"retry in {RETRY_AFTER_S} s",
+            error_type="overloaded",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        ) from None
+    try:
+        await on_enqueued(request, ticket)
+        yield ticket
+    finally:
+        # Shielded: a disconnecting client cancels the handler, and the queue entry or the
+        # slot must still be given back.
+        await asyncio.shield(dispatcher.finish(ticket))
+
+
+def _first_token(
+    request: web.Request, spec: DeploymentSpec, ticket: Ticket, arrived: float, trail: Trail
+) -> None:
+    metrics = request.app[METRICS]
+    elapsed = time.monotonic() - arrived
+    trail.ttft_s = round(elapsed, 4)
+    metrics.ttft.labels(spec.key).observe(elapsed)
+    if ticket.cold:
+        metrics.cold_start.labels(spec.key).observe(elapsed)
+
+
+async def serve_unary(
+    request: web.Request,
+    spec: DeploymentSpec,
+    req: GenerateRequest,
+    priority: int,
+    arrived: float,
+) -> Generation:
+    """Queue, wait for a slot, generate; the caller renders the result."""
+    check_adapter(spec, req)
+    app = request.app
+    async with (
+        trail_of(request, spec, req, False, arrived) as trail,
+        admit(request, spec, req, priority) as ticket,
+    ):
+        for attempt in range(ATTEMPTS):
+            replica = await await_replica(request, ticket, trail)
+            app[METRICS].in_flight.labels(spec.key).inc()
+            try:
+                gen = await get_dialect(replica.dialect).generate(
+                    app[UPSTREAM], replica, spec.base_model, req
+                )
+                break
+            except UpstreamError as exc:
+                if not exc.before_first_byte or attempt == ATTEMPTS - 1:
+                    raise ApiError(502, str(exc), error_type="generation") from None
+                await _retry_elsewhere(request, ticket, replica, exc)
+            finally:
+                app[METRICS].in_flight.labels(spec.key).dec()
+        _first_token(request, spec, ticket, arrived, trail)
+        trail.output.append(gen.text)
+        trail.finish = gen.finish
+        return gen
+
+
+async def _relay(
+    request: web.Request,
+    spec: DeploymentSpec,
+    req: GenerateRequest,
+    replica: ReplicaRecord,
+    ticket: Ticket,
+    arrived: float,
+    renderer: StreamRenderer,
+    send: Send,
+    trail: Trail,
+) -> None:
+    text = trail.output
+    async for item in get_dialect(replica.dialect).stream(
+        request.app[UPSTREAM], replica, spec.base_model, req
+    ):
+        if isinstance(item, Token):
+            if not text:
+                _first_token(request, spec, ticket, arrived, trail)
+            text.append(item.text)
+            await renderer.token(send, item)
+        else:
+            trail.finish = item
+            await renderer.finish(send, item, "".join(text))
+
+
+async def _retry_elsewhere(
+    request: web.Request, ticket: Ticket, replica: ReplicaRecord, exc: UpstreamError
+) -> None:
+    log.warning("replica %s failed before the first byte (%s); retrying elsewhere",
+                replica.id, exc)  # fmt: skip
+    request.app[METRICS].retries.labels(ticket.deployment).inc()
+    await request.app[DISPATCHER].requeue(ticket, SUSPECT_MS)
+
+
+async def serve_stream(
+    request: web.Request,
+    spec: DeploymentSpec,
+    req: GenerateRequest,
+    priority: int,
+    arrived: float,
+    renderer: StreamRenderer,
+) -> web.StreamResponse:
+    """Queue first (a full queue is still a plain 429), then commit the 200 and keep the
+    connection alive with comments while queued, so a cold start never trips the client's
+    read timeout. Failures after that become in-stream events."""
+    check_adapter(spec, req)
+    app = request.app
+    resp = EventSourceResponse(
+        sep="\n", allow_all_methods=True, ping_interval=app[SETTINGS].keepalive_s
+    )
+
+    async def send(obj: Any) -> None:
+        await resp.send(obj if isinstance(obj, str) else json.dumps(obj, separators=(",", ":")))
+
+    async with (
+        trail_of(request, spec, req, True, arrived) as trail,
+        admit(request, spec, req, priority) as ticket,
+    ):
+        await resp.prepare(request)
+        try:
+            queued_at = time.monotonic()
+            replica = await await_replica(request, ticket, trail)
+            # For tools that measure the queue (trace replay); clients ignore SSE comments.
+            wait_ms = int((time.monotonic() - queued_at) * 1000)
+            await resp.write(
+                f": wakegate queue_wait_ms={wait_ms} cold={int(ticket.cold)} "
+                f"replica={replica.id}\n\n".encode()
+            )
+            for attempt in range(ATTEMPTS):
+                if attempt:
+                    replica = await await_replica(request, ticket, trail)
+                app[METRICS].in_flight.labels(spec.key).inc()
+                try:
+                    await _relay(
+                        request, spec, req, replica, ticket, arrived, renderer, send, trail
+                    )
+                    break
+                except UpstreamError as exc:
+                    if not exc.before_first_byte or attempt == ATTEMPTS - 1:
+                        raise
+                    await _retry_elsewhere(request, ticket, replica, exc)
+                finally:
+                    app[METRICS].in_flight.labels(spec.key).dec()
+        except ApiError as err:
+            trail.status, trail.error = err.status, err.message
+            await send(renderer.error(err.message, err.error_type or "generation"))
+        except UpstreamError as exc:
+            trail.status, trail.error = 502, str(exc)
+            await send(renderer.error(str(exc), "generation"))
+        except (ConnectionError, asyncio.CancelledError):
+            raise  # the client went away
+        except Exception:
+            log.exception("stream of %s failed", spec.key)
+            trail.status, trail.error = 500, "internal error"
+            await send(renderer.error("internal error", "generation"))
+    await renderer.close(resp)
+    resp.stop_streaming()
+    await resp.write_eof()
+    return resp

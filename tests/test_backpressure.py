@@ -1,0 +1,99 @@
+"""Priorities, queue limits and retries on another replica, with real llama.cpp replicas."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+
+import httpx
+import openai
+import pytest
+from harness import Stack, wait_until
+from openai import OpenAI
+from test_queue_e2e import busy_replica, queued
+
+
+def test_priority_orders_the_queue(stack: Stack, name: str) -> None:
+    stack.create(name, minReplicas=1, maxReplicas=1, cooldownTime=60)
+    wait_until(lambda: stack.ready_replicas(name) == 1, 60, "replica ready")
+    long_request = busy_replica(stack, name)
+    wait_until(lambda: stack.registry(name) and queued(stack, name) == 0, 5, "slot taken")
+    time.sleep(0.5)
+    finished: list[str] = []
+
+    def send(label: str, priority: int) -> None:
+        r = httpx.post(
+            stack.deploy_url(name) + "/generate",
+            timeout=120,
+            headers={**stack.headers, "X-Wakegate-Priority": str(priority)},
+            json={"inputs": f"{label}:", "parameters": {"max_new_tokens": 2}},
+        )
+        assert r.status_code == 200, r.text
+        finished.append(label)
+
+    threads = []
+    for n, (label, priority) in enumerate([("low-1", 0), ("low-2", 0), ("high", 5)], 1):
+        threads.append(threading.Thread(target=send, args=(label, priority)))
+        threads[-1].start()
+        wait_until(lambda n=n: queued(stack, name) == n, 10, f"{label} queued")
+    long_request.join(120)
+    for t in threads:
+        t.join(60)
+    assert finished == ["high", "low-1", "low-2"]
+    stack.delete(name)
+
+
+def test_queue_limit_answers_429_with_retry_after_and_changes_nothing(
+    stack: Stack, name: str
+) -> None:
+    stack.create(name, minReplicas=1, maxReplicas=1, cooldownTime=60, maxQueueLength=2)
+    wait_until(lambda: stack.ready_replicas(name) == 1, 60, "replica ready")
+    long_request = busy_replica(stack, name)
+    time.sleep(0.5)
+    waiting = [threading.Thread(target=stack.generate, args=(name, "x", 2)) for _ in range(2)]
+    for t in waiting:
+        t.start()
+    wait_until(lambda: queued(stack, name) == 2, 10, "queue full")
+
+    r = stack.generate(name, "one too many", 2)
+    assert r.status_code == 429
+    assert r.headers["Retry-After"] == "2"
+    assert r.json()["error_type"] == "overloaded"
+    client = OpenAI(api_key=stack.token, base_url=stack.deploy_url(name) + "/v1", max_retries=0)
+    with pytest.raises(openai.RateLimitError):
+        client.completions.create(model="", prompt="hi", max_tokens=2)
+    with httpx.stream("POST", stack.deploy_url(name), headers=stack.headers,
+                      json={"inputs": "hi", "stream": True}) as resp:  # fmt: skip
+        assert resp.status_code == 429, "a full queue refuses a stream before its 200"
+    assert queued(stack, name) == 2
+
+    long_request.join(120)
+    for t in waiting:
+        t.join(60)
+    assert stack.generate(name, "room again", 2).status_code == 200
+    stack.delete(name)
+
+
+def test_request_whose_replica_was_killed_is_retried_on_another(
+    make_stack: Callable[..., Stack], name: str
+) -> None:
+    # A slow reconcile keeps the dead replica registered, so requests really reach it.
+    stack = make_stack(reconcile_interval_s=60)
+    stack.create(name, minReplicas=2, maxReplicas=2, cooldownTime=600)
+    wait_until(lambda: stack.ready_replicas(name) == 2, 90, "two replicas ready")
+    victim = sorted(stack.registry(name))[0]
+    os.kill(int(stack.registry(name)[victim]["handle"]["pid"]), signal.SIGKILL)
+    codes = [stack.generate(name, f"Request {i}:", 4).status_code for i in range(6)]
+    streamed = []
+    with httpx.stream("POST", stack.deploy_url(name), headers=stack.headers, timeout=60,
+                      json={"inputs": "Once", "stream": True,
+                            "parameters": {"max_new_tokens": 4}}) as resp:  # fmt: skip
+        streamed = [line for line in resp.iter_lines() if line.startswith("data:")]
+    assert codes == [200] * 6
+    assert streamed and "error" not in streamed[-1]
+    metrics = httpx.get(f"{stack.base}/metrics").text
+    retried = [ln for ln in metrics.splitlines() if ln.startswith("wakegate_retries_total{")]
+    assert retried and float(retried[0].rsplit(" ", 1)[1]) >= 1
