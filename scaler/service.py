@@ -258,6 +258,7 @@ class Scaler:
                 arrivals_total=load.arrivals_total,
                 completions_total=load.completions_total,
                 startup_s=state.startup_s(),
+                slots=sum(r.concurrency for r in active),
             )
             policy_name, params = spec.scaling_policy
             policy = get_policy(policy_name)
@@ -418,6 +419,11 @@ class Scaler:
             await self.store.remove_replica(spec.key, rec.id)
             await self._start_failed(spec, state, f"backend start failed: {exc}")
             return
+        if await self._withdrawn(rec):
+            # Scaled down while the backend was starting it: nothing may keep it running.
+            await self.backend.stop(running, 0)
+            await self.store.remove_replica(spec.key, rec.id)
+            return
         rec.url = running.url
         rec.handle = running.handle
         await self.store.put_replica(rec)
@@ -437,6 +443,8 @@ class Scaler:
         running = RunningReplica(rec.id, rec.deployment, rec.revision, rec.url, rec.handle)
         state = self._states.setdefault(spec.key, DeploymentState())
         while time.time() < deadline:
+            if await self._withdrawn(rec):
+                return  # scaled down or deleted while starting: the drain stops it
             if not await self._alive(running):
                 await self.backend.stop(running, 0)
                 await self.store.remove_replica(spec.key, rec.id)
@@ -451,6 +459,8 @@ class Scaler:
             await self.backend.stop(running, 5)
             await self.store.remove_replica(spec.key, rec.id)
             await self._start_failed(spec, state, "replica was not ready before the start timeout")
+            return
+        if await self._withdrawn(rec):
             return
         rec.state = "ready"
         rec.ready_at = time.time()
@@ -479,6 +489,11 @@ class Scaler:
             await self.store.append_events(
                 key, [event("Ready", spec.revision, "first replica is ready")]
             )
+
+    async def _withdrawn(self, rec: ReplicaRecord) -> bool:
+        """Whether a starting replica was picked for draining (or removed) meanwhile."""
+        stored = await self.store.replica(rec.deployment, rec.id)
+        return stored is None or stored.state == "draining"
 
     async def _alive(self, running: RunningReplica) -> bool:
         listed = {r.replica_id: r for r in await self.backend.list()}

@@ -41,6 +41,8 @@ class Observation:
     completions_total: int | None = None
     # How long a new replica has lately taken to become ready; None until measured.
     startup_s: float | None = None
+    # Concurrent requests the current replicas take (their engines' limits); None if unknown.
+    slots: int | None = None
 
 
 @dataclass(frozen=True)

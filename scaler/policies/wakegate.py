@@ -202,7 +202,8 @@ def _drains_before_startup(
     service_time = baseline.service_time_s()
     if service_time is None:
         return None
-    capacity_rate = current * config.scale_up_threshold / service_time
+    slots = observed.slots if observed.slots is not None else current * config.scale_up_threshold
+    capacity_rate = slots / service_time
     net = capacity_rate - baseline.arrival_rate
     if net <= 0:
         return None  # the queue grows: only more replicas help
