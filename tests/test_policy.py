@@ -176,6 +176,7 @@ def burst(queued: int, startup_s: float | None = 30.0) -> Observation:
         (burst(40), replace(CALM, arrival_rate=40.0), {}, 2, "scale up"),
         (burst(40), replace(CALM, service_rate=0.0), {}, 2, "scale up"),
         (burst(40), None, {}, 2, "scale up"),
+        (burst(40), replace(CALM, in_flight=0.0), {}, 2, "scale up"),
     ],
     ids=[
         "burst-that-drains-before-a-startup-holds",
@@ -185,6 +186,7 @@ def burst(queued: int, startup_s: float | None = 30.0) -> Observation:
         "arrivals-above-capacity-scale-up",
         "no-completions-yet-scales-up",
         "no-rate-history-scales-up",
+        "nothing-seen-in-service-scales-up",
     ],
 )
 def test_startup_aware_scale_up(

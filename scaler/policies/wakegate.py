@@ -40,6 +40,8 @@ class Rates:
         """Mean time a request holds a slot (Little's law), once there has been traffic."""
         if not self.service_rate or self.in_flight is None or self.service_rate < 1e-3:
             return None
+        if self.in_flight <= 0:
+            return None  # completions with nothing seen in service: no usable estimate
         return self.in_flight / self.service_rate
 
 
