@@ -59,6 +59,17 @@ class Settings:
     # LoRA adapters: `<adapter_dir>/<id>.gguf`, or downloaded from adapter_url (`{id}`).
     adapter_dir: Path | None = None
     adapter_url: str | None = None
+    # User additions to the model catalogue (wakegate/catalog.py): a TOML file of entries.
+    models_file: Path | None = None
+    # The `ray` backend: the cluster to join ("auto", "ray://host:10001"; None starts or joins
+    # a local one) and the namespace its replica actors live in.
+    ray_address: str | None = None
+    ray_namespace: str = "wakegate"
+    # The `kubernetes` backend: namespace of replica Pods, kubeconfig context (None: in-cluster
+    # config, else the current context), and the image that runs wakegate's own engines.
+    kubernetes_namespace: str = "wakegate"
+    kubernetes_context: str | None = None
+    kubernetes_wakegate_image: str = "wakegate:latest"
     default_token: str | None = None
     default_tenant: str = "default"
     log_level: str = "INFO"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -50,13 +51,29 @@ class Backend(Protocol):
 BackendFactory = Callable[[Settings], Backend]
 
 
-def create_backend(settings: Settings) -> Backend:
-    from scaler.backends.local import LocalBackend
-    from scaler.backends.sim import SimBackend
+# name -> "module:Class"; imported only when chosen, so optional dependencies (ray,
+# kubernetes) are needed only by the backends that use them.
+BACKENDS: dict[str, str] = {
+    "local": "scaler.backends.local:LocalBackend",
+    "sim": "scaler.backends.sim:SimBackend",
+    "ray": "scaler.backends.ray:RayBackend",
+    "kubernetes": "scaler.backends.kubernetes:KubernetesBackend",
+}
 
-    factories: dict[str, BackendFactory] = {"local": LocalBackend, "sim": SimBackend}
+
+def create_backend(settings: Settings) -> Backend:
     try:
-        return factories[settings.backend](settings)
+        target = BACKENDS[settings.backend]
     except KeyError:
-        known = ", ".join(sorted(factories))
+        known = ", ".join(sorted(BACKENDS))
         raise ValueError(f"unknown backend {settings.backend!r}; known: {known}") from None
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(
+            f"backend {settings.backend!r} needs an optional dependency: "
+            f"pip install 'wakegate[{settings.backend}]' ({exc})"
+        ) from None
+    factory: BackendFactory = getattr(module, attr)
+    return factory(settings)
