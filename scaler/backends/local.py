@@ -2,8 +2,9 @@
 
 Each replica runs in its own session so that it outlives a scaler restart; a manifest per
 replica under `<state_dir>/replicas/` lets a new scaler (or `wakegate up` at shutdown) find it
-again. GPUs are handed out with CUDA_VISIBLE_DEVICES when `nvidia-smi` reports any; CPU
-engines need none.
+again. GPUs are handed out with CUDA_VISIBLE_DEVICES when `nvidia-smi` reports any (see
+scaler/backends/gpus.py): a replica gets `gpu_count` free GPUs of its accelerator's SKU, and
+its manifest records them. CPU engines need none, and run on CPU when the host has no GPU.
 """
 
 from __future__ import annotations
@@ -19,13 +20,17 @@ import subprocess
 import time
 from pathlib import Path
 
-from scaler.backends import RunningReplica
-from scaler.engines import EngineProfile
+from scaler.backends import RunningReplica, gpus
+from scaler.engines import EngineProfile, EngineRefused
 from scaler.engines.adapters import adapter_path
+from wakegate.catalog import ACCELERATORS
 from wakegate.settings import Settings
 from wakegate.spec import DeploymentSpec
 
 log = logging.getLogger(__name__)
+
+# Engines that also run on a CPU: on a host without GPUs they ignore the accelerator.
+CPU_ENGINES = frozenset({"llamacpp", "sim"})
 
 
 def free_port(host: str) -> int:
@@ -81,6 +86,8 @@ class LocalBackend:
         self._models = settings.state_dir / "models"
         self._dir.mkdir(parents=True, exist_ok=True)
         self._models.mkdir(parents=True, exist_ok=True)
+        self._gpus: list[gpus.Gpu] | None = None  # discovered on first use
+        self._placing = asyncio.Lock()  # GPU choice and manifest write happen together
 
     def _manifest(self, replica_id: str) -> Path:
         return self._dir / f"{replica_id}.json"
@@ -93,28 +100,80 @@ class LocalBackend:
         adapters = await asyncio.to_thread(self._adapters, spec)
         plan = await asyncio.to_thread(engine.launch, spec, host, port, self._models, adapters)
         log_path = self._dir / f"{replica_id}.log"
-        env = {**os.environ, **plan.env, "WAKEGATE_REPLICA_ID": replica_id}
-        pid = await asyncio.to_thread(_spawn, plan.argv, env, log_path)
-        url = f"http://{self._settings.replica_advertise_host or host}:{port}"
+        async with self._placing:
+            devices = await self._place(spec, engine)
+            env = {**os.environ, **plan.env, "WAKEGATE_REPLICA_ID": replica_id}
+            if devices is not None:
+                env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in devices)
+            pid = await asyncio.to_thread(_spawn, plan.argv, env, log_path)
+            await self._write_manifest(spec, replica_id, host, port, pid, log_path, devices)
+        url = self._url(host, port)
         replica = RunningReplica(
             replica_id=replica_id,
             deployment=spec.key,
             revision=spec.revision,
             url=url,
-            handle={"pid": pid, "log": str(log_path)},
+            handle={"pid": pid, "log": str(log_path), "gpus": devices or []},
         )
+        log.info(
+            "started replica %s of %s: pid %s at %s%s",
+            replica_id,
+            spec.key,
+            pid,
+            url,
+            f" on GPU {','.join(map(str, devices))}" if devices else "",
+        )
+        return replica
+
+    def _url(self, host: str, port: int) -> str:
+        return f"http://{self._settings.replica_advertise_host or host}:{port}"
+
+    async def _write_manifest(
+        self,
+        spec: DeploymentSpec,
+        replica_id: str,
+        host: str,
+        port: int,
+        pid: int,
+        log_path: Path,
+        devices: list[int] | None,
+    ) -> None:
         manifest = {
             "replica_id": replica_id,
             "deployment": spec.key,
             "revision": spec.revision,
-            "url": url,
+            "url": self._url(host, port),
             "pid": pid,
             "log": str(log_path),
+            "gpus": devices or [],
             "started_at": time.time(),
         }
         self._manifest(replica_id).write_text(json.dumps(manifest))
-        log.info("started replica %s of %s: pid %s at %s", replica_id, spec.key, pid, url)
-        return replica
+
+    async def _host_gpus(self) -> list[gpus.Gpu]:
+        if self._gpus is None:
+            self._gpus = await asyncio.to_thread(gpus.discover)
+        return self._gpus
+
+    async def _busy_gpus(self) -> set[int]:
+        return {i for r in await self.list() if r.alive for i in r.handle.get("gpus", [])}
+
+    async def _place(self, spec: DeploymentSpec, engine: EngineProfile) -> list[int] | None:
+        """GPU indices for the replica; [] hides every GPU (a CPU replica on a GPU host);
+        None leaves the environment alone (a host without GPUs)."""
+        accelerator = ACCELERATORS[spec.accelerator]
+        host_gpus = await self._host_gpus()
+        if not host_gpus:
+            if accelerator.gpu_count and engine.name not in CPU_ENGINES:
+                raise EngineRefused(
+                    "config.accelerator",
+                    f"{engine.name} needs {accelerator.gpu_count} GPU(s) ({accelerator.id}) "
+                    "and nvidia-smi finds none on this host",
+                )
+            return None
+        if not accelerator.gpu_count:
+            return []
+        return gpus.pick(host_gpus, await self._busy_gpus(), accelerator)
 
     def _adapters(self, spec: DeploymentSpec) -> dict[str, Path]:
         ids = spec.config.get("preloaded_adapters") or []
@@ -149,14 +208,15 @@ class LocalBackend:
                     deployment=m["deployment"],
                     revision=int(m["revision"]),
                     url=m["url"],
-                    handle={"pid": m["pid"], "log": m.get("log")},
+                    handle={"pid": m["pid"], "log": m.get("log"), "gpus": m.get("gpus", [])},
                     alive=pid_alive(int(m["pid"]), m["replica_id"]),
                 )
             )
         return out
 
     async def free_accelerators(self) -> dict[str, int]:
-        return {"cpu": -1}
+        free = gpus.free_by_sku(await self._host_gpus(), await self._busy_gpus())
+        return {"cpu": -1, **free}
 
     async def close(self) -> None:
         return None
