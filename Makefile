@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 DEV    := $(VENV)/.installed-dev
 RUN    := $(VENV)/.installed-run
 
-.PHONY: all check install system-deps test up lint format typecheck clean
+.PHONY: all check install system-deps compose-tools test up lint format typecheck clean
 
 all: check
 
@@ -40,8 +40,12 @@ system-deps:
 	  $$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y redis-server mosquitto; \
 	fi
 
-test: install system-deps
-	$(PY) -m pytest
+# `docker compose config` validates docker-compose.yml without a Docker engine.
+compose-tools:
+	@SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO scripts/install-compose.sh
+
+test: install system-deps compose-tools
+	WAKEGATE_REQUIRE_COMPOSE=1 $(PY) -m pytest
 
 up: $(RUN)
 	$(VENV)/bin/wakegate up
