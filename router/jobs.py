@@ -7,6 +7,7 @@ claims it with a lease it renews while it runs. A sweep on every gateway makes t
 assignments nobody claimed are claimed, and jobs whose runner stopped renewing (a gateway
 killed with -9) go back to the queue. A replica failing a job sends it back to the queue too,
 away from that replica, up to `MAX_ATTEMPTS`. Results stay in Redis for `result_ttl_s`.
+A job's outcome (done or given up) goes to the request log of deployments that keep one.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 import aiohttp
 
-from router.dialects import UpstreamError, get_dialect
+from router.dialects import Generation, UpstreamError, get_dialect
 from router.params import GenerateRequest
 from wakegate import topics
 from wakegate.bus import Bus
@@ -176,6 +177,7 @@ class JobRunner:
         renew.cancel()
         from router.lorax_api import lorax_response
 
+        await self._log(key, job, status=200, replica_id=replica_id, gen=gen)
         await self.store.finish_job(
             key,
             job_id,
@@ -197,6 +199,7 @@ class JobRunner:
         if job is None:
             return
         if int(job.get("attempts", 0)) >= MAX_ATTEMPTS:
+            await self._log(key, job, status=502, error=why)
             await self.store.finish_job(
                 key, job_id,
                 {"status": "failed", "error": f"gave up after {MAX_ATTEMPTS} attempts: {why}",
@@ -206,3 +209,31 @@ class JobRunner:
             return
         await self.store.requeue_job(key, job_id, MAX_PRIORITY)
         await self._dispatch(key)
+
+    async def _log(
+        self,
+        key: str,
+        job: dict[str, Any],
+        status: int,
+        replica_id: str | None = None,
+        gen: Generation | None = None,
+        error: str | None = None,
+    ) -> None:
+        """The job's entry in the request log, when the deployment keeps one."""
+        from router.pipeline import REQUEST_LOG_MAX, Trail
+
+        spec = await self.store.get_deployment(key)
+        if spec is None or not spec.config.get("request_logging_enabled"):
+            return
+        created = float(job.get("created", time.time()))
+        req = GenerateRequest.model_validate(job["request"])
+        trail = Trail("async", False, req, arrived=time.monotonic(), at=created)
+        trail.replica, trail.status, trail.error = replica_id, status, error
+        if gen is not None:
+            trail.output, trail.finish = [gen.text], gen.finish
+        entry = {**trail.entry(), "duration_s": round(time.time() - created, 4),
+                 "attempts": int(job.get("attempts", 0))}  # fmt: skip
+        try:
+            await self.store.log_request(key, entry, REQUEST_LOG_MAX)
+        except Exception:
+            log.exception("request log of %s failed", key)

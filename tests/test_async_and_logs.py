@@ -99,15 +99,19 @@ def test_request_logs_are_kept_and_downloadable_only_when_enabled(stack: Stack, 
                timeout=120, json={"model": "", "max_tokens": 4,
                                   "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
     assert stack.generate(silent, "Do not log me:", 4).status_code == 200
+    assert done(stack, logged, submit(stack, logged, "Async, log me:", 4))["status"] == "done"
+    assert done(stack, silent, submit(stack, silent, "Async, not me:", 4))["status"] == "done"
 
     r = stack.api("GET", f"/v2/deployments/{logged}/requests",
                   params={"start": start - 1, "end": time.time() + 1})  # fmt: skip
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
     entries = [json.loads(line) for line in r.text.splitlines()]
-    assert [e["api"] for e in entries] == ["lorax", "openai"]
+    assert [e["api"] for e in entries] == ["lorax", "openai", "async"]
+    assert entries[2]["prompt"] == "Async, log me:" and entries[2]["output"]
     assert entries[0]["prompt"] == "Log me:" and entries[0]["output"]
     assert entries[1]["messages"] == [{"role": "user", "content": "hi"}]
-    assert all(e["replica"] and e["ttft_s"] is not None and e["status"] == 200 for e in entries)
+    assert all(e["replica"] and e["status"] == 200 for e in entries)
+    assert all(e["ttft_s"] is not None for e in entries[:2])
     later = stack.api("GET", f"/v2/deployments/{logged}/requests",
                       params={"start": time.time() + 60, "end": time.time() + 120})  # fmt: skip
     assert later.text == ""
