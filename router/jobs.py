@@ -167,8 +167,17 @@ class JobRunner:
             )
         except UpstreamError as exc:
             renew.cancel()
-            await self.store.suspect(key, replica_id, SUSPECT_MS)
             await self.store.release(key, replica_id, job_id)
+            if not exc.retryable:  # the request itself was refused: no replica would take it
+                await self._log(key, job, status=exc.status, replica_id=replica_id, error=str(exc))
+                await self.store.finish_job(
+                    key, job_id,
+                    {"status": "failed", "error": str(exc), "finished": time.time()},
+                    self.result_ttl_s,
+                )  # fmt: skip
+                await self._dispatch(key)
+                return
+            await self.store.suspect(key, replica_id, SUSPECT_MS)
             await self._retry_or_fail(key, job_id, str(exc))
             return
         except BaseException:

@@ -343,6 +343,8 @@ async def serve_unary(
                 )
                 break
             except UpstreamError as exc:
+                if not exc.retryable:
+                    raise ApiError(exc.status, str(exc), error_type="validation") from None
                 if not exc.before_first_byte or attempt == ATTEMPTS - 1:
                     raise ApiError(502, str(exc), error_type="generation") from None
                 await _retry_elsewhere(request, ticket, replica, exc)
@@ -432,7 +434,9 @@ async def serve_stream(
                     )
                     break
                 except UpstreamError as exc:
-                    if not exc.before_first_byte or attempt == ATTEMPTS - 1:
+                    if not exc.retryable or not exc.before_first_byte:
+                        raise
+                    if attempt == ATTEMPTS - 1:
                         raise
                     await _retry_elsewhere(request, ticket, replica, exc)
                 finally:
@@ -441,8 +445,9 @@ async def serve_stream(
             trail.status, trail.error = err.status, err.message
             await send(renderer.error(err.message, err.error_type or "generation"))
         except UpstreamError as exc:
-            trail.status, trail.error = 502, str(exc)
-            await send(renderer.error(str(exc), "generation"))
+            trail.status, trail.error = exc.status, str(exc)
+            kind = "generation" if exc.retryable else "validation"
+            await send(renderer.error(str(exc), kind))
         except (ConnectionError, asyncio.CancelledError):
             raise  # the client went away
         except Exception:

@@ -97,3 +97,29 @@ def test_request_whose_replica_was_killed_is_retried_on_another(
     metrics = httpx.get(f"{stack.base}/metrics").text
     retried = [ln for ln in metrics.splitlines() if ln.startswith("wakegate_retries_total{")]
     assert retried and float(retried[0].rsplit(" ", 1)[1]) >= 1
+
+
+def test_request_the_replica_refuses_gets_its_4xx_at_once_and_is_not_retried(
+    stack: Stack, name: str
+) -> None:
+    # A 64-token context: a long prompt is refused by llama.cpp itself (400). Another replica
+    # would refuse it too, so the gateway passes the error through, retries nowhere and keeps
+    # routing to the replica.
+    stack.create(name, minReplicas=1, maxReplicas=1, cooldownTime=60, maxTotalTokens=64)
+    wait_until(lambda: stack.ready_replicas(name) == 1, 90, "replica ready")
+    long_prompt = "The quick brown fox jumps over the lazy dog. " * 40
+    refused = stack.generate(name, long_prompt, 8)
+    assert 400 <= refused.status_code < 500, refused.text
+    assert "replica answered 400" in refused.json()["error"]
+    streamed = httpx.post(
+        stack.deploy_url(name) + "/generate_stream",
+        headers=stack.headers,
+        json={"inputs": long_prompt, "parameters": {"max_new_tokens": 8}},
+        timeout=60,
+    )
+    assert '"error_type": "validation"' in streamed.text or '"error_type":"validation"' in (
+        streamed.text
+    ), streamed.text
+    ok = stack.generate(name, "Hello", 4)
+    assert ok.status_code == 200, ok.text
+    stack.delete(name)

@@ -41,12 +41,28 @@ class Generation:
 
 
 class UpstreamError(Exception):
-    """The replica failed. `before_first_byte` tells whether a retry elsewhere is safe."""
+    """The replica failed. `before_first_byte` tells whether a retry elsewhere is safe;
+    `retryable` is False when the replica refused the request itself (a 4xx such as a prompt
+    longer than its context): another replica would refuse it too, and this one is healthy."""
 
-    def __init__(self, message: str, status: int = 502, before_first_byte: bool = True) -> None:
+    def __init__(
+        self,
+        message: str,
+        status: int = 502,
+        before_first_byte: bool = True,
+        retryable: bool = True,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.before_first_byte = before_first_byte
+        self.retryable = retryable
+
+    @classmethod
+    def answered(cls, status: int, message: str) -> UpstreamError:
+        """The replica answered an error status: client errors pass through, others are 502."""
+        if 400 <= status < 500 and status not in (408, 429):
+            return cls(message, status=status, retryable=False)
+        return cls(message, status=502)
 
 
 class Dialect(Protocol):

@@ -126,7 +126,7 @@ class OpenAICompletions:
             async with client.post(f"{replica.url}{_path(req)}", json=body) as resp:
                 raw = await resp.read()
                 if resp.status != 200:
-                    raise UpstreamError(_error_message(resp.status, raw), status=502)
+                    raise UpstreamError.answered(resp.status, _error_message(resp.status, raw))
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamError(f"replica unreachable: {exc!r}") from exc
         data = json.loads(raw)
@@ -159,7 +159,8 @@ class OpenAICompletions:
                 headers={"Accept": "text/event-stream"},
             ) as resp:
                 if resp.status != 200:
-                    raise UpstreamError(_error_message(resp.status, await resp.read()))
+                    raw = await resp.read()
+                    raise UpstreamError.answered(resp.status, _error_message(resp.status, raw))
                 async for sse in aiter_sse(resp):
                     if sse.data == "[DONE]":
                         continue  # read on to the end: the connection goes back to the pool
@@ -175,9 +176,38 @@ class OpenAICompletions:
             raise UpstreamError(
                 f"replica stream failed: {exc!r}", before_first_byte=generated == 0
             ) from exc
+        if reason is None and generated == 0:
+            # llama-cpp-python answers 200 and then closes an empty stream when it refuses the
+            # request (a prompt longer than the context): ask once without streaming, which
+            # answers the refusal with its status and reason.
+            raise await self._why_empty(client, replica, model, req)
         yield Finish(
             reason=_finish_reason(reason, req),
             prompt_tokens=prompt_tokens,
             generated_tokens=generated,
             seed=req.parameters.seed,
         )
+
+    async def _why_empty(
+        self,
+        client: aiohttp.ClientSession,
+        replica: ReplicaRecord,
+        model: str,
+        req: GenerateRequest,
+    ) -> UpstreamError:
+        body = completion_body(model, req, stream=False, cheap_logprobs=replica.cheap_logprobs)
+        body["max_tokens"] = 1
+        for attempt in range(2):
+            try:
+                async with client.post(f"{replica.url}{_path(req)}", json=body) as resp:
+                    raw = await resp.read()
+                    if resp.status != 200:
+                        return UpstreamError.answered(resp.status, _error_message(resp.status, raw))
+                    break
+            except aiohttp.ServerDisconnectedError as exc:
+                # The server closed the refused stream's connection; the pool may hand it out.
+                if attempt:
+                    return UpstreamError(f"replica unreachable: {exc!r}")
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                return UpstreamError(f"replica unreachable: {exc!r}")
+        return UpstreamError("replica stream ended before any token")
