@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from router.app import create_app
+from wakegate.catalog import CatalogError
 from wakegate.logs import setup_logging
 from wakegate.settings import load_settings
 
@@ -12,8 +13,12 @@ from wakegate.settings import load_settings
 def main() -> None:
     settings = load_settings()
     setup_logging(settings.log_level, "gateway")
+    try:
+        app = create_app(settings)
+    except CatalogError as exc:
+        raise SystemExit(str(exc)) from None
     web.run_app(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         # A client that goes away cancels its handler, which takes it out of the queue.

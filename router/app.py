@@ -29,6 +29,7 @@ from router.metrics import GatewayMetrics
 from router.middlewares import auth_middleware, errors_middleware
 from wakegate import topics
 from wakegate.bus import Bus
+from wakegate.catalog import load_models_file
 from wakegate.settings import Settings
 from wakegate.store import Store
 
@@ -102,6 +103,8 @@ async def health_handler(request: web.Request) -> web.Response:
 
 
 def create_app(settings: Settings) -> web.Application:
+    # Deployments naming a user's catalogue entry validate only once it is loaded.
+    load_models_file(settings.models_file)
     app = web.Application(
         middlewares=[errors_middleware, auth_middleware],
         client_max_size=settings.max_body_bytes,

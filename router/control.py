@@ -14,6 +14,7 @@ from aiohttp import web
 from router.context import BUS, SPEC_CACHE, STORE
 from router.errors import ApiError
 from router.middlewares import tenant_of
+from scaler.engines import EngineRefused, validate_spec
 from wakegate import topics
 from wakegate.events import event
 from wakegate.spec import (
@@ -57,6 +58,15 @@ async def _visible(store: Store, key: str, name: str) -> DeploymentSpec:
 
 async def _wire(store: Store, spec: DeploymentSpec) -> dict[str, Any]:
     return spec.to_wire(current_replicas=await store.ready_count(spec.key))
+
+
+def _check_engine(spec: DeploymentSpec) -> None:
+    """Refuse what the engine cannot honour now, not when the first replica starts (the
+    scaler would only mark the deployment failed, long after the client was told 200)."""
+    try:
+        validate_spec(spec)
+    except EngineRefused as exc:
+        raise ApiError(400, str(exc), field=exc.field) from None
 
 
 async def _announce(request: web.Request, key: str, change: str) -> None:
@@ -111,6 +121,7 @@ async def create_deployment(request: web.Request) -> web.Response:
         created_at=now,
         updated_at=now,
     )
+    _check_engine(spec)
     # A scale-to-zero deployment accepts (queues) requests at once, so it is Ready at once;
     # one with min_replicas > 0 becomes Ready when its first replica is (the scaler says so).
     events = [event("Created", 1, f"base model {spec.base_model}")]
@@ -183,6 +194,8 @@ async def update_deployment(request: web.Request) -> web.Response:
         status="updating" if rolling else "ready",
         updated_at=time.time(),
     )
+    if engine_changes:
+        _check_engine(updated)
     await store.put_deployment(updated)
     message = "changed: " + (", ".join(sorted(changed)) or "nothing")
     events = [event("Updating", revision, message)]

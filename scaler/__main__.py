@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from scaler.backends import create_backend
 from scaler.service import Scaler
+from wakegate.catalog import CatalogError, load_models_file
 from wakegate.logs import setup_logging
 from wakegate.settings import Settings, load_settings
 from wakegate.store import Store
@@ -36,6 +37,11 @@ def _http_app(scaler: Scaler) -> web.Application:
 async def serve(settings: Settings) -> None:
     if not settings.redis_url:
         raise SystemExit("the scaler needs REDIS_URL (wakegate up sets it for you)")
+    try:
+        # Replicas of a user's catalogue entry need it to find their engine and weights.
+        load_models_file(settings.models_file)
+    except CatalogError as exc:
+        raise SystemExit(str(exc)) from None
     store = Store.from_url(settings.redis_url)
     scaler = Scaler(settings, store, create_backend(settings))
     runner = web.AppRunner(_http_app(scaler), access_log=None)

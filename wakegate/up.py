@@ -133,6 +133,14 @@ class Stack:
                     f"port {port} ({what}) is already in use; choose another with --port / "
                     "WAKEGATE_PORT / WAKEGATE_SCALER_PORT"
                 )
+        if s.models_file is not None:
+            from wakegate.catalog import CatalogError, parse_models_file
+
+            # The children load it at start-up; a bad file is better reported here, once.
+            try:
+                parse_models_file(s.models_file)
+            except CatalogError as exc:
+                raise click.ClickException(str(exc)) from None
         if not s.redis_url:
             port = free_port()
             child = redis_child(state, port)

@@ -97,7 +97,8 @@ class LocalBackend:
     ) -> RunningReplica:
         host = self._settings.replica_host
         port = free_port(host)
-        adapters = await asyncio.to_thread(self._adapters, spec)
+        # Engines that fetch adapters by id themselves (vLLM, LoRAX, TGI) get none here.
+        adapters = await asyncio.to_thread(self._adapters, spec) if engine.adapter_files else {}
         plan = await asyncio.to_thread(engine.launch, spec, host, port, self._models, adapters)
         log_path = self._dir / f"{replica_id}.log"
         async with self._placing:

@@ -1,8 +1,12 @@
 """Engine profiles: how a deployment spec becomes a model-server command line.
 
 A profile says which command and environment start the engine for a spec, which HTTP path
-answers 200 once the model is loaded, and which request dialect the engine speaks (the
-gateway translates the public APIs into that dialect, see router/dialects).
+answers 200 once the model is loaded, which request dialect the engine speaks (the
+gateway translates the public APIs into that dialect, see router/dialects) and which
+container image runs it on a cluster. Its `validate` is pure, so the gateway refuses a
+deployment the engine cannot honour when it is created, not when its first replica starts;
+`launch` runs the same checks again (specs stored before a check existed reach it too).
+The field-by-field mapping is documented in docs/engines.md.
 """
 
 from __future__ import annotations
@@ -49,6 +53,21 @@ class EngineProfile(Protocol):
         """False where per-token log-probabilities slow generation down a lot."""
         ...
 
+    @property
+    def image(self) -> str:
+        """The container image whose PATH holds `launch`'s argv[0] (cluster backends)."""
+        ...
+
+    @property
+    def adapter_files(self) -> bool:
+        """True where the backend must fetch LoRA adapter files before `launch` (llama.cpp's
+        GGUF adapters); False where the engine fetches adapters by id itself."""
+        ...
+
+    def validate(self, spec: DeploymentSpec) -> None:
+        """Raise EngineRefused for a field this engine cannot honour. No side effects."""
+        ...
+
     def launch(
         self,
         spec: DeploymentSpec,
@@ -58,27 +77,60 @@ class EngineProfile(Protocol):
         adapters: dict[str, Path],
     ) -> LaunchPlan:
         """The command that serves `spec` on host:port with these adapters loaded (id ->
-        local file). Raises EngineRefused."""
+        local file; empty where `adapter_files` is False). Raises EngineRefused."""
         ...
+
+
+def _factories(
+    concurrency: int, spec: DeploymentSpec | None
+) -> dict[str, Callable[[], EngineProfile]]:
+    # Imported here: the profile modules import this one.
+    from scaler.engines.llamacpp import LlamaCppProfile
+    from scaler.engines.lorax import LoraxProfile
+    from scaler.engines.sim import SimProfile
+    from scaler.engines.tgi import TgiProfile
+    from scaler.engines.vllm import VllmProfile
+
+    def sim() -> EngineProfile:
+        return SimProfile.from_spec(spec) if spec is not None else SimProfile()
+
+    def vllm() -> EngineProfile:
+        return VllmProfile.from_spec(spec) if spec is not None else VllmProfile()
+
+    def lorax() -> EngineProfile:
+        return LoraxProfile.from_spec(spec) if spec is not None else LoraxProfile()
+
+    def tgi() -> EngineProfile:
+        return TgiProfile.from_spec(spec) if spec is not None else TgiProfile()
+
+    return {
+        "llamacpp": lambda: LlamaCppProfile(concurrency=concurrency),
+        "vllm": vllm,
+        "lorax": lorax,
+        "tgi": tgi,
+        "sim": sim,
+    }
+
+
+def engine_names() -> frozenset[str]:
+    return frozenset(_factories(1, None))
 
 
 def get_engine(
     name: str, concurrency: int = 1, spec: DeploymentSpec | None = None
 ) -> EngineProfile:
     """The profile of engine `name`. Profiles whose knobs come from the deployment (the sim
-    engine's `customArgs`) read them from `spec`; without one they take their defaults."""
-    from scaler.engines.llamacpp import LlamaCppProfile
-    from scaler.engines.sim import SimProfile
-
-    def sim() -> EngineProfile:
-        return SimProfile.from_spec(spec) if spec is not None else SimProfile()
-
-    engines: dict[str, Callable[[], EngineProfile]] = {
-        "llamacpp": lambda: LlamaCppProfile(concurrency=concurrency),
-        "sim": sim,
-    }
+    engine's `customArgs`, the GPU engines' batch size and image tag) read them from `spec`;
+    without one they take their defaults. `concurrency` is llama.cpp's (a setting)."""
     try:
-        factory = engines[name]
+        factory = _factories(concurrency, spec)[name]
     except KeyError:
         raise EngineRefused("config.baseModel", f"engine {name!r} is not available") from None
     return factory()
+
+
+def validate_spec(spec: DeploymentSpec) -> None:
+    """Raise EngineRefused where the engine that serves `spec`'s base model cannot honour it."""
+    from wakegate.catalog import MODELS
+
+    get_engine(MODELS[spec.base_model].engine, spec=spec).validate(spec)

@@ -44,6 +44,24 @@ class LlamaCppProfile:
     # llama-cpp-python sorts the whole vocabulary in Python for every token it reports a
     # log-probability for: about 20x slower generation with Gemma's 262k-token vocabulary.
     cheap_logprobs: bool = False
+    # Runs inside wakegate's own image on a cluster (settings.kubernetes_wakegate_image).
+    image: str = "wakegate:latest"
+    # GGUF LoRA files, fetched by the backend (scaler/engines/adapters.py).
+    adapter_files: bool = True
+
+    def validate(self, spec: DeploymentSpec) -> None:
+        cfg = spec.config
+        # "disabled" and "none" ask for nothing, so they are honoured.
+        if cfg.get("speculator") not in (None, "disabled"):
+            raise EngineRefused("config.speculator", "llama.cpp has no speculative decoding")
+        if cfg.get("quantization") not in (None, "none"):
+            raise EngineRefused(
+                "config.quantization",
+                "llama.cpp serves pre-quantized GGUF weights; quantization is not supported",
+            )
+        custom = cfg.get("custom_args") or []
+        if cfg.get("preloaded_adapters") and len(custom) % 2:
+            raise EngineRefused("config.customArgs", "with adapters, give flag/value pairs")
 
     def launch(
         self,
@@ -53,12 +71,8 @@ class LlamaCppProfile:
         models_dir: Path,
         adapters: dict[str, Path],
     ) -> LaunchPlan:
+        self.validate(spec)
         cfg = spec.config
-        for key in ("speculator", "quantization"):
-            if cfg.get(key):
-                raise EngineRefused(
-                    f"config.{key}", f"llama.cpp serves pre-quantized GGUF; {key} is not supported"
-                )
         model = MODELS[spec.base_model]
         gguf = resolve_weights(model.weights, models_dir)
         n_ctx = int(cfg.get("max_total_tokens") or min(model.context_window, DEFAULT_CONTEXT))
@@ -101,8 +115,6 @@ class LlamaCppProfile:
         """One model alias per adapter (the base model plus its LoRA) in a config file:
         llama-cpp-python serves the alias a request names, swapping models on demand, which
         is why the gateway keeps each adapter on the replica that served it last."""
-        if len(custom) % 2:
-            raise EngineRefused("config.customArgs", "with adapters, give flag/value pairs")
         extra = {
             flag.lstrip("-"): value for flag, value in zip(custom[::2], custom[1::2], strict=True)
         }

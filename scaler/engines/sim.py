@@ -24,6 +24,10 @@ from wakegate.catalog import MODELS
 from wakegate.spec import DeploymentSpec
 
 FIELD = "config.customArgs"
+# SimProfile fields that describe the profile, not the simulated replica.
+_PROFILE_ONLY = frozenset(
+    {"name", "dialect", "health_path", "cheap_logprobs", "image", "adapter_files"}
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -66,6 +70,9 @@ class SimProfile:
     # Like the llama.cpp profile it imitates: the gateway asks for log-probabilities only on
     # explicit request, so a merged chunk travels as one event.
     cheap_logprobs: bool = False
+    # The sim host runs replicas in-process; a cluster never runs this profile's launch.
+    image: str = "wakegate:latest"
+    adapter_files: bool = False
 
     def __post_init__(self) -> None:
         checks = [
@@ -107,14 +114,13 @@ class SimProfile:
     def sim_params(self, spec: DeploymentSpec) -> dict[str, Any]:
         """What the sim host needs to run one replica of `spec` (POST /replicas `params`)."""
         profile = SimProfile.from_spec(spec)
-        params = {
-            k: v
-            for k, v in asdict(profile).items()
-            if k not in ("name", "dialect", "health_path", "cheap_logprobs")
-        }
+        params = {k: v for k, v in asdict(profile).items() if k not in _PROFILE_ONLY}
         model = MODELS.get(spec.base_model)
         n_ctx = spec.config.get("max_total_tokens") or (model.context_window if model else 0)
         return {**params, "model": spec.base_model, "n_ctx": int(n_ctx or 32768)}
+
+    def validate(self, spec: DeploymentSpec) -> None:
+        SimProfile.from_spec(spec)
 
     def launch(
         self,
