@@ -115,14 +115,15 @@ configs = st.builds(
     st.floats(0, 600),
 )
 observations = st.builds(
-    lambda q, f, idle, counts, startup: Observation(
-        q, f, None if idle is None else NOW - idle, NOW, counts[0], counts[1], startup
+    lambda q, f, idle, counts, startup, slots: Observation(
+        q, f, None if idle is None else NOW - idle, NOW, counts[0], counts[1], startup, slots
     ),
     st.integers(0, 100),
     st.integers(0, 100),
     st.none() | st.floats(0, 7200),
     st.just((None, None)) | st.tuples(st.integers(0, 10**6), st.integers(0, 10**6)),
     st.none() | st.floats(0, 600),
+    st.none() | st.integers(0, 200),
 )
 rates = st.none() | st.builds(
     Rates,

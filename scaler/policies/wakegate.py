@@ -81,7 +81,7 @@ def decide(
     target = clamp(wanted, config)
 
     if target > current:
-        if wanted < target:
+        if wanted < target or current < config.min_replicas:
             reason = f"bounds: min_replicas={config.min_replicas}"
         elif current == 0:
             reason = f"wake: {load} request(s) waiting at zero replicas"
