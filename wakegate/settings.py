@@ -70,6 +70,9 @@ class Settings:
     kubernetes_namespace: str = "wakegate"
     kubernetes_context: str | None = None
     kubernetes_wakegate_image: str = "wakegate:latest"
+    # A PersistentVolumeClaim mounted at /models in every replica Pod, so that weights are
+    # fetched once (ReadWriteMany for replicas on several nodes); None: an emptyDir per Pod.
+    kubernetes_models_pvc: str | None = None
     default_token: str | None = None
     default_tenant: str = "default"
     log_level: str = "INFO"
