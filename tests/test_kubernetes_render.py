@@ -456,3 +456,26 @@ def test_the_rbac_manifests_validate() -> None:
     (role,) = [d for d in docs if d["kind"] == "Role"]
     verbs = {r["resources"][0]: set(r["verbs"]) for r in role["rules"]}
     assert verbs == {"pods": {"create", "get", "list", "delete"}, "secrets": {"create", "patch"}}
+
+
+@pytest.mark.parametrize("engine_name", ["vllm", "lorax", "tgi"])
+def test_gpu_engine_profiles_render_valid_pods_with_hub_adapters_and_secret_token(
+    engine_name: str,
+) -> None:
+    from scaler.engines import get_engine
+
+    spec = make_spec(
+        "a100_80gb_200",
+        base_model="qwen3-8b",
+        preloaded_adapters=["acme/sql-lora"],
+        hf_token="hf_secret_value",
+    )
+    engine = get_engine(engine_name, spec=spec)
+    plan = launch_plan(spec, engine, SETTINGS)
+    pod = render_pod(spec, "chat-7", engine, plan, SETTINGS)
+    kubernetes_validate.validate(pod, K8S_VERSIONS[0], strict=True)
+    c = container(pod)
+    assert c["image"] == engine.image and c["image"] != SETTINGS.kubernetes_wakegate_image
+    assert "acme/sql-lora" in " ".join(c["command"] + c.get("args", []))
+    assert str(c["resources"]["limits"]["nvidia.com/gpu"]) == "2"
+    assert "hf_secret_value" not in json.dumps(pod)

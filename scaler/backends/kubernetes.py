@@ -42,7 +42,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from scaler.backends import RunningReplica
 from scaler.backends.kubernetes_launch import HF_TOKEN_ENV, pod_plan
-from scaler.engines import EngineProfile, EngineRefused, LaunchPlan
+from scaler.engines import WAKEGATE_IMAGE, EngineProfile, EngineRefused, LaunchPlan
 from wakegate.catalog import ACCELERATORS
 from wakegate.settings import Settings
 from wakegate.spec import DeploymentSpec
@@ -193,7 +193,9 @@ def node_sku(labels: Mapping[str, str]) -> str | None:
 def engine_image(engine: EngineProfile, settings: Settings) -> str:
     """The engine's own container image, or the wakegate image for wakegate's engines."""
     image = getattr(engine, "image", None)
-    return str(image) if image else settings.kubernetes_wakegate_image
+    if not image or image == WAKEGATE_IMAGE:
+        return settings.kubernetes_wakegate_image
+    return str(image)
 
 
 def runs_in_wakegate_image(engine: EngineProfile, settings: Settings) -> bool:
@@ -214,7 +216,7 @@ def launch_plan(spec: DeploymentSpec, engine: EngineProfile, settings: Settings)
             MODELS_MOUNT,
             settings.adapter_url,
         )
-    if spec.config.get("preloaded_adapters"):
+    if spec.config.get("preloaded_adapters") and getattr(engine, "adapter_files", True):
         raise EngineRefused(
             "config.preloadedAdapters",
             "the kubernetes backend cannot yet provide adapter files to engines that run "

@@ -18,6 +18,10 @@ from typing import Protocol
 
 from wakegate.spec import DeploymentSpec
 
+# The image wakegate's own engines (llama.cpp, sim) run from on a cluster: a placeholder that
+# cluster backends replace with the configured one (settings.kubernetes_wakegate_image).
+WAKEGATE_IMAGE = "wakegate:latest"
+
 
 class EngineRefused(ValueError):
     """The engine cannot honour a field of the spec; `field` names it (JSON key)."""

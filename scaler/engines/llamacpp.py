@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from scaler.engines import EngineRefused, LaunchPlan
+from scaler.engines import WAKEGATE_IMAGE, EngineRefused, LaunchPlan
 from wakegate.catalog import MODELS
 from wakegate.spec import DeploymentSpec
 
@@ -45,7 +45,7 @@ class LlamaCppProfile:
     # log-probability for: about 20x slower generation with Gemma's 262k-token vocabulary.
     cheap_logprobs: bool = False
     # Runs inside wakegate's own image on a cluster (settings.kubernetes_wakegate_image).
-    image: str = "wakegate:latest"
+    image: str = WAKEGATE_IMAGE
     # GGUF LoRA files, fetched by the backend (scaler/engines/adapters.py).
     adapter_files: bool = True
 

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from scaler.engines import EngineRefused, LaunchPlan
+from scaler.engines import WAKEGATE_IMAGE, EngineRefused, LaunchPlan
 from wakegate.catalog import MODELS
 from wakegate.spec import DeploymentSpec
 
@@ -71,7 +71,7 @@ class SimProfile:
     # explicit request, so a merged chunk travels as one event.
     cheap_logprobs: bool = False
     # The sim host runs replicas in-process; a cluster never runs this profile's launch.
-    image: str = "wakegate:latest"
+    image: str = WAKEGATE_IMAGE
     adapter_files: bool = False
 
     def __post_init__(self) -> None:
