@@ -419,14 +419,14 @@ class Scaler:
             await self.store.remove_replica(spec.key, rec.id)
             await self._start_failed(spec, state, f"backend start failed: {exc}")
             return
-        if await self._withdrawn(rec):
-            # Scaled down while the backend was starting it: nothing may keep it running.
+        rec.url = running.url
+        rec.handle = running.handle
+        if not await self.store.advance_replica(rec):
+            # Scaled down while the backend was starting it: the drain may not have known its
+            # handle, so nothing else would stop it.
             await self.backend.stop(running, 0)
             await self.store.remove_replica(spec.key, rec.id)
             return
-        rec.url = running.url
-        rec.handle = running.handle
-        await self.store.put_replica(rec)
         await self.publish(
             "replica",
             topics.ReplicaChanged(
@@ -446,6 +446,8 @@ class Scaler:
             if await self._withdrawn(rec):
                 return  # scaled down or deleted while starting: the drain stops it
             if not await self._alive(running):
+                if await self._withdrawn(rec):
+                    return  # stopped by a drain between the two checks: not a failure
                 await self.backend.stop(running, 0)
                 await self.store.remove_replica(spec.key, rec.id)
                 await self._start_failed(spec, state, self._exit_reason(rec))
@@ -460,11 +462,10 @@ class Scaler:
             await self.store.remove_replica(spec.key, rec.id)
             await self._start_failed(spec, state, "replica was not ready before the start timeout")
             return
-        if await self._withdrawn(rec):
-            return
         rec.state = "ready"
         rec.ready_at = time.time()
-        await self.store.put_replica(rec)
+        if not await self.store.advance_replica(rec):
+            return  # picked for draining while it became ready: the drain stops it
         await self.store.clear_wake(spec.key)
         state.consecutive_failures = 0
         if measured:

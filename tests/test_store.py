@@ -197,3 +197,29 @@ async def test_adapter_affinity_prefers_the_replica_that_has_it_until_overloaded
     burst = await routed(store, "p2", 40, adapter="acme/support-1")
     assert burst.count("lora") > burst.count("plain") > 0, "bounded: overflow goes elsewhere"
     assert burst.count("lora") + 1 <= math.ceil(1.25 * 41 / 2) + 2
+
+
+async def test_a_starting_replica_withdrawn_meanwhile_is_never_advanced(store: Store) -> None:
+    starting = replica("s1", state="starting")
+    await store.put_replica(starting)
+    starting.url = "http://127.0.0.1:1"
+    assert await store.advance_replica(starting)
+    assert (await store.replica(D, "s1")).url == "http://127.0.0.1:1"  # type: ignore[union-attr]
+    assert await store.ready_count(D) == 0
+
+    draining = replica("s1", state="draining")
+    await store.put_replica(draining)  # the scaler picked it for draining
+    starting.state = "ready"
+    assert not await store.advance_replica(starting)
+    assert (await store.replica(D, "s1")).state == "draining"  # type: ignore[union-attr]
+    assert await store.ready_count(D) == 0
+
+    await store.remove_replica(D, "s1")
+    assert not await store.advance_replica(starting)
+    assert await store.replica(D, "s1") is None
+
+    fresh = replica("s2", state="starting")
+    await store.put_replica(fresh)
+    fresh.state = "ready"
+    assert await store.advance_replica(fresh)
+    assert await store.ready_count(D) == 1

@@ -260,6 +260,20 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# Advance a starting replica (to a URL, or to ready) unless it was withdrawn meanwhile: taken
+# out (no record) or picked for draining. KEYS: replicas, routable, adapters hashes.
+# ARGV: id, record JSON, state, concurrency, adapters. Returns 1 when written.
+ADVANCE_REPLICA = """
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if not current or cjson.decode(current)['state'] == 'draining' then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if ARGV[3] == 'ready' then
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
+  redis.call('HSET', KEYS[3], ARGV[1], ARGV[5])
+end
+return 1
+"""
+
 
 class QueueFull(Exception):
     def __init__(self, depth: int) -> None:
@@ -311,6 +325,7 @@ class Store:
         self._cancel = redis.register_script(CANCEL)
         self._leader = redis.register_script(LEADER_LEASE)
         self._release_leader = redis.register_script(RELEASE_LEADER)
+        self._advance_replica = redis.register_script(ADVANCE_REPLICA)
 
     @classmethod
     def from_url(cls, url: str, max_connections: int = 256) -> Store:
@@ -683,6 +698,15 @@ class Store:
                 pipe.hdel(dep_key(rec.deployment, "routable"), rec.id)
                 pipe.hdel(dep_key(rec.deployment, "adapters"), rec.id)
             await pipe.execute()
+
+    async def advance_replica(self, rec: ReplicaRecord) -> bool:
+        """Record a starting replica's progress (its URL, or ready) unless it was withdrawn
+        meanwhile (removed or draining); False then, and nothing is written."""
+        keys = [dep_key(rec.deployment, k) for k in ("replicas", "routable", "adapters")]
+        argv: list[str | int] = [
+            rec.id, rec.to_json(), rec.state, rec.concurrency, f" {' '.join(rec.adapters)} "
+        ]  # fmt: skip
+        return bool(await self._advance_replica(keys=keys, args=argv))
 
     async def remove_replica(self, key: str, replica_id: str) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
