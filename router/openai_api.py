@@ -241,6 +241,8 @@ class OpenAIStream:
         }
 
     async def token(self, send: Send, token: Token) -> None:
+        if token.special:  # the end-of-sequence token: OpenAI streams carry text only
+            return
         await send(self._chunk(token.text, None))
 
     async def finish(self, send: Send, finish: Finish, text: str) -> None:

@@ -374,7 +374,8 @@ async def _relay(
         if isinstance(item, Token):
             if not text:
                 _first_token(request, spec, ticket, arrived, trail)
-            text.append(item.text)
+            # A special token (the end-of-sequence one) is shown as a token, never as text.
+            text.append("" if item.special else item.text)
             await renderer.token(send, item)
         else:
             trail.finish = item

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from router.dialects import get_dialect
 from scaler.engines import EngineRefused, LaunchPlan, get_engine, validate_spec
 from scaler.engines.sim import SimProfile
 from wakegate.catalog import MODELS, ModelEntry
@@ -480,19 +481,21 @@ def test_launch_refuses_what_validate_refuses(base_model: str) -> None:
 
 
 PROFILES = [
-    ("vllm", "vllm/vllm-openai:v0.33.0", "/health", False),
-    ("lorax", "ghcr.io/predibase/lorax:0.12.1", "/health", False),
-    ("tgi", "ghcr.io/huggingface/text-generation-inference:3.3.7", "/health", False),
-    ("llamacpp", "wakegate:latest", "/v1/models", True),
-    ("sim", "wakegate:latest", "/health", False),
+    ("vllm", "vllm/vllm-openai:v0.33.0", "/health", False, "openai"),
+    ("lorax", "ghcr.io/predibase/lorax:0.12.1", "/health", False, "lorax"),
+    ("tgi", "ghcr.io/huggingface/text-generation-inference:3.3.7", "/health", False, "tgi"),
+    ("llamacpp", "wakegate:latest", "/v1/models", True, "openai"),
+    ("sim", "wakegate:latest", "/health", False, "openai"),
 ]
 
 
 @pytest.mark.parametrize(
-    ("name", "image", "health", "adapter_files"), PROFILES, ids=[p[0] for p in PROFILES]
+    ("name", "image", "health", "adapter_files", "dialect"),
+    PROFILES,
+    ids=[p[0] for p in PROFILES],
 )
-def test_each_profile_names_its_image_health_path_and_adapter_source(
-    name: str, image: str, health: str, adapter_files: bool
+def test_each_profile_names_its_image_health_path_adapter_source_and_dialect(
+    name: str, image: str, health: str, adapter_files: bool, dialect: str
 ) -> None:
     engine = get_engine(name)
     assert (engine.image, engine.health_path, engine.adapter_files) == (
@@ -500,7 +503,8 @@ def test_each_profile_names_its_image_health_path_and_adapter_source(
         health,
         adapter_files,
     )
-    assert engine.dialect == "openai"
+    assert engine.dialect == dialect
+    get_dialect(dialect)  # registered with the gateway
     assert engine.name == name
 
 

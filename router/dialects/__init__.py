@@ -1,8 +1,9 @@
 """Engine dialects: how the gateway talks to a replica, whatever public API the client used.
 
 A dialect turns a validated generate request into the engine's own HTTP call and the
-engine's answer into neutral `Token` / `Finish` items. The public APIs (LoRAX today, OpenAI
-next) render those items in their own shapes, so each engine is written once.
+engine's answer into neutral `Token` / `Finish` items. The public APIs (LoRAX, OpenAI)
+render those items in their own shapes, so each engine is written once. Dialects by name:
+`openai` (llama.cpp, vLLM, the sim engine), `lorax` and `tgi` (the native LoRAX/TGI API).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class Token:
     id: int
     text: str
     logprob: float
+    # An engine's special token (end of sequence): part of the token list, not of the text.
     special: bool = False
 
 
@@ -85,6 +87,11 @@ class Dialect(Protocol):
 
 def get_dialect(name: str) -> Dialect:
     from router.dialects.openai import OpenAICompletions
+    from router.dialects.tgi import LORAX, TGI, NativeGenerate
 
-    dialects: dict[str, Dialect] = {"openai": OpenAICompletions()}
+    dialects: dict[str, Dialect] = {
+        "openai": OpenAICompletions(),
+        "lorax": NativeGenerate(LORAX),
+        "tgi": NativeGenerate(TGI),
+    }
     return dialects[name]

@@ -44,7 +44,7 @@ class LoraxProfile:
     concurrency: int = g.DEFAULT_CONCURRENCY
     image_tag: str = DEFAULT_TAG
     name: str = "lorax"
-    dialect: str = "openai"
+    dialect: str = "lorax"
     health_path: str = "/health"
     cheap_logprobs: bool = False
     adapter_files: bool = False

@@ -39,7 +39,7 @@ QUANTIZATIONS = frozenset(
 class TgiProfile:
     concurrency: int = g.DEFAULT_CONCURRENCY
     name: str = "tgi"
-    dialect: str = "openai"
+    dialect: str = "tgi"
     health_path: str = "/health"
     cheap_logprobs: bool = False
     image: str = IMAGE

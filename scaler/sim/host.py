@@ -5,8 +5,12 @@
 
 Each simulated replica is its own aiohttp server (AppRunner + site) on its own port and speaks
 the OpenAI completions API with llama-cpp-python's JSON shapes, so the real gateway proxies to
-it unchanged. Timing is simulated with plain asyncio sleeps paced against absolute deadlines:
-an idle replica costs nothing, a streaming sequence one wake-up per token at most.
+it unchanged. It also speaks the native LoRAX/TGI API (`POST /generate`, `/generate_stream`)
+in LoRAX's shapes, with TGI's validation of the sampling parameters and its error bodies and
+events, so the gateway's `lorax` and `tgi` dialects run against it over real HTTP. Every
+generated token is TOKEN_TEXT; its id (SIM_TOKEN_ID) is synthetic, there is no tokenizer.
+Timing is simulated with plain asyncio sleeps paced against absolute deadlines: an idle
+replica costs nothing, a streaming sequence one wake-up per token at most.
 
 Control API (JSON) on --port:
 
@@ -45,8 +49,9 @@ import socket
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass, fields
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict, dataclass, fields, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +65,8 @@ log = logging.getLogger("scaler.sim.host")
 STATE_FILE = "sim-host.json"
 TOKEN_TEXT = " tok"
 TOKEN_LOGPROB = -0.1
+SIM_TOKEN_ID = 4321  # synthetic: the sim has no vocabulary
+NATIVE_DEFAULT_MAX_NEW_TOKENS = 100  # TGI's default
 DEFAULT_MAX_TOKENS = 16  # llama-cpp-python's default
 # Tokens due within this much of each other go out in one wake-up (never early, so measured
 # durations are lower-bounded by the simulated ones). A non-streaming request only needs its
@@ -146,6 +153,9 @@ class ReplicaParams:
     # KV-cache capacity for prefix caching, in blocks of CACHE_BLOCK_TOKENS; 0 = none.
     cache_blocks: int = 0
     n_ctx: int = 32768
+    # Native streams send a generation error event after this many tokens, and /generate
+    # answers 424 (a replica failing mid-generation, for tests); 0: never.
+    fail_after_tokens: int = 0
 
     @classmethod
     def from_json(cls, raw: Any) -> ReplicaParams:
@@ -175,6 +185,8 @@ class ReplicaParams:
             raise ValueError("params: durations and batch_slowdown must be >= 0")
         if params.prefill_tps <= 0 or params.tps <= 0 or params.batch < 1 or params.n_ctx < 1:
             raise ValueError("params: prefill_tps and tps must be > 0, batch and n_ctx >= 1")
+        if params.fail_after_tokens < 0:
+            raise ValueError("params: fail_after_tokens must be >= 0")
         return params
 
 
@@ -210,6 +222,11 @@ def _error(status: int, message: str, **extra: Any) -> web.Response:
     return web.json_response({"detail": message, **extra}, status=status)
 
 
+def _native_error(status: int, message: str, error_type: str) -> web.Response:
+    # LoRAX's and TGI's error body (their ErrorResponse).
+    return web.json_response({"error": message, "error_type": error_type}, status=status)
+
+
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -227,6 +244,13 @@ def _sse(obj: Any) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
 
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+               "X-Accel-Buffering": "no"}  # fmt: skip
+NATIVE_TOKEN = {"id": SIM_TOKEN_ID, "text": TOKEN_TEXT, "logprob": TOKEN_LOGPROB, "special": False}
+# Every native stream event but the last is these same bytes.
+NATIVE_TOKEN_EVENT = _sse({"token": NATIVE_TOKEN, "generated_text": None, "details": None})
+
+
 @dataclass
 class _Request:
     prompt: str
@@ -236,6 +260,9 @@ class _Request:
     logprobs: bool
     include_usage: bool
     cached_tokens: int = 0
+    # Native API only.
+    details: bool = False
+    seed: int | None = None
 
 
 def prefix_blocks(prompt: str) -> list[bytes]:
@@ -319,6 +346,8 @@ class SimReplica:
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/stats", self._stats)
         app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/generate", self._generate)
+        app.router.add_post("/generate_stream", self._generate_stream)
         # After the host's own grace period, whatever still runs is cut off quickly.
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
@@ -371,12 +400,14 @@ class SimReplica:
 
     # --- HTTP -------------------------------------------------------------------------------
 
-    def _unavailable(self) -> web.Response | None:
+    def _unavailable(self, native: bool = False) -> web.Response | None:
         if self.stopping:
-            return _error(503, "replica is shutting down")
-        if not self.ready:
-            return _error(503, "model is loading")
-        return None
+            why = "replica is shutting down"
+        elif not self.ready:
+            why = "model is loading"
+        else:
+            return None
+        return _native_error(503, why, "unhealthy") if native else _error(503, why)
 
     async def _health(self, _: web.Request) -> web.Response:
         refusal = self._unavailable()
@@ -435,6 +466,14 @@ class SimReplica:
                 400,
                 f"Requested tokens ({total}) exceed context window of {self.params.n_ctx}",
             )
+        if req.stream:
+            return await self._serve(req, partial(self._stream, request, req))
+        return await self._serve(req, partial(self._complete, req))
+
+    async def _serve(
+        self, req: _Request, work: Callable[[], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Wait for a batch slot (FIFO), then generate, counting the request and its tokens."""
         self.waiting += 1
         self._idle.clear()
         try:
@@ -453,13 +492,94 @@ class SimReplica:
         totals[0] += req.prompt_tokens
         totals[1] += req.cached_tokens
         try:
-            if req.stream:
-                return await self._stream(request, req)
-            return await self._complete(req)
+            return await work()
         finally:
             self.active -= 1
             self._slots.release()
             self._check_idle()
+
+    # --- the native LoRAX/TGI API ----------------------------------------------------------
+
+    @staticmethod
+    def _parse_native(body: Any, stream: bool) -> _Request:
+        """A /generate(_stream) body, validated as TGI's validation.rs does (its messages)."""
+        if not isinstance(body, dict):
+            raise ValueError("body must be a JSON object")
+        inputs = body.get("inputs")
+        if not isinstance(inputs, str) or not inputs:
+            raise ValueError("`inputs` cannot be empty")
+        params = body.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise ValueError("`parameters` must be an object")
+
+        def number(key: str) -> float | None:
+            value = params.get(key)
+            if value is not None and (
+                not isinstance(value, int | float) or isinstance(value, bool)
+            ):
+                raise ValueError(f"`{key}` must be a number")
+            return value
+
+        temperature, top_p, top_k = number("temperature"), number("top_p"), number("top_k")
+        if temperature is not None and temperature <= 0:
+            raise ValueError("`temperature` must be strictly positive")
+        if top_p is not None and not 0 < top_p < 1:
+            raise ValueError("`top_p` must be > 0.0 and < 1.0")
+        if top_k is not None and (top_k <= 0 or top_k != int(top_k)):
+            raise ValueError("`top_k` must be strictly positive")
+        max_new = params.get("max_new_tokens")
+        if max_new is None:
+            max_new = NATIVE_DEFAULT_MAX_NEW_TOKENS
+        if not isinstance(max_new, int) or isinstance(max_new, bool) or max_new < 1:
+            raise ValueError("`max_new_tokens` must be strictly positive")
+        if stream and params.get("decoder_input_details"):
+            raise ValueError(
+                "`decoder_input_details` == true is not supported when streaming tokens"
+            )
+        seed = params.get("seed")
+        return _Request(
+            prompt=inputs,
+            prompt_tokens=len(inputs.split()),
+            max_tokens=max_new,
+            stream=stream,
+            logprobs=False,
+            include_usage=False,
+            details=bool(params.get("details")),
+            seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+        )
+
+    async def _generate(self, request: web.Request) -> web.StreamResponse:
+        return await self._native(request, stream=False)
+
+    async def _generate_stream(self, request: web.Request) -> web.StreamResponse:
+        return await self._native(request, stream=True)
+
+    async def _native(self, request: web.Request, stream: bool) -> web.StreamResponse:
+        refusal = self._unavailable(native=True)
+        if refusal is not None:
+            self.rejected += 1
+            return refusal
+        try:
+            req = self._parse_native(await request.json(), stream)
+            total = req.prompt_tokens + req.max_tokens
+            if total > self.params.n_ctx:
+                raise ValueError(
+                    f"`inputs` tokens + `max_new_tokens` must be <= {self.params.n_ctx}. Given: "
+                    f"{req.prompt_tokens} `inputs` tokens and {req.max_tokens} `max_new_tokens`"
+                )
+        except ValueError as exc:
+            message = f"Input validation error: {exc}"
+            if not stream:
+                return _native_error(422, message, "validation")
+            # A stream reports its validation error as its one event, with status 200.
+            resp = web.StreamResponse(headers=SSE_HEADERS)
+            await resp.prepare(request)
+            await resp.write(_sse({"error": message, "error_type": "validation"}))
+            await resp.write_eof()
+            return resp
+        if stream:
+            return await self._serve(req, partial(self._native_stream, request, req))
+        return await self._serve(req, partial(self._native_complete, req))
 
     def _use_cache(self, prompt: str) -> int:
         """Tokens of the prompt's prefix already in this replica's KV cache; the prompt's
@@ -623,6 +743,61 @@ class SimReplica:
             if req.include_usage:
                 await resp.write(_sse({**head, "choices": [], "usage": self._usage(req)}))
             await resp.write(b"data: [DONE]\n\n")
+            await resp.write_eof()
+            self.served += 1
+        except ConnectionError:
+            self.disconnected += 1  # the client went away; the sequence ends with it
+        return resp
+
+    def _native_details(self, req: _Request, generated: int) -> dict[str, Any]:
+        return {
+            "finish_reason": "length",
+            "prompt_tokens": req.prompt_tokens,
+            "generated_tokens": generated,
+            "seed": req.seed,
+        }
+
+    def _failing(self, req: _Request) -> _Request | None:
+        """The part of `req` generated before the simulated failure, if it fails."""
+        fail_after = self.params.fail_after_tokens
+        if 0 < fail_after < req.max_tokens:
+            return replace(req, max_tokens=fail_after)
+        return None
+
+    async def _native_complete(self, req: _Request) -> web.Response:
+        failing = self._failing(req)
+        async for _ in self._token_clock(failing or req, NONSTREAM_TICK_S):
+            pass
+        self.served += 1
+        if failing is not None:
+            return _native_error(424, "Request failed during generation: simulated", "generation")
+        body: dict[str, Any] = {"generated_text": TOKEN_TEXT * req.max_tokens}
+        if req.details:
+            details = self._native_details(req, req.max_tokens)
+            body["details"] = {**details, "prefill": [], "tokens": [NATIVE_TOKEN] * req.max_tokens}
+        return web.json_response(body)
+
+    async def _native_stream(self, request: web.Request, req: _Request) -> web.StreamResponse:
+        """One event per token (never merged: the API has no multi-token event); the last one
+        carries the text and, when asked, the details."""
+        resp = web.StreamResponse(headers=SSE_HEADERS)
+        failing = self._failing(req)
+        details = self._native_details(req, req.max_tokens) if req.details else None
+        last = _sse({"token": NATIVE_TOKEN, "generated_text": TOKEN_TEXT * req.max_tokens,
+                     "details": details})  # fmt: skip
+        interval = self.params.stream_interval_s / self.time_scale
+        sent = 0
+        try:
+            await resp.prepare(request)
+            async for n in self._token_clock(failing or req, max(STREAM_TICK_S, interval)):
+                sent += n
+                done = sent == req.max_tokens
+                await resp.write(
+                    NATIVE_TOKEN_EVENT * (n - 1 if done else n) + (last if done else b"")
+                )
+            if failing is not None:
+                error = "Request failed during generation: simulated"
+                await resp.write(_sse({"error": error, "error_type": "generation"}))
             await resp.write_eof()
             self.served += 1
         except ConnectionError:
