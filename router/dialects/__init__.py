@@ -62,7 +62,8 @@ class UpstreamError(Exception):
     @classmethod
     def answered(cls, status: int, message: str) -> UpstreamError:
         """The replica answered an error status: client errors pass through, others are 502."""
-        if 400 <= status < 500 and status not in (408, 429):
+        # 424: TGI and LoRAX report a failed generation (the model, not the request).
+        if 400 <= status < 500 and status not in (408, 424, 429):
             return cls(message, status=status, retryable=False)
         return cls(message, status=502)
 
