@@ -10,7 +10,7 @@ import signal
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from scaler.backends import create_backend
+from scaler.backends import BackendUnavailable, create_backend
 from scaler.service import Scaler
 from wakegate.logs import setup_logging
 from wakegate.settings import Settings, load_settings
@@ -36,8 +36,12 @@ def _http_app(scaler: Scaler) -> web.Application:
 async def serve(settings: Settings) -> None:
     if not settings.redis_url:
         raise SystemExit("the scaler needs REDIS_URL (wakegate up sets it for you)")
+    try:
+        backend = create_backend(settings)
+    except (ValueError, BackendUnavailable) as exc:
+        raise SystemExit(f"scaler: {exc}") from None
     store = Store.from_url(settings.redis_url)
-    scaler = Scaler(settings, store, create_backend(settings))
+    scaler = Scaler(settings, store, backend)
     runner = web.AppRunner(_http_app(scaler), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.scaler_port).start()
