@@ -10,7 +10,7 @@ import signal
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from scaler.backends import create_backend
+from scaler.backends import BackendUnavailable, create_backend
 from scaler.service import Scaler
 from wakegate.catalog import CatalogError, load_models_file
 from wakegate.logs import setup_logging
@@ -42,8 +42,12 @@ async def serve(settings: Settings) -> None:
         load_models_file(settings.models_file)
     except CatalogError as exc:
         raise SystemExit(str(exc)) from None
+    try:
+        backend = create_backend(settings)
+    except (ValueError, BackendUnavailable) as exc:
+        raise SystemExit(f"scaler: {exc}") from None
     store = Store.from_url(settings.redis_url)
-    scaler = Scaler(settings, store, create_backend(settings))
+    scaler = Scaler(settings, store, backend)
     runner = web.AppRunner(_http_app(scaler), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.scaler_port).start()

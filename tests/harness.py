@@ -212,14 +212,17 @@ class Stack:
         for s in self.scalers:
             s.stop()
         # Replicas outlive the scaler by design; the test stack removes them like `up` does.
-        from scaler.backends.local import LocalBackend
-        from scaler.backends.sim import SimBackend
+        from scaler.backends import create_backend
         from wakegate.settings import Settings
 
         async def stop_replicas() -> None:
-            settings = Settings(state_dir=self.state_dir)
-            sim = self.env.get("WAKEGATE_BACKEND") == "sim"
-            backend = SimBackend(settings) if sim else LocalBackend(settings)
+            settings = Settings(
+                state_dir=self.state_dir,
+                backend=self.env.get("WAKEGATE_BACKEND", "local"),
+                ray_address=self.env.get("WAKEGATE_RAY_ADDRESS"),
+                ray_namespace=self.env.get("WAKEGATE_RAY_NAMESPACE", "wakegate"),
+            )
+            backend: Any = create_backend(settings)
             try:
                 await backend.stop_all(grace_s=5)
             finally:

@@ -61,10 +61,13 @@ class Settings:
     adapter_url: str | None = None
     # User additions to the model catalogue (wakegate/catalog.py): a TOML file of entries.
     models_file: Path | None = None
-    # The `ray` backend: the cluster to join ("auto", "ray://host:10001"; None starts or joins
-    # a local one) and the namespace its replica actors live in.
+    # The `ray` backend: the cluster to join ("host:6379", "auto"; None is "auto": the cluster
+    # `ray start` runs on this machine, never a private one), the namespace its replica actors
+    # live in, and the CPUs each replica actor reserves on its node (llama.cpp's threads are
+    # not limited by it; GPU engines need little).
     ray_address: str | None = None
     ray_namespace: str = "wakegate"
+    ray_num_cpus: float = 1.0
     # The `kubernetes` backend: namespace of replica Pods, kubeconfig context (None: in-cluster
     # config, else the current context), and the image that runs wakegate's own engines.
     kubernetes_namespace: str = "wakegate"

@@ -51,6 +51,10 @@ class Backend(Protocol):
 BackendFactory = Callable[[Settings], Backend]
 
 
+class BackendUnavailable(RuntimeError):
+    """The backend cannot reach what it runs replicas on (no cluster at the address)."""
+
+
 # name -> "module:Class"; imported only when chosen, so optional dependencies (ray,
 # kubernetes) are needed only by the backends that use them.
 BACKENDS: dict[str, str] = {

@@ -1,0 +1,313 @@
+"""The `ray` backend: replicas as named, detached Ray actors on a real local Ray head.
+
+The end-to-end test starts its own Ray head (`ray start --head --block`, on a free port, with
+its own temp dir) and a wakegate stack on it, and serves real text from llama.cpp through a
+replica actor. The actor body (`ReplicaProcess`) is also tested on its own, without Ray.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from harness import Proc, Stack, free_port, port_open, wait_until
+
+from scaler.engines import EngineRefused, LaunchPlan
+from wakegate.catalog import ACCELERATORS
+from wakegate.settings import Settings
+from wakegate.spec import DeploymentSpec
+
+ray = pytest.importorskip("ray", reason="the ray backend needs ray: pip install 'wakegate[ray]'")
+
+from scaler.backends.ray import (  # noqa: E402 (only once ray is known to be importable)
+    RAY_ACCELERATOR_TYPES,
+    NodePaths,
+    ReplicaProcess,
+    actor_options,
+    free_by_sku,
+)
+
+NAMESPACE = "wakegate-test"
+
+
+def spec(name: str = "d1", **config: Any) -> DeploymentSpec:
+    cfg = {"base_model": "gemma-3-270m", **config}
+    return DeploymentSpec("acme", name, "uuid-" + name, None, cfg, "ready", 3, 0.0, 0.0)
+
+
+# --- pure parts -----------------------------------------------------------------------------
+
+
+def test_every_gpu_sku_in_the_catalogue_has_a_ray_accelerator_type() -> None:
+    gpu_skus = {a.sku for a in ACCELERATORS.values() if a.gpu_count}
+    assert gpu_skus <= set(RAY_ACCELERATOR_TYPES)
+    # Spelt as Ray spells them (ray.util.accelerators).
+    from ray.util.accelerators import accelerators as known
+
+    ray_names = {v for k, v in vars(known).items() if k.isupper() and isinstance(v, str)}
+    assert set(RAY_ACCELERATOR_TYPES.values()) <= ray_names
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "gpus", "ray_type"),
+    [
+        ("cpu", 0, None),
+        ("a10_24gb_100", 1, "A10G"),
+        ("a10_24gb_400", 4, "A10G"),
+        ("a100_80gb_200", 2, "A100-80G"),
+        ("h100_80gb_sxm_100", 1, "H100"),
+    ],
+    ids=["cpu-needs-no-gpu", "one-a10g", "four-a10g", "two-a100-80g", "h100-sxm-is-an-h100"],
+)
+def test_replica_actor_is_named_detached_and_asks_for_its_accelerator(
+    accelerator: str, gpus: int, ray_type: str | None
+) -> None:
+    settings = Settings(ray_namespace="ns", ray_num_cpus=0.5)
+    options = actor_options("d1-abc", accelerator, settings, None)
+    assert options["name"] == "d1-abc"
+    assert options["namespace"] == "ns"
+    assert options["lifetime"] == "detached"
+    assert options["num_cpus"] == 0.5
+    assert options["num_gpus"] == gpus
+    assert options.get("accelerator_type") == ray_type
+
+
+def test_free_gpus_are_counted_per_sku_from_each_nodes_accelerator_type() -> None:
+    totals = {
+        "n1": {"CPU": 8.0, "GPU": 4.0, "accelerator_type:A10G": 1.0},
+        "n2": {"CPU": 8.0, "GPU": 2.0, "accelerator_type:A10G": 1.0},
+        "n3": {"CPU": 16.0, "GPU": 8.0, "accelerator_type:H100": 1.0},
+        "n4": {"CPU": 2.0},
+    }
+    available = {"n1": {"GPU": 1.0}, "n2": {"GPU": 2.0}, "n3": {}, "n4": {"CPU": 2.0}}
+    assert free_by_sku(totals, available) == {
+        "cpu": -1,
+        "a10_24gb": 3,
+        "h100_80gb_pcie": 0,
+        "h100_80gb_sxm": 0,
+    }
+
+
+@dataclass(frozen=True)
+class SleeperProfile:
+    """An engine that only sleeps (and ignores SIGTERM when told to): the actor body's
+    process handling without a model."""
+
+    ignore_sigterm: bool = False
+    name: str = "sleeper"
+    dialect: str = "openai"
+    health_path: str = "/"
+    concurrency: int = 1
+    cheap_logprobs: bool = True
+
+    def launch(
+        self,
+        spec: DeploymentSpec,
+        host: str,
+        port: int,
+        models_dir: Path,
+        adapters: dict[str, Path],
+    ) -> LaunchPlan:
+        code = "import signal, time\n"
+        if self.ignore_sigterm:
+            code += "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        code += "print('up', flush=True)\ntime.sleep(120)\n"
+        return LaunchPlan(argv=[sys.executable, "-c", code])
+
+
+@dataclass(frozen=True)
+class RefusingProfile(SleeperProfile):
+    def launch(
+        self,
+        spec: DeploymentSpec,
+        host: str,
+        port: int,
+        models_dir: Path,
+        adapters: dict[str, Path],
+    ) -> LaunchPlan:
+        raise EngineRefused("config.quantization", "not here")
+
+
+def pid_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize(
+    "ignore_sigterm", [False, True], ids=["sigterm-stops", "sigkill-after-grace"]
+)
+async def test_actor_body_launches_the_engine_reports_it_and_stops_it(
+    tmp_path: Path, ignore_sigterm: bool
+) -> None:
+    body = ReplicaProcess("d1-abc", "acme/d1", 3, NodePaths(tmp_path), node_ip="127.0.0.1")
+    info = await body.launch(spec(), SleeperProfile(ignore_sigterm))
+    assert info["alive"] and info["launched"] and not info["failed"]
+    assert info["url"].startswith("http://127.0.0.1:")
+    assert (info["replica_id"], info["deployment"], info["revision"]) == ("d1-abc", "acme/d1", 3)
+    pid = int(info["pid"])
+    log_path = Path(info["log"])
+    assert log_path.parent == tmp_path / "replicas"
+    wait_until(lambda: "up" in log_path.read_text(), 10, "engine output in its log")
+    t0 = time.monotonic()
+    await body.terminate(grace_s=1.0)
+    assert pid_gone(pid)
+    assert (time.monotonic() - t0 >= 1.0) == ignore_sigterm
+    assert not (await body.info())["alive"]
+    await body.terminate(grace_s=1.0)  # idempotent
+
+
+async def test_actor_body_reports_a_refused_spec_instead_of_raising(tmp_path: Path) -> None:
+    body = ReplicaProcess("d1-abc", "acme/d1", 3, NodePaths(tmp_path), node_ip="127.0.0.1")
+    assert await body.launch(spec(), RefusingProfile()) == {
+        "refused": {"field": "config.quantization", "message": "not here"}
+    }
+    info = await body.info()
+    assert info["failed"] and not info["launched"] and not info["alive"]
+
+
+def test_scaler_without_a_reachable_ray_cluster_exits_at_once_saying_so(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "WAKEGATE_BACKEND": "ray",
+        "WAKEGATE_RAY_ADDRESS": f"127.0.0.1:{free_port()}",  # nothing listens there
+        "REDIS_URL": f"redis://127.0.0.1:{free_port()}",
+        "WAKEGATE_STATE_DIR": str(tmp_path),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "scaler"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1
+    assert "cannot reach the Ray cluster" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+# --- a real Ray head ------------------------------------------------------------------------
+
+
+def ray_cli() -> str:
+    found = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
+    if not found:
+        pytest.skip("the `ray` command is not installed")
+    return found
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Ray head of this module's own; the test process connects to it as a driver."""
+    logs = tmp_path_factory.mktemp("ray-head")
+    # Ray's unix sockets live under the temp dir, and their paths must stay short.
+    temp_dir = tempfile.mkdtemp(prefix="wgray-", dir="/tmp")
+    port = free_port()
+    # --block keeps `ray start` in the foreground as the parent of the head's processes, so
+    # stopping it stops this head and nothing else running on the machine.
+    head = Proc(
+        "ray-head",
+        [
+            ray_cli(),
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=4",
+            "--num-gpus=0",
+            "--object-store-memory=100000000",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--temp-dir={temp_dir}",
+        ],
+        logs / "ray-head.log",
+        env={"RAY_USAGE_STATS_ENABLED": "0"},
+    ).start()
+    address = f"127.0.0.1:{port}"
+    try:
+        wait_until(lambda: port_open(port) or not head.alive(), 90, "ray head")
+        assert head.alive(), head.tail()
+        ray.init(
+            address=address,
+            namespace=NAMESPACE,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
+        yield address
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        head.stop(signal.SIGTERM, timeout=30)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def actors() -> set[str]:
+    """Replica actors alive in the test namespace, as Ray lists them."""
+    listed = ray.util.list_named_actors(all_namespaces=True)
+    return {a["name"] for a in listed if a["namespace"] == NAMESPACE}
+
+
+def actor_info(replica_id: str) -> dict[str, Any]:
+    handle = ray.get_actor(replica_id, namespace=NAMESPACE)
+    return dict(ray.get(handle.info.remote(), timeout=30))
+
+
+def test_cold_request_starts_one_actor_that_a_restarted_scaler_adopts_and_cooldown_stops(
+    ray_head: str, make_stack: Callable[..., Stack], name: str
+) -> None:
+    stack = make_stack(backend="ray", ray_address=ray_head, ray_namespace=NAMESPACE, ray_num_cpus=1)
+    # Long enough to outlast the scaler restart below (a fresh scaler scales down at once if
+    # the deployment was idle for a cooldown), short enough to see the scale-down.
+    stack.create(name, minReplicas=0, maxReplicas=1, cooldownTime=25)
+    time.sleep(2)  # a few reconcile passes: nothing starts without a request
+    assert actors() == set()
+
+    t0 = time.monotonic()
+    r = stack.generate(name)
+    assert r.status_code == 200, r.text + stack.logs()
+    assert r.json()["generated_text"].strip()
+    cold_start_s = time.monotonic() - t0
+    started = actors()
+    assert len(started) == 1, started
+    (replica_id,) = started
+    assert replica_id.startswith(f"{name}-")
+    assert set(stack.registry(name)) == started
+    assert stack.registry(name)[replica_id]["backend"] == "ray"
+    info = actor_info(replica_id)
+    assert info["alive"] and info["deployment"] == f"{stack.tenant}/{name}"
+    # The engine the actor runs is llama.cpp serving the model, at the URL the actor reported.
+    models = httpx.get(info["url"] + "/v1/models", timeout=10).json()
+    assert [m["id"] for m in models["data"]] == ["gemma-3-270m"]
+
+    stack.scalers[0].kill9()
+    stack.scalers.clear()
+    # The detached actor outlives its scaler and keeps serving.
+    assert actors() == started
+    assert stack.generate(name).status_code == 200
+    stack.start_scaler()
+    time.sleep(5)  # a leader lease period and several reconcile passes
+    assert actors() == started
+    assert stack.replicas_started(name) == started  # one engine log: nothing was relaunched
+    assert set(stack.registry(name)) == started
+    assert stack.ready_replicas(name) == 1
+    r = stack.generate(name, "Once upon a time")
+    assert r.status_code == 200, r.text
+    assert r.json()["generated_text"].strip()
+    assert actor_info(replica_id)["pid"] == info["pid"]
+
+    # Idle for a cooldown: the adopted replica is drained and its actor stopped.
+    wait_until(lambda: not actors(), 90, "the idle replica's actor to be stopped", every=0.5)
+    assert stack.registry(name) == {}
+    assert pid_gone(int(info["pid"]))
+    print(f"cold start through Ray: {cold_start_s:.1f}s")
