@@ -70,6 +70,8 @@ class SleeperProfile:
     health_path: str = "/health"
     concurrency: int = 1
     cheap_logprobs: bool = True
+    adapter_files: bool = False
+    image: str = "wakegate:latest"
 
     def launch(
         self, spec: DeploymentSpec, host: str, port: int, models_dir: Path, adapters: object

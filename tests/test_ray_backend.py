@@ -111,6 +111,8 @@ class SleeperProfile:
     health_path: str = "/"
     concurrency: int = 1
     cheap_logprobs: bool = True
+    adapter_files: bool = False
+    image: str = "wakegate:latest"
 
     def launch(
         self,
