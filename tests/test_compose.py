@@ -87,3 +87,10 @@ def test_prometheus_scrapes_the_gateway_and_the_scaler() -> None:
     jobs = scrape["scrape_configs"]
     targets = {t for job in jobs for static in job["static_configs"] for t in static["targets"]}
     assert targets == {"gateway:8080", "scaler:8081"}
+
+
+def test_the_gpu_profiles_model_catalogue_is_valid() -> None:
+    from wakegate.catalog import parse_models_file
+
+    entries = parse_models_file(ROOT / "deploy" / "models.toml")
+    assert entries and all(e.engine == "vllm" for e in entries.values())
