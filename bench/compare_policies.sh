@@ -4,6 +4,7 @@
 #   bench/compare_policies.sh            # both traces, speed 10
 #   SPEED=5 COOLDOWN=120 bench/compare_policies.sh --max-replicas 12
 #   POLICIES=wakegate COOLDOWN=240 bench/compare_policies.sh   # one policy, another cooldown
+#   TRACE_FILES=azure2023_code.csv bench/compare_policies.sh   # one trace
 # The baselines ignore cooldown_time (they have their own delays), so one run of theirs
 # compares with wakegate at every cooldown.
 set -euo pipefail
@@ -15,7 +16,8 @@ WAKEGATE=${WAKEGATE:-.venv/bin/wakegate}
 POLICIES=${POLICIES:-wakegate knative ray always-on}
 policy_args=()
 for p in $POLICIES; do policy_args+=(--policy "$p"); done
-for trace in azure2023_code.csv mooncake_conversation.jsonl; do
+TRACE_FILES=${TRACE_FILES:-azure2023_code.csv mooncake_conversation.jsonl}
+for trace in $TRACE_FILES; do
   "$WAKEGATE" replay "$TRACES/$trace" --speed "$SPEED" --cooldown-s "$COOLDOWN" \
     "${policy_args[@]}" \
     --out "bench/out/${trace%%.*}-cooldown${COOLDOWN}" "$@"
