@@ -50,6 +50,36 @@ def refuse_set(cfg: Mapping[str, Any], names: Iterable[str], engine: str, why: s
             refuse(name, f"{engine} {why}")
 
 
+def refuse_common(cfg: Mapping[str, Any], engine: str, own_image: bool = True) -> None:
+    """What no GPU engine but LoRAX takes (its image tag), and what none takes at all."""
+    if own_image:
+        refuse_set(cfg, ["lorax_image_tag"], engine, "runs in its own image, not LoRAX's")
+    refuse_set(
+        cfg,
+        ["speculation_disable_by_batch_size"],
+        engine,
+        "has no switch to stop speculating above a batch size",
+    )
+
+
+def launcher_head(
+    launcher: str, spec: DeploymentSpec, host: str, port: int, input_flag: str
+) -> list[str]:
+    """The start of a TGI-lineage launcher's command line (TGI, LoRAX): model, address,
+    shards, token limits and prefill budget, which both name alike but for the prompt limit."""
+    cfg = spec.config
+    argv = [launcher, "--model-id", weights(spec), "--hostname", host, "--port", str(port)]
+    if shards(spec) > 1:
+        argv += ["--num-shard", str(shards(spec))]
+    if cfg.get("max_total_tokens"):
+        total = int(cfg["max_total_tokens"])
+        # The launcher refuses a prompt limit that is not below the total.
+        argv += [input_flag, str(total - 1), "--max-total-tokens", str(total)]
+    if cfg.get("max_num_batched_tokens"):
+        argv += ["--max-batch-prefill-tokens", str(cfg["max_num_batched_tokens"])]
+    return argv
+
+
 def quantization(cfg: Mapping[str, Any], known: frozenset[str], engine: str) -> str | None:
     """The engine's quantization method, None for none; refuses a method it does not know."""
     value = cfg.get("quantization")

@@ -65,12 +65,7 @@ class LoraxProfile:
         tag = cfg.get("lorax_image_tag")
         if tag is not None and not g.IMAGE_TAG.match(tag):
             g.refuse("lorax_image_tag", f"{tag!r} is not an image tag")
-        g.refuse_set(
-            cfg,
-            ["speculation_disable_by_batch_size"],
-            "LoRAX",
-            "has no switch to stop speculating above a batch size",
-        )
+        g.refuse_common(cfg, "LoRAX", own_image=False)
         g.quantization(cfg, QUANTIZATIONS, "LoRAX")
         _default_adapter(spec)
         _prefill_budget(spec)
@@ -86,16 +81,7 @@ class LoraxProfile:
     ) -> LaunchPlan:
         self.validate(spec)
         cfg = spec.config
-        argv = ["lorax-launcher", "--model-id", g.weights(spec)]
-        argv += ["--hostname", host, "--port", str(port)]
-        if g.shards(spec) > 1:
-            argv += ["--num-shard", str(g.shards(spec))]
-        if cfg.get("max_total_tokens"):
-            total = int(cfg["max_total_tokens"])
-            # The launcher refuses a prompt limit that is not below the total.
-            argv += ["--max-input-length", str(total - 1), "--max-total-tokens", str(total)]
-        if cfg.get("max_num_batched_tokens"):
-            argv += ["--max-batch-prefill-tokens", str(cfg["max_num_batched_tokens"])]
+        argv = g.launcher_head("lorax-launcher", spec, host, port, "--max-input-length")
         for key, flag in (
             ("prefix_caching", "--prefix-caching"),
             ("chunked_prefill", "--chunked-prefill"),

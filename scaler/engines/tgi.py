@@ -51,13 +51,7 @@ class TgiProfile:
 
     def validate(self, spec: DeploymentSpec) -> None:
         cfg = spec.config
-        g.refuse_set(cfg, ["lorax_image_tag"], "TGI", "runs in its own image, not LoRAX's")
-        g.refuse_set(
-            cfg,
-            ["speculation_disable_by_batch_size"],
-            "TGI",
-            "has no switch to stop speculating above a batch size",
-        )
+        g.refuse_common(cfg, "TGI")
         if cfg.get("merge_adapter"):
             g.refuse("merge_adapter", "TGI cannot merge a LoRA adapter into the base weights")
         if cfg.get("chunked_prefill") is False:
@@ -82,16 +76,7 @@ class TgiProfile:
     ) -> LaunchPlan:
         self.validate(spec)
         cfg = spec.config
-        argv = ["text-generation-launcher", "--model-id", g.weights(spec)]
-        argv += ["--hostname", host, "--port", str(port)]
-        if g.shards(spec) > 1:
-            argv += ["--num-shard", str(g.shards(spec))]
-        if cfg.get("max_total_tokens"):
-            total = int(cfg["max_total_tokens"])
-            # The launcher refuses a prompt limit that is not below the total.
-            argv += ["--max-input-tokens", str(total - 1), "--max-total-tokens", str(total)]
-        if cfg.get("max_num_batched_tokens"):
-            argv += ["--max-batch-prefill-tokens", str(cfg["max_num_batched_tokens"])]
+        argv = g.launcher_head("text-generation-launcher", spec, host, port, "--max-input-tokens")
         method = g.quantization(cfg, QUANTIZATIONS, "TGI")
         if method:
             argv += ["--quantize", method]

@@ -64,13 +64,7 @@ class VllmProfile:
 
     def validate(self, spec: DeploymentSpec) -> None:
         cfg = spec.config
-        g.refuse_set(cfg, ["lorax_image_tag"], "vLLM", "runs in its own image, not LoRAX's")
-        g.refuse_set(
-            cfg,
-            ["speculation_disable_by_batch_size"],
-            "vLLM",
-            "has no switch to stop speculating above a batch size",
-        )
+        g.refuse_common(cfg, "vLLM")
         if cfg.get("merge_adapter"):
             g.refuse("merge_adapter", "vLLM cannot merge a LoRA adapter into the base weights")
         g.quantization(cfg, QUANTIZATIONS, "vLLM")
