@@ -22,7 +22,15 @@ from dataclasses import dataclass, replace
 from scaler.policies import Decision, Observation, ScalingConfig, clamp, is_fresh
 
 # Knobs: the time constant of the rate estimates, and whether the start-up-aware rule runs.
-PARAMS: dict[str, float] = {"rate_window_s": 30.0, "startup_aware": 1.0, "steady_floor": 1.0}
+PARAMS: dict[str, float] = {
+    "rate_window_s": 30.0,
+    "startup_aware": 1.0,
+    "steady_floor": 1.0,
+    # > 0: hold while arrivals stay below capacity and the running replicas serve everything
+    # queued now within this many seconds (FIFO: the backlog over the throughput), instead of
+    # while the backlog drains net of new arrivals before a start-up. 0: off.
+    "hold_wait_s": 0.0,
+}
 
 
 @dataclass(frozen=True)
@@ -209,5 +217,9 @@ def _drains_before_startup(
     net = capacity_rate - baseline.arrival_rate
     if net <= 0:
         return None  # the queue grows: only more replicas help
+    hold_wait_s = config.params.get("hold_wait_s", PARAMS["hold_wait_s"])
+    if hold_wait_s > 0:
+        backlog_s = observed.queued / capacity_rate
+        return backlog_s if backlog_s < min(hold_wait_s, observed.startup_s) else None
     drain_s = observed.queued / net
     return drain_s if drain_s < observed.startup_s else None
