@@ -240,3 +240,16 @@ def test_steady_floor(current: int, desired: int, reason: str) -> None:
     state = PolicyState(below_capacity_since=NOW - 61, rates=BUSY)
     decision, _ = decide(NOW, observed, config, current, state)
     assert (decision.desired, decision.reason.split(":")[0]) == (desired, reason)
+
+
+def test_a_hold_that_outlasts_a_startup_time_scales_up() -> None:
+    """A queue the running replicas keep serving but never clear (a sustained load) is not a
+    burst: once it has been held for a start-up time, the policy scales up."""
+    config = ScalingConfig(0, 2, 16, 60)
+    state = PolicyState(rates=CALM)
+    for t, desired in ((0, 1), (10, 1), (31, 2)):
+        observed = replace(burst(40), observed_at=NOW + t, last_activity_at=NOW + t)
+        decision, state = decide(NOW + t, observed, config, 1, replace(state, rates=CALM))
+        assert decision.desired == desired, (t, decision.reason)
+    assert "did not clear" in decision.reason
+    assert state.holding_since is None

@@ -58,6 +58,8 @@ class PolicyState:
     # Since when the load has been below what the current replicas carry; None while it is not.
     below_capacity_since: float | None = None
     rates: Rates | None = None
+    # Since when a scale-up has been held for a burst (start-up-aware rule); None when not.
+    holding_since: float | None = None
 
 
 def initial_state() -> PolicyState:
@@ -83,7 +85,11 @@ def decide(
         return Decision(held, reason), state
 
     baseline = state.rates
-    state = replace(state, rates=_update_rates(now, observed, state.rates, config))
+    # Every outcome but another hold ends a hold.
+    holding_since = state.holding_since
+    state = replace(
+        state, rates=_update_rates(now, observed, state.rates, config), holding_since=None
+    )
     load = observed.queued + observed.in_flight
     wanted = math.ceil(load / config.scale_up_threshold) if load else 0
     target = clamp(wanted, config)
@@ -95,19 +101,24 @@ def decide(
             reason = f"wake: {load} request(s) waiting at zero replicas"
         else:
             drain_s = _drains_before_startup(observed, baseline, current, config)
-            if drain_s is not None:
+            since = now if holding_since is None else holding_since
+            # A hold bets that the queue is gone before a new replica could be ready; a queue
+            # still there a start-up time later lost the bet (a sustained load, not a burst).
+            if drain_s is not None and now - since < (observed.startup_s or 0.0):
                 return (
                     Decision(
                         current,
                         f"burst: queue of {observed.queued} drains in ~{drain_s:.1f}s, before "
                         f"a new replica could be ready (~{observed.startup_s:.0f}s)",
                     ),
-                    replace(state, below_capacity_since=None),
+                    replace(state, below_capacity_since=None, holding_since=since),
                 )
             reason = (
                 f"scale up: load {load} needs {target} replica(s) at "
                 f"threshold {config.scale_up_threshold}"
             )
+            if drain_s is not None:
+                reason += f" (a queue held for {now - since:.0f}s did not clear)"
         return Decision(target, reason), replace(state, below_capacity_since=None)
 
     if target == current:
