@@ -17,7 +17,9 @@ apt_opts=(-o "Dir::Etc::sourcelist=$work/sources.list" -o "Dir::Etc::sourceparts
 apt-get "${apt_opts[@]}" update -qq
 (cd "$work" && apt-get "${apt_opts[@]}" download docker-compose >/dev/null)
 dpkg-deb -x "$work"/docker-compose_*.deb "$work/root"
-plugin="$work/root/usr/libexec/docker/cli-plugins/docker-compose"
+# The package ships the binary as a Docker CLI plugin named docker-compose.
+plugin=$(find "$work/root" -type f -name docker-compose -perm -u+x | head -n 1)
+[ -n "$plugin" ] || { echo "docker-compose binary not found in the package" >&2; exit 1; }
 install -D -m 0755 "$plugin" "${HOME}/.docker/cli-plugins/docker-compose"
 install -D -m 0755 "$plugin" /usr/local/bin/docker-compose
 docker-compose version
