@@ -8,6 +8,7 @@ render those items in their own shapes, so each engine is written once. Dialects
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -60,12 +61,24 @@ class UpstreamError(Exception):
         self.retryable = retryable
 
     @classmethod
-    def answered(cls, status: int, message: str) -> UpstreamError:
-        """The replica answered an error status: client errors pass through, others are 502."""
+    def answered(cls, status: int, raw: bytes) -> UpstreamError:
+        """The replica answered an error status (`raw`: its body): client errors pass
+        through, others are 502."""
+        message = _error_message(status, raw)
         # 424: TGI and LoRAX report a failed generation (the model, not the request).
         if 400 <= status < 500 and status not in (408, 424, 429):
             return cls(message, status=status, retryable=False)
         return cls(message, status=502)
+
+
+def _error_message(status: int, raw: bytes) -> str:
+    """The engine's own reason from an error body (JSON `detail` or `error`), else its start."""
+    try:
+        data = json.loads(raw)
+        detail = data.get("detail") or data.get("error") or data
+        return f"replica answered {status}: {detail}"
+    except ValueError:
+        return f"replica answered {status}: {raw[:200]!r}"
 
 
 class Dialect(Protocol):

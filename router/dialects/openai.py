@@ -94,15 +94,6 @@ def _tokens(choice: dict[str, Any]) -> list[Token]:
     ]
 
 
-def _error_message(status: int, raw: bytes) -> str:
-    try:
-        data = json.loads(raw)
-        detail = data.get("detail") or data.get("error") or data
-        return f"replica answered {status}: {detail}"
-    except ValueError:
-        return f"replica answered {status}: {raw[:200]!r}"
-
-
 class OpenAICompletions:
     async def generate(
         self,
@@ -126,7 +117,7 @@ class OpenAICompletions:
             async with client.post(f"{replica.url}{_path(req)}", json=body) as resp:
                 raw = await resp.read()
                 if resp.status != 200:
-                    raise UpstreamError.answered(resp.status, _error_message(resp.status, raw))
+                    raise UpstreamError.answered(resp.status, raw)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamError(f"replica unreachable: {exc!r}") from exc
         data = json.loads(raw)
@@ -160,7 +151,7 @@ class OpenAICompletions:
             ) as resp:
                 if resp.status != 200:
                     raw = await resp.read()
-                    raise UpstreamError.answered(resp.status, _error_message(resp.status, raw))
+                    raise UpstreamError.answered(resp.status, raw)
                 async for sse in aiter_sse(resp):
                     if sse.data == "[DONE]":
                         continue  # read on to the end: the connection goes back to the pool
@@ -202,7 +193,7 @@ class OpenAICompletions:
                 async with client.post(f"{replica.url}{_path(req)}", json=body) as resp:
                     raw = await resp.read()
                     if resp.status != 200:
-                        return UpstreamError.answered(resp.status, _error_message(resp.status, raw))
+                        return UpstreamError.answered(resp.status, raw)
                     break
             except aiohttp.ServerDisconnectedError as exc:
                 # The server closed the refused stream's connection; the pool may hand it out.

@@ -40,7 +40,6 @@ import aiohttp
 from router.dialects import Finish, Generation, Token, UpstreamError
 from router.dialects.openai import (
     DEFAULT_MAX_NEW_TOKENS,
-    _error_message,
     _finish_reason,
     _tokens,
 )
@@ -219,7 +218,7 @@ class NativeGenerate:
             async with client.post(f"{replica.url}{path}", json=body) as resp:
                 raw = await resp.read()
                 if resp.status != 200:
-                    raise UpstreamError.answered(resp.status, _error_message(resp.status, raw))
+                    raise UpstreamError.answered(resp.status, raw)
                 prompt_header = resp.headers.get(PROMPT_TOKENS_HEADER)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamError(f"replica unreachable: {exc!r}") from exc
@@ -255,7 +254,7 @@ class NativeGenerate:
             ) as resp:
                 if resp.status != 200:
                     raw = await resp.read()
-                    raise UpstreamError.answered(resp.status, _error_message(resp.status, raw))
+                    raise UpstreamError.answered(resp.status, raw)
                 async for sse in aiter_sse(resp):
                     if sse.data == "[DONE]":  # chat streams only
                         continue  # read on to the end: the connection goes back to the pool
