@@ -15,6 +15,7 @@ import contextlib
 import logging
 import uuid
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from wakegate.store import MAX_PRIORITY, Store, gateway_channel
@@ -56,7 +57,7 @@ class Dispatcher:
         priority: int = 0,
         max_queue: int = 2**31,
         adapter: str | None = None,
-        prefix: str | None = None,
+        prefix: Sequence[str] = (),
     ) -> Ticket:
         request_id = uuid.uuid4().hex
         loop = asyncio.get_running_loop()

@@ -271,14 +271,25 @@ async def tracked(
         metrics.duration.labels(spec.key).observe(time.monotonic() - arrived)
 
 
-# Requests whose prompts share this many leading characters share a routing key (about the
-# first thousand tokens): replicas that served the prefix recently hold its KV cache.
-PREFIX_CHARS = 4096
+# Prefix-aware routing sees a prompt as a chain of chunks of this many characters (about 500
+# tokens); each chunk's key hashes the whole prompt up to its end, so two prompts share the key
+# of chunk i exactly when they agree up to there, and the deepest shared key is their longest
+# common prefix (to chunk granularity). Replicas that served a prefix recently hold its KV
+# cache. Chains stop after PREFIX_MAX_CHUNKS (about 64k tokens): deeper agreement changes no
+# routing decision.
+PREFIX_CHUNK_CHARS = 2048
+PREFIX_MAX_CHUNKS = 128
 
 
-def prefix_key(req: GenerateRequest) -> str:
+def prefix_chain(req: GenerateRequest) -> list[str]:
     text = req.inputs if req.messages is None else json.dumps(req.messages)
-    return hashlib.sha1(text[:PREFIX_CHARS].encode(), usedforsecurity=False).hexdigest()[:16]
+    running = hashlib.sha1(usedforsecurity=False)
+    keys: list[str] = []
+    end = min(len(text), PREFIX_CHUNK_CHARS * PREFIX_MAX_CHUNKS)
+    for start in range(0, end, PREFIX_CHUNK_CHARS):
+        running.update(text[start : start + PREFIX_CHUNK_CHARS].encode())
+        keys.append(running.hexdigest()[:12])
+    return keys
 
 
 @contextlib.asynccontextmanager
@@ -290,7 +301,7 @@ async def admit(
     limit = spec.config.get("max_queue_length") or request.app[SETTINGS].max_queue_length
     try:
         ticket = await dispatcher.enqueue(
-            spec.key, priority, int(limit), req.parameters.adapter_id, prefix_key(req)
+            spec.key, priority, int(limit), req.parameters.adapter_id, prefix_chain(req)
         )
     except QueueFull as full:
         raise ApiError(

@@ -6,6 +6,9 @@ import asyncio
 import itertools
 import math
 
+import pytest
+
+from wakegate import store as store_module
 from wakegate.store import ReplicaRecord, Store, dep_key
 
 D = "acme/llm"
@@ -143,9 +146,9 @@ async def test_counters_count_arrivals_and_every_way_out(store: Store) -> None:
 _ids = itertools.count()
 
 
-async def routed(store: Store, prefix: str, n: int, adapter: str | None = None) -> list[str]:
+async def routed(store: Store, chain: list[str], n: int, adapter: str | None = None) -> list[str]:
     for _ in range(n):
-        await store.enqueue(D, f"req-{next(_ids)}", "gw", 0, 10_000, prefix=prefix,
+        await store.enqueue(D, f"req-{next(_ids)}", "gw", 0, 10_000, prefix=chain,
                             adapter=adapter)  # fmt: skip
     return [rid for _, rid in await store.dispatch(D, 10_000)]
 
@@ -156,33 +159,98 @@ async def set_routing(store: Store, mode: str) -> None:
     await store.redis.set(dep_key(D, "spec"), _json.dumps({"config": {"routing": mode}}))
 
 
+def turn(conversation: str, chunks: int) -> list[str]:
+    """The prefix chain of a conversation's prompt after `chunks` chunks: a shared system
+    prompt, then the conversation's own text (each key names everything up to its chunk)."""
+    return ["system"] + [f"{conversation}-{i}" for i in range(1, chunks)]
+
+
 async def test_prefix_routing_keeps_a_prefix_on_one_replica_within_a_load_bound(
     store: Store,
 ) -> None:
     for rid in ("a", "b", "c", "d"):
         await store.put_replica(replica(rid, concurrency=8))
-    first = await routed(store, "conversation-1", 1)
-    again = await routed(store, "conversation-1", 1)
+    first = await routed(store, turn("c1", 3), 1)
+    again = await routed(store, turn("c1", 3), 1)
     assert first == again, "the same prefix goes where it went"
     # A burst of one prefix is not herded onto that replica: the bounded load spreads it.
-    burst = await routed(store, "conversation-1", 12)
+    burst = await routed(store, turn("c1", 3), 12)
     assert burst.count(first[0]) < 12 and len(set(burst)) > 1
     placed = first + again + burst
     assert max(placed.count(rid) for rid in "abcd") <= math.ceil(1.25 * 14 / 4) + 2
 
 
+async def test_the_next_turn_goes_to_the_replica_that_served_the_conversation(
+    store: Store,
+) -> None:
+    for rid in ("a", "b", "c", "d"):
+        await store.put_replica(replica(rid, concurrency=8))
+    assert await routed(store, turn("c1", 3), 1) == ["a"]  # new: the least loaded
+    assert await routed(store, turn("c2", 3), 1) == ["b"]
+    assert await routed(store, turn("c3", 3), 1) == ["c"]
+    # d is idle, a busier; but a holds the first three chunks of this longer prompt.
+    assert await routed(store, turn("c1", 5), 1) == ["a"]
+    # When a is full the next turn goes elsewhere (d, the least loaded), and d then holds
+    # the longest prefix of the conversation: the turn after follows it there.
+    await store.put_replica(replica("a", concurrency=2))
+    assert await routed(store, turn("c1", 7), 1) == ["d"]
+    await store.put_replica(replica("a", concurrency=8))
+    assert await routed(store, turn("c1", 9), 1) == ["d"]
+
+
+async def test_a_shared_system_prompt_alone_is_no_reason_to_follow_a_replica(
+    store: Store,
+) -> None:
+    for rid in ("a", "b"):
+        await store.put_replica(replica(rid, concurrency=8))
+    assert await routed(store, turn("c1", 4), 1) == ["a"]
+    # Only the first of four chunks matches a's: the least-loaded replica gets it.
+    assert await routed(store, turn("c2", 4), 1) == ["b"]
+    # Half the prompt matching is enough.
+    assert await routed(store, [*turn("c1", 2), "c4-x", "c4-y"], 1) == ["a"]
+
+
+async def test_the_prefix_index_forgets_the_least_recently_routed_beyond_its_bound(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "PREFIX_INDEX_MAX", 10)
+    for rid in ("a", "b"):
+        await store.put_replica(replica(rid, concurrency=64))
+    for i in range(8):
+        await routed(store, turn(f"c{i}", 3), 1)
+    index = await store.redis.hgetall(dep_key(D, "prefixes"))
+    ages = await store.redis.zrange(dep_key(D, "prefixage"), 0, -1)
+    assert len(index) == 10 and sorted(ages) == sorted(index)
+    assert {"c7-1", "c7-2", "system"} <= set(index) and "c0-1" not in index
+
+
 async def test_different_prefixes_spread_over_replicas(store: Store) -> None:
     for rid in ("a", "b", "c", "d"):
         await store.put_replica(replica(rid, concurrency=64))
-    chosen = {(await routed(store, f"user-{i}", 1))[0] for i in range(40)}
+    chosen = {(await routed(store, turn(f"user-{i}", 2), 1))[0] for i in range(40)}
     assert chosen == {"a", "b", "c", "d"}
+
+
+def test_prefix_chains_share_keys_exactly_as_far_as_prompts_agree() -> None:
+    from router.params import GenerateRequest
+    from router.pipeline import PREFIX_CHUNK_CHARS, PREFIX_MAX_CHUNKS, prefix_chain
+
+    earlier = "a" * (2 * PREFIX_CHUNK_CHARS + 10)
+    later = earlier + "b" * PREFIX_CHUNK_CHARS
+    other = "a" * PREFIX_CHUNK_CHARS + "c" * (2 * PREFIX_CHUNK_CHARS)
+    one, two, three = (prefix_chain(GenerateRequest(inputs=t)) for t in (earlier, later, other))
+    assert len(one) == 3 and len(two) == 4
+    assert two[:2] == one[:2] and two[2] != one[2], "the third chunk differs after 10 chars"
+    assert three[0] == one[0] and three[1] != one[1]
+    huge = prefix_chain(GenerateRequest(inputs="x" * PREFIX_CHUNK_CHARS * (PREFIX_MAX_CHUNKS + 5)))
+    assert len(huge) == PREFIX_MAX_CHUNKS and len(set(huge)) == PREFIX_MAX_CHUNKS
 
 
 async def test_least_loaded_mode_ignores_prefixes(store: Store) -> None:
     await set_routing(store, "least-loaded")
     for rid in ("a", "b"):
         await store.put_replica(replica(rid, concurrency=8))
-    got = await routed(store, "same-prefix", 4)
+    got = await routed(store, ["same-prefix"], 4)
     assert sorted(got) == ["a", "a", "b", "b"]
 
 
@@ -193,8 +261,8 @@ async def test_adapter_affinity_prefers_the_replica_that_has_it_until_overloaded
     with_adapter = replica("lora", concurrency=64)
     with_adapter.adapters = ["acme/support-1"]
     await store.put_replica(with_adapter)
-    assert await routed(store, "p1", 1, adapter="acme/support-1") == ["lora"]
-    burst = await routed(store, "p2", 40, adapter="acme/support-1")
+    assert await routed(store, ["p1"], 1, adapter="acme/support-1") == ["lora"]
+    burst = await routed(store, ["p2"], 40, adapter="acme/support-1")
     assert burst.count("lora") > burst.count("plain") > 0, "bounded: overflow goes elsewhere"
     assert burst.count("lora") + 1 <= math.ceil(1.25 * 41 / 2) + 2
 

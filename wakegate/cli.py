@@ -165,6 +165,12 @@ def create_token(tenant: str, name: str | None, config: str | None) -> None:
     help="How the gateway picks a replica; repeat to compare several.",
 )
 @click.option(
+    "--warm",
+    is_flag=True,
+    help="Start the clock once the deployment's replicas are ready (min_replicas, or all of "
+    "max_replicas under always-on): measures serving without the first cold start.",
+)
+@click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
@@ -187,6 +193,7 @@ def replay(
     batch: int,
     cache_blocks: int,
     routings: tuple[str, ...],
+    warm: bool,
     out: Path | None,
 ) -> None:
     """Replay a request trace through the real gateway and scaler on the sim backend."""
@@ -227,7 +234,13 @@ def replay(
             cooldown_s=cooldown_s,
             engine=engine,
             routing=routing,
+            warm=warm,
         )
+        if warm and plan.warm_replicas == 0:
+            raise click.BadParameter(
+                f"policy {policy!r} with --min-replicas 0 has no replica to warm up",
+                param_hint="--warm",
+            )
         result = run(plan)
         summary = report.summarize(result)
         summaries.append(summary)

@@ -19,6 +19,8 @@ Per-deployment keys (`wg:{t/n}:<part>`):
   counters   HASH    arrivals / completions: monotonic request counts (rates for the scaler)
   suspects   HASH    replica id -> ms until which dispatch skips it (a gateway saw it fail)
   adapters   HASH    replica id -> " a b c " adapters loaded there (adapter affinity)
+  prefixes   HASH    prompt-prefix key -> replica id that last served a prompt with it
+  prefixage  ZSET    prompt-prefix key -> ms it was last routed (trims prefixes)
   reqlog     STREAM  request log entries (only with request_logging_enabled), capped
   job:<id>   HASH    an async request: request, status, attempts, result, error (TTL once done)
   claim:<id> STRING  gateway running that async request; a lease it renews
@@ -36,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 
@@ -48,6 +51,14 @@ DEPLOYMENTS = "wg:deployments"
 # on one replica.
 BOUNDED_LOAD_FACTOR = 1.25
 BOUNDED_LOAD_SLACK = 2
+# Prefix-aware routing remembers where each prompt prefix went (router/pipeline.py makes the
+# keys), for at most this many prefixes per deployment, the least recently routed forgotten
+# first: far more than the replicas' KV caches hold, so nothing a cache still has is lost.
+PREFIX_INDEX_MAX = 65_536
+# A replica's remembered prefix is worth routing to when it covers at least this share of the
+# prompt (the earlier turns of a conversation); a shorter match (a system prompt every replica
+# has) is not, and the request goes to the least-loaded replica.
+PREFIX_MIN_SHARE = 0.5
 JOB_DEPLOYMENTS = "wg:jobs"
 # Async requests wait in the same queue as the others, owned by no gateway: their queue
 # lease never runs out, and any gateway may run them (see router/jobs.py).
@@ -112,13 +123,14 @@ end
 return {1, redis.call('ZCARD', queue), woke, cold}
 """
 
-# Match queue heads to free replica slots, least-loaded replica first. Expired queue entries
-# (their gateway died) and expired slots are dropped first so they block nothing.
 # Match queue heads to free replica slots. Expired queue entries (their gateway died) and
 # expired slots are dropped first so they block nothing. Which free replica a request gets:
-#   1. one that has its adapter loaded (adapter affinity),
-#   2. mode 'prefix': the highest rendezvous hash of its prompt prefix (replicas that served
-#      the prefix recently keep its KV cache),
+#   1. one that has its adapter loaded (adapter affinity, rendezvous hashing among them),
+#   2. mode 'prefix': the replica that last served the longest prefix of its prompt, when that
+#      prefix is at least `min_share` of the prompt (its KV cache most likely still holds it).
+#      A request's `prefix` is a chain of keys, one per chunk of the prompt, each naming the
+#      whole prompt up to its chunk; the deepest key found in `prefixes` is the longest match.
+#      The chosen replica then becomes the owner of every key of the chain;
 #   3. mode 'random': a pseudo-random one; otherwise (and as the fallback) the least loaded,
 # where 1 and 2 only consider replicas under the bounded load
 # ceil((total + 1) * factor / n) + slack, so no replica is loaded far above the average (no
@@ -126,9 +138,10 @@ return {1, redis.call('ZCARD', queue), woke, cold}
 DISPATCH = """
 local queue, qmeta, qlease, routable, inflight, assigned = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local suspects, adapters_key, spec_key = KEYS[7], KEYS[8], KEYS[9]
+local prefixes, prefixage = KEYS[10], KEYS[11]
 local now, slot_lease, max_assign = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local channel_prefix, deployment, factor = ARGV[4], ARGV[5], tonumber(ARGV[6])
-local slack = tonumber(ARGV[7])
+local slack, index_max, min_share = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local mode = 'prefix'
 local spec = redis.call('GET', spec_key)
 if spec then
@@ -178,6 +191,9 @@ local function pick(key, bound, accept)
   return best
 end
 local function any_rid() return true end
+local function open(rid, bound)
+  return load[rid] ~= nil and load[rid] < limits[rid] and load[rid] < bound
+end
 
 local out = {}
 while #out / 2 < max_assign do
@@ -194,8 +210,16 @@ while #out / 2 < max_assign do
       return loaded[rid] ~= nil and string.find(loaded[rid], wanted, 1, true) ~= nil
     end)
   end
-  if not best and mode == 'prefix' and m['prefix'] and m['prefix'] ~= '' then
-    best = pick(m['prefix'], bound, any_rid)
+  local chain = nil
+  if mode == 'prefix' and m['prefix'] and m['prefix'] ~= '' then
+    chain = {}
+    for k in string.gmatch(m['prefix'], '%S+') do table.insert(chain, k) end
+  end
+  if not best and chain then
+    local owners = redis.call('HMGET', prefixes, unpack(chain))
+    for i = #owners, math.max(1, math.ceil(#owners * min_share)), -1 do
+      if owners[i] and open(owners[i], bound) then best = owners[i]; break end
+    end
   end
   if not best and mode == 'random' then
     best = pick(head, math.huge, any_rid)
@@ -216,7 +240,24 @@ while #out / 2 < max_assign do
   if m['gw'] then
     redis.call('PUBLISH', channel_prefix .. m['gw'], deployment .. ' ' .. head .. ' ' .. best)
   end
+  if chain then
+    local owned, aged = {}, {}
+    for _, k in ipairs(chain) do
+      table.insert(owned, k); table.insert(owned, best)
+      table.insert(aged, now); table.insert(aged, k)
+    end
+    redis.call('HSET', prefixes, unpack(owned))
+    redis.call('ZADD', prefixage, unpack(aged))
+  end
   table.insert(out, head); table.insert(out, best)
+end
+local surplus = redis.call('ZCARD', prefixage) - index_max
+while surplus > 0 do
+  local old = redis.call('ZPOPMIN', prefixage, math.min(surplus, 1000))
+  local gone = {}
+  for i = 1, #old, 2 do table.insert(gone, old[i]) end
+  redis.call('HDEL', prefixes, unpack(gone))
+  surplus = surplus - #gone
 end
 return out
 """
@@ -421,6 +462,8 @@ class Store:
             "suspects",
             "reqlog",
             "adapters",
+            "prefixes",
+            "prefixage",
         )
         await self.redis.delete(*(dep_key(key, p) for p in parts))
         await self.redis.srem(DEPLOYMENTS, key)
@@ -448,9 +491,12 @@ class Store:
         lease_ms: int,
         max_queue: int = 2**31,
         adapter: str | None = None,
-        prefix: str | None = None,
+        prefix: Sequence[str] = (),
     ) -> tuple[bool, int, bool, bool]:
         """Queue a request: (added, queue depth, publish a wake, no replica was ready).
+
+        `prefix` is the prompt's chain of prefix keys (router/pipeline.py `prefix_chain`),
+        which prefix-aware routing matches against where earlier prompts went.
 
         Raises QueueFull, changing nothing, when `max_queue` requests already wait.
         """
@@ -459,7 +505,7 @@ class Store:
         now = now_ms()
         meta = json.dumps(
             {"gw": gateway_id, "enq": now, "priority": priority, "adapter": adapter or "",
-             "prefix": prefix or ""}
+             "prefix": " ".join(prefix)}
         )  # fmt: skip
         added, depth, woke, cold = await self._enqueue(
             keys=[
@@ -492,6 +538,8 @@ class Store:
                     "suspects",
                     "adapters",
                     "spec",
+                    "prefixes",
+                    "prefixage",
                 )
             ],
             args=[
@@ -502,6 +550,8 @@ class Store:
                 key,
                 BOUNDED_LOAD_FACTOR,
                 BOUNDED_LOAD_SLACK,
+                PREFIX_INDEX_MAX,
+                PREFIX_MIN_SHARE,
             ],
         )
         return [(out[i], out[i + 1]) for i in range(0, len(out), 2)]

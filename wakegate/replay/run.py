@@ -67,6 +67,11 @@ class Plan:
     engine: SimEngine = field(default_factory=SimEngine)
     accelerator: str = "a10_24gb_100"
     routing: str = "prefix"
+    warm: bool = False  # start the clock once warm_replicas are ready
+
+    @property
+    def warm_replicas(self) -> int:
+        return self.max_replicas if self.policy == "always-on" else self.min_replicas
 
 
 @dataclass
@@ -213,6 +218,8 @@ async def _drive(plan: Plan, settings: Settings, token: str) -> RunResult:
                 raise RuntimeError(f"creating the deployment failed: {await r.text()}")
         url = f"{base}/{settings.default_tenant}/deployments/v2/llms/{name}"
         store = Store.from_url(settings.redis_url)
+        if plan.warm:
+            await _warm_up(store, key, plan)
         samples: list[Sample] = []
         t0 = time.monotonic()
         sampler = asyncio.create_task(_sample(store, key, t0, plan.speed, samples))
@@ -228,6 +235,15 @@ async def _drive(plan: Plan, settings: Settings, token: str) -> RunResult:
         await store.close()
         usage, tokens = await _usage(settings, key, t0, plan.speed)
     return RunResult(plan, results, samples, usage, horizon, tokens)
+
+
+async def _warm_up(store: Store, key: str, plan: Plan) -> None:
+    """Wait until the replicas the policy keeps are ready (a few model loads at most)."""
+    deadline = time.monotonic() + 4 * plan.engine.load_s / plan.speed + 60
+    while await store.ready_count(key) < plan.warm_replicas:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{plan.warm_replicas} replicas were not ready in time")
+        await asyncio.sleep(0.2)
 
 
 async def _usage(
