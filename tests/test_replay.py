@@ -66,6 +66,27 @@ def test_replay_compares_policies_and_writes_table_and_plots(tmp_path: Path) -> 
     assert gpu["always-on"] >= gpu["wakegate"] > 0
 
 
+def test_a_warm_replay_starts_the_clock_with_the_replicas_ready(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    base = [sys.executable, "-m", "wakegate", "replay", str(TRACES / "azure2023_code.csv"),
+            "--start-s", "240", "--end-s", "270", "--speed", "10", "--load-s", "5",
+            "--max-replicas", "2", "--warm"]  # fmt: skip
+    proc = subprocess.run(
+        [*base, "--policy", "always-on", "--out", str(out)],
+        capture_output=True, text=True, timeout=240, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run = json.loads((out / "always-on.json").read_text())
+    assert run["plan"]["warm"] is True
+    assert run["results"] and not any(r["cold"] for r in run["results"])
+    assert all(s["ready"] == 2 for s in run["samples"]), "both replicas ready from the start"
+    # Nothing to warm: a policy that starts at zero replicas is refused, naming the option.
+    refused = subprocess.run(
+        [*base, "--policy", "wakegate"], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert refused.returncode == 2 and "--warm" in refused.stderr
+
+
 def test_policy_durations_are_compressed_with_the_trace_defaults_included() -> None:
     from wakegate.replay.run import scaled_params
 

@@ -8,6 +8,7 @@ prompt token count, so `prompt_tokens` is 0 where the engine did not say.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import aiohttp
 
 from router.dialects import Finish, Generation, Token, UpstreamError
-from router.dialects.sse import aiter_sse
+from router.dialects.sse import post_events
 from router.errors import ApiError
 from router.params import GenerateRequest
 from wakegate.store import ReplicaRecord
@@ -144,18 +145,9 @@ class OpenAICompletions:
         reason: str | None = None
         prompt_tokens = 0
         try:
-            async with client.post(
-                f"{replica.url}{_path(req)}",
-                json=body,
-                headers={"Accept": "text/event-stream"},
-            ) as resp:
-                if resp.status != 200:
-                    raw = await resp.read()
-                    raise UpstreamError.answered(resp.status, raw)
-                async for sse in aiter_sse(resp):
-                    if sse.data == "[DONE]":
-                        continue  # read on to the end: the connection goes back to the pool
-                    chunk = json.loads(sse.data)
+            url = f"{replica.url}{_path(req)}"
+            async with contextlib.aclosing(post_events(client, url, body)) as events:
+                async for chunk in events:
                     if chunk.get("usage"):
                         prompt_tokens = int(chunk["usage"].get("prompt_tokens", 0))
                     for choice in chunk.get("choices") or []:

@@ -8,11 +8,31 @@ gateway keeps one aiohttp session for every replica).
 from __future__ import annotations
 
 import codecs
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
 
 import aiohttp
 from httpx_sse import ServerSentEvent
 from httpx_sse._decoders import SSEDecoder, SSELineDecoder
+
+from router.dialects import UpstreamError
+
+
+async def post_events(
+    client: aiohttp.ClientSession, url: str, body: dict[str, Any]
+) -> AsyncGenerator[Any, None]:
+    """POST a streaming request to a replica and yield each event's JSON data, skipping the
+    `[DONE]` sentinel of OpenAI-style streams; an answer other than 200 raises
+    UpstreamError.answered with the replica's own error. Iterate it inside
+    `contextlib.aclosing`, so that a consumer that stops early (an error event, a client gone)
+    closes the response at once and its connection goes back to the pool."""
+    async with client.post(url, json=body, headers={"Accept": "text/event-stream"}) as resp:
+        if resp.status != 200:
+            raise UpstreamError.answered(resp.status, await resp.read())
+        async for sse in aiter_sse(resp):
+            if sse.data != "[DONE]":  # read on to the end: the connection is reused
+                yield json.loads(sse.data)
 
 
 async def aiter_sse(response: aiohttp.ClientResponse) -> AsyncIterator[ServerSentEvent]:

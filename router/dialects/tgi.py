@@ -30,6 +30,7 @@ status 200), and becomes an UpstreamError like the status would.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ from router.dialects.openai import (
     _finish_reason,
     _tokens,
 )
-from router.dialects.sse import aiter_sse
+from router.dialects.sse import post_events
 from router.errors import ApiError
 from router.params import GenerateRequest, Parameters
 from wakegate.store import ReplicaRecord
@@ -247,18 +248,9 @@ class NativeGenerate:
         chat_reason: str | None = None
         prompt_tokens = 0
         try:
-            async with client.post(
-                f"{replica.url}{path}",
-                json=body,
-                headers={"Accept": "text/event-stream"},
-            ) as resp:
-                if resp.status != 200:
-                    raw = await resp.read()
-                    raise UpstreamError.answered(resp.status, raw)
-                async for sse in aiter_sse(resp):
-                    if sse.data == "[DONE]":  # chat streams only
-                        continue  # read on to the end: the connection goes back to the pool
-                    data = json.loads(sse.data)
+            url = f"{replica.url}{path}"
+            async with contextlib.aclosing(post_events(client, url, body)) as events:
+                async for data in events:
                     if data.get("error") is not None:
                         raise _event_error(data, generated)
                     if chat:
