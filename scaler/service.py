@@ -314,11 +314,14 @@ class Scaler:
         fresh_ready = sum(1 for r in fresh if r.state == "ready")
         surge = 1 if outdated else 0
         to_start = min(desired - len(fresh), desired + surge - len(active))
-        retired_old = self._pick_victims(outdated, len(outdated) - max(0, desired - fresh_ready))
+        retire = len(outdated) - max(0, desired - fresh_ready)
+        excess = len(fresh) - desired if outdated else len(active) - desired
+        busy = await self.store.in_flight_by_replica(spec.key) if retire > 0 or excess > 0 else {}
+        retired_old = self._pick_victims(outdated, retire, busy)
         if outdated:
-            victims = retired_old + self._pick_victims(fresh, len(fresh) - desired)
+            victims = retired_old + self._pick_victims(fresh, excess, busy)
         else:
-            victims = self._pick_victims(active, len(active) - desired)
+            victims = self._pick_victims(active, excess, busy)
         if to_start > 0 and now >= state.retry_after:
             for _ in range(to_start):
                 await self._start(spec, state)
@@ -349,11 +352,17 @@ class Scaler:
             self.metrics.replicas.labels(key, st).set(sum(1 for r in replicas if r.state == st))
 
     @staticmethod
-    def _pick_victims(active: list[ReplicaRecord], count: int) -> list[ReplicaRecord]:
+    def _pick_victims(
+        active: list[ReplicaRecord], count: int, busy: dict[str, int]
+    ) -> list[ReplicaRecord]:
         if count <= 0:
             return []
-        # Not-yet-ready replicas go first (nothing to drain), then the newest ready ones.
-        ordered = sorted(active, key=lambda r: (r.state == "ready", -r.created_at))
+        # Not-yet-ready replicas go first (nothing to drain), then the ready ones with the
+        # fewest requests in flight (their drain ends soonest and frees the GPU first), the
+        # newest first among equals.
+        ordered = sorted(
+            active, key=lambda r: (r.state == "ready", busy.get(r.id, 0), -r.created_at)
+        )
         return ordered[:count]
 
     # --- actuation --------------------------------------------------------------------------

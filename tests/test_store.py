@@ -291,3 +291,37 @@ async def test_a_starting_replica_withdrawn_meanwhile_is_never_advanced(store: S
     fresh.state = "ready"
     assert await store.advance_replica(fresh)
     assert await store.ready_count(D) == 1
+
+
+async def test_in_flight_is_counted_per_replica(store: Store) -> None:
+    for rid in ("a", "b", "c"):
+        await store.put_replica(replica(rid, concurrency=4))
+    await set_routing(store, "least-loaded")
+    for i in range(5):
+        await store.enqueue(D, f"r{i}", "gw", 0, 10_000)
+    placed = [rid for _, rid in await store.dispatch(D, 10_000)]
+    await store.release(D, placed[0], "r0")
+    counts = await store.in_flight_by_replica(D)
+    expected = {rid: placed[1:].count(rid) for rid in set(placed[1:])}
+    assert counts == expected and sum(counts.values()) == 4
+    assert await store.replica_in_flight(D, placed[1]) == expected[placed[1]]
+
+
+def test_scale_down_drains_starting_then_the_least_busy_replicas() -> None:
+    from scaler.service import Scaler
+
+    def rec(rid: str, state: str, created: float) -> ReplicaRecord:
+        r = replica(rid, state=state)
+        r.created_at = created
+        return r
+
+    active = [
+        rec("old-busy", "ready", 1.0),
+        rec("old-idle", "ready", 2.0),
+        rec("new-busy", "ready", 3.0),
+        rec("booting", "starting", 4.0),
+    ]
+    busy = {"old-busy": 3, "new-busy": 5}
+    picked = [r.id for r in Scaler._pick_victims(active, 3, busy)]
+    assert picked == ["booting", "old-idle", "old-busy"]
+    assert Scaler._pick_victims(active, 0, busy) == []

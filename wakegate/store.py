@@ -720,10 +720,18 @@ class Store:
         )
 
     async def replica_in_flight(self, key: str, replica_id: str) -> int:
+        return (await self.in_flight_by_replica(key)).get(replica_id, 0)
+
+    async def in_flight_by_replica(self, key: str) -> dict[str, int]:
+        """Requests holding a slot on each replica (replicas with none are absent)."""
         members = cast(
             list[str], await self.redis.zrangebyscore(dep_key(key, "inflight"), now_ms(), "+inf")
         )
-        return sum(1 for m in members if m.startswith(replica_id + "|"))
+        counts: dict[str, int] = {}
+        for m in members:
+            rid = m.split("|", 1)[0]
+            counts[rid] = counts.get(rid, 0) + 1
+        return counts
 
     # --- replicas -------------------------------------------------------------------------
 
