@@ -242,6 +242,23 @@ def test_steady_floor(current: int, desired: int, reason: str) -> None:
     assert (decision.desired, decision.reason.split(":")[0]) == (desired, reason)
 
 
+@pytest.mark.parametrize(
+    ("idle_s", "desired", "reason"),
+    [(5, 2, "scale down"), (61, 1, "scale down")],
+    ids=["requests-still-coming-floor-keeps-two", "load-stopped-for-a-cooldown-floor-lets-go"],
+)
+def test_steady_floor_ends_when_the_load_has_stopped(
+    idle_s: float, desired: int, reason: str
+) -> None:
+    """With min_replicas 1 the scale-to-zero rule never runs; the rate estimates still show
+    the busy past, but a whole cooldown without any request means the load has stopped."""
+    config = ScalingConfig(1, 4, 16, 60)
+    observed = Observation(0, 0, NOW - idle_s, NOW, 100, 100, 30.0)
+    state = PolicyState(below_capacity_since=NOW - 61, rates=BUSY)
+    decision, _ = decide(NOW, observed, config, 3, state)
+    assert (decision.desired, decision.reason.split(":")[0]) == (desired, reason)
+
+
 def test_a_hold_that_outlasts_a_startup_time_scales_up() -> None:
     """A queue the running replicas keep serving but never clear (a sustained load) is not a
     burst: once it has been held for a start-up time, the policy scales up."""

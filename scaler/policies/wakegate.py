@@ -5,7 +5,8 @@ capacity for `cooldown_s`; scale to zero only after `cooldown_s` without any req
 
 Steady floor: a scale-down never goes below what the measured demand needs (mean concurrency
 from the arrival rate and service time, Little's law), so a dip in a steady load does not
-release a replica that the next minute needs again.
+release a replica that the next minute needs again. After a whole cooldown without any
+request the load has stopped, and the floor no longer applies.
 
 Startup-aware scale-up: a new replica only helps the requests still waiting when it becomes
 ready. When the replicas already running will drain the queue (at the measured service and
@@ -158,7 +159,12 @@ def decide(
         reason = f"scale to zero: idle for {config.cooldown_s:.0f}s"
     else:
         steady = _steady_replicas(state.rates, config)
-        if steady is not None and steady > target:
+        idle = math.inf if observed.last_activity_at is None else now - observed.last_activity_at
+        # The floor judges dips in a load that goes on. Nothing in service and no request come
+        # or gone for a whole cooldown: the load has stopped, and the slowly decaying rate
+        # estimates must not keep replicas that min_replicas does not ask for.
+        stopped = load == 0 and idle >= config.cooldown_s
+        if steady is not None and steady > target and not stopped:
             # The load dipped, but the demand measured over the rate window (arrival rate x
             # service time) would bring it straight back: keep what it needs, no oscillation.
             if steady >= current:
