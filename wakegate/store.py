@@ -180,10 +180,14 @@ for i = 1, #a, 2 do loaded[a[i]] = a[i + 1] end
 local function hrw(key, rid)
   return tonumber(string.sub(redis.sha1hex(key .. '|' .. rid), 1, 8), 16)
 end
+-- A routable replica with a free slot and under the bound.
+local function open(rid, bound)
+  return load[rid] ~= nil and load[rid] < limits[rid] and load[rid] < bound
+end
 local function pick(key, bound, accept)
   local best, best_score = nil, -1
   for _, rid in ipairs(order) do
-    if load[rid] < limits[rid] and load[rid] < bound and accept(rid) then
+    if open(rid, bound) and accept(rid) then
       local sc = hrw(key, rid)
       if sc > best_score then best, best_score = rid, sc end
     end
@@ -191,9 +195,6 @@ local function pick(key, bound, accept)
   return best
 end
 local function any_rid() return true end
-local function open(rid, bound)
-  return load[rid] ~= nil and load[rid] < limits[rid] and load[rid] < bound
-end
 
 local out = {}
 while #out / 2 < max_assign do

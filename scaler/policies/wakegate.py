@@ -144,8 +144,8 @@ def decide(
             ),
             new_state,
         )
+    idle = math.inf if observed.last_activity_at is None else now - observed.last_activity_at
     if target == 0:
-        idle = math.inf if observed.last_activity_at is None else now - observed.last_activity_at
         if idle < config.cooldown_s:
             # Keep one replica until the deployment has been idle for a whole cooldown.
             return (
@@ -159,7 +159,6 @@ def decide(
         reason = f"scale to zero: idle for {config.cooldown_s:.0f}s"
     else:
         steady = _steady_replicas(state.rates, config)
-        idle = math.inf if observed.last_activity_at is None else now - observed.last_activity_at
         # The floor judges dips in a load that goes on. Nothing in service and no request come
         # or gone for a whole cooldown: the load has stopped, and the slowly decaying rate
         # estimates must not keep replicas that min_replicas does not ask for.
