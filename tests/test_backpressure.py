@@ -111,15 +111,21 @@ def test_request_the_replica_refuses_gets_its_4xx_at_once_and_is_not_retried(
     refused = stack.generate(name, long_prompt, 8)
     assert 400 <= refused.status_code < 500, refused.text
     assert "replica answered 400" in refused.json()["error"]
-    streamed = httpx.post(
-        stack.deploy_url(name) + "/generate_stream",
-        headers=stack.headers,
-        json={"inputs": long_prompt, "parameters": {"max_new_tokens": 8}},
-        timeout=60,
-    )
-    assert '"error_type": "validation"' in streamed.text or '"error_type":"validation"' in (
-        streamed.text
-    ), streamed.text
+    # llama-cpp-python refuses a stream after its 200 and closes that connection; the gateway
+    # must find the reason on another one, each time (the close races the next request).
+    for _ in range(3):
+        streamed = httpx.post(
+            stack.deploy_url(name) + "/generate_stream",
+            headers=stack.headers,
+            json={"inputs": long_prompt, "parameters": {"max_new_tokens": 8}},
+            timeout=60,
+        )
+        assert '"error_type":"validation"' in streamed.text.replace(" ", ""), streamed.text
+        assert "context" in streamed.text, streamed.text
+    metrics = httpx.get(f"{stack.base}/metrics").text
+    retried = [ln for ln in metrics.splitlines()
+               if ln.startswith("wakegate_retries_total{") and f'/{name}"' in ln]  # fmt: skip
+    assert all(ln.endswith(" 0.0") for ln in retried), "a refusal is never retried elsewhere"
     ok = stack.generate(name, "Hello", 4)
     assert ok.status_code == 200, ok.text
     stack.delete(name)

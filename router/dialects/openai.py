@@ -187,8 +187,10 @@ class OpenAICompletions:
                     if resp.status != 200:
                         return UpstreamError.answered(resp.status, raw)
                     break
-            except aiohttp.ServerDisconnectedError as exc:
-                # The server closed the refused stream's connection; the pool may hand it out.
+            except aiohttp.ClientConnectionError as exc:
+                # The server closes the refused stream's connection after its last chunk, and
+                # the pool hands out its newest connection first, that one: the request meets
+                # a disconnect or a reset, whichever the race gives. Once more on another.
                 if attempt:
                     return UpstreamError(f"replica unreachable: {exc!r}")
             except (aiohttp.ClientError, TimeoutError) as exc:
