@@ -178,9 +178,10 @@ def burst(queued: int, startup_s: float | None = 30.0) -> Observation:
         (burst(40), replace(CALM, service_rate=0.0), {}, 2, "scale up"),
         (burst(40), None, {}, 2, "scale up"),
         (burst(40), replace(CALM, in_flight=0.0), {}, 2, "scale up"),
-        (burst(100), replace(CALM, arrival_rate=30.0), {}, 2, "scale up"),
-        (burst(100), replace(CALM, arrival_rate=30.0), {"hold_wait_s": 10.0}, 1, "burst"),
-        (burst(400), replace(CALM, arrival_rate=30.0), {"hold_wait_s": 10.0}, 2, "scale up"),
+        (burst(100), replace(CALM, arrival_rate=30.0), {"hold_wait_s": 0.0}, 2, "scale up"),
+        (burst(100), replace(CALM, arrival_rate=30.0), {}, 1, "burst"),
+        (burst(400), replace(CALM, arrival_rate=30.0), {}, 2, "scale up"),
+        (burst(100), replace(CALM, arrival_rate=30.0), {"hold_wait_s": 2.0}, 2, "scale up"),
     ],
     ids=[
         "burst-that-drains-before-a-startup-holds",
@@ -191,9 +192,10 @@ def burst(queued: int, startup_s: float | None = 30.0) -> Observation:
         "no-completions-yet-scales-up",
         "no-rate-history-scales-up",
         "nothing-seen-in-service-scales-up",
-        "near-capacity-backlog-that-drains-slowly-scales-up",
-        "with-a-wait-budget-a-backlog-served-within-it-holds",
-        "with-a-wait-budget-a-backlog-beyond-it-scales-up",
+        "without-a-wait-budget-a-near-capacity-backlog-that-drains-slowly-scales-up",
+        "a-backlog-served-within-the-wait-budget-holds",
+        "a-backlog-beyond-the-wait-budget-scales-up",
+        "a-smaller-wait-budget-scales-up-sooner",
     ],
 )
 def test_startup_aware_scale_up(
