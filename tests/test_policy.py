@@ -107,12 +107,22 @@ def test_cooldown_clock_starts_when_load_first_drops() -> None:
     assert reset.below_capacity_since is None
 
 
+knobs = st.fixed_dictionaries(
+    {},
+    optional={
+        "hold_wait_s": st.floats(0, 120),
+        "rate_window_s": st.floats(0, 600),
+        "startup_aware": st.sampled_from([0.0, 1.0]),
+        "steady_floor": st.sampled_from([0.0, 1.0]),
+    },
+)
 configs = st.builds(
-    lambda lo, extra, thr, cd: ScalingConfig(lo, max(1, lo + extra), thr, cd),
+    lambda lo, extra, thr, cd, params: ScalingConfig(lo, max(1, lo + extra), thr, cd, params),
     st.integers(0, 5),
     st.integers(0, 5),
     st.integers(1, 8),
     st.floats(0, 600),
+    knobs,
 )
 observations = st.builds(
     lambda q, f, idle, counts, startup, slots: Observation(
@@ -134,7 +144,12 @@ rates = st.none() | st.builds(
     st.none() | st.floats(0, 1000),
     st.none() | st.floats(0, 100),
 )
-states = st.builds(PolicyState, st.none() | st.floats(NOW - 7200, NOW), rates)
+states = st.builds(
+    PolicyState,
+    st.none() | st.floats(NOW - 7200, NOW),
+    rates,
+    st.none() | st.floats(NOW - 7200, NOW),
+)
 
 
 @given(configs, observations, st.integers(0, 12), states)
