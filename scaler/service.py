@@ -315,13 +315,10 @@ class Scaler:
         surge = 1 if outdated else 0
         to_start = min(desired - len(fresh), desired + surge - len(active))
         retire = len(outdated) - max(0, desired - fresh_ready)
-        excess = len(fresh) - desired if outdated else len(active) - desired
+        excess = len(fresh) - desired  # without a rollout, fresh is every active replica
         busy = await self.store.in_flight_by_replica(spec.key) if retire > 0 or excess > 0 else {}
         retired_old = self._pick_victims(outdated, retire, busy)
-        if outdated:
-            victims = retired_old + self._pick_victims(fresh, excess, busy)
-        else:
-            victims = self._pick_victims(active, excess, busy)
+        victims = retired_old + self._pick_victims(fresh, excess, busy)
         if to_start > 0 and now >= state.retry_after:
             for _ in range(to_start):
                 await self._start(spec, state)

@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, cast
@@ -728,11 +729,7 @@ class Store:
         members = cast(
             list[str], await self.redis.zrangebyscore(dep_key(key, "inflight"), now_ms(), "+inf")
         )
-        counts: dict[str, int] = {}
-        for m in members:
-            rid = m.split("|", 1)[0]
-            counts[rid] = counts.get(rid, 0) + 1
-        return counts
+        return dict(Counter(m.split("|", 1)[0] for m in members))
 
     # --- replicas -------------------------------------------------------------------------
 
