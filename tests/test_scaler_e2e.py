@@ -87,11 +87,15 @@ def test_a_replica_that_dies_is_replaced(make_stack: Callable[..., Stack], name:
     (victim,) = stack.replicas_running(name)
     pid = int(stack.registry(name)[victim]["handle"]["pid"])
     os.kill(pid, signal.SIGKILL)
-    wait_until(
-        lambda: stack.ready_replicas(name) == 1 and victim not in stack.registry(name),
-        60,
-        "replacement replica ready",
-    )
+
+    def replaced() -> bool:
+        # One read of the registry: two reads could see the dead replica still "ready" and
+        # then gone, before its replacement has even been launched.
+        registry = stack.registry(name)
+        ready = {rid for rid, r in registry.items() if r["state"] == "ready"}
+        return victim not in registry and len(ready) == 1
+
+    wait_until(replaced, 60, "replacement replica ready")
     assert len(stack.replicas_started(name)) == 2
     assert stack.generate(name).status_code == 200
 
