@@ -50,6 +50,8 @@ class DeploymentState:
 
     consecutive_failures: int = 0
     retry_after: float = 0.0
+    # The revision that failed: an update past it starts afresh, without the backoff.
+    failed_revision: int | None = None
     last_reason_kind: str = ""
 
 
@@ -207,6 +209,12 @@ class Scaler:
                 await self.store.put_replica(rec)
             if rec.state == "ready":
                 continue
+            if rec.state == "starting" and not rec.url:
+                # The last leader stopped between the backend's launch and the record of its
+                # address: the backend knows where the replica listens.
+                rec.url, rec.handle = rep.url, rep.handle
+                if not await self.store.advance_replica(rec):
+                    continue  # withdrawn meanwhile: the drain stops it
             log.info("adopted replica %s of %s (%s)", rep.replica_id, rep.deployment, rec.state)
             if rec.state == "starting":
                 # Its launch time is unknown: the start-up is not measured.
@@ -274,6 +282,9 @@ class Scaler:
             if spec.status == "failed":
                 # Stay down until the user updates the deployment; hold what is running.
                 config = ScalingConfig(0, current, config.scale_up_threshold, 0)
+            elif state.failed_revision is not None and spec.revision > state.failed_revision:
+                state.consecutive_failures, state.retry_after = 0, 0.0
+                state.failed_revision = None
             decision, state.policy_state = policy.decide(
                 now, observed, config, current, state.policy_state
             )
@@ -322,6 +333,11 @@ class Scaler:
         if to_start > 0 and now >= state.retry_after:
             for _ in range(to_start):
                 await self._start(spec, state)
+        elif to_start > 0:
+            # Backing off after a failed start: look again when the wait is over.
+            asyncio.get_running_loop().call_later(
+                state.retry_after - now + 0.05, self.kick, spec.key
+            )
         for rec in victims:
             rec.state = "draining"
             await self.store.put_replica(rec)
@@ -536,7 +552,11 @@ class Scaler:
             "replica", topics.ReplicaChanged(deployment=spec.key, replica_id="", state="failed")
         )
         if state.consecutive_failures >= MAX_START_FAILURES:
+            state.failed_revision = spec.revision
             await self._mark_failed(spec, why)
+        else:
+            # The retry is due then, whether or not a reconcile pass or an event comes by.
+            asyncio.get_running_loop().call_later(backoff + 0.05, self.kick, spec.key)
 
     async def _mark_failed(self, spec: DeploymentSpec, why: str) -> None:
         current = await self.store.get_deployment(spec.key)

@@ -10,11 +10,17 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from harness import Proc, Stack, start_mosquitto, start_redis
+from hypothesis import settings as hypothesis_settings
 
 from wakegate.store import Store
 
+# The property tests share the CPUs with whole stacks started by other tests: a stalled
+# example is not a failure, so no per-example deadline.
+hypothesis_settings.register_profile("wakegate", deadline=None)
+hypothesis_settings.load_profile("wakegate")
+
 # Database 0 serves the shared stack; each isolated stack gets its own database so that its
-# scaler never sees another stack's deployments. Database 15 is for store-level tests.
+# scaler never sees another stack's deployments. The last database is for store-level tests.
 _databases = itertools.count(1)
 DATABASES = 64  # the test redis-server is started with this many
 STORE_TEST_DB = DATABASES - 1
@@ -29,6 +35,18 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     yield {"redis_url": redis_url, "mqtt_url": mqtt_url, "procs": procs, "tmp": tmp}
     mqtt_proc.stop()
     redis_proc.stop()
+
+
+def unused_database(infra: dict[str, Any]) -> str:
+    """The URL of a Redis database no other test has used."""
+    db = next(_databases)
+    assert db < STORE_TEST_DB, "too many isolated stacks for one Redis"
+    return f"{infra['redis_url']}/{db}"
+
+
+@pytest.fixture
+def fresh_redis_url(infra: dict[str, Any]) -> str:
+    return unused_database(infra)
 
 
 @pytest.fixture(scope="session")
@@ -49,11 +67,9 @@ def make_stack(
 
     def make(mqtt: bool | str = True, **settings: Any) -> Stack:
         """`mqtt`: use the session broker (True), none (False), or this broker URL."""
-        db = next(_databases)
-        assert db < STORE_TEST_DB, "too many isolated stacks for one Redis"
         s = Stack(
             tmp_path_factory.mktemp("stack"),
-            f"{infra['redis_url']}/{db}",
+            unused_database(infra),
             mqtt if isinstance(mqtt, str) else (infra["mqtt_url"] if mqtt else None),
             **settings,
         )

@@ -285,7 +285,10 @@ class Stack:
         folder = self.state_dir / "replicas"
         alive: set[str] = set()
         for manifest in folder.glob(f"{name}-*.json") if folder.exists() else []:
-            m = json.loads(manifest.read_text())
+            try:
+                m = json.loads(manifest.read_text())
+            except (OSError, ValueError):
+                continue  # removed since the listing, or still being written
             try:
                 os.kill(int(m["pid"]), 0)
             except ProcessLookupError:

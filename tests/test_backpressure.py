@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 from collections.abc import Callable
 
 import httpx
@@ -20,8 +19,6 @@ def test_priority_orders_the_queue(stack: Stack, name: str) -> None:
     stack.create(name, minReplicas=1, maxReplicas=1, cooldownTime=60)
     wait_until(lambda: stack.ready_replicas(name) == 1, 60, "replica ready")
     long_request = busy_replica(stack, name)
-    wait_until(lambda: stack.registry(name) and queued(stack, name) == 0, 5, "slot taken")
-    time.sleep(0.5)
     finished: list[str] = []
 
     def send(label: str, priority: int) -> None:
@@ -52,7 +49,6 @@ def test_queue_limit_answers_429_with_retry_after_and_changes_nothing(
     stack.create(name, minReplicas=1, maxReplicas=1, cooldownTime=60, maxQueueLength=2)
     wait_until(lambda: stack.ready_replicas(name) == 1, 60, "replica ready")
     long_request = busy_replica(stack, name)
-    time.sleep(0.5)
     waiting = [threading.Thread(target=stack.generate, args=(name, "x", 2)) for _ in range(2)]
     for t in waiting:
         t.start()
@@ -81,7 +77,7 @@ def test_request_whose_replica_was_killed_is_retried_on_another(
     make_stack: Callable[..., Stack], name: str
 ) -> None:
     # A slow reconcile keeps the dead replica registered, so requests really reach it.
-    stack = make_stack(reconcile_interval_s=60)
+    stack = make_stack(reconcile_interval_s=600)
     stack.create(name, minReplicas=2, maxReplicas=2, cooldownTime=600)
     wait_until(lambda: stack.ready_replicas(name) == 2, 90, "two replicas ready")
     victim = sorted(stack.registry(name))[0]

