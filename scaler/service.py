@@ -333,11 +333,6 @@ class Scaler:
         if to_start > 0 and now >= state.retry_after:
             for _ in range(to_start):
                 await self._start(spec, state)
-        elif to_start > 0:
-            # Backing off after a failed start: look again when the wait is over.
-            asyncio.get_running_loop().call_later(
-                state.retry_after - now + 0.05, self.kick, spec.key
-            )
         for rec in victims:
             rec.state = "draining"
             await self.store.put_replica(rec)

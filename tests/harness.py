@@ -310,5 +310,24 @@ class Stack:
             r.close()
         return {k: json.loads(v) for k, v in raw.items()}
 
+    def _zcard(self, name: str, part: str) -> int:
+        import redis
+
+        from wakegate.store import dep_key
+
+        r = redis.Redis.from_url(self.redis_url)
+        try:
+            return int(r.zcard(dep_key(f"{self.tenant}/{name}", part)))
+        finally:
+            r.close()
+
+    def queued(self, name: str) -> int:
+        """Requests waiting in the deployment's queue."""
+        return self._zcard(name, "queue")
+
+    def in_flight(self, name: str) -> int:
+        """Requests holding a replica slot."""
+        return self._zcard(name, "inflight")
+
     def ready_replicas(self, name: str) -> int:
         return sum(1 for r in self.registry(name).values() if r["state"] == "ready")

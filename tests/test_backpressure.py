@@ -12,7 +12,7 @@ import openai
 import pytest
 from harness import Stack, wait_until
 from openai import OpenAI
-from test_queue_e2e import busy_replica, queued
+from test_queue_e2e import busy_replica
 
 
 def test_priority_orders_the_queue(stack: Stack, name: str) -> None:
@@ -35,7 +35,7 @@ def test_priority_orders_the_queue(stack: Stack, name: str) -> None:
     for n, (label, priority) in enumerate([("low-1", 0), ("low-2", 0), ("high", 5)], 1):
         threads.append(threading.Thread(target=send, args=(label, priority)))
         threads[-1].start()
-        wait_until(lambda n=n: queued(stack, name) == n, 10, f"{label} queued")
+        wait_until(lambda n=n: stack.queued(name) == n, 10, f"{label} queued")
     long_request.join(120)
     for t in threads:
         t.join(60)
@@ -52,7 +52,7 @@ def test_queue_limit_answers_429_with_retry_after_and_changes_nothing(
     waiting = [threading.Thread(target=stack.generate, args=(name, "x", 2)) for _ in range(2)]
     for t in waiting:
         t.start()
-    wait_until(lambda: queued(stack, name) == 2, 10, "queue full")
+    wait_until(lambda: stack.queued(name) == 2, 10, "queue full")
 
     r = stack.generate(name, "one too many", 2)
     assert r.status_code == 429
@@ -64,7 +64,7 @@ def test_queue_limit_answers_429_with_retry_after_and_changes_nothing(
     with httpx.stream("POST", stack.deploy_url(name), headers=stack.headers,
                       json={"inputs": "hi", "stream": True}) as resp:  # fmt: skip
         assert resp.status_code == 429, "a full queue refuses a stream before its 200"
-    assert queued(stack, name) == 2
+    assert stack.queued(name) == 2
 
     long_request.join(120)
     for t in waiting:

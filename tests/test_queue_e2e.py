@@ -6,26 +6,7 @@ import threading
 import time
 
 import httpx
-import redis
 from harness import Stack, wait_until
-
-from wakegate.store import dep_key
-
-
-def queued(stack: Stack, name: str) -> int:
-    r = redis.Redis.from_url(stack.redis_url)
-    try:
-        return int(r.zcard(dep_key(f"{stack.tenant}/{name}", "queue")))
-    finally:
-        r.close()
-
-
-def in_flight(stack: Stack, name: str) -> int:
-    r = redis.Redis.from_url(stack.redis_url)
-    try:
-        return int(r.zcard(dep_key(f"{stack.tenant}/{name}", "inflight")))
-    finally:
-        r.close()
 
 
 def busy_replica(stack: Stack, name: str) -> threading.Thread:
@@ -36,7 +17,7 @@ def busy_replica(stack: Stack, name: str) -> threading.Thread:
         daemon=True,
     )
     t.start()
-    wait_until(lambda: in_flight(stack, name) == 1, 10, "the long request holds the slot")
+    wait_until(lambda: stack.in_flight(name) == 1, 10, "the long request holds the slot")
     return t
 
 
@@ -55,7 +36,7 @@ def test_client_that_disconnects_leaves_the_queue(stack: Stack, name: str) -> No
     except httpx.ReadTimeout:
         pass
     # Gone from the queue while the long generation still holds the only slot.
-    wait_until(lambda: queued(stack, name) == 0, 5, "disconnected request leaves the queue")
+    wait_until(lambda: stack.queued(name) == 0, 5, "disconnected request leaves the queue")
     assert long_request.is_alive()
     long_request.join(120)
     assert stack.generate(name).status_code == 200

@@ -15,14 +15,6 @@ from harness import Stack, wait_until
 from wakegate.store import dep_key
 
 
-def queue_length(stack: Stack, name: str) -> int:
-    r = redis.Redis.from_url(stack.redis_url)
-    try:
-        return int(r.zcard(dep_key(f"{stack.tenant}/{name}", "queue")))
-    finally:
-        r.close()
-
-
 def test_gateway_killed_with_requests_queued_loses_no_deployment_and_recovers(
     make_stack: Callable[..., Stack], name: str
 ) -> None:
@@ -40,7 +32,7 @@ def test_gateway_killed_with_requests_queued_loses_no_deployment_and_recovers(
     threads = [threading.Thread(target=client, args=(i,)) for i in range(6)]
     for t in threads:
         t.start()
-    wait_until(lambda: queue_length(stack, name) >= 3, 20, "requests waiting in the queue")
+    wait_until(lambda: stack.queued(name) >= 3, 20, "requests waiting in the queue")
     stack.gateway.kill9()
     for t in threads:
         t.join(60)
@@ -52,7 +44,7 @@ def test_gateway_killed_with_requests_queued_loses_no_deployment_and_recovers(
     assert r.status_code == 200, r.text
     assert r.json()["generated_text"].strip()
     # The dead gateway's entries expire instead of blocking the queue for good.
-    wait_until(lambda: queue_length(stack, name) == 0, 30, "orphaned queue entries expire")
+    wait_until(lambda: stack.queued(name) == 0, 30, "orphaned queue entries expire")
     assert all(s.alive() for s in stack.scalers)
     assert len(stack.replicas_started(name)) == 1
 
