@@ -102,6 +102,13 @@ ACCELERATORS: dict[str, Accelerator] = {
 SKUS: frozenset[str] = frozenset(a.sku for a in ACCELERATORS.values())
 
 
+def pool_units(accelerator_id: str) -> tuple[str, int]:
+    """What one replica on this accelerator takes from a pool: (SKU, units). A unit is one GPU
+    of the SKU; a `cpu` replica takes one CPU replica slot."""
+    acc = ACCELERATORS[accelerator_id]
+    return acc.sku, max(acc.gpu_count, 1)
+
+
 def accelerator_for_sku(sku: str) -> str | None:
     """The single-GPU accelerator id for a compute-spec SKU (`a10_24gb` -> `a10_24gb_100`)."""
     if sku in ACCELERATORS:

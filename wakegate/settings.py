@@ -41,12 +41,25 @@ class Settings:
     replica_start_timeout_s: float = 300.0
     drain_timeout_s: float = 60.0
     scaler_lease_ttl_s: float = 10.0
+    # Deployments with replicas, load or a due timer are reconciled every reconcile_interval_s;
+    # every deployment, idle ones included, once per full sweep (the safety net for lost
+    # events).
+    full_sweep_interval_s: float = 30.0
+    # How GPUs of a short pool are shared (scaler/allocator.py): "fair" (guaranteed first,
+    # weighted max-min across tenants, idle replicas reclaimed), "fcfs" (first come, first
+    # served, no reclaim) or "static" (each deployment at most its equal share of its SKU).
+    allocator: str = "fair"
+    # A replica younger than this (since ready) is never reclaimed: what was just started for
+    # a deployment is not taken back before it served.
+    reclaim_grace_s: float = 30.0
     # Replica processes launched by the local backend bind here, and gateways reach them at
     # replica_advertise_host (defaults to replica_host; set it when binding 0.0.0.0).
     replica_host: str = "127.0.0.1"
     replica_advertise_host: str | None = None
     # llama.cpp serves one request at a time per replica.
     replica_concurrency: int = 1
+    # The `local` backend runs at most this many CPU replicas (llama.cpp processes) at once.
+    local_cpu_replicas: int = 8
     # The `sim` backend (scaler/sim): GPUs in the simulated pool by SKU (an accelerator id
     # counts for its SKU), seconds to acquire a GPU, and how much faster than real time the
     # simulated engines run (load, prefill and decode durations are divided by it).

@@ -42,13 +42,28 @@ class Backend(Protocol):
         ...
 
     async def free_accelerators(self) -> dict[str, int]:
-        """Free accelerators by SKU (`cpu` counts as unlimited: -1)."""
+        """What this backend can still start, by SKU: free GPUs, and for `cpu` free CPU
+        replica slots; -1 means unlimited. A SKU that is absent has none. The scaler starts a
+        replica only where this leaves room (wakegate.catalog.pool_units says what one
+        takes)."""
+        ...
+
+    def takes(self, spec: DeploymentSpec, engine_name: str) -> tuple[str, int]:
+        """The (SKU, units) one replica of `spec`, run by the engine `engine_name`, takes from
+        what `free_accelerators()` reports. Usually wakegate.catalog.pool_units of its
+        accelerator; a backend that runs some replicas elsewhere says so (the local backend
+        runs CPU engines on CPU slots when its host has no GPU). Answers at once: no I/O."""
         ...
 
     async def close(self) -> None: ...
 
 
 BackendFactory = Callable[[Settings], Backend]
+
+
+class NoCapacity(RuntimeError):
+    """The backend has no room for the replica now (no free GPU of its SKU, no CPU slot, a Pod
+    that no node can take). Not a failed start: the deployment waits for capacity."""
 
 
 class BackendUnavailable(RuntimeError):

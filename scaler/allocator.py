@@ -1,0 +1,274 @@
+"""Who gets the next GPU when the pool is short: a pure function, like the policies.
+
+The policies say how many replicas each deployment wants; the allocator says how many of
+the wanted starts the pool can give now, which idle replicas to reclaim for whom, and why a
+deployment waits. No I/O, no clock: the control loop passes in what the backend reports free
+and what every active deployment holds and needs.
+
+The rule of the `fair` mode (README "Sharing a finite pool"), per SKU:
+
+1. `usesGuaranteedCapacity` deployments first, as many replicas as they need.
+2. Then deployments with queued requests and no replica (cold): one replica each, the tenant
+   holding the least of the SKU (per weight) first. Queued work at zero is the most urgent
+   demand: those requests wait for a whole start-up already.
+3. Then the rest by weighted max-min fairness (progressive filling): one replica at a time to
+   the tenant holding the least of the SKU per weight, within it to the deployment holding
+   the fewest replicas.
+4. Reclaim: a cold or guaranteed deployment that still gets nothing takes idle replicas (no
+   request queued or in flight, above `min_replicas`, past a grace time, not guaranteed) of
+   the SKU, from the tenant holding the most first. Replicas already draining count as room
+   on the way, so nothing is reclaimed twice for one need. Nothing with a request in flight is
+   ever preempted: a busy deployment above its fair share gets no new replica until the
+   others have theirs, and gives GPUs back through its own scale-down.
+
+Operator limits apply in every mode: a tenant's GPU quota (cpu replicas count no GPU) and a
+per-deployment cap in replicas (the `static` mode's share of the pool). `fcfs` grants in the
+order the deployments began to wait, with no priority and no reclaim (a baseline).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+Mode = Literal["fair", "fcfs", "static"]
+MODES: tuple[Mode, ...] = ("fair", "fcfs", "static")
+UNLIMITED = -1  # a backend's free count for a SKU it does not limit (cpu on some backends)
+CPU = "cpu"
+
+
+@dataclass(frozen=True)
+class Demand:
+    """One deployment as the allocator sees it."""
+
+    key: str  # "tenant/name"
+    tenant: str
+    sku: str
+    units: int  # pool units one replica takes (GPUs of the SKU; cpu: one slot)
+    holding: int  # replicas holding pool units now: starting, ready and draining
+    need: int = 0  # more replicas it wants started now
+    cold: bool = False  # requests queued and no replica starting or ready
+    draining: int = 0  # of `holding`, replicas on their way out (their units free soon)
+    guaranteed: bool = False
+    # Idle replicas that may be drained for others, the first to go first.
+    reclaimable: tuple[str, ...] = ()
+    since: float = 0.0  # when it began to want `need` more (first come, first served)
+    weight: float = 1.0  # its tenant's share weight
+
+    @property
+    def gpus_per_replica(self) -> int:
+        return 0 if self.sku == CPU else self.units
+
+
+@dataclass(frozen=True)
+class Allocation:
+    starts: Mapping[str, int] = field(default_factory=dict)  # key -> replicas to start now
+    reclaims: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # victim -> replicas
+    waiting: Mapping[str, str] = field(default_factory=dict)  # key -> why it gets less than it needs
+
+
+def static_caps(total: Mapping[str, int], demands: Sequence[Demand]) -> dict[str, int]:
+    """Each deployment's equal share of its SKU, in replicas (the `static` mode): the SKU's
+    units split evenly over the deployments on it, the remainder to the first by name."""
+    by_sku: dict[str, list[Demand]] = {}
+    for d in sorted(demands, key=lambda d: d.key):
+        by_sku.setdefault(d.sku, []).append(d)
+    caps: dict[str, int] = {}
+    for sku, group in by_sku.items():
+        units = total.get(sku, 0)
+        if units == UNLIMITED:
+            continue
+        share, extra = divmod(units, len(group))
+        for i, d in enumerate(group):
+            caps[d.key] = (share + (1 if i < extra else 0)) // d.units
+    return caps
+
+
+def allocate(
+    free: Mapping[str, int],
+    demands: Sequence[Demand],
+    *,
+    mode: Mode = "fair",
+    gpu_quota: Mapping[str, int | None] | None = None,
+    caps: Mapping[str, int] | None = None,
+) -> Allocation:
+    """Starts, reclaims and waiting reasons for this pass.
+
+    `free`: units the backend can still start per SKU (UNLIMITED: no limit; absent: none),
+    net of starts already under way. `gpu_quota`: GPUs each tenant may hold (None or absent:
+    unlimited). `caps`: the most replicas a deployment may hold (absent: no cap).
+    """
+    return _Pass(free, demands, gpu_quota or {}, caps or {}).run(mode)
+
+
+class _Pass:
+    def __init__(
+        self,
+        free: Mapping[str, int],
+        demands: Sequence[Demand],
+        gpu_quota: Mapping[str, int | None],
+        caps: Mapping[str, int],
+    ) -> None:
+        self.room = dict(free)
+        self.demands = sorted(demands, key=lambda d: d.key)
+        self.gpu_quota = gpu_quota
+        self.caps = caps
+        self.starts: Counter[str] = Counter()
+        self.held = {d.key: d.holding for d in self.demands}
+        self.usage: Counter[tuple[str, str]] = Counter()  # (sku, tenant) -> units held
+        self.tenant_gpus: Counter[str] = Counter()
+        for d in self.demands:
+            self.usage[(d.sku, d.tenant)] += d.holding * d.units
+            self.tenant_gpus[d.tenant] += d.holding * d.gpus_per_replica
+
+    # --- the modes --------------------------------------------------------------------------
+
+    def run(self, mode: Mode) -> Allocation:
+        wanting = [d for d in self.demands if d.need > 0]
+        reclaims: dict[str, tuple[str, ...]] = {}
+        reclaiming: set[str] = set()
+        if mode == "fair":
+            for d in sorted((d for d in wanting if d.guaranteed), key=self._urgency):
+                self._grant(d, d.need)
+            self._cold_first([d for d in wanting if d.cold and not d.guaranteed])
+            self._fill([d for d in wanting if not d.guaranteed])
+            reclaims, reclaiming = self._reclaim(wanting)
+        else:
+            for d in sorted(wanting, key=lambda d: (d.since, d.key)):
+                self._grant(d, d.need)
+        waiting = {
+            d.key: self._why_waiting(d, d.key in reclaiming)
+            for d in wanting
+            if self.starts[d.key] < d.need
+        }
+        return Allocation(dict(+self.starts), reclaims, waiting)
+
+    def _cold_first(self, cold: list[Demand]) -> None:
+        """One replica to each cold deployment, the least served tenant first."""
+        pending = list(cold)
+        while pending:
+            d = min(pending, key=lambda d: (self._share(d), d.since, d.key))
+            pending.remove(d)
+            self._grant(d, 1)
+
+    def _fill(self, candidates: list[Demand]) -> None:
+        """Weighted max-min fairness by progressive filling, one replica at a time."""
+        open_ = [d for d in candidates if self._remaining(d) > 0]
+        while open_:
+            d = min(open_, key=lambda d: (self._share(d), self.held[d.key], d.since, d.key))
+            if not self._grant(d, 1):
+                open_.remove(d)
+                continue
+            if self._remaining(d) <= 0:
+                open_.remove(d)
+
+    def _reclaim(self, wanting: list[Demand]) -> tuple[dict[str, tuple[str, ...]], set[str]]:
+        """Idle replicas to drain for cold and guaranteed deployments the pool left out."""
+        # Units that replicas already draining will give back, per SKU.
+        on_the_way: Counter[str] = Counter()
+        for d in self.demands:
+            on_the_way[d.sku] += d.draining * d.units
+        victims: dict[str, list[str]] = {}
+        taken: set[str] = set()
+        reclaiming: set[str] = set()
+        beneficiaries = sorted(
+            (d for d in wanting if (d.guaranteed or d.cold) and self.starts[d.key] < d.need),
+            key=self._urgency,
+        )
+        for d in beneficiaries:
+            if self._limit(d) is not None:
+                continue  # a quota or cap holds it back, not the pool
+            replicas = d.need - self.starts[d.key] if d.guaranteed else 1 - self.starts[d.key]
+            if replicas <= 0:
+                continue
+            short = replicas * d.units - max(self.room.get(d.sku, 0), 0)
+            covered = min(short, on_the_way[d.sku])
+            on_the_way[d.sku] -= covered
+            short -= covered
+            freed = 0
+            for victim in self._victims(d):
+                if freed >= short:
+                    break
+                for rid in victim.reclaimable:
+                    if freed >= short:
+                        break
+                    if rid in taken:
+                        continue
+                    taken.add(rid)
+                    victims.setdefault(victim.key, []).append(rid)
+                    freed += victim.units
+            if freed > 0 or covered > 0:
+                reclaiming.add(d.key)
+            # What is freed beyond this need is room on the way for the next one.
+            on_the_way[d.sku] += max(0, freed - short)
+        return {k: tuple(v) for k, v in victims.items()}, reclaiming
+
+    def _victims(self, beneficiary: Demand) -> list[Demand]:
+        """Deployments whose idle replicas may go, the tenant holding the most first."""
+        pool = [
+            v
+            for v in self.demands
+            if v.sku == beneficiary.sku
+            and v.key != beneficiary.key
+            and v.reclaimable
+            and not v.guaranteed
+            and self.starts[v.key] == 0
+        ]
+        return sorted(pool, key=lambda v: (-self._share(v), -self.held[v.key], v.key))
+
+    # --- one grant --------------------------------------------------------------------------
+
+    def _grant(self, d: Demand, count: int) -> bool:
+        """Start up to `count` more replicas of `d` where pool, quota and cap allow; whether
+        at least one was granted."""
+        granted = 0
+        while granted < count and self._remaining(d) > 0 and self._fits(d):
+            if self._limit(d) is not None:
+                break
+            room = self.room.get(d.sku, 0)
+            if room != UNLIMITED:
+                self.room[d.sku] = room - d.units
+            self.starts[d.key] += 1
+            self.held[d.key] += 1
+            self.usage[(d.sku, d.tenant)] += d.units
+            self.tenant_gpus[d.tenant] += d.gpus_per_replica
+            granted += 1
+        return granted > 0
+
+    def _remaining(self, d: Demand) -> int:
+        return d.need - self.starts[d.key]
+
+    def _fits(self, d: Demand) -> bool:
+        room = self.room.get(d.sku, 0)
+        return room == UNLIMITED or room >= d.units
+
+    def _limit(self, d: Demand) -> str | None:
+        """The operator limit that stops `d` from taking one more replica, if any."""
+        cap = self.caps.get(d.key)
+        if cap is not None and self.held[d.key] + 1 > cap:
+            return f"at its share of the pool ({cap} replica(s))"
+        quota = self.gpu_quota.get(d.tenant)
+        if quota is not None and d.gpus_per_replica:
+            if self.tenant_gpus[d.tenant] + d.gpus_per_replica > quota:
+                return f"tenant GPU quota reached (maxGpusPerTenant={quota})"
+        return None
+
+    def _share(self, d: Demand) -> float:
+        return self.usage[(d.sku, d.tenant)] / max(d.weight, 1e-9)
+
+    def _urgency(self, d: Demand) -> tuple[bool, float, str]:
+        return (not d.cold, d.since, d.key)
+
+    def _why_waiting(self, d: Demand, reclaiming: bool) -> str:
+        limit = self._limit(d)
+        if limit is not None:
+            return limit
+        if reclaiming:
+            return f"waiting for a {_unit(d.sku)}: an idle replica is being reclaimed"
+        return f"waiting for a free {_unit(d.sku)}"
+
+
+def _unit(sku: str) -> str:
+    return "CPU replica slot" if sku == CPU else f"{sku} GPU"

@@ -1,0 +1,374 @@
+"""The capacity allocator's decisions (scaler/allocator.py): pure, so plain tables."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from scaler.allocator import UNLIMITED, Allocation, Demand, allocate, static_caps
+
+A10 = "a10_24gb"
+
+
+def d(key: str, **kw: Any) -> Demand:
+    """A deployment of one tenant (the part before '/'), on single A10s unless told."""
+    return Demand(key=key, tenant=key.split("/")[0], sku=kw.pop("sku", A10),
+                  units=kw.pop("units", 1), holding=kw.pop("holding", 0), **kw)  # fmt: skip
+
+
+CASES: list[tuple[str, dict[str, int], list[Demand], dict[str, Any], Allocation]] = [
+    (
+        "room-for-everyone-starts-everything",
+        {A10: 4},
+        [d("a/x", need=2), d("b/y", need=1)],
+        {},
+        Allocation({"a/x": 2, "b/y": 1}),
+    ),
+    (
+        "full-pool-waits-and-starts-nothing",
+        {A10: 0},
+        [d("a/x", need=1, cold=True)],
+        {},
+        Allocation({}, {}, {"a/x": "waiting for a free a10_24gb GPU"}),
+    ),
+    (
+        "absent-sku-counts-as-no-room",
+        {},
+        [d("a/x", need=1)],
+        {},
+        Allocation({}, {}, {"a/x": "waiting for a free a10_24gb GPU"}),
+    ),
+    (
+        "unlimited-cpu-always-fits",
+        {"cpu": UNLIMITED},
+        [d("a/x", sku="cpu", need=5)],
+        {},
+        Allocation({"a/x": 5}),
+    ),
+    (
+        "guaranteed-first-even-when-others-came-earlier",
+        {A10: 2},
+        [d("a/early", need=2, since=1.0), d("b/guaranteed", need=2, since=9.0, guaranteed=True)],
+        {},
+        Allocation({"b/guaranteed": 2}, {}, {"a/early": "waiting for a free a10_24gb GPU"}),
+    ),
+    (
+        "cold-deployment-before-scaling-out-a-warm-one",
+        {A10: 1},
+        [d("a/warm", holding=1, need=3, since=1.0), d("b/cold", need=1, cold=True, since=5.0)],
+        {},
+        Allocation({"b/cold": 1}, {}, {"a/warm": "waiting for a free a10_24gb GPU"}),
+    ),
+    (
+        "each-cold-deployment-gets-one-before-any-gets-two",
+        {A10: 3},
+        [d("a/x", need=3, cold=True), d("b/y", need=3, cold=True), d("c/z", need=3, cold=True)],
+        {},
+        Allocation(
+            {"a/x": 1, "b/y": 1, "c/z": 1},
+            {},
+            {k: "waiting for a free a10_24gb GPU" for k in ("a/x", "b/y", "c/z")},
+        ),
+    ),
+    (
+        "max-min-fairness-across-tenants-evens-out-holdings",
+        {A10: 4},
+        [d("a/x", holding=3, need=4), d("b/y", holding=1, need=4)],
+        {},
+        # b holds 1, a holds 3: b gets two to reach 3, then one each.
+        Allocation(
+            {"a/x": 1, "b/y": 3},
+            {},
+            {"a/x": "waiting for a free a10_24gb GPU", "b/y": "waiting for a free a10_24gb GPU"},
+        ),
+    ),
+    (
+        "fairness-is-across-tenants-first-then-their-deployments",
+        {A10: 4},
+        [d("a/x", need=3), d("a/y", need=3), d("b/z", need=3)],
+        {},
+        # Tenant b gets as much as tenant a in all, and a splits its part over its two.
+        Allocation(
+            {"a/x": 1, "a/y": 1, "b/z": 2},
+            {},
+            {k: "waiting for a free a10_24gb GPU" for k in ("a/x", "a/y", "b/z")},
+        ),
+    ),
+    (
+        "tenant-weight-buys-a-larger-share",
+        {A10: 3},
+        [d("a/x", need=3, weight=2.0), d("b/y", need=3)],
+        {},
+        Allocation(
+            {"a/x": 2, "b/y": 1},
+            {},
+            {"a/x": "waiting for a free a10_24gb GPU", "b/y": "waiting for a free a10_24gb GPU"},
+        ),
+    ),
+    (
+        "idle-replica-in-cooldown-is-reclaimed-for-a-cold-deployment",
+        {A10: 0},
+        [d("a/idle", holding=1, reclaimable=("r1",)), d("b/cold", need=1, cold=True)],
+        {},
+        Allocation(
+            {},
+            {"a/idle": ("r1",)},
+            {"b/cold": "waiting for a a10_24gb GPU: an idle replica is being reclaimed"},
+        ),
+    ),
+    (
+        "guaranteed-replicas-are-never-reclaimed",
+        {A10: 0},
+        [
+            d("a/guaranteed", holding=1, guaranteed=True, reclaimable=("r1",)),
+            d("b/cold", need=1, cold=True),
+        ],
+        {},
+        Allocation({}, {}, {"b/cold": "waiting for a free a10_24gb GPU"}),
+    ),
+    (
+        "guaranteed-deployment-reclaims-idle-replicas-it-needs",
+        {A10: 0},
+        [
+            d("a/idle", holding=2, reclaimable=("r1", "r2")),
+            d("b/guaranteed", need=2, guaranteed=True),
+        ],
+        {},
+        Allocation(
+            {},
+            {"a/idle": ("r1", "r2")},
+            {"b/guaranteed": "waiting for a a10_24gb GPU: an idle replica is being reclaimed"},
+        ),
+    ),
+    (
+        "warm-deployment-scaling-out-does-not-reclaim",
+        {A10: 0},
+        [d("a/idle", holding=1, reclaimable=("r1",)), d("b/busy", holding=1, need=1)],
+        {},
+        Allocation({}, {}, {"b/busy": "waiting for a free a10_24gb GPU"}),
+    ),
+    (
+        "reclaims-only-as-much-as-the-cold-start-needs",
+        {A10: 0},
+        [d("a/idle", holding=3, reclaimable=("r1", "r2", "r3")), d("b/cold", need=3, cold=True)],
+        {},
+        Allocation(
+            {},
+            {"a/idle": ("r1",)},
+            {"b/cold": "waiting for a a10_24gb GPU: an idle replica is being reclaimed"},
+        ),
+    ),
+    (
+        "a-replica-already-draining-is-reclaimed-room-enough",
+        {A10: 0},
+        [
+            d("a/idle", holding=2, draining=1, reclaimable=("r2",)),
+            d("b/cold", need=1, cold=True),
+        ],
+        {},
+        Allocation(
+            {},
+            {},
+            {"b/cold": "waiting for a a10_24gb GPU: an idle replica is being reclaimed"},
+        ),
+    ),
+    (
+        "reclaim-takes-from-the-tenant-holding-the-most",
+        {A10: 0},
+        [
+            d("a/small", holding=1, reclaimable=("a1",)),
+            d("b/big", holding=3, reclaimable=("b1", "b2", "b3")),
+            d("c/cold", need=1, cold=True),
+        ],
+        {},
+        Allocation(
+            {},
+            {"b/big": ("b1",)},
+            {"c/cold": "waiting for a a10_24gb GPU: an idle replica is being reclaimed"},
+        ),
+    ),
+    (
+        "reclaim-of-another-sku-frees-nothing",
+        {A10: 0, "l4_24gb": 0},
+        [d("a/idle", sku="l4_24gb", holding=1, reclaimable=("r1",)), d("b/cold", need=1, cold=True)],
+        {},
+        Allocation({}, {}, {"b/cold": "waiting for a free a10_24gb GPU"}),
+    ),
+    (
+        "multi-gpu-replica-reclaims-enough-units",
+        {A10: 1},
+        [
+            d("a/idle", holding=2, reclaimable=("r1", "r2")),
+            d("b/cold", units=4, need=1, cold=True),
+        ],
+        {},
+        # 1 free + 2 reclaimed is still short of 4: reclaim both, the rest frees later.
+        Allocation(
+            {},
+            {"a/idle": ("r1", "r2")},
+            {"b/cold": "waiting for a a10_24gb GPU: an idle replica is being reclaimed"},
+        ),
+    ),
+    (
+        "gpu-quota-makes-a-deployment-wait-with-room-in-the-pool",
+        {A10: 8},
+        [d("a/x", holding=2, need=2), d("b/y", need=1)],
+        {"gpu_quota": {"a": 3}},
+        Allocation(
+            {"a/x": 1, "b/y": 1},
+            {},
+            {"a/x": "tenant GPU quota reached (maxGpusPerTenant=3)"},
+        ),
+    ),
+    (
+        "gpu-quota-counts-every-sku-of-the-tenant",
+        {A10: 8, "l4_24gb": 8},
+        [d("a/x", holding=2), d("a/y", sku="l4_24gb", need=1)],
+        {"gpu_quota": {"a": 2}},
+        Allocation({}, {}, {"a/y": "tenant GPU quota reached (maxGpusPerTenant=2)"}),
+    ),
+    (
+        "cpu-replicas-count-no-gpus-against-the-quota",
+        {"cpu": 10},
+        [d("a/x", sku="cpu", holding=4, need=2)],
+        {"gpu_quota": {"a": 0}},
+        Allocation({"a/x": 2}),
+    ),
+    (
+        "quota-blocked-deployment-does-not-reclaim",
+        {A10: 0},
+        [d("a/idle", holding=1, reclaimable=("r1",)), d("b/cold", need=1, cold=True)],
+        {"gpu_quota": {"b": 0}},
+        Allocation({}, {}, {"b/cold": "tenant GPU quota reached (maxGpusPerTenant=0)"}),
+    ),
+    (
+        "fcfs-serves-in-arrival-order-without-priorities",
+        {A10: 2},
+        [
+            d("a/first", need=2, since=1.0),
+            d("b/guaranteed", need=2, since=2.0, guaranteed=True),
+            d("c/cold", need=1, since=3.0, cold=True),
+        ],
+        {"mode": "fcfs"},
+        Allocation(
+            {"a/first": 2},
+            {},
+            {
+                "b/guaranteed": "waiting for a free a10_24gb GPU",
+                "c/cold": "waiting for a free a10_24gb GPU",
+            },
+        ),
+    ),
+    (
+        "fcfs-never-reclaims",
+        {A10: 0},
+        [d("a/idle", holding=1, reclaimable=("r1",)), d("b/cold", need=1, cold=True)],
+        {"mode": "fcfs"},
+        Allocation({}, {}, {"b/cold": "waiting for a free a10_24gb GPU"}),
+    ),
+    (
+        "static-share-caps-a-deployment-with-room-left",
+        {A10: 4},
+        [d("a/x", holding=2, need=2), d("b/y", need=1)],
+        {"mode": "static", "caps": {"a/x": 2, "b/y": 2}},
+        Allocation({"b/y": 1}, {}, {"a/x": "at its share of the pool (2 replica(s))"}),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("free", "demands", "options", "expected"),
+    [c[1:] for c in CASES],
+    ids=[c[0] for c in CASES],
+)
+def test_allocation(
+    free: dict[str, int], demands: list[Demand], options: dict[str, Any], expected: Allocation
+) -> None:
+    assert allocate(free, demands, **options) == expected
+
+
+def test_a_reclaimed_deployment_is_not_started_again_by_the_next_pass() -> None:
+    victim = d("a/idle", holding=1, reclaimable=("r1",))
+    cold = d("b/cold", need=1, cold=True)
+    first = allocate({A10: 0}, [victim, cold])
+    assert first.reclaims == {"a/idle": ("r1",)}
+    # Next pass: the victim's replica has stopped and its policy, with no load, wants none;
+    # the GPU is free and goes to the cold deployment, not back to the victim.
+    after = allocate({A10: 1}, [replace(victim, holding=0, reclaimable=()), cold])
+    assert after == Allocation({"b/cold": 1})
+
+
+def test_a_replica_started_for_a_reclaim_is_not_reclaimed_back_while_it_serves() -> None:
+    # The beneficiary now has its replica and requests in flight: nothing of it is
+    # reclaimable, so a request to the victim waits instead of taking it back.
+    served = d("b/cold", holding=1)
+    victim_again = d("a/idle", need=1, cold=True)
+    assert allocate({A10: 0}, [served, victim_again]).reclaims == {}
+
+
+@pytest.mark.parametrize(
+    ("total", "keys", "expected"),
+    [
+        ({A10: 6}, ["a/x", "b/y", "c/z", "d/w"], {"a/x": 2, "b/y": 2, "c/z": 1, "d/w": 1}),
+        ({A10: 2}, ["a/x", "b/y", "c/z"], {"a/x": 1, "b/y": 1, "c/z": 0}),
+        ({"cpu": UNLIMITED}, ["a/x"], {}),
+    ],
+    ids=["remainder-to-the-first-by-name", "more-deployments-than-gpus", "unlimited-has-no-cap"],
+)
+def test_static_caps(total: dict[str, int], keys: list[str], expected: dict[str, int]) -> None:
+    sku = next(iter(total))
+    assert static_caps(total, [d(k, sku=sku) for k in keys]) == expected
+
+
+demand_lists = st.lists(
+    st.builds(
+        Demand,
+        key=st.sampled_from([f"{t}/{n}" for t in "abc" for n in "xyz"]),
+        tenant=st.just(""),
+        sku=st.sampled_from([A10, "l4_24gb"]),
+        units=st.integers(1, 4),
+        holding=st.integers(0, 4),
+        need=st.integers(0, 5),
+        cold=st.booleans(),
+        draining=st.just(0),
+        guaranteed=st.booleans(),
+        reclaimable=st.lists(st.sampled_from(["r1", "r2", "r3"]), unique=True).map(tuple),
+        weight=st.sampled_from([0.5, 1.0, 2.0]),
+    ),
+    unique_by=lambda x: x.key,
+    max_size=8,
+).map(lambda ds: [replace(x, tenant=x.key.split("/")[0]) for x in ds])
+
+
+@given(
+    demands=demand_lists,
+    free=st.fixed_dictionaries({A10: st.integers(0, 8), "l4_24gb": st.integers(0, 8)}),
+    mode=st.sampled_from(["fair", "fcfs"]),
+    quota=st.one_of(st.none(), st.integers(0, 8)),
+)
+def test_never_starts_beyond_room_need_or_quota(
+    demands: list[Demand], free: dict[str, int], mode: Any, quota: int | None
+) -> None:
+    quotas = {t: quota for t in "abc"}
+    out = allocate(free, demands, mode=mode, gpu_quota=quotas)
+    by_key = {x.key: x for x in demands}
+    for sku, room in free.items():
+        used = sum(n * by_key[k].units for k, n in out.starts.items() if by_key[k].sku == sku)
+        assert used <= room
+    for k, n in out.starts.items():
+        assert 0 < n <= by_key[k].need
+    for tenant in "abc":
+        held = sum(x.holding * x.units for x in demands if x.tenant == tenant)
+        added = sum(n * by_key[k].units for k, n in out.starts.items() if by_key[k].tenant == tenant)
+        if quota is not None and added:
+            assert held + added <= quota
+    for victim, rids in out.reclaims.items():
+        assert not by_key[victim].guaranteed
+        assert set(rids) <= set(by_key[victim].reclaimable)
+        assert victim not in out.starts
+    for x in demands:
+        assert (x.key in out.waiting) == (out.starts.get(x.key, 0) < x.need)
