@@ -66,7 +66,8 @@ class Demand:
 class Allocation:
     starts: Mapping[str, int] = field(default_factory=dict)  # key -> replicas to start now
     reclaims: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # victim -> replicas
-    waiting: Mapping[str, str] = field(default_factory=dict)  # key -> why it gets less than it needs
+    # key -> why it gets fewer replicas than it needs
+    waiting: Mapping[str, str] = field(default_factory=dict)
 
 
 def static_caps(total: Mapping[str, int], demands: Sequence[Demand]) -> dict[str, int]:

@@ -194,7 +194,10 @@ CASES: list[tuple[str, dict[str, int], list[Demand], dict[str, Any], Allocation]
     (
         "reclaim-of-another-sku-frees-nothing",
         {A10: 0, "l4_24gb": 0},
-        [d("a/idle", sku="l4_24gb", holding=1, reclaimable=("r1",)), d("b/cold", need=1, cold=True)],
+        [
+            d("a/idle", sku="l4_24gb", holding=1, reclaimable=("r1",)),
+            d("b/cold", need=1, cold=True),
+        ],
         {},
         Allocation({}, {}, {"b/cold": "waiting for a free a10_24gb GPU"}),
     ),
@@ -363,7 +366,9 @@ def test_never_starts_beyond_room_need_or_quota(
         assert 0 < n <= by_key[k].need
     for tenant in "abc":
         held = sum(x.holding * x.units for x in demands if x.tenant == tenant)
-        added = sum(n * by_key[k].units for k, n in out.starts.items() if by_key[k].tenant == tenant)
+        added = sum(
+            n * by_key[k].units for k, n in out.starts.items() if by_key[k].tenant == tenant
+        )
         if quota is not None and added:
             assert held + added <= quota
     for victim, rids in out.reclaims.items():
