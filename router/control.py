@@ -57,7 +57,20 @@ async def _visible(store: Store, key: str, name: str) -> DeploymentSpec:
 
 
 async def _wire(store: Store, spec: DeploymentSpec) -> dict[str, Any]:
-    return spec.to_wire(current_replicas=await store.ready_count(spec.key))
+    wire = spec.to_wire(current_replicas=await store.ready_count(spec.key))
+    # wakegate extension (the SDK ignores extra keys): why it runs fewer replicas than it
+    # wants, while the pool or its tenant's GPU quota holds it back; null otherwise.
+    (waiting,) = await store.waiting([spec.key])
+    wire["waitingForCapacity"] = (
+        None
+        if waiting is None
+        else {
+            "reason": waiting.get("reason", ""),
+            "since": waiting.get("since"),
+            "wantedReplicas": waiting.get("wanted", 0),
+        }
+    )
+    return wire
 
 
 def _check_engine(spec: DeploymentSpec) -> None:

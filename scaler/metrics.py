@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
@@ -45,8 +47,45 @@ class ScalerMetrics:
             ["deployment"],
             registry=self.registry,
         )
+        self.waiting = Gauge(
+            "wakegate_waiting_for_capacity",
+            "1 while the deployment wants replicas the pool or its tenant's quota cannot give",
+            ["deployment"],
+            registry=self.registry,
+        )
+        self.reclaims = Counter(
+            "wakegate_reclaims",
+            "Idle replicas drained to give their units to a deployment with queued requests",
+            ["sku"],
+            registry=self.registry,
+        )
+        self.pool_free = Gauge(
+            "wakegate_pool_free_units",
+            "Units (GPUs; cpu: replica slots) the backend can still start, -1: unlimited",
+            ["sku"],
+            registry=self.registry,
+        )
+        self.passes = Counter(
+            "wakegate_scaler_passes",
+            "Passes of the control loop (each over the deployments with something to do)",
+            registry=self.registry,
+        )
         self.is_leader = Gauge(
             "wakegate_scaler_leader",
             "1 while this instance holds the lease",
             registry=self.registry,
         )
+
+    def forget(self, deployment: str) -> None:
+        """Drop every series of a deleted deployment."""
+        for metric in (self.queue_depth, self.in_flight, self.waiting, self.replica_failures):
+            with contextlib.suppress(KeyError):
+                metric.remove(deployment)
+        for state in ("starting", "ready", "draining"):
+            with contextlib.suppress(KeyError):
+                self.replicas.remove(deployment, state)
+        with contextlib.suppress(KeyError):
+            self.replica_start_seconds.remove(deployment)
+        for labels in list(self.decisions._metrics):
+            if labels[0] == deployment:
+                self.decisions.remove(*labels)

@@ -1,9 +1,19 @@
-"""The scaler's control loop: observe Redis, decide (scaler/policies/), actuate the backend.
+"""The scaler's control loop: leadership, wake-ups, and passes of observe, decide, allocate, act.
 
-Edge and level: MQTT events (wake, load, config) make a deployment's reconcile run at once; a
-pass over every deployment every `reconcile_interval_s` makes the outcome certain even when
-events are lost. Only the instance holding the Redis lease acts. Replica start, readiness
-probing and drain run as tasks so one slow replica never stalls the loop.
+Only deployments with something to do are looked at: one with a cold request, an event
+(MQTT wake, load, config), a change to its spec, or a due timer (deployments holding replicas
+or load are due every `reconcile_interval_s`: cooldowns, drains, backoff). Events are the fast
+path; the Redis set `wg:dirty` (marked by gateways on a cold request and on every spec write)
+is polled every `reconcile_interval_s` as the level path; a full sweep over every deployment
+every `full_sweep_interval_s` is the safety net for anything lost. So 10,000 deployments at
+zero cost a sweep now and then, and a wake never waits behind one: woken deployments are
+passed before any backlog of the sweep.
+
+A pass reads its deployments in one round trip (wakegate/store.py `observe`), runs each one's
+policy (scaler/policies/), plans starts and drains (scaler/plan.py), lets the allocator share
+the pool among every deployment that wants more (scaler/allocator.py), and hands the result
+to the actuator (scaler/actuator.py), which owns the replicas' lifecycles and reports their
+outcomes back here. Only the instance holding the Redis lease acts.
 """
 
 from __future__ import annotations
@@ -15,51 +25,54 @@ import statistics
 import time
 import uuid
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import httpx
-
-from scaler.backends import Backend, RunningReplica
-from scaler.engines import EngineProfile, EngineRefused, get_engine
+from scaler.actuator import Actuator, Outcome
+from scaler.allocator import MODES, Demand, Mode, allocate, static_caps
+from scaler.backends import Backend
 from scaler.metrics import ScalerMetrics
+from scaler.plan import Backoff, active_count, plan_replicas, reclaimable
 from scaler.policies import Observation, ScalingConfig, get_policy
 from wakegate import topics
 from wakegate.bus import Bus
-from wakegate.catalog import MODELS
 from wakegate.events import event
 from wakegate.settings import Settings
 from wakegate.spec import DeploymentSpec
-from wakegate.store import ReplicaRecord, Store
+from wakegate.store import Observed, Store
 
 log = logging.getLogger(__name__)
 
-# Consecutive failed starts after which a deployment is marked failed.
-MAX_START_FAILURES = 3
+# Deployments read per pass (one round trip); more wait for the next pass, woken ones first.
+PASS_BATCH = 256
+SWEEP_BATCH = 1000
 
 
 @dataclass
 class DeploymentState:
+    """What the loop remembers of one deployment between passes."""
+
     policy_name: str = ""
     policy_state: Any = None
     # Launch-to-ready seconds of the latest replicas: what a scale-up costs in time.
     startup_samples: deque[float] = field(default_factory=lambda: deque(maxlen=5))
+    backoff: Backoff = field(default_factory=Backoff)
+    last_reason_kind: str = ""
+    wanting_since: float | None = None  # since when it wants more replicas than it has
 
     def startup_s(self) -> float | None:
         return statistics.median(self.startup_samples) if self.startup_samples else None
 
-    consecutive_failures: int = 0
-    retry_after: float = 0.0
-    # The revision that failed: an update past it starts afresh, without the backoff.
-    failed_revision: int | None = None
-    last_reason_kind: str = ""
-
 
 class Scaler:
     def __init__(self, settings: Settings, store: Store, backend: Backend) -> None:
+        if settings.allocator not in MODES:
+            raise ValueError(f"unknown allocator {settings.allocator!r}; known: {', '.join(MODES)}")
         self.settings = settings
         self.store = store
         self.backend = backend
+        self.mode: Mode = settings.allocator
         self.instance_id = f"scaler-{uuid.uuid4().hex[:8]}"
         self.metrics = ScalerMetrics()
         self.bus: Bus | None = None
@@ -74,14 +87,21 @@ class Scaler:
                 ],
                 handler=self._on_event,
             )
+        self.actuator = Actuator(
+            settings, store, backend, self.metrics, self.publish, self._on_outcome
+        )
         self.is_leader = False
         self._states: dict[str, DeploymentState] = {}
-        self._tasks: dict[str, asyncio.Task[None]] = {}  # replica id -> start/probe/drain task
-        self._reserved: set[str] = set()  # replica ids registered, task not yet spawned
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._kicks: asyncio.Queue[str] = asyncio.Queue()
-        self._http = httpx.AsyncClient(timeout=httpx.Timeout(5.0))
-        self._background: set[asyncio.Task[None]] = set()
+        # Every deployment that holds replicas or wants some: what the allocator shares out.
+        self._demands: dict[str, Demand] = {}
+        self._specs: dict[str, DeploymentSpec] = {}
+        self._registries: dict[str, list[Any]] = {}  # replica records of those deployments
+        self._due: dict[str, float] = {}  # next pass of each active deployment
+        self._urgent: set[str] = set()  # woken by an event: passed first
+        self._dirty: set[str] = set()  # found by a sweep or a timer
+        self._wakeup = asyncio.Event()
+        self._waiting: dict[str, str] = {}  # deployments announced waiting for capacity
+        self._swept = asyncio.Event()
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -90,19 +110,15 @@ class Scaler:
             if self.bus is not None:
                 tg.create_task(self.bus.run())
             tg.create_task(self._leadership_loop())
-            tg.create_task(self._reconcile_loop())
-            tg.create_task(self._kick_loop())
+            tg.create_task(self._pass_loop())
+            tg.create_task(self._every(self.settings.reconcile_interval_s, self._level))
+            tg.create_task(self._every(self.settings.full_sweep_interval_s, self._sweep))
 
     async def close(self) -> None:
-        for task in list(self._tasks.values()):
-            task.cancel()
-        for task in list(self._tasks.values()):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self.actuator.close()
         if self.is_leader:
             with contextlib.suppress(Exception):
                 await self.store.resign_leadership(self.instance_id)
-        await self._http.aclose()
         await self.backend.close()
 
     async def _leadership_loop(self) -> None:
@@ -116,230 +132,406 @@ class Scaler:
             if held and not self.is_leader:
                 log.info("%s is the leader; adopting running replicas", self.instance_id)
                 self.is_leader = True
-                await self.adopt()
-                self.kick_all()
+                try:
+                    await self.actuator.sync_with_backend(None)
+                    await self._sweep()
+                except Exception:
+                    log.exception("taking over failed; the next sweep retries")
             elif not held and self.is_leader:
                 log.warning("%s lost the leader lease", self.instance_id)
                 self.is_leader = False
             self.metrics.is_leader.set(1 if self.is_leader else 0)
             await asyncio.sleep(self.settings.scaler_lease_ttl_s / 3)
 
-    async def _reconcile_loop(self) -> None:
+    async def _every(self, interval_s: float, work: Any) -> None:
         while True:
-            await asyncio.sleep(self.settings.reconcile_interval_s)
-            if self.is_leader:
-                self.kick_all()
-
-    def kick_all(self) -> None:
-        self._kicks.put_nowait("*")
-
-    def kick(self, deployment: str) -> None:
-        self._kicks.put_nowait(deployment)
-
-    async def _kick_loop(self) -> None:
-        while True:
-            first = await self._kicks.get()
-            batch = {first}
-            while not self._kicks.empty():
-                batch.add(self._kicks.get_nowait())
+            await asyncio.sleep(interval_s)
             if not self.is_leader:
                 continue
             try:
-                if "*" in batch:
-                    await self.sync_with_backend()
-                    keys = await self.store.deployment_keys()
-                else:
-                    keys = sorted(batch)
-                await asyncio.gather(*(self.reconcile(k) for k in keys))
+                await work()
             except Exception:
-                log.exception("reconcile pass failed")
+                log.exception("%s failed", work.__name__)
+
+    def mark(self, *keys: str, urgent: bool = False) -> None:
+        """Pass these deployments soon; urgent ones (events) before any backlog."""
+        (self._urgent if urgent else self._dirty).update(keys)
+        self._wakeup.set()
 
     async def _on_event(self, kind: str, ev: topics.Event) -> None:
         if self.is_leader:
-            self.kick(ev.deployment)
+            self.mark(ev.deployment, urgent=True)
 
     async def publish(self, kind: topics.Kind, ev: topics.Event) -> None:
         if self.bus is not None:
             await self.bus.publish(kind, ev)
 
-    # --- adoption and liveness --------------------------------------------------------------
+    # --- what to pass -----------------------------------------------------------------------
 
-    async def adopt(self) -> None:
-        """Take over what the backend runs (called when this instance becomes the leader)."""
-        await self.sync_with_backend()
+    async def _level(self) -> None:
+        """The level path: deployments marked dirty in Redis, replicas the backend lost."""
+        self.mark(*await self.store.take_dirty(), urgent=True)
+        await self.actuator.sync_with_backend({k: v for k, v in self._registries.items() if v})
 
-    async def sync_with_backend(self) -> None:
-        """Make the replica registry and what the backend runs agree.
-
-        A live replica nobody watches is adopted (probed, then routable) or stopped when its
-        deployment is gone; a registry entry without a live process is removed.
-        """
-        running = await self.backend.list()
-        for rep in running:
-            if self._busy(rep.replica_id):
-                continue
-            if not rep.alive:
-                await self.backend.stop(rep, 0)
-                continue
-            spec = await self.store.get_deployment(rep.deployment)
-            rec = await self.store.replica(rep.deployment, rep.replica_id)
-            if spec is None or (spec.status == "deleting" and rec is None):
-                log.info(
-                    "stopping replica %s of missing deployment %s", rep.replica_id, rep.deployment
-                )
-                self._spawn(rep.replica_id, self._stop(rep, None))
-                continue
-            if rec is None:
-                engine = get_engine(
-                    MODELS[spec.base_model].engine, self.settings.replica_concurrency, spec=spec
-                )
-                rec = ReplicaRecord(
-                    id=rep.replica_id,
-                    deployment=rep.deployment,
-                    revision=rep.revision,
-                    state="starting",
-                    url=rep.url,
-                    dialect=engine.dialect,
-                    concurrency=engine.concurrency,
-                    backend=self.backend.name,
-                    cheap_logprobs=engine.cheap_logprobs,
-                    handle=rep.handle,
-                    created_at=time.time(),
-                )
-                await self.store.put_replica(rec)
-            if rec.state == "ready":
-                continue
-            if rec.state == "starting" and not rec.url:
-                # The last leader stopped between the backend's launch and the record of its
-                # address: the backend knows where the replica listens.
-                rec.url, rec.handle = rep.url, rep.handle
-                if not await self.store.advance_replica(rec):
-                    continue  # withdrawn meanwhile: the drain stops it
-            log.info("adopted replica %s of %s (%s)", rep.replica_id, rep.deployment, rec.state)
-            if rec.state == "starting":
-                # Its launch time is unknown: the start-up is not measured.
-                self._spawn(rec.id, self._probe(spec, rec, time.time(), measured=False))
-            elif rec.state == "draining":
-                self._spawn(rec.id, self._drain(rec))
-        alive = {r.replica_id for r in running if r.alive}
-        for key in await self.store.deployment_keys():
-            for rec in await self.store.replicas(key):
-                if rec.id in alive or self._busy(rec.id):
+    async def _sweep(self) -> None:
+        """Every deployment, in batches: those holding replicas or load, being deleted or
+        updated, or kept above zero by min_replicas are passed; idle ones cost one read."""
+        keys = await self.store.deployment_keys()
+        for i in range(0, len(keys), SWEEP_BATCH):
+            for row in await self.store.sweep(keys[i : i + SWEEP_BATCH]):
+                spec = row.spec
+                if spec is None:
                     continue
-                log.warning("replica %s of %s is gone; removing it", rec.id, key)
-                self.metrics.replica_failures.labels(key).inc()
-                await self.store.remove_replica(key, rec.id)
-                await self.publish(
-                    "replica",
-                    topics.ReplicaChanged(deployment=key, replica_id=rec.id, state="failed"),
-                )
+                if (
+                    row.replicas
+                    or row.load
+                    or spec.status in ("deleting", "updating")
+                    or spec.min_replicas > 0
+                    or row.key in self._due
+                ):
+                    self.mark(row.key)
+            await asyncio.sleep(0)  # woken deployments go between batches
+        self._swept.set()
 
-    def _busy(self, replica_id: str) -> bool:
-        """A task of this instance is starting, probing, draining or stopping the replica."""
-        return replica_id in self._tasks or replica_id in self._reserved
-
-    # --- the decision -----------------------------------------------------------------------
-
-    async def reconcile(self, key: str) -> None:
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            spec = await self.store.get_deployment(key)
-            if spec is None:
-                return
-            replicas = await self.store.replicas(key)
-            if spec.status == "deleting":
-                await self._delete(spec, replicas)
-                return
-            state = self._states.setdefault(key, DeploymentState())
-            active = [r for r in replicas if r.state in ("starting", "ready")]
-            outdated = [r for r in active if r.revision < spec.engine_revision]
-            # While a rolling update replaces old replicas one for one, the deployment has
-            # as many logical replicas as the larger of the two generations.
-            current = max(len(outdated), len(active) - len(outdated)) if outdated else len(active)
-            load = await self.store.load(key)
+    async def _pass_loop(self) -> None:
+        while True:
             now = time.time()
-            observed = Observation(
-                queued=load.queued,
-                in_flight=load.in_flight,
-                last_activity_at=load.last_activity_ms / 1000 if load.last_activity_ms else None,
-                observed_at=now,
-                arrivals_total=load.arrivals_total,
-                completions_total=load.completions_total,
-                startup_s=state.startup_s(),
-                slots=sum(r.concurrency for r in active),
-            )
-            policy_name, params = spec.scaling_policy
-            policy = get_policy(policy_name)
-            if state.policy_name != policy_name:
-                state.policy_name, state.policy_state = policy_name, policy.initial_state()
-            config = ScalingConfig(
-                min_replicas=spec.min_replicas,
-                max_replicas=spec.max_replicas,
-                scale_up_threshold=spec.scale_up_threshold,
-                cooldown_s=spec.cooldown_s,
-                params=params,
-            )
-            if spec.status == "failed":
-                # Stay down until the user updates the deployment; hold what is running.
-                config = ScalingConfig(0, current, config.scale_up_threshold, 0)
-            elif state.failed_revision is not None and spec.revision > state.failed_revision:
-                state.consecutive_failures, state.retry_after = 0, 0.0
-                state.failed_revision = None
-            decision, state.policy_state = policy.decide(
-                now, observed, config, current, state.policy_state
-            )
-            self._observe(key, replicas, load.queued, load.in_flight)
-            # Log changes of count or of kind of reason, not every pass of a countdown.
-            kind = decision.reason.split(":")[0]
-            if decision.desired != current or kind != state.last_reason_kind:
-                log.info("%s: %d -> %d (%s)", key, current, decision.desired, decision.reason)
-            state.last_reason_kind = kind
-            if decision.desired != current:
-                self.metrics.decisions.labels(key, decision.reason.split(":")[0]).inc()
-                await self.publish(
-                    "decision",
-                    topics.Decision(
-                        deployment=key,
-                        current=current,
-                        desired=decision.desired,
-                        reason=decision.reason,
-                    ),
-                )
-            await self._actuate(spec, state, active, decision.desired, now)
+            next_due = min(self._due.values(), default=None)
+            timeout = None if next_due is None else max(0.0, next_due - now)
+            if not (self._urgent or self._dirty):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), timeout)
+            self._wakeup.clear()
+            if not self.is_leader:
+                self._urgent.clear()
+                self._dirty.clear()
+                self._due.clear()
+                continue
+            now = time.time()
+            self._dirty.update(k for k, t in self._due.items() if t <= now)
+            batch = sorted(self._urgent)[:PASS_BATCH]
+            rest = sorted(self._dirty - set(batch))[: PASS_BATCH - len(batch)]
+            batch += rest
+            self._urgent.difference_update(batch)
+            self._dirty.difference_update(batch)
+            if not batch:
+                continue
+            try:
+                await self.pass_once(batch)
+            except Exception:
+                log.exception("pass over %d deployment(s) failed", len(batch))
+                for key in batch:
+                    self._due[key] = time.time() + self.settings.reconcile_interval_s
 
-    async def _actuate(
-        self,
-        spec: DeploymentSpec,
-        state: DeploymentState,
-        active: list[ReplicaRecord],
-        desired: int,
-        now: float,
-    ) -> None:
-        """Start and drain replicas so that `desired` of the current engine revision run.
+    # --- one pass ---------------------------------------------------------------------------
 
-        A rolling update starts one replica above `desired` (surge), and drains an old
-        replica only once a new one is ready to take its place, so capacity never drops.
-        """
-        fresh = [r for r in active if r.revision >= spec.engine_revision]
-        outdated = [r for r in active if r.revision < spec.engine_revision]
-        fresh_ready = sum(1 for r in fresh if r.state == "ready")
-        surge = 1 if outdated else 0
-        to_start = min(desired - len(fresh), desired + surge - len(active))
-        retire = len(outdated) - max(0, desired - fresh_ready)
-        excess = len(fresh) - desired  # without a rollout, fresh is every active replica
-        busy = await self.store.in_flight_by_replica(spec.key) if retire > 0 or excess > 0 else {}
-        retired_old = self._pick_victims(outdated, retire, busy)
-        victims = retired_old + self._pick_victims(fresh, excess, busy)
-        if to_start > 0 and now >= state.retry_after:
-            for _ in range(to_start):
-                await self._start(spec, state)
-        for rec in victims:
-            rec.state = "draining"
-            await self.store.put_replica(rec)
-            self._spawn(rec.id, self._drain(rec))
-        rollout_done = len(retired_old) == len(outdated) and fresh_ready >= min(desired, 1)
-        if spec.status == "updating" and rollout_done:
+    async def pass_once(self, keys: list[str]) -> None:
+        """Observe, decide and act for these deployments, then share the pool."""
+        for key in keys:
+            self._due.pop(key, None)
+        now = time.time()
+        for observed in await self.store.observe(keys):
+            try:
+                await self._consider(observed, now)
+            except Exception:
+                log.exception("%s: reconcile failed", observed.key)
+                self._due[observed.key] = now + self.settings.reconcile_interval_s
+        await self._allocate()
+        self.metrics.passes.inc()
+
+    async def _consider(self, seen: Observed, now: float) -> None:
+        key, spec = seen.key, seen.spec
+        if spec is None:
+            self._forget(key)
+            return
+        if spec.status == "deleting":
+            if await self.actuator.retire_all(seen.replicas):
+                await self.store.purge_deployment(key)
+                self._forget(key)
+                self._states.pop(key, None)
+                self.metrics.forget(key)
+                log.info("%s deleted", key)
+            else:
+                self._due[key] = now + self.settings.reconcile_interval_s
+            return
+        state = self._states.setdefault(key, DeploymentState())
+        state.backoff = state.backoff.for_revision(spec.revision)
+        active = [r for r in seen.replicas if r.state in ("starting", "ready")]
+        draining = [r for r in seen.replicas if r.state == "draining"]
+        current = active_count(active, spec.engine_revision)
+        load = seen.load
+        observation = Observation(
+            queued=load.queued,
+            in_flight=load.in_flight,
+            last_activity_at=load.last_activity_ms / 1000 if load.last_activity_ms else None,
+            observed_at=now,
+            arrivals_total=load.arrivals_total,
+            completions_total=load.completions_total,
+            startup_s=state.startup_s(),
+            slots=sum(r.concurrency for r in active),
+        )
+        policy_name, params = spec.scaling_policy
+        policy = get_policy(policy_name)
+        if state.policy_name != policy_name:
+            state.policy_name, state.policy_state = policy_name, policy.initial_state()
+        config = ScalingConfig(
+            min_replicas=spec.min_replicas,
+            max_replicas=spec.max_replicas,
+            scale_up_threshold=spec.scale_up_threshold,
+            cooldown_s=spec.cooldown_s,
+            params=params,
+        )
+        if spec.status == "failed":
+            # Stay down until the user updates the deployment; hold what is running.
+            config = ScalingConfig(0, current, config.scale_up_threshold, 0)
+        decision, state.policy_state = policy.decide(
+            now, observation, config, current, state.policy_state
+        )
+        self._observe_metrics(key, seen)
+        await self._report(key, state, current, decision.desired, decision.reason)
+        outdated = any(r.revision < spec.engine_revision for r in active)
+        busy = (
+            await self.store.in_flight_by_replica(key)
+            if outdated or len(active) > decision.desired
+            else {}
+        )
+        plan = plan_replicas(active, spec.engine_revision, decision.desired, busy)
+        for rec in plan.victims:
+            await self.actuator.drain(rec)
+        if spec.status == "updating" and plan.rollout_done:
             await self._finish_rollout(spec)
+        need = 0 if spec.status == "failed" or state.backoff.holds(now) else plan.to_start
+        if need > 0 and state.wanting_since is None:
+            state.wanting_since = now
+        elif need == 0:
+            state.wanting_since = None
+        victims = {r.id for r in plan.victims}
+        staying = [r for r in active if r.id not in victims]
+        sku, units = self.actuator.takes(spec)
+        demand = Demand(
+            key=key,
+            tenant=spec.tenant,
+            sku=sku,
+            units=units,
+            holding=len(active) + len(draining),
+            need=need,
+            cold=load.queued > 0 and not active,
+            draining=len(draining) + len(victims),
+            guaranteed=bool(spec.config.get("uses_guaranteed_capacity")),
+            reclaimable=reclaimable(
+                staying,
+                load=load.queued + load.in_flight,
+                min_replicas=spec.min_replicas,
+                guaranteed=bool(spec.config.get("uses_guaranteed_capacity")),
+                now=now,
+                grace_s=self.settings.reclaim_grace_s,
+            ),
+            since=state.wanting_since or now,
+        )
+        if seen.replicas or need or load.queued or load.in_flight or spec.status == "updating":
+            self._demands[key] = demand
+            self._specs[key] = spec
+            self._registries[key] = seen.replicas
+            due = now + self.settings.reconcile_interval_s
+            if state.backoff.holds(now) and plan.to_start:
+                due = min(due, state.backoff.retry_at + 0.05)
+            self._due[key] = due
+        else:
+            self._forget(key)
+        if need == 0 and (key in self._waiting or seen.waiting):
+            await self._stop_waiting(key)
+        elif need > 0 and seen.waiting and key not in self._waiting:
+            self._waiting[key] = str(seen.waiting.get("reason", ""))  # a former leader's
+
+    def _forget(self, key: str) -> None:
+        self._demands.pop(key, None)
+        self._specs.pop(key, None)
+        self._registries.pop(key, None)
+        self._due.pop(key, None)
+        self._waiting.pop(key, None)
+
+    async def _report(
+        self, key: str, state: DeploymentState, current: int, desired: int, reason: str
+    ) -> None:
+        # Log changes of count or of kind of reason, not every pass of a countdown.
+        kind = reason.split(":")[0]
+        if desired != current or kind != state.last_reason_kind:
+            log.info("%s: %d -> %d (%s)", key, current, desired, reason)
+        state.last_reason_kind = kind
+        if desired != current:
+            self.metrics.decisions.labels(key, kind).inc()
+            await self.publish(
+                "decision",
+                topics.Decision(deployment=key, current=current, desired=desired, reason=reason),
+            )
+
+    def _observe_metrics(self, key: str, seen: Observed) -> None:
+        self.metrics.queue_depth.labels(key).set(seen.load.queued)
+        self.metrics.in_flight.labels(key).set(seen.load.in_flight)
+        for st in ("starting", "ready", "draining"):
+            self.metrics.replicas.labels(key, st).set(
+                sum(1 for r in seen.replicas if r.state == st)
+            )
+
+    # --- sharing the pool -------------------------------------------------------------------
+
+    async def _allocate(self) -> None:
+        demands = list(self._demands.values())
+        if not any(d.need > 0 for d in demands):
+            return
+        free = await self.actuator.free_units()
+        for sku, units in free.items():
+            self.metrics.pool_free.labels(sku).set(units)
+        caps = None
+        if self.mode == "static":
+            total = dict(free)
+            for d in demands:
+                if total.get(d.sku, 0) != -1:
+                    total[d.sku] = total.get(d.sku, 0) + d.holding * d.units
+            caps = static_caps(total, await self._static_members(demands))
+        allocation = allocate(free, demands, mode=self.mode, caps=caps)
+        for key, count in allocation.starts.items():
+            spec = self._specs[key]
+            for _ in range(count):
+                await self.actuator.start(spec)
+            d = self._demands[key]
+            # Until the next observation of this deployment, what was started counts as held.
+            self._demands[key] = replace(d, need=d.need - count, holding=d.holding + count)
+        for victim, replica_ids in allocation.reclaims.items():
+            await self._reclaim(victim, replica_ids)
+        for key, why in allocation.waiting.items():
+            d = self._demands[key]
+            await self._start_waiting(key, why, d.need)
+        for key in [k for k in self._waiting if k not in allocation.waiting]:
+            if self._demands.get(key) is None or self._demands[key].need <= 0:
+                await self._stop_waiting(key)
+
+    async def _static_members(self, demands: list[Demand]) -> list[Demand]:
+        """Every deployment shares in a static partition, idle ones included."""
+        known = {d.key for d in demands}
+        others = [k for k in await self.store.deployment_keys() if k not in known]
+        members = list(demands)
+        for spec in await self.store.list_specs(others) if others else []:
+            sku, units = self.actuator.takes(spec)
+            members.append(Demand(spec.key, spec.tenant, sku, units, 0))
+        return members
+
+    async def _reclaim(self, victim: str, replica_ids: tuple[str, ...]) -> None:
+        """Drain idle replicas of `victim` for a deployment the pool left out."""
+        load = await self.store.load(victim)
+        if load.queued or load.in_flight:
+            return  # it got work since it was observed: no longer idle
+        records = {r.id: r for r in await self.store.replicas(victim)}
+        taken = [records[r] for r in replica_ids if r in records and records[r].state == "ready"]
+        for rec in taken:
+            await self.actuator.drain(rec)
+        if not taken:
+            return
+        d = self._demands.get(victim)
+        if d is not None:
+            gone = {r.id for r in taken}
+            self._demands[victim] = replace(
+                d,
+                draining=d.draining + len(taken),
+                reclaimable=tuple(r for r in d.reclaimable if r not in gone),
+            )
+            self.metrics.reclaims.labels(d.sku).inc(len(taken))
+        message = f"{len(taken)} idle replica(s) reclaimed for a deployment with queued requests"
+        log.info("%s: %s", victim, message)
+        spec = self._specs.get(victim)
+        await self.store.append_events(
+            victim, [event("Reclaimed", spec.revision if spec else 0, message)]
+        )
+        await self.publish(
+            "decision",
+            topics.Decision(
+                deployment=victim,
+                current=len(records),
+                desired=len(records) - len(taken),
+                reason=f"reclaim: {message}",
+            ),
+        )
+
+    async def _start_waiting(self, key: str, why: str, wanted: int) -> None:
+        if self._waiting.get(key) == why:
+            return
+        first = key not in self._waiting
+        self._waiting[key] = why
+        self.metrics.waiting.labels(key).set(1)
+        await self.store.set_waiting(key, {"since": time.time(), "reason": why, "wanted": wanted})
+        if first:
+            spec = self._specs.get(key)
+            log.info("%s: waiting for capacity (%s)", key, why)
+            await self.store.append_events(
+                key, [event("WaitingForCapacity", spec.revision if spec else 0, why)]
+            )
+        await self.publish(
+            "capacity", topics.CapacityWait(deployment=key, waiting=True, reason=why, wanted=wanted)
+        )
+
+    async def _stop_waiting(self, key: str) -> None:
+        was = self._waiting.pop(key, None)
+        self.metrics.waiting.labels(key).set(0)
+        await self.store.clear_waiting(key)
+        if was is None:
+            return
+        spec = self._specs.get(key)
+        log.info("%s: capacity available", key)
+        await self.store.append_events(
+            key, [event("CapacityAvailable", spec.revision if spec else 0, "replicas starting")]
+        )
+        await self.publish("capacity", topics.CapacityWait(deployment=key, waiting=False))
+
+    # --- outcomes from the actuator -----------------------------------------------------------
+
+    async def _on_outcome(self, key: str, spec: DeploymentSpec | None, outcome: Outcome) -> None:
+        state = self._states.setdefault(key, DeploymentState())
+        if outcome.kind == "ready":
+            state.backoff = Backoff()
+            if outcome.startup_s is not None:
+                state.startup_samples.append(outcome.startup_s)
+            await self._announce_ready(key)
+            self.mark(key, urgent=True)
+        elif outcome.kind == "failed" and spec is not None:
+            await self._start_failed(spec, state, outcome.reason)
+        elif outcome.kind == "refused" and spec is not None:
+            await self._mark_failed(spec, outcome.reason)
+        elif outcome.kind == "no_room":
+            self._due[key] = time.time() + self.settings.reconcile_interval_s
+            self._wakeup.set()
+        elif outcome.kind == "stopped":
+            # A replica gave its units back: whoever waits for them gets a pass now.
+            self.mark(key, *(k for k, d in self._demands.items() if d.need > 0), urgent=True)
+
+    async def _start_failed(self, spec: DeploymentSpec, state: DeploymentState, why: str) -> None:
+        state.backoff = state.backoff.after_failure(time.time(), spec.revision)
+        self.metrics.replica_failures.labels(spec.key).inc()
+        delay = state.backoff.retry_at - time.time()
+        log.warning(
+            "%s: start failed (%d in a row, retry in %.0fs): %s",
+            spec.key,
+            state.backoff.failures,
+            delay,
+            why,
+        )
+        await self.publish(
+            "replica", topics.ReplicaChanged(deployment=spec.key, replica_id="", state="failed")
+        )
+        if state.backoff.exhausted:
+            await self._mark_failed(spec, why)
+        else:
+            # The retry is due then, whether or not another pass or an event comes by.
+            asyncio.get_running_loop().call_later(
+                max(0.0, delay) + 0.05, lambda: self.mark(spec.key, urgent=True)
+            )
+
+    async def _mark_failed(self, spec: DeploymentSpec, why: str) -> None:
+        current = await self.store.get_deployment(spec.key)
+        if current is None or current.status in ("failed", "deleting"):
+            return
+        await self.store.put_deployment(replace(current, status="failed", updated_at=time.time()))
+        await self.store.append_events(spec.key, [event("Failed", current.revision, why)])
+        log.error("%s failed: %s", spec.key, why)
 
     async def _finish_rollout(self, spec: DeploymentSpec) -> None:
         current = await self.store.get_deployment(spec.key)
@@ -350,152 +542,6 @@ class Scaler:
             spec.key, [event("Ready", spec.revision, "rolling update complete")]
         )
         log.info("%s: rolling update to revision %d complete", spec.key, spec.revision)
-
-    def _observe(
-        self, key: str, replicas: list[ReplicaRecord], queued: int, in_flight: int
-    ) -> None:
-        self.metrics.queue_depth.labels(key).set(queued)
-        self.metrics.in_flight.labels(key).set(in_flight)
-        for st in ("starting", "ready", "draining"):
-            self.metrics.replicas.labels(key, st).set(sum(1 for r in replicas if r.state == st))
-
-    @staticmethod
-    def _pick_victims(
-        active: list[ReplicaRecord], count: int, busy: dict[str, int]
-    ) -> list[ReplicaRecord]:
-        if count <= 0:
-            return []
-        # Not-yet-ready replicas go first (nothing to drain), then the ready ones with the
-        # fewest requests in flight (their drain ends soonest and frees the GPU first), the
-        # newest first among equals.
-        ordered = sorted(
-            active, key=lambda r: (r.state == "ready", busy.get(r.id, 0), -r.created_at)
-        )
-        return ordered[:count]
-
-    # --- actuation --------------------------------------------------------------------------
-
-    def _spawn(self, replica_id: str, coro: object) -> None:
-        task: asyncio.Task[None] = asyncio.create_task(coro)  # type: ignore[arg-type]
-        self._tasks[replica_id] = task
-
-        def done(t: asyncio.Task[None]) -> None:
-            if self._tasks.get(replica_id) is t:
-                del self._tasks[replica_id]
-            if not t.cancelled() and t.exception() is not None:
-                log.error("task for replica %s failed", replica_id, exc_info=t.exception())
-
-        task.add_done_callback(done)
-
-    async def _start(self, spec: DeploymentSpec, state: DeploymentState) -> None:
-        try:
-            engine = get_engine(
-                MODELS[spec.base_model].engine, self.settings.replica_concurrency, spec=spec
-            )
-        except EngineRefused as exc:
-            await self._mark_failed(spec, str(exc))
-            return
-        replica_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
-        rec = ReplicaRecord(
-            id=replica_id,
-            deployment=spec.key,
-            revision=spec.revision,
-            state="starting",
-            url="",
-            dialect=engine.dialect,
-            concurrency=engine.concurrency,
-            backend=self.backend.name,
-            cheap_logprobs=engine.cheap_logprobs,
-            adapters=list(spec.config.get("preloaded_adapters") or []),
-            created_at=time.time(),
-        )
-        # Registered before launching, so a concurrent pass counts it and never doubles it.
-        self._reserved.add(replica_id)
-        try:
-            await self.store.put_replica(rec)
-            self._spawn(replica_id, self._launch(spec, rec, engine, state))
-        finally:
-            self._reserved.discard(replica_id)
-
-    async def _launch(
-        self,
-        spec: DeploymentSpec,
-        rec: ReplicaRecord,
-        engine: EngineProfile,
-        state: DeploymentState,
-    ) -> None:
-        started = time.time()
-        try:
-            running = await self.backend.start(spec, rec.id, engine)
-        except EngineRefused as exc:
-            await self.store.remove_replica(spec.key, rec.id)
-            await self._mark_failed(spec, str(exc))
-            return
-        except Exception as exc:
-            log.exception("backend failed to start %s", rec.id)
-            await self.store.remove_replica(spec.key, rec.id)
-            await self._start_failed(spec, state, f"backend start failed: {exc}")
-            return
-        rec.url = running.url
-        rec.handle = running.handle
-        if not await self.store.advance_replica(rec):
-            # Scaled down while the backend was starting it: the drain may not have known its
-            # handle, so nothing else would stop it.
-            await self.backend.stop(running, 0)
-            await self.store.remove_replica(spec.key, rec.id)
-            return
-        await self.publish(
-            "replica",
-            topics.ReplicaChanged(
-                deployment=spec.key, replica_id=rec.id, state="starting", url=rec.url
-            ),
-        )
-        await self._probe(spec, rec, started)
-
-    async def _probe(
-        self, spec: DeploymentSpec, rec: ReplicaRecord, started: float, measured: bool = True
-    ) -> None:
-        engine = get_engine(MODELS[spec.base_model].engine, spec=spec)
-        deadline = started + self.settings.replica_start_timeout_s
-        running = RunningReplica(rec.id, rec.deployment, rec.revision, rec.url, rec.handle)
-        state = self._states.setdefault(spec.key, DeploymentState())
-        while time.time() < deadline:
-            if await self._withdrawn(rec):
-                return  # scaled down or deleted while starting: the drain stops it
-            if not await self._alive(running):
-                if await self._withdrawn(rec):
-                    return  # stopped by a drain between the two checks: not a failure
-                await self.backend.stop(running, 0)
-                await self.store.remove_replica(spec.key, rec.id)
-                await self._start_failed(spec, state, self._exit_reason(rec))
-                return
-            with contextlib.suppress(httpx.HTTPError):
-                resp = await self._http.get(rec.url + engine.health_path)
-                if resp.status_code == 200:
-                    break
-            await asyncio.sleep(0.25)
-        else:
-            await self.backend.stop(running, 5)
-            await self.store.remove_replica(spec.key, rec.id)
-            await self._start_failed(spec, state, "replica was not ready before the start timeout")
-            return
-        rec.state = "ready"
-        rec.ready_at = time.time()
-        if not await self.store.advance_replica(rec):
-            return  # picked for draining while it became ready: the drain stops it
-        await self.store.clear_wake(spec.key)
-        state.consecutive_failures = 0
-        if measured:
-            state.startup_samples.append(rec.ready_at - started)
-            self.metrics.replica_start_seconds.labels(spec.key).observe(rec.ready_at - started)
-        log.info("replica %s of %s ready after %.1fs", rec.id, spec.key, rec.ready_at - started)
-        await self.publish(
-            "replica",
-            topics.ReplicaChanged(
-                deployment=spec.key, replica_id=rec.id, state="ready", url=rec.url
-            ),
-        )
-        await self._announce_ready(spec.key)
 
     async def _announce_ready(self, key: str) -> None:
         """Deployments that wait for a replica (min_replicas > 0) get their Ready event now."""
@@ -508,92 +554,8 @@ class Scaler:
                 key, [event("Ready", spec.revision, "first replica is ready")]
             )
 
-    async def _withdrawn(self, rec: ReplicaRecord) -> bool:
-        """Whether a starting replica was picked for draining (or removed) meanwhile."""
-        stored = await self.store.replica(rec.deployment, rec.id)
-        return stored is None or stored.state == "draining"
+    # --- for tests and tools ------------------------------------------------------------------
 
-    async def _alive(self, running: RunningReplica) -> bool:
-        listed = {r.replica_id: r for r in await self.backend.list()}
-        rep = listed.get(running.replica_id)
-        return rep is not None and rep.alive
-
-    @staticmethod
-    def _exit_reason(rec: ReplicaRecord) -> str:
-        """Why a replica died during start-up: the last line of its log, when there is one."""
-        last_line = ""
-        log_path = rec.handle.get("log")
-        if log_path:
-            with contextlib.suppress(OSError), open(log_path, "rb") as fh:
-                fh.seek(0, 2)
-                fh.seek(max(0, fh.tell() - 400))
-                lines = fh.read().decode(errors="replace").strip().splitlines()
-                last_line = lines[-1] if lines else ""
-        return "replica exited during start-up" + (f": {last_line}" if last_line else "")
-
-    async def _start_failed(self, spec: DeploymentSpec, state: DeploymentState, why: str) -> None:
-        state.consecutive_failures += 1
-        self.metrics.replica_failures.labels(spec.key).inc()
-        backoff = min(2.0**state.consecutive_failures, 60.0)
-        state.retry_after = time.time() + backoff
-        log.warning(
-            "%s: start failed (%d in a row, retry in %.0fs): %s",
-            spec.key,
-            state.consecutive_failures,
-            backoff,
-            why,
-        )
-        await self.publish(
-            "replica", topics.ReplicaChanged(deployment=spec.key, replica_id="", state="failed")
-        )
-        if state.consecutive_failures >= MAX_START_FAILURES:
-            state.failed_revision = spec.revision
-            await self._mark_failed(spec, why)
-        else:
-            # The retry is due then, whether or not a reconcile pass or an event comes by.
-            asyncio.get_running_loop().call_later(backoff + 0.05, self.kick, spec.key)
-
-    async def _mark_failed(self, spec: DeploymentSpec, why: str) -> None:
-        current = await self.store.get_deployment(spec.key)
-        if current is None or current.status == "failed":
-            return
-        await self.store.put_deployment(replace(current, status="failed", updated_at=time.time()))
-        await self.store.append_events(spec.key, [event("Failed", current.revision, why)])
-        log.error("%s failed: %s", spec.key, why)
-
-    async def _drain(self, rec: ReplicaRecord) -> None:
-        """No new requests (already out of `routable`), let in-flight finish, then stop."""
-        await self.publish(
-            "replica",
-            topics.ReplicaChanged(deployment=rec.deployment, replica_id=rec.id, state="draining"),
-        )
-        deadline = time.time() + self.settings.drain_timeout_s
-        while time.time() < deadline:
-            if await self.store.replica_in_flight(rec.deployment, rec.id) == 0:
-                break
-            await asyncio.sleep(0.2)
-        await self._stop(
-            RunningReplica(rec.id, rec.deployment, rec.revision, rec.url, rec.handle), rec
-        )
-
-    async def _stop(self, running: RunningReplica, rec: ReplicaRecord | None) -> None:
-        await self.backend.stop(running, grace_s=10)
-        await self.store.remove_replica(running.deployment, running.replica_id)
-        await self.publish(
-            "replica",
-            topics.ReplicaChanged(
-                deployment=running.deployment, replica_id=running.replica_id, state="stopped"
-            ),
-        )
-
-    async def _delete(self, spec: DeploymentSpec, replicas: list[ReplicaRecord]) -> None:
-        for rec in replicas:
-            if self._busy(rec.id):
-                continue  # a start finishes (then drains next pass); a drain is under way
-            rec.state = "draining"
-            await self.store.put_replica(rec)
-            self._spawn(rec.id, self._drain(rec))
-        if not replicas:
-            await self.store.purge_deployment(spec.key)
-            self._states.pop(spec.key, None)
-            log.info("%s deleted", spec.key)
+    async def reconcile(self, keys: Iterable[str]) -> None:
+        """One pass over these deployments now (tests; the loop does this by itself)."""
+        await self.pass_once(sorted(keys))

@@ -308,7 +308,7 @@ async def test_in_flight_is_counted_per_replica(store: Store) -> None:
 
 
 def test_scale_down_drains_starting_then_the_least_busy_replicas() -> None:
-    from scaler.service import Scaler
+    from scaler.plan import pick_victims
 
     def rec(rid: str, state: str, created: float) -> ReplicaRecord:
         r = replica(rid, state=state)
@@ -322,6 +322,6 @@ def test_scale_down_drains_starting_then_the_least_busy_replicas() -> None:
         rec("booting", "starting", 4.0),
     ]
     busy = {"old-busy": 3, "new-busy": 5}
-    picked = [r.id for r in Scaler._pick_victims(active, 3, busy)]
+    picked = [r.id for r in pick_victims(active, 3, busy)]
     assert picked == ["booting", "old-idle", "old-busy"]
-    assert Scaler._pick_victims(active, 0, busy) == []
+    assert pick_victims(active, 0, busy) == []

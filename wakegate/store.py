@@ -25,6 +25,7 @@ Per-deployment keys (`wg:{t/n}:<part>`):
   job:<id>   HASH    an async request: request, status, attempts, result, error (TTL once done)
   claim:<id> STRING  gateway running that async request; a lease it renews
   running    ZSET    async request id -> claim expiry ms (the sweep re-queues expired ones)
+  capacity   STRING  JSON: why the deployment waits for capacity (present only while it does)
 Global keys:
   wg:deployments        SET   "tenant/name" of every deployment (the scaler's reconcile index)
   wg:tenant:<code>      STRING JSON tenant record
@@ -61,6 +62,7 @@ PREFIX_INDEX_MAX = 65_536
 # has) is not, and the request goes to the least-loaded replica.
 PREFIX_MIN_SHARE = 0.5
 JOB_DEPLOYMENTS = "wg:jobs"
+DIRTY = "wg:dirty"
 # Async requests wait in the same queue as the others, owned by no gateway: their queue
 # lease never runs out, and any gateway may run them (see router/jobs.py).
 ASYNC_OWNER = "async"
@@ -431,7 +433,10 @@ class Store:
         return DeploymentSpec.from_record(json.loads(raw)) if raw else None
 
     async def put_deployment(self, spec: DeploymentSpec) -> None:
-        await self.redis.set(dep_key(spec.key, "spec"), json.dumps(spec.to_record()))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(dep_key(spec.key, "spec"), json.dumps(spec.to_record()))
+            pipe.sadd(DIRTY, spec.key)  # the scaler looks at the change
+            await pipe.execute()
 
     async def deployment_keys(self, tenant: str | None = None) -> list[str]:
         keys = sorted(cast(set[str], await self.redis.smembers(DEPLOYMENTS)))
@@ -444,6 +449,10 @@ class Store:
         if not keys:
             return []
         raws = await self.redis.mget([dep_key(k, "spec") for k in keys])
+        return [DeploymentSpec.from_record(json.loads(r)) for r in raws if r]
+
+    async def list_specs(self, keys: Sequence[str]) -> list[DeploymentSpec]:
+        raws = await self.redis.mget([dep_key(k, "spec") for k in keys]) if keys else []
         return [DeploymentSpec.from_record(json.loads(r)) for r in raws if r]
 
     async def purge_deployment(self, key: str) -> None:
@@ -466,6 +475,7 @@ class Store:
             "adapters",
             "prefixes",
             "prefixage",
+            "capacity",
         )
         await self.redis.delete(*(dep_key(key, p) for p in parts))
         await self.redis.srem(DEPLOYMENTS, key)
@@ -521,6 +531,9 @@ class Store:
         )  # fmt: skip
         if added == -1:
             raise QueueFull(int(depth))
+        if cold:
+            # The level path of the wake: the scaler polls the dirty set, MQTT is the fast one.
+            await self.redis.sadd(DIRTY, key)
         return bool(added), int(depth), bool(woke), bool(cold)
 
     async def dispatch(
@@ -784,3 +797,106 @@ class Store:
 
     async def resign_leadership(self, instance_id: str) -> None:
         await self._release_leader(keys=[SCALER_LEADER], args=[instance_id])
+
+    # --- the scaler's view: dirty marks, batched observation, capacity waits ----------------
+
+    async def mark_dirty(self, *keys: str) -> None:
+        """Ask the scaler to look at these deployments now (it polls the set)."""
+        if keys:
+            await self.redis.sadd(DIRTY, *keys)
+
+    async def take_dirty(self, count: int = 10_000) -> list[str]:
+        """Take up to `count` deployments marked dirty; the caller reads their state after
+        this, so a mark made meanwhile is either seen by that read or stays in the set."""
+        taken = await self.redis.spop(DIRTY, count)
+        return sorted(cast(list[str], taken or []))
+
+    async def observe(self, keys: Sequence[str]) -> list[Observed]:
+        """Spec, replicas, load and capacity wait of each deployment, in one round trip."""
+        now = now_ms()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.get(dep_key(key, "spec"))
+                pipe.hgetall(dep_key(key, "replicas"))
+                pipe.zcount(dep_key(key, "qlease"), now, "+inf")
+                pipe.zcount(dep_key(key, "inflight"), now, "+inf")
+                pipe.get(dep_key(key, "activity"))
+                pipe.hmget(dep_key(key, "counters"), ["arrivals", "completions"])
+                pipe.get(dep_key(key, "capacity"))
+            raw = await pipe.execute()
+        out = []
+        for i, key in enumerate(keys):
+            spec, replicas, queued, in_flight, activity, counters, wait = raw[i * 7 : i * 7 + 7]
+            arrivals, completions = counters
+            out.append(
+                Observed(
+                    key=key,
+                    spec=DeploymentSpec.from_record(json.loads(spec)) if spec else None,
+                    replicas=[ReplicaRecord.from_json(v) for v in replicas.values()],
+                    load=Load(
+                        int(queued),
+                        int(in_flight),
+                        int(activity) if activity else None,
+                        int(arrivals or 0),
+                        int(completions or 0),
+                    ),
+                    waiting=json.loads(wait) if wait else None,
+                )
+            )
+        return out
+
+    async def sweep(self, keys: Sequence[str]) -> list[SweepRow]:
+        """What the scaler's full sweep needs to tell idle deployments from the rest, in one
+        round trip: spec, replica count, queued and in-flight requests."""
+        now = now_ms()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.get(dep_key(key, "spec"))
+                pipe.hlen(dep_key(key, "replicas"))
+                pipe.zcount(dep_key(key, "qlease"), now, "+inf")
+                pipe.zcount(dep_key(key, "inflight"), now, "+inf")
+            raw = await pipe.execute()
+        rows = []
+        for i, key in enumerate(keys):
+            spec, replicas, queued, in_flight = raw[i * 4 : i * 4 + 4]
+            rows.append(
+                SweepRow(
+                    key,
+                    DeploymentSpec.from_record(json.loads(spec)) if spec else None,
+                    int(replicas),
+                    int(queued) + int(in_flight),
+                )
+            )
+        return rows
+
+    async def set_waiting(self, key: str, record: dict[str, Any]) -> None:
+        await self.redis.set(dep_key(key, "capacity"), json.dumps(record))
+
+    async def clear_waiting(self, key: str) -> None:
+        await self.redis.delete(dep_key(key, "capacity"))
+
+    async def waiting(self, keys: Sequence[str]) -> list[dict[str, Any] | None]:
+        """The capacity waits of these deployments (None where it does not wait)."""
+        if not keys:
+            return []
+        raws = await self.redis.mget([dep_key(k, "capacity") for k in keys])
+        return [json.loads(r) if r else None for r in raws]
+
+
+@dataclass(frozen=True)
+class Observed:
+    """One deployment as the scaler reads it."""
+
+    key: str
+    spec: DeploymentSpec | None
+    replicas: list[ReplicaRecord]
+    load: Load
+    waiting: dict[str, Any] | None  # the stored capacity wait, if any
+
+
+@dataclass(frozen=True)
+class SweepRow:
+    key: str
+    spec: DeploymentSpec | None
+    replicas: int
+    load: int  # queued and in flight

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 
 ROOT = "wakegate/v1"
 
-Kind = Literal["wake", "load", "replica", "decision", "config"]
+Kind = Literal["wake", "load", "replica", "decision", "config", "capacity"]
 
 
 def topic(deployment: str, kind: Kind) -> str:
@@ -68,10 +68,19 @@ class ConfigChanged(Event):
     change: Literal["created", "updated", "deleted"]
 
 
+class CapacityWait(Event):
+    """A deployment began or stopped waiting for capacity (the pool or its tenant's quota)."""
+
+    waiting: bool
+    reason: str = ""
+    wanted: int = 0  # replicas it wants more than it holds
+
+
 PAYLOADS: dict[str, type[Event]] = {
     "wake": Wake,
     "load": LoadReport,
     "replica": ReplicaChanged,
     "decision": Decision,
     "config": ConfigChanged,
+    "capacity": CapacityWait,
 }

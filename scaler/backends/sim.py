@@ -25,10 +25,11 @@ from urllib.parse import quote
 
 import httpx
 
-from scaler.backends import RunningReplica
+from scaler.backends import NoCapacity, RunningReplica
 from scaler.engines import EngineProfile, EngineRefused
 from scaler.engines.sim import SimProfile
 from scaler.sim.host import STATE_FILE, parse_pool
+from wakegate.catalog import pool_units
 from wakegate.settings import Settings
 from wakegate.spec import DeploymentSpec
 
@@ -42,8 +43,9 @@ class SimHostError(RuntimeError):
     """The sim host failed or answered an error."""
 
 
-class PoolExhausted(SimHostError):
-    """The simulated pool has no free GPU of the kind a replica needs."""
+class PoolExhausted(NoCapacity, SimHostError):
+    """The simulated pool has no free GPU of the kind a replica needs (409 pool_exhausted):
+    the replica waits for capacity."""
 
 
 def host_alive(pid: int, state_dir: Path) -> bool:
@@ -249,6 +251,10 @@ class SimBackend:
         resp = await self._http.get(f"{url}/pool")
         resp.raise_for_status()
         return {sku: int(v["free"]) for sku, v in resp.json().items()}
+
+    def takes(self, spec: DeploymentSpec, engine_name: str) -> tuple[str, int]:
+        # What the host's Pool takes for the replica's accelerator.
+        return pool_units(spec.accelerator)
 
     async def close(self) -> None:
         await self._http.aclose()

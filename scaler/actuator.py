@@ -1,0 +1,378 @@
+"""The actuator: owns every replica's lifecycle on the backend.
+
+Start (register, launch, probe until ready), drain (no new requests, in-flight ones finish),
+stop, and adoption of what the backend runs after a leader change. Each replica's lifecycle
+runs as a task, so one slow replica never stalls the control loop. The actuator decides
+nothing: it reports each outcome (ready, failed, no room, refused, stopped) to the loop,
+which keeps the backoff and the deployment's status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx
+
+from scaler.backends import Backend, NoCapacity, RunningReplica
+from scaler.engines import EngineProfile, EngineRefused, get_engine
+from scaler.metrics import ScalerMetrics
+from wakegate import topics
+from wakegate.catalog import MODELS
+from wakegate.settings import Settings
+from wakegate.spec import DeploymentSpec
+from wakegate.store import ReplicaRecord, Store
+
+log = logging.getLogger(__name__)
+
+PROBE_EVERY_S = 0.25
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of a replica the actuator started or stopped."""
+
+    kind: Literal["ready", "failed", "no_room", "refused", "stopped"]
+    reason: str = ""
+    startup_s: float | None = None  # launch to ready, when measured
+
+
+OutcomeHandler = Callable[[str, DeploymentSpec | None, Outcome], Awaitable[None]]
+Publisher = Callable[[topics.Kind, topics.Event], Awaitable[None]]
+
+
+class Actuator:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        backend: Backend,
+        metrics: ScalerMetrics,
+        publish: Publisher,
+        on_outcome: OutcomeHandler,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.backend = backend
+        self.metrics = metrics
+        self._publish = publish
+        self._on_outcome = on_outcome
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # replica id -> its lifecycle task
+        self._reserved: set[str] = set()  # replica ids registered, task not yet spawned
+        # Pool units of launches the backend has not returned from: not yet in what it
+        # reports free.
+        self._launching: dict[str, tuple[str, int]] = {}
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(5.0))
+
+    async def close(self) -> None:
+        for task in list(self._tasks.values()):
+            task.cancel()
+        for task in list(self._tasks.values()):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self._http.aclose()
+
+    def busy(self, replica_id: str) -> bool:
+        """A task of this instance is starting, probing, draining or stopping the replica."""
+        return replica_id in self._tasks or replica_id in self._reserved
+
+    # --- capacity -------------------------------------------------------------------------
+
+    def takes(self, spec: DeploymentSpec) -> tuple[str, int]:
+        """The pool units one replica of the deployment takes on this backend."""
+        return self.backend.takes(spec, MODELS[spec.base_model].engine)
+
+    async def free_units(self) -> dict[str, int]:
+        """What the backend can still start, net of launches it has not answered yet."""
+        free = dict(await self.backend.free_accelerators())
+        for sku, units in self._launching.values():
+            if free.get(sku, 0) != -1:
+                free[sku] = max(0, free.get(sku, 0) - units)
+        return free
+
+    # --- starting ---------------------------------------------------------------------------
+
+    async def start(self, spec: DeploymentSpec) -> None:
+        """Register a replica of the spec's engine revision and launch it in a task."""
+        try:
+            engine = get_engine(
+                MODELS[spec.base_model].engine, self.settings.replica_concurrency, spec=spec
+            )
+        except EngineRefused as exc:
+            await self._on_outcome(spec.key, spec, Outcome("refused", str(exc)))
+            return
+        replica_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
+        rec = ReplicaRecord(
+            id=replica_id,
+            deployment=spec.key,
+            revision=spec.revision,
+            state="starting",
+            url="",
+            dialect=engine.dialect,
+            concurrency=engine.concurrency,
+            backend=self.backend.name,
+            cheap_logprobs=engine.cheap_logprobs,
+            adapters=list(spec.config.get("preloaded_adapters") or []),
+            created_at=time.time(),
+        )
+        # Registered before launching, so a concurrent pass counts it and never doubles it.
+        self._reserved.add(replica_id)
+        self._launching[replica_id] = self.takes(spec)
+        try:
+            await self.store.put_replica(rec)
+            self._spawn(replica_id, self._launch(spec, rec, engine))
+        except BaseException:
+            self._launching.pop(replica_id, None)
+            raise
+        finally:
+            self._reserved.discard(replica_id)
+
+    async def _launch(
+        self, spec: DeploymentSpec, rec: ReplicaRecord, engine: EngineProfile
+    ) -> None:
+        started = time.time()
+        try:
+            running = await self.backend.start(spec, rec.id, engine)
+        except EngineRefused as exc:
+            await self.store.remove_replica(spec.key, rec.id)
+            await self._on_outcome(spec.key, spec, Outcome("refused", str(exc)))
+            return
+        except NoCapacity as exc:
+            # Someone took the room between the allocation and the launch (another tenant's
+            # start, a process outside wakegate): the deployment waits, nothing failed.
+            log.info("%s: no room for %s: %s", spec.key, rec.id, exc)
+            await self.store.remove_replica(spec.key, rec.id)
+            await self._on_outcome(spec.key, spec, Outcome("no_room", str(exc)))
+            return
+        except Exception as exc:
+            log.exception("backend failed to start %s", rec.id)
+            await self.store.remove_replica(spec.key, rec.id)
+            await self._on_outcome(
+                spec.key, spec, Outcome("failed", f"backend start failed: {exc}")
+            )
+            return
+        finally:
+            self._launching.pop(rec.id, None)
+        rec.url = running.url
+        rec.handle = running.handle
+        if not await self.store.advance_replica(rec):
+            # Scaled down while the backend was starting it: the drain may not have known its
+            # handle, so nothing else would stop it.
+            await self.backend.stop(running, 0)
+            await self.store.remove_replica(spec.key, rec.id)
+            await self._on_outcome(spec.key, spec, Outcome("stopped"))
+            return
+        await self._publish(
+            "replica",
+            topics.ReplicaChanged(
+                deployment=spec.key, replica_id=rec.id, state="starting", url=rec.url
+            ),
+        )
+        await self._probe(spec, rec, started)
+
+    async def _probe(
+        self, spec: DeploymentSpec, rec: ReplicaRecord, started: float, measured: bool = True
+    ) -> None:
+        engine = get_engine(MODELS[spec.base_model].engine, spec=spec)
+        deadline = started + self.settings.replica_start_timeout_s
+        running = RunningReplica(rec.id, rec.deployment, rec.revision, rec.url, rec.handle)
+        while time.time() < deadline:
+            if await self._withdrawn(rec):
+                return  # scaled down or deleted while starting: the drain stops it
+            if not await self._alive(running):
+                if await self._withdrawn(rec):
+                    return  # stopped by a drain between the two checks: not a failure
+                await self.backend.stop(running, 0)
+                await self.store.remove_replica(spec.key, rec.id)
+                await self._on_outcome(spec.key, spec, Outcome("failed", self._exit_reason(rec)))
+                return
+            with contextlib.suppress(httpx.HTTPError):
+                resp = await self._http.get(rec.url + engine.health_path)
+                if resp.status_code == 200:
+                    break
+            await asyncio.sleep(PROBE_EVERY_S)
+        else:
+            await self.backend.stop(running, 5)
+            await self.store.remove_replica(spec.key, rec.id)
+            await self._on_outcome(
+                spec.key, spec, Outcome("failed", "replica was not ready before the start timeout")
+            )
+            return
+        rec.state = "ready"
+        rec.ready_at = time.time()
+        if not await self.store.advance_replica(rec):
+            return  # picked for draining while it became ready: the drain stops it
+        await self.store.clear_wake(spec.key)
+        startup_s = rec.ready_at - started
+        if measured:
+            self.metrics.replica_start_seconds.labels(spec.key).observe(startup_s)
+        log.info("replica %s of %s ready after %.1fs", rec.id, spec.key, startup_s)
+        await self._publish(
+            "replica",
+            topics.ReplicaChanged(
+                deployment=spec.key, replica_id=rec.id, state="ready", url=rec.url
+            ),
+        )
+        await self._on_outcome(
+            spec.key, spec, Outcome("ready", startup_s=startup_s if measured else None)
+        )
+
+    async def _withdrawn(self, rec: ReplicaRecord) -> bool:
+        """Whether a starting replica was picked for draining (or removed) meanwhile."""
+        stored = await self.store.replica(rec.deployment, rec.id)
+        return stored is None or stored.state == "draining"
+
+    async def _alive(self, running: RunningReplica) -> bool:
+        listed = {r.replica_id: r for r in await self.backend.list()}
+        rep = listed.get(running.replica_id)
+        return rep is not None and rep.alive
+
+    @staticmethod
+    def _exit_reason(rec: ReplicaRecord) -> str:
+        """Why a replica died during start-up: the last line of its log, when there is one."""
+        last_line = ""
+        log_path = rec.handle.get("log")
+        if log_path:
+            with contextlib.suppress(OSError), open(log_path, "rb") as fh:
+                fh.seek(0, 2)
+                fh.seek(max(0, fh.tell() - 400))
+                lines = fh.read().decode(errors="replace").strip().splitlines()
+                last_line = lines[-1] if lines else ""
+        return "replica exited during start-up" + (f": {last_line}" if last_line else "")
+
+    # --- draining and stopping ----------------------------------------------------------------
+
+    async def drain(self, rec: ReplicaRecord) -> None:
+        """Take the replica out of routing now; its task waits for in-flight requests, then
+        stops it. A starting replica's own task sees the withdrawal and the drain stops it."""
+        rec.state = "draining"
+        await self.store.put_replica(rec)
+        self._spawn(rec.id, self._drain(rec))
+
+    async def _drain(self, rec: ReplicaRecord) -> None:
+        await self._publish(
+            "replica",
+            topics.ReplicaChanged(deployment=rec.deployment, replica_id=rec.id, state="draining"),
+        )
+        deadline = time.time() + self.settings.drain_timeout_s
+        while time.time() < deadline:
+            if await self.store.replica_in_flight(rec.deployment, rec.id) == 0:
+                break
+            await asyncio.sleep(0.2)
+        await self._stop(RunningReplica(rec.id, rec.deployment, rec.revision, rec.url, rec.handle))
+
+    async def _stop(self, running: RunningReplica) -> None:
+        await self.backend.stop(running, grace_s=10)
+        await self.store.remove_replica(running.deployment, running.replica_id)
+        await self._publish(
+            "replica",
+            topics.ReplicaChanged(
+                deployment=running.deployment, replica_id=running.replica_id, state="stopped"
+            ),
+        )
+        await self._on_outcome(running.deployment, None, Outcome("stopped"))
+
+    async def retire_all(self, replicas: list[ReplicaRecord]) -> bool:
+        """Drain every replica of a deleted deployment, starting ones included (their probe
+        sees the withdrawal and lets the drain stop them); True when none is left."""
+        for rec in replicas:
+            if rec.state == "draining" and self.busy(rec.id):
+                continue  # its drain is under way
+            if rec.id in self._tasks and rec.state == "starting" and not rec.url:
+                continue  # the backend has not answered: the launch stops it when it does
+            await self.drain(rec)
+        return not replicas
+
+    # --- adoption and liveness ----------------------------------------------------------------
+
+    async def sync_with_backend(self, registries: dict[str, list[ReplicaRecord]] | None) -> None:
+        """Make the replica registry and what the backend runs agree.
+
+        A live replica nobody watches is adopted (probed, then routable) or stopped when its
+        deployment is gone; a registry entry without a live process is removed. `registries`
+        are the records to check against the backend (None: every deployment with a record
+        of a replica the backend does not list is not looked for).
+        """
+        running = await self.backend.list()
+        known = {r.id for recs in (registries or {}).values() for r in recs if r.state == "ready"}
+        for rep in running:
+            if self.busy(rep.replica_id) or (rep.alive and rep.replica_id in known):
+                continue
+            if not rep.alive:
+                await self.backend.stop(rep, 0)
+                continue
+            await self._adopt(rep)
+        alive = {r.replica_id for r in running if r.alive}
+        for key, records in (registries or {}).items():
+            for rec in records:
+                if rec.id in alive or self.busy(rec.id):
+                    continue
+                log.warning("replica %s of %s is gone; removing it", rec.id, key)
+                self.metrics.replica_failures.labels(key).inc()
+                await self.store.remove_replica(key, rec.id)
+                await self._publish(
+                    "replica",
+                    topics.ReplicaChanged(deployment=key, replica_id=rec.id, state="failed"),
+                )
+                await self._on_outcome(key, None, Outcome("stopped"))
+
+    async def _adopt(self, rep: RunningReplica) -> None:
+        spec = await self.store.get_deployment(rep.deployment)
+        rec = await self.store.replica(rep.deployment, rep.replica_id)
+        if spec is None or (spec.status == "deleting" and rec is None):
+            log.info("stopping replica %s of missing deployment %s", rep.replica_id, rep.deployment)
+            self._spawn(rep.replica_id, self._stop(rep))
+            return
+        if rec is None:
+            engine = get_engine(
+                MODELS[spec.base_model].engine, self.settings.replica_concurrency, spec=spec
+            )
+            rec = ReplicaRecord(
+                id=rep.replica_id,
+                deployment=rep.deployment,
+                revision=rep.revision,
+                state="starting",
+                url=rep.url,
+                dialect=engine.dialect,
+                concurrency=engine.concurrency,
+                backend=self.backend.name,
+                cheap_logprobs=engine.cheap_logprobs,
+                handle=rep.handle,
+                created_at=time.time(),
+            )
+            await self.store.put_replica(rec)
+        if rec.state == "ready":
+            return
+        if rec.state == "starting" and not rec.url:
+            # The last leader stopped between the backend's launch and the record of its
+            # address: the backend knows where the replica listens.
+            rec.url, rec.handle = rep.url, rep.handle
+            if not await self.store.advance_replica(rec):
+                return  # withdrawn meanwhile: the drain stops it
+        log.info("adopted replica %s of %s (%s)", rep.replica_id, rep.deployment, rec.state)
+        if rec.state == "starting":
+            # Its launch time is unknown: the start-up is not measured.
+            self._spawn(rec.id, self._probe(spec, rec, time.time(), measured=False))
+        elif rec.state == "draining":
+            self._spawn(rec.id, self._drain(rec))
+
+    # --- tasks ------------------------------------------------------------------------------
+
+    def _spawn(self, replica_id: str, coro: Coroutine[Any, Any, None]) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
+        self._tasks[replica_id] = task
+
+        def done(t: asyncio.Task[None]) -> None:
+            if self._tasks.get(replica_id) is t:
+                del self._tasks[replica_id]
+            self._launching.pop(replica_id, None)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("task for replica %s failed", replica_id, exc_info=t.exception())
+
+        task.add_done_callback(done)

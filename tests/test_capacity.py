@@ -1,0 +1,155 @@
+"""Many deployments on one finite pool, on a real stack with the sim backend.
+
+The pool is one simulated A10, so the second deployment always finds it taken. Requests wait
+in the queue while the allocator keeps the GPU where the rule says; nothing is ever marked
+failed for a full pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import httpx
+from harness import Stack, wait_until
+
+from scaler.backends.sim import SimBackend
+from wakegate.settings import Settings
+
+FAST = ["--load-s", "0.5", "--ttft-s", "0.02", "--tps", "200", "--batch", "4"]
+
+
+def one_gpu_stack(make_stack: Callable[..., Stack], **settings: Any) -> Stack:
+    return make_stack(backend="sim", sim_pool="a10_24gb=1,cpu=4", **settings)
+
+
+def create(stack: Stack, name: str, **config: Any) -> None:
+    stack.create(
+        name,
+        baseModel="sim-llm",
+        accelerator="a10_24gb_100",
+        customArgs=FAST,
+        cooldownTime=600,
+        **config,
+    )
+
+
+def events(stack: Stack, name: str) -> list[str]:
+    body = stack.api("GET", f"/llms/{name}/events").json()
+    return [e["eventType"] for e in body["ComputeEvents"]]
+
+
+def sim_replicas(stack: Stack, name: str) -> dict[str, str]:
+    """Replica id -> state of the deployment's replicas on the sim host."""
+
+    async def fetch() -> dict[str, str]:
+        backend = SimBackend(Settings(state_dir=stack.state_dir))
+        try:
+            url = await backend.host_url()
+            if url is None:
+                return {}
+            r = await backend._http.get(url + "/replicas")
+            key = f"{stack.tenant}/{name}"
+            return {x["replica_id"]: x["state"] for x in r.json() if x["deployment"] == key}
+        finally:
+            await backend.close()
+
+    return dict(asyncio.run(fetch()))
+
+
+def scaler_metric(stack: Stack, line_start: str) -> float | None:
+    text = httpx.get(f"http://127.0.0.1:{stack.scaler_port}/metrics").text
+    for line in text.splitlines():
+        if line.startswith(line_start):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def warm_up(stack: Stack, name: str) -> None:
+    r = stack.generate(name, "warm", 4)
+    assert r.status_code == 200, r.text + stack.logs()
+    wait_until(lambda: stack.ready_replicas(name) == 1, 30, f"{name} ready")
+
+
+def test_full_pool_request_waits_then_is_served_once_a_gpu_frees(
+    make_stack: Callable[..., Stack], name: str
+) -> None:
+    stack = one_gpu_stack(make_stack)
+    hog, cold = f"{name}-hog", f"{name}-cold"
+    # min_replicas are the owner's floor: never reclaimed, so the pool stays full.
+    create(stack, hog, minReplicas=1, maxReplicas=1)
+    wait_until(lambda: stack.ready_replicas(hog) == 1, 30, "the hog's replica")
+    create(stack, cold, minReplicas=0, maxReplicas=1)
+    with ThreadPoolExecutor(1) as pool:
+        waiting: Future[httpx.Response] = pool.submit(stack.generate, cold, "hello", 4)
+        wait_until(
+            lambda: "WaitingForCapacity" in events(stack, cold), 30, "the wait to be announced"
+        )
+        body = stack.api("GET", f"/v2/deployments/{cold}").json()["data"]
+        assert body["status"] == "ready"
+        assert body["waitingForCapacity"]["reason"] == "waiting for a free a10_24gb GPU"
+        assert scaler_metric(
+            stack, f'wakegate_waiting_for_capacity{{deployment="{stack.tenant}/{cold}"}}'
+        ) == 1.0
+        assert not waiting.done() and stack.queued(cold) == 1
+        assert sim_replicas(stack, cold) == {}
+        stack.delete(hog)  # its GPU frees
+        r = waiting.result(timeout=60)
+    assert r.status_code == 200, r.text + stack.logs()
+    assert r.json()["generated_text"] == " tok" * 4
+    seen = events(stack, cold)
+    assert "Failed" not in seen and "CapacityAvailable" in seen
+    body = stack.api("GET", f"/v2/deployments/{cold}").json()["data"]
+    assert body["status"] == "ready" and body["waitingForCapacity"] is None
+
+
+def test_idle_replica_in_its_cooldown_is_reclaimed_for_a_cold_deployment(
+    make_stack: Callable[..., Stack], name: str
+) -> None:
+    stack = one_gpu_stack(make_stack, reclaim_grace_s=0)
+    idle, cold = f"{name}-idle", f"{name}-cold"
+    create(stack, idle, minReplicas=0, maxReplicas=1)
+    warm_up(stack, idle)  # served, now kept only by its 600 s cooldown
+    (victim,) = sim_replicas(stack, idle)
+    create(stack, cold, minReplicas=0, maxReplicas=1)
+    r = stack.generate(cold, "hello", 4, timeout=60)
+    assert r.status_code == 200, r.text + stack.logs()
+    assert "Reclaimed" in events(stack, idle)
+    wait_until(lambda: victim not in sim_replicas(stack, idle), 30, "the victim stopped")
+    # Not started again by the same rule: with nothing queued it stays at zero.
+    stack.generate(cold, "again", 2)
+    assert stack.registry(idle) == {} and sim_replicas(stack, idle) == {}
+    assert scaler_metric(stack, 'wakegate_reclaims_total{sku="a10_24gb"}') == 1.0
+    # Its next request waits for the GPU in turn (the cold deployment is busy, nothing idle).
+    seen = events(stack, idle)
+    assert "Failed" not in seen
+
+
+def test_guaranteed_deployment_keeps_its_idle_replica(
+    make_stack: Callable[..., Stack], name: str
+) -> None:
+    stack = one_gpu_stack(make_stack, reclaim_grace_s=0)
+    guaranteed, cold = f"{name}-g", f"{name}-cold"
+    create(stack, guaranteed, minReplicas=0, maxReplicas=1, usesGuaranteedCapacity=True)
+    warm_up(stack, guaranteed)
+    kept = set(sim_replicas(stack, guaranteed))
+    create(stack, cold, minReplicas=0, maxReplicas=1)
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(stack.generate, cold, "hello", 4)
+        wait_until(lambda: "WaitingForCapacity" in events(stack, cold), 30, "the cold wait")
+        # Several passes later the guaranteed replica still serves and nothing was reclaimed.
+        passes = scaler_metric(stack, "wakegate_scaler_passes_total") or 0.0
+        wait_until(
+            lambda: (scaler_metric(stack, "wakegate_scaler_passes_total") or 0) >= passes + 3,
+            30,
+            "three more passes",
+        )
+        assert set(sim_replicas(stack, guaranteed)) == kept
+        assert "Reclaimed" not in events(stack, guaranteed)
+        assert not waiting.done()
+        stack.delete(guaranteed)
+        r = waiting.result(timeout=60)
+    assert r.status_code == 200, r.text + stack.logs()
+    assert "Failed" not in events(stack, cold)
