@@ -1,4 +1,4 @@
-"""GPU discovery and placement on the local backend.
+"""GPU discovery, placement and capacity on the local backend.
 
 This machine has no GPU, so `nvidia-smi` is stood in by a script that prints what the real
 tool prints on a two-A10G host (its CSV query format); the replica processes are real.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import stat
 import sys
 from dataclasses import dataclass
@@ -15,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from scaler.backends import gpus
-from scaler.backends.local import LocalBackend
+from scaler.backends import NoCapacity, RunningReplica, gpus
+from scaler.backends.local import LocalBackend, free_capacity, replica_takes
 from scaler.engines import EngineRefused, LaunchPlan
 from wakegate.catalog import ACCELERATORS
 from wakegate.settings import Settings
@@ -59,6 +60,69 @@ def test_parse_and_pick_free_gpus_of_the_accelerators_sku() -> None:
     with pytest.raises(gpus.NoGpu, match="free on this host: 2:NVIDIA L4"):
         gpus.pick(host, {0, 1}, ACCELERATORS["a10_24gb_100"])
     assert gpus.free_by_sku(host, {1}) == {"a10_24gb": 1, "l4_24gb": 1}
+
+
+def test_no_free_gpu_is_no_capacity_not_a_failed_start() -> None:
+    host = gpus.parse_nvidia_smi(SMI_A10G_X2)
+    with pytest.raises(NoCapacity, match="needs 1 free a10_24gb"):
+        gpus.pick(host, {0, 1}, ACCELERATORS["a10_24gb_100"])
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "engine", "host_has_gpus", "takes"),
+    [
+        ("cpu", "llamacpp", True, ("cpu", 1)),
+        ("cpu", "vllm", False, ("cpu", 1)),
+        ("a10_24gb_400", "llamacpp", False, ("cpu", 1)),
+        ("a10_24gb_100", "sim", False, ("cpu", 1)),
+        ("a10_24gb_100", "llamacpp", True, ("a10_24gb", 1)),
+        ("a100_80gb_200", "vllm", True, ("a100_80gb", 2)),
+        ("l4_24gb_100", "vllm", False, ("l4_24gb", 1)),
+    ],
+    ids=[
+        "cpu-accelerator-takes-a-cpu-slot-on-a-gpu-host",
+        "cpu-accelerator-takes-a-cpu-slot-whatever-the-engine",
+        "cpu-engine-on-a-host-without-gpus-ignores-its-accelerator",
+        "sim-engine-on-a-host-without-gpus-ignores-its-accelerator",
+        "cpu-engine-on-a-gpu-host-takes-the-gpus-it-asks-for",
+        "gpu-engine-takes-every-gpu-of-its-accelerator",
+        "gpu-engine-on-a-host-without-gpus-still-asks-for-gpus",
+    ],
+)
+def test_what_one_local_replica_takes(
+    accelerator: str, engine: str, host_has_gpus: bool, takes: tuple[str, int]
+) -> None:
+    assert replica_takes(ACCELERATORS[accelerator], engine, host_has_gpus) == takes
+
+
+A10G_X2_L4 = gpus.parse_nvidia_smi(SMI_A10G_X2 + "2, NVIDIA L4, 23034\n")
+
+
+@pytest.mark.parametrize(
+    ("host", "live", "limit", "free"),
+    [
+        (A10G_X2_L4, [], 8, {"cpu": 8, "a10_24gb": 2, "l4_24gb": 1}),
+        (A10G_X2_L4, [[], []], 8, {"cpu": 6, "a10_24gb": 2, "l4_24gb": 1}),
+        (A10G_X2_L4, [[0], [2]], 8, {"cpu": 8, "a10_24gb": 1}),
+        (A10G_X2_L4, [[0, 1], []], 1, {"cpu": 0, "l4_24gb": 1}),
+        ([], [[], [], []], 2, {"cpu": 0}),
+        ([], [[]], -1, {"cpu": -1}),
+        ([], [], 8, {"cpu": 8}),
+    ],
+    ids=[
+        "idle-host-has-every-gpu-and-cpu-slot-free",
+        "replicas-without-gpus-take-cpu-slots",
+        "gpu-replicas-take-their-gpus-not-cpu-slots",
+        "cpu-limit-reached-leaves-no-slot",
+        "more-cpu-replicas-than-a-lowered-limit-leaves-none-not-fewer",
+        "negative-limit-is-unlimited",
+        "host-without-gpus-reports-only-cpu-slots",
+    ],
+)
+def test_local_free_capacity(
+    host: list[gpus.Gpu], live: list[list[int]], limit: int, free: dict[str, int]
+) -> None:
+    assert free_capacity(host, live, limit) == free
 
 
 @dataclass(frozen=True)
@@ -105,22 +169,27 @@ def fake_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 async def test_local_backend_gives_each_replica_its_own_gpu_and_hides_gpus_from_cpu_ones(
     tmp_path: Path, fake_smi: None
 ) -> None:
-    backend = LocalBackend(Settings(state_dir=tmp_path / "state"))
+    backend = LocalBackend(Settings(state_dir=tmp_path / "state", local_cpu_replicas=1))
     engine = SleeperProfile()
+    assert backend.takes(spec_on("a10_24gb_100", "g"), "llamacpp") == ("a10_24gb", 1)
+    assert await backend.free_accelerators() == {"cpu": 1, "a10_24gb": 2}
     started = []
     try:
         for i in range(2):
             started.append(await backend.start(spec_on("a10_24gb_100", f"g{i}"), f"r{i}", engine))
-        assert await backend.free_accelerators() == {"cpu": -1}
+        assert await backend.free_accelerators() == {"cpu": 1}
         assert sorted(visible_devices(r.handle["pid"]) or "" for r in started) == ["0", "1"]
         with pytest.raises(gpus.NoGpu):
             await backend.start(spec_on("a10_24gb_100", "g2"), "r2", engine)
         cpu = await backend.start(spec_on("cpu", "c0"), "c0", engine)
         started.append(cpu)
         assert visible_devices(cpu.handle["pid"]) == ""
+        # The one CPU slot is taken; GPU replicas do not use CPU slots.
+        with pytest.raises(NoCapacity, match="at most 1 CPU replicas"):
+            await backend.start(spec_on("cpu", "c1"), "c1", engine)
         freed = visible_devices(started[0].handle["pid"])
         await backend.stop(started[0], grace_s=5)
-        assert await backend.free_accelerators() == {"cpu": -1, "a10_24gb": 1}
+        assert await backend.free_accelerators() == {"cpu": 0, "a10_24gb": 1}
         again = await backend.start(spec_on("a10_24gb_100", "g3"), "r3", engine)
         started.append(again)
         assert visible_devices(again.handle["pid"]) == freed
@@ -145,3 +214,39 @@ async def test_gpu_engine_on_a_host_without_gpus_is_refused_naming_the_accelerat
         assert visible_devices(replica.handle["pid"]) is None
     finally:
         await backend.stop(replica, grace_s=5)
+
+
+async def until_free(backend: LocalBackend, free: dict[str, int]) -> None:
+    async with asyncio.timeout(10):
+        while await backend.free_accelerators() != free:
+            await asyncio.sleep(0.05)
+
+
+async def test_cpu_replica_limit_on_a_host_without_gpus_waits_for_a_free_slot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi anywhere
+    backend = LocalBackend(Settings(state_dir=tmp_path / "state", local_cpu_replicas=2))
+    engine = SleeperProfile(name="llamacpp")
+    # No GPU here: a CPU engine takes a CPU slot whatever its accelerator; a GPU engine asks
+    # for GPUs this host never reports, so the scaler sees no room for it.
+    assert backend.takes(spec_on("a10_24gb_100", "l"), "llamacpp") == ("cpu", 1)
+    assert backend.takes(spec_on("a10_24gb_100", "v"), "vllm") == ("a10_24gb", 1)
+    assert await backend.free_accelerators() == {"cpu": 2}
+    started: list[RunningReplica] = []
+    try:
+        started.append(await backend.start(spec_on("cpu", "c0"), "c0", engine))
+        started.append(await backend.start(spec_on("a10_24gb_100", "c1"), "c1", engine))
+        assert await backend.free_accelerators() == {"cpu": 0}
+        with pytest.raises(NoCapacity, match="at most 2 CPU replicas"):
+            await backend.start(spec_on("cpu", "c2"), "c2", engine)
+        assert {r.replica_id for r in await backend.list()} == {"c0", "c1"}
+        # A replica whose process died holds no slot, even before its manifest is removed.
+        os.killpg(started[0].handle["pid"], signal.SIGKILL)
+        await until_free(backend, {"cpu": 1})
+        started.append(await backend.start(spec_on("cpu", "c3"), "c3", engine))
+        assert await backend.free_accelerators() == {"cpu": 0}
+        await backend.stop(started[1], grace_s=5)
+        assert await backend.free_accelerators() == {"cpu": 1}
+    finally:
+        await asyncio.gather(*(backend.stop(r, grace_s=5) for r in started))

@@ -31,6 +31,7 @@ from scaler.backends.kubernetes import (
     render_secret,
     replica_from_pod,
     secret_name,
+    unschedulable,
 )
 from scaler.backends.kubernetes_launch import LAUNCH_ENV, build, spec_in_pod
 from scaler.engines import EngineRefused, LaunchPlan
@@ -408,6 +409,76 @@ def test_pending_reason_says_why_a_pod_waits() -> None:
         }
     }
     assert "Insufficient nvidia.com/gpu" in pending_reason(unschedulable)
+
+
+GPU_SHORT = "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."
+
+
+def scheduled(status: str, reason: str | None = None, message: str | None = None) -> Any:
+    condition = {"type": "PodScheduled", "status": status}
+    if reason:
+        condition["reason"] = reason
+    if message:
+        condition["message"] = message
+    return {"status": {"phase": "Pending", "conditions": [condition]}}
+
+
+@pytest.mark.parametrize(
+    ("pod", "no_node"),
+    [
+        (scheduled("False", "Unschedulable", GPU_SHORT), GPU_SHORT),
+        (scheduled("False", "Unschedulable"), "Unschedulable"),
+        (scheduled("True"), None),
+        (scheduled("False", "SchedulingGated", "waiting on a gate"), None),
+        ({"status": {"phase": "Pending"}}, None),
+        ({}, None),
+        (
+            {
+                "status": {
+                    "phase": "Pending",
+                    "conditions": [
+                        {"type": "Ready", "status": "False", "reason": "Unschedulable"},
+                        {"type": "PodScheduled", "status": "True"},
+                    ],
+                }
+            },
+            None,
+        ),
+    ],
+    ids=[
+        "no-node-has-room-gives-the-schedulers-message",
+        "unschedulable-without-a-message-says-so",
+        "scheduled-pod-is-not",
+        "gated-pod-waits-for-its-gate-not-for-room",
+        "pod-the-scheduler-has-not-looked-at-yet-is-not",
+        "pod-without-a-status-is-not",
+        "only-the-pod-scheduled-condition-counts",
+    ],
+)
+def test_unschedulable_pods_are_told_apart(pod: dict[str, Any], no_node: str | None) -> None:
+    assert unschedulable(pod) == no_node
+
+
+def test_cpu_replicas_request_no_cpu_so_cpu_is_unlimited() -> None:
+    pod, _ = rendered("cpu", "llamacpp")
+    assert "resources" not in container(pod)
+    assert free_gpus([], []) == {"cpu": -1}
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "engine", "takes"),
+    [
+        ("cpu", "llamacpp", ("cpu", 1)),
+        ("a10_24gb_400", "vllm", ("a10_24gb", 4)),
+        ("l4_24gb_100", "llamacpp", ("l4_24gb", 1)),
+    ],
+    ids=["cpu-takes-a-cpu-slot", "four-gpus-take-four", "a-cpu-engine-on-a-gpu-takes-the-gpu"],
+)
+def test_a_replica_takes_its_accelerators_gpus(
+    accelerator: str, engine: str, takes: tuple[str, int]
+) -> None:
+    backend = create_backend(Settings(backend="kubernetes"))
+    assert backend.takes(make_spec(accelerator), engine) == takes
 
 
 def node(name: str, labels: dict[str, str], gpus: int, **spec: Any) -> dict[str, Any]:

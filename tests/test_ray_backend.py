@@ -7,6 +7,7 @@ replica actor. The actor body (`ReplicaProcess`) is also tested on its own, with
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
@@ -24,7 +25,8 @@ import httpx
 import pytest
 from harness import Proc, Stack, free_port, port_open, wait_until
 
-from scaler.engines import EngineRefused, LaunchPlan
+from scaler.backends import NoCapacity
+from scaler.engines import EngineRefused, LaunchPlan, get_engine
 from wakegate.catalog import ACCELERATORS
 from wakegate.settings import Settings
 from wakegate.spec import DeploymentSpec
@@ -34,8 +36,10 @@ ray = pytest.importorskip("ray", reason="the ray backend needs ray: pip install 
 from scaler.backends.ray import (  # noqa: E402 (only once ray is known to be importable)
     RAY_ACCELERATOR_TYPES,
     NodePaths,
+    RayBackend,
     ReplicaProcess,
     actor_options,
+    cpu_slots,
     free_by_sku,
 )
 
@@ -84,20 +88,77 @@ def test_replica_actor_is_named_detached_and_asks_for_its_accelerator(
     assert options.get("accelerator_type") == ray_type
 
 
-def test_free_gpus_are_counted_per_sku_from_each_nodes_accelerator_type() -> None:
-    totals = {
-        "n1": {"CPU": 8.0, "GPU": 4.0, "accelerator_type:A10G": 1.0},
-        "n2": {"CPU": 8.0, "GPU": 2.0, "accelerator_type:A10G": 1.0},
-        "n3": {"CPU": 16.0, "GPU": 8.0, "accelerator_type:H100": 1.0},
-        "n4": {"CPU": 2.0},
-    }
-    available = {"n1": {"GPU": 1.0}, "n2": {"GPU": 2.0}, "n3": {}, "n4": {"CPU": 2.0}}
-    assert free_by_sku(totals, available) == {
-        "cpu": -1,
-        "a10_24gb": 3,
-        "h100_80gb_pcie": 0,
-        "h100_80gb_sxm": 0,
-    }
+MIXED_NODES = {
+    "n1": {"CPU": 8.0, "GPU": 4.0, "accelerator_type:A10G": 1.0},
+    "n2": {"CPU": 8.0, "GPU": 2.0, "accelerator_type:A10G": 1.0},
+    "n3": {"CPU": 16.0, "GPU": 8.0, "accelerator_type:H100": 1.0},
+    "n4": {"CPU": 2.0},
+}
+MIXED_AVAILABLE = {
+    "n1": {"CPU": 2.0, "GPU": 1.0},
+    "n2": {"CPU": 0.5, "GPU": 2.0},
+    "n3": {},
+    "n4": {"CPU": 2.0},
+}
+
+
+@pytest.mark.parametrize(
+    ("totals", "available", "replica_cpus", "free"),
+    [
+        (
+            MIXED_NODES,
+            MIXED_AVAILABLE,
+            1.0,
+            {"cpu": 4, "a10_24gb": 3, "h100_80gb_pcie": 0, "h100_80gb_sxm": 0},
+        ),
+        (
+            MIXED_NODES,
+            MIXED_AVAILABLE,
+            1.5,
+            {"cpu": 2, "a10_24gb": 3, "h100_80gb_pcie": 0, "h100_80gb_sxm": 0},
+        ),
+        ({"n": {"CPU": 4.0}}, {"n": {"CPU": 0.9}}, 0.3, {"cpu": 3}),
+        ({"n": {"CPU": 4.0}}, {"n": {"CPU": 4.0}}, 0.0, {"cpu": -1}),
+        (
+            {"n": {"CPU": 4.0, "GPU": 1.0, "accelerator_type:L4": 1.0}},
+            {},
+            1.0,
+            {"cpu": 0, "l4_24gb": 0},
+        ),
+        ({}, {}, 1.0, {"cpu": 0}),
+    ],
+    ids=[
+        "gpus-count-for-each-sku-of-the-nodes-type-and-cpu-slots-per-node",
+        "an-actor-fits-on-one-node-or-not-at-all",
+        "cpu-slots-are-counted-as-ray-counts-not-in-floating-point",
+        "actors-that-reserve-no-cpu-are-unlimited",
+        "a-node-with-nothing-available-has-no-room",
+        "no-nodes-no-room",
+    ],
+)
+def test_free_accelerators_per_sku_and_cpu_replica_slots(
+    totals: dict[str, dict[str, float]],
+    available: dict[str, dict[str, float]],
+    replica_cpus: float,
+    free: dict[str, int],
+) -> None:
+    assert free_by_sku(totals, available, replica_cpus) == free
+
+
+@pytest.mark.parametrize(
+    ("available", "replica_cpus", "slots"),
+    [(4.0, 1.0, 4), (4.0, 1.5, 2), (0.9, 0.3, 3), (0.5, 1.0, 0), (0.0, 1.0, 0), (4.0, 0.0, -1)],
+    ids=[
+        "whole-cpus",
+        "rounds-down",
+        "fractions-that-fit-exactly-fit",
+        "less-than-one-actor-is-none",
+        "nothing-available",
+        "no-cpu-per-actor-is-unlimited",
+    ],
+)
+def test_cpu_slots(available: float, replica_cpus: float, slots: int) -> None:
+    assert cpu_slots(available, replica_cpus) == slots
 
 
 @dataclass(frozen=True)
@@ -263,6 +324,46 @@ def actors() -> set[str]:
 def actor_info(replica_id: str) -> dict[str, Any]:
     handle = ray.get_actor(replica_id, namespace=NAMESPACE)
     return dict(ray.get(handle.info.remote(), timeout=30))
+
+
+async def until_free_cpu(backend: RayBackend, slots: int) -> None:
+    """Until the backend reports `slots` CPU slots and nothing else (Ray updates its view of
+    free resources within a moment of a change)."""
+    async with asyncio.timeout(30):
+        while await backend.free_accelerators() != {"cpu": slots}:
+            await asyncio.sleep(0.2)
+
+
+async def test_no_node_for_a_replica_is_no_capacity_and_a_placed_one_is_not(
+    ray_head: str, tmp_path: Path
+) -> None:
+    def backend(start_timeout_s: float) -> RayBackend:
+        return RayBackend(
+            Settings(
+                state_dir=tmp_path,
+                ray_namespace=NAMESPACE,
+                ray_num_cpus=2,
+                replica_start_timeout_s=start_timeout_s,
+            )
+        )
+
+    impatient, patient = backend(3), backend(120)
+    try:
+        # The head has 4 CPUs and no GPU: two actors of 2 CPUs fit, and no GPU replica.
+        await until_free_cpu(impatient, 2)
+        assert impatient.takes(spec(accelerator="a10_24gb_100"), "llamacpp") == ("a10_24gb", 1)
+        with pytest.raises(NoCapacity, match=r"placed no node.*GPU=1"):
+            await impatient.start(spec(accelerator="a10_24gb_100"), "nocap-gpu", get_engine("sim"))
+        assert "nocap-gpu" not in actors()
+        # A CPU actor is placed; then its engine refuses the spec (the sim engine runs only
+        # on the sim backend): a refusal, not a lack of room.
+        with pytest.raises(EngineRefused, match="sim backend"):
+            await patient.start(spec(), "placed-cpu", get_engine("sim"))
+        assert "placed-cpu" not in actors()
+        await until_free_cpu(impatient, 2)
+    finally:
+        await impatient.close()
+        await patient.close()
 
 
 def test_cold_request_starts_one_actor_that_a_restarted_scaler_adopts_and_cooldown_stops(

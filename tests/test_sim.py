@@ -20,10 +20,12 @@ import httpx
 import pytest
 from harness import Stack, wait_until
 
-from scaler.backends import RunningReplica, create_backend
+from scaler.backends import NoCapacity, RunningReplica, create_backend
 from scaler.backends.sim import PoolExhausted, SimBackend, host_alive
 from scaler.engines import EngineRefused, get_engine
 from scaler.engines.sim import SimProfile
+from scaler.sim.host import Pool, PoolError
+from wakegate.catalog import ACCELERATORS, pool_units
 from wakegate.settings import Settings
 from wakegate.spec import DeploymentSpec
 
@@ -118,6 +120,45 @@ def test_sim_backend_is_registered(tmp_path: Path) -> None:
     assert isinstance(backend, SimBackend) and backend.name == "sim"
 
 
+@pytest.mark.parametrize(
+    ("accelerator", "demand"),
+    [
+        ("cpu", ("cpu", 1, 0)),
+        ("a10_24gb_100", ("a10_24gb", 1, 1)),
+        ("a10_24gb_400", ("a10_24gb", 4, 4)),
+        ("a100_80gb_200", ("a100_80gb", 2, 2)),
+    ],
+    ids=[
+        "cpu-replica-takes-one-slot-and-no-gpu",
+        "one-gpu-accelerator-takes-one",
+        "four-gpu-accelerator-takes-four-of-its-sku",
+        "two-gpu-accelerator-takes-two-of-its-sku",
+    ],
+)
+def test_what_a_replica_takes_from_the_sim_pool(
+    accelerator: str, demand: tuple[str, int, int]
+) -> None:
+    assert Pool.demand(accelerator) == demand
+
+
+@pytest.mark.parametrize("accelerator", list(ACCELERATORS), ids=list(ACCELERATORS))
+def test_the_sim_pool_and_backend_follow_the_catalogues_rule(
+    accelerator: str, tmp_path: Path
+) -> None:
+    sku, units, _ = Pool.demand(accelerator)
+    assert (sku, units) == pool_units(accelerator)
+    spec = sim_spec(accelerator=accelerator)
+    assert create_backend(Settings(state_dir=tmp_path, backend="sim")).takes(spec, "sim") == (
+        sku,
+        units,
+    )
+
+
+def test_an_unknown_accelerator_is_a_pool_error() -> None:
+    with pytest.raises(PoolError, match="unknown accelerator 'tpu_v5'"):
+        Pool.demand("tpu_v5")
+
+
 # --- (a) the sim host alone -----------------------------------------------------------------
 
 
@@ -134,6 +175,7 @@ async def test_replica_lifecycle_timing_pool_and_usage(sim: Callable[..., SimBac
     assert err.value.field == "config.baseModel" and "sim" in str(err.value)
 
     t0 = time.monotonic()
+    asked_at = time.time()
     rep = await backend.start(spec, "lc-1", engine)
     assert time.monotonic() - t0 >= 0.3  # the acquisition delay
     assert rep.deployment == "acme/lc" and rep.url.startswith("http://127.0.0.1:")
@@ -191,7 +233,9 @@ async def test_replica_lifecycle_timing_pool_and_usage(sim: Callable[..., SimBac
 
     # The pool: 2 A10s. A second replica fits, a third does not, nor a 4-GPU one.
     rep2 = await backend.start(spec, "lc-2", engine)
-    with pytest.raises(PoolExhausted, match=r"exhausted.*a10_24gb.*0 of 2 free"):
+    assert backend.takes(spec, "sim") == ("a10_24gb", 1)
+    # No room is its own exception: the scaler waits for capacity instead of backing off.
+    with pytest.raises(NoCapacity, match=r"exhausted.*a10_24gb.*0 of 2 free"):
         await backend.start(spec, "lc-3", engine)
     big = sim_spec("big", args, accelerator="a10_24gb_400")
     with pytest.raises(PoolExhausted, match="needs 4"):
@@ -207,6 +251,16 @@ async def test_replica_lifecycle_timing_pool_and_usage(sim: Callable[..., SimBac
     ]
     assert "acme/big" not in usage["usage"]  # a refused start holds nothing
     assert usage["intervals"] == leases
+    # When the host received each create request: before the acquisition delay.
+    first = leases[0]
+    assert asked_at <= first["requested_at"] <= first["acquired_at"] - 0.3 + 1e-3
+    async with httpx.AsyncClient() as client:
+        host = await backend.host_url()
+        described = (await client.get(f"{host}/replicas/lc-1")).json()
+        listed = (await client.get(f"{host}/replicas")).json()
+    assert described["requested_at"] == first["requested_at"]
+    assert described["acquired_at"] == first["acquired_at"]
+    assert {r["replica_id"]: r["requested_at"] for r in listed}["lc-1"] == first["requested_at"]
 
     # Stopping releases the GPUs and closes the lease interval.
     await backend.stop(rep, grace_s=1)

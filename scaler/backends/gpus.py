@@ -15,6 +15,7 @@ import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from scaler.backends import NoCapacity
 from wakegate.catalog import Accelerator
 
 # nvidia-smi product names -> catalogue SKU, matched on the upper-cased name; the first
@@ -78,8 +79,8 @@ def discover() -> list[Gpu]:
     return parse_nvidia_smi(out)
 
 
-class NoGpu(RuntimeError):
-    """Not enough free GPUs of the SKU an accelerator asks for."""
+class NoGpu(NoCapacity):
+    """Not enough free GPUs of the SKU an accelerator asks for: the replica waits for one."""
 
 
 def pick(gpus: Iterable[Gpu], busy: set[int], accelerator: Accelerator) -> list[int]:

@@ -13,10 +13,11 @@ annotations keep the exact deployment key and replica id, which labels cannot al
 
 `start` returns once the Pod has an IP (scheduled, sandbox up), not once the engine is ready:
 the scaler then probes `http://<pod IP>:8000` + the engine's health path, so the scaler and
-gateways must reach Pod IPs (run them in the cluster). The deployment's secrets (`hf_token`)
-live in a Secret named after the deployment and reach the container through `secretKeyRef`;
-their values never appear in a Pod manifest. The Secret is owned by the Pods that use it, so
-Kubernetes' garbage collector deletes it with the last of them.
+gateways must reach Pod IPs (run them in the cluster). A Pod the scheduler finds no node for
+(Unschedulable) is deleted at once, and `start` raises NoCapacity. The deployment's secrets
+(`hf_token`) live in a Secret named after the deployment and reach the container through
+`secretKeyRef`; their values never appear in a Pod manifest. The Secret is owned by the Pods
+that use it, so Kubernetes' garbage collector deletes it with the last of them.
 """
 
 from __future__ import annotations
@@ -40,10 +41,10 @@ from typing import Any
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from scaler.backends import RunningReplica
+from scaler.backends import NoCapacity, RunningReplica
 from scaler.backends.kubernetes_launch import HF_TOKEN_ENV, pod_plan
 from scaler.engines import WAKEGATE_IMAGE, EngineProfile, EngineRefused, LaunchPlan
-from wakegate.catalog import ACCELERATORS
+from wakegate.catalog import ACCELERATORS, pool_units
 from wakegate.settings import Settings
 from wakegate.spec import DeploymentSpec
 
@@ -401,6 +402,20 @@ def pending_reason(pod: Mapping[str, Any]) -> str:
     return str(status.get("phase") or "pending")
 
 
+def unschedulable(pod: Mapping[str, Any]) -> str | None:
+    """The scheduler's message when it found no node for the Pod (condition PodScheduled
+    False, reason Unschedulable); None while it is scheduled, or waits for anything else
+    (a scheduling gate, a first attempt)."""
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if (
+            cond.get("type") == "PodScheduled"
+            and cond.get("status") == "False"
+            and cond.get("reason") == "Unschedulable"
+        ):
+            return str(cond.get("message") or "Unschedulable")
+    return None
+
+
 def replica_from_pod(pod: Mapping[str, Any]) -> RunningReplica | None:
     """A listed Pod (the API's JSON form) as a replica; None for Pods wakegate did not make."""
     meta = pod.get("metadata") or {}
@@ -454,7 +469,8 @@ def _gpu_request(pod: Mapping[str, Any]) -> int:
 
 
 def free_gpus(nodes: list[Mapping[str, Any]], pods: list[Mapping[str, Any]]) -> dict[str, int]:
-    """Unrequested GPUs by SKU on schedulable nodes with known GPU labels (`cpu`: -1)."""
+    """Unrequested GPUs by SKU on schedulable nodes with known GPU labels. `cpu`: -1, since
+    replica Pods request no CPU (render_pod), so CPU is no limit the scheduler applies."""
     used: dict[str, int] = {}
     for pod in pods:
         if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
@@ -614,6 +630,12 @@ class KubernetesBackend:
                 raise KubernetesApiError(f"pod {name} ended before it started: {why}")
             if replica.url:
                 return replica
+            no_node = unschedulable(data)
+            if no_node is not None:
+                # No waiting for room here: the scaler starts a replica only where it sees
+                # room, and it retries when free_accelerators() shows some again. (A cluster
+                # autoscaler would have needed the Pod to stay Pending: see docs/backends.md.)
+                raise NoCapacity(f"pod {name} cannot be scheduled: {no_node}")
             if time.monotonic() >= deadline:
                 raise KubernetesApiError(
                     f"pod {name} got no IP within {timeout_s:.0f}s: {pending_reason(data)}"
@@ -684,6 +706,10 @@ class KubernetesBackend:
             log.warning("cannot count free GPUs: %s", _api_error("listing nodes and pods", exc))
             return {"cpu": -1}
         return free_gpus([self._json(n) for n in nodes.items], [self._json(p) for p in pods.items])
+
+    def takes(self, spec: DeploymentSpec, engine_name: str) -> tuple[str, int]:
+        # A Pod asks for its accelerator's GPUs whatever the engine: CPU engines too.
+        return pool_units(spec.accelerator)
 
     async def close(self) -> None:
         if self._api is not None:

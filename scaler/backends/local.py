@@ -5,6 +5,10 @@ replica under `<state_dir>/replicas/` lets a new scaler (or `wakegate up` at shu
 again. GPUs are handed out with CUDA_VISIBLE_DEVICES when `nvidia-smi` reports any (see
 scaler/backends/gpus.py): a replica gets `gpu_count` free GPUs of its accelerator's SKU, and
 its manifest records them. CPU engines need none, and run on CPU when the host has no GPU.
+
+Capacity: free GPUs by SKU, and `local_cpu_replicas` CPU replica slots (a replica whose
+manifest holds no GPU is a CPU replica). A start that finds no free GPU of its SKU, or no CPU
+slot, raises NoCapacity.
 """
 
 from __future__ import annotations
@@ -18,12 +22,13 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-from scaler.backends import RunningReplica, gpus
+from scaler.backends import NoCapacity, RunningReplica, gpus
 from scaler.engines import EngineProfile, EngineRefused
 from scaler.engines.adapters import adapter_path
-from wakegate.catalog import ACCELERATORS
+from wakegate.catalog import ACCELERATORS, Accelerator, pool_units
 from wakegate.settings import Settings
 from wakegate.spec import DeploymentSpec
 
@@ -31,6 +36,31 @@ log = logging.getLogger(__name__)
 
 # Engines that also run on a CPU: on a host without GPUs they ignore the accelerator.
 CPU_ENGINES = frozenset({"llamacpp", "sim"})
+
+
+def replica_takes(
+    accelerator: Accelerator, engine_name: str, host_has_gpus: bool
+) -> tuple[str, int]:
+    """(SKU, units) one replica takes on a local host: one `cpu` slot for an accelerator
+    without GPUs, and for a CPU engine on a host without GPUs (it runs on the CPU whatever its
+    accelerator asks); else its accelerator's GPUs. A GPU engine on a host without GPUs still
+    takes GPUs, which that host never has: it is refused at start."""
+    if accelerator.gpu_count == 0 or (engine_name in CPU_ENGINES and not host_has_gpus):
+        return pool_units("cpu")
+    return pool_units(accelerator.id)
+
+
+def free_capacity(
+    host_gpus: Sequence[gpus.Gpu],
+    live_replica_gpus: Sequence[Sequence[int]],
+    cpu_limit: int,
+) -> dict[str, int]:
+    """Free GPUs by SKU and free CPU replica slots (`cpu`), given the GPU indices each live
+    replica holds; one that holds none is a CPU replica. A negative limit is no limit (-1)."""
+    busy = {index for held in live_replica_gpus for index in held}
+    cpu_replicas = sum(1 for held in live_replica_gpus if not held)
+    cpu_free = -1 if cpu_limit < 0 else max(0, cpu_limit - cpu_replicas)
+    return {"cpu": cpu_free, **gpus.free_by_sku(host_gpus, busy)}
 
 
 def free_port(host: str) -> int:
@@ -86,7 +116,9 @@ class LocalBackend:
         self._models = settings.state_dir / "models"
         self._dir.mkdir(parents=True, exist_ok=True)
         self._models.mkdir(parents=True, exist_ok=True)
-        self._gpus: list[gpus.Gpu] | None = None  # discovered on first use
+        # Discovered once, here, because `takes` must answer without waiting: at once without
+        # nvidia-smi, within a second or two with it, before the scaler serves.
+        self._gpus: list[gpus.Gpu] = gpus.discover()
         self._placing = asyncio.Lock()  # GPU choice and manifest write happen together
 
     def _manifest(self, replica_id: str) -> Path:
@@ -151,30 +183,32 @@ class LocalBackend:
         }
         self._manifest(replica_id).write_text(json.dumps(manifest))
 
-    async def _host_gpus(self) -> list[gpus.Gpu]:
-        if self._gpus is None:
-            self._gpus = await asyncio.to_thread(gpus.discover)
-        return self._gpus
-
-    async def _busy_gpus(self) -> set[int]:
-        return {i for r in await self.list() if r.alive for i in r.handle.get("gpus", [])}
+    async def _live_replica_gpus(self) -> list[list[int]]:
+        """The GPU indices each live replica holds ([] for a CPU replica)."""
+        return [list(r.handle.get("gpus", [])) for r in await self.list() if r.alive]
 
     async def _place(self, spec: DeploymentSpec, engine: EngineProfile) -> list[int] | None:
         """GPU indices for the replica; [] hides every GPU (a CPU replica on a GPU host);
-        None leaves the environment alone (a host without GPUs)."""
+        None leaves the environment alone (a host without GPUs). Raises NoCapacity when no
+        GPU of its SKU (gpus.NoGpu) or no CPU slot is free."""
         accelerator = ACCELERATORS[spec.accelerator]
-        host_gpus = await self._host_gpus()
-        if not host_gpus:
-            if accelerator.gpu_count and engine.name not in CPU_ENGINES:
-                raise EngineRefused(
-                    "config.accelerator",
-                    f"{engine.name} needs {accelerator.gpu_count} GPU(s) ({accelerator.id}) "
-                    "and nvidia-smi finds none on this host",
-                )
-            return None
-        if not accelerator.gpu_count:
-            return []
-        return gpus.pick(host_gpus, await self._busy_gpus(), accelerator)
+        if not self._gpus and accelerator.gpu_count and engine.name not in CPU_ENGINES:
+            raise EngineRefused(
+                "config.accelerator",
+                f"{engine.name} needs {accelerator.gpu_count} GPU(s) ({accelerator.id}) "
+                "and nvidia-smi finds none on this host",
+            )
+        live = await self._live_replica_gpus()
+        sku, _ = self.takes(spec, engine.name)
+        if sku != "cpu":
+            return gpus.pick(self._gpus, {i for held in live for i in held}, accelerator)
+        limit = self._settings.local_cpu_replicas
+        if free_capacity(self._gpus, live, limit)["cpu"] == 0:
+            raise NoCapacity(
+                f"the local backend runs at most {limit} CPU replicas (local_cpu_replicas) "
+                "and that many run"
+            )
+        return [] if self._gpus else None
 
     def _adapters(self, spec: DeploymentSpec) -> dict[str, Path]:
         ids = spec.config.get("preloaded_adapters") or []
@@ -216,8 +250,11 @@ class LocalBackend:
         return out
 
     async def free_accelerators(self) -> dict[str, int]:
-        free = gpus.free_by_sku(await self._host_gpus(), await self._busy_gpus())
-        return {"cpu": -1, **free}
+        live = await self._live_replica_gpus()
+        return free_capacity(self._gpus, live, self._settings.local_cpu_replicas)
+
+    def takes(self, spec: DeploymentSpec, engine_name: str) -> tuple[str, int]:
+        return replica_takes(ACCELERATORS[spec.accelerator], engine_name, bool(self._gpus))
 
     async def close(self) -> None:
         return None

@@ -33,10 +33,10 @@ import ray
 from ray.exceptions import RayActorError, RayError
 
 import scaler
-from scaler.backends import BackendUnavailable, RunningReplica
+from scaler.backends import BackendUnavailable, NoCapacity, RunningReplica
 from scaler.engines import EngineProfile, EngineRefused
 from scaler.engines.adapters import adapter_path
-from wakegate.catalog import ACCELERATORS
+from wakegate.catalog import ACCELERATORS, pool_units
 from wakegate.settings import Settings
 from wakegate.spec import DeploymentSpec
 
@@ -66,6 +66,9 @@ CONNECT_TIMEOUT_S = 5.0
 # How long a stopped actor may take to leave the namespace once killed.
 KILL_WAIT_S = 15.0
 PR_SET_PDEATHSIG = 1
+# Ray counts resources in fixed point, in ten-thousandths of a unit; CPU slots are counted the
+# same way, so that 0.3 CPUs fit three times into 0.9 as they do for Ray.
+RAY_RESOURCE_UNITS = 10_000
 
 
 @dataclass(frozen=True)
@@ -111,16 +114,30 @@ def actor_options(
     return options
 
 
+def cpu_slots(available_cpus: float, replica_cpus: float) -> int:
+    """How many replica actors of `replica_cpus` CPUs each fit in `available_cpus` (as Ray
+    counts them: in fixed point); -1 (unlimited) when an actor reserves no CPU."""
+    per_replica = round(replica_cpus * RAY_RESOURCE_UNITS)
+    if per_replica <= 0:
+        return -1
+    return max(0, round(available_cpus * RAY_RESOURCE_UNITS)) // per_replica
+
+
 def free_by_sku(
     total_per_node: Mapping[str, Mapping[str, float]],
     available_per_node: Mapping[str, Mapping[str, float]],
+    replica_cpus: float,
 ) -> dict[str, int]:
     """Free GPUs per SKU: each node's available GPUs count for the SKUs its accelerator type
-    stands for. CPU replicas are limited by Ray's CPU accounting, not by us: -1."""
-    free: dict[str, int] = {"cpu": -1}
+    stands for. `cpu`: the CPU replica actors (of `replica_cpus` each, `ray_num_cpus`) that
+    fit in each node's available CPUs, summed; -1 when an actor reserves no CPU."""
+    free: dict[str, int] = {"cpu": cpu_slots(0.0, replica_cpus)}  # 0, or -1: unlimited
     for node, total in total_per_node.items():
+        available = available_per_node.get(node, {})
+        if free["cpu"] >= 0:
+            free["cpu"] += cpu_slots(float(available.get("CPU", 0)), replica_cpus)
         types = {k.partition(":")[2] for k in total if k.startswith("accelerator_type:")}
-        gpus = int(available_per_node.get(node, {}).get("GPU", 0))
+        gpus = int(available.get("GPU", 0))
         for sku, ray_type in RAY_ACCELERATOR_TYPES.items():
             if ray_type in types:
                 free[sku] = free.get(sku, 0) + gpus
@@ -328,20 +345,7 @@ class RayBackend:
                 actor.remote, replica_id, spec.key, spec.revision, self._paths
             )
             self._handles[replica_id] = handle
-            timeout = self._settings.replica_start_timeout_s
-            try:
-                info = await asyncio.wait_for(handle.launch.remote(spec, engine), timeout)
-            except TimeoutError:
-                await self._kill(replica_id, handle)
-                raise RuntimeError(
-                    f"Ray placed no node for replica {replica_id} within {timeout:.0f}s "
-                    f"(needs {_resources(options)})"
-                ) from None
-            except Exception:
-                # Not on cancellation (the scaler is shutting down): that actor launches and
-                # the next scaler adopts it.
-                await self._kill(replica_id, handle)
-                raise
+            info = await self._launch(replica_id, handle, spec, engine, _resources(options))
         finally:
             self._launching.discard(replica_id)
         if "refused" in info:
@@ -356,6 +360,42 @@ class RayBackend:
             info["url"],
         )
         return _running(info)
+
+    async def _launch(
+        self,
+        replica_id: str,
+        handle: Any,
+        spec: DeploymentSpec,
+        engine: EngineProfile,
+        needs: str,
+    ) -> dict[str, Any]:
+        """Wait for Ray to place the actor, then have it launch the engine, both within the
+        start timeout; an actor not placed in time is NoCapacity. The actor is killed on any
+        failure, not on cancellation (the scaler is shutting down): that actor launches and
+        the next scaler adopts it."""
+        timeout = self._settings.replica_start_timeout_s
+        deadline = time.monotonic() + timeout
+        placed = False
+        try:
+            # An actor answers once Ray has placed it on a node and created it: waiting for
+            # that first tells "no node has room" apart from an engine slow to launch.
+            await asyncio.wait_for(handle.info.remote(), timeout)
+            placed = True
+            left = deadline - time.monotonic()
+            return dict(await asyncio.wait_for(handle.launch.remote(spec, engine), left))
+        except TimeoutError:
+            await self._kill(replica_id, handle)
+            if not placed:
+                raise NoCapacity(
+                    f"Ray placed no node for replica {replica_id} within {timeout:.0f}s "
+                    f"(needs {needs})"
+                ) from None
+            raise RuntimeError(
+                f"replica {replica_id} did not launch its engine within {timeout:.0f}s"
+            ) from None
+        except Exception:
+            await self._kill(replica_id, handle)
+            raise
 
     async def stop(self, replica: RunningReplica, grace_s: float) -> None:
         await self._stop_actor(replica.replica_id, grace_s)
@@ -375,7 +415,11 @@ class RayBackend:
                 state.available_resources_per_node(),  # type: ignore[no-untyped-call]
             )
         )
-        return free_by_sku(totals, available)
+        return free_by_sku(totals, available, self._settings.ray_num_cpus)
+
+    def takes(self, spec: DeploymentSpec, engine_name: str) -> tuple[str, int]:
+        # An actor asks Ray for its accelerator's GPUs whatever the engine: CPU engines too.
+        return pool_units(spec.accelerator)
 
     async def close(self) -> None:
         # Detached actors keep running: a restarted scaler adopts them.

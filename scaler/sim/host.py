@@ -18,12 +18,16 @@ Control API (JSON) on --port:
                                waits --acquire-s, takes the GPUs, returns the replica
                                (409 when the pool has no room, 422 on bad input)
     DELETE /replicas/{id}      ?grace_s=: in-flight requests get that long, then it closes
-    GET    /replicas           [{replica_id, deployment, revision, url, accelerator, state}]
-                               state: loading (health 503), ready, draining
+    GET    /replicas           [{replica_id, deployment, revision, url, accelerator, state,
+                                 requested_at, acquired_at, params}]
+                               state: loading (health 503), ready, draining; requested_at:
+                               when its POST was received (before --acquire-s), acquired_at:
+                               when it took its GPUs
     GET    /replicas/{id}      one of them, with its request counters
     GET    /pool               {sku: {total, free, used}}
     GET    /usage              GPU lease intervals (all, and per deployment) with GPU-seconds
-                               per deployment; wall-clock seconds, released_at null if held
+                               per deployment; wall-clock seconds (requested_at,
+                               acquired_at, released_at), released_at null if held
     GET    /health             liveness, pid, CPU seconds and RSS of this process
     POST   /shutdown           ?grace_s=: stop every replica, then exit
 
@@ -57,7 +61,7 @@ from typing import Any
 
 from aiohttp import web
 
-from wakegate.catalog import ACCELERATORS, SKUS
+from wakegate.catalog import ACCELERATORS, SKUS, pool_units
 from wakegate.logs import setup_logging
 
 log = logging.getLogger("scaler.sim.host")
@@ -114,7 +118,8 @@ class Pool:
         acc = ACCELERATORS.get(accelerator)
         if acc is None:
             raise PoolError(f"unknown accelerator {accelerator!r}; known: {sorted(ACCELERATORS)}")
-        return acc.sku, max(acc.gpu_count, 1), acc.gpu_count
+        sku, units = pool_units(accelerator)
+        return sku, units, acc.gpu_count
 
     def take(self, accelerator: str) -> tuple[str, int, int]:
         sku, units, gpus = self.demand(accelerator)
@@ -192,7 +197,9 @@ class ReplicaParams:
 
 @dataclass
 class Lease:
-    """GPUs held by one replica, from acquisition to release (wall-clock seconds)."""
+    """GPUs held by one replica, from acquisition to release (wall-clock seconds), and when
+    the create request that asked for them was received (`requested_at`, before the
+    acquisition delay; None for a lease made outside a request)."""
 
     replica_id: str
     deployment: str
@@ -202,6 +209,7 @@ class Lease:
     gpus: int
     acquired_at: float
     released_at: float | None = None
+    requested_at: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -209,6 +217,7 @@ class Lease:
             "deployment": self.deployment,
             "accelerator": self.accelerator,
             "gpus": self.gpus,
+            "requested_at": self.requested_at,
             "acquired_at": self.acquired_at,
             "released_at": self.released_at,
         }
@@ -379,6 +388,7 @@ class SimReplica:
             "url": self.url,
             "accelerator": self.accelerator,
             "state": self.state,
+            "requested_at": self.lease.requested_at,
             "acquired_at": self.lease.acquired_at,
             "params": asdict(self.params),
         }
@@ -835,7 +845,9 @@ class SimHost:
 
     # --- replicas ---------------------------------------------------------------------------
 
-    async def create(self, body: Any) -> web.Response:
+    async def create(self, body: Any, requested_at: float | None = None) -> web.Response:
+        """Start a replica; `requested_at`: when its request was received (default: now)."""
+        requested_at = time.time() if requested_at is None else requested_at
         if not isinstance(body, dict):
             return _error(422, "body must be a JSON object")
         rid = body.get("replica_id")
@@ -873,7 +885,9 @@ class SimHost:
             except PoolError as exc:
                 log.warning("refused %s of %s: %s", rid, deployment, exc)
                 return _error(409, str(exc), reason="pool_exhausted")
-            lease = Lease(rid, deployment, accelerator, sku, units, gpus, time.time())
+            lease = Lease(
+                rid, deployment, accelerator, sku, units, gpus, time.time(), None, requested_at
+            )
             replica = SimReplica(
                 replica_id=rid,
                 deployment=deployment,
@@ -974,11 +988,12 @@ class SimHost:
             ) from None
 
     async def _h_create(self, request: web.Request) -> web.Response:
+        requested_at = time.time()  # before the body is read: when the backend asked
         try:
             body = await request.json()
         except ValueError:
             return _error(400, "request body is not valid JSON")
-        return await self.create(body)
+        return await self.create(body, requested_at)
 
     async def _h_list(self, _: web.Request) -> web.Response:
         return web.json_response([r.describe() for r in self.replicas.values()])
