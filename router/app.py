@@ -11,12 +11,13 @@ from aiohttp import web
 from cachetools import TTLCache
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from router import control, lorax_api, openai_api
+from router import admin, control, lorax_api, openai_api
 from router.context import (
     BUS,
     DISPATCHER,
     JOBS,
     METRICS,
+    QUOTA_CACHE,
     SETTINGS,
     SPEC_CACHE,
     STORE,
@@ -35,6 +36,9 @@ from wakegate.store import Store
 
 TOKEN_TTL_S = 5.0
 SPEC_TTL_S = 1.0
+# A changed quota reaches the data plane of other gateways within this (the control plane
+# reads quotas fresh).
+QUOTA_TTL_S = 5.0
 
 
 async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -42,6 +46,8 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     if not settings.redis_url:
         raise RuntimeError("the gateway needs REDIS_URL (wakegate up sets it for you)")
     app[STORE] = Store.from_url(settings.redis_url)
+    # Deployments created before the per-tenant index existed count towards the quota too.
+    await app[STORE].backfill_tenant_deployments()
     yield
     await app[STORE].close()
 
@@ -115,10 +121,12 @@ def create_app(settings: Settings) -> web.Application:
     # the data plane within SPEC_TTL_S (requests that wait re-read it fresh).
     app[TOKEN_CACHE] = TTLCache(maxsize=10_000, ttl=TOKEN_TTL_S)
     app[SPEC_CACHE] = TTLCache(maxsize=10_000, ttl=SPEC_TTL_S)
+    app[QUOTA_CACHE] = TTLCache(maxsize=10_000, ttl=QUOTA_TTL_S)
     app.cleanup_ctx.extend([_redis_ctx, _upstream_ctx, _dispatch_ctx])
     app.router.add_get("/healthz", health_handler)
     app.router.add_get("/metrics", metrics_handler)
     app.add_routes(control.routes)
+    app.add_routes(admin.routes)
     app.add_routes(lorax_api.routes)
     app.add_routes(openai_api.routes)
     return app

@@ -21,6 +21,8 @@ SETTINGS = web.AppKey("settings", Settings)
 # Short-lived caches of what every request looks up: API token -> tenant, key -> deployment.
 TOKEN_CACHE = web.AppKey("token_cache", TTLCache)
 SPEC_CACHE = web.AppKey("spec_cache", TTLCache)
+# Tenant code -> effective Quotas (wakegate/quotas.py), so requests do not read Redis for them.
+QUOTA_CACHE = web.AppKey("quota_cache", TTLCache)
 STORE = web.AppKey("store", Store)
 UPSTREAM = web.AppKey("upstream", aiohttp.ClientSession)
 DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher")
@@ -28,5 +30,7 @@ METRICS: web.AppKey[GatewayMetrics] = web.AppKey("metrics")
 JOBS: web.AppKey[JobRunner] = web.AppKey("jobs")
 BUS: web.AppKey[Bus | None] = web.AppKey("bus")
 
-# Set on each authenticated request by the auth middleware.
+# Set on each authenticated request by the auth middleware: the tenant record, or on
+# /admin/v1 routes the operator name of the admin token.
 TENANT_KEY = "wakegate.tenant"
+ADMIN_KEY = "wakegate.admin"

@@ -11,12 +11,13 @@ from typing import Any
 
 from aiohttp import web
 
-from router.context import BUS, SPEC_CACHE, STORE
+from router.context import BUS, SETTINGS, SPEC_CACHE, STORE
 from router.errors import ApiError
 from router.middlewares import tenant_of
 from scaler.engines import EngineRefused, validate_spec
 from wakegate import topics
 from wakegate.events import event
+from wakegate.quotas import QuotaExceeded, Quotas, check_deployment, tenant_quotas
 from wakegate.spec import (
     ENGINE_FIELDS,
     DeploymentSpec,
@@ -27,7 +28,7 @@ from wakegate.spec import (
     set_fields,
     validate_name,
 )
-from wakegate.store import Store
+from wakegate.store import Store, TenantFull
 
 routes = web.RouteTableDef()
 
@@ -35,12 +36,17 @@ routes = web.RouteTableDef()
 VISIBLE = frozenset({"ready", "updating", "failed"})
 
 
+def _no_constant(name: str) -> Any:
+    # Python's json reads NaN and Infinity, which are not JSON and no value may hold.
+    raise ValueError(f"{name} is not a JSON number")
+
+
 async def read_json(request: web.Request) -> Any:
     raw = await request.read()
     if not raw:
         return {}
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_constant=_no_constant)
     except ValueError as exc:
         raise ApiError(400, f"malformed JSON: {exc}", field="body") from None
 
@@ -80,6 +86,26 @@ def _check_engine(spec: DeploymentSpec) -> None:
         validate_spec(spec)
     except EngineRefused as exc:
         raise ApiError(400, str(exc), field=exc.field) from None
+
+
+def quota_error(exc: QuotaExceeded) -> ApiError:
+    """403 naming the quota and its value, in the control-plane error shape."""
+    return ApiError(
+        403, exc.message, field=exc.field, extra={"quota": exc.quota, "limit": exc.limit}
+    )
+
+
+async def _quotas(request: web.Request, tenant: str) -> Quotas:
+    # Read fresh, not from the data plane's cache: a quota the operator just changed applies
+    # to the next create or update.
+    return await tenant_quotas(request.app[STORE], request.app[SETTINGS], tenant)
+
+
+def _check_quotas(spec: DeploymentSpec, quotas: Quotas) -> None:
+    try:
+        check_deployment(spec, quotas)
+    except QuotaExceeded as exc:
+        raise quota_error(exc) from None
 
 
 async def _announce(request: web.Request, key: str, change: str) -> None:
@@ -135,12 +161,26 @@ async def create_deployment(request: web.Request) -> web.Response:
         updated_at=now,
     )
     _check_engine(spec)
+    quotas = await _quotas(request, spec.tenant)
+    _check_quotas(spec, quotas)
     # A scale-to-zero deployment accepts (queues) requests at once, so it is Ready at once;
     # one with min_replicas > 0 becomes Ready when its first replica is (the scaler says so).
     events = [event("Created", 1, f"base model {spec.base_model}")]
     if spec.min_replicas == 0:
         events.append(event("Ready", 1, "accepting requests; replicas start on demand"))
-    if not await store.create_deployment(spec, events):
+    try:
+        created = await store.create_deployment(spec, events, quotas.max_deployments)
+    except TenantFull as full:
+        raise quota_error(
+            QuotaExceeded(
+                "name",
+                "maxDeploymentsPerTenant",
+                full.limit,
+                f"tenant {spec.tenant} already has {full.limit} deployment(s), its quota "
+                "(maxDeploymentsPerTenant); delete one first",
+            )
+        ) from None
+    if not created:
         existing = await store.get_deployment(key)
         # The SDK retries this POST on 5xx/429: an identical repeat is not a conflict.
         if (
@@ -209,6 +249,9 @@ async def update_deployment(request: web.Request) -> web.Response:
     )
     if engine_changes:
         _check_engine(updated)
+    # The deployment as updated must fit the quotas, whichever field changed: a quota lowered
+    # since is met on the next update.
+    _check_quotas(updated, await _quotas(request, spec.tenant))
     await store.put_deployment(updated)
     message = "changed: " + (", ".join(sorted(changed)) or "nothing")
     events = [event("Updating", revision, message)]

@@ -18,6 +18,7 @@ class ApiError(Exception):
         field: str | None = None,
         error_type: str | None = None,
         headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -25,12 +26,16 @@ class ApiError(Exception):
         self.field = field
         self.error_type = error_type
         self.headers = headers or {}
+        # More keys of the control-plane body (a refused quota's name and value); clients
+        # ignore keys they do not know (wire-protocol spec 2.2).
+        self.extra = extra or {}
 
 
 def control_body(err: ApiError) -> dict[str, Any]:
     body: dict[str, Any] = {"error": err.message}
     if err.field:
         body["field"] = err.field
+    body.update(err.extra)
     return body
 
 

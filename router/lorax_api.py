@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 
-from router.context import JOBS, SETTINGS
+from router.context import JOBS
 from router.control import read_json
 from router.dialects import Finish, Generation, Token
 from router.errors import ApiError
@@ -19,11 +19,13 @@ from router.pipeline import (
     Send,
     check_adapter,
     priority_of,
+    quotas_of,
     resolve,
     serve_stream,
     serve_unary,
     tracked,
 )
+from wakegate.quotas import queue_limit
 from wakegate.store import QueueFull
 
 routes = web.RouteTableDef()
@@ -126,9 +128,9 @@ async def submit_async(request: web.Request) -> web.Response:
         raise ApiError(422, "stream: async requests cannot stream", field="stream",
                        error_type="validation")  # fmt: skip
     check_adapter(spec, req)
-    limit = spec.config.get("max_queue_length") or request.app[SETTINGS].max_queue_length
+    limit = queue_limit(spec, await quotas_of(request, spec.tenant))
     try:
-        job_id = await request.app[JOBS].submit(spec, req, priority_of(request, req), int(limit))
+        job_id = await request.app[JOBS].submit(spec, req, priority_of(request, req), limit)
     except QueueFull as full:
         raise ApiError(
             429, f"deployment {spec.name} is at its queue limit ({full.depth} waiting)",

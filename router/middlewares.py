@@ -1,4 +1,8 @@
-"""Gateway middlewares: error rendering per API family, then bearer-token authentication."""
+"""Gateway middlewares: error rendering per API family, then bearer-token authentication.
+
+Tenant tokens open every route but /admin/v1/, which only operator (admin) tokens open; the
+two kinds are stored apart (wakegate/store.py), so neither works in the other's place.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,13 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from router.context import STORE, TENANT_KEY, TOKEN_CACHE
+from router.context import ADMIN_KEY, STORE, TENANT_KEY, TOKEN_CACHE
 from router.errors import ApiError, render
 
 log = logging.getLogger(__name__)
 
 PUBLIC_PATHS = frozenset({"/healthz", "/metrics"})
+ADMIN_PREFIX = "/admin/v1/"
 
 
 def _family(path: str) -> str:
@@ -49,16 +54,39 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "missing API token: send 'Authorization: Bearer <token>'")
     token = token.strip()
-    cache = request.app[TOKEN_CACHE]
-    tenant = cache.get(token)
-    if tenant is None:
-        tenant = await request.app[STORE].tenant_for_token(token)
-        if tenant is not None:
-            cache[token] = tenant
+    if request.path.startswith(ADMIN_PREFIX):
+        request[ADMIN_KEY] = await _admin(request, token)
+        return await handler(request)
+    tenant = await _tenant(request, token)
     if tenant is None:
         raise ApiError(401, "invalid API token")
     request[TENANT_KEY] = tenant
     return await handler(request)
+
+
+async def _tenant(request: web.Request, token: str) -> dict[str, Any] | None:
+    cache = request.app[TOKEN_CACHE]
+    tenant: dict[str, Any] | None = cache.get(token)
+    if tenant is None:
+        tenant = await request.app[STORE].tenant_for_token(token)
+        if tenant is not None:
+            cache[token] = tenant
+    return tenant
+
+
+async def _admin(request: web.Request, token: str) -> str:
+    """The operator name of an admin token; 403 for a tenant's token, 401 for any other."""
+    cache = request.app[TOKEN_CACHE]
+    name: str | None = cache.get(("admin", token))
+    if name is None:
+        name = await request.app[STORE].admin_for_token(token)
+        if name is not None:
+            cache[("admin", token)] = name
+    if name is not None:
+        return name
+    if await _tenant(request, token) is not None:
+        raise ApiError(403, "admin routes need an admin token, not a tenant's API token")
+    raise ApiError(401, "invalid admin token")
 
 
 def tenant_of(request: web.Request) -> dict[str, Any]:

@@ -23,13 +23,23 @@ from typing import Any, Protocol
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 
-from router.context import BUS, DISPATCHER, METRICS, SETTINGS, SPEC_CACHE, STORE, UPSTREAM
+from router.context import (
+    BUS,
+    DISPATCHER,
+    METRICS,
+    QUOTA_CACHE,
+    SETTINGS,
+    SPEC_CACHE,
+    STORE,
+    UPSTREAM,
+)
 from router.dialects import Finish, Generation, Token, UpstreamError, get_dialect
 from router.dispatch import Ticket
 from router.errors import ApiError
 from router.middlewares import tenant_of
 from router.params import GenerateRequest
 from wakegate import topics
+from wakegate.quotas import Quotas, queue_limit, tenant_quotas
 from wakegate.spec import DeploymentSpec
 from wakegate.store import MAX_PRIORITY, QueueFull, ReplicaRecord
 
@@ -61,6 +71,16 @@ async def resolve(request: web.Request, fresh: bool = False) -> DeploymentSpec:
         why = next((e["message"] for e in reversed(events) if e["eventType"] == "Failed"), "")
         raise ApiError(424, f"deployment {name} failed: {why}", error_type="generation")
     return spec
+
+
+async def quotas_of(request: web.Request, tenant: str) -> Quotas:
+    """The tenant's effective quotas, cached for a few seconds (every request needs them)."""
+    cache = request.app[QUOTA_CACHE]
+    quotas: Quotas | None = cache.get(tenant)
+    if quotas is None:
+        quotas = await tenant_quotas(request.app[STORE], request.app[SETTINGS], tenant)
+        cache[tenant] = quotas
+    return quotas
 
 
 def check_adapter(spec: DeploymentSpec, req: GenerateRequest) -> None:
@@ -298,10 +318,10 @@ async def admit(
 ) -> AsyncIterator[Ticket]:
     """A place in the deployment's queue, given back on the way out; 429 when it is full."""
     dispatcher = request.app[DISPATCHER]
-    limit = spec.config.get("max_queue_length") or request.app[SETTINGS].max_queue_length
+    limit = queue_limit(spec, await quotas_of(request, spec.tenant))
     try:
         ticket = await dispatcher.enqueue(
-            spec.key, priority, int(limit), req.parameters.adapter_id, prefix_chain(req)
+            spec.key, priority, limit, req.parameters.adapter_id, prefix_chain(req)
         )
     except QueueFull as full:
         raise ApiError(

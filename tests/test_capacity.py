@@ -90,9 +90,12 @@ def test_full_pool_request_waits_then_is_served_once_a_gpu_frees(
         body = stack.api("GET", f"/v2/deployments/{cold}").json()["data"]
         assert body["status"] == "ready"
         assert body["waitingForCapacity"]["reason"] == "waiting for a free a10_24gb GPU"
-        assert scaler_metric(
-            stack, f'wakegate_waiting_for_capacity{{deployment="{stack.tenant}/{cold}"}}'
-        ) == 1.0
+        assert (
+            scaler_metric(
+                stack, f'wakegate_waiting_for_capacity{{deployment="{stack.tenant}/{cold}"}}'
+            )
+            == 1.0
+        )
         assert not waiting.done() and stack.queued(cold) == 1
         assert sim_replicas(stack, cold) == {}
         stack.delete(hog)  # its GPU frees

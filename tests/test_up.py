@@ -125,6 +125,13 @@ def test_up_uses_the_configured_redis_and_broker_instead_of_embedded_ones(
             f"http://127.0.0.1:{port}/users/current", headers={"Authorization": f"Bearer {token}"}
         )
         assert r.status_code == 200
+        # The operator's token: its own file, readable by its owner only, named in the output.
+        admin_file = state / "admin-token"
+        assert str(admin_file.resolve()) in out
+        assert admin_file.stat().st_mode & 0o777 == 0o600
+        admin = {"Authorization": f"Bearer {admin_file.read_text().strip()}"}
+        r = httpx.get(f"http://127.0.0.1:{port}/admin/v1/quotas", headers=admin)
+        assert r.status_code == 200, r.text
     finally:
         up.send_signal(signal.SIGINT)
         assert up.wait(60) == 0

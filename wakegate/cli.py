@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from wakegate import __version__
 from wakegate.settings import Settings, load_settings
+
+if TYPE_CHECKING:  # the commands import the store when they run: `--help` stays quick
+    from wakegate.store import Store
+
+T = TypeVar("T")
 
 
 def _settings(config: str | None, **overrides: object) -> Settings:
@@ -57,39 +65,186 @@ def scaler() -> None:
     scaler_main()
 
 
-@main.command("create-token")
-@click.option("--tenant", required=True, help="Tenant short code ([a-z0-9-]).")
-@click.option("--name", help="Tenant display name.")
-@click.option("--config", type=click.Path(exists=True, dir_okay=False))
-def create_token(tenant: str, name: str | None, config: str | None) -> None:
-    """Create (if needed) a tenant and print a new API token for it."""
+def _tenant_name(tenant: str) -> str:
     from wakegate.spec import InvalidSpec, validate_name
-    from wakegate.store import Store
 
     try:
-        validate_name(tenant, "tenant")
+        return validate_name(tenant, "tenant")
     except InvalidSpec as exc:
         raise click.ClickException(str(exc)) from None
-    settings = _settings(config)
+
+
+def _with_store(settings: Settings, work: Callable[[Store], Awaitable[T]]) -> T:
+    """Run `work` on the Redis that the gateway uses (REDIS_URL)."""
+    from wakegate.store import Store
+
     if not settings.redis_url:
         raise click.ClickException("set REDIS_URL to the Redis that the gateway uses")
-    token = "pb_" + secrets.token_urlsafe(24)
+    url = settings.redis_url
 
-    async def create() -> None:
-        assert settings.redis_url
-        store = Store.from_url(settings.redis_url)
+    async def run() -> T:
+        store = Store.from_url(url)
         try:
-            await store.ensure_tenant(tenant, name)
-            await store.add_token(token, tenant)
+            return await work(store)
         finally:
             await store.close()
 
-    asyncio.run(create())
+    return asyncio.run(run())
+
+
+@main.command("create-token")
+@click.option("--tenant", help="Tenant short code ([a-z0-9-]).")
+@click.option(
+    "--admin",
+    is_flag=True,
+    help="An operator token for the admin API (/admin/v1) instead of a tenant's token.",
+)
+@click.option("--name", help="Tenant display name (with --admin: the operator's name).")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False))
+def create_token(tenant: str | None, admin: bool, name: str | None, config: str | None) -> None:
+    """Create (if needed) a tenant and print a new API token for it; or, with --admin, print
+    a new operator token."""
+    if admin == (tenant is not None):
+        raise click.UsageError("give either --tenant or --admin")
+    settings = _settings(config)
+    if admin:
+        token = "wga_" + secrets.token_urlsafe(24)
+        _with_store(settings, lambda store: store.add_admin_token(token, name or "admin"))
+        click.echo(token)
+        return
+    assert tenant is not None
+    code = _tenant_name(tenant)
+    token = "pb_" + secrets.token_urlsafe(24)
+
+    async def create(store: Store) -> None:
+        await store.ensure_tenant(code, name)
+        await store.add_token(token, code)
+
+    _with_store(settings, create)
     click.echo(token)
 
 
+@main.group()
+def quota() -> None:
+    """Operator quotas: defaults from the settings, overrides per tenant (in Redis)."""
+
+
+def _limit(option: str, raw: str) -> int | None:
+    """A quota value from the command line: an integer, or `none` for unlimited."""
+    if raw.strip().lower() in ("none", "unlimited"):
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise click.BadParameter(
+            f"{raw!r} is not an integer or 'none'", param_hint=option
+        ) from None
+
+
+# CLI option -> the override's field (wakegate/quotas.py QuotaOverride).
+_QUOTA_OPTIONS = {
+    "max_deployments": "maxDeploymentsPerTenant",
+    "max_replicas": "maxReplicasPerDeployment",
+    "max_gpus": "maxGpusPerTenant",
+    "max_queue_length": "maxQueueLengthPerDeployment",
+}
+_OPTION_OF_FIELD = {v: "--" + k.replace("_", "-") for k, v in _QUOTA_OPTIONS.items()}
+
+
+def _quota_report(settings: Settings, tenant: str, store: Store) -> Awaitable[dict[str, Any]]:
+    from wakegate.quotas import default_quotas, effective_quotas
+
+    async def report() -> dict[str, Any]:
+        defaults = default_quotas(settings)
+        override = await store.quota_override(tenant)
+        return {
+            "tenant": tenant,
+            "quotas": effective_quotas(defaults, override).to_wire(),
+            "override": override.to_wire() if override is not None else None,
+            "defaults": defaults.to_wire(),
+            "deployments": await store.tenant_deployment_count(tenant),
+        }
+
+    return report()
+
+
+@quota.command("show")
+@click.option("--tenant", help="One tenant's effective quotas (default: defaults and overrides).")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False))
+def quota_show(tenant: str | None, config: str | None) -> None:
+    """Print quotas as JSON."""
+    from wakegate.quotas import default_quotas
+
+    settings = _settings(config)
+    if tenant is not None:
+        code = _tenant_name(tenant)
+        out = _with_store(settings, lambda store: _quota_report(settings, code, store))
+    else:
+
+        async def everything(store: Store) -> dict[str, Any]:
+            overrides = await store.quota_overrides()
+            return {
+                "defaults": default_quotas(settings).to_wire(),
+                "overrides": {t: o.to_wire() for t, o in overrides.items()},
+            }
+
+        out = _with_store(settings, everything)
+    click.echo(json.dumps(out, indent=2))
+
+
+@quota.command("set")
+@click.option("--tenant", required=True, help="Tenant short code.")
+@click.option("--max-deployments", metavar="N|none", help="Deployments per tenant.")
+@click.option("--max-replicas", metavar="N|none", help="Replicas per deployment.")
+@click.option("--max-gpus", metavar="N|none", help="GPUs per tenant (soft).")
+@click.option("--max-queue-length", metavar="N|none", help="Waiting requests per deployment.")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False))
+def quota_set(tenant: str, config: str | None, **limits: str | None) -> None:
+    """Override quotas of one tenant (`none`: unlimited); options left out are kept."""
+    from wakegate.quotas import parse_override
+    from wakegate.spec import InvalidSpec
+
+    code = _tenant_name(tenant)
+    body = {
+        field: _limit(_OPTION_OF_FIELD[field], raw)
+        for option, field in _QUOTA_OPTIONS.items()
+        if (raw := limits[option]) is not None
+    }
+    if not body:
+        raise click.UsageError("give at least one of " + ", ".join(_OPTION_OF_FIELD.values()))
+    try:
+        change = parse_override(body)
+    except InvalidSpec as exc:
+        option = _OPTION_OF_FIELD.get(exc.field, exc.field)
+        raise click.BadParameter(exc.message, param_hint=option) from None
+    settings = _settings(config)
+
+    async def apply(store: Store) -> dict[str, Any]:
+        await store.set_quota_override(code, change)
+        return await _quota_report(settings, code, store)
+
+    click.echo(json.dumps(_with_store(settings, apply), indent=2))
+
+
+@quota.command("unset")
+@click.option("--tenant", required=True, help="Tenant short code.")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False))
+def quota_unset(tenant: str, config: str | None) -> None:
+    """Remove a tenant's override: the defaults apply again."""
+    code = _tenant_name(tenant)
+    settings = _settings(config)
+
+    async def remove(store: Store) -> dict[str, Any]:
+        await store.delete_quota_override(code)
+        return await _quota_report(settings, code, store)
+
+    click.echo(json.dumps(_with_store(settings, remove), indent=2))
+
+
 @main.command()
-@click.argument("trace", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument(
+    "traces", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
 @click.option(
     "--format",
     "fmt",

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 import tomllib
+import typing
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
 
 
 @dataclass(frozen=True)
@@ -28,9 +31,16 @@ class Settings:
     # Keep-alive comment interval on streams that wait in the queue.
     keepalive_s: float = 5.0
     max_body_bytes: int = 8 * 1024 * 1024
-    # Waiting requests per deployment beyond which new ones get 429 (a deployment's
-    # `maxQueueLength` overrides it).
+    # Waiting requests per deployment beyond which new ones get 429: the default, and the
+    # operator's queue quota (a deployment's `maxQueueLength` is clamped to it).
     max_queue_length: int = 10_000
+    # Operator quotas (wakegate/quotas.py), None: unlimited; per-tenant overrides live in
+    # Redis (`wakegate quota set`). Deployments and GPUs per tenant (GPUs its replicas hold;
+    # CPU replicas count none), replicas per deployment. The GPU quota is soft: a deployment
+    # that fits it alone is accepted and waits for the tenant's other replicas to go.
+    quota_max_deployments_per_tenant: int | None = 1000
+    quota_max_replicas_per_deployment: int | None = 64
+    quota_max_gpus_per_tenant: int | None = None
     # How long results of async requests stay retrievable.
     async_result_ttl_s: int = 86_400
     # Queue entries and slots are leases that the holding gateway renews; a dead gateway's
@@ -100,15 +110,28 @@ class Settings:
 _ENV_ALIASES = {"redis_url": "REDIS_URL", "mqtt_url": "MQTT_URL"}
 
 
-def _coerce(kind: Any, raw: Any) -> Any:
-    kind_s = str(kind)
-    if "Path" in kind_s:
-        return Path(raw)
-    if "int" in kind_s and "None" not in kind_s:
-        return int(raw)
-    if "float" in kind_s:
-        return float(raw)
-    return raw
+# An optional setting given as one of these (any case) is None: the environment and TOML have
+# no null.
+_NONE_WORDS = frozenset({"", "none", "null"})
+
+
+def _field_types() -> dict[str, Any]:
+    """Each setting's type, resolved (the annotations are strings under PEP 563)."""
+    return typing.get_type_hints(Settings)
+
+
+def _coerce(name: str, kind: Any, raw: Any) -> Any:
+    """A setting's value from the environment (a string) or TOML, converted to its type."""
+    optional = type(None) in typing.get_args(kind)
+    if optional and (raw is None or (isinstance(raw, str) and raw.strip().lower() in _NONE_WORDS)):
+        return None
+    if isinstance(raw, str):
+        raw = raw.strip()
+    try:
+        return TypeAdapter(kind).validate_python(raw)
+    except ValidationError as exc:
+        reason = exc.errors()[0]["msg"]
+        raise ValueError(f"{name}: {raw!r} is not valid ({reason})") from None
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
@@ -123,14 +146,24 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
             if env and os.environ.get(env):
                 values[f.name] = os.environ[env]
                 break
-    known = {f.name: f.type for f in fields(Settings)}
+    known = _field_types()
     unknown = set(values) - set(known)
     if unknown:
         raise ValueError(f"unknown settings: {', '.join(sorted(unknown))}")
-    settings = Settings(**{k: _coerce(known[k], v) for k, v in values.items()})
+    settings = Settings(**{k: _coerce(k, known[k], v) for k, v in values.items()})
     settings = settings.with_overrides(**overrides)
     if settings.queue_timeout_s <= 0 or settings.lease_ms < 1000:
         raise ValueError("queue_timeout_s must be > 0 and lease_ms >= 1000")
+    if settings.max_queue_length < 1:
+        raise ValueError("max_queue_length must be >= 1")
+    for quota in (
+        "quota_max_deployments_per_tenant",
+        "quota_max_replicas_per_deployment",
+        "quota_max_gpus_per_tenant",
+    ):
+        value = getattr(settings, quota)
+        if value is not None and value < 0:
+            raise ValueError(f"{quota} must be >= 0 (or none: unlimited)")
     return settings
 
 
@@ -141,4 +174,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
         value = getattr(settings, f.name)
         if value is not None:
             env[f"WAKEGATE_{f.name.upper()}"] = str(value)
+        elif f.default is not None:
+            # None where the default is a value (an unlimited quota): say so, or the child
+            # would fall back to the default.
+            env[f"WAKEGATE_{f.name.upper()}"] = "none"
     return env

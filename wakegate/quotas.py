@@ -1,0 +1,214 @@
+"""Operator quotas: how much one tenant may hold, with per-tenant overrides.
+
+Four quotas, each a default from `Settings` that an operator may override per tenant (stored
+in Redis, see wakegate/store.py; set with the admin API or `wakegate quota set`):
+
+  maxDeploymentsPerTenant      deployments one tenant has (hard: create answers 403)
+  maxReplicasPerDeployment     min/maxReplicas of one deployment (hard: create/update 403)
+  maxGpusPerTenant             GPUs the tenant's replicas hold; CPU replicas count none. Soft
+                               for running: the scaler makes a deployment beyond it wait for
+                               capacity. Hard only for a deployment that could never run
+                               within it (one replica, or minReplicas of them, need more).
+  maxQueueLengthPerDeployment  requests waiting per deployment; a deployment's own
+                               `maxQueueLength` above it is accepted, stored as given and
+                               clamped where it is used (`queue_limit`).
+
+`None` is unlimited (for the queue, unlimited means the largest `maxQueueLength` any
+deployment may set). This module is a shared contract: the gateway checks and the scaler
+bounds with the same values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, cast
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+from pydantic.alias_generators import to_camel
+
+from wakegate.catalog import pool_units
+from wakegate.settings import Settings
+from wakegate.spec import MAX_QUEUE_LENGTH, MAX_REPLICAS, DeploymentSpec, InvalidSpec
+
+if TYPE_CHECKING:
+    from wakegate.store import Store
+
+# Largest values an override may hold: far above any real installation, and finite.
+MAX_DEPLOYMENTS_QUOTA = 100_000
+MAX_GPUS_QUOTA = 1_000_000
+
+DeploymentsQuota = Annotated[StrictInt, Field(ge=0, le=MAX_DEPLOYMENTS_QUOTA)]
+ReplicasQuota = Annotated[StrictInt, Field(ge=0, le=MAX_REPLICAS)]
+GpusQuota = Annotated[StrictInt, Field(ge=0, le=MAX_GPUS_QUOTA)]
+# Every queue is bounded: at least one request may wait.
+QueueQuota = Annotated[StrictInt, Field(ge=1, le=MAX_QUEUE_LENGTH)]
+
+
+@dataclass(frozen=True)
+class Quotas:
+    """A tenant's effective quotas. None: unlimited."""
+
+    max_deployments: int | None  # per tenant
+    max_replicas: int | None  # per deployment
+    max_gpus: int | None  # per tenant, GPUs its replicas hold
+    max_queue_length: int  # per deployment, requests waiting
+
+    def to_wire(self) -> dict[str, int | None]:
+        return {
+            "maxDeploymentsPerTenant": self.max_deployments,
+            "maxReplicasPerDeployment": self.max_replicas,
+            "maxGpusPerTenant": self.max_gpus,
+            "maxQueueLengthPerDeployment": self.max_queue_length,
+        }
+
+
+class QuotaOverride(BaseModel):
+    """A tenant's override of the operator defaults, as the admin API and the CLI take it.
+
+    A field left out keeps the default (or the override already stored); `null` is
+    unlimited. The only model that validates quota values: both edges use it.
+    """
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+    max_deployments_per_tenant: DeploymentsQuota | None = None
+    max_replicas_per_deployment: ReplicasQuota | None = None
+    max_gpus_per_tenant: GpusQuota | None = None
+    max_queue_length_per_deployment: QueueQuota | None = None
+
+    def merged(self, change: QuotaOverride) -> QuotaOverride:
+        """This override with the fields `change` sets replaced."""
+        fields = {**self.to_record(), **change.to_record()}
+        return QuotaOverride.model_validate(fields)
+
+    def to_record(self) -> dict[str, int | None]:
+        """The fields that are set (snake_case), null included: what is stored."""
+        return self.model_dump(exclude_unset=True)
+
+    def to_wire(self) -> dict[str, int | None]:
+        return self.model_dump(exclude_unset=True, by_alias=True)
+
+
+def parse_override(body: Any) -> QuotaOverride:
+    """Validate an override from the edge; InvalidSpec names the offending field."""
+    if not isinstance(body, dict):
+        raise InvalidSpec("body", "must be a JSON object")
+    try:
+        return QuotaOverride.model_validate(body)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = [str(p) for p in err["loc"]]
+        known = QuotaOverride.model_fields.get(loc[0]) if loc else None
+        if known is not None and known.alias:
+            loc[0] = known.alias  # camelCase in the answer, whichever spelling came in
+        field = ".".join(loc) or "body"
+        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+        raise InvalidSpec(field, msg) from None
+
+
+def default_quotas(settings: Settings) -> Quotas:
+    return Quotas(
+        max_deployments=settings.quota_max_deployments_per_tenant,
+        max_replicas=settings.quota_max_replicas_per_deployment,
+        max_gpus=settings.quota_max_gpus_per_tenant,
+        max_queue_length=settings.max_queue_length,
+    )
+
+
+def effective_quotas(defaults: Quotas, override: QuotaOverride | None) -> Quotas:
+    """The defaults with what the override sets in their place."""
+    if override is None:
+        return defaults
+    given = override.model_fields_set
+
+    def pick(field: str, default: int | None) -> int | None:
+        return cast(int | None, getattr(override, field)) if field in given else default
+
+    queue = pick("max_queue_length_per_deployment", defaults.max_queue_length)
+    return Quotas(
+        max_deployments=pick("max_deployments_per_tenant", defaults.max_deployments),
+        max_replicas=pick("max_replicas_per_deployment", defaults.max_replicas),
+        max_gpus=pick("max_gpus_per_tenant", defaults.max_gpus),
+        # An unlimited queue is the longest that any deployment may ask for.
+        max_queue_length=MAX_QUEUE_LENGTH if queue is None else queue,
+    )
+
+
+async def tenant_quotas(store: Store, settings: Settings, tenant: str) -> Quotas:
+    """A tenant's effective quotas: the operator defaults merged with its override."""
+    return effective_quotas(default_quotas(settings), await store.quota_override(tenant))
+
+
+def queue_limit(spec: DeploymentSpec, quotas: Quotas) -> int:
+    """Requests that may wait for this deployment: its own `maxQueueLength` (the quota when
+    unset), never more than the quota."""
+    wanted = spec.config.get("max_queue_length") or quotas.max_queue_length
+    return min(int(wanted), quotas.max_queue_length)
+
+
+def gpus_per_replica(spec: DeploymentSpec) -> int:
+    """GPUs one replica of this deployment holds; a CPU replica holds none."""
+    sku, units = pool_units(spec.accelerator)
+    return 0 if sku == "cpu" else units
+
+
+class QuotaExceeded(Exception):
+    """A deployment is beyond a hard quota. `field` is the JSON path of the value that is,
+    `quota` the quota's wire name, `limit` its value."""
+
+    def __init__(self, field: str, quota: str, limit: int, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.quota = quota
+        self.limit = limit
+        self.message = message
+
+
+def check_deployment(spec: DeploymentSpec, quotas: Quotas) -> None:
+    """Refuse a deployment beyond the hard quotas: replicas per deployment, and GPUs per
+    tenant where the deployment alone could never run within them. Raises QuotaExceeded."""
+    limit = quotas.max_replicas
+    if limit is not None:
+        replicas = (("minReplicas", spec.min_replicas), ("maxReplicas", spec.max_replicas))
+        for field, value in replicas:
+            if value > limit:
+                raise QuotaExceeded(
+                    f"config.{field}",
+                    "maxReplicasPerDeployment",
+                    limit,
+                    f"config.{field}: {value} is above the quota of {limit} replicas per "
+                    "deployment (maxReplicasPerDeployment)",
+                )
+    gpu_limit = quotas.max_gpus
+    per_replica = gpus_per_replica(spec)
+    if gpu_limit is None or per_replica == 0:
+        return
+    if per_replica > gpu_limit:
+        field = _accelerator_field(spec)
+        raise QuotaExceeded(
+            field,
+            "maxGpusPerTenant",
+            gpu_limit,
+            f"{field}: one replica on {spec.accelerator} needs {per_replica} GPU(s), above "
+            f"the quota of {gpu_limit} GPUs per tenant (maxGpusPerTenant)",
+        )
+    if spec.min_replicas * per_replica > gpu_limit:
+        raise QuotaExceeded(
+            "config.minReplicas",
+            "maxGpusPerTenant",
+            gpu_limit,
+            f"config.minReplicas: {spec.min_replicas} replicas of {per_replica} GPU(s) each "
+            f"need {spec.min_replicas * per_replica}, above the quota of {gpu_limit} GPUs per "
+            "tenant (maxGpusPerTenant)",
+        )
+
+
+def _accelerator_field(spec: DeploymentSpec) -> str:
+    """Where the deployment's accelerator came from."""
+    if spec.config.get("accelerator"):
+        return "config.accelerator"
+    if spec.config.get("compute_spec"):
+        return "config.computeSpec"
+    return "config.baseModel"
