@@ -29,6 +29,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from cachetools import TTLCache
+
 from scaler.actuator import Actuator, Outcome
 from scaler.allocator import MODES, Demand, Mode, allocate, static_caps
 from scaler.backends import Backend
@@ -38,6 +40,7 @@ from scaler.policies import Observation, ScalingConfig, get_policy
 from wakegate import topics
 from wakegate.bus import Bus
 from wakegate.events import event
+from wakegate.quotas import Quotas, tenant_quotas
 from wakegate.settings import Settings
 from wakegate.spec import DeploymentSpec
 from wakegate.store import Observed, Store
@@ -47,6 +50,8 @@ log = logging.getLogger(__name__)
 # Deployments read per pass (one round trip); more wait for the next pass, woken ones first.
 PASS_BATCH = 256
 SWEEP_BATCH = 1000
+# An operator's quota change reaches the scaler within this long.
+QUOTA_TTL_S = 5.0
 
 
 @dataclass
@@ -102,6 +107,7 @@ class Scaler:
         self._wakeup = asyncio.Event()
         self._waiting: dict[str, str] = {}  # deployments announced waiting for capacity
         self._swept = asyncio.Event()
+        self._quotas: TTLCache[str, Quotas] = TTLCache(maxsize=100_000, ttl=QUOTA_TTL_S)
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -274,9 +280,14 @@ class Scaler:
         policy = get_policy(policy_name)
         if state.policy_name != policy_name:
             state.policy_name, state.policy_state = policy_name, policy.initial_state()
+        quotas = await self._quota(spec.tenant)
+        # A quota lowered after the deployment was made bounds it from now on.
+        max_replicas = spec.max_replicas
+        if quotas.max_replicas is not None:
+            max_replicas = min(max_replicas, quotas.max_replicas)
         config = ScalingConfig(
-            min_replicas=spec.min_replicas,
-            max_replicas=spec.max_replicas,
+            min_replicas=min(spec.min_replicas, max_replicas),
+            max_replicas=max_replicas,
             scale_up_threshold=spec.scale_up_threshold,
             cooldown_s=spec.cooldown_s,
             params=params,
@@ -389,7 +400,8 @@ class Scaler:
                 if total.get(d.sku, 0) != -1:
                     total[d.sku] = total.get(d.sku, 0) + d.holding * d.units
             caps = static_caps(total, await self._static_members(demands))
-        allocation = allocate(free, demands, mode=self.mode, caps=caps)
+        gpu_quota = {t: (await self._quota(t)).max_gpus for t in {d.tenant for d in demands}}
+        allocation = allocate(free, demands, mode=self.mode, gpu_quota=gpu_quota, caps=caps)
         for key, count in allocation.starts.items():
             spec = self._specs[key]
             for _ in range(count):
@@ -405,6 +417,13 @@ class Scaler:
         for key in [k for k in self._waiting if k not in allocation.waiting]:
             if self._demands.get(key) is None or self._demands[key].need <= 0:
                 await self._stop_waiting(key)
+
+    async def _quota(self, tenant: str) -> Quotas:
+        quotas = self._quotas.get(tenant)
+        if quotas is None:
+            quotas = await tenant_quotas(self.store, self.settings, tenant)
+            self._quotas[tenant] = quotas
+        return quotas
 
     async def _static_members(self, demands: list[Demand]) -> list[Demand]:
         """Every deployment shares in a static partition, idle ones included."""

@@ -156,3 +156,25 @@ def test_guaranteed_deployment_keeps_its_idle_replica(
         r = waiting.result(timeout=60)
     assert r.status_code == 200, r.text + stack.logs()
     assert "Failed" not in events(stack, cold)
+
+
+def test_gpu_quota_makes_a_deployment_wait_with_gpus_free_in_the_pool(
+    make_stack: Callable[..., Stack], name: str
+) -> None:
+    stack = make_stack(backend="sim", sim_pool="a10_24gb=4", quota_max_gpus_per_tenant=1)
+    first, second = f"{name}-a", f"{name}-b"
+    create(stack, first, minReplicas=1, maxReplicas=1)
+    wait_until(lambda: stack.ready_replicas(first) == 1, 30, "the tenant's one GPU in use")
+    create(stack, second, minReplicas=0, maxReplicas=1)
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(stack.generate, second, "hello", 4)
+        wait_until(lambda: "WaitingForCapacity" in events(stack, second), 30, "the quota wait")
+        body = stack.api("GET", f"/v2/deployments/{second}").json()["data"]
+        assert body["waitingForCapacity"]["reason"] == (
+            "tenant GPU quota reached (maxGpusPerTenant=1)"
+        )
+        assert sim_replicas(stack, second) == {} and not waiting.done()
+        stack.delete(first)  # the tenant's GPU comes back
+        r = waiting.result(timeout=60)
+    assert r.status_code == 200, r.text + stack.logs()
+    assert "Failed" not in events(stack, second)
