@@ -70,6 +70,11 @@ class ScalerMetrics:
             "Passes of the control loop (each over the deployments with something to do)",
             registry=self.registry,
         )
+        self.sweep_seconds = Gauge(
+            "wakegate_scaler_sweep_seconds",
+            "Wall-clock duration of the latest full sweep over every deployment",
+            registry=self.registry,
+        )
         self.is_leader = Gauge(
             "wakegate_scaler_leader",
             "1 while this instance holds the lease",

@@ -49,7 +49,9 @@ log = logging.getLogger(__name__)
 
 # Deployments read per pass (one round trip); more wait for the next pass, woken ones first.
 PASS_BATCH = 256
-SWEEP_BATCH = 1000
+# Deployments read per round trip of a sweep: small enough that a wake waits at most a few
+# milliseconds of the sweep's parsing.
+SWEEP_BATCH = 200
 # An operator's quota change reaches the scaler within this long.
 QUOTA_TTL_S = 5.0
 
@@ -106,7 +108,7 @@ class Scaler:
         self._dirty: set[str] = set()  # found by a sweep or a timer
         self._wakeup = asyncio.Event()
         self._waiting: dict[str, str] = {}  # deployments announced waiting for capacity
-        self._swept = asyncio.Event()
+        self._publishing: set[asyncio.Task[bool]] = set()
         self._quotas: TTLCache[str, Quotas] = TTLCache(maxsize=100_000, ttl=QUOTA_TTL_S)
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -169,8 +171,14 @@ class Scaler:
             self.mark(ev.deployment, urgent=True)
 
     async def publish(self, kind: topics.Kind, ev: topics.Event) -> None:
-        if self.bus is not None:
-            await self.bus.publish(kind, ev)
+        """Publish in the background: a QoS 1 publish waits for the broker's ack (tens of
+        ms), and no pass or replica start waits for an event to go out. Tasks start in the
+        order they are made, so a deployment's events keep their order."""
+        if self.bus is None:
+            return
+        task = asyncio.create_task(self.bus.publish(kind, ev))
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
 
     # --- what to pass -----------------------------------------------------------------------
 
@@ -182,6 +190,7 @@ class Scaler:
     async def _sweep(self) -> None:
         """Every deployment, in batches: those holding replicas or load, being deleted or
         updated, or kept above zero by min_replicas are passed; idle ones cost one read."""
+        started = time.monotonic()
         keys = await self.store.deployment_keys()
         for i in range(0, len(keys), SWEEP_BATCH):
             for row in await self.store.sweep(keys[i : i + SWEEP_BATCH]):
@@ -197,7 +206,7 @@ class Scaler:
                 ):
                     self.mark(row.key)
             await asyncio.sleep(0)  # woken deployments go between batches
-        self._swept.set()
+        self.metrics.sweep_seconds.set(time.monotonic() - started)
 
     async def _pass_loop(self) -> None:
         while True:
