@@ -8,10 +8,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from harness import ROOT
 
-from wakegate.replay.report import percentile, replica_timeline
-from wakegate.replay.traces import TraceRequest, load_trace, prompt_text, window
+from wakegate.replay.pool import plan_members
+from wakegate.replay.report import capacity_waits, percentile, replica_timeline
+from wakegate.replay.traces import (
+    TraceRequest,
+    load_trace,
+    prompt_text,
+    rotate,
+    session_keys,
+    split_trace,
+    window,
+)
 
 TRACES = ROOT.parent / "shared" / "data" / "traces"
 
@@ -97,3 +107,150 @@ def test_policy_durations_are_compressed_with_the_trace_defaults_included() -> N
     ray = scaled_params("ray", {}, 10.0)
     assert ray["downscale_delay_s"] == 60.0
     assert ray["downscale_to_zero_delay_s"] < 0  # "same as downscale delay" stays a sentinel
+
+
+def _at(i: int, *hash_ids: int) -> TraceRequest:
+    """Request number i (it arrives at second i), with these prompt blocks."""
+    return TraceRequest(float(i), 10, 1, hash_ids)
+
+
+@pytest.mark.parametrize(
+    ("trace", "parts", "expected"),
+    [
+        ([_at(i) for i in range(7)], 3, [[0, 3, 6], [1, 4], [2, 5]]),
+        ([_at(i) for i in range(5)], 1, [[0, 1, 2, 3, 4]]),
+        ([_at(i) for i in range(2)], 4, [[0], [1], [], []]),
+        # Block 0 is in every prompt; the block after it names the conversation.
+        (
+            [_at(0, 0, 1, 2), _at(1, 0, 5), _at(2, 0, 1, 2, 3), _at(3, 0, 7), _at(4, 0, 5, 6)],
+            2,
+            [[0, 2, 3], [1, 4]],
+        ),
+        ([_at(0, 0, 1), _at(1, 0, 2), _at(2, 0)], 2, [[0, 2], [1]]),
+        ([_at(i, 0, 1) for i in range(4)], 2, [[0, 2], [1, 3]]),
+    ],
+    ids=[
+        "no-conversations-deals-request-by-request",
+        "one-part-is-the-whole-trace",
+        "more-parts-than-requests-leaves-some-empty",
+        "a-conversation-follows-its-first-turn",
+        "a-prompt-of-only-the-shared-prefix-goes-in-turn",
+        "identical-prompts-are-no-conversation",
+    ],
+)
+def test_trace_split_is_deterministic_and_deals_every_request_once(
+    trace: list[TraceRequest], parts: int, expected: list[list[int]]
+) -> None:
+    split = split_trace(trace, parts)
+    assert [[int(r.at_s) for r in part] for part in split] == expected
+    assert split_trace(trace, parts) == split
+    assert sorted((r for part in split for r in part), key=lambda r: r.at_s) == trace
+
+
+def test_real_traces_split_evenly_and_keep_conversations_whole() -> None:
+    mooncake = load_trace(TRACES / "mooncake_conversation.jsonl")
+    parts = split_trace(mooncake, 4)
+    assert sum(len(p) for p in parts) == len(mooncake)
+    assert min(len(p) for p in parts) > 0.9 * len(mooncake) / 4
+    owner: dict[int | None, int] = {}
+    for i, part in enumerate(parts):
+        for key in session_keys(part):
+            assert owner.setdefault(key, i) == i, f"conversation {key} on two deployments"
+    azure = load_trace(TRACES / "azure2023_code.csv")
+    assert [len(p) for p in split_trace(azure, 4)] == [2205, 2205, 2205, 2204]
+
+
+def test_a_rotated_trace_keeps_its_requests_at_other_times() -> None:
+    trace = [_at(0), _at(3), _at(8), _at(10)]
+    # Around the last request's time: the last and the first are one moment of a loop.
+    assert [r.at_s for r in rotate(trace, 4)] == [2, 4, 4, 7]
+    assert [r.at_s for r in rotate(trace, 4, period_s=12)] == [0, 2, 4, 7]
+    assert rotate(trace, 0) == trace and rotate(trace, 10) == trace
+
+
+def test_pool_deployments_are_named_in_their_tenants_with_staggered_parts() -> None:
+    trace = [_at(0), _at(3), _at(8), _at(10)]
+    members = plan_members(
+        [("a.csv", trace), ("b.csv", trace)], per_trace=2, tenants="per-deployment",
+        guaranteed=1, stagger_s=4,
+    )  # fmt: skip
+    assert [(m.key, m.trace_name, m.guaranteed) for m in members] == [
+        ("t1/d1", "a.csv", True), ("t2/d2", "a.csv", False),
+        ("t3/d3", "b.csv", False), ("t4/d4", "b.csv", False),
+    ]  # fmt: skip
+    assert [r.at_s for r in members[0].requests] == [0, 8]  # the first is not shifted
+    # 3 and 10, 4 s later around the whole trace's span (10 s).
+    assert [r.at_s for r in members[1].requests] == [4, 7]
+    assert [r.at_s for r in members[2].requests] == [6, 8]  # 0 and 8, 8 s later
+    shared = plan_members([("a.csv", trace)], per_trace=3, tenants="one")
+    assert {m.tenant for m in shared} == {"shared"} and len({m.key for m in shared}) == 3
+
+
+def _event(kind: str, t_s: float) -> dict[str, object]:
+    return {"eventType": kind, "t_s": t_s}
+
+
+@pytest.mark.parametrize(
+    ("events", "expected"),
+    [
+        ([_event("Created", 0), _event("Ready", 0)], []),
+        ([_event("WaitingForCapacity", 10), _event("CapacityAvailable", 25)], [(10, 25)]),
+        ([_event("WaitingForCapacity", 90)], [(90, 100)]),
+        (
+            [
+                _event("WaitingForCapacity", 5),
+                _event("Reclaimed", 7),
+                _event("CapacityAvailable", 8),
+                _event("WaitingForCapacity", 50),
+                _event("CapacityAvailable", 60),
+            ],
+            [(5, 8), (50, 60)],
+        ),
+        ([_event("CapacityAvailable", 3), _event("WaitingForCapacity", -2)], [(0, 3)]),
+    ],
+    ids=[
+        "no-wait",
+        "wait-ends-when-capacity-is-available",
+        "a-wait-still-open-lasts-to-the-end",
+        "two-waits",
+        "clipped-to-the-run-and-read-in-time-order",
+    ],
+)
+def test_capacity_waits_run_from_waiting_to_available(
+    events: list[dict[str, object]], expected: list[tuple[float, float]]
+) -> None:
+    assert capacity_waits(events, 100.0) == expected
+
+
+def test_deployments_share_one_pool_and_the_report_has_a_row_for_each(tmp_path: Path) -> None:
+    """Two tenants' deployments on a one-GPU pool: one waits for the other's GPU, none fails."""
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "wakegate", "replay", str(TRACES / "azure2023_code.csv"),
+         "--start-s", "240", "--end-s", "270", "--speed", "10", "--load-s", "5",
+         "--deployments", "2", "--pool", "a10_24gb=1", "--max-replicas", "1",
+         "--cooldown-s", "20", "--allocator", "fair", "--out", str(out)],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert {"fair.json", "fair.md", "fair.png", "table.md"} <= {p.name for p in out.iterdir()}
+    pool_rows, deployment_rows = (
+        [line.split("|")[1:-1] for line in block.splitlines()[2:]]
+        for block in (out / "table.md").read_text().split("\n\n")
+    )
+    assert [(r[0].strip(), r[1].strip(), r[7].strip()) for r in pool_rows] == [
+        ("fair", "a10_24gb=1", "0")  # allocator, pool, failed
+    ]
+    assert [(r[1].strip(), r[5].strip()) for r in deployment_rows] == [
+        ("t1/d1", "0"), ("t2/d2", "0")  # deployment, failed
+    ]  # fmt: skip
+    run = json.loads((out / "fair.json").read_text())
+    expected = len(window(load_trace(TRACES / "azure2023_code.csv"), 240, 270))
+    assert sum(len(rs) for rs in run["results"].values()) == expected
+    for rs in run["results"].values():
+        assert rs and all(r["ok"] for r in rs), [r for r in rs if not r["ok"]]
+    assert {row["deployment"] for row in run["usage"]} == {"t1/d1", "t2/d2"}
+    held = replica_timeline(run["usage"], run["horizon_s"])
+    assert max(n for _, n in held) == 1, "never more GPUs than the pool has"
+    kinds = {e["eventType"] for events in run["events"].values() for e in events}
+    assert "WaitingForCapacity" in kinds, "one deployment waited for the other's GPU"

@@ -331,8 +331,58 @@ def quota_unset(tenant: str, config: str | None) -> None:
     default=None,
     help="Write results JSON, plots and the table here.",
 )
+@click.option(
+    "--deployments",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Split each trace across this many deployments on one pool (whole conversations "
+    "where the trace has them, else request by request).",
+)
+@click.option(
+    "--tenants",
+    type=click.Choice(["per-deployment", "one"]),
+    default="per-deployment",
+    show_default=True,
+    help="Shared pool: a tenant per deployment, or all deployments in one tenant.",
+)
+@click.option(
+    "--pool",
+    default=None,
+    help="Shared pool: the simulated GPUs, e.g. a10_24gb=6 (default: room for every "
+    "deployment's --max-replicas).",
+)
+@click.option(
+    "--allocator",
+    "allocators",
+    multiple=True,
+    type=click.Choice(["fair", "fcfs", "static"]),
+    help="Shared pool: how the scaler shares it (default fair); repeat to compare several.",
+)
+@click.option(
+    "--guaranteed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Shared pool: the first N deployments use guaranteed capacity.",
+)
+@click.option(
+    "--stagger-s",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Shared pool: deployment i+1's requests come i x this many trace seconds later, "
+    "wrapped around the trace's end, so that parts of one trace burst at different times.",
+)
+@click.option(
+    "--reclaim-grace-s",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Shared pool: a replica younger than this (since ready) is never reclaimed.",
+)
 def replay(
-    trace: Path,
+    traces: tuple[Path, ...],
     fmt: str | None,
     policies: tuple[str, ...],
     params: tuple[str, ...],
@@ -350,8 +400,20 @@ def replay(
     routings: tuple[str, ...],
     warm: bool,
     out: Path | None,
+    deployments: int,
+    tenants: str,
+    pool: str | None,
+    allocators: tuple[str, ...],
+    guaranteed: int,
+    stagger_s: float,
+    reclaim_grace_s: float,
 ) -> None:
-    """Replay a request trace through the real gateway and scaler on the sim backend."""
+    """Replay request traces through the real gateway and scaler on the sim backend.
+
+    One trace: one deployment, under each --policy. Several traces, or any of --deployments,
+    --pool, --allocator, --guaranteed, --stagger-s: several deployments sharing one pool,
+    under each --allocator.
+    """
     import json
 
     from wakegate.replay import report
@@ -366,10 +428,49 @@ def replay(
             knobs.setdefault(pol, {})[k] = float(v)
         except ValueError:
             raise click.BadParameter(f"{p!r}: use POLICY:KEY=VALUE", param_hint="--param") from None
+    engine = SimEngine(load_s=load_s, tps=tps, batch=batch, cache_blocks=cache_blocks)
+    if len(traces) > 1 or deployments > 1 or pool or allocators or guaranteed or stagger_s:
+        from wakegate.replay.allocators import compare_allocators
+        from wakegate.replay.pool import PoolPlan, plan_members, pool_for_peaks
+
+        for flag, given in (("--policy", policies), ("--routing", routings)):
+            if len(given) > 1:
+                raise click.BadParameter("one value on a shared pool", param_hint=flag)
+        if warm:
+            raise click.BadParameter("not on a shared pool", param_hint="--warm")
+        loaded = [(t.name, window(load_trace(t, fmt), start_s, end_s)) for t in traces]
+        if not all(reqs for _, reqs in loaded):
+            raise click.ClickException("no request in that window of a trace")
+        members = plan_members(
+            loaded,
+            per_trace=deployments,
+            tenants="one" if tenants == "one" else "per-deployment",
+            guaranteed=guaranteed,
+            stagger_s=stagger_s,
+        )
+        try:
+            template = PoolPlan(
+                members=members,
+                pool=pool or pool_for_peaks(len(members), max_replicas),
+                policy=policies[0],
+                policy_params=knobs.get(policies[0], {}),
+                speed=speed,
+                min_replicas=min_replicas,
+                max_replicas=max_replicas,
+                scale_up_threshold=threshold,
+                cooldown_s=cooldown_s,
+                engine=engine,
+                routing=routings[0],
+                reclaim_grace_s=reclaim_grace_s,
+            )
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+        compare_allocators(template, allocators or ("fair",), out, click.echo)
+        return
+    trace = traces[0]
     requests = window(load_trace(trace, fmt), start_s, end_s)
     if not requests:
         raise click.ClickException("no request in that window of the trace")
-    engine = SimEngine(load_s=load_s, tps=tps, batch=batch, cache_blocks=cache_blocks)
     summaries = []
     for policy, routing in [(p, r) for p in policies for r in routings]:
         span = requests[-1].at_s

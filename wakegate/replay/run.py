@@ -4,7 +4,7 @@ One run = a fresh stack (embedded Redis and broker, scaler with the `sim` backen
 one deployment with the chosen scaling policy, and the trace's requests sent at their
 (compressed) times as streaming LoRAX requests. Every duration of the run (engine timings,
 cooldowns, policy windows) is divided by `speed`; every measurement is multiplied back, so
-results read in trace seconds.
+results read in trace seconds. Several deployments sharing one pool: `pool.py`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -51,6 +51,31 @@ class SimEngine:
             "--stream-interval-s", str(self.stream_interval_s),
             "--cache-blocks", str(self.cache_blocks),
         ]  # fmt: skip
+
+
+class DeploymentFields(Protocol):
+    """What every deployment of a replay is made of, whichever plan carries it."""
+
+    @property
+    def policy(self) -> str: ...
+    @property
+    def policy_params(self) -> dict[str, float]: ...
+    @property
+    def speed(self) -> float: ...
+    @property
+    def min_replicas(self) -> int: ...
+    @property
+    def max_replicas(self) -> int: ...
+    @property
+    def scale_up_threshold(self) -> int: ...
+    @property
+    def cooldown_s(self) -> float: ...
+    @property
+    def engine(self) -> SimEngine: ...
+    @property
+    def accelerator(self) -> str: ...
+    @property
+    def routing(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -126,7 +151,7 @@ def scaled_params(policy: str, params: dict[str, float], speed: float) -> dict[s
     return {k: (v / speed if k.endswith("_s") and v > 0 else v) for k, v in merged.items()}
 
 
-async def _send(
+async def send(
     session: aiohttp.ClientSession,
     url: str,
     headers: dict[str, str],
@@ -169,7 +194,7 @@ async def _send(
     return result
 
 
-async def _sample(store: Store, key: str, t0: float, speed: float, out: list[Sample]) -> None:
+async def sample_load(store: Store, key: str, t0: float, speed: float, out: list[Sample]) -> None:
     while True:
         load = await store.load(key)
         replicas = await store.replicas(key)
@@ -185,50 +210,71 @@ async def _sample(store: Store, key: str, t0: float, speed: float, out: list[Sam
         await asyncio.sleep(SAMPLE_EVERY_S)
 
 
+def deployment_config(plan: DeploymentFields, guaranteed: bool = False) -> dict[str, Any]:
+    """The deployment's `config` as the control plane takes it, durations compressed."""
+    config: dict[str, Any] = {
+        "baseModel": "sim-llm",
+        "minReplicas": plan.min_replicas,
+        "maxReplicas": plan.max_replicas,
+        "scaleUpRequestThreshold": plan.scale_up_threshold,
+        "cooldownTime": max(0, round(plan.cooldown_s / plan.speed)),
+        "customArgs": plan.engine.custom_args(),
+        # Long-context traces (Mooncake prompts reach 126k tokens) must fit the engine.
+        "maxTotalTokens": 262_144,
+        "accelerator": plan.accelerator,
+        "routing": plan.routing,
+        "scalingPolicy": {
+            "name": plan.policy,
+            "params": scaled_params(plan.policy, plan.policy_params, plan.speed),
+        },
+    }
+    if guaranteed:
+        config["usesGuaranteedCapacity"] = True
+    return config
+
+
+def client_session() -> aiohttp.ClientSession:
+    """One session for every request of a run: no total timeout (a request may wait for a
+    cold start or for capacity), and room for a burst's connections."""
+    return aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=30),
+        connector=aiohttp.TCPConnector(limit=4000),
+    )
+
+
+async def create_deployment(
+    client: aiohttp.ClientSession, base: str, token: str, name: str, config: dict[str, Any]
+) -> None:
+    async with client.post(
+        f"{base}/v2/deployments",
+        headers={"Authorization": f"Bearer {token}"},
+        json={"name": name, "config": config},
+    ) as r:
+        if r.status != 200:
+            raise RuntimeError(f"creating the deployment {name} failed: {await r.text()}")
+
+
 async def _drive(plan: Plan, settings: Settings, token: str) -> RunResult:
     assert settings.redis_url
     base = f"http://{settings.host}:{settings.port}"
     headers = {"Authorization": f"Bearer {token}"}
     name = "replay"
     key = f"{settings.default_tenant}/{name}"
-    async with aiohttp.ClientSession(
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=30),
-        connector=aiohttp.TCPConnector(limit=4000),
-    ) as client:
-        config = {
-            "baseModel": "sim-llm",
-            "minReplicas": plan.min_replicas,
-            "maxReplicas": plan.max_replicas,
-            "scaleUpRequestThreshold": plan.scale_up_threshold,
-            "cooldownTime": max(0, round(plan.cooldown_s / plan.speed)),
-            "customArgs": plan.engine.custom_args(),
-            # Long-context traces (Mooncake prompts reach 126k tokens) must fit the engine.
-            "maxTotalTokens": 262_144,
-            "accelerator": plan.accelerator,
-            "routing": plan.routing,
-            "scalingPolicy": {
-                "name": plan.policy,
-                "params": scaled_params(plan.policy, plan.policy_params, plan.speed),
-            },
-        }
-        async with client.post(
-            f"{base}/v2/deployments", headers=headers, json={"name": name, "config": config}
-        ) as r:
-            if r.status != 200:
-                raise RuntimeError(f"creating the deployment failed: {await r.text()}")
+    async with client_session() as client:
+        await create_deployment(client, base, token, name, deployment_config(plan))
         url = f"{base}/{settings.default_tenant}/deployments/v2/llms/{name}"
         store = Store.from_url(settings.redis_url)
         if plan.warm:
             await _warm_up(store, key, plan)
         samples: list[Sample] = []
         t0 = time.monotonic()
-        sampler = asyncio.create_task(_sample(store, key, t0, plan.speed, samples))
+        sampler = asyncio.create_task(sample_load(store, key, t0, plan.speed, samples))
         tasks = []
         for req in plan.requests:
             delay = t0 + req.at_s / plan.speed - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(_send(client, url, headers, req, plan.speed)))
+            tasks.append(asyncio.create_task(send(client, url, headers, req, plan.speed)))
         results = list(await asyncio.gather(*tasks))
         horizon = (time.monotonic() - t0) * plan.speed
         sampler.cancel()
@@ -246,23 +292,50 @@ async def _warm_up(store: Store, key: str, plan: Plan) -> None:
         await asyncio.sleep(0.2)
 
 
+async def sim_usage(settings: Settings) -> dict[str, Any]:
+    """The sim host's `/usage`: lease intervals (wall clock) and token totals per deployment."""
+    host = json.loads((settings.state_dir / "sim-host.json").read_text())
+    async with aiohttp.ClientSession() as client, client.get(f"{host['url']}/usage") as r:
+        data: dict[str, Any] = await r.json()
+    return data
+
+
+def lease_rows(data: dict[str, Any], wall0: float, speed: float) -> list[dict[str, Any]]:
+    """Every lease interval with `start_s`/`end_s` added: trace seconds from `wall0`."""
+    rows: list[dict[str, Any]] = []
+    for row in data.get("intervals", []):
+        start = (row["acquired_at"] - wall0) * speed
+        end = None if row.get("released_at") is None else (row["released_at"] - wall0) * speed
+        rows.append({**row, "start_s": start, "end_s": end})
+    return rows
+
+
 async def _usage(
     settings: Settings, key: str, t0: float, speed: float
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """GPU lease intervals (re-based to trace seconds) and token totals from the sim host."""
-    host = json.loads((settings.state_dir / "sim-host.json").read_text())
-    async with aiohttp.ClientSession() as client, client.get(f"{host['url']}/usage") as r:
-        data = await r.json()
+    data = await sim_usage(settings)
     # The host reports wall-clock times; convert relative to the run's start.
     wall0 = time.time() - (time.monotonic() - t0)
-    rows: list[dict[str, Any]] = []
-    items = data.get("intervals", data) if isinstance(data, dict) else data
-    for row in items:
-        start = (row["acquired_at"] - wall0) * speed
-        end = None if row.get("released_at") is None else (row["released_at"] - wall0) * speed
-        rows.append({**row, "start_s": start, "end_s": end})
-    tokens = data.get("tokens", {}).get(key, {}) if isinstance(data, dict) else {}
-    return rows, {k: int(v) for k, v in tokens.items()}
+    tokens = data.get("tokens", {}).get(key, {})
+    return lease_rows(data, wall0, speed), {k: int(v) for k, v in tokens.items()}
+
+
+def replay_settings(state_dir: Path, speed: float, log_level: str, **extra: Any) -> Settings:
+    """The stack of a replay: sim backend at the replay's speed, a fast reconcile loop, and a
+    queue that never times a request out (waits are what the replay measures)."""
+    return Settings(
+        state_dir=state_dir,
+        port=free_port(),
+        scaler_port=free_port(),
+        backend="sim",
+        sim_time_scale=speed,
+        reconcile_interval_s=0.25,
+        queue_timeout_s=3600.0,
+        keepalive_s=5.0,
+        log_level=log_level,
+        **extra,
+    )
 
 
 def run(plan: Plan, state_dir: Path | None = None, log_level: str = "WARNING") -> RunResult:
@@ -270,17 +343,7 @@ def run(plan: Plan, state_dir: Path | None = None, log_level: str = "WARNING") -
     from wakegate.up import Stack
 
     with tempfile.TemporaryDirectory(prefix="wakegate-replay-") as tmp:
-        settings = Settings(
-            state_dir=state_dir or Path(tmp),
-            port=free_port(),
-            scaler_port=free_port(),
-            backend="sim",
-            sim_time_scale=plan.speed,
-            reconcile_interval_s=0.25,
-            queue_timeout_s=3600.0,
-            keepalive_s=5.0,
-            log_level=log_level,
-        )
+        settings = replay_settings(state_dir or Path(tmp), plan.speed, log_level)
         stack = Stack(settings, quiet=True)
         try:
             stack.start()

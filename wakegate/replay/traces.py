@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -87,3 +88,54 @@ def prompt_text(req: TraceRequest) -> str:
             break
     parts.append("w " * left)
     return "".join(parts).rstrip()
+
+
+def session_keys(trace: Sequence[TraceRequest]) -> list[int | None]:
+    """The conversation of each request, where the trace tells: its first prompt block after
+    the prefix that every request shares. In the Mooncake trace block 0 is a system prompt in
+    every request, and a conversation's later turns repeat its earlier turns' blocks, so the
+    block after it names the conversation. None for a request without such a block (every
+    request of a trace without hash ids)."""
+    with_ids = [r.hash_ids for r in trace if r.hash_ids]
+    shared = 0
+    if with_ids:
+        first = with_ids[0]
+        while shared < len(first) and all(
+            len(ids) > shared and ids[shared] == first[shared] for ids in with_ids
+        ):
+            shared += 1
+    return [r.hash_ids[shared] if len(r.hash_ids) > shared else None for r in trace]
+
+
+def split_trace(trace: Sequence[TraceRequest], parts: int) -> list[list[TraceRequest]]:
+    """Deal a trace to `parts` deployments, deterministically: each new conversation (see
+    `session_keys`), or each request that has none, goes to the next part in turn, and a
+    conversation's later turns follow its first, so a deployment's prefix cache sees whole
+    conversations. Every request lands in exactly one part, in trace order."""
+    if parts < 1:
+        raise ValueError(f"parts must be >= 1, not {parts}")
+    out: list[list[TraceRequest]] = [[] for _ in range(parts)]
+    owner: dict[int, int] = {}
+    turn = 0
+    for req, key in zip(trace, session_keys(trace), strict=True):
+        if key is not None and key in owner:
+            part = owner[key]
+        else:
+            part, turn = turn, (turn + 1) % parts
+            if key is not None:
+                owner[key] = part
+        out[part].append(req)
+    return out
+
+
+def rotate(
+    trace: Sequence[TraceRequest], by_s: float, period_s: float | None = None
+) -> list[TraceRequest]:
+    """The trace shifted `by_s` later, what passes `period_s` (default: its last request's
+    time) wrapping around to the start: the same requests and the same shape, at other times
+    (deployments made from one trace then burst at different moments)."""
+    period = period_s if period_s is not None else max((r.at_s for r in trace), default=0.0)
+    if period <= 0 or by_s % period == 0:
+        return list(trace)
+    shifted = [replace(r, at_s=(r.at_s + by_s) % period) for r in trace]
+    return sorted(shifted, key=lambda r: r.at_s)
