@@ -313,6 +313,8 @@ class Actuator:
             for rec in records:
                 if rec.id in alive or self.busy(rec.id):
                     continue
+                if await self.store.replica(key, rec.id) is None:
+                    continue  # stopped and removed since `registries` was read
                 log.warning("replica %s of %s is gone; removing it", rec.id, key)
                 self.metrics.replica_failures.labels(key).inc()
                 await self.store.remove_replica(key, rec.id)

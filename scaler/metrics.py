@@ -81,14 +81,21 @@ class ScalerMetrics:
             registry=self.registry,
         )
 
-    def forget(self, deployment: str) -> None:
-        """Drop every series of a deleted deployment."""
-        for metric in (self.queue_depth, self.in_flight, self.waiting, self.replica_failures):
+    def idle(self, deployment: str) -> None:
+        """Drop the gauges of a deployment at zero with nothing to do: 10,000 idle
+        deployments do not make 50,000 series of zeros (an absent series reads as zero)."""
+        for metric in (self.queue_depth, self.in_flight, self.waiting):
             with contextlib.suppress(KeyError):
                 metric.remove(deployment)
         for state in ("starting", "ready", "draining"):
             with contextlib.suppress(KeyError):
                 self.replicas.remove(deployment, state)
+
+    def forget(self, deployment: str) -> None:
+        """Drop every series of a deleted deployment."""
+        self.idle(deployment)
+        with contextlib.suppress(KeyError):
+            self.replica_failures.remove(deployment)
         with contextlib.suppress(KeyError):
             self.replica_start_seconds.remove(deployment)
         for labels in list(self.decisions._metrics):

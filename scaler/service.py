@@ -358,6 +358,7 @@ class Scaler:
             self._due[key] = due
         else:
             self._forget(key)
+            self.metrics.idle(key)
         if need == 0 and (key in self._waiting or seen.waiting):
             await self._stop_waiting(key)
         elif need > 0 and seen.waiting and key not in self._waiting:
