@@ -943,15 +943,16 @@ class Store:
                 pipe.get(dep_key(key, "spec"))
                 pipe.hgetall(dep_key(key, "replicas"))
                 pipe.zcount(dep_key(key, "qlease"), now, "+inf")
-                pipe.zcount(dep_key(key, "inflight"), now, "+inf")
+                pipe.zrangebyscore(dep_key(key, "inflight"), now, "+inf")
                 pipe.get(dep_key(key, "activity"))
                 pipe.hmget(dep_key(key, "counters"), ["arrivals", "completions"])
                 pipe.get(dep_key(key, "capacity"))
             raw = await pipe.execute()
         out = []
         for i, key in enumerate(keys):
-            spec, replicas, queued, in_flight, activity, counters, wait = raw[i * 7 : i * 7 + 7]
+            spec, replicas, queued, slots, activity, counters, wait = raw[i * 7 : i * 7 + 7]
             arrivals, completions = counters
+            busy = Counter(m.split("|", 1)[0] for m in slots)
             out.append(
                 Observed(
                     key=key,
@@ -959,12 +960,13 @@ class Store:
                     replicas=[ReplicaRecord.from_json(v) for v in replicas.values()],
                     load=Load(
                         int(queued),
-                        int(in_flight),
+                        len(slots),
                         int(activity) if activity else None,
                         int(arrivals or 0),
                         int(completions or 0),
                     ),
                     waiting=json.loads(wait) if wait else None,
+                    busy=dict(busy),
                 )
             )
         return out
@@ -1016,6 +1018,7 @@ class Observed:
     replicas: list[ReplicaRecord]
     load: Load
     waiting: dict[str, Any] | None  # the stored capacity wait, if any
+    busy: dict[str, int] = field(default_factory=dict)  # requests in flight per replica
 
 
 @dataclass(frozen=True)

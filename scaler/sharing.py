@@ -1,0 +1,195 @@
+"""The shared pool as the control loop sees it: every active deployment's demand, the
+allocator's verdict applied (starts, reclaims), and who waits for capacity and why.
+
+The allocator (scaler/allocator.py) decides; this applies: it starts replicas through the
+actuator, drains reclaimed ones, and announces each capacity wait once (a Redis record that
+`GET /v2/deployments/{name}` shows, a `WaitingForCapacity` event, an MQTT `capacity` event,
+a gauge), and its end (`CapacityAvailable`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+
+from cachetools import TTLCache
+
+from scaler.actuator import Actuator
+from scaler.allocator import Demand, Mode, allocate, static_caps
+from scaler.metrics import ScalerMetrics
+from wakegate import topics
+from wakegate.events import event
+from wakegate.quotas import Quotas, tenant_quotas
+from wakegate.settings import Settings
+from wakegate.spec import DeploymentSpec
+from wakegate.store import Store
+
+log = logging.getLogger(__name__)
+
+# An operator's quota change reaches the scaler within this long.
+QUOTA_TTL_S = 5.0
+
+Publisher = Callable[[topics.Kind, topics.Event], Awaitable[None]]
+
+
+class Sharing:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        actuator: Actuator,
+        metrics: ScalerMetrics,
+        mode: Mode,
+        publish: Publisher,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.actuator = actuator
+        self.metrics = metrics
+        self.mode = mode
+        self._publish = publish
+        # Every deployment that holds replicas or wants some: what the allocator shares out.
+        self.demands: dict[str, Demand] = {}
+        self._specs: dict[str, DeploymentSpec] = {}
+        self._waiting: dict[str, str] = {}  # deployments announced waiting, and why
+        self._quotas: TTLCache[str, Quotas] = TTLCache(maxsize=100_000, ttl=QUOTA_TTL_S)
+
+    async def quotas(self, tenant: str) -> Quotas:
+        quotas = self._quotas.get(tenant)
+        if quotas is None:
+            quotas = await tenant_quotas(self.store, self.settings, tenant)
+            self._quotas[tenant] = quotas
+        return quotas
+
+    def update(self, spec: DeploymentSpec, demand: Demand) -> None:
+        self.demands[spec.key] = demand
+        self._specs[spec.key] = spec
+
+    def forget(self, key: str) -> None:
+        self.demands.pop(key, None)
+        self._specs.pop(key, None)
+        self._waiting.pop(key, None)
+
+    def wanting(self) -> list[str]:
+        """Deployments that want replicas they do not have yet."""
+        return [k for k, d in self.demands.items() if d.need > 0]
+
+    async def settle_wait(self, key: str, need: int, stored: dict[str, object] | None) -> None:
+        """Align the wait of a deployment just observed: one that needs nothing waits no
+        more; one a former leader announced waiting keeps its announcement."""
+        if need == 0 and (key in self._waiting or stored):
+            await self._stop_waiting(key)
+        elif need > 0 and stored and key not in self._waiting:
+            self._waiting[key] = str(stored.get("reason", ""))
+
+    # --- one allocation -----------------------------------------------------------------------
+
+    async def allocate(self) -> None:
+        demands = list(self.demands.values())
+        if not any(d.need > 0 for d in demands):
+            return
+        free = await self.actuator.free_units()
+        for sku, units in free.items():
+            self.metrics.pool_free.labels(sku).set(units)
+        caps = None
+        if self.mode == "static":
+            total = dict(free)
+            for d in demands:
+                if total.get(d.sku, 0) != -1:
+                    total[d.sku] = total.get(d.sku, 0) + d.holding * d.units
+            caps = static_caps(total, await self._static_members(demands))
+        gpu_quota = {t: (await self.quotas(t)).max_gpus for t in {d.tenant for d in demands}}
+        allocation = allocate(free, demands, mode=self.mode, gpu_quota=gpu_quota, caps=caps)
+        for key, count in allocation.starts.items():
+            for _ in range(count):
+                await self.actuator.start(self._specs[key])
+            d = self.demands[key]
+            # Until the next observation of this deployment, what was started counts as held.
+            self.demands[key] = replace(d, need=d.need - count, holding=d.holding + count)
+        for victim, replica_ids in allocation.reclaims.items():
+            await self._reclaim(victim, replica_ids)
+        for key, why in allocation.waiting.items():
+            await self._start_waiting(key, why, self.demands[key].need)
+        for key in [k for k in self._waiting if k not in allocation.waiting]:
+            if self.demands.get(key) is None or self.demands[key].need <= 0:
+                await self._stop_waiting(key)
+
+    async def _static_members(self, demands: list[Demand]) -> list[Demand]:
+        """Every deployment shares in a static partition, idle ones included."""
+        known = {d.key for d in demands}
+        others = [k for k in await self.store.deployment_keys() if k not in known]
+        members = list(demands)
+        for spec in await self.store.list_specs(others) if others else []:
+            sku, units = self.actuator.takes(spec)
+            members.append(Demand(spec.key, spec.tenant, sku, units, 0))
+        return members
+
+    async def _reclaim(self, victim: str, replica_ids: tuple[str, ...]) -> None:
+        """Drain idle replicas of `victim` for a deployment the pool left out."""
+        load = await self.store.load(victim)
+        if load.queued or load.in_flight:
+            return  # it got work since it was observed: no longer idle
+        records = {r.id: r for r in await self.store.replicas(victim)}
+        taken = [records[r] for r in replica_ids if r in records and records[r].state == "ready"]
+        for rec in taken:
+            await self.actuator.drain(rec)
+        if not taken:
+            return
+        d = self.demands.get(victim)
+        if d is not None:
+            gone = {r.id for r in taken}
+            self.demands[victim] = replace(
+                d,
+                draining=d.draining + len(taken),
+                reclaimable=tuple(r for r in d.reclaimable if r not in gone),
+            )
+            self.metrics.reclaims.labels(d.sku).inc(len(taken))
+        message = f"{len(taken)} idle replica(s) reclaimed for a deployment with queued requests"
+        log.info("%s: %s", victim, message)
+        spec = self._specs.get(victim)
+        await self.store.append_events(
+            victim, [event("Reclaimed", spec.revision if spec else 0, message)]
+        )
+        await self._publish(
+            "decision",
+            topics.Decision(
+                deployment=victim,
+                current=len(records),
+                desired=len(records) - len(taken),
+                reason=f"reclaim: {message}",
+            ),
+        )
+
+    # --- capacity waits -----------------------------------------------------------------------
+
+    async def _start_waiting(self, key: str, why: str, wanted: int) -> None:
+        if self._waiting.get(key) == why:
+            return
+        first = key not in self._waiting
+        self._waiting[key] = why
+        self.metrics.waiting.labels(key).set(1)
+        await self.store.set_waiting(key, {"since": time.time(), "reason": why, "wanted": wanted})
+        if first:
+            spec = self._specs.get(key)
+            log.info("%s: waiting for capacity (%s)", key, why)
+            await self.store.append_events(
+                key, [event("WaitingForCapacity", spec.revision if spec else 0, why)]
+            )
+        await self._publish(
+            "capacity", topics.CapacityWait(deployment=key, waiting=True, reason=why, wanted=wanted)
+        )
+
+    async def _stop_waiting(self, key: str) -> None:
+        was = self._waiting.pop(key, None)
+        self.metrics.waiting.labels(key).set(0)
+        await self.store.clear_waiting(key)
+        if was is None:
+            return
+        spec = self._specs.get(key)
+        log.info("%s: capacity available", key)
+        await self.store.append_events(
+            key, [event("CapacityAvailable", spec.revision if spec else 0, "replicas starting")]
+        )
+        await self._publish("capacity", topics.CapacityWait(deployment=key, waiting=False))
