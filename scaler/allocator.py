@@ -14,12 +14,15 @@ The rule of the `fair` mode (README "Sharing a finite pool"), per SKU:
 3. Then the rest by weighted max-min fairness (progressive filling): one replica at a time to
    the tenant holding the least of the SKU per weight, within it to the deployment holding
    the fewest replicas.
-4. Reclaim: a cold or guaranteed deployment that still gets nothing takes idle replicas (no
-   request queued or in flight, above `min_replicas`, past a grace time, not guaranteed) of
-   the SKU, from the tenant holding the most first. Replicas already draining count as room
-   on the way, so nothing is reclaimed twice for one need. Nothing with a request in flight is
-   ever preempted: a busy deployment above its fair share gets no new replica until the
-   others have theirs, and gives GPUs back through its own scale-down.
+4. Reclaim: a deployment the pool left short takes idle replicas (no request queued or in
+   flight, above `min_replicas`, past a grace time, not guaranteed) of the SKU, from the
+   tenant holding the most first: a guaranteed one for every replica it needs, a cold one
+   for its first, and one with requests queued for the rest of its need, but only from its
+   own tenant or a tenant holding more than its own (never from a poorer one). Replicas
+   already draining count as room on the way, so nothing is reclaimed twice for one need.
+   Nothing with a request in flight is ever preempted: a busy deployment above its fair
+   share gets no new replica until the others have theirs, and gives GPUs back through its
+   own scale-down.
 
 Operator limits apply in every mode: a tenant's GPU quota (cpu replicas count no GPU) and a
 per-deployment cap in replicas (the `static` mode's share of the pool). `fcfs` grants in the
@@ -50,6 +53,7 @@ class Demand:
     holding: int  # replicas holding pool units now: starting, ready and draining
     need: int = 0  # more replicas it wants started now
     cold: bool = False  # requests queued and no replica starting or ready
+    queued: int = 0  # requests waiting
     draining: int = 0  # of `holding`, replicas on their way out (their units free soon)
     guaranteed: bool = False
     # Idle replicas that may be drained for others, the first to go first.
@@ -175,13 +179,20 @@ class _Pass:
         taken: set[str] = set()
         reclaiming: set[str] = set()
         beneficiaries = sorted(
-            (d for d in wanting if (d.guaranteed or d.cold) and self.starts[d.key] < d.need),
-            key=self._urgency,
+            (
+                d
+                for d in wanting
+                if (d.guaranteed or d.cold or d.queued > 0) and self.starts[d.key] < d.need
+            ),
+            key=lambda d: (not d.guaranteed, not d.cold, self._share(d), d.since, d.key),
         )
         for d in beneficiaries:
             if self._limit(d) is not None:
                 continue  # a quota or cap holds it back, not the pool
-            replicas = d.need - self.starts[d.key] if d.guaranteed else 1 - self.starts[d.key]
+            # A cold deployment's first replica is what its queue waits for; the rest of its
+            # need, like a warm one's, only shortens a queue that moves.
+            first_only = d.cold and not d.guaranteed and self.starts[d.key] == 0
+            replicas = 1 - self.starts[d.key] if first_only else d.need - self.starts[d.key]
             if replicas <= 0:
                 continue
             short = replicas * d.units - max(self.room.get(d.sku, 0), 0)
@@ -207,7 +218,9 @@ class _Pass:
         return {k: tuple(v) for k, v in victims.items()}, reclaiming
 
     def _victims(self, beneficiary: Demand) -> list[Demand]:
-        """Deployments whose idle replicas may go, the tenant holding the most first."""
+        """Deployments whose idle replicas may go, the tenant holding the most first. For a
+        deployment that already serves, only its own tenant's or a richer tenant's."""
+        urgent = beneficiary.guaranteed or beneficiary.cold
         pool = [
             v
             for v in self.demands
@@ -216,6 +229,11 @@ class _Pass:
             and v.reclaimable
             and not v.guaranteed
             and self.starts[v.key] == 0
+            and (
+                urgent
+                or v.tenant == beneficiary.tenant
+                or self._share(v) > self._share(beneficiary)
+            )
         ]
         return sorted(pool, key=lambda v: (-self._share(v), -self.held[v.key], v.key))
 

@@ -113,6 +113,7 @@ def decide(
         holding=len(active) + len(draining),
         need=need,
         cold=load.queued > 0 and not active,
+        queued=load.queued,
         draining=len(draining) + len(victims),
         guaranteed=guaranteed,
         reclaimable=reclaimable(

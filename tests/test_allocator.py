@@ -145,11 +145,68 @@ CASES: list[tuple[str, dict[str, int], list[Demand], dict[str, Any], Allocation]
         ),
     ),
     (
-        "warm-deployment-scaling-out-does-not-reclaim",
+        "warm-deployment-without-a-queue-does-not-reclaim",
         {A10: 0},
-        [d("a/idle", holding=1, reclaimable=("r1",)), d("b/busy", holding=1, need=1)],
+        [d("a/idle", holding=2, reclaimable=("r1", "r2")), d("b/busy", holding=1, need=1)],
         {},
         Allocation({}, {}, {"b/busy": "waiting for a free a10_24gb GPU"}),
+    ),
+    (
+        "warm-deployment-with-a-queue-reclaims-from-a-richer-tenant",
+        {A10: 0},
+        [
+            d("a/idle", holding=3, reclaimable=("r1", "r2", "r3")),
+            d("b/queue", holding=1, need=2, queued=40),
+        ],
+        {},
+        Allocation(
+            {},
+            {"a/idle": ("r1", "r2")},
+            {"b/queue": "waiting for a a10_24gb GPU: an idle replica is being reclaimed"},
+        ),
+    ),
+    (
+        "warm-deployment-with-a-queue-never-reclaims-from-a-poorer-tenant",
+        {A10: 0},
+        [
+            d("a/idle", holding=1, reclaimable=("r1",)),
+            d("b/queue", holding=3, need=1, queued=40),
+        ],
+        {},
+        Allocation({}, {}, {"b/queue": "waiting for a free a10_24gb GPU"}),
+    ),
+    (
+        "warm-deployment-with-a-queue-reclaims-its-own-tenants-idle-replica",
+        {A10: 0},
+        [
+            d("a/idle", holding=1, reclaimable=("r1",)),
+            d("a/queue", holding=3, need=1, queued=40),
+        ],
+        {},
+        Allocation(
+            {},
+            {"a/idle": ("r1",)},
+            {"a/queue": "waiting for a a10_24gb GPU: an idle replica is being reclaimed"},
+        ),
+    ),
+    (
+        "a-cold-deployment-reclaims-before-a-warm-one-with-a-queue",
+        {A10: 0},
+        [
+            # Only one of a's replicas is idle long enough; b could take it (a holds more).
+            d("a/idle", holding=2, reclaimable=("r1",)),
+            d("b/queue", holding=1, need=1, queued=40, since=1.0),
+            d("c/cold", need=1, cold=True, queued=1, since=9.0),
+        ],
+        {},
+        Allocation(
+            {},
+            {"a/idle": ("r1",)},
+            {
+                "b/queue": "waiting for a free a10_24gb GPU",
+                "c/cold": "waiting for a a10_24gb GPU: an idle replica is being reclaimed",
+            },
+        ),
     ),
     (
         "reclaims-only-as-much-as-the-cold-start-needs",
@@ -337,6 +394,7 @@ demand_lists = st.lists(
         holding=st.integers(0, 4),
         need=st.integers(0, 5),
         cold=st.booleans(),
+        queued=st.integers(0, 3),
         draining=st.just(0),
         guaranteed=st.booleans(),
         reclaimable=st.lists(st.sampled_from(["r1", "r2", "r3"]), unique=True).map(tuple),
