@@ -13,7 +13,7 @@ from aiohttp import web
 from router.context import QUOTA_CACHE, SETTINGS, STORE
 from router.control import read_json
 from router.errors import ApiError
-from wakegate.quotas import default_quotas, effective_quotas, parse_override
+from wakegate.quotas import default_quotas, parse_override, quota_report
 from wakegate.spec import InvalidSpec, validate_name
 
 routes = web.RouteTableDef()
@@ -28,16 +28,7 @@ def _tenant(request: web.Request) -> str:
 
 
 async def _tenant_quotas(request: web.Request, tenant: str) -> dict[str, Any]:
-    store = request.app[STORE]
-    defaults = default_quotas(request.app[SETTINGS])
-    override = await store.quota_override(tenant)
-    return {
-        "tenant": tenant,
-        "quotas": effective_quotas(defaults, override).to_wire(),
-        "override": override.to_wire() if override is not None else None,
-        "defaults": defaults.to_wire(),
-        "deployments": await store.tenant_deployment_count(tenant),
-    }
+    return await quota_report(request.app[STORE], request.app[SETTINGS], tenant)
 
 
 @routes.get("/admin/v1/quotas")

@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 # Deployments read per pass (one round trip); more wait for the next pass, woken ones first.
 PASS_BATCH = 256
-# Deployments read per round trip of a sweep: small enough that a wake waits at most a few
+# Deployments read per page of a sweep: small enough that a wake waits at most a few
 # milliseconds of the sweep's parsing.
 SWEEP_BATCH = 200
 
@@ -166,9 +166,11 @@ class Scaler:
         """Every deployment, in batches: those holding replicas or load, being deleted or
         updated, or kept above zero by min_replicas are passed; idle ones cost one read."""
         started = time.monotonic()
-        keys = await self.store.deployment_keys()
-        for i in range(0, len(keys), SWEEP_BATCH):
-            for row in await self.store.sweep(keys[i : i + SWEEP_BATCH]):
+        cursor = 0
+        while True:
+            # Page by page, never the whole index at once: a wake waits at most one page.
+            cursor, keys = await self.store.scan_deployments(cursor, SWEEP_BATCH)
+            for row in await self.store.sweep(keys):
                 spec = row.spec
                 if spec is None:
                     continue
@@ -180,7 +182,9 @@ class Scaler:
                     or row.key in self._due
                 ):
                     self.mark(row.key)
-            await asyncio.sleep(0)  # woken deployments go between batches
+            if cursor == 0:
+                break
+            await asyncio.sleep(0)  # woken deployments go between pages
         self.metrics.sweep_seconds.set(time.monotonic() - started)
 
     async def _pass_loop(self) -> None:

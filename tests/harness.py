@@ -331,3 +331,22 @@ class Stack:
 
     def ready_replicas(self, name: str) -> int:
         return sum(1 for r in self.registry(name).values() if r["state"] == "ready")
+
+    def sim_replicas(self, name: str) -> dict[str, str]:
+        """Replica id -> state of the deployment's replicas on the sim host (sim backend)."""
+        from scaler.backends.sim import SimBackend
+        from wakegate.settings import Settings
+
+        async def fetch() -> dict[str, str]:
+            backend = SimBackend(Settings(state_dir=self.state_dir))
+            try:
+                url = await backend.host_url()
+                if url is None:
+                    return {}
+                r = await backend._http.get(url + "/replicas")
+                key = f"{self.tenant}/{name}"
+                return {x["replica_id"]: x["state"] for x in r.json() if x["deployment"] == key}
+            finally:
+                await backend.close()
+
+        return dict(run_async(fetch()))

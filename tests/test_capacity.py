@@ -7,16 +7,12 @@ failed for a full pool.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import httpx
 from harness import Stack, wait_until
-
-from scaler.backends.sim import SimBackend
-from wakegate.settings import Settings
 
 FAST = ["--load-s", "0.5", "--ttft-s", "0.02", "--tps", "200", "--batch", "4"]
 
@@ -39,24 +35,6 @@ def create(stack: Stack, name: str, **config: Any) -> None:
 def events(stack: Stack, name: str) -> list[str]:
     body = stack.api("GET", f"/llms/{name}/events").json()
     return [e["eventType"] for e in body["ComputeEvents"]]
-
-
-def sim_replicas(stack: Stack, name: str) -> dict[str, str]:
-    """Replica id -> state of the deployment's replicas on the sim host."""
-
-    async def fetch() -> dict[str, str]:
-        backend = SimBackend(Settings(state_dir=stack.state_dir))
-        try:
-            url = await backend.host_url()
-            if url is None:
-                return {}
-            r = await backend._http.get(url + "/replicas")
-            key = f"{stack.tenant}/{name}"
-            return {x["replica_id"]: x["state"] for x in r.json() if x["deployment"] == key}
-        finally:
-            await backend.close()
-
-    return dict(asyncio.run(fetch()))
 
 
 def scaler_metric(stack: Stack, line_start: str) -> float | None:
@@ -97,7 +75,7 @@ def test_full_pool_request_waits_then_is_served_once_a_gpu_frees(
             == 1.0
         )
         assert not waiting.done() and stack.queued(cold) == 1
-        assert sim_replicas(stack, cold) == {}
+        assert stack.sim_replicas(cold) == {}
         stack.delete(hog)  # its GPU frees
         r = waiting.result(timeout=60)
     assert r.status_code == 200, r.text + stack.logs()
@@ -115,15 +93,15 @@ def test_idle_replica_in_its_cooldown_is_reclaimed_for_a_cold_deployment(
     idle, cold = f"{name}-idle", f"{name}-cold"
     create(stack, idle, minReplicas=0, maxReplicas=1)
     warm_up(stack, idle)  # served, now kept only by its 600 s cooldown
-    (victim,) = sim_replicas(stack, idle)
+    (victim,) = stack.sim_replicas(idle)
     create(stack, cold, minReplicas=0, maxReplicas=1)
     r = stack.generate(cold, "hello", 4, timeout=60)
     assert r.status_code == 200, r.text + stack.logs()
     assert "Reclaimed" in events(stack, idle)
-    wait_until(lambda: victim not in sim_replicas(stack, idle), 30, "the victim stopped")
+    wait_until(lambda: victim not in stack.sim_replicas(idle), 30, "the victim stopped")
     # Not started again by the same rule: with nothing queued it stays at zero.
     stack.generate(cold, "again", 2)
-    assert stack.registry(idle) == {} and sim_replicas(stack, idle) == {}
+    assert stack.registry(idle) == {} and stack.sim_replicas(idle) == {}
     assert scaler_metric(stack, 'wakegate_reclaims_total{sku="a10_24gb"}') == 1.0
     # Its next request waits for the GPU in turn (the cold deployment is busy, nothing idle).
     seen = events(stack, idle)
@@ -137,7 +115,7 @@ def test_guaranteed_deployment_keeps_its_idle_replica(
     guaranteed, cold = f"{name}-g", f"{name}-cold"
     create(stack, guaranteed, minReplicas=0, maxReplicas=1, usesGuaranteedCapacity=True)
     warm_up(stack, guaranteed)
-    kept = set(sim_replicas(stack, guaranteed))
+    kept = set(stack.sim_replicas(guaranteed))
     create(stack, cold, minReplicas=0, maxReplicas=1)
     with ThreadPoolExecutor(1) as pool:
         waiting = pool.submit(stack.generate, cold, "hello", 4)
@@ -149,7 +127,7 @@ def test_guaranteed_deployment_keeps_its_idle_replica(
             30,
             "three more passes",
         )
-        assert set(sim_replicas(stack, guaranteed)) == kept
+        assert set(stack.sim_replicas(guaranteed)) == kept
         assert "Reclaimed" not in events(stack, guaranteed)
         assert not waiting.done()
         stack.delete(guaranteed)
@@ -173,7 +151,7 @@ def test_gpu_quota_makes_a_deployment_wait_with_gpus_free_in_the_pool(
         assert body["waitingForCapacity"]["reason"] == (
             "tenant GPU quota reached (maxGpusPerTenant=1)"
         )
-        assert sim_replicas(stack, second) == {} and not waiting.done()
+        assert stack.sim_replicas(second) == {} and not waiting.done()
         stack.delete(first)  # the tenant's GPU comes back
         r = waiting.result(timeout=60)
     assert r.status_code == 200, r.text + stack.logs()

@@ -499,24 +499,6 @@ async def test_two_hundred_replicas_on_a_small_machine(sim: Callable[..., SimBac
 # --- (c) end to end: gateway and scaler on the sim backend ----------------------------------
 
 
-def sim_replicas(stack: Stack, name: str) -> dict[str, str]:
-    """Replica id -> state of the deployment's replicas in the sim host."""
-
-    async def fetch() -> dict[str, str]:
-        backend = SimBackend(Settings(state_dir=stack.state_dir))
-        try:
-            url = await backend.host_url()
-            if url is None:
-                return {}
-            r = await backend._http.get(url + "/replicas")
-            key = f"{stack.tenant}/{name}"
-            return {x["replica_id"]: x["state"] for x in r.json() if x["deployment"] == key}
-        finally:
-            await backend.close()
-
-    return dict(asyncio.run(fetch()))
-
-
 def sim_leases(stack: Stack, name: str) -> list[dict[str, Any]]:
     async def fetch() -> list[dict[str, Any]]:
         backend = SimBackend(Settings(state_dir=stack.state_dir))
@@ -544,7 +526,7 @@ def test_gateway_and_scaler_on_the_sim_backend(make_stack: Callable[..., Stack],
         cooldownTime=120,
     )
     time.sleep(1.5)
-    assert sim_replicas(stack, name) == {}  # nothing starts without a request
+    assert stack.sim_replicas(name) == {}  # nothing starts without a request
 
     # Wake: the first request starts exactly one replica and gets simulated text back.
     t0 = time.monotonic()
@@ -552,7 +534,7 @@ def test_gateway_and_scaler_on_the_sim_backend(make_stack: Callable[..., Stack],
     assert r.status_code == 200, r.text + stack.logs()
     assert r.json()["generated_text"] == " tok" * 8
     assert time.monotonic() - t0 >= 0.2 + 1  # acquisition and load time
-    assert len(sim_replicas(stack, name)) == 1
+    assert len(stack.sim_replicas(name)) == 1
     leases = sim_leases(stack, name)
     assert len(leases) == 1 and leases[0]["gpus"] == 1
     assert leases[0]["accelerator"] == "a10_24gb_100"  # sim-llm's default accelerator
@@ -563,7 +545,7 @@ def test_gateway_and_scaler_on_the_sim_backend(make_stack: Callable[..., Stack],
         wait_until(lambda: stack.ready_replicas(name) == 2, 60, "scale-out to 2 replicas")
         codes = [f.result().status_code for f in futures]
     assert codes == [200] * 16
-    running = sim_replicas(stack, name)
+    running = stack.sim_replicas(name)
     assert len(running) == 2 and set(running.values()) == {"ready"}
     assert len(sim_leases(stack, name)) == 2
     assert set(stack.registry(name)) == set(running)
@@ -582,9 +564,9 @@ def test_gateway_and_scaler_on_the_sim_backend(make_stack: Callable[..., Stack],
     time.sleep(3)  # a few reconcile passes
     r = stack.generate(name, "after the restart", 4)
     assert r.status_code == 200 and r.json()["generated_text"] == " tok" * 4
-    assert sim_replicas(stack, name) == running
+    assert stack.sim_replicas(name) == running
     assert len(sim_leases(stack, name)) == 2
     assert set(stack.registry(name)) == set(running)
     stack.delete(name)
-    wait_until(lambda: sim_replicas(stack, name) == {}, 60, "replicas stopped on delete")
+    wait_until(lambda: stack.sim_replicas(name) == {}, 60, "replicas stopped on delete")
     assert all(lease["released_at"] for lease in sim_leases(stack, name))

@@ -152,20 +152,9 @@ _OPTION_OF_FIELD = {v: "--" + k.replace("_", "-") for k, v in _QUOTA_OPTIONS.ite
 
 
 def _quota_report(settings: Settings, tenant: str, store: Store) -> Awaitable[dict[str, Any]]:
-    from wakegate.quotas import default_quotas, effective_quotas
+    from wakegate.quotas import quota_report
 
-    async def report() -> dict[str, Any]:
-        defaults = default_quotas(settings)
-        override = await store.quota_override(tenant)
-        return {
-            "tenant": tenant,
-            "quotas": effective_quotas(defaults, override).to_wire(),
-            "override": override.to_wire() if override is not None else None,
-            "defaults": defaults.to_wire(),
-            "deployments": await store.tenant_deployment_count(tenant),
-        }
-
-    return report()
+    return quota_report(store, settings, tenant)
 
 
 @quota.command("show")

@@ -141,6 +141,20 @@ async def tenant_quotas(store: Store, settings: Settings, tenant: str) -> Quotas
     return effective_quotas(default_quotas(settings), await store.quota_override(tenant))
 
 
+async def quota_report(store: Store, settings: Settings, tenant: str) -> dict[str, Any]:
+    """What the admin API and `wakegate quota show` print for a tenant: the effective quotas,
+    its override, the defaults and how many deployments it has."""
+    defaults = default_quotas(settings)
+    override = await store.quota_override(tenant)
+    return {
+        "tenant": tenant,
+        "quotas": effective_quotas(defaults, override).to_wire(),
+        "override": override.to_wire() if override is not None else None,
+        "defaults": defaults.to_wire(),
+        "deployments": await store.tenant_deployment_count(tenant),
+    }
+
+
 def queue_limit(spec: DeploymentSpec, quotas: Quotas) -> int:
     """Requests that may wait for this deployment: its own `maxQueueLength` (the quota when
     unset), never more than the quota."""

@@ -971,6 +971,12 @@ class Store:
             )
         return out
 
+    async def scan_deployments(self, cursor: int, count: int) -> tuple[int, list[str]]:
+        """A page of every deployment's key (SSCAN: each page is small, and a deployment
+        present throughout is seen at least once); cursor 0 starts and ends the walk."""
+        cursor, keys = await self.redis.sscan(DEPLOYMENTS, cursor, count=count)
+        return int(cursor), cast(list[str], keys)
+
     async def sweep(self, keys: Sequence[str]) -> list[SweepRow]:
         """What the scaler's full sweep needs to tell idle deployments from the rest, in one
         round trip: spec, replica count, queued and in-flight requests."""
