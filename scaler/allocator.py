@@ -14,15 +14,19 @@ The rule of the `fair` mode (README "Sharing a finite pool"), per SKU:
 3. Then the rest by weighted max-min fairness (progressive filling): one replica at a time to
    the tenant holding the least of the SKU per weight, within it to the deployment holding
    the fewest replicas.
-4. Reclaim: a deployment the pool left short takes idle replicas (no request queued or in
-   flight, above `min_replicas`, past a grace time, not guaranteed) of the SKU, from the
-   tenant holding the most first: a guaranteed one for every replica it needs, a cold one
-   for its first, and one with requests queued for the rest of its need, but only from its
-   own tenant or a tenant holding more than its own (never from a poorer one). Replicas
-   already draining count as room on the way, so nothing is reclaimed twice for one need.
-   Nothing with a request in flight is ever preempted: a busy deployment above its fair
-   share gets no new replica until the others have theirs, and gives GPUs back through its
-   own scale-down.
+4. Reclaim: a deployment the pool left short takes idle replicas (nothing queued for their
+   deployment, no request in flight on them, beyond what its requests in flight need and its
+   `min_replicas`, past a grace time, not guaranteed) of the SKU, from the tenant holding the
+   most first: a guaranteed one for every replica it needs, a cold one for its first, and one
+   with requests queued for the rest of its need, but only from its own tenant or a tenant
+   holding more than its own (never from a poorer one). Replicas already draining count as
+   room on the way, so nothing is reclaimed twice for one need.
+5. Fair share by draining: a cold deployment of a tenant below its fair share of the SKU
+   that idle replicas cannot serve has a serving replica drained (new requests go to its
+   deployment's other replicas, those in flight finish; never a deployment's last replica,
+   nor below `min_replicas`, nor a guaranteed one) from a tenant that stays at or above its
+   own fair share without it. Without this, one tenant's sustained load would hold the pool
+   for as long as it lasts. Nothing is ever preempted: no request in flight is cut.
 
 Operator limits apply in every mode: a tenant's GPU quota (cpu replicas count no GPU) and a
 per-deployment cap in replicas (the `static` mode's share of the pool). `fcfs` grants in the
@@ -58,6 +62,10 @@ class Demand:
     guaranteed: bool = False
     # Idle replicas that may be drained for others, the first to go first.
     reclaimable: tuple[str, ...] = ()
+    # Serving replicas beyond its first and its min_replicas, fewest requests in flight
+    # first: drained (gracefully) only for a cold deployment of a tenant below its fair share
+    # when this tenant is above its own.
+    drainable: tuple[str, ...] = ()
     since: float = 0.0  # when it began to want `need` more (first come, first served)
     weight: float = 1.0  # its tenant's share weight
 
@@ -211,6 +219,14 @@ class _Pass:
                     taken.add(rid)
                     victims.setdefault(victim.key, []).append(rid)
                     freed += victim.units
+            if freed < short and d.cold and not d.guaranteed:
+                for victim, rid in self._over_share(d, taken):
+                    if freed >= short:
+                        break
+                    taken.add(rid)
+                    victims.setdefault(victim.key, []).append(rid)
+                    freed += victim.units
+                    self.usage[(victim.sku, victim.tenant)] -= victim.units
             if freed > 0 or covered > 0:
                 reclaiming.add(d.key)
             # What is freed beyond this need is room on the way for the next one.
@@ -236,6 +252,45 @@ class _Pass:
             )
         ]
         return sorted(pool, key=lambda v: (-self._share(v), -self.held[v.key], v.key))
+
+    def _over_share(self, cold: Demand, taken: set[str]) -> list[tuple[Demand, str]]:
+        """Serving replicas a cold deployment may have drained: of tenants that stay at or
+        above their fair share of the SKU without it, while the cold one's tenant is below
+        its own; the tenant furthest above first, its least busy replica first."""
+        fair = self._fair_shares(cold.sku)
+        if self.usage[(cold.sku, cold.tenant)] + cold.units > fair.get(cold.tenant, 0.0):
+            return []
+        out: list[tuple[Demand, str]] = []
+        givers = sorted(
+            (
+                v
+                for v in self.demands
+                if v.sku == cold.sku and v.tenant != cold.tenant and v.drainable
+                and not v.guaranteed and self.starts[v.key] == 0
+            ),
+            key=lambda v: (-(self.usage[(v.sku, v.tenant)] - fair.get(v.tenant, 0.0)), v.key),
+        )  # fmt: skip
+        spare: Counter[str] = Counter()
+        for v in givers:
+            for rid in v.drainable:
+                above = self.usage[(v.sku, v.tenant)] - spare[v.tenant] - v.units
+                if rid in taken or above < fair.get(v.tenant, 0.0):
+                    continue
+                spare[v.tenant] += v.units
+                out.append((v, rid))
+        return out
+
+    def _fair_shares(self, sku: str) -> dict[str, float]:
+        """Each tenant's weighted share of the SKU's units, among tenants that hold or want
+        some."""
+        room = self.room.get(sku, 0)
+        if room == UNLIMITED:
+            return {}
+        members = [d for d in self.demands if d.sku == sku and (d.holding or d.need)]
+        weights = {d.tenant: d.weight for d in members}
+        total = max(room, 0) + sum(self.usage[(sku, t)] for t in weights)
+        scale = total / sum(weights.values()) if weights else 0.0
+        return {t: w * scale for t, w in weights.items()}
 
     # --- one grant --------------------------------------------------------------------------
 
@@ -285,7 +340,7 @@ class _Pass:
         if limit is not None:
             return limit
         if reclaiming:
-            return f"waiting for a {_unit(d.sku)}: an idle replica is being reclaimed"
+            return f"waiting for a reclaimed {_unit(d.sku)}"
         return f"waiting for a free {_unit(d.sku)}"
 
 

@@ -13,7 +13,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from scaler.allocator import Demand
-from scaler.plan import Backoff, ReplicaPlan, active_count, plan_replicas, reclaimable
+from scaler.plan import (
+    Backoff,
+    ReplicaPlan,
+    active_count,
+    drainable,
+    plan_replicas,
+    reclaimable,
+)
 from scaler.policies import Decision, Observation, ScalingConfig, get_policy
 from wakegate.quotas import Quotas
 from wakegate.store import Observed
@@ -104,6 +111,26 @@ def decide(
     wanting_since = (state.wanting_since or now) if need > 0 else None
     victims = {r.id for r in plan.victims}
     guaranteed = bool(spec.config.get("uses_guaranteed_capacity"))
+    staying = [r for r in active if r.id not in victims]
+    idle = reclaimable(
+        staying,
+        queued=load.queued,
+        busy=seen.busy,
+        threshold=spec.scale_up_threshold,
+        min_replicas=spec.min_replicas,
+        guaranteed=guaranteed,
+        now=now,
+        grace_s=reclaim_grace_s,
+    )
+    serving = drainable(
+        staying,
+        idle=idle,
+        busy=seen.busy,
+        min_replicas=spec.min_replicas,
+        guaranteed=guaranteed,
+        now=now,
+        grace_s=reclaim_grace_s,
+    )
     sku, per_replica = units
     demand = Demand(
         key=seen.key,
@@ -116,14 +143,8 @@ def decide(
         queued=load.queued,
         draining=len(draining) + len(victims),
         guaranteed=guaranteed,
-        reclaimable=reclaimable(
-            [r for r in active if r.id not in victims],
-            load=load.queued + load.in_flight,
-            min_replicas=spec.min_replicas,
-            guaranteed=guaranteed,
-            now=now,
-            grace_s=reclaim_grace_s,
-        ),
+        reclaimable=idle,
+        drainable=serving,
         since=wanting_since or now,
     )
     busy = bool(seen.replicas or need or load.queued or load.in_flight)

@@ -4,6 +4,7 @@ reclaim, and the start-failure backoff as a value each outcome replaces."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -68,26 +69,57 @@ def pick_victims(
 def reclaimable(
     active: Sequence[ReplicaRecord],
     *,
-    load: int,
+    queued: int,
+    busy: Mapping[str, int],
+    threshold: int,
     min_replicas: int,
     guaranteed: bool,
     now: float,
     grace_s: float,
 ) -> tuple[str, ...]:
-    """Replicas another deployment may reclaim: ready, idle (nothing queued or in flight for
-    the deployment), above `min_replicas`, ready for at least `grace_s`, and never those of a
-    guaranteed deployment. The longest idle first (the oldest ready)."""
-    if guaranteed or load > 0:
+    """Replicas kept only by the cooldown, which another deployment may reclaim: nothing
+    queued for the deployment and no request in flight on the replica; beyond what the
+    deployment's requests in flight need (at `threshold` each) and its `min_replicas`; ready
+    for at least `grace_s`; never a guaranteed deployment's. The longest ready first."""
+    if guaranteed or queued > 0:
         return ()
-    spare = len(active) - min_replicas
+    keep = max(min_replicas, math.ceil(sum(busy.values()) / max(threshold, 1)))
+    spare = len(active) - keep
     if spare <= 0:
         return ()
-    ready = [
-        r for r in active if r.state == "ready" and r.ready_at is not None
-        and now - r.ready_at >= grace_s
+    idle = [
+        r for r in active if r.state == "ready" and not busy.get(r.id)
+        and r.ready_at is not None and now - r.ready_at >= grace_s
     ]  # fmt: skip
-    ready.sort(key=lambda r: (r.ready_at or 0.0, r.id))
-    return tuple(r.id for r in ready[:spare])
+    idle.sort(key=lambda r: (r.ready_at or 0.0, r.id))
+    return tuple(r.id for r in idle[:spare])
+
+
+def drainable(
+    active: Sequence[ReplicaRecord],
+    *,
+    idle: Sequence[str],
+    busy: Mapping[str, int],
+    min_replicas: int,
+    guaranteed: bool,
+    now: float,
+    grace_s: float,
+) -> tuple[str, ...]:
+    """Serving replicas that a cold deployment of a poorer tenant may have drained (their
+    requests in flight finish first): never the deployment's last one, nor below its
+    `min_replicas`, nor one ready for less than `grace_s`, nor a guaranteed deployment's;
+    the fewest requests in flight first. `idle` (reclaimable anyway) are not counted twice."""
+    if guaranteed:
+        return ()
+    spare = len(active) - max(1, min_replicas) - len(idle)
+    if spare <= 0:
+        return ()
+    serving = [
+        r for r in active if r.state == "ready" and r.id not in idle
+        and r.ready_at is not None and now - r.ready_at >= grace_s
+    ]  # fmt: skip
+    serving.sort(key=lambda r: (busy.get(r.id, 0), r.id))
+    return tuple(r.id for r in serving[:spare])
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,7 @@ class Scaler:
         self._dirty: set[str] = set()  # found by a sweep or a timer
         self._wakeup = asyncio.Event()
         self._publishing: set[asyncio.Task[bool]] = set()
+        self._passing = False  # a pass is under way (the sweep waits for it)
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -114,6 +115,8 @@ class Scaler:
                 held = False
             if held and not self.is_leader:
                 log.info("%s is the leader; adopting running replicas", self.instance_id)
+                # What an earlier term of this instance knew may be stale: start from Redis.
+                self._reset()
                 self.is_leader = True
                 try:
                     await self.actuator.sync_with_backend(None)
@@ -125,6 +128,15 @@ class Scaler:
                 self.is_leader = False
             self.metrics.is_leader.set(1 if self.is_leader else 0)
             await asyncio.sleep(self.settings.scaler_lease_ttl_s / 3)
+
+    def _reset(self) -> None:
+        for key in list(self.sharing.demands):
+            self._forget(key)
+        self._registries.clear()
+        self._states.clear()
+        self._due.clear()
+        self._urgent.clear()
+        self._dirty.clear()
 
     async def _every(self, interval_s: float, work: Callable[[], Awaitable[None]]) -> None:
         while True:
@@ -184,7 +196,11 @@ class Scaler:
                     self.mark(row.key)
             if cursor == 0:
                 break
-            await asyncio.sleep(0)  # woken deployments go between pages
+            # A pass (a wake among them) runs before the next page, not interleaved with it:
+            # every await of a pass would otherwise let a page of parsing in.
+            await asyncio.sleep(0)
+            while self._passing or self._urgent:
+                await asyncio.sleep(0.002)
         self.metrics.sweep_seconds.set(time.monotonic() - started)
 
     async def _pass_loop(self) -> None:
@@ -208,12 +224,15 @@ class Scaler:
             self._dirty.difference_update(batch)
             if not batch:
                 continue
+            self._passing = True
             try:
                 await self.pass_once(batch)
             except Exception:
                 log.exception("pass over %d deployment(s) failed", len(batch))
                 for key in batch:
                     self._due[key] = time.time() + self.settings.reconcile_interval_s
+            finally:
+                self._passing = False
 
     # --- one pass ---------------------------------------------------------------------------
 

@@ -127,26 +127,48 @@ class Sharing:
         return members
 
     async def _reclaim(self, victim: str, replica_ids: tuple[str, ...]) -> None:
-        """Drain idle replicas of `victim` for a deployment the pool left out."""
-        load = await self.store.load(victim)
-        if load.queued or load.in_flight:
-            return  # it got work since it was observed: no longer idle
+        """Drain replicas of `victim` for a deployment the pool left out: idle ones, unless
+        they are wanted again since it was observed, and serving ones the allocator took
+        from a tenant above its fair share (their requests in flight finish first)."""
+        d = self.demands.get(victim)
+        if d is None:
+            return
+        queued = (await self.store.load(victim)).queued
+        busy = await self.store.in_flight_by_replica(victim)
         records = {r.id: r for r in await self.store.replicas(victim)}
-        taken = [records[r] for r in replica_ids if r in records and records[r].state == "ready"]
-        for rec in taken:
-            await self.actuator.drain(rec)
+        idle, serving = [], []
+        for rid in replica_ids:
+            rec = records.get(rid)
+            if rec is None or rec.state != "ready":
+                continue
+            if rid in d.drainable:
+                serving.append(rec)
+            elif not queued and not busy.get(rid):
+                idle.append(rec)
+        taken = idle + serving
         if not taken:
             return
-        d = self.demands.get(victim)
-        if d is not None:
-            gone = {r.id for r in taken}
-            self.demands[victim] = replace(
-                d,
-                draining=d.draining + len(taken),
-                reclaimable=tuple(r for r in d.reclaimable if r not in gone),
+        for rec in taken:
+            await self.actuator.drain(rec)
+        gone = {r.id for r in taken}
+        self.demands[victim] = replace(
+            d,
+            draining=d.draining + len(taken),
+            reclaimable=tuple(r for r in d.reclaimable if r not in gone),
+            drainable=tuple(r for r in d.drainable if r not in gone),
+        )
+        self.metrics.reclaims.labels(d.sku).inc(len(taken))
+        parts = []
+        if idle:
+            parts.append(
+                f"{len(idle)} idle replica(s) reclaimed for a deployment with queued requests"
             )
-            self.metrics.reclaims.labels(d.sku).inc(len(taken))
-        message = f"{len(taken)} idle replica(s) reclaimed for a deployment with queued requests"
+        if serving:
+            parts.append(
+                f"{len(serving)} replica(s) drained for a deployment at zero of a tenant below "
+                "its fair share (requests in flight finish)"
+            )
+        message = "; ".join(parts)
         log.info("%s: %s", victim, message)
         spec = self._specs.get(victim)
         await self.store.append_events(

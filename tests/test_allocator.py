@@ -117,7 +117,7 @@ CASES: list[tuple[str, dict[str, int], list[Demand], dict[str, Any], Allocation]
         Allocation(
             {},
             {"a/idle": ("r1",)},
-            {"b/cold": "waiting for a a10_24gb GPU: an idle replica is being reclaimed"},
+            {"b/cold": "waiting for a reclaimed a10_24gb GPU"},
         ),
     ),
     (
@@ -141,7 +141,7 @@ CASES: list[tuple[str, dict[str, int], list[Demand], dict[str, Any], Allocation]
         Allocation(
             {},
             {"a/idle": ("r1", "r2")},
-            {"b/guaranteed": "waiting for a a10_24gb GPU: an idle replica is being reclaimed"},
+            {"b/guaranteed": "waiting for a reclaimed a10_24gb GPU"},
         ),
     ),
     (
@@ -162,7 +162,7 @@ CASES: list[tuple[str, dict[str, int], list[Demand], dict[str, Any], Allocation]
         Allocation(
             {},
             {"a/idle": ("r1", "r2")},
-            {"b/queue": "waiting for a a10_24gb GPU: an idle replica is being reclaimed"},
+            {"b/queue": "waiting for a reclaimed a10_24gb GPU"},
         ),
     ),
     (
@@ -186,7 +186,7 @@ CASES: list[tuple[str, dict[str, int], list[Demand], dict[str, Any], Allocation]
         Allocation(
             {},
             {"a/idle": ("r1",)},
-            {"a/queue": "waiting for a a10_24gb GPU: an idle replica is being reclaimed"},
+            {"a/queue": "waiting for a reclaimed a10_24gb GPU"},
         ),
     ),
     (
@@ -204,7 +204,7 @@ CASES: list[tuple[str, dict[str, int], list[Demand], dict[str, Any], Allocation]
             {"a/idle": ("r1",)},
             {
                 "b/queue": "waiting for a free a10_24gb GPU",
-                "c/cold": "waiting for a a10_24gb GPU: an idle replica is being reclaimed",
+                "c/cold": "waiting for a reclaimed a10_24gb GPU",
             },
         ),
     ),
@@ -216,7 +216,7 @@ CASES: list[tuple[str, dict[str, int], list[Demand], dict[str, Any], Allocation]
         Allocation(
             {},
             {"a/idle": ("r1",)},
-            {"b/cold": "waiting for a a10_24gb GPU: an idle replica is being reclaimed"},
+            {"b/cold": "waiting for a reclaimed a10_24gb GPU"},
         ),
     ),
     (
@@ -230,7 +230,7 @@ CASES: list[tuple[str, dict[str, int], list[Demand], dict[str, Any], Allocation]
         Allocation(
             {},
             {},
-            {"b/cold": "waiting for a a10_24gb GPU: an idle replica is being reclaimed"},
+            {"b/cold": "waiting for a reclaimed a10_24gb GPU"},
         ),
     ),
     (
@@ -245,7 +245,7 @@ CASES: list[tuple[str, dict[str, int], list[Demand], dict[str, Any], Allocation]
         Allocation(
             {},
             {"b/big": ("b1",)},
-            {"c/cold": "waiting for a a10_24gb GPU: an idle replica is being reclaimed"},
+            {"c/cold": "waiting for a reclaimed a10_24gb GPU"},
         ),
     ),
     (
@@ -270,8 +270,65 @@ CASES: list[tuple[str, dict[str, int], list[Demand], dict[str, Any], Allocation]
         Allocation(
             {},
             {"a/idle": ("r1", "r2")},
-            {"b/cold": "waiting for a a10_24gb GPU: an idle replica is being reclaimed"},
+            {"b/cold": "waiting for a reclaimed a10_24gb GPU"},
         ),
+    ),
+    (
+        "cold-deployment-drains-a-serving-replica-of-a-tenant-above-its-fair-share",
+        {A10: 0},
+        [d("a/big", holding=4, drainable=("a2", "a3", "a4")), d("b/cold", need=1, cold=True)],
+        {},
+        # Fair shares of 4 GPUs between a and b: 2 each. a keeps 3, b gets the one drained.
+        Allocation(
+            {},
+            {"a/big": ("a2",)},
+            {"b/cold": "waiting for a reclaimed a10_24gb GPU"},
+        ),
+    ),
+    (
+        "idle-replicas-go-before-serving-ones",
+        {A10: 0},
+        [
+            d("a/big", holding=3, drainable=("a2", "a3")),
+            d("c/idle", holding=1, reclaimable=("c1",)),
+            d("b/cold", need=1, cold=True),
+        ],
+        {},
+        Allocation(
+            {},
+            {"c/idle": ("c1",)},
+            {"b/cold": "waiting for a reclaimed a10_24gb GPU"},
+        ),
+    ),
+    (
+        "no-drain-that-leaves-the-victim-below-its-fair-share",
+        {A10: 0},
+        [
+            d("a/x", holding=2, drainable=("a2",)),
+            d("b/y", holding=2),
+            d("c/cold", need=1, cold=True),
+        ],
+        {},
+        # 4 GPUs over 3 tenants: 1.33 each; a would keep 1.
+        Allocation({}, {}, {"c/cold": "waiting for a free a10_24gb GPU"}),
+    ),
+    (
+        "no-drain-for-a-tenant-already-at-its-fair-share",
+        {A10: 0},
+        [
+            d("a/big", holding=3, drainable=("a2", "a3")),
+            d("c/other", holding=3),
+            d("c/cold", need=1, cold=True),
+        ],
+        {},
+        Allocation({}, {}, {"c/cold": "waiting for a free a10_24gb GPU"}),
+    ),
+    (
+        "warm-deployment-never-drains-serving-replicas",
+        {A10: 0},
+        [d("a/big", holding=4, drainable=("a2", "a3")), d("b/queue", holding=1, need=2, queued=9)],
+        {},
+        Allocation({}, {}, {"b/queue": "waiting for a free a10_24gb GPU"}),
     ),
     (
         "gpu-quota-makes-a-deployment-wait-with-room-in-the-pool",
@@ -398,6 +455,7 @@ demand_lists = st.lists(
         draining=st.just(0),
         guaranteed=st.booleans(),
         reclaimable=st.lists(st.sampled_from(["r1", "r2", "r3"]), unique=True).map(tuple),
+        drainable=st.lists(st.sampled_from(["s1", "s2"]), unique=True).map(tuple),
         weight=st.sampled_from([0.5, 1.0, 2.0]),
     ),
     unique_by=lambda x: x.key,
@@ -431,7 +489,7 @@ def test_never_starts_beyond_room_need_or_quota(
             assert held + added <= quota
     for victim, rids in out.reclaims.items():
         assert not by_key[victim].guaranteed
-        assert set(rids) <= set(by_key[victim].reclaimable)
+        assert set(rids) <= set(by_key[victim].reclaimable) | set(by_key[victim].drainable)
         assert victim not in out.starts
     for x in demands:
         assert (x.key in out.waiting) == (out.starts.get(x.key, 0) < x.need)

@@ -7,6 +7,7 @@ failed for a full pool.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -156,3 +157,56 @@ def test_gpu_quota_makes_a_deployment_wait_with_gpus_free_in_the_pool(
         r = waiting.result(timeout=60)
     assert r.status_code == 200, r.text + stack.logs()
     assert "Failed" not in events(stack, second)
+
+
+def test_cold_deployment_of_a_tenant_below_its_share_gets_a_drained_replica(
+    make_stack: Callable[..., Stack], name: str
+) -> None:
+    """Tenant acme's sustained load holds the whole pool; tenant beta's first request gets a
+    replica drained from acme (whose requests in flight finish) instead of waiting for the
+    load to stop."""
+    from wakegate.store import Store
+
+    stack = make_stack(backend="sim", sim_pool="a10_24gb=2", reclaim_grace_s=0)
+    busy, cold = f"{name}-busy", f"{name}-cold"
+    slow = ["--load-s", "0.5", "--ttft-s", "0.02", "--tps", "10", "--batch", "1"]
+    stack.create(
+        busy,
+        baseModel="sim-llm",
+        accelerator="a10_24gb_100",
+        customArgs=slow,
+        maxReplicas=2,
+        scaleUpRequestThreshold=1,
+        cooldownTime=600,
+    )
+    beta = "pb_beta_" + name
+
+    async def seed() -> None:
+        store = Store.from_url(stack.redis_url)
+        await store.ensure_tenant("beta")
+        await store.add_token(beta, "beta")
+        await store.close()
+
+    asyncio.run(seed())
+    beta_headers = {"Authorization": f"Bearer {beta}"}
+    r = httpx.post(
+        f"{stack.base}/v2/deployments",
+        headers=beta_headers,
+        json={"name": cold, "config": {"baseModel": "sim-llm", "accelerator": "a10_24gb_100",
+              "customArgs": FAST, "cooldownTime": 600}},
+        timeout=30,
+    )  # fmt: skip
+    assert r.status_code == 200, r.text
+    with ThreadPoolExecutor(5) as pool:
+        load = [pool.submit(stack.generate, busy, f"long {i}", 30, 120) for i in range(4)]
+        wait_until(lambda: stack.ready_replicas(busy) == 2, 30, "acme holding the whole pool")
+        wait_until(lambda: stack.in_flight(busy) == 2, 30, "both replicas serving")
+        r = httpx.post(
+            f"{stack.base}/beta/deployments/v2/llms/{cold}/generate",
+            headers=beta_headers,
+            json={"inputs": "hello", "parameters": {"max_new_tokens": 4}},
+            timeout=60,
+        )
+        assert r.status_code == 200, r.text + stack.logs()
+        assert [f.result().status_code for f in load] == [200] * 4  # none cut
+    assert "Reclaimed" in events(stack, busy)
