@@ -14,9 +14,9 @@ The rule of the `fair` mode (README "Sharing a finite pool"), per SKU:
 3. Then the rest by weighted max-min fairness (progressive filling): one replica at a time to
    the tenant holding the least of the SKU per weight, within it to the deployment holding
    the fewest replicas.
-4. Reclaim: a deployment the pool left short takes idle replicas (nothing queued for their
-   deployment, no request in flight on them, beyond what its requests in flight need and its
-   `min_replicas`, past a grace time, not guaranteed) of the SKU, from the tenant holding the
+4. Reclaim: a deployment the pool left short takes idle replicas (their deployment has had
+   no request for a grace time; above its `min_replicas`; not guaranteed: scaler/plan.py
+   `reclaimable`) of the SKU, from the tenant holding the
    most first: a guaranteed one for every replica it needs, a cold one for its first, and one
    with requests queued for the rest of its need, but only from its own tenant or a tenant
    holding more than its own (never from a poorer one). Replicas already draining count as

@@ -114,9 +114,8 @@ def decide(
     staying = [r for r in active if r.id not in victims]
     idle = reclaimable(
         staying,
-        queued=load.queued,
-        busy=seen.busy,
-        threshold=spec.scale_up_threshold,
+        load=load.queued + load.in_flight,
+        idle_s=None if observation.last_activity_at is None else now - observation.last_activity_at,
         min_replicas=spec.min_replicas,
         guaranteed=guaranteed,
         now=now,

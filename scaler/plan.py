@@ -4,7 +4,6 @@ reclaim, and the start-failure backoff as a value each outcome replaces."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -69,30 +68,33 @@ def pick_victims(
 def reclaimable(
     active: Sequence[ReplicaRecord],
     *,
-    queued: int,
-    busy: Mapping[str, int],
-    threshold: int,
+    load: int,
+    idle_s: float | None,
     min_replicas: int,
     guaranteed: bool,
     now: float,
     grace_s: float,
 ) -> tuple[str, ...]:
-    """Replicas kept only by the cooldown, which another deployment may reclaim: nothing
-    queued for the deployment and no request in flight on the replica; beyond what the
-    deployment's requests in flight need (at `threshold` each) and its `min_replicas`; ready
-    for at least `grace_s`; never a guaranteed deployment's. The longest ready first."""
-    if guaranteed or queued > 0:
+    """Replicas kept only by the cooldown, which another deployment may reclaim: those of a
+    deployment with nothing queued or in flight (`load`) and no request come or gone for at
+    least `grace_s` (`idle_s`; None: never any), above its `min_replicas`, ready for at least
+    `grace_s`; never a guaranteed deployment's. The longest ready first.
+
+    A replica that is merely between two requests of a serving deployment is not idle
+    capacity: taking it makes its deployment pay a start-up at its next request (the
+    shared-pool replay measured that churn when single idle replicas of serving deployments
+    were reclaimed)."""
+    if guaranteed or load > 0 or (idle_s is not None and idle_s < grace_s):
         return ()
-    keep = max(min_replicas, math.ceil(sum(busy.values()) / max(threshold, 1)))
-    spare = len(active) - keep
+    spare = len(active) - min_replicas
     if spare <= 0:
         return ()
-    idle = [
-        r for r in active if r.state == "ready" and not busy.get(r.id)
-        and r.ready_at is not None and now - r.ready_at >= grace_s
+    ready = [
+        r for r in active if r.state == "ready" and r.ready_at is not None
+        and now - r.ready_at >= grace_s
     ]  # fmt: skip
-    idle.sort(key=lambda r: (r.ready_at or 0.0, r.id))
-    return tuple(r.id for r in idle[:spare])
+    ready.sort(key=lambda r: (r.ready_at or 0.0, r.id))
+    return tuple(r.id for r in ready[:spare])
 
 
 def drainable(

@@ -143,8 +143,8 @@ class Sharing:
                 continue
             if rid in d.drainable:
                 serving.append(rec)
-            elif not queued and not busy.get(rid):
-                idle.append(rec)
+            elif not queued and not busy:
+                idle.append(rec)  # its deployment is still idle
         taken = idle + serving
         if not taken:
             return

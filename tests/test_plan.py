@@ -36,50 +36,29 @@ RECLAIMABLE: list[tuple[str, list[ReplicaRecord], dict[str, Any], tuple[str, ...
         {},
         ("old", "new"),
     ),
+    ("queued-or-in-flight-requests-keep-every-replica", [rep("a"), rep("b")], {"load": 1}, ()),
     (
-        "queued-requests-keep-every-replica",
+        "a-serving-deployment-between-requests-keeps-its-replicas",
         [rep("a"), rep("b")],
-        {"queued": 1},
+        {"idle_s": 2.0, "grace_s": 30.0},
         (),
     ),
-    (
-        "replica-with-a-request-in-flight-is-kept",
-        [rep("busy"), rep("idle")],
-        {"busy": {"busy": 1}},
-        ("idle",),
-    ),
-    (
-        "replicas-the-requests-in-flight-need-are-kept",
-        # 5 in flight at threshold 2 need 3 replicas: of 4, one may go (an idle one).
-        [rep("a"), rep("b"), rep("c"), rep("d")],
-        {"busy": {"a": 3, "b": 2}, "threshold": 2},
-        ("c",),
-    ),
+    ("never-any-request-counts-as-idle", [rep("a")], {"idle_s": None, "grace_s": 30.0}, ("a",)),
     (
         "min-replicas-are-the-owners-floor",
         [rep("a", ready_s_ago=900), rep("b", ready_s_ago=100)],
         {"min_replicas": 1},
         ("a",),
     ),
-    (
-        "guaranteed-deployment-gives-nothing",
-        [rep("a")],
-        {"guaranteed": True},
-        (),
-    ),
+    ("guaranteed-deployment-gives-nothing", [rep("a")], {"guaranteed": True}, ()),
     (
         "replica-inside-its-grace-time-is-kept",
         [rep("fresh", ready_s_ago=5), rep("old")],
         {"grace_s": 30},
         ("old",),
     ),
-    (
-        "starting-replica-is-not-idle-capacity",
-        [rep("booting", state="starting")],
-        {},
-        (),
-    ),
-]
+    ("starting-replica-is-not-idle-capacity", [rep("booting", state="starting")], {}, ()),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -91,9 +70,8 @@ def test_reclaimable(
     active: list[ReplicaRecord], options: dict[str, Any], expected: tuple[str, ...]
 ) -> None:
     args: dict[str, Any] = {
-        "queued": 0,
-        "busy": {},
-        "threshold": 1,
+        "load": 0,
+        "idle_s": 600.0,
         "min_replicas": 0,
         "guaranteed": False,
         "now": NOW,
