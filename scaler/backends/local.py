@@ -70,6 +70,7 @@ def free_port(host: str) -> int:
 
 
 def pid_alive(pid: int, replica_id: str) -> bool:
+    _reap(pid)  # a child of ours that died is a zombie until waited for
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -77,15 +78,20 @@ def pid_alive(pid: int, replica_id: str) -> bool:
     except PermissionError:
         return True
     # Guard against pid reuse: the process must carry our replica id in its environment.
-    environ = Path(f"/proc/{pid}/environ")
     try:
-        return f"WAKEGATE_REPLICA_ID={replica_id}".encode() in environ.read_bytes()
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+        if f"WAKEGATE_REPLICA_ID={replica_id}".encode() in environ:
+            return True
+        if environ:
+            return False  # another process under a reused pid
+        # Empty: a zombie, or a process inside execve (Popen returns once the exec is past
+        # its point of no return, before the kernel has laid out the new environment).
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
     except FileNotFoundError:
         return False
-    except OSError:
+    except (OSError, IndexError):
         return True
-    finally:
-        _reap(pid)
 
 
 def _spawn(argv: list[str], env: dict[str, str], log_path: Path) -> int:
