@@ -313,6 +313,38 @@ async def test_batch_limit_queues_fifo_and_graceful_stop_finishes_in_flight(
         assert await backend.list() == []
 
 
+async def test_crashed_replica_resets_its_streams_mid_way(
+    sim: Callable[..., SimBackend],
+) -> None:
+    """DELETE ?crash=1 kills a replica as kill -9 kills an engine: a stream in flight is cut
+    (no last event), and the replica and its lease are gone."""
+    backend = sim(sim_pool="cpu=2")
+    spec = sim_spec("cr", ["--load-s", "0", "--tps", "20"], accelerator="cpu")
+    rep = await backend.start(spec, "cr-1", get_engine("sim", spec=spec))
+    body = {"inputs": "hi", "parameters": {"max_new_tokens": 200}}  # 10 s of tokens
+    events: list[bytes] = []
+    async with httpx.AsyncClient(timeout=30) as client:
+
+        async def stream() -> None:
+            async with client.stream("POST", rep.url + "/generate_stream", json=body) as r:
+                async for line in r.aiter_lines():
+                    if line.startswith("data:"):
+                        events.append(line.encode())
+
+        reading = asyncio.create_task(stream())
+        while not events:
+            await asyncio.sleep(0.02)
+        host = await backend.host_url()
+        r = await client.delete(f"{host}/replicas/cr-1", params={"crash": "1"})
+        assert r.status_code == 200 and r.json()["state"] == "stopped"
+        with pytest.raises(httpx.HTTPError):
+            await reading
+    assert 0 < len(events) < 200
+    assert json.loads(events[-1][5:])["generated_text"] is None  # not the last event
+    assert await backend.list() == []
+    assert (await backend.free_accelerators())["cpu"] == 2
+
+
 async def test_host_outlives_its_backend_and_is_adopted(sim: Callable[..., SimBackend]) -> None:
     first = sim(sim_pool="cpu=2")
     spec = sim_spec("ad", ["--load-s", "0"], accelerator="cpu")

@@ -380,6 +380,15 @@ class SimReplica:
             await self._runner.cleanup()
         self.stopped = True
 
+    def crash(self) -> None:
+        """Die as a killed engine does: refuse new requests and reset every open connection
+        at once, so that nothing in flight finishes (DELETE /replicas/{id}?crash=1)."""
+        self.stopping = True
+        server = self._runner.server if self._runner is not None else None
+        for handler in server.connections if server is not None else []:
+            if handler.transport is not None:
+                handler.transport.abort()
+
     def describe(self) -> dict[str, Any]:
         return {
             "replica_id": self.replica_id,
@@ -1010,6 +1019,9 @@ class SimHost:
         if rid in self._starting:
             self._cancelled.add(rid)
             return web.json_response({"replica_id": rid, "state": "cancelled"})
+        if request.query.get("crash") in ("1", "true") and (victim := self.replicas.get(rid)):
+            victim.crash()
+            grace_s = 0.0
         task = self.stop(rid, grace_s)
         if task is None:
             return _error(404, f"no replica {rid}")
