@@ -26,6 +26,7 @@ from wakegate.spec import (
     parse_create,
     parse_update,
     set_fields,
+    valid_name,
     validate_name,
 )
 from wakegate.store import Store, TenantFull
@@ -52,6 +53,9 @@ async def read_json(request: web.Request) -> Any:
 
 
 def _key(request: web.Request, name: str) -> str:
+    if not valid_name(name):
+        # No deployment can have this name (one with a newline, a `/`): none is looked up.
+        raise ApiError(404, f"deployment {name!r} not found")
     return f"{tenant_of(request)['code']}/{name}"
 
 

@@ -40,7 +40,7 @@ from router.middlewares import tenant_of
 from router.params import GenerateRequest
 from wakegate import topics
 from wakegate.quotas import Quotas, queue_limit, tenant_quotas
-from wakegate.spec import DeploymentSpec
+from wakegate.spec import DeploymentSpec, valid_name
 from wakegate.store import MAX_PRIORITY, QueueFull, ReplicaRecord
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,8 @@ PRIORITY_HEADER = "X-Wakegate-Priority"
 async def resolve(request: web.Request, fresh: bool = False) -> DeploymentSpec:
     """The request's deployment; `fresh` skips the cache (the spec may be a second old)."""
     tenant, name = request.match_info["tenant"], request.match_info["name"]
+    if not valid_name(name):
+        raise ApiError(404, f"deployment {name!r} not found")  # none can have this name
     if tenant != tenant_of(request)["code"]:
         # Another tenant's deployments do not exist for this token.
         raise ApiError(404, f"deployment {name} not found")

@@ -27,7 +27,8 @@ from pydantic.alias_generators import to_camel
 
 from wakegate.catalog import ACCELERATORS, MODELS, SKUS
 
-NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+# Matched whole (fullmatch): `$` alone would also accept a trailing newline.
+NAME_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 # Path segments the control plane owns; a tenant or deployment named like this would shadow them.
 RESERVED_NAMES = frozenset({"v1", "v2", "llms", "users", "metrics", "healthz", "deployments"})
 
@@ -255,8 +256,13 @@ def _first_error(exc: ValidationError, prefix: str) -> InvalidSpec:
     return InvalidSpec(field or prefix or "body", msg)
 
 
+def valid_name(name: str) -> bool:
+    """A deployment name or tenant code: 1-63 of [a-z0-9-], matched whole, not reserved."""
+    return NAME_RE.fullmatch(name) is not None and name not in RESERVED_NAMES
+
+
 def validate_name(name: str, field: str = "name") -> str:
-    if not NAME_RE.match(name) or name in RESERVED_NAMES:
+    if not valid_name(name):
         raise InvalidSpec(
             field,
             f"{name!r} is not a valid name: use 1-63 lowercase letters, digits and '-', "
