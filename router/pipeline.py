@@ -105,6 +105,22 @@ def check_adapter(spec: DeploymentSpec, req: GenerateRequest) -> None:
         )
 
 
+def check_length(
+    spec: DeploymentSpec, requested: int | None, field: str, status: int, error_type: str
+) -> None:
+    """Generated tokens within what the deployment's engine holds for one request (its
+    `maxTotalTokens`, else the model's context window); the engine still checks the prompt
+    plus them, which only it can count."""
+    if requested is not None and requested > spec.max_total_tokens:
+        raise ApiError(
+            status,
+            f"{field}: must be <= {spec.max_total_tokens} (the deployment's maxTotalTokens "
+            f"or its model's context window), not {requested}",
+            field=field,
+            error_type=error_type,
+        )
+
+
 def priority_of(request: web.Request, req: GenerateRequest) -> int:
     raw = request.headers.get(PRIORITY_HEADER)
     if raw is None:
