@@ -197,3 +197,17 @@ def test_redis_down_is_a_503_with_retry_after_and_its_restart_needs_no_retry_by_
     finally:
         stack.stop()
         redis_proc.stop()
+
+
+@pytest.mark.parametrize("seed", [-1, 2**64], ids=["negative", "beyond-u64"])
+def test_an_openai_seed_out_of_range_is_a_400_naming_it(stack: Stack, name: str, seed: int) -> None:
+    stack.create(name, baseModel="sim-llm")
+    try:
+        body = {"prompt": "hi", "seed": seed}
+        url = stack.deploy_url(name) + "/v1/completions"
+        r = httpx.post(url, headers=stack.headers, json=body, timeout=30)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == "seed"
+        assert stack.queued(name) == 0
+    finally:
+        stack.delete(name)
