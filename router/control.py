@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 import time
 import uuid
 from dataclasses import replace
@@ -26,6 +28,7 @@ from wakegate.spec import (
     parse_create,
     parse_update,
     set_fields,
+    valid_name,
     validate_name,
 )
 from wakegate.store import Store, TenantFull
@@ -41,17 +44,39 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+def _finite(text: str) -> float:
+    # JSON numbers beyond a double's range (1e309) would become infinite.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
 async def read_json(request: web.Request) -> Any:
-    raw = await request.read()
+    """The request's JSON body, read under the body deadline (408 when the client stops
+    sending it: a silent client must not hold its handler forever)."""
+    timeout_s = request.app[SETTINGS].body_timeout_s
+    try:
+        async with asyncio.timeout(timeout_s):
+            raw = await request.read()
+    except TimeoutError:
+        raise ApiError(
+            408, f"request body not received within {timeout_s:g} s", field="body"
+        ) from None
     if not raw:
         return {}
     try:
-        return json.loads(raw, parse_constant=_no_constant)
+        return json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
     except ValueError as exc:
         raise ApiError(400, f"malformed JSON: {exc}", field="body") from None
+    except RecursionError:
+        raise ApiError(400, "malformed JSON: nested too deeply", field="body") from None
 
 
 def _key(request: web.Request, name: str) -> str:
+    if not valid_name(name):
+        # No deployment can have this name (one with a newline, a `/`): none is looked up.
+        raise ApiError(404, f"deployment {name!r} not found")
     return f"{tenant_of(request)['code']}/{name}"
 
 
@@ -299,21 +324,30 @@ async def deployment_events(request: web.Request) -> web.Response:
     )
 
 
+# Query times lie between the epoch and the end of year 9999 (what ISO 8601 dates reach).
+LATEST_TIME_S = 253_402_300_799
+
+
 def _time_param(request: web.Request, name: str, default: float) -> int:
     """A query time as ms: ISO 8601 (`2026-11-28T10:00:00Z`) or seconds since the epoch."""
     raw = request.query.get(name)
     if raw is None:
         return int(default * 1000)
     try:
-        return int(float(raw) * 1000)
+        seconds = float(raw)
     except ValueError:
-        pass
-    try:
-        return int(datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp() * 1000)
-    except ValueError:
+        try:
+            seconds = datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
+        except (ValueError, OverflowError, OSError):
+            raise ApiError(
+                400, f"{name}: use ISO 8601 or seconds since the epoch", field=name
+            ) from None
+    # `inf`, `nan` and 1e309 parse as floats; no stream id holds them.
+    if not 0 <= seconds <= LATEST_TIME_S:
         raise ApiError(
-            400, f"{name}: use ISO 8601 or seconds since the epoch", field=name
-        ) from None
+            400, f"{name}: must be a time between 1970 and 9999, not {raw[:40]!r}", field=name
+        )
+    return int(seconds * 1000)
 
 
 @routes.get("/v2/deployments/{name}/requests")

@@ -18,6 +18,7 @@ from router.pipeline import (
     RETRY_AFTER_S,
     Send,
     check_adapter,
+    check_length,
     priority_of,
     quotas_of,
     resolve,
@@ -26,6 +27,7 @@ from router.pipeline import (
     tracked,
 )
 from wakegate.quotas import queue_limit
+from wakegate.spec import DeploymentSpec
 from wakegate.store import QueueFull
 
 routes = web.RouteTableDef()
@@ -56,6 +58,12 @@ def lorax_response(gen: Generation, req: GenerateRequest) -> dict[str, Any]:
     return out
 
 
+def check_max_new_tokens(spec: DeploymentSpec, req: GenerateRequest) -> None:
+    """LoRAX answers 422 (validation) to a max_new_tokens its engine cannot hold."""
+    field = "parameters.max_new_tokens"
+    check_length(spec, req.parameters.max_new_tokens, field, 422, "validation")
+
+
 @routes.post(DEPLOY_URL)
 async def generate_root(request: web.Request) -> web.StreamResponse:
     """The SDK's and lorax.Client's URL: `"stream"` in the body picks the mode."""
@@ -79,6 +87,7 @@ async def _generate(
     arrived = time.monotonic()
     spec = await resolve(request)
     req = parse_generate(await read_json(request))
+    check_max_new_tokens(spec, req)
     stream = req.stream if force_stream is None else force_stream
     priority = priority_of(request, req)
 
@@ -128,6 +137,7 @@ async def submit_async(request: web.Request) -> web.Response:
         raise ApiError(422, "stream: async requests cannot stream", field="stream",
                        error_type="validation")  # fmt: skip
     check_adapter(spec, req)
+    check_max_new_tokens(spec, req)
     limit = queue_limit(spec, await quotas_of(request, spec.tenant))
     try:
         job_id = await request.app[JOBS].submit(spec, req, priority_of(request, req), limit)

@@ -11,6 +11,8 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from router.context import ADMIN_KEY, STORE, TENANT_KEY, TOKEN_CACHE
 from router.errors import ApiError, render
@@ -27,6 +29,35 @@ def _family(path: str) -> str:
     return "control"
 
 
+# What clients are told to wait before retrying while Redis is unreachable.
+STORE_RETRY_AFTER_S = 2
+
+
+def http_error(request: web.Request, exc: web.HTTPException) -> ApiError:
+    """aiohttp's own 4xx (no route, wrong method) in the API's error shape. Its headers but
+    the body's own (Content-Type, Content-Length) are kept: `Allow` on a 405."""
+    headers = {
+        k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")
+    }
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        message = f"method {request.method} is not allowed on {request.path}; allowed: {allowed}"
+    elif isinstance(exc, web.HTTPNotFound):
+        message = f"no route {request.path}"
+    else:
+        message = exc.reason
+    return ApiError(exc.status, message, headers=headers)
+
+
+def store_unavailable() -> ApiError:
+    """503 with Retry-After: wakegate's state (Redis) cannot be reached right now."""
+    return ApiError(
+        503,
+        f"wakegate's state store is unreachable; retry in {STORE_RETRY_AFTER_S} s",
+        headers={"Retry-After": str(STORE_RETRY_AFTER_S)},
+    )
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     request["wakegate.family"] = _family(request.path)
@@ -39,7 +70,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return render(request, ApiError(exc.status, exc.reason, headers=dict(exc.headers)))
+        return render(request, http_error(request, exc))
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        log.warning("Redis unreachable on %s %s: %s", request.method, request.path, exc)
+        return render(request, store_unavailable())
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return render(request, ApiError(500, "internal error"))

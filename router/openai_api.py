@@ -18,10 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 from router.control import read_json
 from router.dialects import Finish, Token
 from router.errors import ApiError
-from router.params import GenerateRequest, Parameters
+from router.params import MAX_SEED, GenerateRequest, Parameters, TokenCount
 from router.pipeline import (
     DEPLOY_URL,
     Send,
+    check_length,
     priority_of,
     resolve,
     serve_stream,
@@ -41,11 +42,11 @@ class StreamOptions(BaseModel):
 class _Common(BaseModel):
     model_config = ConfigDict(extra="ignore")  # clients add fields faster than servers learn
     model: StrictStr = ""
-    max_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    max_tokens: TokenCount | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
     stop: StrictStr | list[StrictStr] | None = None
-    seed: StrictInt | None = None
+    seed: Annotated[StrictInt, Field(ge=0, le=MAX_SEED)] | None = None
     n: Annotated[StrictInt, Field(ge=1, le=1)] = 1
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
@@ -76,7 +77,7 @@ class Message(BaseModel):
 
 class ChatRequest(_Common):
     messages: Annotated[list[Message], Field(min_length=1)]
-    max_completion_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    max_completion_tokens: TokenCount | None = None
     tools: list[Any] | None = None
 
 
@@ -155,6 +156,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     spec = await resolve(request)
     body = _parse(CompletionRequest, await read_json(request))
     prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
+    check_length(spec, body.max_tokens, "max_tokens", 400, "invalid_request_error")
     req = GenerateRequest(inputs=prompt or " ", parameters=_parameters(spec, body, body.max_tokens))
     return await _serve(request, spec, req, body, arrived, chat=False)
 
@@ -167,7 +169,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if body.tools:
         raise ApiError(400, "tools are not supported by this deployment", field="tools",
                        error_type="invalid_request_error")  # fmt: skip
-    params = _parameters(spec, body, body.max_completion_tokens or body.max_tokens)
+    field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    check_length(spec, max_tokens, field, 400, "invalid_request_error")
+    params = _parameters(spec, body, max_tokens)
     req = GenerateRequest.model_construct(
         inputs="", parameters=params, stream=body.stream,
         messages=[m.flat() for m in body.messages],

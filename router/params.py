@@ -16,8 +16,13 @@ from pydantic import (
 )
 
 from router.errors import ApiError
+from wakegate.spec import MAX_TOKENS
 
 Prob = Annotated[float, Field(gt=0, lt=1)]
+# Token counts are bounded here whatever the deployment (router/pipeline.py `check_length`
+# bounds max_new_tokens by the deployment's own limit); seeds fit the engines' u64.
+TokenCount = Annotated[StrictInt, Field(ge=1, le=MAX_TOKENS)]
+MAX_SEED = 2**64 - 1
 
 
 class ResponseFormat(BaseModel):
@@ -50,22 +55,22 @@ class Parameters(BaseModel):
     merged_adapters: MergedAdapters | None = None
     api_token: StrictStr | None = None
     do_sample: StrictBool | None = False
-    max_new_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    max_new_tokens: TokenCount | None = None
     ignore_eos_token: StrictBool | None = False
     repetition_penalty: Annotated[float, Field(gt=0)] | None = None
     return_full_text: StrictBool | None = False
     stop: list[StrictStr] | None = None
-    seed: Annotated[StrictInt, Field(ge=0)] | None = None
+    seed: Annotated[StrictInt, Field(ge=0, le=MAX_SEED)] | None = None
     temperature: Annotated[float, Field(ge=0)] | None = None
-    top_k: Annotated[StrictInt, Field(gt=0)] | None = None
+    top_k: TokenCount | None = None
     top_p: Prob | None = None
-    truncate: Annotated[StrictInt, Field(gt=0)] | None = None
+    truncate: TokenCount | None = None
     typical_p: Prob | None = None
-    best_of: Annotated[StrictInt, Field(gt=0)] | None = None
+    best_of: Annotated[StrictInt, Field(gt=0, le=MAX_TOKENS)] | None = None
     watermark: StrictBool | None = False
     details: StrictBool | None = False
     decoder_input_details: StrictBool | None = False
-    return_k_alternatives: Annotated[StrictInt, Field(gt=0)] | None = None
+    return_k_alternatives: TokenCount | None = None
     response_format: ResponseFormat | None = None
     # wakegate extension: higher is served first.
     priority: Annotated[StrictInt, Field(ge=-1000, le=1000)] | None = None

@@ -40,7 +40,7 @@ from router.middlewares import tenant_of
 from router.params import GenerateRequest
 from wakegate import topics
 from wakegate.quotas import Quotas, queue_limit, tenant_quotas
-from wakegate.spec import DeploymentSpec
+from wakegate.spec import DeploymentSpec, valid_name
 from wakegate.store import MAX_PRIORITY, QueueFull, ReplicaRecord
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,8 @@ PRIORITY_HEADER = "X-Wakegate-Priority"
 async def resolve(request: web.Request, fresh: bool = False) -> DeploymentSpec:
     """The request's deployment; `fresh` skips the cache (the spec may be a second old)."""
     tenant, name = request.match_info["tenant"], request.match_info["name"]
+    if not valid_name(name):
+        raise ApiError(404, f"deployment {name!r} not found")  # none can have this name
     if tenant != tenant_of(request)["code"]:
         # Another tenant's deployments do not exist for this token.
         raise ApiError(404, f"deployment {name} not found")
@@ -100,6 +102,22 @@ def check_adapter(spec: DeploymentSpec, req: GenerateRequest) -> None:
             f"adapter {p.adapter_id!r} is not loaded by deployment {spec.name}: "
             "add it to preloadedAdapters",
             field="parameters.adapter_id",
+        )
+
+
+def check_length(
+    spec: DeploymentSpec, requested: int | None, field: str, status: int, error_type: str
+) -> None:
+    """Generated tokens within what the deployment's engine holds for one request (its
+    `maxTotalTokens`, else the model's context window); the engine still checks the prompt
+    plus them, which only it can count."""
+    if requested is not None and requested > spec.max_total_tokens:
+        raise ApiError(
+            status,
+            f"{field}: must be <= {spec.max_total_tokens} (the deployment's maxTotalTokens "
+            f"or its model's context window), not {requested}",
+            field=field,
+            error_type=error_type,
         )
 
 

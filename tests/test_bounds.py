@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from harness import Stack
+from harness import Stack, run_async, wait_until
 from test_control_plane import names
 
 from scaler.policies import default_params
-from wakegate.spec import POLICY_PARAM_RANGES, InvalidSpec, parse_create, parse_update
+from wakegate.spec import (
+    POLICY_PARAM_RANGES,
+    ConfigUpdate,
+    DeploymentSpec,
+    InvalidSpec,
+    merge_config,
+    parse_create,
+    parse_update,
+)
+from wakegate.store import Store
 
 BIG = 10**400  # an int JSON carries and no float holds
 
@@ -34,6 +45,16 @@ OUT_OF_BOUNDS = [
         "config.scaleUpRequestThreshold",
     ),
     ("total-tokens-above-2mi", create(maxTotalTokens=2_097_153), "config.maxTotalTokens"),
+    (
+        "total-tokens-above-the-context-window",
+        create(maxTotalTokens=262_145),
+        "config.maxTotalTokens",
+    ),
+    (
+        "total-tokens-above-gemmas-32k",
+        create(baseModel="gemma-3-270m", maxTotalTokens=32_769),
+        "config.maxTotalTokens",
+    ),
     (
         "batched-tokens-above-2mi",
         create(maxNumBatchedTokens=2_097_153),
@@ -106,13 +127,30 @@ def test_an_update_beyond_a_bound_is_refused_naming_the_field() -> None:
     assert refused.value.field == "config.cooldownTime"
 
 
+@pytest.mark.parametrize(
+    "update",
+    [{"maxTotalTokens": 262_145}, {"baseModel": "gemma-3-270m"}],
+    ids=["tokens-above-the-window", "model-with-a-smaller-window"],
+)
+def test_an_update_leaving_max_total_tokens_above_the_context_window_is_refused(
+    update: dict[str, Any],
+) -> None:
+    stored = {"base_model": "sim-llm", "max_total_tokens": 100_000}
+    with pytest.raises(InvalidSpec) as refused:
+        merge_config(stored, parse_update({"config": update}).config or ConfigUpdate())
+    assert refused.value.field == "config.maxTotalTokens"
+
+
 AT_THE_BOUNDS = [
     ("replicas-1000", create(minReplicas=1000, maxReplicas=1000)),
     ("cooldown-a-week", create(cooldownTime=604_800)),
+    # Scale to zero as soon as idle: flapping by choice (the replay tool compresses to it).
+    ("cooldown-zero", create(cooldownTime=0)),
     ("threshold-10000", create(scaleUpRequestThreshold=10_000)),
-    # The replay tool's setting for the 32k-context sim model.
+    # The replay tool's setting: the sim model's whole context window.
     ("replay-total-tokens", create(maxTotalTokens=262_144)),
-    ("tokens-2mi", create(maxTotalTokens=2_097_152, maxNumBatchedTokens=2_097_152)),
+    ("gemmas-whole-32k", create(baseModel="gemma-3-270m", maxTotalTokens=32_768)),
+    ("batched-tokens-2mi", create(maxNumBatchedTokens=2_097_152)),
     ("speculation-batch-4096", create(speculationDisableByBatchSize=4096)),
     ("queue-a-million", create(maxQueueLength=1_000_000)),
     ("ray-none-delay", create(**policy("ray", downscale_to_zero_delay_s=-1))),
@@ -174,5 +212,41 @@ def test_out_of_bounds_values_over_http_are_400_and_store_nothing(stack: Stack, 
     r = stack.api("PUT", f"/v2/deployments/{name}", json={"config": {"maxReplicas": 10**12}})
     assert r.status_code == 400, r.text
     assert r.json()["field"] == "config.maxReplicas"
+    # Within the field's bound (2 Mi) but beyond the model's context window.
+    r = stack.api("PUT", f"/v2/deployments/{name}", json={"config": {"maxTotalTokens": 2**21}})
+    assert r.status_code == 400, r.text
+    assert r.json()["field"] == "config.maxTotalTokens"
     assert stack.api("GET", f"/v2/deployments/{name}").json()["data"] == stored
     stack.delete(name)
+
+
+def test_a_deployment_whose_pass_fails_does_not_stop_the_others(
+    make_stack: Callable[..., Stack], name: str
+) -> None:
+    """One deployment's error is logged and retried; the rest of the pass goes on (here its
+    base model left the catalogue: a models-file entry removed since it was created)."""
+    stack = make_stack(backend="sim", sim_pool="cpu=4", mqtt=False)
+    broken, healthy = f"{name}-broken", f"{name}-healthy"
+    now = time.time()
+    config = {"base_model": "retired-model", "accelerator": "cpu", "min_replicas": 1}
+    spec = DeploymentSpec(stack.tenant, broken, "u", None, config, "ready", 1, now, now)
+
+    async def store_broken() -> None:
+        store = Store.from_url(stack.redis_url)
+        try:
+            assert await store.create_deployment(spec, [])
+        finally:
+            await store.close()
+
+    run_async(store_broken())
+    # Sorted first: the same pass reaches the broken deployment before the healthy one.
+    assert broken < healthy
+    stack.create(healthy, baseModel="sim-llm", accelerator="cpu", minReplicas=1,
+                 customArgs=["--load-s", "0.1"])  # fmt: skip
+    wait_until(lambda: stack.ready_replicas(healthy) == 1, 60, "the healthy deployment's replica")
+    wait_until(
+        lambda: f"{stack.tenant}/{broken}: pass failed" in stack.scalers[0].log.read_text(),
+        30,
+        "the broken deployment's error in the scaler log",
+    )
+    assert all(s.alive() for s in stack.scalers)

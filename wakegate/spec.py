@@ -27,7 +27,8 @@ from pydantic.alias_generators import to_camel
 
 from wakegate.catalog import ACCELERATORS, MODELS, SKUS
 
-NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+# Matched whole (fullmatch): `$` alone would also accept a trailing newline.
+NAME_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 # Path segments the control plane owns; a tenant or deployment named like this would shadow them.
 RESERVED_NAMES = frozenset({"v1", "v2", "llms", "users", "metrics", "healthz", "deployments"})
 
@@ -42,8 +43,8 @@ DEFAULT_SCALE_UP_THRESHOLD = 1
 MAX_REPLICAS = 1000
 MAX_COOLDOWN_S = 7 * 24 * 3600
 MAX_SCALE_UP_THRESHOLD = 10_000
-# 2 Mi tokens: above every catalogue model's context window, with room for the replay tool's
-# 262,144 on a 32k-context sim model.
+# 2 Mi tokens: above every catalogue model's context window (which bounds `maxTotalTokens`
+# further, see check_context), whatever a user's models file says.
 MAX_TOKENS = 2 * 1024 * 1024
 MAX_SPECULATION_BATCH = 4096
 MAX_QUEUE_LENGTH = 1_000_000
@@ -255,8 +256,13 @@ def _first_error(exc: ValidationError, prefix: str) -> InvalidSpec:
     return InvalidSpec(field or prefix or "body", msg)
 
 
+def valid_name(name: str) -> bool:
+    """A deployment name or tenant code: 1-63 of [a-z0-9-], matched whole, not reserved."""
+    return NAME_RE.fullmatch(name) is not None and name not in RESERVED_NAMES
+
+
 def validate_name(name: str, field: str = "name") -> str:
-    if not NAME_RE.match(name) or name in RESERVED_NAMES:
+    if not valid_name(name):
         raise InvalidSpec(
             field,
             f"{name!r} is not a valid name: use 1-63 lowercase letters, digits and '-', "
@@ -281,6 +287,7 @@ def parse_create(body: Any) -> CreateRequest:
     if req.config.base_model is None:
         raise InvalidSpec("config.baseModel", "field required")
     check_bounds(effective_scaling(set_fields(req.config)), "config")
+    check_context(set_fields(req.config), "config")
     return req
 
 
@@ -310,10 +317,24 @@ def check_bounds(scaling: dict[str, int], prefix: str) -> None:
         )
 
 
+def check_context(config: dict[str, Any], prefix: str) -> None:
+    """`maxTotalTokens` within the base model's context window: an engine told more
+    allocates a KV cache for tokens the model cannot attend to (llama.cpp's `--n_ctx`)."""
+    total = config.get("max_total_tokens")
+    model = MODELS.get(str(config.get("base_model")))
+    if total is not None and model is not None and total > model.context_window:
+        raise InvalidSpec(
+            f"{prefix}.maxTotalTokens",
+            f"must not exceed the context window of {model.name} "
+            f"({model.context_window} tokens), not {total}",
+        )
+
+
 def merge_config(stored: dict[str, Any], update: ConfigUpdate) -> dict[str, Any]:
     """Apply an update with "null means unchanged"; re-check cross-field bounds."""
     merged = {**stored, **set_fields(update)}
     check_bounds(effective_scaling(merged), "config")
+    check_context(merged, "config")
     return merged
 
 
@@ -387,6 +408,12 @@ class DeploymentSpec:
     @property
     def base_model(self) -> str:
         return str(self.config["base_model"])
+
+    @property
+    def max_total_tokens(self) -> int:
+        """Prompt plus generated tokens one request may reach: the deployment's
+        `maxTotalTokens`, else its model's context window."""
+        return int(self.config.get("max_total_tokens") or MODELS[self.base_model].context_window)
 
     @property
     def accelerator(self) -> str:

@@ -52,9 +52,16 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from wakegate.quotas import QuotaOverride
 from wakegate.spec import DeploymentSpec
+
+# Tries of a command beyond the first when its connection fails (see Store.from_url).
+STORE_RETRIES = 3
 
 DEPLOYMENTS = "wg:deployments"
 # Affinity routing never puts more than this factor of the average load, plus a few requests,
@@ -423,6 +430,11 @@ class Store:
             timeout=30,
             decode_responses=True,
             health_check_interval=10,
+            # After a Redis restart every pooled connection is stale: a command on one is
+            # retried on a new connection instead of failing. While Redis stays down the
+            # error comes after about a second (the gateway answers 503 then).
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), STORE_RETRIES),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
         return cls(aioredis.Redis(connection_pool=pool))
 

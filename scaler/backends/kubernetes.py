@@ -104,8 +104,8 @@ NODE_LABEL_VALUES: dict[str, dict[str, tuple[str, ...]]] = {
 # Cloud GPU nodes are tainted so that only Pods that ask for GPUs land there.
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 
-_LABEL_VALUE = re.compile(r"^(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
-_DNS_LABEL = re.compile(r"^[a-z0-9](?:[-a-z0-9]*[a-z0-9])?$")
+_LABEL_VALUE = re.compile(r"(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
+_DNS_LABEL = re.compile(r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?")
 
 
 def _digest(text: str) -> str:
@@ -114,7 +114,7 @@ def _digest(text: str) -> str:
 
 def label_value(text: str) -> str:
     """`text` if it is a valid label value, else a readable prefix plus a hash of it."""
-    if len(text) <= 63 and _LABEL_VALUE.match(text):
+    if len(text) <= 63 and _LABEL_VALUE.fullmatch(text):
         return text
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", text)[:54].strip("-_.")
     return f"{safe}-{_digest(text)}" if safe else _digest(text)
@@ -123,7 +123,7 @@ def label_value(text: str) -> str:
 def dns_label(text: str) -> str:
     """`text` if it is a DNS-1123 label (a Pod name that is also a valid hostname), else a
     lower-cased prefix plus a hash of it."""
-    if len(text) <= 63 and _DNS_LABEL.match(text):
+    if len(text) <= 63 and _DNS_LABEL.fullmatch(text):
         return text
     safe = re.sub(r"[^a-z0-9-]+", "-", text.lower())[:54].strip("-")
     return f"{safe}-{_digest(text)}" if safe else _digest(text)

@@ -16,12 +16,12 @@ from pathlib import Path
 from scaler.engines import EngineRefused
 from wakegate.settings import Settings
 
-ADAPTER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
+ADAPTER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*")
 FIELD = "config.preloadedAdapters"
 
 
 def adapter_path(adapter_id: str, settings: Settings) -> Path:
-    if not ADAPTER_ID.match(adapter_id) or ".." in adapter_id:
+    if not ADAPTER_ID.fullmatch(adapter_id) or ".." in adapter_id:
         raise EngineRefused(FIELD, f"{adapter_id!r} is not a valid adapter id")
     if settings.adapter_dir is not None:
         local = Path(settings.adapter_dir) / f"{adapter_id}.gguf"

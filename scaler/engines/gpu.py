@@ -29,9 +29,9 @@ SPECULATIVE_TOKENS = 3
 # huggingface_hub reads HF_TOKEN; TGI and LoRAX releases before it read the older name.
 HF_TOKEN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 # `org/name` on the Hub (a speculator or draft model).
-HUB_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+HUB_REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 # A container image tag (the OCI distribution spec's grammar).
-IMAGE_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+IMAGE_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 
 def field(name: str) -> str:
@@ -112,7 +112,7 @@ def speculation(cfg: Mapping[str, Any]) -> Speculation:
         return Speculation()
     if value == "auto":
         return Speculation(ngram=True)
-    if HUB_REPO.match(value):
+    if HUB_REPO.fullmatch(value):
         return Speculation(model=str(value))
     refuse(
         "speculator",
@@ -125,7 +125,7 @@ def adapter_ids(cfg: Mapping[str, Any]) -> list[str]:
     """The preloaded adapters (Hub ids), refusing a bad id and adapters that are disabled."""
     ids = [str(a) for a in cfg.get("preloaded_adapters") or []]
     for adapter_id in ids:
-        if not ADAPTER_ID.match(adapter_id) or ".." in adapter_id:
+        if not ADAPTER_ID.fullmatch(adapter_id) or ".." in adapter_id:
             refuse("preloaded_adapters", f"{adapter_id!r} is not a valid adapter id")
     if len(set(ids)) != len(ids):
         refuse("preloaded_adapters", "lists an adapter twice")

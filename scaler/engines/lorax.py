@@ -63,7 +63,7 @@ class LoraxProfile:
     def validate(self, spec: DeploymentSpec) -> None:
         cfg = spec.config
         tag = cfg.get("lorax_image_tag")
-        if tag is not None and not g.IMAGE_TAG.match(tag):
+        if tag is not None and not g.IMAGE_TAG.fullmatch(tag):
             g.refuse("lorax_image_tag", f"{tag!r} is not an image tag")
         g.refuse_common(cfg, "LoRAX", own_image=False)
         g.quantization(cfg, QUANTIZATIONS, "LoRAX")

@@ -81,7 +81,7 @@ STREAM_TICK_S = 0.005
 CACHE_BLOCK_TOKENS = 512
 NONSTREAM_TICK_S = 0.1
 _OFFSET_MARK = -987654321  # placeholder in the streamed chunk template
-REPLICA_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+REPLICA_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
 
 class PoolError(Exception):
@@ -863,7 +863,7 @@ class SimHost:
         deployment = body.get("deployment")
         revision = body.get("revision", 0)
         accelerator = body.get("accelerator", "cpu")
-        if not isinstance(rid, str) or not REPLICA_ID_RE.match(rid):
+        if not isinstance(rid, str) or not REPLICA_ID_RE.fullmatch(rid):
             return _error(422, "replica_id: want 1-200 letters, digits, '.', '_' or '-'")
         if not isinstance(deployment, str) or not deployment:
             return _error(422, "deployment: want a non-empty string")
