@@ -339,6 +339,23 @@ return 1
 """
 
 
+# Compare-and-set of a deployment's spec: write ARGV[1] only while the stored spec still has
+# revision ARGV[2] and status ARGV[3] (what the writer read). A deleted (purged) spec is never
+# written again, so a write that lost a race with DELETE cannot resurrect it, and the index
+# entry exists whenever the spec does (create adds it first, purge removes it last).
+# Returns 1 when written, 0 when the spec changed or is gone.
+REPLACE_SPEC = """
+local spec_key = KEYS[1]
+local record, revision, status = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local raw = redis.call('GET', spec_key)
+if not raw then return 0 end
+local current = cjson.decode(raw)
+if tonumber(current['revision']) ~= revision or current['status'] ~= status then return 0 end
+redis.call('SET', spec_key, record)
+return 1
+"""
+
+
 # Take a place in the tenant's deployment index unless it already holds `limit` (< 0: no
 # limit). One key, so two creates racing for the last place cannot both get it.
 # Returns 1 when reserved now, 2 when the name was there already, 0 when the tenant is full.
@@ -412,6 +429,7 @@ class Store:
         self._release_leader = redis.register_script(RELEASE_LEADER)
         self._advance_replica = redis.register_script(ADVANCE_REPLICA)
         self._reserve_deployment = redis.register_script(RESERVE_DEPLOYMENT)
+        self._replace_spec = redis.register_script(REPLACE_SPEC)
 
     @classmethod
     def from_url(cls, url: str, max_connections: int = 256) -> Store:
@@ -555,10 +573,26 @@ class Store:
         return DeploymentSpec.from_record(json.loads(raw)) if raw else None
 
     async def put_deployment(self, spec: DeploymentSpec) -> None:
+        """Write the spec unconditionally (tests and tools seeding state); the gateway and the
+        scaler change specs only through `replace_deployment`."""
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.set(dep_key(spec.key, "spec"), json.dumps(spec.to_record()))
             pipe.sadd(DIRTY, spec.key)  # the scaler looks at the change
             await pipe.execute()
+
+    async def replace_deployment(self, read: DeploymentSpec, updated: DeploymentSpec) -> bool:
+        """Store `updated` in place of `read`, compare-and-set: only while the stored spec still
+        has `read`'s revision and status (nobody changed, failed or deleted it since it was
+        read). False, writing nothing, otherwise: read it again and decide anew."""
+        assert read.key == updated.key
+        written = await self._replace_spec(
+            keys=[dep_key(read.key, "spec")],
+            args=[json.dumps(updated.to_record()), read.revision, read.status],
+        )
+        if not written:
+            return False
+        await self.mark_dirty(read.key)  # the scaler looks at the change
+        return True
 
     async def deployment_keys(self, tenant: str | None = None) -> list[str]:
         keys = sorted(cast(set[str], await self.redis.smembers(DEPLOYMENTS)))
