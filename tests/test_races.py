@@ -1,4 +1,4 @@
-"""Races between writers of one deployment.
+"""Races between writers of one deployment, and a DELETE that does not wait for start-ups.
 
 Spec writes are compare-and-set on the revision and status the writer read
 (wakegate/store.py REPLACE_SPEC): a PUT racing a DELETE never brings the deployment back, and
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
@@ -21,6 +22,8 @@ from harness import Stack, wait_until
 
 from wakegate.spec import DeploymentSpec
 from wakegate.store import DEPLOYMENTS, Store, dep_key
+
+LOADS_FOR_EVER = ["--load-s", "600"]
 
 
 def spec_of(revision: int = 1, status: str = "ready") -> DeploymentSpec:
@@ -154,3 +157,64 @@ async def concurrent_puts(stack: Stack, name: str, n: int) -> list[int]:
         if r.status_code == 409:
             assert r.json()["field"] == "revision", r.text
     return [r.status_code for r in replies]
+
+
+# --- DELETE stops a starting replica at once --------------------------------------------------
+
+
+def test_delete_while_a_replica_loads_stops_it_and_frees_the_name_at_once(
+    make_stack: Callable[..., Stack], name: str
+) -> None:
+    stack = make_stack(backend="sim")
+    stack.create(name, baseModel="sim-llm", minReplicas=1, maxReplicas=1, customArgs=LOADS_FOR_EVER)
+    loading = wait_until(
+        lambda: [r for r, st in stack.sim_replicas(name).items() if st == "loading"],
+        30,
+        "a loading replica",
+    )
+    assert stack.api("DELETE", f"/v2/deployments/{name}").status_code == 200
+    # Far below the 300 s start timeout the replica would otherwise load for.
+    wait_until(
+        lambda: all(stack.sim_replicas(name).get(r, "stopped") == "stopped" for r in loading),
+        60,
+        "the loading replica stopped",
+    )
+    wait_until(
+        lambda: (
+            stack.api(
+                "POST",
+                "/v2/deployments",
+                json={"name": name, "config": {"baseModel": "sim-llm", "minReplicas": 0}},
+            ).status_code
+            == 200
+        ),
+        60,
+        "the name free again",
+    )
+
+
+def test_a_restarted_scaler_keeps_the_start_timeout_of_a_replica_it_adopts(
+    make_stack: Callable[..., Stack], name: str
+) -> None:
+    timeout_s = 20
+    stack = make_stack(backend="sim", replica_start_timeout_s=timeout_s)
+    stack.create(name, baseModel="sim-llm", minReplicas=1, maxReplicas=1, customArgs=LOADS_FOR_EVER)
+    rec = wait_until(
+        lambda: next((r for r in stack.registry(name).values() if r["url"]), None),
+        30,
+        "a launched replica",
+    )
+    stack.scalers[0].stop()
+    stack.scalers.clear()
+    # The replica's start timeout runs out while no scaler watches it.
+    wait_until(lambda: time.time() > rec["created_at"] + timeout_s, timeout_s + 5, "timeout")
+    assert stack.sim_replicas(name).get(rec["id"]) == "loading"
+    stack.start_scaler()
+    # The new leader gives it up at once instead of granting it another full timeout.
+    wait_until(
+        lambda: stack.sim_replicas(name).get(rec["id"], "stopped") == "stopped",
+        timeout_s * 0.6,
+        "the overdue replica stopped",
+    )
+    assert rec["id"] not in stack.registry(name)
+    stack.delete(name)
