@@ -41,8 +41,12 @@ class Settings:
     quota_max_deployments_per_tenant: int | None = 1000
     quota_max_replicas_per_deployment: int | None = 64
     quota_max_gpus_per_tenant: int | None = None
-    # How long results of async requests stay retrievable.
+    # How long results of async requests stay retrievable. A job itself expires
+    # queue_timeout_s + 3 x 600 s + this after its creation (router/jobs.py `job_ttl_s`).
     async_result_ttl_s: int = 86_400
+    # Request-log entries keep at most this many bytes of the prompt (or chat messages) and
+    # as many of the output; an entry that was cut says `"truncated": true`.
+    request_log_max_bytes: int = 65_536
     # Queue entries and slots are leases that the holding gateway renews; a dead gateway's
     # entries expire after this long and stop blocking the queue or holding capacity.
     lease_ms: int = 15_000
@@ -156,6 +160,8 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         raise ValueError("queue_timeout_s must be > 0 and lease_ms >= 1000")
     if settings.max_queue_length < 1:
         raise ValueError("max_queue_length must be >= 1")
+    if settings.request_log_max_bytes < 0:
+        raise ValueError("request_log_max_bytes must be >= 0")
     for quota in (
         "quota_max_deployments_per_tenant",
         "quota_max_replicas_per_deployment",

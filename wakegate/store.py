@@ -22,7 +22,8 @@ Per-deployment keys (`wg:{t/n}:<part>`):
   prefixes   HASH    prompt-prefix key -> replica id that last served a prompt with it
   prefixage  ZSET    prompt-prefix key -> ms it was last routed (trims prefixes)
   reqlog     STREAM  request log entries (only with request_logging_enabled), capped
-  job:<id>   HASH    an async request: request, status, attempts, result, error (TTL once done)
+  job:<id>   HASH    an async request: request, status, attempts, result, error; expires
+                     (TTL from creation: router/jobs.py `job_ttl_s`, then result TTL once done)
   claim:<id> STRING  gateway running that async request; a lease it renews
   running    ZSET    async request id -> claim expiry ms (the sweep re-queues expired ones)
   capacity   STRING  JSON: why the deployment waits for capacity (present only while it does)
@@ -614,7 +615,6 @@ class Store:
     async def purge_deployment(self, key: str) -> None:
         """Forget a deleted deployment once its replicas are gone."""
         parts = (
-            "spec",
             "events",
             "queue",
             "qmeta",
@@ -632,8 +632,23 @@ class Store:
             "prefixes",
             "prefixage",
             "capacity",
+            "running",
         )
         await self.redis.delete(*(dep_key(key, p) for p in parts))
+        # Async requests and their claims, by the hash-tag prefix (each job has its own key).
+        for part in ("job:*", "claim:*"):
+            batch: list[str] = []
+            async for found in self.redis.scan_iter(match=dep_key(key, part), count=1000):
+                batch.append(cast(str, found))
+                if len(batch) >= 1000:
+                    await self.redis.delete(*batch)
+                    batch = []
+            if batch:
+                await self.redis.delete(*batch)
+        # The spec last: until it goes the name stays taken (409), so nothing deleted above
+        # belongs to a new deployment of the same name.
+        await self.redis.delete(dep_key(key, "spec"))
+        await self.redis.srem(JOB_DEPLOYMENTS, key)
         await self.redis.srem(DEPLOYMENTS, key)
         tenant, name = key.split("/", 1)
         await self.redis.srem(tenant_deployments_key(tenant), name)
@@ -784,13 +799,20 @@ class Store:
 
     # --- async requests ---------------------------------------------------------------------
 
-    async def put_job(self, key: str, job_id: str, fields: dict[str, Any]) -> None:
+    async def put_job(self, key: str, job_id: str, fields: dict[str, Any], ttl_s: int) -> None:
+        """Store a new async request; it expires `ttl_s` after now whatever becomes of it (a
+        gateway that dies before queueing it leaves nothing behind for long). One MULTI: Redis
+        refuses all of it or none (out of memory)."""
+        job = dep_key(key, f"job:{job_id}")
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.sadd(JOB_DEPLOYMENTS, key)
-            pipe.hset(
-                dep_key(key, f"job:{job_id}"), mapping={k: json.dumps(v) for k, v in fields.items()}
-            )
+            pipe.hset(job, mapping={k: json.dumps(v) for k, v in fields.items()})
+            pipe.expire(job, ttl_s)
             await pipe.execute()
+
+    async def drop_job(self, key: str, job_id: str) -> None:
+        """Forget an async request that was never queued (DEL works at maxmemory)."""
+        await self.redis.delete(dep_key(key, f"job:{job_id}"))
 
     async def job(self, key: str, job_id: str) -> dict[str, Any] | None:
         raw = cast(dict[str, str], await self.redis.hgetall(dep_key(key, f"job:{job_id}")))
