@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from redis.exceptions import OutOfMemoryError
 
 from router.context import ADMIN_KEY, STORE, TENANT_KEY, TOKEN_CACHE
 from router.errors import ApiError, render
@@ -18,6 +19,7 @@ from router.errors import ApiError, render
 log = logging.getLogger(__name__)
 
 PUBLIC_PATHS = frozenset({"/healthz", "/metrics"})
+OOM_RETRY_AFTER_S = 5
 ADMIN_PREFIX = "/admin/v1/"
 
 
@@ -40,6 +42,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if exc.status < 400:
             raise
         return render(request, ApiError(exc.status, exc.reason, headers=dict(exc.headers)))
+    except OutOfMemoryError:
+        # Redis is at its maxmemory and refuses writes (nothing is left half-written).
+        retry = {"Retry-After": str(OOM_RETRY_AFTER_S)}
+        full = ApiError(503, "out of storage; retry later", error_type="overloaded", headers=retry)
+        return render(request, full)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return render(request, ApiError(500, "internal error"))

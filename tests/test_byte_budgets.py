@@ -1,21 +1,24 @@
 """What one tenant can make Redis hold is bounded: async jobs expire and leave with their
-deployment, and request-log entries are cut to a size."""
+deployment, request-log entries are cut to a size, and a Redis at its maxmemory makes the
+gateway answer 503 with Retry-After, leaving nothing half-written."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import redis
-from harness import Stack, wait_until
+from harness import Stack, start_redis, wait_until
 
 from router.jobs import job_ttl_s
 from router.pipeline import clip_messages, clip_text
-from wakegate.store import JOB_DEPLOYMENTS, dep_key
+from wakegate.store import JOB_DEPLOYMENTS, dep_key, tenant_deployments_key
 
 LOADS_FOR_EVER = ["--load-s", "600"]
 FAST = ["--load-s", "0.2", "--ttft-s", "0.01", "--tps", "500"]
@@ -134,3 +137,86 @@ def test_request_log_entries_are_truncated_served_or_refused(
     assert entries[0]["prompt"] == "é" * 500
     assert entries[0]["output"]
     stack.delete(name)
+
+
+# --- Redis at its maxmemory -----------------------------------------------------------------
+
+MAXMEMORY = 64 * 1024 * 1024
+
+
+@pytest.fixture
+def small_redis(tmp_path: Path) -> Iterator[str]:
+    """A redis-server of its own with a memory limit and no eviction, like `wakegate up`'s."""
+    proc, url = start_redis(
+        tmp_path, "--maxmemory", str(MAXMEMORY), "--maxmemory-policy", "noeviction"
+    )
+    yield url + "/0"
+    proc.stop()
+
+
+def fill(r: redis.Redis) -> None:
+    """Write until Redis refuses, then hold it there (a limit just under what it uses, so
+    nothing the stack frees meanwhile opens room)."""
+    for i in itertools.count():
+        try:
+            r.set(f"filler:{i}", b"x" * (1024 * 1024))
+        except redis.exceptions.OutOfMemoryError:
+            break
+    used = int(r.info("memory")["used_memory"])
+    r.config_set("maxmemory", used - 4 * 1024 * 1024)
+
+
+def unfill(r: redis.Redis) -> None:
+    r.config_set("maxmemory", MAXMEMORY)
+    for key in r.scan_iter(match="filler:*"):
+        r.delete(key)
+
+
+def test_redis_at_its_maxmemory_gets_503_with_retry_after_and_nothing_half_written(
+    small_redis: str, infra: dict[str, Any], tmp_path: Path, name: str
+) -> None:
+    stack = Stack(tmp_path / "stack", small_redis, infra["mqtt_url"], backend="sim").start()
+    try:
+        stack.create(name, baseModel="sim-llm", customArgs=LOADS_FOR_EVER)
+        key = f"{stack.tenant}/{name}"
+        r = client(stack)
+        try:
+            fill(r)
+            lorax = submit(stack, name, {"inputs": "async"})
+            assert lorax.status_code == 503, lorax.text
+            assert int(lorax.headers["Retry-After"]) > 0
+            assert lorax.json()["error_type"] == "overloaded"
+            sync = stack.generate(name, "sync", 4, timeout=30)
+            assert sync.status_code == 503, sync.text
+            assert int(sync.headers["Retry-After"]) > 0
+            openai = httpx.post(
+                stack.deploy_url(name) + "/v1/completions",
+                headers=stack.headers,
+                json={"model": "", "prompt": "hi", "max_tokens": 2},
+                timeout=30,
+            )
+            assert openai.status_code == 503, openai.text
+            assert openai.json()["error"]["message"]
+            create = stack.api(
+                "POST",
+                "/v2/deployments",
+                json={"name": name + "-2", "config": {"baseModel": "sim-llm"}},
+            )
+            assert create.status_code == 503, create.text
+            assert create.json()["error"] and create.headers["Retry-After"]
+            # Nothing half-written: no job, no queue entry, no reserved name.
+            assert job_keys(stack, name) == []
+            assert r.zcard(dep_key(key, "queue")) == 0 and r.hlen(dep_key(key, "qmeta")) == 0
+            assert not r.sismember(tenant_deployments_key(stack.tenant), name + "-2")
+            assert not r.exists(dep_key(f"{key}-2", "spec"))
+
+            unfill(r)
+            again = submit(stack, name, {"inputs": "async"})
+            assert again.status_code == 202, again.text
+            assert len(job_keys(stack, name)) == 1
+        finally:
+            unfill(r)
+            r.close()
+        stack.delete(name)
+    finally:
+        stack.stop()

@@ -44,6 +44,7 @@ Global keys:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -557,10 +558,17 @@ class Store:
             raise TenantFull(limit)
         # Index first: the reconcile pass skips index entries without a spec, so a crash
         # between the two writes leaves nothing half-visible.
-        await self.redis.sadd(DEPLOYMENTS, spec.key)
-        created = await self.redis.set(
-            dep_key(spec.key, "spec"), json.dumps(spec.to_record()), nx=True
-        )
+        try:
+            await self.redis.sadd(DEPLOYMENTS, spec.key)
+            created = await self.redis.set(
+                dep_key(spec.key, "spec"), json.dumps(spec.to_record()), nx=True
+            )
+        except BaseException:
+            # Redis refused a write (out of memory): give the reserved place back (SREM is
+            # allowed at maxmemory), so a refused create holds no quota.
+            if reserved == 1:
+                await self.redis.srem(index, spec.name)
+            raise
         if not created:
             if reserved == 1:
                 await self.redis.srem(index, spec.name)
@@ -704,9 +712,15 @@ class Store:
         )  # fmt: skip
         if added == -1:
             raise QueueFull(int(depth))
-        if cold:
+        if cold and added:
             # The level path of the wake: the scaler polls the dirty set, MQTT is the fast one.
-            await self.redis.sadd(DIRTY, key)
+            try:
+                await self.redis.sadd(DIRTY, key)
+            except BaseException:
+                # Refused (Redis out of memory) or cancelled: the request is not queued after
+                # all, rather than queued with no wake recorded.
+                await asyncio.shield(self.cancel(key, req_id))
+                raise
         return bool(added), int(depth), bool(woke), bool(cold)
 
     async def dispatch(
