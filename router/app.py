@@ -84,9 +84,11 @@ async def _dispatch_ctx(app: web.Application) -> AsyncIterator[None]:
         bus = Bus(mqtt_url, "wakegate-gateway", [topics.all_of("replica")], on_event)
         tasks.append(asyncio.create_task(bus.run()))
     app[BUS] = bus
+    settings = app[SETTINGS]
     jobs = JobRunner(
-        app[STORE], app[UPSTREAM], bus, app[SETTINGS].lease_ms, app[SETTINGS].async_result_ttl_s
-    )
+        app[STORE], app[UPSTREAM], bus, settings.lease_ms, settings.async_result_ttl_s,
+        settings.queue_timeout_s, settings.request_log_max_bytes,
+    )  # fmt: skip
     app[JOBS] = jobs
     tasks += [asyncio.create_task(jobs.listen()), asyncio.create_task(jobs.sweep_forever())]
     yield

@@ -243,6 +243,14 @@ async def get_deployment(request: web.Request) -> web.Response:
     return web.json_response({"data": await _wire(store, spec)})
 
 
+# A PUT applies its change to the spec it read and stores it compare-and-set on that spec's
+# revision and status (wakegate/store.py REPLACE_SPEC). When something changed the spec in
+# between (another PUT, the scaler's status, a DELETE), the change is applied once more to a
+# fresh read, as if it had come a moment later; losing that second race too is a 409 naming
+# `revision`. A DELETE seen on the fresh read is a 404: the PUT never brings it back.
+UPDATE_TRIES = 2
+
+
 @routes.put("/v2/deployments/{name}")
 async def update_deployment(request: web.Request) -> web.Response:
     name = request.match_info["name"]
@@ -251,33 +259,47 @@ async def update_deployment(request: web.Request) -> web.Response:
     spec = await _visible(store, key, name)
     try:
         req = parse_update(await read_json(request))
-        config = merge_config(spec.config, req.config) if req.config else spec.config
     except InvalidSpec as exc:
         raise ApiError(400, str(exc), field=exc.field) from None
-    changed = {k for k in set(config) | set(spec.config) if config.get(k) != spec.config.get(k)}
-    description = req.description if req.description is not None else spec.description
-    revision = spec.revision + 1
-    engine_changes = sorted(changed & ENGINE_FIELDS)
-    # Engine changes on a deployment with replicas need a rolling replacement (the scaler
-    # starts new replicas, waits until they are ready, drains the old ones, then says Ready).
-    # Everything else applies live, and so does an engine change at zero replicas.
-    rolling = bool(engine_changes) and bool(await store.replicas(key))
-    updated = replace(
-        spec,
-        config=config,
-        description=description,
-        revision=revision,
-        engine_revision=revision if engine_changes else spec.engine_revision,
-        # An update is also the way out of "failed": the scaler tries again.
-        status="updating" if rolling else "ready",
-        updated_at=time.time(),
-    )
-    if engine_changes:
-        _check_engine(updated)
-    # The deployment as updated must fit the quotas, whichever field changed: a quota lowered
-    # since is met on the next update.
-    _check_quotas(updated, await _quotas(request, spec.tenant))
-    await store.put_deployment(updated)
+    for attempt in range(UPDATE_TRIES):
+        if attempt:
+            spec = await _visible(store, key, name)
+        try:
+            config = merge_config(spec.config, req.config) if req.config else spec.config
+        except InvalidSpec as exc:
+            raise ApiError(400, str(exc), field=exc.field) from None
+        changed = {k for k in set(config) | set(spec.config) if config.get(k) != spec.config.get(k)}
+        description = req.description if req.description is not None else spec.description
+        revision = spec.revision + 1
+        engine_changes = sorted(changed & ENGINE_FIELDS)
+        # Engine changes on a deployment with replicas need a rolling replacement (the scaler
+        # starts new replicas, waits until they are ready, drains the old ones, then says
+        # Ready). Everything else applies live, and so does an engine change at zero replicas.
+        rolling = bool(engine_changes) and bool(await store.replicas(key))
+        updated = replace(
+            spec,
+            config=config,
+            description=description,
+            revision=revision,
+            engine_revision=revision if engine_changes else spec.engine_revision,
+            # An update is also the way out of "failed": the scaler tries again.
+            status="updating" if rolling else "ready",
+            updated_at=time.time(),
+        )
+        if engine_changes:
+            _check_engine(updated)
+        # The deployment as updated must fit the quotas, whichever field changed: a quota
+        # lowered since is met on the next update.
+        _check_quotas(updated, await _quotas(request, spec.tenant))
+        if await store.replace_deployment(spec, updated):
+            break
+    else:
+        raise ApiError(
+            409,
+            f"deployment {name} was changed by another request meanwhile (revision "
+            f"{spec.revision}); read it again and retry",
+            field="revision",
+        )
     message = "changed: " + (", ".join(sorted(changed)) or "nothing")
     events = [event("Updating", revision, message)]
     if not rolling:
@@ -292,8 +314,14 @@ async def delete_deployment(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     store = request.app[STORE]
     key = _key(request, name)
-    spec = await _visible(store, key, name)
-    await store.put_deployment(replace(spec, status="deleting", updated_at=time.time()))
+    # A DELETE wins over any PUT in flight: it retries on a fresh read until it has marked the
+    # spec `deleting` (a PUT that read before can then no longer write) or finds it gone.
+    while True:
+        spec = await _visible(store, key, name)
+        if await store.replace_deployment(
+            spec, replace(spec, status="deleting", updated_at=time.time())
+        ):
+            break
     await store.append_events(key, [event("Deleted", spec.revision, "deleted by the user")])
     await _announce(request, key, "deleted")
     return web.json_response({})

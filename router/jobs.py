@@ -8,6 +8,12 @@ assignments nobody claimed are claimed, and jobs whose runner stopped renewing (
 killed with -9) go back to the queue. A replica failing a job sends it back to the queue too,
 away from that replica, up to `MAX_ATTEMPTS`. Results stay in Redis for `result_ttl_s`.
 A job's outcome (done or given up) goes to the request log of deployments that keep one.
+
+Every job expires, counted from its creation (`job_ttl_s`): the queue timeout, plus
+`MAX_ATTEMPTS` runs of at most `ATTEMPT_S` each, plus the result TTL. So neither a job that
+never gets a replica nor one whose gateway died between storing and queueing it stays in Redis
+for good; a finished one keeps its result for `result_ttl_s` from when it finished. A job
+never stores the request's `parameters.api_token` (a secret the gateway does not use).
 """
 
 from __future__ import annotations
@@ -31,8 +37,16 @@ from wakegate.store import ASYNC_OWNER, FOREVER_MS, MAX_PRIORITY, Store, gateway
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
+# Longest one run of a job may go without a byte from its replica: the gateway's upstream
+# read timeout (router/app.py).
+ATTEMPT_S = 600
 SWEEP_EVERY_S = 2.0
 SUSPECT_MS = 10_000
+
+
+def job_ttl_s(queue_timeout_s: float, result_ttl_s: int) -> int:
+    """How long a job may live from its creation: waiting, every attempt, then its result."""
+    return int(queue_timeout_s) + MAX_ATTEMPTS * ATTEMPT_S + result_ttl_s
 
 
 class JobRunner:
@@ -43,12 +57,16 @@ class JobRunner:
         bus: Bus | None,
         lease_ms: int,
         result_ttl_s: int,
+        queue_timeout_s: float,
+        log_max_bytes: int,
     ) -> None:
         self.store = store
         self.upstream = upstream
         self.bus = bus
         self.lease_ms = lease_ms
         self.result_ttl_s = result_ttl_s
+        self.job_ttl_s = job_ttl_s(queue_timeout_s, result_ttl_s)
+        self.log_max_bytes = log_max_bytes
         self.runner_id = uuid.uuid4().hex[:12]
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -63,20 +81,23 @@ class JobRunner:
             spec.key,
             job_id,
             {
-                "request": req.model_dump(mode="json"),
+                "request": req.model_dump(mode="json", exclude={"parameters": {"api_token"}}),
                 "base_model": spec.base_model,
                 "status": "queued",
                 "attempts": 0,
                 "priority": priority,
                 "created": time.time(),
             },
+            self.job_ttl_s,
         )
         try:
             _, depth, woke, _ = await self.store.enqueue(
                 spec.key, job_id, ASYNC_OWNER, priority, FOREVER_MS, max_queue
             )
         except BaseException:
-            await self.store.finish_job(spec.key, job_id, {"status": "rejected"}, 60)
+            # Not queued (full, or Redis out of memory): the client gets no id, and no job
+            # is left behind.
+            await self.store.drop_job(spec.key, job_id)
             raise
         if woke and self.bus is not None:
             await self.bus.publish("wake", topics.Wake(deployment=spec.key, queued=depth))
@@ -240,7 +261,7 @@ class JobRunner:
         trail.replica, trail.status, trail.error = replica_id, status, error
         if gen is not None:
             trail.output, trail.finish = [gen.text], gen.finish
-        entry = {**trail.entry(), "duration_s": round(time.time() - created, 4),
+        entry = {**trail.entry(self.log_max_bytes), "duration_s": round(time.time() - created, 4),
                  "attempts": int(job.get("attempts", 0))}  # fmt: skip
         try:
             await self.store.log_request(key, entry, REQUEST_LOG_MAX)

@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from router.context import ADMIN_KEY, STORE, TENANT_KEY, TOKEN_CACHE
@@ -20,6 +21,7 @@ from router.errors import ApiError, render
 log = logging.getLogger(__name__)
 
 PUBLIC_PATHS = frozenset({"/healthz", "/metrics"})
+OOM_RETRY_AFTER_S = 5
 ADMIN_PREFIX = "/admin/v1/"
 
 
@@ -71,6 +73,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if exc.status < 400:
             raise
         return render(request, http_error(request, exc))
+    except OutOfMemoryError:
+        # Redis is at its maxmemory and refuses writes (nothing is left half-written).
+        retry = {"Retry-After": str(OOM_RETRY_AFTER_S)}
+        full = ApiError(503, "out of storage; retry later", error_type="overloaded", headers=retry)
+        return render(request, full)
     except (RedisConnectionError, RedisTimeoutError) as exc:
         log.warning("Redis unreachable on %s %s: %s", request.method, request.path, exc)
         return render(request, store_unavailable())

@@ -207,6 +207,28 @@ Send = Callable[[Any], Awaitable[None]]
 REQUEST_LOG_MAX = 10_000
 
 
+def clip_text(text: str, budget: int) -> tuple[str, bool]:
+    """`text` cut to at most `budget` UTF-8 bytes (never inside a character); whether it was."""
+    raw, budget = text.encode(), max(0, budget)
+    if len(raw) <= budget:
+        return text, False
+    return raw[:budget].decode(errors="ignore"), True
+
+
+def clip_messages(messages: list[dict[str, str]], budget: int) -> tuple[list[dict[str, str]], bool]:
+    """Chat messages whose texts together keep at most `budget` bytes, the earliest first."""
+    out: list[dict[str, str]] = []
+    cut = False
+    for message in messages:
+        kept: dict[str, str] = {}
+        for k, v in message.items():
+            kept[k], was = clip_text(v, budget)
+            budget -= len(kept[k].encode())
+            cut = cut or was
+        out.append(kept)
+    return out, cut
+
+
 @dataclass
 class Trail:
     """What the request log keeps of one request; written only when the deployment has
@@ -225,17 +247,26 @@ class Trail:
     status: int = 200
     error: str | None = None
 
-    def entry(self) -> dict[str, Any]:
+    def entry(self, max_bytes: int) -> dict[str, Any]:
+        """The log entry; its prompt (or messages) and its output keep at most `max_bytes`
+        bytes each (the setting `request_log_max_bytes`), `truncated` says whether any was cut."""
         p = self.req.parameters
+        prompt, messages, cut_in = None, None, False
+        if self.req.messages is None:
+            prompt, cut_in = clip_text(self.req.inputs, max_bytes)
+        else:
+            messages, cut_in = clip_messages(self.req.messages, max_bytes)
+        output, cut_out = clip_text("".join(self.output), max_bytes)
         return {
             "time": datetime.fromtimestamp(self.at, UTC).isoformat(),
             "api": self.api,
             "stream": self.stream,
-            "prompt": self.req.inputs if self.req.messages is None else None,
-            "messages": self.req.messages,
+            "prompt": prompt,
+            "messages": messages,
+            "truncated": cut_in or cut_out,
             "parameters": p.model_dump(exclude_none=True, exclude={"api_token"}),
             "adapter": p.adapter_id,
-            "output": "".join(self.output),
+            "output": output,
             "finish_reason": self.finish.reason if self.finish else None,
             "prompt_tokens": self.finish.prompt_tokens if self.finish else None,
             "generated_tokens": self.finish.generated_tokens if self.finish else None,
@@ -268,8 +299,9 @@ async def trail_of(
     finally:
         if spec.config.get("request_logging_enabled"):
             try:
+                entry = trail.entry(request.app[SETTINGS].request_log_max_bytes)
                 await asyncio.shield(
-                    request.app[STORE].log_request(spec.key, trail.entry(), REQUEST_LOG_MAX)
+                    request.app[STORE].log_request(spec.key, entry, REQUEST_LOG_MAX)
                 )
             except Exception:
                 log.exception("request log of %s failed", spec.key)

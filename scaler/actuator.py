@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import httpx
+from redis.exceptions import RedisError
 
 from scaler.backends import Backend, NoCapacity, RunningReplica
 from scaler.engines import EngineProfile, EngineRefused, get_engine
@@ -68,6 +69,8 @@ class Actuator:
         # Pool units of launches the backend has not returned from: not yet in what it
         # reports free.
         self._launching: dict[str, tuple[str, int]] = {}
+        # Launches of deleted deployments: stopped as soon as the backend returns them.
+        self._recalled: set[str] = set()
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(5.0))
 
     async def close(self) -> None:
@@ -161,7 +164,7 @@ class Actuator:
             self._launching.pop(rec.id, None)
         rec.url = running.url
         rec.handle = running.handle
-        if not await self.store.advance_replica(rec):
+        if rec.id in self._recalled or not await self.store.advance_replica(rec):
             # Scaled down while the backend was starting it: the drain may not have known its
             # handle, so nothing else would stop it.
             await self.backend.stop(running, 0)
@@ -183,11 +186,19 @@ class Actuator:
         deadline = started + self.settings.replica_start_timeout_s
         running = RunningReplica(rec.id, rec.deployment, rec.revision, rec.url, rec.handle)
         while time.time() < deadline:
-            if await self._withdrawn(rec):
-                return  # scaled down or deleted while starting: the drain stops it
-            if not await self._alive(running):
+            try:
                 if await self._withdrawn(rec):
+                    return  # scaled down or deleted while starting: the drain stops it
+                alive = await self._alive(running)
+                if not alive and await self._withdrawn(rec):
                     return  # stopped by a drain between the two checks: not a failure
+            except RedisError as exc:
+                # A Redis blip must not end the probe: a replica nobody probes would be
+                # adopted again later, with its clock started over.
+                log.warning("probing %s: Redis unavailable (%s); retrying", rec.id, exc)
+                await asyncio.sleep(PROBE_EVERY_S)
+                continue
+            if not alive:
                 await self.backend.stop(running, 0)
                 await self.store.remove_replica(spec.key, rec.id)
                 await self._on_outcome(spec.key, spec, Outcome("failed", self._exit_reason(rec)))
@@ -262,10 +273,22 @@ class Actuator:
         )
         deadline = time.time() + self.settings.drain_timeout_s
         while time.time() < deadline:
-            if await self.store.replica_in_flight(rec.deployment, rec.id) == 0:
-                break
+            try:
+                if await self.store.replica_in_flight(rec.deployment, rec.id) == 0:
+                    break
+            except RedisError as exc:
+                log.warning("draining %s: Redis unavailable (%s); retrying", rec.id, exc)
             await asyncio.sleep(0.2)
-        await self._stop(RunningReplica(rec.id, rec.deployment, rec.revision, rec.url, rec.handle))
+        running = RunningReplica(rec.id, rec.deployment, rec.revision, rec.url, rec.handle)
+        while True:
+            try:
+                await self._stop(running)
+                return
+            except RedisError as exc:
+                # Stopped on the backend, maybe not yet removed from the registry: again (the
+                # backend's stop is idempotent) rather than leave the record behind.
+                log.warning("stopping %s: Redis unavailable (%s); retrying", rec.id, exc)
+                await asyncio.sleep(1.0)
 
     async def _stop(self, running: RunningReplica) -> None:
         await self.backend.stop(running, grace_s=10)
@@ -284,8 +307,11 @@ class Actuator:
         for rec in replicas:
             if rec.state == "draining" and self.busy(rec.id):
                 continue  # its drain is under way
-            if rec.id in self._tasks and rec.state == "starting" and not rec.url:
-                continue  # the backend has not answered: the launch stops it when it does
+            if rec.id in self._launching:
+                # The backend has not answered yet: the launch stops the replica as soon as
+                # it does, instead of probing it.
+                self._recalled.add(rec.id)
+                continue
             await self.drain(rec)
         return not replicas
 
@@ -359,8 +385,11 @@ class Actuator:
                 return  # withdrawn meanwhile: the drain stops it
         log.info("adopted replica %s of %s (%s)", rep.replica_id, rep.deployment, rec.state)
         if rec.state == "starting":
-            # Its launch time is unknown: the start-up is not measured.
-            self._spawn(rec.id, self._probe(spec, rec, time.time(), measured=False))
+            # The start timeout counts from when it was registered (just before its launch),
+            # not from now: a scaler restart must not grant a stuck start another full timeout.
+            # Not measured: a start-up that spans a leader change says little.
+            launched = rec.created_at or time.time()
+            self._spawn(rec.id, self._probe(spec, rec, launched, measured=False))
         elif rec.state == "draining":
             self._spawn(rec.id, self._drain(rec))
 
@@ -374,6 +403,7 @@ class Actuator:
             if self._tasks.get(replica_id) is t:
                 del self._tasks[replica_id]
             self._launching.pop(replica_id, None)
+            self._recalled.discard(replica_id)
             if not t.cancelled() and t.exception() is not None:
                 log.error("task for replica %s failed", replica_id, exc_info=t.exception())
 

@@ -1,4 +1,9 @@
-"""The deployment status transitions the scaler makes: failed, rollout done, first Ready."""
+"""The deployment status transitions the scaler makes: failed, rollout done, first Ready.
+
+Each changes only the status of the spec it read, compare-and-set on that spec's revision and
+status (wakegate/store.py `replace_deployment`): a user's update or DELETE made meanwhile
+wins, and the transition, now about a spec that no longer is, is dropped.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +23,10 @@ async def mark_failed(store: Store, spec: DeploymentSpec, why: str) -> None:
     current = await store.get_deployment(spec.key)
     if current is None or current.status in ("failed", "deleting"):
         return
-    await store.put_deployment(replace(current, status="failed", updated_at=time.time()))
+    if not await store.replace_deployment(
+        current, replace(current, status="failed", updated_at=time.time())
+    ):
+        return
     await store.append_events(spec.key, [event("Failed", current.revision, why)])
     log.error("%s failed: %s", spec.key, why)
 
@@ -28,7 +36,10 @@ async def finish_rollout(store: Store, spec: DeploymentSpec) -> None:
     current = await store.get_deployment(spec.key)
     if current is None or current.status != "updating" or current.revision != spec.revision:
         return
-    await store.put_deployment(replace(current, status="ready", updated_at=time.time()))
+    if not await store.replace_deployment(
+        current, replace(current, status="ready", updated_at=time.time())
+    ):
+        return
     await store.append_events(spec.key, [event("Ready", spec.revision, "rolling update complete")])
     log.info("%s: rolling update to revision %d complete", spec.key, spec.revision)
 

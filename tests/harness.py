@@ -94,7 +94,8 @@ class Proc:
             return ""
 
 
-def start_redis(tmp: Path) -> tuple[Proc, str]:
+def start_redis(tmp: Path, *extra: str) -> tuple[Proc, str]:
+    """A redis-server on a free port; `extra` arguments are added to its command line."""
     binary = shutil.which("redis-server")
     assert binary, "redis-server is required (make test installs it)"
     port = free_port()
@@ -116,6 +117,7 @@ def start_redis(tmp: Path) -> tuple[Proc, str]:
             "",
             "--databases",
             "64",  # one per isolated test stack
+            *extra,
         ],
         tmp / "redis.log",
     ).start()

@@ -60,6 +60,11 @@ def test_cpu_stack_validates_with_persistent_redis_broker_gateway_scaler_and_pro
     services = config(compose, "cpu")["services"]
     assert set(services) == {"redis", "mosquitto", "gateway", "scaler", "prometheus"}
     assert "--appendonly" in services["redis"]["command"]
+    # Bounded: beyond its memory limit Redis refuses writes (the gateway answers 503), never
+    # evicts a queue entry or a spec.
+    command = services["redis"]["command"]
+    assert "--maxmemory" in command
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
     assert any(v["target"] == "/data" for v in services["redis"]["volumes"])
     for name in ("gateway", "scaler"):
         env = services[name]["environment"]

@@ -44,7 +44,15 @@ def redis_server_binary() -> str:
     return str(REDIS_SERVER_PATH)
 
 
-def redis_child(state_dir: Path, port: int, host: str = "127.0.0.1") -> Child:
+def redis_child(
+    state_dir: Path,
+    port: int,
+    host: str = "127.0.0.1",
+    maxmemory: str = "2gb",
+    appendfsync: str = "everysec",
+) -> Child:
+    """Redis with an append-only file and a memory limit (settings `redis_maxmemory`,
+    `redis_appendfsync`)."""
     data = state_dir / "redis"
     data.mkdir(parents=True, exist_ok=True)
     argv = [
@@ -55,11 +63,21 @@ def redis_child(state_dir: Path, port: int, host: str = "127.0.0.1") -> Child:
         host,
         "--dir",
         str(data.resolve()),
-        # Every write lands in the append-only file: a restart loses no deployment or request.
+        # Every write lands in the append-only file, so a restart of Redis (even kill -9)
+        # loses no deployment or queued request. With "everysec" the file is fsynced once a
+        # second: a crash of the OS or a power loss can lose up to about a second of
+        # acknowledged writes; "always" loses none, at the cost of an fsync per write.
         "--appendonly",
         "yes",
         "--appendfsync",
-        "everysec",
+        appendfsync,
+        # Beyond the limit Redis refuses writes rather than evicting keys (a queue entry or a
+        # spec must never vanish) or growing until the host kills it; the gateway then answers
+        # 503 with Retry-After (router/middlewares.py).
+        "--maxmemory",
+        maxmemory,
+        "--maxmemory-policy",
+        "noeviction",
         "--save",
         "",
         "--protected-mode",

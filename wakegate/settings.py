@@ -44,8 +44,19 @@ class Settings:
     quota_max_deployments_per_tenant: int | None = 1000
     quota_max_replicas_per_deployment: int | None = 64
     quota_max_gpus_per_tenant: int | None = None
-    # How long results of async requests stay retrievable.
+    # How long results of async requests stay retrievable. A job itself expires
+    # queue_timeout_s + 3 x 600 s + this after its creation (router/jobs.py `job_ttl_s`).
     async_result_ttl_s: int = 86_400
+    # Request-log entries keep at most this many bytes of the prompt (or chat messages) and
+    # as many of the output; an entry that was cut says `"truncated": true`.
+    request_log_max_bytes: int = 65_536
+    # The embedded Redis (`wakegate up`; docker-compose.yml likewise): its memory limit
+    # (Redis syntax: "2gb"), beyond which it refuses writes (noeviction) and the gateway
+    # answers 503 with Retry-After; and its AOF fsync policy: "everysec" (a crash of the
+    # Redis process loses nothing, a crash of the OS or power loss up to about a second of
+    # acknowledged writes) or "always" (nothing acknowledged is lost, at a cost per write).
+    redis_maxmemory: str = "2gb"
+    redis_appendfsync: str = "everysec"
     # Queue entries and slots are leases that the holding gateway renews; a dead gateway's
     # entries expire after this long and stop blocking the queue or holding capacity.
     lease_ms: int = 15_000
@@ -161,6 +172,10 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         raise ValueError("body_timeout_s must be > 0 and finite")
     if settings.max_queue_length < 1:
         raise ValueError("max_queue_length must be >= 1")
+    if settings.request_log_max_bytes < 0:
+        raise ValueError("request_log_max_bytes must be >= 0")
+    if settings.redis_appendfsync not in ("everysec", "always"):
+        raise ValueError("redis_appendfsync must be everysec or always")
     for quota in (
         "quota_max_deployments_per_tenant",
         "quota_max_replicas_per_deployment",

@@ -22,7 +22,8 @@ Per-deployment keys (`wg:{t/n}:<part>`):
   prefixes   HASH    prompt-prefix key -> replica id that last served a prompt with it
   prefixage  ZSET    prompt-prefix key -> ms it was last routed (trims prefixes)
   reqlog     STREAM  request log entries (only with request_logging_enabled), capped
-  job:<id>   HASH    an async request: request, status, attempts, result, error (TTL once done)
+  job:<id>   HASH    an async request: request, status, attempts, result, error; expires
+                     (TTL from creation: router/jobs.py `job_ttl_s`, then result TTL once done)
   claim:<id> STRING  gateway running that async request; a lease it renews
   running    ZSET    async request id -> claim expiry ms (the sweep re-queues expired ones)
   capacity   STRING  JSON: why the deployment waits for capacity (present only while it does)
@@ -43,6 +44,7 @@ Global keys:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -346,6 +348,23 @@ return 1
 """
 
 
+# Compare-and-set of a deployment's spec: write ARGV[1] only while the stored spec still has
+# revision ARGV[2] and status ARGV[3] (what the writer read). A deleted (purged) spec is never
+# written again, so a write that lost a race with DELETE cannot resurrect it, and the index
+# entry exists whenever the spec does (create adds it first, purge removes it last).
+# Returns 1 when written, 0 when the spec changed or is gone.
+REPLACE_SPEC = """
+local spec_key = KEYS[1]
+local record, revision, status = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local raw = redis.call('GET', spec_key)
+if not raw then return 0 end
+local current = cjson.decode(raw)
+if tonumber(current['revision']) ~= revision or current['status'] ~= status then return 0 end
+redis.call('SET', spec_key, record)
+return 1
+"""
+
+
 # Take a place in the tenant's deployment index unless it already holds `limit` (< 0: no
 # limit). One key, so two creates racing for the last place cannot both get it.
 # Returns 1 when reserved now, 2 when the name was there already, 0 when the tenant is full.
@@ -419,6 +438,7 @@ class Store:
         self._release_leader = redis.register_script(RELEASE_LEADER)
         self._advance_replica = redis.register_script(ADVANCE_REPLICA)
         self._reserve_deployment = redis.register_script(RESERVE_DEPLOYMENT)
+        self._replace_spec = redis.register_script(REPLACE_SPEC)
 
     @classmethod
     def from_url(cls, url: str, max_connections: int = 256) -> Store:
@@ -550,10 +570,17 @@ class Store:
             raise TenantFull(limit)
         # Index first: the reconcile pass skips index entries without a spec, so a crash
         # between the two writes leaves nothing half-visible.
-        await self.redis.sadd(DEPLOYMENTS, spec.key)
-        created = await self.redis.set(
-            dep_key(spec.key, "spec"), json.dumps(spec.to_record()), nx=True
-        )
+        try:
+            await self.redis.sadd(DEPLOYMENTS, spec.key)
+            created = await self.redis.set(
+                dep_key(spec.key, "spec"), json.dumps(spec.to_record()), nx=True
+            )
+        except BaseException:
+            # Redis refused a write (out of memory): give the reserved place back (SREM is
+            # allowed at maxmemory), so a refused create holds no quota.
+            if reserved == 1:
+                await self.redis.srem(index, spec.name)
+            raise
         if not created:
             if reserved == 1:
                 await self.redis.srem(index, spec.name)
@@ -567,10 +594,26 @@ class Store:
         return DeploymentSpec.from_record(json.loads(raw)) if raw else None
 
     async def put_deployment(self, spec: DeploymentSpec) -> None:
+        """Write the spec unconditionally (tests and tools seeding state); the gateway and the
+        scaler change specs only through `replace_deployment`."""
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.set(dep_key(spec.key, "spec"), json.dumps(spec.to_record()))
             pipe.sadd(DIRTY, spec.key)  # the scaler looks at the change
             await pipe.execute()
+
+    async def replace_deployment(self, read: DeploymentSpec, updated: DeploymentSpec) -> bool:
+        """Store `updated` in place of `read`, compare-and-set: only while the stored spec still
+        has `read`'s revision and status (nobody changed, failed or deleted it since it was
+        read). False, writing nothing, otherwise: read it again and decide anew."""
+        assert read.key == updated.key
+        written = await self._replace_spec(
+            keys=[dep_key(read.key, "spec")],
+            args=[json.dumps(updated.to_record()), read.revision, read.status],
+        )
+        if not written:
+            return False
+        await self.mark_dirty(read.key)  # the scaler looks at the change
+        return True
 
     async def deployment_keys(self, tenant: str | None = None) -> list[str]:
         keys = sorted(cast(set[str], await self.redis.smembers(DEPLOYMENTS)))
@@ -592,7 +635,6 @@ class Store:
     async def purge_deployment(self, key: str) -> None:
         """Forget a deleted deployment once its replicas are gone."""
         parts = (
-            "spec",
             "events",
             "queue",
             "qmeta",
@@ -610,8 +652,23 @@ class Store:
             "prefixes",
             "prefixage",
             "capacity",
+            "running",
         )
         await self.redis.delete(*(dep_key(key, p) for p in parts))
+        # Async requests and their claims, by the hash-tag prefix (each job has its own key).
+        for part in ("job:*", "claim:*"):
+            batch: list[str] = []
+            async for found in self.redis.scan_iter(match=dep_key(key, part), count=1000):
+                batch.append(cast(str, found))
+                if len(batch) >= 1000:
+                    await self.redis.delete(*batch)
+                    batch = []
+            if batch:
+                await self.redis.delete(*batch)
+        # The spec last: until it goes the name stays taken (409), so nothing deleted above
+        # belongs to a new deployment of the same name.
+        await self.redis.delete(dep_key(key, "spec"))
+        await self.redis.srem(JOB_DEPLOYMENTS, key)
         await self.redis.srem(DEPLOYMENTS, key)
         tenant, name = key.split("/", 1)
         await self.redis.srem(tenant_deployments_key(tenant), name)
@@ -667,9 +724,15 @@ class Store:
         )  # fmt: skip
         if added == -1:
             raise QueueFull(int(depth))
-        if cold:
+        if cold and added:
             # The level path of the wake: the scaler polls the dirty set, MQTT is the fast one.
-            await self.redis.sadd(DIRTY, key)
+            try:
+                await self.redis.sadd(DIRTY, key)
+            except BaseException:
+                # Refused (Redis out of memory) or cancelled: the request is not queued after
+                # all, rather than queued with no wake recorded.
+                await asyncio.shield(self.cancel(key, req_id))
+                raise
         return bool(added), int(depth), bool(woke), bool(cold)
 
     async def dispatch(
@@ -762,13 +825,20 @@ class Store:
 
     # --- async requests ---------------------------------------------------------------------
 
-    async def put_job(self, key: str, job_id: str, fields: dict[str, Any]) -> None:
+    async def put_job(self, key: str, job_id: str, fields: dict[str, Any], ttl_s: int) -> None:
+        """Store a new async request; it expires `ttl_s` after now whatever becomes of it (a
+        gateway that dies before queueing it leaves nothing behind for long). One MULTI: Redis
+        refuses all of it or none (out of memory)."""
+        job = dep_key(key, f"job:{job_id}")
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.sadd(JOB_DEPLOYMENTS, key)
-            pipe.hset(
-                dep_key(key, f"job:{job_id}"), mapping={k: json.dumps(v) for k, v in fields.items()}
-            )
+            pipe.hset(job, mapping={k: json.dumps(v) for k, v in fields.items()})
+            pipe.expire(job, ttl_s)
             await pipe.execute()
+
+    async def drop_job(self, key: str, job_id: str) -> None:
+        """Forget an async request that was never queued (DEL works at maxmemory)."""
+        await self.redis.delete(dep_key(key, f"job:{job_id}"))
 
     async def job(self, key: str, job_id: str) -> dict[str, Any] | None:
         raw = cast(dict[str, str], await self.redis.hgetall(dep_key(key, f"job:{job_id}")))

@@ -162,7 +162,9 @@ class Stack:
                 raise click.ClickException(str(exc)) from None
         if not s.redis_url:
             port = free_port()
-            child = redis_child(state, port)
+            child = redis_child(
+                state, port, maxmemory=s.redis_maxmemory, appendfsync=s.redis_appendfsync
+            )
             self.infra.append(child)
             self._start(child, f"embedded Redis (AOF on) on 127.0.0.1:{port}", 30)
             s = replace(s, redis_url=f"redis://127.0.0.1:{port}/0")
