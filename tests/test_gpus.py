@@ -11,6 +11,7 @@ import os
 import signal
 import stat
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,7 +150,12 @@ def spec_on(accelerator: str, name: str) -> DeploymentSpec:
 
 
 def visible_devices(pid: int) -> str | None:
-    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    # Right after Popen returns the child may still be inside execve, its environment not
+    # yet laid out (read empty): wait for it.
+    deadline = time.monotonic() + 10
+    while not (raw := Path(f"/proc/{pid}/environ").read_bytes()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    environ = raw.split(b"\0")
     for entry in environ:
         if entry.startswith(b"CUDA_VISIBLE_DEVICES="):
             return entry.split(b"=", 1)[1].decode()
