@@ -21,7 +21,7 @@ from scaler.engines import EngineRefused, get_engine
 from wakegate.catalog import MODELS
 from wakegate.sealing import SecretBox, generate_key, seal_secrets
 from wakegate.spec import DeploymentSpec, parse_create, set_fields
-from wakegate.store import dep_key, token_key
+from wakegate.store import Store, dep_key, token_key
 
 PLAIN = "hf_PLAINTEXT_token_that_must_never_reach_redis"
 
@@ -136,6 +136,34 @@ def test_the_scaler_hands_the_backend_the_token_in_clear_and_only_with_the_key()
     assert refused.value.field == "config.hfToken"
     with pytest.raises(EngineRefused):
         launch_spec(spec, SecretBox(generate_key()))  # another installation's key
+
+
+async def test_secrets_stored_before_there_was_a_key_are_sealed_and_tokens_signed(
+    store: Store,
+) -> None:
+    spec = DeploymentSpec(
+        "acme", "old", "uuid-old", None, {"base_model": "sim-llm", "hf_token": PLAIN},
+        "ready", 1, 0, 0,
+    )  # fmt: skip
+    assert await store.create_deployment(spec, [])
+    await store.ensure_tenant("acme")
+    await store.add_token("pb_unsigned", "acme")  # made while there was no key
+    await store.redis.set(token_key("pb_bare"), "acme")  # from before token records
+    box = SecretBox(generate_key())
+    keyed = Store(store.redis, box)
+    for token in ("pb_unsigned", "pb_bare"):
+        assert await keyed.tenant_for_token(token) is None  # unsigned: refused under a key
+    assert await keyed.sign_legacy_tokens() == 2
+    for token in ("pb_unsigned", "pb_bare"):
+        assert (await keyed.tenant_for_token(token) or {}).get("code") == "acme"
+    assert await keyed.sign_legacy_tokens() == 0
+
+    assert await keyed.seal_stored_secrets() == 1
+    raw = await store.redis.get(dep_key("acme/old", "spec"))
+    assert PLAIN not in raw
+    stored = await keyed.get_deployment("acme/old")
+    assert stored is not None and box.open(stored.config["hf_token"]) == PLAIN
+    assert await keyed.seal_stored_secrets() == 0
 
 
 # --- tokens -----------------------------------------------------------------------------------

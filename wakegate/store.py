@@ -59,7 +59,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 
 from wakegate.quotas import QuotaOverride
-from wakegate.sealing import SecretBox
+from wakegate.sealing import SecretBox, seal_secrets
 from wakegate.spec import DeploymentSpec
 
 DEPLOYMENTS = "wg:deployments"
@@ -608,23 +608,55 @@ class Store:
         return TokenRecord(**json.loads(raw)) if raw and raw.startswith("{") else None
 
     async def sign_legacy_tokens(self) -> int:
-        """Rewrite tokens stored before token records (bare values, unsigned) as signed,
-        indexed records, so they keep working once a secret key is configured. Returns how
-        many it rewrote."""
+        """Sign the tokens stored unsigned (bare values from before token records, or records
+        made while there was no key) with this store's key, as indexed records, so they keep
+        working once the key is configured. Returns how many it rewrote."""
+        if self.box is None:
+            return 0
         rewritten = 0
         for kind, pattern in (("tenant", "wg:token:*"), ("admin", "wg:admin-token:*")):
             async for key in self.redis.scan_iter(match=pattern, count=1000):
                 raw = cast(str | None, await self.redis.get(key))
-                if raw is None or raw.startswith("{"):
+                if raw is None:
                     continue
                 digest = key.rsplit(":", 1)[1]
-                rec = TokenRecord(id=digest[:16], kind=kind, owner=raw, created_at=time.time())
-                if self.box is not None:
-                    rec = replace(rec, mac=self.box.sign(rec.signed_text(digest)))
-                await self.redis.set(key, rec.to_json())
+                if raw.startswith("{"):
+                    rec = TokenRecord(**json.loads(raw))
+                    if rec.mac is not None:
+                        continue
+                else:
+                    rec = TokenRecord(id=digest[:16], kind=kind, owner=raw, created_at=time.time())
+                rec = replace(rec, mac=self.box.sign(rec.signed_text(digest)))
+                await self.redis.set(key, rec.to_json(), keepttl=True)
                 await self.redis.hset(TOKEN_INDEX, rec.id, f"{kind}:{digest}")
                 rewritten += 1
         return rewritten
+
+    async def seal_stored_secrets(self) -> int:
+        """Encrypt the secrets of deployments stored in clear (before there was a key) with
+        this store's key; returns how many deployments it rewrote. Each is rewritten only if
+        unchanged since it was read."""
+        if self.box is None:
+            return 0
+        sealed = 0
+        for key in await self.deployment_keys():
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(dep_key(key, "spec"))
+                    raw = cast(str | None, await pipe.get(dep_key(key, "spec")))
+                    if raw is None:
+                        continue
+                    record = json.loads(raw)
+                    config = seal_secrets(record["config"], self.box)
+                    if config == record["config"]:
+                        continue
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.set(dep_key(key, "spec"), json.dumps({**record, "config": config}))
+                    await pipe.execute()
+                    sealed += 1
+                except aioredis.WatchError:
+                    continue  # changed meanwhile: by a gateway, which sealed it
+        return sealed
 
     async def auth_failures(self, address: str) -> tuple[int, int]:
         """Failed authentications from `address` in the current window, and the seconds

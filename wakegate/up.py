@@ -112,8 +112,10 @@ async def ensure_tenant_and_token(settings: Settings, token: str, admin_token: s
     assert settings.redis_url
     store = Store.from_url(settings.redis_url, box=box_from_settings(settings.secret_key_file))
     try:
-        # Tokens made before token records were signed keep working under the key.
+        # Tokens made before token records were signed keep working under the key, and
+        # hfTokens stored before there was a key are encrypted now (nothing else runs yet).
         await store.sign_legacy_tokens()
+        await store.seal_stored_secrets()
         await store.ensure_tenant(settings.default_tenant)
         await store.add_token(token, settings.default_tenant)
         await store.add_admin_token(admin_token)
