@@ -34,6 +34,7 @@ import aiohttp
 
 from scaler.backends.sim import SimBackend
 from wakegate.embedded import free_port
+from wakegate.sealing import read_secret
 from wakegate.settings import Settings
 from wakegate.store import Store
 from wakegate.up import Stack
@@ -111,11 +112,13 @@ async def sim_running(client: aiohttp.ClientSession, host: str, key: str) -> boo
         return any(x["deployment"] == key for x in await r.json())
 
 
-async def scaler_status(client: aiohttp.ClientSession, port: int) -> tuple[bool, float]:
+async def scaler_status(
+    client: aiohttp.ClientSession, port: int, auth: dict[str, str]
+) -> tuple[bool, float]:
     """(leading, passes so far) from the scaler's own endpoints."""
     async with client.get(f"http://127.0.0.1:{port}/healthz") as r:
         leading = bool((await r.json())["leader"])
-    async with client.get(f"http://127.0.0.1:{port}/metrics") as r:
+    async with client.get(f"http://127.0.0.1:{port}/metrics", headers=auth) as r:
         text = await r.text()
     return leading, metric(text, "wakegate_scaler_passes_total")
 
@@ -129,6 +132,8 @@ async def measure(stack: Stack, n: int, samples: int, idle_s: float) -> dict[str
     assert s.redis_url
     base = f"http://{s.host}:{s.port}"
     headers = {"Authorization": f"Bearer {stack.token}"}
+    # /metrics is for operators: the metrics token `up` made.
+    auth = {"Authorization": f"Bearer {read_secret(s.metrics_token_file)}"}
     scaler_pid = next(c.proc.pid for c in stack.services if c.name == "scaler" and c.proc)
     store = Store.from_url(s.redis_url)
     out: dict[str, Any] = {"deployments": n}
@@ -148,14 +153,14 @@ async def measure(stack: Stack, n: int, samples: int, idle_s: float) -> dict[str
         await asyncio.sleep(s.full_sweep_interval_s + 2 * s.reconcile_interval_s)
         while await store.redis.scard("wg:dirty"):
             await asyncio.sleep(1)
-        _, passes0 = await scaler_status(client, s.scaler_port)
+        _, passes0 = await scaler_status(client, s.scaler_port, auth)
         cpu0, wall0 = cpu_seconds(scaler_pid), time.monotonic()
         await asyncio.sleep(idle_s)
         cpu1, wall1 = cpu_seconds(scaler_pid), time.monotonic()
-        _, passes1 = await scaler_status(client, s.scaler_port)
+        _, passes1 = await scaler_status(client, s.scaler_port, auth)
         out["idle_cpu_pct"] = round(100 * (cpu1 - cpu0) / (wall1 - wall0), 2)
         out["idle_passes_per_min"] = round((passes1 - passes0) * 60 / (wall1 - wall0), 1)
-        async with client.get(f"http://127.0.0.1:{s.scaler_port}/metrics") as r:
+        async with client.get(f"http://127.0.0.1:{s.scaler_port}/metrics", headers=auth) as r:
             out["sweep_s"] = round(metric(await r.text(), "wakegate_scaler_sweep_seconds"), 3)
         reactions, colds = [], []
         names = [f"d{i:05d}" for i in range(n)]

@@ -7,6 +7,7 @@ from aiohttp import web
 from router.app import create_app
 from wakegate.catalog import CatalogError
 from wakegate.logs import setup_logging
+from wakegate.sealing import SecretKeyError
 from wakegate.settings import load_settings
 
 
@@ -15,7 +16,7 @@ def main() -> None:
     setup_logging(settings.log_level, "gateway")
     try:
         app = create_app(settings)
-    except CatalogError as exc:
+    except (CatalogError, SecretKeyError) as exc:
         raise SystemExit(str(exc)) from None
     web.run_app(
         app,

@@ -17,6 +17,7 @@ from router.context import (
     DISPATCHER,
     JOBS,
     METRICS,
+    METRICS_TOKEN,
     QUOTA_CACHE,
     SETTINGS,
     SPEC_CACHE,
@@ -31,10 +32,13 @@ from router.middlewares import auth_middleware, errors_middleware
 from wakegate import topics
 from wakegate.bus import Bus
 from wakegate.catalog import load_models_file
+from wakegate.sealing import box_from_settings, read_secret
 from wakegate.settings import Settings
 from wakegate.store import Store
 
-TOKEN_TTL_S = 5.0
+# A revoked or expired token is refused by every gateway within this (it is looked up in
+# Redis again); a token that fails is never cached.
+TOKEN_TTL_S = 1.0
 SPEC_TTL_S = 1.0
 # A changed quota reaches the data plane of other gateways within this (the control plane
 # reads quotas fresh).
@@ -45,7 +49,7 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     if not settings.redis_url:
         raise RuntimeError("the gateway needs REDIS_URL (wakegate up sets it for you)")
-    app[STORE] = Store.from_url(settings.redis_url)
+    app[STORE] = Store.from_url(settings.redis_url, box=box_from_settings(settings.secret_key_file))
     # Deployments created before the per-tenant index existed count towards the quota too.
     await app[STORE].backfill_tenant_deployments()
     yield
@@ -80,8 +84,16 @@ async def _dispatch_ctx(app: web.Application) -> AsyncIterator[None]:
             # A replica became ready (anywhere): hand it our queued requests at once.
             if isinstance(ev, topics.ReplicaChanged) and ev.state == "ready":
                 await dispatcher.kick(ev.deployment)
+            # Deleted (through any gateway): its series go from this gateway's /metrics.
+            elif isinstance(ev, topics.ConfigChanged) and ev.change == "deleted":
+                app[METRICS].forget(ev.deployment)
 
-        bus = Bus(mqtt_url, "wakegate-gateway", [topics.all_of("replica")], on_event)
+        bus = Bus(
+            mqtt_url,
+            "wakegate-gateway",
+            [topics.all_of("replica"), topics.all_of("config")],
+            on_event,
+        )
         tasks.append(asyncio.create_task(bus.run()))
     app[BUS] = bus
     settings = app[SETTINGS]
@@ -119,6 +131,8 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[METRICS] = GatewayMetrics()
+    app[METRICS_TOKEN] = read_secret(settings.metrics_token_file)
+    box_from_settings(settings.secret_key_file)  # an unreadable key fails here, at start-up
     # A revoked token stops working within TOKEN_TTL_S; a changed deployment is seen by
     # the data plane within SPEC_TTL_S (requests that wait re-read it fresh).
     app[TOKEN_CACHE] = TTLCache(maxsize=10_000, ttl=TOKEN_TTL_S)

@@ -29,6 +29,8 @@ DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher")
 METRICS: web.AppKey[GatewayMetrics] = web.AppKey("metrics")
 JOBS: web.AppKey[JobRunner] = web.AppKey("jobs")
 BUS: web.AppKey[Bus | None] = web.AppKey("bus")
+# The token that opens /metrics besides admin tokens ("" : none configured).
+METRICS_TOKEN = web.AppKey("metrics_token", str)
 
 # Set on each authenticated request by the auth middleware: the tenant record, or on
 # /admin/v1 routes the operator name of the admin token.

@@ -13,14 +13,16 @@ from typing import Any
 
 from aiohttp import web
 
-from router.context import BUS, SETTINGS, SPEC_CACHE, STORE
+from router.context import BUS, METRICS, SETTINGS, SPEC_CACHE, STORE
 from router.errors import ApiError
 from router.middlewares import tenant_of
 from scaler.engines import EngineRefused, validate_spec
 from wakegate import topics
 from wakegate.events import event
 from wakegate.quotas import QuotaExceeded, Quotas, check_deployment, tenant_quotas
+from wakegate.sealing import SEALED_FIELDS, SEALED_PREFIX, seal_secrets
 from wakegate.spec import (
+    CONFIG_KEYS,
     ENGINE_FIELDS,
     DeploymentSpec,
     InvalidSpec,
@@ -113,6 +115,15 @@ def _check_engine(spec: DeploymentSpec) -> None:
         raise ApiError(400, str(exc), field=exc.field) from None
 
 
+def _check_secrets(config: dict[str, Any]) -> None:
+    for name in SEALED_FIELDS:
+        value = config.get(name)
+        if isinstance(value, str) and value.startswith(SEALED_PREFIX):
+            # Only the gateway seals: a sealed value from a client would make the scaler open
+            # whatever ciphertext it was given.
+            raise ApiError(400, "not a token", field=f"config.{CONFIG_KEYS[name]}")
+
+
 def quota_error(exc: QuotaExceeded) -> ApiError:
     """403 naming the quota and its value, in the control-plane error shape."""
     return ApiError(
@@ -135,6 +146,8 @@ def _check_quotas(spec: DeploymentSpec, quotas: Quotas) -> None:
 
 async def _announce(request: web.Request, key: str, change: str) -> None:
     request.app[SPEC_CACHE].pop(key, None)  # this gateway sees its own change at once
+    if change == "deleted":
+        request.app[METRICS].forget(key)  # other gateways hear it on the bus
     bus = request.app[BUS]
     if bus is not None:
         await bus.publish("config", topics.ConfigChanged(deployment=key, change=change))  # type: ignore[arg-type]
@@ -172,7 +185,10 @@ async def create_deployment(request: web.Request) -> web.Response:
     except InvalidSpec as exc:
         raise ApiError(400, str(exc), field=exc.field) from None
     key = _key(request, req.name)
-    config = set_fields(req.config)
+    plain = set_fields(req.config)
+    _check_secrets(plain)
+    # Secrets reach Redis encrypted (the scaler opens them when it launches a replica).
+    config = seal_secrets(plain, store.box)
     now = time.time()
     spec = DeploymentSpec(
         tenant=tenant_of(request)["code"],
@@ -211,7 +227,7 @@ async def create_deployment(request: web.Request) -> web.Response:
         if (
             existing is not None
             and existing.status in VISIBLE
-            and existing.config == config
+            and seal_secrets(plain, store.box, existing.config) == existing.config
             and existing.description == req.description
         ):
             return web.json_response({"data": await _wire(store, existing)})
@@ -259,6 +275,8 @@ async def update_deployment(request: web.Request) -> web.Response:
     spec = await _visible(store, key, name)
     try:
         req = parse_update(await read_json(request))
+        if req.config:
+            _check_secrets(set_fields(req.config))
     except InvalidSpec as exc:
         raise ApiError(400, str(exc), field=exc.field) from None
     for attempt in range(UPDATE_TRIES):
@@ -268,6 +286,8 @@ async def update_deployment(request: web.Request) -> web.Response:
             config = merge_config(spec.config, req.config) if req.config else spec.config
         except InvalidSpec as exc:
             raise ApiError(400, str(exc), field=exc.field) from None
+        # A secret repeated unchanged keeps its ciphertext: no change, no rolling restart.
+        config = seal_secrets(config, store.box, spec.config)
         changed = {k for k in set(config) | set(spec.config) if config.get(k) != spec.config.get(k)}
         description = req.description if req.description is not None else spec.description
         revision = spec.revision + 1

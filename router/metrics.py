@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
@@ -68,3 +70,22 @@ class GatewayMetrics:
             ["deployment"],
             registry=self.registry,
         )
+
+    def forget(self, deployment: str) -> None:
+        """Drop every series of a deleted deployment."""
+        for metric in (
+            self.queue_depth,
+            self.in_flight,
+            self.queue_wait,
+            self.cold_start,
+            self.ttft,
+            self.duration,
+            self.retries,
+            self.wakes,
+        ):
+            with contextlib.suppress(KeyError):
+                metric.remove(deployment)
+        for labels in list(self.requests._metrics):
+            if labels[0] == deployment:
+                with contextlib.suppress(KeyError):
+                    self.requests.remove(*labels)

@@ -1,11 +1,15 @@
 """Gateway middlewares: error rendering per API family, then bearer-token authentication.
 
-Tenant tokens open every route but /admin/v1/, which only operator (admin) tokens open; the
-two kinds are stored apart (wakegate/store.py), so neither works in the other's place.
+Tenant tokens open every route but /admin/v1/ and /metrics, which only operator (admin)
+tokens open (and /metrics the metrics token too); the two kinds are stored apart
+(wakegate/store.py), so neither works in the other's place. An address that fails to
+authenticate `auth_failures_max` times within `auth_failures_window_s` gets 429 until the
+window ends.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 from typing import Any
 
@@ -15,12 +19,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from router.context import ADMIN_KEY, STORE, TENANT_KEY, TOKEN_CACHE
+from router.context import ADMIN_KEY, METRICS_TOKEN, SETTINGS, STORE, TENANT_KEY, TOKEN_CACHE
 from router.errors import ApiError, render
 
 log = logging.getLogger(__name__)
 
-PUBLIC_PATHS = frozenset({"/healthz", "/metrics"})
+PUBLIC_PATHS = frozenset({"/healthz"})
+# Opened by the metrics token (a file: `metrics_token_file`, for Prometheus) or an admin token.
+METRICS_PATH = "/metrics"
 OOM_RETRY_AFTER_S = 5
 ADMIN_PREFIX = "/admin/v1/"
 
@@ -95,20 +101,51 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "missing API token: send 'Authorization: Bearer <token>'")
     token = token.strip()
+    if request.path == METRICS_PATH:
+        # Metrics name every tenant's deployments and traffic: operators only.
+        expected = request.app[METRICS_TOKEN]
+        if not (expected and hmac.compare_digest(token.encode(), expected.encode())):
+            await _admin(request, token)
+        return await handler(request)
     if request.path.startswith(ADMIN_PREFIX):
         request[ADMIN_KEY] = await _admin(request, token)
         return await handler(request)
     tenant = await _tenant(request, token)
     if tenant is None:
+        await _failed(request)
         raise ApiError(401, "invalid API token")
     request[TENANT_KEY] = tenant
     return await handler(request)
+
+
+async def _guard(request: web.Request) -> None:
+    """429 for an address that failed to authenticate too often in the current window: its
+    next guesses are not even looked up (guessing a token is hopeless, but not free)."""
+    settings = request.app[SETTINGS]
+    failures, retry_s = await request.app[STORE].auth_failures(_address(request))
+    if failures >= settings.auth_failures_max:
+        raise ApiError(
+            429,
+            f"too many failed authentications from this address; retry in {retry_s} s",
+            headers={"Retry-After": str(max(retry_s, 1))},
+        )
+
+
+async def _failed(request: web.Request) -> None:
+    await request.app[STORE].count_auth_failure(
+        _address(request), request.app[SETTINGS].auth_failures_window_s
+    )
+
+
+def _address(request: web.Request) -> str:
+    return request.remote or "unknown"
 
 
 async def _tenant(request: web.Request, token: str) -> dict[str, Any] | None:
     cache = request.app[TOKEN_CACHE]
     tenant: dict[str, Any] | None = cache.get(token)
     if tenant is None:
+        await _guard(request)
         tenant = await request.app[STORE].tenant_for_token(token)
         if tenant is not None:
             cache[token] = tenant
@@ -120,13 +157,15 @@ async def _admin(request: web.Request, token: str) -> str:
     cache = request.app[TOKEN_CACHE]
     name: str | None = cache.get(("admin", token))
     if name is None:
+        await _guard(request)
         name = await request.app[STORE].admin_for_token(token)
         if name is not None:
             cache[("admin", token)] = name
     if name is not None:
         return name
     if await _tenant(request, token) is not None:
-        raise ApiError(403, "admin routes need an admin token, not a tenant's API token")
+        raise ApiError(403, "this route needs an operator (admin) token, not a tenant's API token")
+    await _failed(request)
     raise ApiError(401, "invalid admin token")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import signal
 
@@ -14,14 +15,27 @@ from scaler.backends import BackendUnavailable, create_backend
 from scaler.service import Scaler
 from wakegate.catalog import CatalogError, load_models_file
 from wakegate.logs import setup_logging
+from wakegate.sealing import SecretKeyError, box_from_settings, read_secret
 from wakegate.settings import Settings, load_settings
 from wakegate.store import Store
 
 log = logging.getLogger("scaler")
 
 
-def _http_app(scaler: Scaler) -> web.Application:
-    async def metrics(_: web.Request) -> web.Response:
+def _http_app(scaler: Scaler, store: Store, metrics_token: str) -> web.Application:
+    async def metrics(request: web.Request) -> web.Response:
+        # Operators only (the series name every tenant's deployments): the metrics token
+        # (Prometheus) or an admin token.
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            return web.json_response(
+                {"error": "missing token: send 'Authorization: Bearer <metrics or admin token>'"},
+                status=401,
+            )
+        if not (metrics_token and hmac.compare_digest(token.encode(), metrics_token.encode())):
+            if await store.admin_for_token(token) is None:
+                return web.json_response({"error": "invalid metrics token"}, status=401)
         body = generate_latest(scaler.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -46,9 +60,14 @@ async def serve(settings: Settings) -> None:
         backend = create_backend(settings)
     except (ValueError, BackendUnavailable) as exc:
         raise SystemExit(f"scaler: {exc}") from None
-    store = Store.from_url(settings.redis_url)
+    try:
+        box = box_from_settings(settings.secret_key_file)
+        metrics_token = read_secret(settings.metrics_token_file)
+    except SecretKeyError as exc:
+        raise SystemExit(f"scaler: {exc}") from None
+    store = Store.from_url(settings.redis_url, box=box)
     scaler = Scaler(settings, store, backend)
-    runner = web.AppRunner(_http_app(scaler), access_log=None)
+    runner = web.AppRunner(_http_app(scaler, store, metrics_token), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.scaler_port).start()
     stop = asyncio.Event()

@@ -15,7 +15,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import httpx
@@ -26,6 +26,7 @@ from scaler.engines import EngineProfile, EngineRefused, get_engine
 from scaler.metrics import ScalerMetrics
 from wakegate import topics
 from wakegate.catalog import MODELS
+from wakegate.sealing import SecretBox, SecretKeyError, box_from_settings, open_secrets
 from wakegate.settings import Settings
 from wakegate.spec import DeploymentSpec
 from wakegate.store import ReplicaRecord, Store
@@ -48,6 +49,15 @@ OutcomeHandler = Callable[[str, DeploymentSpec | None, Outcome], Awaitable[None]
 Publisher = Callable[[topics.Kind, topics.Event], Awaitable[None]]
 
 
+def launch_spec(spec: DeploymentSpec, box: SecretBox | None) -> DeploymentSpec:
+    """The spec a backend launches: its secrets in clear. Refused (the deployment fails at
+    once, with this reason) when they cannot be opened: never a replica without its token."""
+    try:
+        return replace(spec, config=open_secrets(spec.config, box))
+    except SecretKeyError as exc:
+        raise EngineRefused("config.hfToken", str(exc)) from None
+
+
 class Actuator:
     def __init__(
         self,
@@ -61,6 +71,8 @@ class Actuator:
         self.settings = settings
         self.store = store
         self.backend = backend
+        # Opens the secrets gateways sealed (hfToken) for the backend, and only for it.
+        self._box = box_from_settings(settings.secret_key_file)
         self.metrics = metrics
         self._publish = publish
         self._on_outcome = on_outcome
@@ -141,7 +153,7 @@ class Actuator:
     ) -> None:
         started = time.time()
         try:
-            running = await self.backend.start(spec, rec.id, engine)
+            running = await self.backend.start(launch_spec(spec, self._box), rec.id, engine)
         except EngineRefused as exc:
             await self.store.remove_replica(spec.key, rec.id)
             await self._on_outcome(spec.key, spec, Outcome("refused", str(exc)))

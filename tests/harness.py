@@ -153,6 +153,10 @@ class Stack:
         self.state_dir = tmp / "state"
         self.tenant = "acme"
         self.token = "pb_test_" + tmp.name.replace("_", "-")
+        # /metrics is for operators: every stack has a metrics token (metrics_headers).
+        self.metrics_token = "wgm_test_" + tmp.name.replace("_", "-")
+        tmp.mkdir(parents=True, exist_ok=True)
+        (tmp / "metrics-token").write_text(self.metrics_token + "\n")
         env = {
             "REDIS_URL": redis_url,
             "WAKEGATE_STATE_DIR": str(self.state_dir),
@@ -164,6 +168,9 @@ class Stack:
             "WAKEGATE_DRAIN_TIMEOUT_S": "20",
             "WAKEGATE_KEEPALIVE_S": "2",
             "WAKEGATE_QUEUE_TIMEOUT_S": "120",
+            "WAKEGATE_METRICS_TOKEN_FILE": str(tmp / "metrics-token"),
+            # Tests send wrong tokens on purpose; the limit has a test of its own.
+            "WAKEGATE_AUTH_FAILURES_MAX": "100000",
             "PYTHONUNBUFFERED": "1",
         }
         if mqtt_url:
@@ -178,7 +185,7 @@ class Stack:
 
     def start(self) -> Stack:
         async def seed() -> None:
-            store = Store.from_url(self.redis_url)
+            store = self.store()
             await store.ensure_tenant(self.tenant, "Acme Inc")
             await store.add_token(self.token, self.tenant)
             await store.close()
@@ -236,7 +243,21 @@ class Stack:
         parts = [f"--- {p.name}\n{p.tail()}" for p in [self.gateway, *self.scalers]]
         return "\n".join(parts)
 
+    def store(self) -> Store:
+        """A Store on this stack's Redis with its secret key, if it has one (tokens it adds
+        are signed as the gateway requires)."""
+        from wakegate.sealing import box_from_settings
+
+        key_file = self.env.get("WAKEGATE_SECRET_KEY_FILE")
+        return Store.from_url(
+            self.redis_url, box=box_from_settings(Path(key_file) if key_file else None)
+        )
+
     # --- API helpers ------------------------------------------------------------------------
+
+    @property
+    def metrics_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.metrics_token}"}
 
     @property
     def headers(self) -> dict[str, str]:

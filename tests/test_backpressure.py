@@ -90,7 +90,7 @@ def test_request_whose_replica_was_killed_is_retried_on_another(
         streamed = [line for line in resp.iter_lines() if line.startswith("data:")]
     assert codes == [200] * 6
     assert streamed and "error" not in streamed[-1]
-    metrics = httpx.get(f"{stack.base}/metrics").text
+    metrics = httpx.get(f"{stack.base}/metrics", headers=stack.metrics_headers).text
     retried = [ln for ln in metrics.splitlines() if ln.startswith("wakegate_retries_total{")]
     assert retried and float(retried[0].rsplit(" ", 1)[1]) >= 1
 
@@ -118,7 +118,7 @@ def test_request_the_replica_refuses_gets_its_4xx_at_once_and_is_not_retried(
         )
         assert '"error_type":"validation"' in streamed.text.replace(" ", ""), streamed.text
         assert "context" in streamed.text, streamed.text
-    metrics = httpx.get(f"{stack.base}/metrics").text
+    metrics = httpx.get(f"{stack.base}/metrics", headers=stack.metrics_headers).text
     retried = [ln for ln in metrics.splitlines()
                if ln.startswith("wakegate_retries_total{") and f'/{name}"' in ln]  # fmt: skip
     assert all(ln.endswith(" 0.0") for ln in retried), "a refusal is never retried elsewhere"

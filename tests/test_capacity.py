@@ -39,7 +39,9 @@ def events(stack: Stack, name: str) -> list[str]:
 
 
 def scaler_metric(stack: Stack, line_start: str) -> float | None:
-    text = httpx.get(f"http://127.0.0.1:{stack.scaler_port}/metrics").text
+    text = httpx.get(
+        f"http://127.0.0.1:{stack.scaler_port}/metrics", headers=stack.metrics_headers
+    ).text
     for line in text.splitlines():
         if line.startswith(line_start):
             return float(line.rsplit(" ", 1)[1])

@@ -58,7 +58,7 @@ def test_cpu_stack_validates_with_persistent_redis_broker_gateway_scaler_and_pro
     compose: list[str],
 ) -> None:
     services = config(compose, "cpu")["services"]
-    assert set(services) == {"redis", "mosquitto", "gateway", "scaler", "prometheus"}
+    assert set(services) == {"secrets", "redis", "mosquitto", "gateway", "scaler", "prometheus"}
     assert "--appendonly" in services["redis"]["command"]
     # Bounded: beyond its memory limit Redis refuses writes (the gateway answers 503), never
     # evicts a queue entry or a spec.
@@ -68,9 +68,48 @@ def test_cpu_stack_validates_with_persistent_redis_broker_gateway_scaler_and_pro
     assert any(v["target"] == "/data" for v in services["redis"]["volumes"])
     for name in ("gateway", "scaler"):
         env = services[name]["environment"]
-        assert env["REDIS_URL"].startswith("redis://redis:")
-        assert env["MQTT_URL"].startswith("mqtt://mosquitto:")
+        assert env["WAKEGATE_CONFIG"] == "/run/wakegate/wakegate.toml"
         assert services[name]["build"]["target"] == "cpu"
+
+
+def test_compose_credentials_are_made_once_private_and_point_everything_at_each_other(
+    compose: list[str], tmp_path: Path
+) -> None:
+    """Redis with a password, the broker without anonymous clients, the gateway and scaler
+    with the URLs and key, Prometheus with the metrics token: all from the `secrets` service."""
+    import stat
+    import tomllib
+
+    from wakegate.compose_secrets import make_compose_secrets
+
+    services = config(compose, "cpu")["services"]
+    assert services["secrets"]["command"][:2] == ["wakegate", "compose-secrets"]
+    for name in ("redis", "mosquitto", "gateway", "scaler", "prometheus"):
+        mounts = {v["target"]: v for v in services[name]["volumes"]}
+        assert mounts["/run/wakegate"]["read_only"], name
+    assert "/run/wakegate/redis.conf" in services["redis"]["command"]
+    assert services["mosquitto"]["command"][-1] == "/run/wakegate/mosquitto.conf"
+
+    folder = tmp_path / "secrets"
+    files = {p.name: p for p in make_compose_secrets(folder)}
+    assert "requirepass " in files["redis.conf"].read_text()
+    mosquitto = files["mosquitto.conf"].read_text()
+    assert "allow_anonymous false" in mosquitto and "password_file" in mosquitto
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in files.values())
+    settings = tomllib.loads(files["wakegate.toml"].read_text())["wakegate"]
+    password = files["redis-password"].read_text().strip()
+    assert settings["redis_url"] == f"redis://:{password}@redis:6379/0"
+    assert settings["mqtt_url"].startswith("mqtt://wakegate:")
+    assert settings["secret_key_file"] == str(folder / "secret.key")
+    assert settings["metrics_token_file"] == str(folder / "metrics-token")
+    prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    for job in prometheus["scrape_configs"]:
+        assert job["authorization"]["credentials_file"] == "/run/wakegate/prometheus-token"
+    assert files["prometheus-token"].read_text() == files["metrics-token"].read_text()
+    # A second run keeps every credential.
+    before = {name: p.read_bytes() for name, p in files.items()}
+    make_compose_secrets(folder)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
 def test_gpu_profile_runs_the_vllm_scaler_with_gpus_instead_of_the_cpu_one(

@@ -11,7 +11,7 @@ from harness import Stack, wait_until
 
 
 def metric(stack: Stack, name: str, deployment: str) -> float:
-    text = httpx.get(f"{stack.base}/metrics").text
+    text = httpx.get(f"{stack.base}/metrics", headers=stack.metrics_headers).text
     total = 0.0
     for line in text.splitlines():
         if line.startswith(name) and f'deployment="{deployment}"' in line:
@@ -91,7 +91,9 @@ def scale_out_then_in(stack: Stack, name: str, min_replicas: int) -> None:
             time.sleep(0.2)
     assert load.codes and set(load.codes) == {200}, load.codes
     assert most_running == 2
-    scaler_metrics = httpx.get(f"http://127.0.0.1:{stack.scaler_port}/metrics").text
+    scaler_metrics = httpx.get(
+        f"http://127.0.0.1:{stack.scaler_port}/metrics", headers=stack.metrics_headers
+    ).text
     key = f"{stack.tenant}/{name}"
     decisions = [
         ln

@@ -146,3 +146,106 @@ def test_readme_test_command_is_what_ci_runs() -> None:
     assert re.search(r"^make test$", readme, flags=re.M), "README shows the test command"
     assert re.search(r"^make up$", readme, flags=re.M), "README shows the run command"
     assert os.access(ROOT / ".ci" / "run", os.X_OK)
+
+
+def test_up_guards_redis_and_the_broker_with_generated_credentials_in_a_private_state_dir(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+    import stat
+
+    import aiomqtt
+    import redis
+
+    state = tmp_path / "state"
+    log = tmp_path / "up.log"
+    port, scaler_port = free_port(), free_port()
+    up = start_up(state, port, log, WAKEGATE_BACKEND="sim", WAKEGATE_SCALER_PORT=str(scaler_port))
+    try:
+        wait_until(lambda: "wakegate is up." in log.read_text(), 90, "wakegate up")
+        out = log.read_text()
+        redis_port = int(re.findall(r"embedded Redis .* on 127\.0\.0\.1:(\d+)", out)[0])
+        mqtt_port = int(re.findall(r"embedded MQTT broker .* on 127\.0\.0\.1:(\d+)", out)[0])
+        redis_password = (state / "redis-password").read_text().strip()
+        mqtt_password = (state / "mqtt-password").read_text().strip()
+        assert redis_password not in out and mqtt_password not in out
+
+        # Redis: NOAUTH without the password, served with it.
+        anonymous = redis.Redis(port=redis_port)
+        try:
+            anonymous.ping()
+            raise AssertionError("Redis answered a client without the password")
+        except redis.AuthenticationError:
+            pass
+        finally:
+            anonymous.close()
+        assert redis.Redis(port=redis_port, password=redis_password).ping()
+
+        # The broker: an anonymous CONNECT is refused, the generated user is admitted.
+        async def connects(**auth: str) -> bool:
+            try:
+                async with aiomqtt.Client("127.0.0.1", mqtt_port, timeout=5, **auth):
+                    return True
+            except aiomqtt.MqttError:
+                return False
+
+        assert not asyncio.run(connects())
+        assert not asyncio.run(connects(username="wakegate", password="wrong"))
+        assert asyncio.run(connects(username="wakegate", password=mqtt_password))
+
+        # The gateway serves with those credentials.
+        token = (state / "token").read_text().strip()
+        headers = {"Authorization": f"Bearer {token}"}
+        r = httpx.get(f"http://127.0.0.1:{port}/users/current", headers=headers)
+        assert r.status_code == 200, r.text
+        r = httpx.post(
+            f"http://127.0.0.1:{port}/v2/deployments",
+            headers=headers,
+            json={"name": "gated", "config": {"baseModel": "sim-llm", "hfToken": "hf_PLAIN_up"}},
+        )
+        assert r.status_code == 200, r.text
+
+        # /metrics: the metrics token up made opens both; nothing else does.
+        metrics = {"Authorization": f"Bearer {(state / 'metrics-token').read_text().strip()}"}
+        for p in (port, scaler_port):
+            assert httpx.get(f"http://127.0.0.1:{p}/metrics").status_code == 401
+            assert httpx.get(f"http://127.0.0.1:{p}/metrics", headers=metrics).status_code == 200
+
+        # The CLI finds the running stack through the state dir (no REDIS_URL).
+        env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "MQTT_URL")}
+        env["WAKEGATE_STATE_DIR"] = str(state)
+        listed = subprocess.run(
+            [sys.executable, "-m", "wakegate", "tokens", "list"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert listed.returncode == 0, listed.stderr
+        assert '"tenant": "default"' in listed.stdout and token not in listed.stdout
+
+        # Everything under the state dir is its owner's alone: the dir 0700, secrets, the
+        # AOF (with the sealed hfToken, never the plain one) and logs 0600.
+        wait_until(
+            lambda: any(b"wgsealed:v1:" in p.read_bytes() for p in aof_files(state)),
+            10,
+            "the sealed hfToken in the AOF",
+        )
+        assert not any(b"hf_PLAIN_up" in p.read_bytes() for p in aof_files(state))
+        assert stat.S_IMODE(state.stat().st_mode) == 0o700
+        for name in ("token", "admin-token", "redis-password", "mqtt-password", "secret.key",
+                     "metrics-token", "connect.toml"):  # fmt: skip
+            assert stat.S_IMODE((state / name).stat().st_mode) == 0o600, name
+        for path in state.rglob("*"):
+            if path.is_symlink():
+                continue
+            assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
+        assert aof_files(state)
+    finally:
+        up.send_signal(signal.SIGINT)
+        assert up.wait(60) == 0
+
+
+def aof_files(state: Path) -> list[Path]:
+    return [p for p in (state / "redis").rglob("*.aof*") if p.is_file()]

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import secrets
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -25,6 +28,24 @@ def _settings(config: str | None, **overrides: object) -> Settings:
         return load_settings(config, **overrides)
     except (ValueError, OSError) as exc:
         raise click.ClickException(f"bad configuration: {exc}") from None
+
+
+def _client_settings(config: str | None) -> Settings:
+    """Settings for commands that work on a running stack's Redis: without REDIS_URL, the
+    stack `wakegate up` runs from the state dir (its URLs and key, left in the state dir)."""
+    settings = _settings(config)
+    if settings.redis_url is None:
+        from wakegate.up import CONNECT_FILE
+
+        connect = settings.state_dir / CONNECT_FILE
+        if connect.exists():
+            running = _settings(str(connect))
+            settings = replace(
+                settings,
+                redis_url=running.redis_url,
+                secret_key_file=settings.secret_key_file or running.secret_key_file,
+            )
+    return settings
 
 
 @click.group()
@@ -76,14 +97,20 @@ def _tenant_name(tenant: str) -> str:
 
 def _with_store(settings: Settings, work: Callable[[Store], Awaitable[T]]) -> T:
     """Run `work` on the Redis that the gateway uses (REDIS_URL)."""
+    from wakegate.sealing import SecretKeyError, box_from_settings
     from wakegate.store import Store
 
     if not settings.redis_url:
         raise click.ClickException("set REDIS_URL to the Redis that the gateway uses")
     url = settings.redis_url
+    try:
+        # Tokens are signed with the installation's key, which gateways check.
+        box = box_from_settings(settings.secret_key_file)
+    except SecretKeyError as exc:
+        raise click.ClickException(str(exc)) from None
 
     async def run() -> T:
-        store = Store.from_url(url)
+        store = Store.from_url(url, box=box)
         try:
             return await work(store)
         finally:
@@ -92,24 +119,71 @@ def _with_store(settings: Settings, work: Callable[[Store], Awaitable[T]]) -> T:
     return asyncio.run(run())
 
 
-@main.command("create-token")
-@click.option("--tenant", help="Tenant short code ([a-z0-9-]).")
-@click.option(
-    "--admin",
-    is_flag=True,
-    help="An operator token for the admin API (/admin/v1) instead of a tenant's token.",
-)
-@click.option("--name", help="Tenant display name (with --admin: the operator's name).")
-@click.option("--config", type=click.Path(exists=True, dir_okay=False))
-def create_token(tenant: str | None, admin: bool, name: str | None, config: str | None) -> None:
-    """Create (if needed) a tenant and print a new API token for it; or, with --admin, print
-    a new operator token."""
+_DURATION_RE = re.compile(r"(\d+)([smhdw])")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+# Longest lifetime --expires-in accepts (ten years).
+_MAX_EXPIRY_S = 10 * 365 * 86_400
+
+
+def _expires_at(raw: str | None) -> float | None:
+    """The expiry time of `--expires-in 30d` (s, m, h, d or w), from now."""
+    if raw is None:
+        return None
+    match = _DURATION_RE.fullmatch(raw.strip())
+    if match is None:
+        raise click.BadParameter(
+            f"{raw!r}: use a number and a unit, e.g. 90m, 12h, 30d", param_hint="--expires-in"
+        )
+    seconds = int(match.group(1)) * _UNIT_S[match.group(2)]
+    if not 0 < seconds <= _MAX_EXPIRY_S:
+        raise click.BadParameter(
+            f"{raw!r}: must be more than 0 and at most 10 years", param_hint="--expires-in"
+        )
+    return time.time() + seconds
+
+
+def _token_options(fn: Callable[..., None]) -> Callable[..., None]:
+    for option in reversed(
+        [
+            click.option("--tenant", help="Tenant short code ([a-z0-9-])."),
+            click.option(
+                "--admin",
+                is_flag=True,
+                help="An operator token for the admin API (/admin/v1) and /metrics instead of "
+                "a tenant's token.",
+            ),
+            click.option("--name", help="Tenant display name (with --admin: the operator's name)."),
+            click.option("--label", help="What the token is for (shown by `tokens list`)."),
+            click.option(
+                "--expires-in",
+                metavar="DURATION",
+                help="Refused after this long, e.g. 12h, 30d (default: never).",
+            ),
+            click.option("--config", type=click.Path(exists=True, dir_okay=False)),
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
+def _create_token(
+    tenant: str | None,
+    admin: bool,
+    name: str | None,
+    label: str | None,
+    expires_in: str | None,
+    config: str | None,
+) -> None:
     if admin == (tenant is not None):
         raise click.UsageError("give either --tenant or --admin")
-    settings = _settings(config)
+    expires_at = _expires_at(expires_in)
+    settings = _client_settings(config)
     if admin:
         token = "wga_" + secrets.token_urlsafe(24)
-        _with_store(settings, lambda store: store.add_admin_token(token, name or "admin"))
+        operator = name or label or "admin"
+        _with_store(
+            settings, lambda store: store.add_admin_token(token, operator, expires_at=expires_at)
+        )
         click.echo(token)
         return
     assert tenant is not None
@@ -118,10 +192,63 @@ def create_token(tenant: str | None, admin: bool, name: str | None, config: str 
 
     async def create(store: Store) -> None:
         await store.ensure_tenant(code, name)
-        await store.add_token(token, code)
+        await store.add_token(token, code, label=label, expires_at=expires_at)
 
     _with_store(settings, create)
     click.echo(token)
+
+
+@main.command("create-token")
+@_token_options
+def create_token(**options: Any) -> None:
+    """Create (if needed) a tenant and print a new API token for it; or, with --admin, print
+    a new operator token."""
+    _create_token(**options)
+
+
+@main.group()
+def tokens() -> None:
+    """API and operator tokens: create, list, revoke."""
+
+
+@tokens.command("create")
+@_token_options
+def tokens_create(**options: Any) -> None:
+    """The same as `wakegate create-token`."""
+    _create_token(**options)
+
+
+@tokens.command("list")
+@click.option("--tenant", help="Only this tenant's tokens.")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False))
+def tokens_list(tenant: str | None, config: str | None) -> None:
+    """Print every token (id, kind, tenant or operator, label, created, expiry) as JSON lines;
+    never the token itself."""
+    records = _with_store(_client_settings(config), lambda store: store.tokens())
+    for rec in records:
+        if tenant is None or (rec.kind == "tenant" and rec.owner == tenant):
+            click.echo(json.dumps(rec.to_wire()))
+
+
+@tokens.command("revoke")
+@click.argument("token_id")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False))
+def tokens_revoke(token_id: str, config: str | None) -> None:
+    """Delete the token TOKEN_ID (from `tokens list`): gateways refuse it within a second."""
+    rec = _with_store(_client_settings(config), lambda store: store.revoke_token(token_id))
+    if rec is None:
+        raise click.ClickException(f"no token {token_id!r} (see `wakegate tokens list`)")
+    click.echo(json.dumps({"revoked": rec.to_wire()}))
+
+
+@main.command("compose-secrets", hidden=True)
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+def compose_secrets(folder: Path) -> None:
+    """Make the compose stack's credentials in FOLDER (its `secrets` service runs this)."""
+    from wakegate.compose_secrets import make_compose_secrets
+
+    for path in make_compose_secrets(folder):
+        click.echo(path)
 
 
 @main.group()
@@ -164,7 +291,7 @@ def quota_show(tenant: str | None, config: str | None) -> None:
     """Print quotas as JSON."""
     from wakegate.quotas import default_quotas
 
-    settings = _settings(config)
+    settings = _client_settings(config)
     if tenant is not None:
         code = _tenant_name(tenant)
         out = _with_store(settings, lambda store: _quota_report(settings, code, store))
@@ -206,7 +333,7 @@ def quota_set(tenant: str, config: str | None, **limits: str | None) -> None:
     except InvalidSpec as exc:
         option = _OPTION_OF_FIELD.get(exc.field, exc.field)
         raise click.BadParameter(exc.message, param_hint=option) from None
-    settings = _settings(config)
+    settings = _client_settings(config)
 
     async def apply(store: Store) -> dict[str, Any]:
         await store.set_quota_override(code, change)
@@ -221,7 +348,7 @@ def quota_set(tenant: str, config: str | None, **limits: str | None) -> None:
 def quota_unset(tenant: str, config: str | None) -> None:
     """Remove a tenant's override: the defaults apply again."""
     code = _tenant_name(tenant)
-    settings = _settings(config)
+    settings = _client_settings(config)
 
     async def remove(store: Store) -> dict[str, Any]:
         await store.delete_quota_override(code)

@@ -14,7 +14,10 @@ from pathlib import Path
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def _child_setup() -> None:
+    # What the stack writes (Redis' append-only file with sealed secrets, logs with
+    # deployment names, replicas' files) is its owner's alone, created so from the start.
+    os.umask(0o077)
     # If `wakegate up` is killed outright, the kernel sends SIGTERM to its children, so
     # nothing is left behind holding ports.
     with contextlib.suppress(OSError, AttributeError):
@@ -38,8 +41,9 @@ class Child:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
+        self.log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with open(fd, "ab") as log:
             self.proc = subprocess.Popen(
                 self.argv,
                 stdin=subprocess.DEVNULL,
@@ -48,7 +52,7 @@ class Child:
                 env={**os.environ, **(self.env or {})},
                 # Own process group: Ctrl-C reaches `up` alone, which stops children in order.
                 process_group=0,
-                preexec_fn=_die_with_parent,
+                preexec_fn=_child_setup,
             )
 
     def wait_ready(self, timeout_s: float) -> None:

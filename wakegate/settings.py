@@ -113,6 +113,17 @@ class Settings:
     # A PersistentVolumeClaim mounted at /models in every replica Pod, so that weights are
     # fetched once (ReadWriteMany for replicas on several nodes); None: an emptyDir per Pod.
     kubernetes_models_pvc: str | None = None
+    # The key (a file, mode 0600) that encrypts deployments' hfTokens in Redis and signs API
+    # token records (wakegate/sealing.py); gateways and scalers of one installation share it.
+    # `wakegate up` makes one in the state dir. None: tokens stored and checked as before.
+    secret_key_file: Path | None = None
+    # A bearer token (a file) that opens /metrics of gateways and scalers, for Prometheus;
+    # admin tokens open it too. `wakegate up` makes one in the state dir.
+    metrics_token_file: Path | None = None
+    # Failed authentications per client address within the window beyond which the gateway
+    # answers 429 (with Retry-After) without looking at the token.
+    auth_failures_max: int = 20
+    auth_failures_window_s: int = 60
     default_token: str | None = None
     default_tenant: str = "default"
     log_level: str = "INFO"
@@ -170,6 +181,8 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         raise ValueError("queue_timeout_s must be > 0 and lease_ms >= 1000")
     if not 0 < settings.body_timeout_s < float("inf"):
         raise ValueError("body_timeout_s must be > 0 and finite")
+    if settings.auth_failures_max < 1 or settings.auth_failures_window_s < 1:
+        raise ValueError("auth_failures_max and auth_failures_window_s must be >= 1")
     if settings.max_queue_length < 1:
         raise ValueError("max_queue_length must be >= 1")
     if settings.request_log_max_bytes < 0:

@@ -30,12 +30,16 @@ Per-deployment keys (`wg:{t/n}:<part>`):
 Global keys:
   wg:deployments        SET   "tenant/name" of every deployment (the scaler's reconcile index)
   wg:tenant:<code>      STRING JSON tenant record
-  wg:token:<sha256>     STRING tenant code for an API token (only the digest is stored)
+  wg:token:<sha256>     STRING JSON TokenRecord of an API token (only the digest is stored;
+                        signed with the secret key where there is one; expires with the token)
+  wg:token-index        HASH  token id -> "tenant:<sha256>" or "admin:<sha256>" (list, revoke)
+  wg:authfail:<addr>    STRING failed authentications from a client address in the current
+                        window (expires with the window)
   wg:tenant-deployments:<code>  SET  names of the tenant's deployments, deleting ones
                         included until purged (the deployments-per-tenant quota counts them)
   wg:quotas             HASH  tenant code -> JSON quota override (wakegate/quotas.py)
-  wg:admin-token:<sha256>  STRING  name of an operator token for /admin/v1 (digest only;
-                        never a tenant token)
+  wg:admin-token:<sha256>  STRING  JSON TokenRecord of an operator token for /admin/v1
+                        (digest only; never a tenant token)
   wg:scaler:leader      STRING id of the scaler instance holding the lease
   wg:jobs               SET   deployments that have async requests (what gateways sweep)
   wg:dirty              SET   deployments the scaler should look at now: a cold request came,
@@ -47,10 +51,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -60,6 +65,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from wakegate.quotas import QuotaOverride
+from wakegate.sealing import SecretBox, seal_secrets
 from wakegate.spec import DeploymentSpec
 
 # Tries of a command beyond the first when its connection fails (see Store.from_url).
@@ -101,8 +107,19 @@ def tenant_key(code: str) -> str:
     return f"wg:tenant:{code}"
 
 
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
 def token_key(token: str) -> str:
-    return "wg:token:" + hashlib.sha256(token.encode()).hexdigest()
+    return "wg:token:" + token_digest(token)
+
+
+TOKEN_INDEX = "wg:token-index"
+
+
+def auth_failures_key(address: str) -> str:
+    return f"wg:authfail:{address}"
 
 
 def tenant_deployments_key(code: str) -> str:
@@ -110,7 +127,11 @@ def tenant_deployments_key(code: str) -> str:
 
 
 def admin_token_key(token: str) -> str:
-    return "wg:admin-token:" + hashlib.sha256(token.encode()).hexdigest()
+    return "wg:admin-token:" + token_digest(token)
+
+
+def _token_key_of(kind: str, digest: str) -> str:
+    return ("wg:admin-token:" if kind == "admin" else "wg:token:") + digest
 
 
 QUOTAS = "wg:quotas"
@@ -378,6 +399,55 @@ return 1
 """
 
 
+# Count a failed authentication from one address; the window starts with the first failure.
+# Returns {failures in the window, seconds until it ends}.
+COUNT_AUTH_FAILURE = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return {n, redis.call('TTL', KEYS[1])}
+"""
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """What is stored for an API token (never the token itself)."""
+
+    id: str  # the first 16 hex digits of the digest: stable, so re-adding a token is a no-op
+    kind: str  # "tenant" | "admin"
+    owner: str  # the tenant code, or the operator's name
+    created_at: float
+    expires_at: float | None = None
+    label: str | None = None
+    mac: str | None = None  # signature with the secret key (wakegate/sealing.py)
+
+    def signed_text(self, digest: str) -> str:
+        # The digest is signed too: a record copied onto another token's key does not verify.
+        return f"{self.kind}|{digest}|{self.owner}|{self.id}|{self.expires_at!r}"
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    def to_wire(self) -> dict[str, Any]:
+        """What `wakegate tokens list` shows: never the token, nor its digest."""
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            ("tenant" if self.kind == "tenant" else "name"): self.owner,
+            "label": self.label,
+            "createdAt": _iso(self.created_at),
+            "expiresAt": _iso(self.expires_at) if self.expires_at is not None else None,
+        }
+
+
+def _iso(ts: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 class TenantFull(Exception):
     """The tenant already has as many deployments as its quota allows."""
 
@@ -429,8 +499,12 @@ class Load:
 class Store:
     """Typed access to wakegate's Redis state. One instance per process."""
 
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: aioredis.Redis, box: SecretBox | None = None) -> None:
         self.redis = redis
+        # The installation's secret key: signs token records (and checks their signature),
+        # seals secrets of deployments (router/control.py). None: no key configured.
+        self.box = box
+        self._count_auth_failure = redis.register_script(COUNT_AUTH_FAILURE)
         self._enqueue = redis.register_script(ENQUEUE)
         self._dispatch = redis.register_script(DISPATCH)
         self._cancel = redis.register_script(CANCEL)
@@ -441,7 +515,7 @@ class Store:
         self._replace_spec = redis.register_script(REPLACE_SPEC)
 
     @classmethod
-    def from_url(cls, url: str, max_connections: int = 256) -> Store:
+    def from_url(cls, url: str, max_connections: int = 256, box: SecretBox | None = None) -> Store:
         # A burst of requests waits for a pooled connection instead of failing with
         # "Too many connections" (the default pool raises at 100).
         pool = aioredis.BlockingConnectionPool.from_url(
@@ -456,7 +530,7 @@ class Store:
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), STORE_RETRIES),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
-        return cls(aioredis.Redis(connection_pool=pool))
+        return cls(aioredis.Redis(connection_pool=pool), box)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -476,15 +550,161 @@ class Store:
         raw = cast(str, await self.redis.get(tenant_key(code)))
         return cast(dict[str, Any], json.loads(raw))
 
-    async def add_token(self, token: str, tenant: str) -> None:
-        await self.redis.set(token_key(token), tenant)
+    async def add_token(
+        self,
+        token: str,
+        tenant: str,
+        *,
+        label: str | None = None,
+        expires_at: float | None = None,
+    ) -> TokenRecord:
+        return await self._put_token("tenant", token, tenant, label, expires_at)
+
+    async def _put_token(
+        self, kind: str, token: str, owner: str, label: str | None, expires_at: float | None
+    ) -> TokenRecord:
+        digest = token_digest(token)
+        rec = TokenRecord(
+            id=digest[:16],
+            kind=kind,
+            owner=owner,
+            created_at=time.time(),
+            expires_at=expires_at,
+            label=label,
+        )
+        if self.box is not None:
+            rec = replace(rec, mac=self.box.sign(rec.signed_text(digest)))
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(
+                _token_key_of(kind, digest),
+                rec.to_json(),
+                exat=math.ceil(expires_at) if expires_at is not None else None,
+            )
+            pipe.hset(TOKEN_INDEX, rec.id, f"{kind}:{digest}")
+            await pipe.execute()
+        return rec
+
+    def _valid_record(self, kind: str, token: str, raw: str | None) -> TokenRecord | None:
+        """The record of `token` if it opens anything now: not expired, and signed with the
+        secret key where there is one (a record written into Redis without it is no token)."""
+        if raw is None:
+            return None
+        if not raw.startswith("{"):
+            # Written before token records (a bare tenant code or operator name): unsigned.
+            if self.box is not None:
+                return None
+            return TokenRecord(id="", kind=kind, owner=raw, created_at=0.0)
+        rec = TokenRecord(**json.loads(raw))
+        if rec.kind != kind or rec.expired(time.time()):
+            return None
+        if self.box is not None and (
+            rec.mac is None or not self.box.verify(rec.signed_text(token_digest(token)), rec.mac)
+        ):
+            return None
+        return rec
 
     async def tenant_for_token(self, token: str) -> dict[str, Any] | None:
-        code = cast(str | None, await self.redis.get(token_key(token)))
-        if code is None:
+        raw = cast(str | None, await self.redis.get(token_key(token)))
+        rec = self._valid_record("tenant", token, raw)
+        if rec is None:
             return None
-        raw = await self.redis.get(tenant_key(code))
-        return cast(dict[str, Any], json.loads(raw)) if raw else None
+        tenant = await self.redis.get(tenant_key(rec.owner))
+        return cast(dict[str, Any], json.loads(tenant)) if tenant else None
+
+    async def tokens(self) -> list[TokenRecord]:
+        """Every token's record (tenant and admin), oldest first; index entries of tokens
+        that expired are dropped."""
+        index = cast(dict[str, str], await self.redis.hgetall(TOKEN_INDEX))
+        if not index:
+            return []
+        ids = sorted(index)
+        keys = [_token_key_of(*index[i].split(":", 1)) for i in ids]
+        raws = cast(list[str | None], await self.redis.mget(keys))
+        gone = [i for i, raw in zip(ids, raws, strict=True) if raw is None]
+        if gone:
+            await self.redis.hdel(TOKEN_INDEX, *gone)
+        records = [TokenRecord(**json.loads(r)) for r in raws if r and r.startswith("{")]
+        return sorted(records, key=lambda r: (r.created_at, r.id))
+
+    async def revoke_token(self, token_id: str) -> TokenRecord | None:
+        """Delete a token by id; None when there is no such token (any more)."""
+        entry = cast(str | None, await self.redis.hget(TOKEN_INDEX, token_id))
+        if entry is None:
+            return None
+        key = _token_key_of(*entry.split(":", 1))
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.get(key)
+            pipe.delete(key)
+            pipe.hdel(TOKEN_INDEX, token_id)
+            raw, _, _ = await pipe.execute()
+        return TokenRecord(**json.loads(raw)) if raw and raw.startswith("{") else None
+
+    async def sign_legacy_tokens(self) -> int:
+        """Sign the tokens stored unsigned (bare values from before token records, or records
+        made while there was no key) with this store's key, as indexed records, so they keep
+        working once the key is configured. Returns how many it rewrote."""
+        if self.box is None:
+            return 0
+        rewritten = 0
+        for kind, pattern in (("tenant", "wg:token:*"), ("admin", "wg:admin-token:*")):
+            async for key in self.redis.scan_iter(match=pattern, count=1000):
+                raw = cast(str | None, await self.redis.get(key))
+                if raw is None:
+                    continue
+                digest = key.rsplit(":", 1)[1]
+                if raw.startswith("{"):
+                    rec = TokenRecord(**json.loads(raw))
+                    if rec.mac is not None:
+                        continue
+                else:
+                    rec = TokenRecord(id=digest[:16], kind=kind, owner=raw, created_at=time.time())
+                rec = replace(rec, mac=self.box.sign(rec.signed_text(digest)))
+                await self.redis.set(key, rec.to_json(), keepttl=True)
+                await self.redis.hset(TOKEN_INDEX, rec.id, f"{kind}:{digest}")
+                rewritten += 1
+        return rewritten
+
+    async def seal_stored_secrets(self) -> int:
+        """Encrypt the secrets of deployments stored in clear (before there was a key) with
+        this store's key; returns how many deployments it rewrote. Each is rewritten only if
+        unchanged since it was read."""
+        if self.box is None:
+            return 0
+        sealed = 0
+        for key in await self.deployment_keys():
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(dep_key(key, "spec"))
+                    raw = cast(str | None, await pipe.get(dep_key(key, "spec")))
+                    if raw is None:
+                        continue
+                    record = json.loads(raw)
+                    config = seal_secrets(record["config"], self.box)
+                    if config == record["config"]:
+                        continue
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.set(dep_key(key, "spec"), json.dumps({**record, "config": config}))
+                    await pipe.execute()
+                    sealed += 1
+                except aioredis.WatchError:
+                    continue  # changed meanwhile: by a gateway, which sealed it
+        return sealed
+
+    async def auth_failures(self, address: str) -> tuple[int, int]:
+        """Failed authentications from `address` in the current window, and the seconds
+        left in it."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(auth_failures_key(address))
+            pipe.ttl(auth_failures_key(address))
+            count, ttl = await pipe.execute()
+        return int(count or 0), max(int(ttl), 0)
+
+    async def count_auth_failure(self, address: str, window_s: int) -> tuple[int, int]:
+        """Count a failed authentication: (failures in the window, seconds left in it)."""
+        count, ttl = await self._count_auth_failure(
+            keys=[auth_failures_key(address)], args=[window_s]
+        )
+        return int(count), max(int(ttl), 0)
 
     # --- quotas and admin tokens ------------------------------------------------------------
 
@@ -518,12 +738,16 @@ class Store:
         """Back to the operator defaults; False when the tenant had no override."""
         return bool(await self.redis.hdel(QUOTAS, tenant))
 
-    async def add_admin_token(self, token: str, name: str = "admin") -> None:
-        await self.redis.set(admin_token_key(token), name)
+    async def add_admin_token(
+        self, token: str, name: str = "admin", *, expires_at: float | None = None
+    ) -> TokenRecord:
+        return await self._put_token("admin", token, name, None, expires_at)
 
     async def admin_for_token(self, token: str) -> str | None:
         """The operator name of an admin token; None for any other token."""
-        return cast(str | None, await self.redis.get(admin_token_key(token)))
+        raw = cast(str | None, await self.redis.get(admin_token_key(token)))
+        rec = self._valid_record("admin", token, raw)
+        return rec.owner if rec is not None else None
 
     async def tenant_deployment_count(self, tenant: str) -> int:
         return int(await self.redis.scard(tenant_deployments_key(tenant)))

@@ -11,6 +11,7 @@ the deployments created before.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import signal
@@ -20,11 +21,19 @@ import urllib.request
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
+from urllib.parse import urlsplit, urlunsplit
 
 import click
 
-from wakegate.embedded import free_port, mqtt_child, port_open, redis_child
+from wakegate.embedded import MQTT_USER, free_port, mqtt_child, port_open, redis_child
 from wakegate.procs import Child
+from wakegate.sealing import (
+    box_from_settings,
+    generate_key,
+    load_or_create,
+    private_dir,
+    write_private,
+)
 from wakegate.settings import Settings, settings_env
 from wakegate.store import Store
 
@@ -47,13 +56,7 @@ def http_ok(url: str) -> bool:
 def load_or_create_token(state_dir: Path, given: str | None) -> str:
     if given:
         return given
-    path = state_dir / "token"
-    if path.exists():
-        return path.read_text().strip()
-    token = "pb_" + secrets.token_urlsafe(24)
-    path.write_text(token + "\n")
-    path.chmod(0o600)
-    return token
+    return load_or_create(state_dir / "token", lambda: "pb_" + secrets.token_urlsafe(24))
 
 
 ADMIN_TOKEN_FILE = "admin-token"
@@ -63,19 +66,56 @@ def load_or_create_admin_token(state_dir: Path) -> tuple[str, Path]:
     """The operator token for /admin/v1 and `wakegate quota`, made on the first start; only
     its owner can read the file (created 0600, never readable in between)."""
     path = state_dir / ADMIN_TOKEN_FILE
-    if path.exists():
-        return path.read_text().strip(), path
-    token = "wga_" + secrets.token_urlsafe(24)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token + "\n")
-    return token, path
+    return load_or_create(path, lambda: "wga_" + secrets.token_urlsafe(24)), path
+
+
+# Secrets `up` makes on the first start, each in its own file of the state dir (0600).
+REDIS_PASSWORD_FILE = "redis-password"
+MQTT_PASSWORD_FILE = "mqtt-password"
+SECRET_KEY_FILE = "secret.key"
+METRICS_TOKEN_FILE = "metrics-token"
+# Where `up` leaves the URLs (with credentials) and key of the running stack for the CLI
+# (`wakegate tokens ...` run in another shell finds them through the state dir).
+CONNECT_FILE = "connect.toml"
+
+
+def _password() -> str:
+    return secrets.token_urlsafe(32)  # URL-safe: goes into redis:// and mqtt:// URLs as is
+
+
+def redacted(url: str) -> str:
+    """A URL to print: its password replaced."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    user = parts.username or ""
+    netloc = f"{user}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def write_connect_file(settings: Settings) -> Path:
+    path = settings.state_dir / CONNECT_FILE
+    path.unlink(missing_ok=True)
+    values = {
+        "redis_url": settings.redis_url,
+        "mqtt_url": settings.mqtt_url,
+        "secret_key_file": settings.secret_key_file,
+        "metrics_token_file": settings.metrics_token_file,
+    }
+    lines = [f"{k} = {json.dumps(str(v.resolve() if isinstance(v, Path) else v))}"
+             for k, v in values.items() if v is not None]  # fmt: skip
+    write_private(path, "\n".join(["[wakegate]", *lines]) + "\n")
+    return path
 
 
 async def ensure_tenant_and_token(settings: Settings, token: str, admin_token: str) -> None:
     assert settings.redis_url
-    store = Store.from_url(settings.redis_url)
+    store = Store.from_url(settings.redis_url, box=box_from_settings(settings.secret_key_file))
     try:
+        # Tokens made before token records were signed keep working under the key, and
+        # hfTokens stored before there was a key are encrypted now (nothing else runs yet).
+        await store.sign_legacy_tokens()
+        await store.seal_stored_secrets()
         await store.ensure_tenant(settings.default_tenant)
         await store.add_token(token, settings.default_tenant)
         await store.add_admin_token(admin_token)
@@ -144,8 +184,7 @@ class Stack:
 
     def start(self) -> None:
         s = self.settings
-        state = s.state_dir
-        state.mkdir(parents=True, exist_ok=True)
+        state = private_dir(s.state_dir)
         for port, what in ((s.port, "gateway"), (s.scaler_port, "scaler metrics")):
             if port_open(s.host, port):
                 raise click.ClickException(
@@ -162,23 +201,32 @@ class Stack:
                 raise click.ClickException(str(exc)) from None
         if not s.redis_url:
             port = free_port()
+            password = load_or_create(state / REDIS_PASSWORD_FILE, _password)
             child = redis_child(
-                state, port, maxmemory=s.redis_maxmemory, appendfsync=s.redis_appendfsync
+                state, port, password, maxmemory=s.redis_maxmemory, appendfsync=s.redis_appendfsync
             )
             self.infra.append(child)
-            self._start(child, f"embedded Redis (AOF on) on 127.0.0.1:{port}", 30)
-            s = replace(s, redis_url=f"redis://127.0.0.1:{port}/0")
+            self._start(child, f"embedded Redis (AOF on) with a password on 127.0.0.1:{port}", 30)
+            s = replace(s, redis_url=f"redis://:{password}@127.0.0.1:{port}/0")
         else:
-            self.say(f"using Redis at {s.redis_url}", ok=True)
+            self.say(f"using Redis at {redacted(s.redis_url)}", ok=True)
         if not s.mqtt_url:
             port = free_port()
-            child = mqtt_child(state, port)
+            password = load_or_create(state / MQTT_PASSWORD_FILE, _password)
+            child = mqtt_child(state, port, password)
             self.infra.append(child)
-            self._start(child, f"embedded MQTT broker on 127.0.0.1:{port}", 30)
-            s = replace(s, mqtt_url=f"mqtt://127.0.0.1:{port}")
+            self._start(child, f"embedded MQTT broker with a password on 127.0.0.1:{port}", 30)
+            s = replace(s, mqtt_url=f"mqtt://{MQTT_USER}:{password}@127.0.0.1:{port}")
         else:
-            self.say(f"using MQTT broker at {s.mqtt_url}", ok=True)
+            self.say(f"using MQTT broker at {redacted(s.mqtt_url)}", ok=True)
+        if s.secret_key_file is None:
+            load_or_create(state / SECRET_KEY_FILE, generate_key)
+            s = replace(s, secret_key_file=(state / SECRET_KEY_FILE).resolve())
+        if s.metrics_token_file is None:
+            load_or_create(state / METRICS_TOKEN_FILE, lambda: "wgm_" + secrets.token_urlsafe(24))
+            s = replace(s, metrics_token_file=(state / METRICS_TOKEN_FILE).resolve())
         self.settings = s
+        write_connect_file(s)
 
         token = load_or_create_token(state, s.default_token)
         admin_token, self.admin_token_file = load_or_create_admin_token(state)
@@ -229,6 +277,8 @@ class Stack:
                 f"  admin token  in {self.admin_token_file.resolve()}   (/admin/v1, wakegate quota)"
             )
         click.echo(f"  metrics      {base}/metrics  and  http://{s.host}:{s.scaler_port}/metrics")
+        if s.metrics_token_file is not None:
+            click.echo(f"               (token in {s.metrics_token_file}, or an admin token)")
         click.echo(f"  logs         {(s.state_dir / 'logs').resolve()}")
         click.echo("")
         click.echo("Create a scale-to-zero deployment and send it a request:")
@@ -298,6 +348,8 @@ class Stack:
 
 def run_up(settings: Settings) -> int:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    # Everything the stack writes is its owner's alone (see wakegate/procs.py).
+    os.umask(0o077)
     stack = Stack(settings)
     try:
         return stack.run()

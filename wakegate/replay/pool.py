@@ -33,6 +33,7 @@ from wakegate.replay.run import (
     sim_usage,
 )
 from wakegate.replay.traces import TraceRequest, rotate, split_trace
+from wakegate.sealing import box_from_settings
 from wakegate.settings import Settings
 from wakegate.spec import validate_name
 from wakegate.store import Store
@@ -200,7 +201,8 @@ async def _tenant_tokens(store: Store, members: list[Member]) -> dict[str, str]:
 async def _drive_pool(plan: PoolPlan, settings: Settings) -> PoolResult:
     assert settings.redis_url
     base = f"http://{settings.host}:{settings.port}"
-    store = Store.from_url(settings.redis_url)
+    # Tokens signed with the stack's key, as the gateway requires.
+    store = Store.from_url(settings.redis_url, box=box_from_settings(settings.secret_key_file))
     try:
         tokens = await _tenant_tokens(store, plan.members)
         async with client_session() as client:
