@@ -69,6 +69,7 @@ class LoraxProfile:
         g.quantization(cfg, QUANTIZATIONS, "LoRAX")
         _default_adapter(spec)
         _prefill_budget(spec)
+        g.custom_args(cfg, self.name)
         g.concurrency(cfg, CONCURRENCY_FLAG)
 
     def launch(
@@ -102,7 +103,8 @@ class LoraxProfile:
             if adapter_id != default:
                 argv += ["--preloaded-adapter-ids", adapter_id]
         env, secret = g.hf_token_env(cfg)
-        return LaunchPlan(argv=argv + g.custom_args(cfg), env=env, secret_env=secret)
+        argv = g.custom_first(argv, g.custom_args(cfg, self.name), command_len=1)
+        return LaunchPlan(argv=argv, env=env, secret_env=secret)
 
 
 def _default_adapter(spec: DeploymentSpec) -> tuple[str | None, bool]:

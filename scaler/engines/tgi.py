@@ -64,6 +64,7 @@ class TgiProfile:
             )
         g.quantization(cfg, QUANTIZATIONS, "TGI")
         g.adapter_ids(cfg)
+        g.custom_args(cfg, self.name)
         g.concurrency(cfg, CONCURRENCY_FLAG)
 
     def launch(
@@ -88,4 +89,5 @@ class TgiProfile:
         env, secret = g.hf_token_env(cfg)
         if cfg.get("prefix_caching") is not None:
             env["PREFIX_CACHING"] = "1" if cfg["prefix_caching"] else "0"
-        return LaunchPlan(argv=argv + g.custom_args(cfg), env=env, secret_env=secret)
+        argv = g.custom_first(argv, g.custom_args(cfg, self.name), command_len=1)
+        return LaunchPlan(argv=argv, env=env, secret_env=secret)

@@ -18,7 +18,7 @@ from wakegate.spec import DeploymentSpec
 IMAGE = "vllm/vllm-openai:v0.33.0"
 CONCURRENCY_FLAG = "--max-num-seqs"
 # `vllm serve --quantization` methods that recent releases all know (names differ between
-# releases beyond these; customArgs can still pass any other).
+# releases beyond these).
 QUANTIZATIONS = frozenset(
     {
         "awq",
@@ -70,6 +70,7 @@ class VllmProfile:
         g.quantization(cfg, QUANTIZATIONS, "vLLM")
         g.speculation(cfg)
         g.adapter_ids(cfg)
+        g.custom_args(cfg, self.name)
         g.concurrency(cfg, CONCURRENCY_FLAG)
 
     def launch(
@@ -98,7 +99,8 @@ class VllmProfile:
         argv += _speculative_config(g.speculation(cfg))
         argv += _lora(g.adapter_ids(cfg), adapters)
         env, secret = g.hf_token_env(cfg)
-        return LaunchPlan(argv=argv + g.custom_args(cfg), env=env, secret_env=secret)
+        argv = g.custom_first(argv, g.custom_args(cfg, self.name), command_len=3)
+        return LaunchPlan(argv=argv, env=env, secret_env=secret)
 
 
 def _speculative_config(spec: g.Speculation) -> list[str]:
