@@ -33,7 +33,7 @@ import ray
 from ray.exceptions import RayActorError, RayError
 
 import scaler
-from scaler.backends import BackendUnavailable, NoCapacity, RunningReplica
+from scaler.backends import BackendUnavailable, NoCapacity, RunningReplica, replica_env
 from scaler.engines import EngineProfile, EngineRefused
 from scaler.engines.adapters import adapter_path
 from wakegate.catalog import ACCELERATORS, pool_units
@@ -222,7 +222,8 @@ class ReplicaProcess:
             self.failed = f"{type(exc).__name__}: {exc}"
             raise
         log_path = replicas_dir / f"{self.replica_id}.log"
-        env = {**os.environ, **plan.env, "WAKEGATE_REPLICA_ID": self.replica_id}
+        # The actor's own environment is the Ray worker's: the replica gets only what it needs.
+        env = replica_env(plan.env, self.replica_id)
         # Started from the actor's event-loop thread, which lives as long as the actor: the
         # parent-death signal fires when the actor goes, not when a helper thread ends.
         with open(log_path, "ab") as log_file:  # noqa: ASYNC230 (a local file, at once)

@@ -25,7 +25,7 @@ from urllib.parse import quote
 
 import httpx
 
-from scaler.backends import NoCapacity, RunningReplica
+from scaler.backends import NoCapacity, RunningReplica, replica_env
 from scaler.engines import EngineProfile, EngineRefused
 from scaler.engines.sim import SimProfile
 from scaler.sim.host import STATE_FILE, parse_pool
@@ -141,6 +141,9 @@ class SimBackend:
                     stdin=subprocess.DEVNULL,
                     stdout=fh,
                     stderr=subprocess.STDOUT,
+                    # The host runs every simulated replica: it gets a replica's environment,
+                    # plus the path to this project's modules (it is one of them).
+                    env=replica_env({}, keep=("PYTHONPATH", "PYTHONUNBUFFERED")),
                     start_new_session=True,  # outlives the scaler, like local replicas
                 )
             deadline = time.monotonic() + HOST_START_TIMEOUT_S
