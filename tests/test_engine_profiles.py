@@ -320,6 +320,44 @@ def test_llamacpp_custom_args_become_config_keys_before_wakegate_ones_with_adapt
     assert list(first)[-3:] == ["model", "n_ctx", "model_alias"], "wakegate's keys last"
 
 
+@pytest.mark.parametrize(
+    ("base_model", "var"),
+    [(VLLM, "VLLM_API_KEY"), (TGI, "API_KEY"), ("tiny-gguf", "API_KEY")],
+    ids=["vllm", "tgi", "llamacpp"],
+)
+def test_the_replica_key_goes_to_the_engines_environment_as_a_secret_never_argv(
+    local_gguf: str, base_model: str, var: str
+) -> None:
+    spec = spec_of(baseModel=base_model)
+    engine = get_engine(MODELS[base_model].engine, spec=spec)
+    p = engine.launch(spec, HOST, PORT, NO_FILES, {}, "the-replica-key")
+    assert p.env[var] == "the-replica-key" and var in p.secret_env
+    assert "the-replica-key" not in " ".join(p.argv)
+    assert engine.launch(spec, HOST, PORT, NO_FILES, {}).argv == p.argv
+
+
+def test_lorax_has_no_key_option_so_its_plan_has_no_key() -> None:
+    spec = spec_of(baseModel=LORAX)
+    p = get_engine("lorax", spec=spec).launch(spec, HOST, PORT, NO_FILES, {}, "the-replica-key")
+    assert "the-replica-key" not in " ".join(p.argv) + " ".join(p.env.values())
+
+
+def test_llamacpp_with_adapters_keeps_the_key_in_an_owner_only_config_file(
+    local_gguf: str, tmp_path: Path
+) -> None:
+    import json
+    import stat
+
+    spec = spec_of(baseModel="tiny-gguf", preloadedAdapters=["org/a"])
+    engine = get_engine("llamacpp", spec=spec)
+    adapters = {"org/a": tmp_path / "a.gguf"}
+    p = engine.launch(spec, HOST, PORT, tmp_path, adapters, "the-replica-key")
+    path = Path(p.argv[-1])
+    assert json.loads(path.read_text())["api_key"] == "the-replica-key"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert "the-replica-key" not in " ".join(p.argv)
+
+
 # --- every GPU engine ----------------------------------------------------------------------
 
 GPU_MODELS = [VLLM, LORAX, TGI]

@@ -90,6 +90,7 @@ class OwnImageEngine:
         port: int,
         models_dir: Path,
         adapters: dict[str, Path],
+        api_key: str | None = None,
     ) -> LaunchPlan:
         argv = ["vllm", "serve", "org/model", "--host", host, "--port", str(port)]
         argv += ["--download-dir", str(models_dir)]
@@ -463,6 +464,63 @@ def test_cpu_replicas_request_no_cpu_so_cpu_is_unlimited() -> None:
     pod, _ = rendered("cpu", "llamacpp")
     assert "resources" not in container(pod)
     assert free_gpus([], []) == {"cpu": -1}
+
+
+KEY = "replica-key-Zm9vYmFyYmF6cXV4cXV1eA"
+
+
+@pytest.mark.parametrize(
+    ("engine_name", "key_var", "probe"),
+    [("llamacpp", "WAKEGATE_REPLICA_KEY", "tcpSocket"), ("vllm", "VLLM_API_KEY", "httpGet")],
+    ids=["wakegate-image-llamacpp", "own-image-vllm"],
+)
+def test_the_replica_key_comes_from_the_replicas_own_secret_never_the_pod(
+    engine_name: str, key_var: str, probe: str
+) -> None:
+    from scaler.backends.kubernetes import render_replica_secret, replica_secret_name
+    from scaler.engines import get_engine
+
+    model = "gemma-3-270m" if engine_name == "llamacpp" else "qwen3-8b"
+    accelerator = "cpu" if engine_name == "llamacpp" else "l4_24gb_100"
+    spec = make_spec(accelerator, base_model=model)
+    engine = get_engine(engine_name, spec=spec)
+    plan = launch_plan(spec, engine, SETTINGS, KEY)
+    pod = render_pod(spec, "chat-0a1b2c3d", engine, plan, SETTINGS, KEY)
+    deployment_secret = render_secret(spec, plan, "llm", KEY)
+    replica_secret = render_replica_secret(spec, "chat-0a1b2c3d", KEY, "llm")
+    for manifest in (pod, deployment_secret):
+        assert KEY not in json.dumps(manifest)
+        assert base64.b64encode(KEY.encode()).decode() not in json.dumps(manifest)
+    ref = {"name": replica_secret_name("chat-0a1b2c3d"), "key": "api-key"}
+    assert env_of(pod)[key_var] == {"name": key_var, "valueFrom": {"secretKeyRef": ref}}
+    assert replica_secret["metadata"]["name"] == ref["name"]
+    assert base64.b64decode(replica_secret["data"]["api-key"]).decode() == KEY
+    assert_valid_labels(replica_secret["metadata"]["labels"])
+    # The kubelet's probes cannot carry the key: engines that guard their health path get a
+    # TCP probe.
+    c = container(pod)
+    assert probe in c["readinessProbe"] and probe in c["startupProbe"]
+    for version in K8S_VERSIONS:
+        kubernetes_validate.validate(pod, version, strict=True)
+        kubernetes_validate.validate(replica_secret, version, strict=True)
+
+
+def test_the_pod_launcher_hands_the_key_to_llamacpp_as_its_api_key(tmp_path: Path) -> None:
+    gguf = tmp_path / "tiny.gguf"
+    gguf.write_bytes(b"GGUF")
+    from wakegate.catalog import MODELS, ModelEntry
+
+    MODELS["tiny-gguf"] = ModelEntry("tiny-gguf", "llamacpp", str(gguf), 8192, "cpu")
+    try:
+        spec = make_spec("cpu", base_model="tiny-gguf", hf_token=None)
+        plan = launch_plan(spec, LlamaCppProfile(), SETTINGS, KEY)
+        payload = json.loads(plan.env[LAUNCH_ENV])
+        payload["models_dir"] = str(tmp_path / "models")
+        built = build(payload, {"WAKEGATE_REPLICA_KEY": KEY})
+    finally:
+        del MODELS["tiny-gguf"]
+    assert built.env == {"API_KEY": KEY}
+    assert KEY not in built.argv
 
 
 @pytest.mark.parametrize(

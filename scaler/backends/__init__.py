@@ -29,9 +29,14 @@ class Backend(Protocol):
     name: str
 
     async def start(
-        self, spec: DeploymentSpec, replica_id: str, engine: EngineProfile
+        self,
+        spec: DeploymentSpec,
+        replica_id: str,
+        engine: EngineProfile,
+        api_key: str | None = None,
     ) -> RunningReplica:
-        """Launch a replica; returns once it is launched, not once it is ready."""
+        """Launch a replica that answers only requests carrying `api_key` (where its engine
+        checks one); returns once it is launched, not once it is ready."""
         ...
 
     async def stop(self, replica: RunningReplica, grace_s: float) -> None:

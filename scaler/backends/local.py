@@ -131,13 +131,19 @@ class LocalBackend:
         return self._dir / f"{replica_id}.json"
 
     async def start(
-        self, spec: DeploymentSpec, replica_id: str, engine: EngineProfile
+        self,
+        spec: DeploymentSpec,
+        replica_id: str,
+        engine: EngineProfile,
+        api_key: str | None = None,
     ) -> RunningReplica:
         host = self._settings.replica_host
         port = free_port(host)
         # Engines that fetch adapters by id themselves (vLLM, LoRAX, TGI) get none here.
         adapters = await asyncio.to_thread(self._adapters, spec) if engine.adapter_files else {}
-        plan = await asyncio.to_thread(engine.launch, spec, host, port, self._models, adapters)
+        plan = await asyncio.to_thread(
+            engine.launch, spec, host, port, self._models, adapters, api_key
+        )
         log_path = self._dir / f"{replica_id}.log"
         async with self._placing:
             devices = await self._place(spec, engine)

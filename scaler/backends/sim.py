@@ -171,7 +171,11 @@ class SimBackend:
     # --- Backend ----------------------------------------------------------------------------
 
     async def start(
-        self, spec: DeploymentSpec, replica_id: str, engine: EngineProfile
+        self,
+        spec: DeploymentSpec,
+        replica_id: str,
+        engine: EngineProfile,
+        api_key: str | None = None,
     ) -> RunningReplica:
         if not isinstance(engine, SimProfile):
             raise EngineRefused(
@@ -189,6 +193,8 @@ class SimBackend:
             "accelerator": spec.accelerator,
             "params": params,
         }
+        if api_key:
+            body["api_key"] = api_key  # the host checks it on the replica's routes
         resp = await self._http.post(f"{url}/replicas", json=body, timeout=self._start_timeout())
         if resp.status_code == 409 and "pool_exhausted" in resp.text:
             raise PoolExhausted(_detail(resp))

@@ -97,9 +97,12 @@ class EngineProfile(Protocol):
         port: int,
         models_dir: Path,
         adapters: dict[str, Path],
+        api_key: str | None = None,
     ) -> LaunchPlan:
         """The command that serves `spec` on host:port with these adapters loaded (id ->
-        local file; empty where `adapter_files` is False). Raises EngineRefused."""
+        local file; empty where `adapter_files` is False), answering only requests that
+        carry `Authorization: Bearer <api_key>` where the engine can check one (the key goes
+        into the plan's secret environment, never argv). Raises EngineRefused."""
         ...
 
 

@@ -200,5 +200,17 @@ def hf_token_env(cfg: Mapping[str, Any]) -> tuple[dict[str, str], frozenset[str]
     return dict.fromkeys(HF_TOKEN_ENV, str(token)), frozenset(HF_TOKEN_ENV)
 
 
+def api_key_env(
+    env: dict[str, str], secret: frozenset[str], name: str | None, api_key: str | None
+) -> frozenset[str]:
+    """Put the replica's key into `env` as `name` (the variable the engine reads it from),
+    marked secret; returns the secret names. Environment, not argv: any local user reads
+    another's command line."""
+    if not api_key or name is None:
+        return secret
+    env[name] = api_key
+    return secret | {name}
+
+
 def json_arg(value: Mapping[str, Any]) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True)

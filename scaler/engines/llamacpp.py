@@ -17,6 +17,8 @@ from wakegate.catalog import MODELS
 from wakegate.spec import DeploymentSpec
 
 DEFAULT_CONTEXT = 4096
+# llama-cpp-python's server settings are pydantic settings: `--api_key` is also API_KEY.
+API_KEY_ENV = "API_KEY"
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,7 @@ class LlamaCppProfile:
         port: int,
         models_dir: Path,
         adapters: dict[str, Path],
+        api_key: str | None = None,
     ) -> LaunchPlan:
         self.validate(spec)
         cfg = spec.config
@@ -103,7 +106,7 @@ class LlamaCppProfile:
         gguf = resolve_weights(model.weights, models_dir)
         n_ctx = int(cfg.get("max_total_tokens") or min(model.context_window, DEFAULT_CONTEXT))
         if adapters:
-            return self._with_adapters(spec, host, port, models_dir, gguf, n_ctx, adapters)
+            return self._with_adapters(spec, host, port, models_dir, gguf, n_ctx, adapters, api_key)
         # The deployment's flags first: llama-cpp-python's argparse takes the last of a repeated
         # option, so wakegate's address, model and context always win.
         argv = [
@@ -127,7 +130,12 @@ class LlamaCppProfile:
         ]
         if cfg.get("max_num_batched_tokens"):
             argv += ["--n_batch", str(cfg["max_num_batched_tokens"])]
-        return LaunchPlan(argv=argv)
+        if not api_key:
+            return LaunchPlan(argv=argv)
+        # The server's settings read API_KEY from the environment when argv has no --api_key.
+        return LaunchPlan(
+            argv=argv, env={API_KEY_ENV: api_key}, secret_env=frozenset({API_KEY_ENV})
+        )
 
     def _with_adapters(
         self,
@@ -138,6 +146,7 @@ class LlamaCppProfile:
         gguf: Path,
         n_ctx: int,
         adapters: dict[str, Path],
+        api_key: str | None,
     ) -> LaunchPlan:
         """One model alias per adapter (the base model plus its LoRA) in a config file:
         llama-cpp-python serves the alias a request names, swapping models on demand, which
@@ -159,8 +168,15 @@ class LlamaCppProfile:
                 for adapter_id, path in sorted(adapters.items())
             ],
         }
+        if api_key:
+            # A config file is read as it is, environment aside: the key goes in it, and the
+            # file is readable by its owner only.
+            config["api_key"] = api_key
         path = models_dir / f"llamacpp-{spec.name}-{port}.json"
-        path.write_text(json.dumps(config, indent=1))
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(config, indent=1))
         return LaunchPlan(
             argv=[sys.executable, "-m", "llama_cpp.server", "--config_file", str(path)]
         )

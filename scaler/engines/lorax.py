@@ -19,6 +19,9 @@ from wakegate.spec import DeploymentSpec
 IMAGE_REPO = "ghcr.io/predibase/lorax"
 DEFAULT_TAG = "0.12.1"
 CONCURRENCY_FLAG = "--max-concurrent-requests"
+# lorax-launcher has no API key option (its router checks none): a LoRAX replica relies on
+# where it listens (loopback, or a Pod that the NetworkPolicy shields) alone.
+API_KEY_ENV: str | None = None
 # The launcher's default prompt limit is the model's context capped at this, minus one.
 DEFAULT_MAX_TOTAL = 4096
 QUANTIZATIONS = frozenset(
@@ -79,6 +82,7 @@ class LoraxProfile:
         port: int,
         models_dir: Path,
         adapters: dict[str, Path],
+        api_key: str | None = None,
     ) -> LaunchPlan:
         self.validate(spec)
         cfg = spec.config
@@ -104,6 +108,7 @@ class LoraxProfile:
                 argv += ["--preloaded-adapter-ids", adapter_id]
         env, secret = g.hf_token_env(cfg)
         argv = g.custom_first(argv, g.custom_args(cfg, self.name), command_len=1)
+        secret = g.api_key_env(env, secret, API_KEY_ENV, api_key)
         return LaunchPlan(argv=argv, env=env, secret_env=secret)
 
 

@@ -134,6 +134,7 @@ class SimProfile:
         port: int,
         models_dir: Path,
         adapters: dict[str, Path],
+        api_key: str | None = None,
     ) -> LaunchPlan:
         raise EngineRefused(
             "config.baseModel",
