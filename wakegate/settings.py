@@ -99,6 +99,10 @@ class Settings:
     # A PersistentVolumeClaim mounted at /models in every replica Pod, so that weights are
     # fetched once (ReadWriteMany for replicas on several nodes); None: an emptyDir per Pod.
     kubernetes_models_pvc: str | None = None
+    # CPU and memory a CPU replica Pod (llama.cpp) requests and is limited to (Kubernetes
+    # quantities); GPU replicas take theirs from the accelerator (scaler/backends/kubernetes.py).
+    kubernetes_cpu_replica_cpu: str = "2"
+    kubernetes_cpu_replica_memory: str = "4Gi"
     default_token: str | None = None
     default_tenant: str = "default"
     log_level: str = "INFO"

@@ -44,7 +44,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from scaler.backends import NoCapacity, RunningReplica
 from scaler.backends.kubernetes_launch import HF_TOKEN_ENV, REPLICA_KEY_ENV, pod_plan
 from scaler.engines import WAKEGATE_IMAGE, EngineProfile, EngineRefused, LaunchPlan
-from wakegate.catalog import ACCELERATORS, pool_units
+from wakegate.catalog import ACCELERATORS, Accelerator, pool_units
 from wakegate.settings import Settings
 from wakegate.spec import DeploymentSpec
 
@@ -66,11 +66,21 @@ ACCELERATOR_LABEL = "wakegate.dev/accelerator"
 DEPLOYMENT_ANNOTATION = "wakegate.dev/deployment"
 REPLICA_ANNOTATION = "wakegate.dev/replica-id"
 
+COMPONENT_REPLICA = "replica"
 CONTAINER_NAME = "engine"
 CONTAINER_PORT = 8000
 PORT_NAME = "http"
 BIND_HOST = "0.0.0.0"
 MODELS_MOUNT = "/models"
+# The root filesystem is read-only: engines write caches under HOME, here a per-Pod emptyDir.
+TMP_MOUNT = "/tmp"
+# Engines run as this user, not as root (the official vLLM, TGI and LoRAX images and the
+# wakegate image run as root by default, but need no root: they write only to /models and
+# HOME). fsGroup makes the volumes writable for it.
+REPLICA_UID = 1000
+# Host resources per GPU of a GPU replica: a few cores for tokenisation and scheduling, and
+# as much memory as the GPU has, to stage weights on their way to it.
+CPUS_PER_GPU = 4
 # The key of the replica's API key in its own Secret.
 REPLICA_KEY_DATA = "api-key"
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -321,8 +331,8 @@ def _env(
     secret_vars = set(secret_data(spec, plan, api_key))
     own = key_vars(plan, api_key)
     # Hugging Face downloads go to the models volume (shared, with a PVC) unless the engine
-    # says otherwise.
-    values = {"HF_HOME": f"{MODELS_MOUNT}/huggingface", **plan.env}
+    # says otherwise; other caches go under HOME, the one writable place besides it.
+    values = {"HF_HOME": f"{MODELS_MOUNT}/huggingface", "HOME": TMP_MOUNT, **plan.env}
     env: list[dict[str, Any]] = []
     for name in sorted(set(values) | secret_vars):
         if name in own:
@@ -362,6 +372,41 @@ def _probe(engine: EngineProfile, keyed: bool, period_s: int, failures: int) -> 
     }
 
 
+def replica_resources(accelerator: Accelerator, settings: Settings) -> dict[str, Any]:
+    """CPU and memory (and GPUs) a replica requests, and as much as its limits: a Guaranteed
+    Pod, which neither starves its node's neighbours nor is evicted first. CPU replicas take
+    the settings' amounts; GPU replicas CPUS_PER_GPU cores and their GPUs' memory."""
+    if accelerator.gpu_count == 0:
+        amounts = {
+            "cpu": settings.kubernetes_cpu_replica_cpu,
+            "memory": settings.kubernetes_cpu_replica_memory,
+        }
+    else:
+        amounts = {
+            "cpu": str(CPUS_PER_GPU * accelerator.gpu_count),
+            "memory": f"{accelerator.memory_gib * accelerator.gpu_count}Gi",
+            GPU_RESOURCE: str(accelerator.gpu_count),
+        }
+    return {"requests": dict(amounts), "limits": dict(amounts)}
+
+
+# No privileges: no root, no escalation, no capabilities, the runtime's seccomp profile, and a
+# read-only root filesystem (the engine writes to /models and /tmp only).
+POD_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": REPLICA_UID,
+    "runAsGroup": REPLICA_UID,
+    "fsGroup": REPLICA_UID,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY = {
+    "allowPrivilegeEscalation": False,
+    "privileged": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+
+
 def render_pod(
     spec: DeploymentSpec,
     replica_id: str,
@@ -390,14 +435,20 @@ def render_pod(
             max(1, math.ceil(settings.replica_start_timeout_s / STARTUP_PROBE_PERIOD_S)),
         ),
         "readinessProbe": _probe(engine, bool(api_key), 5, 3),
-        "volumeMounts": [{"name": "models", "mountPath": MODELS_MOUNT}],
+        "volumeMounts": [
+            {"name": "models", "mountPath": MODELS_MOUNT},
+            {"name": "tmp", "mountPath": TMP_MOUNT},
+        ],
+        "resources": replica_resources(ACCELERATORS[spec.accelerator], settings),
+        "securityContext": dict(CONTAINER_SECURITY),
         # A failed engine's last log lines become the Pod's termination message.
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     volumes: list[dict[str, Any]] = [
         {"name": "models", "persistentVolumeClaim": {"claimName": settings.kubernetes_models_pvc}}
         if settings.kubernetes_models_pvc
-        else {"name": "models", "emptyDir": {}}
+        else {"name": "models", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
     ]
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
@@ -406,12 +457,11 @@ def render_pod(
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "nodeSelector": {"kubernetes.io/os": "linux"},
+        "securityContext": dict(POD_SECURITY),
         "containers": [container],
         "volumes": volumes,
     }
     if where.gpus:
-        gpus = {GPU_RESOURCE: str(where.gpus)}
-        container["resources"] = {"limits": gpus, "requests": dict(gpus)}
         # Engines that share tensors between processes (vLLM) need more than the 64 MiB
         # /dev/shm a container gets by default.
         container["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
@@ -421,7 +471,7 @@ def render_pod(
     labels = {
         **_deployment_labels(spec),
         ENGINE_LABEL: label_value(engine.name),
-        COMPONENT_LABEL: "replica",
+        COMPONENT_LABEL: COMPONENT_REPLICA,
         REPLICA_LABEL: label_value(replica_id),
         REVISION_LABEL: str(spec.revision),
         ACCELERATOR_LABEL: label_value(spec.accelerator),
