@@ -14,7 +14,6 @@ import contextlib
 import logging
 import secrets
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -108,7 +107,9 @@ class Actuator:
         except EngineRefused as exc:
             await self._on_outcome(spec.key, spec, Outcome("refused", str(exc)))
             return
-        replica_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
+        # 64 random bits: ids name Ray actors, Pods and manifest files, which two tenants'
+        # deployments of the same name share.
+        replica_id = f"{spec.name}-{secrets.token_hex(8)}"
         rec = ReplicaRecord(
             id=replica_id,
             deployment=spec.key,

@@ -5,6 +5,7 @@ call to the replica's address, published or guessed, gets 401."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -48,6 +49,9 @@ def test_sim_replica_refuses_calls_without_its_key_and_serves_the_gateway(
     stack = make_stack(backend="sim")
     stack.create(name, baseModel="sim-llm", minReplicas=1, customArgs=["--load-s", "0"])
     record = ready_record(stack, name)
+    # Replica ids carry 64 random bits: two tenants' deployments may share a name, and ids
+    # name Ray actors, Pods and manifest files (review finding 18).
+    assert re.fullmatch(rf"{name}-[0-9a-f]{{16}}", record["id"]), record["id"]
     assert_guarded(stack, name, record, "sim-llm")
     # The host's own listing (its control API) does not give the key away either.
     host_url = json.loads((stack.state_dir / "sim-host.json").read_text())["url"]
