@@ -17,7 +17,8 @@ from router.context import BUS, METRICS, SETTINGS, SPEC_CACHE, STORE
 from router.errors import ApiError
 from router.middlewares import tenant_of
 from scaler.engines import EngineRefused, validate_spec
-from wakegate import topics
+from wakegate import engine_args, topics
+from wakegate.catalog import MODELS
 from wakegate.events import event
 from wakegate.quotas import QuotaExceeded, Quotas, check_deployment, tenant_quotas
 from wakegate.sealing import SEALED_FIELDS, SEALED_PREFIX, seal_secrets
@@ -109,6 +110,10 @@ async def _wire(store: Store, spec: DeploymentSpec) -> dict[str, Any]:
 def _check_engine(spec: DeploymentSpec) -> None:
     """Refuse what the engine cannot honour now, not when the first replica starts (the
     scaler would only mark the deployment failed, long after the client was told 200)."""
+    try:
+        engine_args.check(MODELS[spec.base_model].engine, spec.config.get("custom_args") or [])
+    except InvalidSpec as exc:
+        raise ApiError(400, str(exc), field=exc.field) from None
     try:
         validate_spec(spec)
     except EngineRefused as exc:

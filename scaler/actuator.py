@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -122,7 +122,9 @@ class Actuator:
         except EngineRefused as exc:
             await self._on_outcome(spec.key, spec, Outcome("refused", str(exc)))
             return
-        replica_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
+        # 64 random bits: ids name Ray actors, Pods and manifest files, which two tenants'
+        # deployments of the same name share.
+        replica_id = f"{spec.name}-{secrets.token_hex(8)}"
         rec = ReplicaRecord(
             id=replica_id,
             deployment=spec.key,
@@ -135,6 +137,7 @@ class Actuator:
             cheap_logprobs=engine.cheap_logprobs,
             adapters=list(spec.config.get("preloaded_adapters") or []),
             created_at=time.time(),
+            key=secrets.token_urlsafe(32),
         )
         # Registered before launching, so a concurrent pass counts it and never doubles it.
         self._reserved.add(replica_id)
@@ -153,7 +156,9 @@ class Actuator:
     ) -> None:
         started = time.time()
         try:
-            running = await self.backend.start(launch_spec(spec, self._box), rec.id, engine)
+            running = await self.backend.start(
+                launch_spec(spec, self._box), rec.id, engine, rec.key
+            )
         except EngineRefused as exc:
             await self.store.remove_replica(spec.key, rec.id)
             await self._on_outcome(spec.key, spec, Outcome("refused", str(exc)))
@@ -216,7 +221,10 @@ class Actuator:
                 await self._on_outcome(spec.key, spec, Outcome("failed", self._exit_reason(rec)))
                 return
             with contextlib.suppress(httpx.HTTPError):
-                resp = await self._http.get(rec.url + engine.health_path)
+                # llama.cpp guards its health path (/v1/models) with the key too.
+                resp = await self._http.get(
+                    rec.url + engine.health_path, headers=rec.auth_headers()
+                )
                 if resp.status_code == 200:
                     break
             await asyncio.sleep(PROBE_EVERY_S)
@@ -370,23 +378,11 @@ class Actuator:
             self._spawn(rep.replica_id, self._stop(rep))
             return
         if rec is None:
-            engine = get_engine(
-                MODELS[spec.base_model].engine, self.settings.replica_concurrency, spec=spec
-            )
-            rec = ReplicaRecord(
-                id=rep.replica_id,
-                deployment=rep.deployment,
-                revision=rep.revision,
-                state="starting",
-                url=rep.url,
-                dialect=engine.dialect,
-                concurrency=engine.concurrency,
-                backend=self.backend.name,
-                cheap_logprobs=engine.cheap_logprobs,
-                handle=rep.handle,
-                created_at=time.time(),
-            )
-            await self.store.put_replica(rec)
+            # Its key lived only in the record: no gateway could call it. A new one starts
+            # where the deployment needs it.
+            log.info("stopping replica %s of %s: it has no record", rep.replica_id, rep.deployment)
+            self._spawn(rep.replica_id, self._stop(rep))
+            return
         if rec.state == "ready":
             return
         if rec.state == "starting" and not rec.url:

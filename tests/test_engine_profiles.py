@@ -98,16 +98,6 @@ VLLM_CASES = [
         ["--tensor-parallel-size", "4"],
         id="multi-gpu-accelerator-is-tensor-parallel",
     ),
-    pytest.param(
-        {"customArgs": ["--max-lora-rank", "64"]},
-        ["--max-lora-rank", "64"],
-        id="custom-args-appended-verbatim",
-    ),
-    pytest.param(
-        {"maxTotalTokens": 4096, "prefixCaching": True, "customArgs": ["--seed", "1"]},
-        ["--max-model-len", "4096", "--enable-prefix-caching", "--seed", "1"],
-        id="custom-args-come-last",
-    ),
 ]
 
 
@@ -176,11 +166,6 @@ LORAX_CASES = [
     pytest.param(
         {"accelerator": "a100_80gb_200"}, ["--num-shard", "2"], id="multi-gpu-accelerator-shards"
     ),
-    pytest.param(
-        {"customArgs": ["--max-batch-total-tokens", "100000"]},
-        ["--max-batch-total-tokens", "100000"],
-        id="custom-args-appended-verbatim",
-    ),
 ]
 
 
@@ -239,12 +224,6 @@ TGI_CASES = [
         id="adapters-are-lora-adapters",
     ),
     pytest.param({"accelerator": "a10_24gb_400"}, ["--num-shard", "4"], {}, id="multi-gpu-shards"),
-    pytest.param(
-        {"customArgs": ["--max-batch-size", "8"]},
-        ["--max-batch-size", "8"],
-        {},
-        id="custom-args-appended-verbatim",
-    ),
 ]
 
 
@@ -286,12 +265,6 @@ LLAMACPP_CASES = [
         [],
         id="disabled-speculator-and-no-quantization-are-honoured",
     ),
-    pytest.param(
-        {"customArgs": ["--n_threads", "2"]},
-        "4096",
-        ["--n_threads", "2"],
-        id="custom-args-appended-verbatim",
-    ),
 ]
 
 
@@ -307,6 +280,82 @@ def test_llamacpp_maps_each_field_to_its_flag(
         *extra,
     ]
     assert p.env == {}
+
+
+@pytest.mark.parametrize(
+    ("base_model", "config", "args", "command_len"),
+    [
+        (VLLM, {"maxTotalTokens": 4096}, ["--max-lora-rank", "64", "--seed", "1"], 3),
+        (LORAX, {}, ["--max-batch-total-tokens", "100000"], 1),
+        (TGI, {"quantization": "awq"}, ["--max-batch-size", "8", "--disable-custom-kernels"], 1),
+        ("tiny-gguf", {}, ["--n_threads", "2"], 3),
+    ],
+    ids=["vllm", "lorax", "tgi", "llamacpp"],
+)
+def test_custom_args_go_before_wakegate_flags_so_that_wakegate_flags_win(
+    local_gguf: str, base_model: str, config: dict[str, Any], args: list[str], command_len: int
+) -> None:
+    """argparse takes the last of a repeated option: the deployment's flags come right after
+    the command, wakegate's address, model and limits after them."""
+    without = plan(base_model, **config).argv
+    p = plan(base_model, customArgs=args, **config)
+    assert p.argv == without[:command_len] + args + without[command_len:]
+
+
+def test_llamacpp_custom_args_become_config_keys_before_wakegate_ones_with_adapters(
+    local_gguf: str, tmp_path: Path
+) -> None:
+    import json
+
+    spec = spec_of(
+        baseModel="tiny-gguf",
+        preloadedAdapters=["org/a"],
+        customArgs=["--n_threads=2", "--flash_attn", "true"],
+    )
+    engine = get_engine("llamacpp", spec=spec)
+    p = engine.launch(spec, HOST, PORT, tmp_path, {"org/a": tmp_path / "a.gguf"})
+    config = json.loads(Path(p.argv[-1]).read_text())
+    first = config["models"][0]
+    assert (first["n_threads"], first["flash_attn"]) == ("2", "true")
+    assert list(first)[-3:] == ["model", "n_ctx", "model_alias"], "wakegate's keys last"
+
+
+@pytest.mark.parametrize(
+    ("base_model", "var"),
+    [(VLLM, "VLLM_API_KEY"), (TGI, "API_KEY"), ("tiny-gguf", "API_KEY")],
+    ids=["vllm", "tgi", "llamacpp"],
+)
+def test_the_replica_key_goes_to_the_engines_environment_as_a_secret_never_argv(
+    local_gguf: str, base_model: str, var: str
+) -> None:
+    spec = spec_of(baseModel=base_model)
+    engine = get_engine(MODELS[base_model].engine, spec=spec)
+    p = engine.launch(spec, HOST, PORT, NO_FILES, {}, "the-replica-key")
+    assert p.env[var] == "the-replica-key" and var in p.secret_env
+    assert "the-replica-key" not in " ".join(p.argv)
+    assert engine.launch(spec, HOST, PORT, NO_FILES, {}).argv == p.argv
+
+
+def test_lorax_has_no_key_option_so_its_plan_has_no_key() -> None:
+    spec = spec_of(baseModel=LORAX)
+    p = get_engine("lorax", spec=spec).launch(spec, HOST, PORT, NO_FILES, {}, "the-replica-key")
+    assert "the-replica-key" not in " ".join(p.argv) + " ".join(p.env.values())
+
+
+def test_llamacpp_with_adapters_keeps_the_key_in_an_owner_only_config_file(
+    local_gguf: str, tmp_path: Path
+) -> None:
+    import json
+    import stat
+
+    spec = spec_of(baseModel="tiny-gguf", preloadedAdapters=["org/a"])
+    engine = get_engine("llamacpp", spec=spec)
+    adapters = {"org/a": tmp_path / "a.gguf"}
+    p = engine.launch(spec, HOST, PORT, tmp_path, adapters, "the-replica-key")
+    path = Path(p.argv[-1])
+    assert json.loads(path.read_text())["api_key"] == "the-replica-key"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert "the-replica-key" not in " ".join(p.argv)
 
 
 # --- every GPU engine ----------------------------------------------------------------------
@@ -454,9 +503,9 @@ REFUSALS = [
     ),
     refusal(
         "gemma-3-270m",
-        {"preloadedAdapters": ["a/1"], "customArgs": ["--flag"]},
+        {"preloadedAdapters": ["a/1"], "customArgs": ["--n_threads"]},
         "config.customArgs",
-        "llamacpp-adapters-need-flag-value-pairs",
+        "llamacpp-flag-without-its-value",
     ),
     refusal("sim-llm", {"customArgs": ["--tps", "0"]}, "config.customArgs", "sim-bad-custom-args"),
 ]

@@ -139,7 +139,13 @@ class SleeperProfile:
     image: str = "wakegate:latest"
 
     def launch(
-        self, spec: DeploymentSpec, host: str, port: int, models_dir: Path, adapters: object
+        self,
+        spec: DeploymentSpec,
+        host: str,
+        port: int,
+        models_dir: Path,
+        adapters: object,
+        api_key: str | None = None,
     ) -> LaunchPlan:
         return LaunchPlan(argv=[sys.executable, "-c", "import time; time.sleep(120)"])
 

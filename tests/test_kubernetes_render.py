@@ -90,6 +90,7 @@ class OwnImageEngine:
         port: int,
         models_dir: Path,
         adapters: dict[str, Path],
+        api_key: str | None = None,
     ) -> LaunchPlan:
         argv = ["vllm", "serve", "org/model", "--host", host, "--port", str(port)]
         argv += ["--download-dir", str(models_dir)]
@@ -164,14 +165,12 @@ def test_gpus_node_affinity_and_toleration_follow_the_accelerator(accelerator: s
     assert gpus == ACCELERATORS[accelerator].gpu_count
     mounts = {m["mountPath"] for m in c["volumeMounts"]}
     if gpus == 0:
-        assert "resources" not in c
+        assert "nvidia.com/gpu" not in c["resources"]["limits"]
         assert "affinity" not in spec and "tolerations" not in spec
         assert "/dev/shm" not in mounts
         return
-    assert c["resources"] == {
-        "limits": {"nvidia.com/gpu": str(gpus)},
-        "requests": {"nvidia.com/gpu": str(gpus)},
-    }
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == str(gpus)
+    assert c["resources"]["requests"]["nvidia.com/gpu"] == str(gpus)
     terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
         "nodeSelectorTerms"
     ]
@@ -459,10 +458,131 @@ def test_unschedulable_pods_are_told_apart(pod: dict[str, Any], no_node: str | N
     assert unschedulable(pod) == no_node
 
 
-def test_cpu_replicas_request_no_cpu_so_cpu_is_unlimited() -> None:
+def test_cpu_replicas_take_the_settings_cpu_and_memory_and_cpu_slots_stay_unlimited() -> None:
     pod, _ = rendered("cpu", "llamacpp")
-    assert "resources" not in container(pod)
+    amounts = {"cpu": "2", "memory": "4Gi"}
+    assert container(pod)["resources"] == {"requests": amounts, "limits": amounts}
+    settings = Settings(kubernetes_cpu_replica_cpu="500m", kubernetes_cpu_replica_memory="1Gi")
+    spec = make_spec("cpu")
+    plan = launch_plan(spec, LlamaCppProfile(), settings)
+    pod = render_pod(spec, "chat-1", LlamaCppProfile(), plan, settings)
+    assert container(pod)["resources"]["limits"] == {"cpu": "500m", "memory": "1Gi"}
+    # The scheduler places CPU replicas: the backend counts no CPU slots.
     assert free_gpus([], []) == {"cpu": -1}
+
+
+@pytest.mark.parametrize(("accelerator", "engine"), ALL, ids=[f"{a}-{e}" for a, e in ALL])
+def test_replica_pods_run_unprivileged_with_cpu_memory_and_gpu_limits(
+    accelerator: str, engine: str
+) -> None:
+    pod, _ = rendered(accelerator, engine)
+    security = pod["spec"]["securityContext"]
+    assert security["runAsNonRoot"] is True and security["runAsUser"] != 0
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+    c = container(pod)
+    assert c["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    # The read-only root leaves /models and /tmp (HOME) writable.
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    assert {"/models", "/tmp"} <= set(mounts)
+    assert env_of(pod)["HOME"] == {"name": "HOME", "value": "/tmp"}
+    resources = c["resources"]
+    assert resources["requests"] == resources["limits"], "a Guaranteed Pod"
+    assert {"cpu", "memory"} <= set(resources["limits"])
+    gpus = EXPECTED_GPUS[accelerator]
+    assert resources["limits"].get("nvidia.com/gpu", "0") == str(gpus)
+    if gpus:
+        memory_gib = ACCELERATORS[accelerator].memory_gib * gpus
+        assert resources["limits"]["memory"] == f"{memory_gib}Gi"
+    for version in K8S_VERSIONS:
+        kubernetes_validate.validate(pod, version, strict=True)
+
+
+KEY = "replica-key-Zm9vYmFyYmF6cXV4cXV1eA"
+
+
+@pytest.mark.parametrize(
+    ("engine_name", "key_var", "probe"),
+    [("llamacpp", "WAKEGATE_REPLICA_KEY", "tcpSocket"), ("vllm", "VLLM_API_KEY", "httpGet")],
+    ids=["wakegate-image-llamacpp", "own-image-vllm"],
+)
+def test_the_replica_key_comes_from_the_replicas_own_secret_never_the_pod(
+    engine_name: str, key_var: str, probe: str
+) -> None:
+    from scaler.backends.kubernetes import render_replica_secret, replica_secret_name
+    from scaler.engines import get_engine
+
+    model = "gemma-3-270m" if engine_name == "llamacpp" else "qwen3-8b"
+    accelerator = "cpu" if engine_name == "llamacpp" else "l4_24gb_100"
+    spec = make_spec(accelerator, base_model=model)
+    engine = get_engine(engine_name, spec=spec)
+    plan = launch_plan(spec, engine, SETTINGS, KEY)
+    pod = render_pod(spec, "chat-0a1b2c3d", engine, plan, SETTINGS, KEY)
+    deployment_secret = render_secret(spec, plan, "llm", KEY)
+    replica_secret = render_replica_secret(spec, "chat-0a1b2c3d", KEY, "llm")
+    for manifest in (pod, deployment_secret):
+        assert KEY not in json.dumps(manifest)
+        assert base64.b64encode(KEY.encode()).decode() not in json.dumps(manifest)
+    ref = {"name": replica_secret_name("chat-0a1b2c3d"), "key": "api-key"}
+    assert env_of(pod)[key_var] == {"name": key_var, "valueFrom": {"secretKeyRef": ref}}
+    assert replica_secret["metadata"]["name"] == ref["name"]
+    assert base64.b64decode(replica_secret["data"]["api-key"]).decode() == KEY
+    assert_valid_labels(replica_secret["metadata"]["labels"])
+    # The kubelet's probes cannot carry the key: engines that guard their health path get a
+    # TCP probe.
+    c = container(pod)
+    assert probe in c["readinessProbe"] and probe in c["startupProbe"]
+    for version in K8S_VERSIONS:
+        kubernetes_validate.validate(pod, version, strict=True)
+        kubernetes_validate.validate(replica_secret, version, strict=True)
+
+
+def test_the_pod_launcher_hands_the_key_to_llamacpp_as_its_api_key(tmp_path: Path) -> None:
+    gguf = tmp_path / "tiny.gguf"
+    gguf.write_bytes(b"GGUF")
+    from wakegate.catalog import MODELS, ModelEntry
+
+    MODELS["tiny-gguf"] = ModelEntry("tiny-gguf", "llamacpp", str(gguf), 8192, "cpu")
+    try:
+        spec = make_spec("cpu", base_model="tiny-gguf", hf_token=None)
+        plan = launch_plan(spec, LlamaCppProfile(), SETTINGS, KEY)
+        payload = json.loads(plan.env[LAUNCH_ENV])
+        payload["models_dir"] = str(tmp_path / "models")
+        built = build(payload, {"WAKEGATE_REPLICA_KEY": KEY})
+    finally:
+        del MODELS["tiny-gguf"]
+    assert built.env == {"API_KEY": KEY}
+    assert KEY not in built.argv
+
+
+NETWORK_POLICY = (
+    Path(__file__).resolve().parent.parent / "deploy" / "kubernetes" / "networkpolicy.yaml"
+)
+
+
+def test_the_network_policy_admits_only_gateways_and_scalers_to_replica_pods() -> None:
+    (policy,) = [d for d in yaml.safe_load_all(NETWORK_POLICY.read_text()) if d]
+    for version in K8S_VERSIONS:
+        kubernetes_validate.validate(policy, version, strict=True)
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress"]
+    # It selects every replica Pod the backend renders...
+    for engine in ENGINES:
+        pod, _ = rendered("l4_24gb_100", engine)
+        labels = pod["metadata"]["labels"]
+        assert spec["podSelector"]["matchLabels"].items() <= labels.items()
+    # ...and admits only gateway and scaler Pods, on the engine port.
+    (rule,) = spec["ingress"]
+    components = {
+        p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in rule["from"]
+    }
+    assert components == {"gateway", "scaler"}
+    assert all("namespaceSelector" not in p for p in rule["from"])
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8000}]
 
 
 @pytest.mark.parametrize(

@@ -182,6 +182,7 @@ class SleeperProfile:
         port: int,
         models_dir: Path,
         adapters: dict[str, Path],
+        api_key: str | None = None,
     ) -> LaunchPlan:
         code = "import signal, time\n"
         if self.ignore_sigterm:
@@ -199,6 +200,7 @@ class RefusingProfile(SleeperProfile):
         port: int,
         models_dir: Path,
         adapters: dict[str, Path],
+        api_key: str | None = None,
     ) -> LaunchPlan:
         raise EngineRefused("config.quantization", "not here")
 
@@ -389,8 +391,12 @@ def test_cold_request_starts_one_actor_that_a_restarted_scaler_adopts_and_cooldo
     assert stack.registry(name)[replica_id]["backend"] == "ray"
     info = actor_info(replica_id)
     assert info["alive"] and info["deployment"] == f"{stack.tenant}/{name}"
-    # The engine the actor runs is llama.cpp serving the model, at the URL the actor reported.
-    models = httpx.get(info["url"] + "/v1/models", timeout=10).json()
+    # The engine the actor runs is llama.cpp serving the model, at the URL the actor reported,
+    # to callers with the replica's key.
+    key = stack.registry(name)[replica_id]["key"]
+    assert httpx.get(info["url"] + "/v1/models", timeout=10).status_code == 401
+    auth = {"Authorization": f"Bearer {key}"}
+    models = httpx.get(info["url"] + "/v1/models", headers=auth, timeout=10).json()
     assert [m["id"] for m in models["data"]] == ["gemma-3-270m"]
 
     stack.scalers[0].kill9()

@@ -101,14 +101,29 @@ def test_a_replica_that_dies_is_replaced(make_stack: Callable[..., Stack], name:
     assert stack.generate(name).status_code == 200
 
 
+def broken_model(tmp_path: Path) -> Path:
+    """A models file whose `broken-gguf` entry names a file llama.cpp cannot load: its
+    replicas exit during start-up. (customArgs can no longer break an engine: the gateway
+    refuses any flag outside the engine's allowlist.)"""
+    weights = tmp_path / "broken.gguf"
+    weights.write_bytes(b"not a GGUF file")
+    models = tmp_path / "models.toml"
+    models.write_text(
+        '[models."broken-gguf"]\n'
+        'engine = "llamacpp"\n'
+        f'weights = "{weights}"\n'
+        "context_window = 2048\n"
+        'default_accelerator = "cpu"\n'
+    )
+    return models
+
+
 @pytest.mark.parametrize("reconcile_s", [1, 600], ids=["reconcile-1s", "retries-on-own-timer"])
 def test_failing_engine_backs_off_then_marks_the_deployment_failed(
-    make_stack: Callable[..., Stack], name: str, reconcile_s: int
+    make_stack: Callable[..., Stack], name: str, reconcile_s: int, tmp_path: Path
 ) -> None:
-    stack = make_stack(reconcile_interval_s=reconcile_s)
-    stack.create(
-        name, minReplicas=0, maxReplicas=1, cooldownTime=60, customArgs=["--no-such-flag", "1"]
-    )
+    stack = make_stack(reconcile_interval_s=reconcile_s, models_file=broken_model(tmp_path))
+    stack.create(name, baseModel="broken-gguf", minReplicas=0, maxReplicas=1, cooldownTime=60)
     t0 = time.monotonic()
     r = stack.generate(name, timeout=60)
     # The waiting request is answered as soon as the deployment is failed, not at the timeout.
@@ -123,12 +138,12 @@ def test_failing_engine_backs_off_then_marks_the_deployment_failed(
     time.sleep(4)
     assert len(stack.replicas_started(name)) == 3, "no more attempts once failed"
     # An update is the way out. One that is still wrong gets three attempts of its own.
-    update(stack, name, customArgs=["--no-such-flag", "2"])
+    update(stack, name, maxTotalTokens=1024)
     r = stack.generate(name, timeout=60)
     assert r.status_code == 424, r.text
     assert len(stack.replicas_started(name)) == 6
-    # Fix the args and the deployment serves again.
-    update(stack, name, customArgs=["--n_threads", "1"])
+    # Fix the model and the deployment serves again.
+    update(stack, name, baseModel="gemma-3-270m", customArgs=["--n_threads", "1"])
     assert status(stack, name) == "ready"
     r = stack.generate(name)
     assert r.status_code == 200, r.text

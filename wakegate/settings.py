@@ -124,6 +124,10 @@ class Settings:
     # answers 429 (with Retry-After) without looking at the token.
     auth_failures_max: int = 20
     auth_failures_window_s: int = 60
+    # CPU and memory a CPU replica Pod (llama.cpp) requests and is limited to (Kubernetes
+    # quantities); GPU replicas take theirs from the accelerator (scaler/backends/kubernetes.py).
+    kubernetes_cpu_replica_cpu: str = "2"
+    kubernetes_cpu_replica_memory: str = "4Gi"
     default_token: str | None = None
     default_tenant: str = "default"
     log_level: str = "INFO"

@@ -478,6 +478,15 @@ class ReplicaRecord:
     handle: dict[str, Any] = field(default_factory=dict)  # backend-specific (pid, actor, pod)
     created_at: float = 0.0
     ready_at: float | None = None
+    # The replica's own API key: the engine answers only requests that carry it, and only
+    # the scaler (which made it) and gateways (which read it here) know it. Never published
+    # on MQTT, never logged (kept out of repr).
+    key: str = field(default="", repr=False)
+
+    def auth_headers(self) -> dict[str, str]:
+        """What a call to the replica carries: its key as a bearer token (nothing for a
+        replica an earlier version started without one)."""
+        return {"Authorization": f"Bearer {self.key}"} if self.key else {}
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

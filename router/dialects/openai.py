@@ -115,7 +115,9 @@ class OpenAICompletions:
             raise UpstreamError("replica stream ended without a finish")
         body = completion_body(model, req, stream=False, cheap_logprobs=replica.cheap_logprobs)
         try:
-            async with client.post(f"{replica.url}{_path(req)}", json=body) as resp:
+            async with client.post(
+                f"{replica.url}{_path(req)}", json=body, headers=replica.auth_headers()
+            ) as resp:
                 raw = await resp.read()
                 if resp.status != 200:
                     raise UpstreamError.answered(resp.status, raw)
@@ -146,7 +148,9 @@ class OpenAICompletions:
         prompt_tokens = 0
         try:
             url = f"{replica.url}{_path(req)}"
-            async with contextlib.aclosing(post_events(client, url, body)) as events:
+            async with contextlib.aclosing(
+                post_events(client, url, body, replica.auth_headers())
+            ) as events:
                 async for chunk in events:
                     if chunk.get("usage"):
                         prompt_tokens = int(chunk["usage"].get("prompt_tokens", 0))
@@ -182,7 +186,9 @@ class OpenAICompletions:
         body["max_tokens"] = 1
         for attempt in range(2):
             try:
-                async with client.post(f"{replica.url}{_path(req)}", json=body) as resp:
+                async with client.post(
+                    f"{replica.url}{_path(req)}", json=body, headers=replica.auth_headers()
+                ) as resp:
                     raw = await resp.read()
                     if resp.status != 200:
                         return UpstreamError.answered(resp.status, raw)

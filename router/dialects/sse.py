@@ -20,14 +20,18 @@ from router.dialects import UpstreamError
 
 
 async def post_events(
-    client: aiohttp.ClientSession, url: str, body: dict[str, Any]
+    client: aiohttp.ClientSession,
+    url: str,
+    body: dict[str, Any],
+    headers: dict[str, str] | None = None,
 ) -> AsyncGenerator[Any, None]:
     """POST a streaming request to a replica and yield each event's JSON data, skipping the
     `[DONE]` sentinel of OpenAI-style streams; an answer other than 200 raises
     UpstreamError.answered with the replica's own error. Iterate it inside
     `contextlib.aclosing`, so that a consumer that stops early (an error event, a client gone)
     closes the response at once and its connection goes back to the pool."""
-    async with client.post(url, json=body, headers={"Accept": "text/event-stream"}) as resp:
+    headers = {"Accept": "text/event-stream", **(headers or {})}
+    async with client.post(url, json=body, headers=headers) as resp:
         if resp.status != 200:
             raise UpstreamError.answered(resp.status, await resp.read())
         async for sse in aiter_sse(resp):

@@ -216,7 +216,9 @@ class NativeGenerate:
     ) -> Generation:
         path, body = self._call(req, stream=False)
         try:
-            async with client.post(f"{replica.url}{path}", json=body) as resp:
+            async with client.post(
+                f"{replica.url}{path}", json=body, headers=replica.auth_headers()
+            ) as resp:
                 raw = await resp.read()
                 if resp.status != 200:
                     raise UpstreamError.answered(resp.status, raw)
@@ -249,7 +251,9 @@ class NativeGenerate:
         prompt_tokens = 0
         try:
             url = f"{replica.url}{path}"
-            async with contextlib.aclosing(post_events(client, url, body)) as events:
+            async with contextlib.aclosing(
+                post_events(client, url, body, replica.auth_headers())
+            ) as events:
                 async for data in events:
                     if data.get("error") is not None:
                         raise _event_error(data, generated)

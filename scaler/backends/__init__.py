@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -28,9 +29,14 @@ class Backend(Protocol):
     name: str
 
     async def start(
-        self, spec: DeploymentSpec, replica_id: str, engine: EngineProfile
+        self,
+        spec: DeploymentSpec,
+        replica_id: str,
+        engine: EngineProfile,
+        api_key: str | None = None,
     ) -> RunningReplica:
-        """Launch a replica; returns once it is launched, not once it is ready."""
+        """Launch a replica that answers only requests carrying `api_key` (where its engine
+        checks one); returns once it is launched, not once it is ready."""
         ...
 
     async def stop(self, replica: RunningReplica, grace_s: float) -> None:
@@ -59,6 +65,62 @@ class Backend(Protocol):
 
 
 BackendFactory = Callable[[Settings], Backend]
+
+# What a replica inherits from the process that starts it (scaler, Ray worker, sim host):
+# where programs and libraries are, locale, temporary files, the Hugging Face cache and
+# download settings, the GPUs, and how this host reaches the Hub (proxy, CA bundle). Nothing
+# else: never REDIS_URL, MQTT_URL, WAKEGATE_* or a cloud's credentials, which would hand any
+# code in the replica the keys to every tenant's state.
+INHERITED_NAMES = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TMPDIR",
+        "LD_LIBRARY_PATH",
+        "XDG_CACHE_HOME",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+    }
+)
+INHERITED_PREFIXES = ("LC_", "HF_", "HUGGING_FACE_", "HUGGINGFACE_", "CUDA_", "NVIDIA_")
+# The operator's own Hub token would let every tenant's replica download what only the
+# operator may: a deployment brings its own (`hfToken`, through the engine's plan).
+NEVER_INHERITED = frozenset({"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_API_TOKEN"})
+REPLICA_ID_ENV = "WAKEGATE_REPLICA_ID"
+
+
+def replica_env(
+    plan_env: Mapping[str, str],
+    replica_id: str | None = None,
+    keep: Iterable[str] = (),
+    inherited: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The minimal environment a replica starts with: what it inherits from `inherited`
+    (default: this process's environment) by the rules above, plus the names in `keep`
+    (PYTHONPATH for a replica that is a module of this project), then the engine plan's own
+    variables and the replica's id (by which the local backend recognises its process)."""
+    source = os.environ if inherited is None else inherited
+    wanted = set(keep)
+    env = {
+        name: value
+        for name, value in source.items()
+        if name not in NEVER_INHERITED
+        and (name in INHERITED_NAMES or name.startswith(INHERITED_PREFIXES) or name in wanted)
+    }
+    env.update(plan_env)
+    if replica_id is not None:
+        env[REPLICA_ID_ENV] = replica_id
+    return env
 
 
 class NoCapacity(RuntimeError):

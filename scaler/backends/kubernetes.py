@@ -42,9 +42,9 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from scaler.backends import NoCapacity, RunningReplica
-from scaler.backends.kubernetes_launch import HF_TOKEN_ENV, pod_plan
+from scaler.backends.kubernetes_launch import HF_TOKEN_ENV, REPLICA_KEY_ENV, pod_plan
 from scaler.engines import WAKEGATE_IMAGE, EngineProfile, EngineRefused, LaunchPlan
-from wakegate.catalog import ACCELERATORS, pool_units
+from wakegate.catalog import ACCELERATORS, Accelerator, pool_units
 from wakegate.settings import Settings
 from wakegate.spec import DeploymentSpec
 
@@ -66,11 +66,23 @@ ACCELERATOR_LABEL = "wakegate.dev/accelerator"
 DEPLOYMENT_ANNOTATION = "wakegate.dev/deployment"
 REPLICA_ANNOTATION = "wakegate.dev/replica-id"
 
+COMPONENT_REPLICA = "replica"
 CONTAINER_NAME = "engine"
 CONTAINER_PORT = 8000
 PORT_NAME = "http"
 BIND_HOST = "0.0.0.0"
 MODELS_MOUNT = "/models"
+# The root filesystem is read-only: engines write caches under HOME, here a per-Pod emptyDir.
+TMP_MOUNT = "/tmp"
+# Engines run as this user, not as root (the official vLLM, TGI and LoRAX images and the
+# wakegate image run as root by default, but need no root: they write only to /models and
+# HOME). fsGroup makes the volumes writable for it.
+REPLICA_UID = 1000
+# Host resources per GPU of a GPU replica: a few cores for tokenisation and scheduling, and
+# as much memory as the GPU has, to stage weights on their way to it.
+CPUS_PER_GPU = 4
+# The key of the replica's API key in its own Secret.
+REPLICA_KEY_DATA = "api-key"
 GPU_RESOURCE = "nvidia.com/gpu"
 # GPU feature discovery (part of the NVIDIA GPU operator) labels each GPU node with the NVML
 # product name, spaces as dashes; GKE labels its GPU nodes itself.
@@ -131,6 +143,11 @@ def dns_label(text: str) -> str:
 
 def pod_name(replica_id: str) -> str:
     return dns_label(replica_id)
+
+
+def replica_secret_name(replica_id: str) -> str:
+    """The replica's own Secret (its API key), named after its Pod."""
+    return f"{pod_name(replica_id)}-key"
 
 
 def secret_name(spec: DeploymentSpec) -> str:
@@ -203,12 +220,15 @@ def runs_in_wakegate_image(engine: EngineProfile, settings: Settings) -> bool:
     return engine_image(engine, settings) == settings.kubernetes_wakegate_image
 
 
-def launch_plan(spec: DeploymentSpec, engine: EngineProfile, settings: Settings) -> LaunchPlan:
+def launch_plan(
+    spec: DeploymentSpec, engine: EngineProfile, settings: Settings, api_key: str | None = None
+) -> LaunchPlan:
     """What the Pod's container runs. Engines of the wakegate image build their plan in the
-    Pod (scaler/backends/kubernetes_launch.py); engines with their own image are asked here,
-    with the Pod's host, port and models path, and must not touch this machine's disk."""
+    Pod (scaler/backends/kubernetes_launch.py), which gets the replica's key as
+    WAKEGATE_REPLICA_KEY; engines with their own image are asked here, with the Pod's host,
+    port and models path and the key, and must not touch this machine's disk."""
     if runs_in_wakegate_image(engine, settings):
-        return pod_plan(
+        plan = pod_plan(
             spec,
             engine.name,
             engine.concurrency,
@@ -217,22 +237,40 @@ def launch_plan(spec: DeploymentSpec, engine: EngineProfile, settings: Settings)
             MODELS_MOUNT,
             settings.adapter_url,
         )
+        if not api_key:
+            return plan
+        return LaunchPlan(
+            plan.argv,
+            {**plan.env, REPLICA_KEY_ENV: api_key},
+            plan.secret_env | {REPLICA_KEY_ENV},
+        )
     if spec.config.get("preloaded_adapters") and getattr(engine, "adapter_files", True):
         raise EngineRefused(
             "config.preloadedAdapters",
             "the kubernetes backend cannot yet provide adapter files to engines that run "
             "from their own image",
         )
-    return engine.launch(spec, BIND_HOST, CONTAINER_PORT, Path(MODELS_MOUNT), {})
+    return engine.launch(spec, BIND_HOST, CONTAINER_PORT, Path(MODELS_MOUNT), {}, api_key)
 
 
 # --- manifests ----------------------------------------------------------------------------------
 
 
-def secret_data(spec: DeploymentSpec, plan: LaunchPlan) -> dict[str, str]:
+def key_vars(plan: LaunchPlan, api_key: str | None) -> frozenset[str]:
+    """The plan's variables that hold the replica's key: they come from the replica's own
+    Secret, not the deployment's, which every replica of the deployment shares."""
+    if not api_key:
+        return frozenset()
+    return frozenset(n for n in plan.secret_env if plan.env.get(n) == api_key)
+
+
+def secret_data(
+    spec: DeploymentSpec, plan: LaunchPlan, api_key: str | None = None
+) -> dict[str, str]:
     """Env var name -> secret value: the deployment's `hf_token` as HF_TOKEN, and every
-    variable the engine's plan marks secret."""
-    data = {name: plan.env[name] for name in plan.secret_env if name in plan.env}
+    variable the engine's plan marks secret but the replica's key."""
+    own = key_vars(plan, api_key)
+    data = {n: plan.env[n] for n in plan.secret_env if n in plan.env and n not in own}
     token = spec.config.get("hf_token")
     if token:
         data.setdefault(HF_TOKEN_ENV, str(token))
@@ -247,9 +285,11 @@ def _deployment_labels(spec: DeploymentSpec) -> dict[str, str]:
     }
 
 
-def render_secret(spec: DeploymentSpec, plan: LaunchPlan, namespace: str) -> dict[str, Any] | None:
+def render_secret(
+    spec: DeploymentSpec, plan: LaunchPlan, namespace: str, api_key: str | None = None
+) -> dict[str, Any] | None:
     """The deployment's Secret, or None when it has no secrets."""
-    data = secret_data(spec, plan)
+    data = secret_data(spec, plan, api_key)
     if not data:
         return None
     return {
@@ -266,14 +306,39 @@ def render_secret(spec: DeploymentSpec, plan: LaunchPlan, namespace: str) -> dic
     }
 
 
-def _env(spec: DeploymentSpec, plan: LaunchPlan, replica_id: str) -> list[dict[str, Any]]:
-    secret_vars = set(secret_data(spec, plan))
+def render_replica_secret(
+    spec: DeploymentSpec, replica_id: str, api_key: str, namespace: str
+) -> dict[str, Any]:
+    """The replica's own Secret: its API key. Owned by its Pod once that exists, so that the
+    garbage collector deletes it with the Pod."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": replica_secret_name(replica_id),
+            "namespace": namespace,
+            "labels": {**_deployment_labels(spec), REPLICA_LABEL: label_value(replica_id)},
+            "annotations": {DEPLOYMENT_ANNOTATION: spec.key, REPLICA_ANNOTATION: replica_id},
+        },
+        "type": "Opaque",
+        "data": {REPLICA_KEY_DATA: base64.b64encode(api_key.encode()).decode()},
+    }
+
+
+def _env(
+    spec: DeploymentSpec, plan: LaunchPlan, replica_id: str, api_key: str | None
+) -> list[dict[str, Any]]:
+    secret_vars = set(secret_data(spec, plan, api_key))
+    own = key_vars(plan, api_key)
     # Hugging Face downloads go to the models volume (shared, with a PVC) unless the engine
-    # says otherwise.
-    values = {"HF_HOME": f"{MODELS_MOUNT}/huggingface", **plan.env}
+    # says otherwise; other caches go under HOME, the one writable place besides it.
+    values = {"HF_HOME": f"{MODELS_MOUNT}/huggingface", "HOME": TMP_MOUNT, **plan.env}
     env: list[dict[str, Any]] = []
     for name in sorted(set(values) | secret_vars):
-        if name in secret_vars:
+        if name in own:
+            ref = {"name": replica_secret_name(replica_id), "key": REPLICA_KEY_DATA}
+            env.append({"name": name, "valueFrom": {"secretKeyRef": ref}})
+        elif name in secret_vars:
             ref = {"name": secret_name(spec), "key": name}
             env.append({"name": name, "valueFrom": {"secretKeyRef": ref}})
         else:
@@ -287,13 +352,59 @@ def _command(argv: list[str]) -> list[str]:
     return ["python", *argv[1:]] if argv[0] == sys.executable else list(argv)
 
 
-def _probe(path: str, period_s: int, failures: int) -> dict[str, Any]:
+# Engines that answer their health path without the replica's key (vLLM guards /v1/* only;
+# LoRAX checks no key). The kubelet cannot send a key it would have to hold in the Pod
+# manifest, so the others get a TCP probe: they listen only once the model is loaded.
+KEYLESS_HEALTH = frozenset({"vllm", "lorax"})
+
+
+def _probe(engine: EngineProfile, keyed: bool, period_s: int, failures: int) -> dict[str, Any]:
+    check: dict[str, Any] = (
+        {"tcpSocket": {"port": PORT_NAME}}
+        if keyed and engine.name not in KEYLESS_HEALTH
+        else {"httpGet": {"path": engine.health_path, "port": PORT_NAME}}
+    )
     return {
-        "httpGet": {"path": path, "port": PORT_NAME},
+        **check,
         "periodSeconds": period_s,
         "timeoutSeconds": 5,
         "failureThreshold": failures,
     }
+
+
+def replica_resources(accelerator: Accelerator, settings: Settings) -> dict[str, Any]:
+    """CPU and memory (and GPUs) a replica requests, and as much as its limits: a Guaranteed
+    Pod, which neither starves its node's neighbours nor is evicted first. CPU replicas take
+    the settings' amounts; GPU replicas CPUS_PER_GPU cores and their GPUs' memory."""
+    if accelerator.gpu_count == 0:
+        amounts = {
+            "cpu": settings.kubernetes_cpu_replica_cpu,
+            "memory": settings.kubernetes_cpu_replica_memory,
+        }
+    else:
+        amounts = {
+            "cpu": str(CPUS_PER_GPU * accelerator.gpu_count),
+            "memory": f"{accelerator.memory_gib * accelerator.gpu_count}Gi",
+            GPU_RESOURCE: str(accelerator.gpu_count),
+        }
+    return {"requests": dict(amounts), "limits": dict(amounts)}
+
+
+# No privileges: no root, no escalation, no capabilities, the runtime's seccomp profile, and a
+# read-only root filesystem (the engine writes to /models and /tmp only).
+POD_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": REPLICA_UID,
+    "runAsGroup": REPLICA_UID,
+    "fsGroup": REPLICA_UID,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY = {
+    "allowPrivilegeEscalation": False,
+    "privileged": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
 
 
 def render_pod(
@@ -302,8 +413,10 @@ def render_pod(
     engine: EngineProfile,
     plan: LaunchPlan,
     settings: Settings,
+    api_key: str | None = None,
 ) -> dict[str, Any]:
-    """The Pod that runs one replica of `spec` with `plan`."""
+    """The Pod that runs one replica of `spec` with `plan`; `api_key`: the key the plan
+    holds, which the Pod reads from the replica's own Secret."""
     where = placement(spec.accelerator)
     command = _command(plan.argv)
     container: dict[str, Any] = {
@@ -311,24 +424,31 @@ def render_pod(
         "image": engine_image(engine, settings),
         "command": command[:1],
         "args": command[1:],
-        "env": _env(spec, plan, replica_id),
+        "env": _env(spec, plan, replica_id, api_key),
         "ports": [{"name": PORT_NAME, "containerPort": CONTAINER_PORT, "protocol": "TCP"}],
         # The engine may load weights for as long as the scaler waits for it; past that the
         # kubelet stops it, and the Pod fails (the scaler gave up on it already).
         "startupProbe": _probe(
-            engine.health_path,
+            engine,
+            bool(api_key),
             STARTUP_PROBE_PERIOD_S,
             max(1, math.ceil(settings.replica_start_timeout_s / STARTUP_PROBE_PERIOD_S)),
         ),
-        "readinessProbe": _probe(engine.health_path, 5, 3),
-        "volumeMounts": [{"name": "models", "mountPath": MODELS_MOUNT}],
+        "readinessProbe": _probe(engine, bool(api_key), 5, 3),
+        "volumeMounts": [
+            {"name": "models", "mountPath": MODELS_MOUNT},
+            {"name": "tmp", "mountPath": TMP_MOUNT},
+        ],
+        "resources": replica_resources(ACCELERATORS[spec.accelerator], settings),
+        "securityContext": dict(CONTAINER_SECURITY),
         # A failed engine's last log lines become the Pod's termination message.
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     volumes: list[dict[str, Any]] = [
         {"name": "models", "persistentVolumeClaim": {"claimName": settings.kubernetes_models_pvc}}
         if settings.kubernetes_models_pvc
-        else {"name": "models", "emptyDir": {}}
+        else {"name": "models", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
     ]
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
@@ -337,12 +457,11 @@ def render_pod(
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "nodeSelector": {"kubernetes.io/os": "linux"},
+        "securityContext": dict(POD_SECURITY),
         "containers": [container],
         "volumes": volumes,
     }
     if where.gpus:
-        gpus = {GPU_RESOURCE: str(where.gpus)}
-        container["resources"] = {"limits": gpus, "requests": dict(gpus)}
         # Engines that share tensors between processes (vLLM) need more than the 64 MiB
         # /dev/shm a container gets by default.
         container["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
@@ -352,7 +471,7 @@ def render_pod(
     labels = {
         **_deployment_labels(spec),
         ENGINE_LABEL: label_value(engine.name),
-        COMPONENT_LABEL: "replica",
+        COMPONENT_LABEL: COMPONENT_REPLICA,
         REPLICA_LABEL: label_value(replica_id),
         REVISION_LABEL: str(spec.revision),
         ACCELERATOR_LABEL: label_value(spec.accelerator),
@@ -556,15 +675,23 @@ class KubernetesBackend:
         return data
 
     async def start(
-        self, spec: DeploymentSpec, replica_id: str, engine: EngineProfile
+        self,
+        spec: DeploymentSpec,
+        replica_id: str,
+        engine: EngineProfile,
+        api_key: str | None = None,
     ) -> RunningReplica:
-        """Create the Pod (and the deployment's Secret); return once the Pod has an IP."""
-        plan = await asyncio.to_thread(launch_plan, spec, engine, self._settings)
-        pod = render_pod(spec, replica_id, engine, plan, self._settings)
-        secret = render_secret(spec, plan, self._namespace)
+        """Create the Pod (and the deployment's Secret, and the replica's own with its key);
+        return once the Pod has an IP."""
+        plan = await asyncio.to_thread(launch_plan, spec, engine, self._settings, api_key)
+        pod = render_pod(spec, replica_id, engine, plan, self._settings, api_key)
+        secrets = [render_secret(spec, plan, self._namespace, api_key)]
+        if api_key:
+            secrets.append(render_replica_secret(spec, replica_id, api_key, self._namespace))
+        owned = [s for s in secrets if s is not None]
         core = await self._client()
         name = pod["metadata"]["name"]
-        if secret is not None:
+        for secret in owned:
             await self._upsert_secret(core, secret)
         try:
             created = await core.create_namespaced_pod(self._namespace, _body(pod))
@@ -573,7 +700,7 @@ class KubernetesBackend:
         self._listed = None
         log.info("created pod %s for replica %s of %s", name, replica_id, spec.key)
         try:
-            if secret is not None:
+            for secret in owned:
                 await self._own_secret(core, secret, name, created.metadata.uid)
             return await self._wait_for_ip(core, name)
         except Exception:

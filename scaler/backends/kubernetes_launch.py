@@ -7,7 +7,8 @@ the Pod's environment (`WAKEGATE_LAUNCH`, without secrets) and this module, run 
 command, builds the launch plan there and execs it, exactly as the local backend would.
 
 Secrets reach the Pod as environment variables taken from the deployment's Secret; `HF_TOKEN`
-goes back into the spec here, so the engine sees the spec the user wrote. Kept free of
+goes back into the spec here, so the engine sees the spec the user wrote. The replica's API
+key comes from its own Secret as WAKEGATE_REPLICA_KEY. Kept free of
 kubernetes_asyncio: the wakegate image does not install the `kubernetes` extra.
 """
 
@@ -21,6 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from scaler.backends import REPLICA_ID_ENV, replica_env
 from scaler.engines import EngineRefused, LaunchPlan, get_engine
 from scaler.engines.adapters import adapter_path
 from wakegate.settings import Settings
@@ -30,6 +32,8 @@ LAUNCH_ENV = "WAKEGATE_LAUNCH"
 MODULE = "scaler.backends.kubernetes_launch"
 # Where huggingface_hub (and the engines) look for the token; filled from the Secret.
 HF_TOKEN_ENV = "HF_TOKEN"
+# The replica's API key, from its own Secret; the engine gets it the way it reads keys.
+REPLICA_KEY_ENV = "WAKEGATE_REPLICA_KEY"
 
 
 def pod_plan(
@@ -79,7 +83,9 @@ def build(payload: Mapping[str, Any], environ: Mapping[str, str]) -> LaunchPlan:
     settings = Settings(state_dir=models_dir / "state", adapter_url=payload.get("adapter_url"))
     ids = spec.config.get("preloaded_adapters") or []
     adapters = {a: adapter_path(a, settings) for a in ids}
-    return engine.launch(spec, str(payload["host"]), int(payload["port"]), models_dir, adapters)
+    host, port = str(payload["host"]), int(payload["port"])
+    api_key = environ.get(REPLICA_KEY_ENV) or None
+    return engine.launch(spec, host, port, models_dir, adapters, api_key)
 
 
 def main() -> None:
@@ -91,7 +97,10 @@ def main() -> None:
         # container's termination message (terminationMessagePolicy: FallbackToLogsOnError).
         print(f"wakegate: engine refused the deployment: {exc}", file=sys.stderr)
         sys.exit(2)
-    os.execvpe(plan.argv[0], plan.argv, {**os.environ, **plan.env})
+    # The engine gets a replica's minimal environment: not the launch payload, nor the key
+    # under wakegate's name (the plan puts it where the engine reads it).
+    env = replica_env(plan.env, os.environ.get(REPLICA_ID_ENV))
+    os.execvpe(plan.argv[0], plan.argv, env)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from scaler.backends import NoCapacity, RunningReplica, gpus
+from scaler.backends import NoCapacity, RunningReplica, gpus, replica_env
 from scaler.engines import EngineProfile, EngineRefused
 from scaler.engines.adapters import adapter_path
 from wakegate.catalog import ACCELERATORS, Accelerator, pool_units
@@ -131,17 +131,23 @@ class LocalBackend:
         return self._dir / f"{replica_id}.json"
 
     async def start(
-        self, spec: DeploymentSpec, replica_id: str, engine: EngineProfile
+        self,
+        spec: DeploymentSpec,
+        replica_id: str,
+        engine: EngineProfile,
+        api_key: str | None = None,
     ) -> RunningReplica:
         host = self._settings.replica_host
         port = free_port(host)
         # Engines that fetch adapters by id themselves (vLLM, LoRAX, TGI) get none here.
         adapters = await asyncio.to_thread(self._adapters, spec) if engine.adapter_files else {}
-        plan = await asyncio.to_thread(engine.launch, spec, host, port, self._models, adapters)
+        plan = await asyncio.to_thread(
+            engine.launch, spec, host, port, self._models, adapters, api_key
+        )
         log_path = self._dir / f"{replica_id}.log"
         async with self._placing:
             devices = await self._place(spec, engine)
-            env = {**os.environ, **plan.env, "WAKEGATE_REPLICA_ID": replica_id}
+            env = replica_env(plan.env, replica_id)
             if devices is not None:
                 env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in devices)
             pid = await asyncio.to_thread(_spawn, plan.argv, env, log_path)

@@ -33,7 +33,7 @@ import ray
 from ray.exceptions import RayActorError, RayError
 
 import scaler
-from scaler.backends import BackendUnavailable, NoCapacity, RunningReplica
+from scaler.backends import BackendUnavailable, NoCapacity, RunningReplica, replica_env
 from scaler.engines import EngineProfile, EngineRefused
 from scaler.engines.adapters import adapter_path
 from wakegate.catalog import ACCELERATORS, pool_units
@@ -199,7 +199,9 @@ class ReplicaProcess:
         self.started_at = 0.0
         self.proc: subprocess.Popen[bytes] | None = None
 
-    async def launch(self, spec: DeploymentSpec, engine: EngineProfile) -> dict[str, Any]:
+    async def launch(
+        self, spec: DeploymentSpec, engine: EngineProfile, api_key: str | None = None
+    ) -> dict[str, Any]:
         """Start the engine; returns `info()`, or `{"refused": ...}` when the engine refuses
         the spec (an EngineRefused, kept apart from Ray's own errors)."""
         node_ip = self.node_ip = self.node_ip or _node_ip()
@@ -213,7 +215,9 @@ class ReplicaProcess:
             # Engines that fetch adapters themselves (by Hub id) get no files.
             ids = (spec.config.get("preloaded_adapters") or []) if engine.adapter_files else []
             adapters = await asyncio.to_thread(lambda: {a: adapter_path(a, settings) for a in ids})
-            plan = await asyncio.to_thread(engine.launch, spec, node_ip, port, models_dir, adapters)
+            plan = await asyncio.to_thread(
+                engine.launch, spec, node_ip, port, models_dir, adapters, api_key
+            )
         except EngineRefused as exc:
             self.failed = str(exc)
             message = str(exc).removeprefix(f"{exc.field}: ")
@@ -222,7 +226,8 @@ class ReplicaProcess:
             self.failed = f"{type(exc).__name__}: {exc}"
             raise
         log_path = replicas_dir / f"{self.replica_id}.log"
-        env = {**os.environ, **plan.env, "WAKEGATE_REPLICA_ID": self.replica_id}
+        # The actor's own environment is the Ray worker's: the replica gets only what it needs.
+        env = replica_env(plan.env, self.replica_id)
         # Started from the actor's event-loop thread, which lives as long as the actor: the
         # parent-death signal fires when the actor goes, not when a helper thread ends.
         with open(log_path, "ab") as log_file:  # noqa: ASYNC230 (a local file, at once)
@@ -335,7 +340,11 @@ class RayBackend:
     # --- Backend ----------------------------------------------------------------------------
 
     async def start(
-        self, spec: DeploymentSpec, replica_id: str, engine: EngineProfile
+        self,
+        spec: DeploymentSpec,
+        replica_id: str,
+        engine: EngineProfile,
+        api_key: str | None = None,
     ) -> RunningReplica:
         options = actor_options(replica_id, spec.accelerator, self._settings, self._runtime_env)
         actor = ReplicaActor.options(**options)
@@ -345,7 +354,9 @@ class RayBackend:
                 actor.remote, replica_id, spec.key, spec.revision, self._paths
             )
             self._handles[replica_id] = handle
-            info = await self._launch(replica_id, handle, spec, engine, _resources(options))
+            info = await self._launch(
+                replica_id, handle, spec, engine, _resources(options), api_key
+            )
         finally:
             self._launching.discard(replica_id)
         if "refused" in info:
@@ -368,6 +379,7 @@ class RayBackend:
         spec: DeploymentSpec,
         engine: EngineProfile,
         needs: str,
+        api_key: str | None = None,
     ) -> dict[str, Any]:
         """Wait for Ray to place the actor, then have it launch the engine, both within the
         start timeout; an actor not placed in time is NoCapacity. The actor is killed on any
@@ -382,7 +394,8 @@ class RayBackend:
             await asyncio.wait_for(handle.info.remote(), timeout)
             placed = True
             left = deadline - time.monotonic()
-            return dict(await asyncio.wait_for(handle.launch.remote(spec, engine), left))
+            launched = handle.launch.remote(spec, engine, api_key)
+            return dict(await asyncio.wait_for(launched, left))
         except TimeoutError:
             await self._kill(replica_id, handle)
             if not placed:

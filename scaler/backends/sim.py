@@ -25,7 +25,7 @@ from urllib.parse import quote
 
 import httpx
 
-from scaler.backends import NoCapacity, RunningReplica
+from scaler.backends import NoCapacity, RunningReplica, replica_env
 from scaler.engines import EngineProfile, EngineRefused
 from scaler.engines.sim import SimProfile
 from scaler.sim.host import STATE_FILE, parse_pool
@@ -141,6 +141,9 @@ class SimBackend:
                     stdin=subprocess.DEVNULL,
                     stdout=fh,
                     stderr=subprocess.STDOUT,
+                    # The host runs every simulated replica: it gets a replica's environment,
+                    # plus the path to this project's modules (it is one of them).
+                    env=replica_env({}, keep=("PYTHONPATH", "PYTHONUNBUFFERED")),
                     start_new_session=True,  # outlives the scaler, like local replicas
                 )
             deadline = time.monotonic() + HOST_START_TIMEOUT_S
@@ -168,7 +171,11 @@ class SimBackend:
     # --- Backend ----------------------------------------------------------------------------
 
     async def start(
-        self, spec: DeploymentSpec, replica_id: str, engine: EngineProfile
+        self,
+        spec: DeploymentSpec,
+        replica_id: str,
+        engine: EngineProfile,
+        api_key: str | None = None,
     ) -> RunningReplica:
         if not isinstance(engine, SimProfile):
             raise EngineRefused(
@@ -186,6 +193,8 @@ class SimBackend:
             "accelerator": spec.accelerator,
             "params": params,
         }
+        if api_key:
+            body["api_key"] = api_key  # the host checks it on the replica's routes
         resp = await self._http.post(f"{url}/replicas", json=body, timeout=self._start_timeout())
         if resp.status_code == 409 and "pool_exhausted" in resp.text:
             raise PoolExhausted(_detail(resp))

@@ -11,12 +11,13 @@ The field-by-field mapping is documented in docs/engines.md.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-from wakegate.spec import DeploymentSpec
+from wakegate import engine_args
+from wakegate.spec import DeploymentSpec, InvalidSpec
 
 # The image wakegate's own engines (llama.cpp, sim) run from on a cluster: a placeholder that
 # cluster backends replace with the configured one (settings.kubernetes_wakegate_image).
@@ -37,6 +38,23 @@ class LaunchPlan:
     env: dict[str, str] = field(default_factory=dict)
     # Env var names whose values are secrets (kept out of logs and replica records).
     secret_env: frozenset[str] = frozenset()
+
+
+def custom_flags(engine: str, cfg: Mapping[str, Any]) -> list[tuple[str, str | None]]:
+    """The deployment's customArgs as (flag, value) pairs, every one on the engine's allowlist
+    (wakegate/engine_args.py). Raises EngineRefused naming `config.customArgs`."""
+    try:
+        return engine_args.parse(engine, [str(a) for a in cfg.get("custom_args") or []])
+    except InvalidSpec as exc:
+        raise EngineRefused(exc.field, exc.message) from None
+
+
+def custom_argv(engine: str, cfg: Mapping[str, Any]) -> list[str]:
+    """The deployment's customArgs, checked, as they go on the command line. Profiles put
+    them before their own flags: argparse takes the last of a repeated option, so whatever
+    slipped past the allowlist could not override wakegate's address, model or key."""
+    custom_flags(engine, cfg)
+    return [str(a) for a in cfg.get("custom_args") or []]
 
 
 class EngineProfile(Protocol):
@@ -79,9 +97,12 @@ class EngineProfile(Protocol):
         port: int,
         models_dir: Path,
         adapters: dict[str, Path],
+        api_key: str | None = None,
     ) -> LaunchPlan:
         """The command that serves `spec` on host:port with these adapters loaded (id ->
-        local file; empty where `adapter_files` is False). Raises EngineRefused."""
+        local file; empty where `adapter_files` is False), answering only requests that
+        carry `Authorization: Bearer <api_key>` where the engine can check one (the key goes
+        into the plan's secret environment, never argv). Raises EngineRefused."""
         ...
 
 

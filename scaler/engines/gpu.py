@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from scaler.engines import EngineRefused
+from scaler.engines import EngineRefused, custom_argv
 from scaler.engines.adapters import ADAPTER_ID
 from wakegate.catalog import ACCELERATORS, MODELS
 from wakegate.spec import CONFIG_KEYS, DeploymentSpec
@@ -140,8 +140,15 @@ def adapter_source(adapter_id: str, adapters: Mapping[str, Path]) -> str:
     return str(path) if path is not None else adapter_id
 
 
-def custom_args(cfg: Mapping[str, Any]) -> list[str]:
-    return [str(a) for a in cfg.get("custom_args") or []]
+def custom_args(cfg: Mapping[str, Any], engine: str) -> list[str]:
+    """The deployment's customArgs, each on `engine`'s allowlist (EngineRefused otherwise)."""
+    return custom_argv(engine, cfg)
+
+
+def custom_first(argv: list[str], custom: list[str], command_len: int) -> list[str]:
+    """`argv` with `custom` right after its first `command_len` words: wakegate's own flags
+    come after the deployment's, so they win where an engine takes the last of a repeat."""
+    return [*argv[:command_len], *custom, *argv[command_len:]]
 
 
 def flag_value(args: list[str], flag: str) -> str | None:
@@ -158,7 +165,7 @@ def flag_value(args: list[str], flag: str) -> str | None:
 def concurrency(cfg: Mapping[str, Any], flag: str) -> int:
     """Sequences one replica takes at once: the engine's own limit where customArgs set it
     (the gateway must not send more than the engine admits), else DEFAULT_CONCURRENCY."""
-    raw = flag_value(custom_args(cfg), flag)
+    raw = flag_value([str(a) for a in cfg.get("custom_args") or []], flag)
     if raw is None:
         return DEFAULT_CONCURRENCY
     try:
@@ -191,6 +198,18 @@ def hf_token_env(cfg: Mapping[str, Any]) -> tuple[dict[str, str], frozenset[str]
     if not token:
         return {}, frozenset()
     return dict.fromkeys(HF_TOKEN_ENV, str(token)), frozenset(HF_TOKEN_ENV)
+
+
+def api_key_env(
+    env: dict[str, str], secret: frozenset[str], name: str | None, api_key: str | None
+) -> frozenset[str]:
+    """Put the replica's key into `env` as `name` (the variable the engine reads it from),
+    marked secret; returns the secret names. Environment, not argv: any local user reads
+    another's command line."""
+    if not api_key or name is None:
+        return secret
+    env[name] = api_key
+    return secret | {name}
 
 
 def json_arg(value: Mapping[str, Any]) -> str:

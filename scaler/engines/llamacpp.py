@@ -12,11 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from scaler.engines import WAKEGATE_IMAGE, EngineRefused, LaunchPlan
+from scaler.engines import WAKEGATE_IMAGE, EngineRefused, LaunchPlan, custom_argv, custom_flags
 from wakegate.catalog import MODELS
 from wakegate.spec import DeploymentSpec
 
 DEFAULT_CONTEXT = 4096
+# llama-cpp-python's server settings are pydantic settings: `--api_key` is also API_KEY.
+API_KEY_ENV = "API_KEY"
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +87,9 @@ class LlamaCppProfile:
                 "config.quantization",
                 "llama.cpp serves pre-quantized GGUF weights; quantization is not supported",
             )
-        custom = cfg.get("custom_args") or []
-        if cfg.get("preloaded_adapters") and len(custom) % 2:
-            raise EngineRefused("config.customArgs", "with adapters, give flag/value pairs")
+        # Every llama.cpp flag on the allowlist takes a value, so with adapters each pair
+        # becomes a key of the config file.
+        custom_flags(self.name, cfg)
 
     def launch(
         self,
@@ -96,19 +98,22 @@ class LlamaCppProfile:
         port: int,
         models_dir: Path,
         adapters: dict[str, Path],
+        api_key: str | None = None,
     ) -> LaunchPlan:
         self.validate(spec)
         cfg = spec.config
         model = MODELS[spec.base_model]
         gguf = resolve_weights(model.weights, models_dir)
         n_ctx = int(cfg.get("max_total_tokens") or min(model.context_window, DEFAULT_CONTEXT))
-        custom = [str(a) for a in cfg.get("custom_args") or []]
         if adapters:
-            return self._with_adapters(spec, host, port, models_dir, gguf, n_ctx, adapters, custom)
+            return self._with_adapters(spec, host, port, models_dir, gguf, n_ctx, adapters, api_key)
+        # The deployment's flags first: llama-cpp-python's argparse takes the last of a repeated
+        # option, so wakegate's address, model and context always win.
         argv = [
             sys.executable,
             "-m",
             "llama_cpp.server",
+            *custom_argv(self.name, cfg),
             "--model",
             str(gguf),
             "--model_alias",
@@ -125,7 +130,12 @@ class LlamaCppProfile:
         ]
         if cfg.get("max_num_batched_tokens"):
             argv += ["--n_batch", str(cfg["max_num_batched_tokens"])]
-        return LaunchPlan(argv=argv + custom)
+        if not api_key:
+            return LaunchPlan(argv=argv)
+        # The server's settings read API_KEY from the environment when argv has no --api_key.
+        return LaunchPlan(
+            argv=argv, env={API_KEY_ENV: api_key}, secret_env=frozenset({API_KEY_ENV})
+        )
 
     def _with_adapters(
         self,
@@ -136,17 +146,18 @@ class LlamaCppProfile:
         gguf: Path,
         n_ctx: int,
         adapters: dict[str, Path],
-        custom: list[str],
+        api_key: str | None,
     ) -> LaunchPlan:
         """One model alias per adapter (the base model plus its LoRA) in a config file:
         llama-cpp-python serves the alias a request names, swapping models on demand, which
         is why the gateway keeps each adapter on the replica that served it last."""
-        extra = {
-            flag.lstrip("-"): value for flag, value in zip(custom[::2], custom[1::2], strict=True)
+        extra: dict[str, object] = {
+            flag.removeprefix("--"): value for flag, value in custom_flags(self.name, spec.config)
         }
         if spec.config.get("max_num_batched_tokens"):
             extra["n_batch"] = str(spec.config["max_num_batched_tokens"])
-        base = {"model": str(gguf), "n_ctx": n_ctx, **extra}
+        # wakegate's keys last, as on the command line.
+        base = {**extra, "model": str(gguf), "n_ctx": n_ctx}
         config = {
             "host": host,
             "port": port,
@@ -157,8 +168,15 @@ class LlamaCppProfile:
                 for adapter_id, path in sorted(adapters.items())
             ],
         }
+        if api_key:
+            # A config file is read as it is, environment aside: the key goes in it, and the
+            # file is readable by its owner only.
+            config["api_key"] = api_key
         path = models_dir / f"llamacpp-{spec.name}-{port}.json"
-        path.write_text(json.dumps(config, indent=1))
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(config, indent=1))
         return LaunchPlan(
             argv=[sys.executable, "-m", "llama_cpp.server", "--config_file", str(path)]
         )

@@ -19,6 +19,9 @@ from wakegate.spec import DeploymentSpec
 IMAGE_REPO = "ghcr.io/predibase/lorax"
 DEFAULT_TAG = "0.12.1"
 CONCURRENCY_FLAG = "--max-concurrent-requests"
+# lorax-launcher has no API key option (its router checks none): a LoRAX replica relies on
+# where it listens (loopback, or a Pod that the NetworkPolicy shields) alone.
+API_KEY_ENV: str | None = None
 # The launcher's default prompt limit is the model's context capped at this, minus one.
 DEFAULT_MAX_TOTAL = 4096
 QUANTIZATIONS = frozenset(
@@ -69,6 +72,7 @@ class LoraxProfile:
         g.quantization(cfg, QUANTIZATIONS, "LoRAX")
         _default_adapter(spec)
         _prefill_budget(spec)
+        g.custom_args(cfg, self.name)
         g.concurrency(cfg, CONCURRENCY_FLAG)
 
     def launch(
@@ -78,6 +82,7 @@ class LoraxProfile:
         port: int,
         models_dir: Path,
         adapters: dict[str, Path],
+        api_key: str | None = None,
     ) -> LaunchPlan:
         self.validate(spec)
         cfg = spec.config
@@ -102,7 +107,9 @@ class LoraxProfile:
             if adapter_id != default:
                 argv += ["--preloaded-adapter-ids", adapter_id]
         env, secret = g.hf_token_env(cfg)
-        return LaunchPlan(argv=argv + g.custom_args(cfg), env=env, secret_env=secret)
+        argv = g.custom_first(argv, g.custom_args(cfg, self.name), command_len=1)
+        secret = g.api_key_env(env, secret, API_KEY_ENV, api_key)
+        return LaunchPlan(argv=argv, env=env, secret_env=secret)
 
 
 def _default_adapter(spec: DeploymentSpec) -> tuple[str | None, bool]:

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from scaler.engines import WAKEGATE_IMAGE, EngineRefused, LaunchPlan
+from wakegate import engine_args
 from wakegate.catalog import MODELS
-from wakegate.spec import DeploymentSpec
+from wakegate.spec import DeploymentSpec, InvalidSpec
 
 FIELD = "config.customArgs"
 # SimProfile fields that describe the profile, not the simulated replica.
@@ -95,6 +96,10 @@ class SimProfile:
 
     @classmethod
     def from_args(cls, args: list[str]) -> SimProfile:
+        try:  # the gateway's bounds (wakegate/engine_args.py), then the parser's types
+            engine_args.check("sim", [str(a) for a in args])
+        except InvalidSpec as exc:
+            raise EngineRefused(exc.field, f"sim engine: {exc.message}") from None
         ns = _parser().parse_args([str(a) for a in args])
         return cls(
             load_s=ns.load_s,
@@ -129,6 +134,7 @@ class SimProfile:
         port: int,
         models_dir: Path,
         adapters: dict[str, Path],
+        api_key: str | None = None,
     ) -> LaunchPlan:
         raise EngineRefused(
             "config.baseModel",

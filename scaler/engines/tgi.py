@@ -19,6 +19,8 @@ from wakegate.spec import DeploymentSpec
 # The last release: the repository was archived after it.
 IMAGE = "ghcr.io/huggingface/text-generation-inference:3.3.7"
 CONCURRENCY_FLAG = "--max-concurrent-requests"
+# The launcher reads every option from the environment too; `--api-key` is API_KEY.
+API_KEY_ENV = "API_KEY"
 QUANTIZATIONS = frozenset(
     {
         "awq",
@@ -64,6 +66,7 @@ class TgiProfile:
             )
         g.quantization(cfg, QUANTIZATIONS, "TGI")
         g.adapter_ids(cfg)
+        g.custom_args(cfg, self.name)
         g.concurrency(cfg, CONCURRENCY_FLAG)
 
     def launch(
@@ -73,6 +76,7 @@ class TgiProfile:
         port: int,
         models_dir: Path,
         adapters: dict[str, Path],
+        api_key: str | None = None,
     ) -> LaunchPlan:
         self.validate(spec)
         cfg = spec.config
@@ -88,4 +92,6 @@ class TgiProfile:
         env, secret = g.hf_token_env(cfg)
         if cfg.get("prefix_caching") is not None:
             env["PREFIX_CACHING"] = "1" if cfg["prefix_caching"] else "0"
-        return LaunchPlan(argv=argv + g.custom_args(cfg), env=env, secret_env=secret)
+        argv = g.custom_first(argv, g.custom_args(cfg, self.name), command_len=1)
+        secret = g.api_key_env(env, secret, API_KEY_ENV, api_key)
+        return LaunchPlan(argv=argv, env=env, secret_env=secret)

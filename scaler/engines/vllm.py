@@ -17,8 +17,11 @@ from wakegate.spec import DeploymentSpec
 
 IMAGE = "vllm/vllm-openai:v0.33.0"
 CONCURRENCY_FLAG = "--max-num-seqs"
+# `vllm serve` reads its `--api-key` from here too; it guards the OpenAI routes (/v1/*), not
+# /health.
+API_KEY_ENV = "VLLM_API_KEY"
 # `vllm serve --quantization` methods that recent releases all know (names differ between
-# releases beyond these; customArgs can still pass any other).
+# releases beyond these).
 QUANTIZATIONS = frozenset(
     {
         "awq",
@@ -70,6 +73,7 @@ class VllmProfile:
         g.quantization(cfg, QUANTIZATIONS, "vLLM")
         g.speculation(cfg)
         g.adapter_ids(cfg)
+        g.custom_args(cfg, self.name)
         g.concurrency(cfg, CONCURRENCY_FLAG)
 
     def launch(
@@ -79,6 +83,7 @@ class VllmProfile:
         port: int,
         models_dir: Path,
         adapters: dict[str, Path],
+        api_key: str | None = None,
     ) -> LaunchPlan:
         self.validate(spec)
         cfg = spec.config
@@ -98,7 +103,9 @@ class VllmProfile:
         argv += _speculative_config(g.speculation(cfg))
         argv += _lora(g.adapter_ids(cfg), adapters)
         env, secret = g.hf_token_env(cfg)
-        return LaunchPlan(argv=argv + g.custom_args(cfg), env=env, secret_env=secret)
+        argv = g.custom_first(argv, g.custom_args(cfg, self.name), command_len=3)
+        secret = g.api_key_env(env, secret, API_KEY_ENV, api_key)
+        return LaunchPlan(argv=argv, env=env, secret_env=secret)
 
 
 def _speculative_config(spec: g.Speculation) -> list[str]:

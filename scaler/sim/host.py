@@ -14,9 +14,12 @@ replica costs nothing, a streaming sequence one wake-up per token at most.
 
 Control API (JSON) on --port:
 
-    POST   /replicas           {"replica_id","deployment","revision","accelerator","params"}
+    POST   /replicas           {"replica_id","deployment","revision","accelerator","params",
+                                "api_key"?}
                                waits --acquire-s, takes the GPUs, returns the replica
-                               (409 when the pool has no room, 422 on bad input)
+                               (409 when the pool has no room, 422 on bad input); with
+                               api_key, the replica answers 401 without
+                               `Authorization: Bearer <api_key>` (but /health and /stats)
     DELETE /replicas/{id}      ?grace_s=: in-flight requests get that long, then it closes
     GET    /replicas           [{replica_id, deployment, revision, url, accelerator, state,
                                  requested_at, acquired_at, params}]
@@ -43,6 +46,7 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -82,6 +86,8 @@ CACHE_BLOCK_TOKENS = 512
 NONSTREAM_TICK_S = 0.1
 _OFFSET_MARK = -987654321  # placeholder in the streamed chunk template
 REPLICA_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+# What a replica with an API key answers without it (probes, counters), as vLLM does /health.
+OPEN_PATHS = frozenset({"/health", "/stats"})
 
 
 class PoolError(Exception):
@@ -302,8 +308,11 @@ class SimReplica:
         advertise_host: str,
         lease: Lease,
         totals: dict[str, list[int]] | None = None,
+        api_key: str | None = None,
     ) -> None:
         self.replica_id = replica_id
+        # Like an engine's --api-key: every route but /health and /stats wants it.
+        self._api_key = api_key
         self.deployment = deployment
         self.revision = revision
         self.accelerator = accelerator
@@ -349,8 +358,19 @@ class SimReplica:
             return "draining"
         return "ready" if self.ready else "loading"
 
+    @web.middleware
+    async def _check_key(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if self._api_key and request.path not in OPEN_PATHS:
+            expected = f"Bearer {self._api_key}".encode()
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                return _error(401, "invalid or missing API key")
+        return await handler(request)
+
     async def start(self) -> None:
-        app = web.Application()
+        app = web.Application(middlewares=[self._check_key])
         app.router.add_get("/health", self._health)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/stats", self._stats)
@@ -871,6 +891,9 @@ class SimHost:
             return _error(422, "revision: want an integer")
         if not isinstance(accelerator, str):
             return _error(422, "accelerator: want a string")
+        api_key = body.get("api_key")
+        if api_key is not None and (not isinstance(api_key, str) or not api_key):
+            return _error(422, "api_key: want a non-empty string")
         try:
             params = ReplicaParams.from_json(body.get("params"))
             Pool.demand(accelerator)
@@ -908,6 +931,7 @@ class SimHost:
                 advertise_host=self.advertise_host,
                 lease=lease,
                 totals=self.token_totals,
+                api_key=api_key,
             )
             try:
                 await replica.start()
