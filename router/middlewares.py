@@ -17,7 +17,7 @@ from router.errors import ApiError, render
 
 log = logging.getLogger(__name__)
 
-PUBLIC_PATHS = frozenset({"/healthz", "/metrics"})
+PUBLIC_PATHS = frozenset({"/healthz", "/metrics", "/openapi.json"})
 ADMIN_PREFIX = "/admin/v1/"
 
 
