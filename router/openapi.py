@@ -282,6 +282,80 @@ class ChatCompletion(_Doc):
     usage: Usage
 
 
+class LoraxStreamEvent(_Doc):
+    """One event of a LoRAX stream: a token; the last one also carries the text and details."""
+
+    token: TokenView
+    generated_text: str | None
+    details: Details | None
+
+
+class LoraxStreamError(_Doc):
+    """An error after the 200 was sent, as the stream's last event."""
+
+    error: str
+    error_type: str
+
+
+class CompletionDelta(_Doc):
+    index: int
+    finish_reason: Literal["stop", "length"] | None
+    text: str
+    logprobs: None
+
+
+class CompletionChunk(_Doc):
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionDelta]
+    usage: Usage | None = Field(default=None, description="with stream_options.include_usage")
+
+
+class ChatDelta(_Doc):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(_Doc):
+    index: int
+    finish_reason: Literal["stop", "length"] | None
+    delta: ChatDelta
+
+
+class ChatCompletionChunk(_Doc):
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = Field(default=None, description="with stream_options.include_usage")
+
+
+class RequestLogEntry(_Doc):
+    """One request of a deployment's request log (a line of the download)."""
+
+    time: str
+    api: str
+    stream: bool
+    prompt: str | None
+    messages: list[dict[str, str]] | None
+    parameters: dict[str, Any]
+    adapter: str | None
+    output: str
+    finish_reason: str | None
+    prompt_tokens: int | None
+    generated_tokens: int | None
+    status: int
+    error: str | None
+    replica: str | None
+    queue_wait_s: float | None
+    ttft_s: float | None
+    duration_s: float
+    attempts: int | None = Field(default=None, description="async requests: runs it took")
+
+
 class Health(_Doc):
     status: Literal["ok"]
     gateway: str
@@ -315,8 +389,25 @@ STREAM = "text/event-stream"
 NDJSON = "application/x-ndjson"
 JSON = "application/json"
 
-# Schema sources: a model, ("array", model), or a JSON schema as is.
-Source = type[BaseModel] | tuple[str, type[BaseModel]] | dict[str, Any]
+
+@dataclass(frozen=True)
+class Events:
+    """A server-sent event stream: each event's data is the JSON of one of `payloads`, or
+    `done` (OpenAI's `[DONE]`) as the last."""
+
+    payloads: tuple[type[BaseModel], ...]
+    done: bool = False
+
+
+@dataclass(frozen=True)
+class Lines:
+    """Newline-delimited JSON, one `item` per line."""
+
+    item: type[BaseModel]
+
+
+# Schema sources: a model, ("array", model), a stream, or a JSON schema as is.
+Source = type[BaseModel] | tuple[str, type[BaseModel]] | Events | Lines | dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -350,10 +441,13 @@ _TEXT = {"type": "string"}
 _CONTROL_ERRORS = (401, 413, 503)
 _DATA_ERRORS = (401, 404, 424, 503)
 _GENERATE_ERRORS = (*_DATA_ERRORS, 400, 413, 422, 429, 502, 504)
+_LORAX_EVENTS = Events((LoraxStreamEvent, LoraxStreamError))
+_COMPLETION_EVENTS = Events((CompletionChunk, OpenAIError), done=True)
+_CHAT_EVENTS = Events((ChatCompletionChunk, OpenAIError), done=True)
 _STREAM_REPLY = Reply(
     "server-sent events, one per token, the last with the text and details; a failure "
     "after the 200 is an error event",
-    {STREAM: _TEXT},
+    {STREAM: _LORAX_EVENTS},
 )
 _TIME = {
     "type": "string",
@@ -391,7 +485,8 @@ OPERATIONS: tuple[Op, ...] = (
        "control", {200: _json(DeploymentEvents, "the events")}, (401, 400, 503)),
     Op("get", "/v2/deployments/{name}/requests", "requestLog",
        "The deployment's request log for [start, end], oldest first", "control", "control",
-       {200: Reply("one JSON object per line", {NDJSON: _TEXT})}, (401, 400, 404, 503),
+       {200: Reply("one JSON object per line", {NDJSON: Lines(RequestLogEntry)})},
+       (401, 400, 404, 503),
        query={"start": _TIME, "end": _TIME}),
     # admin
     Op("get", "/admin/v1/quotas", "allQuotas", "Quota defaults and every override", "admin",
@@ -411,7 +506,7 @@ OPERATIONS: tuple[Op, ...] = (
     Op("post", DEPLOY_URL, "generateSdk",
        "Generate (the SDK's URL): a one-element array, or events with stream: true", "lorax",
        "lorax",
-       {200: Reply("the generation", {JSON: ("array", GenerateResponse), STREAM: _TEXT})},
+       {200: Reply("the generation", {JSON: ("array", GenerateResponse), STREAM: _LORAX_EVENTS})},
        _GENERATE_ERRORS, body=GenerateRequest, priority_header=True),
     Op("post", DEPLOY_URL + "/generate", "generate", "Generate (LoRAX's /generate)", "lorax",
        "lorax", {200: _json(GenerateResponse, "the generation")}, _GENERATE_ERRORS,
@@ -431,12 +526,12 @@ OPERATIONS: tuple[Op, ...] = (
     Op("post", DEPLOY_URL + "/v1/completions", "createCompletion", "OpenAI completions",
        "openai", "openai",
        {200: Reply("the completion, or chunks with stream: true",
-                   {JSON: Completion, STREAM: _TEXT})},
+                   {JSON: Completion, STREAM: _COMPLETION_EVENTS})},
        _GENERATE_ERRORS, body=CompletionRequest, priority_header=True),
     Op("post", DEPLOY_URL + "/v1/chat/completions", "createChatCompletion",
        "OpenAI chat completions", "openai", "openai",
        {200: Reply("the completion, or chunks with stream: true",
-                   {JSON: ChatCompletion, STREAM: _TEXT})},
+                   {JSON: ChatCompletion, STREAM: _CHAT_EVENTS})},
        _GENERATE_ERRORS, body=ChatRequest, priority_header=True),
 )  # fmt: skip
 
@@ -450,6 +545,10 @@ def _models() -> list[type[BaseModel]]:
             for source in reply.content.values():
                 if isinstance(source, tuple):
                     found.append(source[1])
+                elif isinstance(source, Events):
+                    found += source.payloads
+                elif isinstance(source, Lines):
+                    found.append(source.item)
                 elif isinstance(source, type):
                     found.append(source)
     return list(dict.fromkeys(found))
@@ -458,6 +557,25 @@ def _models() -> list[type[BaseModel]]:
 def _schema(source: Source, refs: dict[type[BaseModel], dict[str, Any]]) -> dict[str, Any]:
     if isinstance(source, tuple):
         return {"type": "array", "items": refs[source[1]]}
+    if isinstance(source, Events):
+        # OpenAPI 3.1: the schema of an event stream describes one event (3.2's itemSchema).
+        payload = {
+            "type": "string",
+            "contentMediaType": JSON,
+            "contentSchema": {"anyOf": [refs[m] for m in source.payloads]},
+        }
+        data = {"anyOf": [payload, {"const": "[DONE]"}]} if source.done else payload
+        return {
+            "type": "object",
+            "required": ["data"],
+            "properties": {"event": {"type": "string"}, "id": {"type": "string"}, "data": data},
+        }
+    if isinstance(source, Lines):
+        return {
+            "type": "string",
+            "description": "one JSON object per line (x-itemSchema)",
+            "x-itemSchema": refs[source.item],
+        }
     if isinstance(source, dict):
         return source
     return refs[source]
