@@ -45,7 +45,8 @@ class _Common(BaseModel):
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
     stop: StrictStr | list[StrictStr] | None = None
-    seed: StrictInt | None = None
+    # The neutral request's seed is LoRAX's: not negative.
+    seed: Annotated[StrictInt, Field(ge=0)] | None = None
     n: Annotated[StrictInt, Field(ge=1, le=1)] = 1
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
