@@ -21,7 +21,10 @@ PUBLIC_PATHS = frozenset({"/healthz", "/metrics", "/openapi.json"})
 ADMIN_PREFIX = "/admin/v1/"
 
 
-def _family(path: str) -> str:
+def _family(request: web.Request) -> str:
+    # The matched route's template, not the path: a path parameter may hold "/v1/" (as %2F).
+    resource = request.match_info.route.resource
+    path = resource.canonical if resource is not None else request.path
     if "/deployments/v2/llms/" in path:
         return "openai" if "/v1/" in path else "lorax"
     return "control"
@@ -29,7 +32,7 @@ def _family(path: str) -> str:
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request["wakegate.family"] = _family(request.path)
+    request["wakegate.family"] = _family(request)
     try:
         return await handler(request)
     except ApiError as err:

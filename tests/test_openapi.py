@@ -58,3 +58,21 @@ def test_the_gateway_serves_the_document_without_a_token(stack: Stack) -> None:
     r = httpx.get(f"{stack.base}/openapi.json")
     assert r.status_code == 200, r.text
     assert r.json() == openapi_document()
+
+
+def test_errors_take_the_routes_shape_whatever_its_path_parameters_hold(stack: Stack) -> None:
+    # The family was read off the decoded path: a name holding "/v1/" (sent as %2F) gave a
+    # LoRAX route the OpenAI error shape, one holding "/deployments/v2/llms/" gave a control
+    # route LoRAX's; neither matches the document.
+    lorax = f"{stack.base}/{stack.tenant}/deployments/v2/llms/a%2Fv1%2Fb/generate"
+    r = httpx.post(lorax, headers=stack.headers, json={"inputs": "hi"})
+    assert r.status_code == 404, r.text
+    assert isinstance(r.json()["error"], str) and "error_type" in r.json()
+    control = f"{stack.base}/v2/deployments/x%2Fdeployments%2Fv2%2Fllms%2Fy"
+    r = httpx.get(control, headers=stack.headers)
+    assert r.status_code == 404, r.text
+    assert r.json() == {"error": "deployment x/deployments/v2/llms/y not found"}
+    openai = f"{stack.base}/{stack.tenant}/deployments/v2/llms/nope/v1/completions"
+    r = httpx.post(openai, headers=stack.headers, json={"prompt": "hi"})
+    assert r.status_code == 404, r.text
+    assert r.json()["error"]["message"] == "deployment nope not found"
