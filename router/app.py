@@ -29,6 +29,7 @@ from router.dispatch import Dispatcher
 from router.jobs import JobRunner
 from router.metrics import GatewayMetrics
 from router.middlewares import auth_middleware, errors_middleware
+from router.openapi import OPENAPI_PATH, openapi_document
 from wakegate import topics
 from wakegate.bus import Bus
 from wakegate.catalog import load_models_file
@@ -122,6 +123,10 @@ async def health_handler(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "gateway": request.app[DISPATCHER].gateway_id})
 
 
+async def openapi_handler(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
+
+
 def create_app(settings: Settings) -> web.Application:
     # Deployments naming a user's catalogue entry validate only once it is loaded.
     load_models_file(settings.models_file)
@@ -141,6 +146,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.extend([_redis_ctx, _upstream_ctx, _dispatch_ctx])
     app.router.add_get("/healthz", health_handler)
     app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get(OPENAPI_PATH, openapi_handler)
     app.add_routes(control.routes)
     app.add_routes(admin.routes)
     app.add_routes(lorax_api.routes)

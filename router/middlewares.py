@@ -24,14 +24,17 @@ from router.errors import ApiError, render
 
 log = logging.getLogger(__name__)
 
-PUBLIC_PATHS = frozenset({"/healthz"})
+PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json"})
 # Opened by the metrics token (a file: `metrics_token_file`, for Prometheus) or an admin token.
 METRICS_PATH = "/metrics"
 OOM_RETRY_AFTER_S = 5
 ADMIN_PREFIX = "/admin/v1/"
 
 
-def _family(path: str) -> str:
+def _family(request: web.Request) -> str:
+    # The matched route's template, not the path: a path parameter may hold "/v1/" (as %2F).
+    resource = request.match_info.route.resource
+    path = resource.canonical if resource is not None else request.path
     if "/deployments/v2/llms/" in path:
         return "openai" if "/v1/" in path else "lorax"
     return "control"
@@ -68,7 +71,7 @@ def store_unavailable() -> ApiError:
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request["wakegate.family"] = _family(request.path)
+    request["wakegate.family"] = _family(request)
     try:
         return await handler(request)
     except ApiError as err:

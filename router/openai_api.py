@@ -46,6 +46,7 @@ class _Common(BaseModel):
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
     stop: StrictStr | list[StrictStr] | None = None
+    # The neutral request's seed is LoRAX's: not negative.
     seed: Annotated[StrictInt, Field(ge=0, le=MAX_SEED)] | None = None
     n: Annotated[StrictInt, Field(ge=1, le=1)] = 1
     stream: StrictBool = False

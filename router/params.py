@@ -14,6 +14,7 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 
 from router.errors import ApiError
 from wakegate.spec import MAX_TOKENS
@@ -92,8 +93,16 @@ class GenerateRequest(BaseModel):
     parameters: Parameters = Field(default_factory=Parameters)
     stream: StrictBool = False
     # Chat requests keep their messages (`inputs` is empty then): the engine applies the
-    # model's own chat template. Set only by the OpenAI chat route, never parsed from LoRAX.
-    messages: list[dict[str, str]] | None = Field(default=None, exclude=True)
+    # model's own chat template. Set only by the OpenAI chat route (model_construct), never
+    # parsed from a body: a LoRAX client's "messages" is an unknown key, ignored like others.
+    messages: SkipJsonSchema[list[dict[str, str]] | None] = Field(default=None, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_messages(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "messages" in data:
+            data = {k: v for k, v in data.items() if k != "messages"}
+        return data
 
 
 def parse_generate(body: Any) -> GenerateRequest:
