@@ -376,13 +376,16 @@ STATUS_TEXT = {
     403: "refused: a quota, or a tenant's token on an admin route",
     404: "no such deployment (or adapter, model, async request) for this token",
     405: "method not allowed",
-    409: "a deployment of that name exists, or is being deleted",
+    408: "the request body did not arrive within the gateway's deadline (body_timeout_s)",
+    409: "a deployment of that name exists, or is being deleted, or it changed meanwhile "
+    "(field revision: read it again and retry)",
     413: "request body too large",
     422: "the request is invalid for this deployment or engine; the body names the field",
     424: "the deployment failed; its events say why",
-    429: "the deployment's queue is full; retry after Retry-After seconds",
+    429: "the deployment's queue is full, or too many failed authentications from this "
+    "address; retry after Retry-After seconds",
     502: "the replica failed the request",
-    503: "temporarily unavailable (Redis unreachable, the replica went away)",
+    503: "temporarily unavailable (Redis unreachable or full, the replica went away)",
     504: "no replica became available within the queue timeout",
 }
 STREAM = "text/event-stream"
@@ -438,9 +441,9 @@ def _json(source: Source, description: str) -> Reply:
 
 
 _TEXT = {"type": "string"}
-_CONTROL_ERRORS = (401, 413, 503)
-_DATA_ERRORS = (401, 404, 424, 503)
-_GENERATE_ERRORS = (*_DATA_ERRORS, 400, 413, 422, 429, 502, 504)
+_CONTROL_ERRORS = (401, 408, 413, 429, 503)
+_DATA_ERRORS = (401, 404, 424, 429, 503)
+_GENERATE_ERRORS = (*_DATA_ERRORS, 400, 408, 413, 422, 502, 504)
 _LORAX_EVENTS = Events((LoraxStreamEvent, LoraxStreamError))
 _COMPLETION_EVENTS = Events((CompletionChunk, OpenAIError), done=True)
 _CHAT_EVENTS = Events((ChatCompletionChunk, OpenAIError), done=True)
@@ -457,9 +460,11 @@ _TIME = {
 OPERATIONS: tuple[Op, ...] = (
     Op("get", "/healthz", "health", "Liveness: the gateway and its Redis", "operations",
        "control", {200: _json(Health, "healthy")}, (503,), auth="none"),
-    Op("get", "/metrics", "metrics", "Prometheus metrics of this gateway", "operations",
-       "control", {200: Reply("Prometheus text exposition", {"text/plain": _TEXT})},
-       auth="none"),
+    # Operators only: the metrics token (`metrics_token_file`) or an admin token opens it.
+    Op("get", "/metrics", "metrics", "Prometheus metrics of this gateway (operators only)",
+       "operations", "control",
+       {200: Reply("Prometheus text exposition", {"text/plain": _TEXT})}, (401, 403, 429, 503),
+       auth="admin"),
     Op("get", OPENAPI_PATH, "openapi", "This document", "operations", "control",
        {200: _json({"type": "object"}, "the OpenAPI 3.1 document")}, auth="none"),
     # control plane
@@ -517,7 +522,7 @@ OPERATIONS: tuple[Op, ...] = (
     Op("post", DEPLOY_URL + "/async", "submitAsync",
        "Queue a generate request; fetch its result later", "lorax", "lorax",
        {202: Reply("queued", {JSON: AsyncAccepted}, {"Location": "the request's URL"})},
-       (*_DATA_ERRORS, 400, 413, 422, 429), body=GenerateRequest, priority_header=True),
+       (*_DATA_ERRORS, 400, 408, 413, 422), body=GenerateRequest, priority_header=True),
     Op("get", DEPLOY_URL + "/async/{job_id}", "asyncStatus", "An async request's status",
        "lorax", "lorax", {200: _json(AsyncJob, "the request")}, _DATA_ERRORS),
     # OpenAI
