@@ -211,10 +211,13 @@ def test_a_restarted_scaler_keeps_the_start_timeout_of_a_replica_it_adopts(
     assert stack.sim_replicas(name).get(rec["id"]) == "loading"
     stack.start_scaler()
     # The new leader gives it up at once instead of granting it another full timeout.
+    # (Stopped on the host first, then its record removed: wait for both.)
     wait_until(
-        lambda: stack.sim_replicas(name).get(rec["id"], "stopped") == "stopped",
+        lambda: (
+            stack.sim_replicas(name).get(rec["id"], "stopped") == "stopped"
+            and rec["id"] not in stack.registry(name)
+        ),
         timeout_s * 0.6,
-        "the overdue replica stopped",
+        "the overdue replica stopped and its record removed",
     )
-    assert rec["id"] not in stack.registry(name)
     stack.delete(name)
