@@ -178,10 +178,10 @@ async def await_replica(request: web.Request, ticket: Ticket, trail: Trail) -> R
     settings = request.app[SETTINGS]
     start = time.monotonic()
     deadline = start + settings.queue_timeout_s
-    while True:
+    while not ticket.assigned.done():  # done: it found a free slot when it was queued
         try:
             async with asyncio.timeout(min(RECHECK_S, max(0.0, deadline - time.monotonic()))):
-                replica_id = await request.app[DISPATCHER].wait(ticket)
+                await request.app[DISPATCHER].wait(ticket)
             break
         except TimeoutError:
             if time.monotonic() >= deadline:
@@ -195,7 +195,9 @@ async def await_replica(request: web.Request, ticket: Ticket, trail: Trail) -> R
     waited = time.monotonic() - start
     request.app[METRICS].queue_wait.labels(ticket.deployment).observe(waited)
     trail.queue_wait_s = round(waited + (trail.queue_wait_s or 0.0), 4)
-    replica = await request.app[STORE].replica(ticket.deployment, replica_id)
+    replica_id = ticket.assigned.result()
+    # The record came with the assignment when this gateway's own dispatch made it.
+    replica = ticket.replica or await request.app[STORE].replica(ticket.deployment, replica_id)
     if replica is None:
         raise ApiError(503, "the assigned replica went away", error_type="generation")
     trail.replica = replica.id
