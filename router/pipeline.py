@@ -38,6 +38,7 @@ from router.dispatch import Ticket
 from router.errors import ApiError
 from router.middlewares import tenant_of
 from router.params import GenerateRequest
+from router.sse_writer import BatchedEvents
 from wakegate import topics
 from wakegate.quotas import Quotas, queue_limit, tenant_quotas
 from wakegate.spec import DeploymentSpec, valid_name
@@ -491,8 +492,10 @@ async def serve_stream(
         sep="\n", allow_all_methods=True, ping_interval=app[SETTINGS].keepalive_s
     )
 
+    events = BatchedEvents(request, resp, EventSourceResponse.DEFAULT_SEND_TIMEOUT)
+
     async def send(obj: Any) -> None:
-        await resp.send(obj if isinstance(obj, str) else json.dumps(obj, separators=(",", ":")))
+        await events.send(obj if isinstance(obj, str) else json.dumps(obj, separators=(",", ":")))
 
     async with (
         trail_of(request, spec, req, True, arrived) as trail,
@@ -538,6 +541,7 @@ async def serve_stream(
             log.exception("stream of %s failed", spec.key)
             trail.status, trail.error = 500, "internal error"
             await send(renderer.error("internal error", "generation"))
+    await events.drain()
     await renderer.close(resp)
     resp.stop_streaming()
     await resp.write_eof()
