@@ -53,6 +53,9 @@ class Dispatcher:
         self.gateway_id = uuid.uuid4().hex[:12]
         self._waiting: dict[str, dict[str, Ticket]] = defaultdict(dict)
         self._running: dict[str, set[str]] = defaultdict(set)  # deployment -> "rid|req"
+        # Slots handed over since the last tick, whose `assigned` entries the tick clears in
+        # one call (they matter only until the gateway has the assignment).
+        self._unacked: dict[str, set[str]] = defaultdict(set)
         self._dirty: set[str] = set()
         self._dispatching: set[str] = set()
         self._records: dict[str, ReplicaRecord] = {}
@@ -102,6 +105,8 @@ class Dispatcher:
         failed = ticket.replica_id
         await self.store.suspect(ticket.deployment, failed, suspect_ms)
         self._running[ticket.deployment].discard(f"{failed}|{ticket.request_id}")
+        # The retry's own assignment must keep its entry until it is handed over.
+        self._unacked[ticket.deployment].discard(ticket.request_id)
         ticket.replica_id, ticket.replica = None, None
         await self._release(ticket.deployment, failed, ticket.request_id)
         ticket.assigned = asyncio.get_running_loop().create_future()
@@ -172,6 +177,7 @@ class Dispatcher:
         ticket.replica_id = replica_id
         ticket.replica = self._record(record) if record else None
         self._running[deployment].add(f"{replica_id}|{request_id}")
+        self._unacked[deployment].add(request_id)
         ticket.assigned.set_result(replica_id)
 
     def _record(self, raw: str) -> ReplicaRecord:
@@ -217,6 +223,8 @@ class Dispatcher:
                     found = await self.store.take_assignments(deployment, waiting)
                     for request_id, replica_id in found.items():
                         self._deliver(deployment, request_id, replica_id)
+                unacked, self._unacked = self._unacked, defaultdict(set)
+                await self.store.ack_assignments({d: list(ids) for d, ids in unacked.items()})
                 if n % renew_every == 0:
                     await self.store.renew_leases(
                         {d: list(w) for d, w in self._waiting.items() if w},

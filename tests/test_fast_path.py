@@ -12,9 +12,10 @@ from collections.abc import Callable
 
 import httpx
 import pytest
+import redis
 from harness import Proc, Stack, free_port, wait_until
 
-from wakegate.store import Assignment, QueueFull, ReplicaRecord, Store
+from wakegate.store import Assignment, QueueFull, ReplicaRecord, Store, dep_key
 
 D = "acme/llm"
 
@@ -128,6 +129,14 @@ def second_gateway(stack: Stack) -> tuple[Proc, str]:
     return proc, base
 
 
+def hand_overs(stack: Stack, name: str) -> int:
+    r = redis.Redis.from_url(stack.redis_url)
+    try:
+        return int(r.hlen(dep_key(f"{stack.tenant}/{name}", "assigned")))
+    finally:
+        r.close()
+
+
 def test_across_two_gateways_a_queued_request_is_served_before_a_newer_one(
     make_stack: Callable[..., Stack], name: str
 ) -> None:
@@ -189,6 +198,9 @@ def test_a_killed_gateways_slots_are_freed_after_the_lease(
     holder = threading.Thread(target=hold_the_slot)
     holder.start()
     wait_until(lambda: stack.in_flight(name) == 1, 20, "the slot taken")
+    # The gateway clears the slot's hand-over entry on its next tick: a gateway that dies
+    # leaves none behind.
+    wait_until(lambda: hand_overs(stack, name) == 0, 10, "the hand-over acknowledged")
     stack.gateway.kill9()
     holder.join(30)
     stack.start_gateway()

@@ -1139,6 +1139,16 @@ class Store:
     async def ack_assignment(self, key: str, req_id: str) -> None:
         await self.redis.hdel(dep_key(key, "assigned"), req_id)
 
+    async def ack_assignments(self, acks: dict[str, list[str]]) -> None:
+        """`ack_assignment` of many requests in one round trip."""
+        if not any(acks.values()):
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key, req_ids in acks.items():
+                if req_ids:
+                    pipe.hdel(dep_key(key, "assigned"), *req_ids)
+            await pipe.execute()
+
     async def renew_leases(
         self, queued: dict[str, list[str]], running: dict[str, list[str]], lease_ms: int
     ) -> None:
