@@ -52,12 +52,26 @@ class BatchedEvents:
 
     def _write_pending(self) -> None:
         self._scheduled = False
-        if not self._pending or self._writing is not None:
-            return  # sent on by `drain`, or queued behind a write still going out
+        if not self._pending:
+            return  # sent on by `drain`
+        if self._writing is not None and not (self._writing.done() and self._succeeded()):
+            # Behind a write still going out (its end calls this again), or after one that
+            # failed (the next send or drain raises it).
+            return
         data, self._pending = "".join(self._pending), []
         self._writing = asyncio.ensure_future(self._resp.write(data.encode()))
-        # A failure is raised by the next send or drain; none comes after a client went away.
-        self._writing.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._writing.add_done_callback(self._after_write)
+
+    def _after_write(self, writing: asyncio.Future[None]) -> None:
+        if writing.cancelled() or writing.exception() is not None:
+            return  # raised by the next send or drain; none comes after a client went away
+        if self._pending and not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._write_pending)
+
+    def _succeeded(self) -> bool:
+        assert self._writing is not None
+        return not self._writing.cancelled() and self._writing.exception() is None
 
     async def _written(self) -> None:
         writing = self._writing
