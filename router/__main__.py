@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uvloop
 from aiohttp import web
 
 from router.app import create_app
@@ -27,6 +28,9 @@ def main() -> None:
         access_log=None,
         print=None,
         shutdown_timeout=10,
+        # libuv's loop: the gateway spends most of its time in socket reads and writes, which
+        # uvloop does in C (about a fifth of a warm request's CPU on the default loop).
+        loop=uvloop.new_event_loop(),
     )
 
 

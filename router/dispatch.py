@@ -1,11 +1,15 @@
 """Queue admission and slot assignment for the requests this gateway holds.
 
-Every request goes through the deployment's Redis queue (store.ENQUEUE). Any gateway may run
-the dispatch script, which hands queue heads to free replica slots in global order and tells
-the owning gateway over Redis pub/sub. Edge and level: the pub/sub message is the fast path;
-a tick that re-runs dispatch and reads assignments from Redis is the certain one. The tick
-also renews the leases on this gateway's queue entries and slots, so that a gateway that dies
-stops blocking the queue and holding capacity within one lease period.
+Every request goes through the deployment's Redis queue. Any gateway may run dispatch, which
+hands queue heads to free replica slots in global order. A gateway queues its request and
+runs dispatch in one script (store.ADMIT), and gives a slot back and runs dispatch in another
+(store.RELEASE_AND_DISPATCH): its own requests' assignments come back in the reply with the
+replica's record, so a warm request that finds a free slot costs those two calls. Requests of
+other gateways hear of their slot over Redis pub/sub. Edge and level: the reply and the
+pub/sub message are the fast paths; a tick that re-runs dispatch and reads assignments from
+Redis is the certain one. The tick also renews the leases on this gateway's queue entries and
+slots, so that a gateway that dies stops blocking the queue and holding capacity within one
+lease period.
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from wakegate.store import MAX_PRIORITY, Store, gateway_channel
+from wakegate.store import MAX_PRIORITY, Assignment, ReplicaRecord, Store, gateway_channel
 
 log = logging.getLogger(__name__)
 
 TICK_S = 0.5
+# Parsed replica records kept, by their JSON (a changed record is a new entry).
+RECORDS_KEPT = 1024
 
 
 @dataclass
@@ -35,7 +41,9 @@ class Ticket:
     woke: bool = False
     cold: bool = False  # no replica was ready when it was queued
     queued_depth: int = 0
+    # Set when the slot is handed over (the slot is then this gateway's to give back).
     replica_id: str | None = None
+    replica: ReplicaRecord | None = None  # its record, when the assignment brought it
 
 
 class Dispatcher:
@@ -45,8 +53,12 @@ class Dispatcher:
         self.gateway_id = uuid.uuid4().hex[:12]
         self._waiting: dict[str, dict[str, Ticket]] = defaultdict(dict)
         self._running: dict[str, set[str]] = defaultdict(set)  # deployment -> "rid|req"
+        # Slots handed over since the last tick, whose `assigned` entries the tick clears in
+        # one call (they matter only until the gateway has the assignment).
+        self._unacked: dict[str, set[str]] = defaultdict(set)
         self._dirty: set[str] = set()
         self._dispatching: set[str] = set()
+        self._records: dict[str, ReplicaRecord] = {}
         self.listening = asyncio.Event()
 
     # --- the request's view -----------------------------------------------------------------
@@ -64,7 +76,7 @@ class Dispatcher:
         ticket = Ticket(deployment, request_id, loop.create_future())
         self._waiting[deployment][request_id] = ticket
         try:
-            _, depth, woke, cold = await self.store.enqueue(
+            admitted = await self.store.admit(
                 deployment,
                 request_id,
                 self.gateway_id,
@@ -77,17 +89,14 @@ class Dispatcher:
         except BaseException:
             self._waiting[deployment].pop(request_id, None)
             raise
-        ticket.woke, ticket.cold, ticket.queued_depth = woke, cold, depth
-        await self.kick(deployment)
+        ticket.woke, ticket.cold = admitted.woke, admitted.cold
+        ticket.queued_depth = admitted.depth
+        self._deliver_all(deployment, admitted.assignments)
         return ticket
 
     async def wait(self, ticket: Ticket) -> str:
         """Wait for a replica slot; cancellation (timeout, disconnect) is the caller's job."""
-        replica_id = await asyncio.shield(ticket.assigned)
-        ticket.replica_id = replica_id
-        self._running[ticket.deployment].add(f"{replica_id}|{ticket.request_id}")
-        await self.store.ack_assignment(ticket.deployment, ticket.request_id)
-        return replica_id
+        return await asyncio.shield(ticket.assigned)
 
     async def requeue(self, ticket: Ticket, suspect_ms: int) -> None:
         """Give the slot back and queue the request again, at the front, away from the
@@ -96,26 +105,37 @@ class Dispatcher:
         failed = ticket.replica_id
         await self.store.suspect(ticket.deployment, failed, suspect_ms)
         self._running[ticket.deployment].discard(f"{failed}|{ticket.request_id}")
-        await self.store.release(ticket.deployment, failed, ticket.request_id)
-        ticket.replica_id = None
+        # The retry's own assignment must keep its entry until it is handed over.
+        self._unacked[ticket.deployment].discard(ticket.request_id)
+        ticket.replica_id, ticket.replica = None, None
+        await self._release(ticket.deployment, failed, ticket.request_id)
         ticket.assigned = asyncio.get_running_loop().create_future()
         self._waiting[ticket.deployment][ticket.request_id] = ticket
-        await self.store.enqueue(
+        admitted = await self.store.admit(
             ticket.deployment, ticket.request_id, self.gateway_id, MAX_PRIORITY, self.lease_ms
         )
-        await self.kick(ticket.deployment)
+        self._deliver_all(ticket.deployment, admitted.assignments)
 
     async def finish(self, ticket: Ticket) -> None:
         """Leave the queue or give the slot back, whichever applies. Safe to call twice."""
         self._waiting[ticket.deployment].pop(ticket.request_id, None)
         if ticket.replica_id is not None:
             self._running[ticket.deployment].discard(f"{ticket.replica_id}|{ticket.request_id}")
-            await self.store.release(ticket.deployment, ticket.replica_id, ticket.request_id)
+            replica_id, ticket.replica_id = ticket.replica_id, None
+            await self._release(ticket.deployment, replica_id, ticket.request_id)
         else:
             outcome = await self.store.cancel(ticket.deployment, ticket.request_id)
             if outcome == "assigned" and ticket.assigned.done() is False:
                 ticket.assigned.cancel()
-        await self.kick(ticket.deployment)
+            if outcome == "assigned":
+                await self.kick(ticket.deployment)  # a slot came free
+
+    async def _release(self, deployment: str, replica_id: str, request_id: str) -> None:
+        """Give a slot back; the same call hands it (and any other free one) on."""
+        assignments = await self.store.release_and_dispatch(
+            deployment, replica_id, request_id, self.lease_ms, self.gateway_id
+        )
+        self._deliver_all(deployment, assignments)
 
     def waiting_count(self, deployment: str) -> int:
         return len(self._waiting.get(deployment, ()))
@@ -134,8 +154,10 @@ class Dispatcher:
         try:
             while True:
                 self._dirty.discard(deployment)
-                for request_id, replica_id in await self.store.dispatch(deployment, self.lease_ms):
-                    self._deliver(deployment, request_id, replica_id)
+                assignments = await self.store.dispatch_for(
+                    deployment, self.lease_ms, self.gateway_id
+                )
+                self._deliver_all(deployment, assignments)
                 if deployment not in self._dirty:
                     break
         except Exception as exc:
@@ -143,10 +165,28 @@ class Dispatcher:
         finally:
             self._dispatching.discard(deployment)
 
-    def _deliver(self, deployment: str, request_id: str, replica_id: str) -> None:
+    def _deliver_all(self, deployment: str, assignments: Sequence[Assignment]) -> None:
+        for a in assignments:
+            self._deliver(deployment, a.request_id, a.replica_id, a.record)
+
+    def _deliver(self, deployment: str, request_id: str, replica_id: str, record: str = "") -> None:
         ticket = self._waiting.get(deployment, {}).pop(request_id, None)
-        if ticket is not None and not ticket.assigned.done():
-            ticket.assigned.set_result(replica_id)
+        if ticket is None or ticket.assigned.done():
+            return  # another gateway's request, or this one is gone (cancel frees its slot)
+        # From here the slot is this ticket's: finish() gives it back, the tick renews it.
+        ticket.replica_id = replica_id
+        ticket.replica = self._record(record) if record else None
+        self._running[deployment].add(f"{replica_id}|{request_id}")
+        self._unacked[deployment].add(request_id)
+        ticket.assigned.set_result(replica_id)
+
+    def _record(self, raw: str) -> ReplicaRecord:
+        rec = self._records.get(raw)
+        if rec is None:
+            if len(self._records) >= RECORDS_KEPT:
+                self._records.clear()
+            rec = self._records[raw] = ReplicaRecord.from_json(raw)
+        return rec
 
     async def listen(self) -> None:
         """Hear assignments of this gateway's requests made by any gateway (fast path)."""
@@ -183,6 +223,8 @@ class Dispatcher:
                     found = await self.store.take_assignments(deployment, waiting)
                     for request_id, replica_id in found.items():
                         self._deliver(deployment, request_id, replica_id)
+                unacked, self._unacked = self._unacked, defaultdict(set)
+                await self.store.ack_assignments({d: list(ids) for d, ids in unacked.items()})
                 if n % renew_every == 0:
                     await self.store.renew_leases(
                         {d: list(w) for d, w in self._waiting.items() if w},

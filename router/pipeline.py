@@ -38,6 +38,7 @@ from router.dispatch import Ticket
 from router.errors import ApiError
 from router.middlewares import tenant_of
 from router.params import GenerateRequest
+from router.sse_writer import BatchedEvents
 from wakegate import topics
 from wakegate.quotas import Quotas, queue_limit, tenant_quotas
 from wakegate.spec import DeploymentSpec, valid_name
@@ -178,10 +179,10 @@ async def await_replica(request: web.Request, ticket: Ticket, trail: Trail) -> R
     settings = request.app[SETTINGS]
     start = time.monotonic()
     deadline = start + settings.queue_timeout_s
-    while True:
+    while not ticket.assigned.done():  # done: it found a free slot when it was queued
         try:
             async with asyncio.timeout(min(RECHECK_S, max(0.0, deadline - time.monotonic()))):
-                replica_id = await request.app[DISPATCHER].wait(ticket)
+                await request.app[DISPATCHER].wait(ticket)
             break
         except TimeoutError:
             if time.monotonic() >= deadline:
@@ -195,7 +196,9 @@ async def await_replica(request: web.Request, ticket: Ticket, trail: Trail) -> R
     waited = time.monotonic() - start
     request.app[METRICS].queue_wait.labels(ticket.deployment).observe(waited)
     trail.queue_wait_s = round(waited + (trail.queue_wait_s or 0.0), 4)
-    replica = await request.app[STORE].replica(ticket.deployment, replica_id)
+    replica_id = ticket.assigned.result()
+    # The record came with the assignment when this gateway's own dispatch made it.
+    replica = ticket.replica or await request.app[STORE].replica(ticket.deployment, replica_id)
     if replica is None:
         raise ApiError(503, "the assigned replica went away", error_type="generation")
     trail.replica = replica.id
@@ -489,8 +492,10 @@ async def serve_stream(
         sep="\n", allow_all_methods=True, ping_interval=app[SETTINGS].keepalive_s
     )
 
+    events = BatchedEvents(request, resp, EventSourceResponse.DEFAULT_SEND_TIMEOUT)
+
     async def send(obj: Any) -> None:
-        await resp.send(obj if isinstance(obj, str) else json.dumps(obj, separators=(",", ":")))
+        await events.send(obj if isinstance(obj, str) else json.dumps(obj, separators=(",", ":")))
 
     async with (
         trail_of(request, spec, req, True, arrived) as trail,
@@ -536,6 +541,7 @@ async def serve_stream(
             log.exception("stream of %s failed", spec.key)
             trail.status, trail.error = 500, "internal error"
             await send(renderer.error("internal error", "generation"))
+    await events.drain()
     await renderer.close(resp)
     resp.stop_streaming()
     await resp.write_eof()

@@ -149,31 +149,49 @@ PRIORITY_WEIGHT = 10**12
 MAX_PRIORITY = 1000
 
 
-ENQUEUE = """
-local queue, qmeta, qlease, routable, wake, activity = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local counters = KEYS[7]
-local req_id, priority, meta = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local lease_expiry, now, wake_ttl, weight = ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7])
-local max_queue = tonumber(ARGV[8])
-if redis.call('ZSCORE', queue, req_id) then
-  return {0, redis.call('ZCARD', queue), 0, 0}
-end
-local depth = redis.call('ZCARD', queue)
-if depth >= max_queue then
-  return {-1, depth, 0, 0}
-end
-local seq = redis.call('HINCRBY', counters, 'arrivals', 1)
-redis.call('ZADD', queue, -priority * weight + seq, req_id)
-redis.call('HSET', qmeta, req_id, meta)
-redis.call('ZADD', qlease, lease_expiry, req_id)
-redis.call('SET', activity, now)
-local woke, cold = 0, 0
-if redis.call('HLEN', routable) == 0 then
-  cold = 1
-  if redis.call('SET', wake, now, 'NX', 'PX', wake_ttl) then woke = 1 end
-end
-return {1, redis.call('ZCARD', queue), woke, cold}
+# The queue scripts share one key layout (QUEUE_PARTS, in this order) and are put together
+# from the Lua functions below, so that one call can both queue a request and hand out free
+# slots (ADMIT), or give a slot back and hand it on (RELEASE_AND_DISPATCH): a warm request
+# then costs two script calls, not one per step.
+QUEUE_PARTS = (
+    "queue", "qmeta", "qlease", "routable", "inflight", "assigned", "suspects", "adapters",
+    "spec", "prefixes", "prefixage", "wake", "activity", "counters", "replicas",
+)  # fmt: skip
+
+_QUEUE_KEYS = """
+local queue, qmeta, qlease, routable, inflight, assigned = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local suspects, adapters_key, spec_key, prefixes, prefixage = KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+local wake, activity, counters, replicas = KEYS[12], KEYS[13], KEYS[14], KEYS[15]
 """
+
+# Queue a request (idempotent on its id): {added (1, 0 already queued, -1 full), depth, woke,
+# cold}. ARGV from `at`: id, priority, meta, lease expiry, now, wake ttl, weight, max queue.
+_ENQUEUE_FN = """
+local function enqueue(at)
+  local req_id, priority, meta = ARGV[at], tonumber(ARGV[at + 1]), ARGV[at + 2]
+  local lease_expiry, now, wake_ttl = ARGV[at + 3], ARGV[at + 4], ARGV[at + 5]
+  local weight, max_queue = tonumber(ARGV[at + 6]), tonumber(ARGV[at + 7])
+  if redis.call('ZSCORE', queue, req_id) then
+    return {0, redis.call('ZCARD', queue), 0, 0}
+  end
+  local depth = redis.call('ZCARD', queue)
+  if depth >= max_queue then
+    return {-1, depth, 0, 0}
+  end
+  local seq = redis.call('HINCRBY', counters, 'arrivals', 1)
+  redis.call('ZADD', queue, -priority * weight + seq, req_id)
+  redis.call('HSET', qmeta, req_id, meta)
+  redis.call('ZADD', qlease, lease_expiry, req_id)
+  redis.call('SET', activity, now)
+  local woke, cold = 0, 0
+  if redis.call('HLEN', routable) == 0 then
+    cold = 1
+    if redis.call('SET', wake, now, 'NX', 'PX', wake_ttl) then woke = 1 end
+  end
+  return {1, redis.call('ZCARD', queue), woke, cold}
+end
+"""
+
 
 # Match queue heads to free replica slots. Expired queue entries (their gateway died) and
 # expired slots are dropped first so they block nothing. Which free replica a request gets:
@@ -187,13 +205,18 @@ return {1, redis.call('ZCARD', queue), woke, cold}
 # where 1 and 2 only consider replicas under the bounded load
 # ceil((total + 1) * factor / n) + slack, so no replica is loaded far above the average (no
 # herding onto one warm replica) while a lightly loaded deployment still keeps its affinity.
-DISPATCH = """
-local queue, qmeta, qlease, routable, inflight, assigned = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local suspects, adapters_key, spec_key = KEYS[7], KEYS[8], KEYS[9]
-local prefixes, prefixage = KEYS[10], KEYS[11]
-local now, slot_lease, max_assign = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local channel_prefix, deployment, factor = ARGV[4], ARGV[5], tonumber(ARGV[6])
-local slack, index_max, min_share = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+# Each assignment is recorded in `assigned` (until release or cancel) and told to its gateway:
+# published on its channel, except to `self_gw`, the gateway running the script, which gets
+# it in the reply together with the replica's record (no pub/sub hop, no record lookup).
+# Returns {request id, replica id, record or ''} per assignment, flattened.
+# ARGV from `at`: now, slot lease, max assign, channel prefix, deployment, factor, slack,
+# prefix index max, min share, self_gw.
+_DISPATCH_FN = """
+local function dispatch(at)
+local now, slot_lease, max_assign = tonumber(ARGV[at]), tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
+local channel_prefix, deployment, factor = ARGV[at + 3], ARGV[at + 4], tonumber(ARGV[at + 5])
+local slack, index_max, min_share = tonumber(ARGV[at + 6]), tonumber(ARGV[at + 7]), tonumber(ARGV[at + 8])
+local self_gw = ARGV[at + 9]
 local mode = 'prefix'
 local spec = redis.call('GET', spec_key)
 if spec then
@@ -249,7 +272,7 @@ end
 local function any_rid() return true end
 
 local out = {}
-while #out / 2 < max_assign do
+while #out / 3 < max_assign do
   local head = redis.call('ZRANGE', queue, 0, 0)[1]
   if not head then break end
   local meta = redis.call('HGET', qmeta, head)
@@ -290,7 +313,10 @@ while #out / 2 < max_assign do
   redis.call('HSET', assigned, head, best)
   load[best] = load[best] + 1
   total = total + 1
-  if m['gw'] then
+  local record = ''
+  if m['gw'] and m['gw'] == self_gw then
+    record = redis.call('HGET', replicas, best) or ''
+  elseif m['gw'] then
     redis.call('PUBLISH', channel_prefix .. m['gw'], deployment .. ' ' .. head .. ' ' .. best)
   end
   if chain then
@@ -302,7 +328,7 @@ while #out / 2 < max_assign do
     redis.call('HSET', prefixes, unpack(owned))
     redis.call('ZADD', prefixage, unpack(aged))
   end
-  table.insert(out, head); table.insert(out, best)
+  table.insert(out, head); table.insert(out, best); table.insert(out, record)
 end
 local surplus = redis.call('ZCARD', prefixage) - index_max
 while surplus > 0 do
@@ -313,7 +339,41 @@ while surplus > 0 do
   surplus = surplus - #gone
 end
 return out
+end
 """
+
+ENQUEUE = _QUEUE_KEYS + _ENQUEUE_FN + "return enqueue(1)\n"
+DISPATCH = _QUEUE_KEYS + _DISPATCH_FN + "return dispatch(1)\n"
+# Queue a request and hand out free slots in the same call: a request that finds a slot free
+# and nobody before it gets it at once, and one that finds older requests waiting queues behind
+# them (dispatch serves the queue's heads in order, whoever queued them). Returns enqueue's four
+# values, then dispatch's assignments.
+ADMIT = (
+    _QUEUE_KEYS
+    + _ENQUEUE_FN
+    + _DISPATCH_FN
+    + """
+local queued = enqueue(1)
+if queued[1] == -1 then return queued end
+local out = dispatch(9)
+-- the depth after dispatch: what is still waiting
+local result = {queued[1], redis.call('ZCARD', queue), queued[3], queued[4]}
+for _, v in ipairs(out) do table.insert(result, v) end
+return result
+"""
+)
+# Give a slot back (ARGV 1-3: replica id, request id, now) and hand out what is free then.
+RELEASE_AND_DISPATCH = (
+    _QUEUE_KEYS
+    + _DISPATCH_FN
+    + """
+redis.call('ZREM', inflight, ARGV[1] .. '|' .. ARGV[2])
+redis.call('HDEL', assigned, ARGV[2])
+redis.call('SET', activity, ARGV[3])
+redis.call('HINCRBY', counters, 'completions', 1)
+return dispatch(4)
+"""
+)
 
 # Take a request out wherever it is: still queued, or assigned but not yet released.
 CANCEL = """
@@ -497,6 +557,61 @@ class ReplicaRecord:
 
 
 @dataclass(frozen=True)
+class Assignment:
+    """A queued request handed a replica slot; `record` is the replica's record (JSON) when
+    the gateway that owns the request ran the dispatch, else ""."""
+
+    request_id: str
+    replica_id: str
+    record: str = ""
+
+
+@dataclass(frozen=True)
+class Admitted:
+    added: bool
+    depth: int  # still waiting after the call's dispatch
+    woke: bool  # publish a wake-up
+    cold: bool  # no replica was ready
+    assignments: list[Assignment]
+
+
+def _queue_keys(key: str) -> list[str]:
+    return [dep_key(key, p) for p in QUEUE_PARTS]
+
+
+def _enqueue_args(
+    req_id: str,
+    gateway_id: str,
+    priority: int,
+    lease_ms: int,
+    max_queue: int,
+    adapter: str | None,
+    prefix: Sequence[str],
+) -> list[Any]:
+    if abs(priority) > MAX_PRIORITY:
+        raise ValueError(f"priority must be within ±{MAX_PRIORITY}")
+    now = now_ms()
+    meta = json.dumps(
+        {"gw": gateway_id, "enq": now, "priority": priority, "adapter": adapter or "",
+         "prefix": " ".join(prefix)}
+    )  # fmt: skip
+    return [
+        req_id, priority, meta, now + lease_ms, now, WAKE_DEDUP_MS, PRIORITY_WEIGHT, max_queue
+    ]  # fmt: skip
+
+
+def _dispatch_args(key: str, lease_ms: int, max_assign: int, gateway_id: str) -> list[Any]:
+    return [
+        now_ms(), lease_ms, max_assign, gateway_channel(""), key, BOUNDED_LOAD_FACTOR,
+        BOUNDED_LOAD_SLACK, PREFIX_INDEX_MAX, PREFIX_MIN_SHARE, gateway_id,
+    ]  # fmt: skip
+
+
+def _assignments(flat: Sequence[str]) -> list[Assignment]:
+    return [Assignment(flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)]
+
+
+@dataclass(frozen=True)
 class Load:
     queued: int
     in_flight: int
@@ -516,6 +631,8 @@ class Store:
         self._count_auth_failure = redis.register_script(COUNT_AUTH_FAILURE)
         self._enqueue = redis.register_script(ENQUEUE)
         self._dispatch = redis.register_script(DISPATCH)
+        self._admit = redis.register_script(ADMIT)
+        self._release_and_dispatch = redis.register_script(RELEASE_AND_DISPATCH)
         self._cancel = redis.register_script(CANCEL)
         self._leader = redis.register_script(LEADER_LEASE)
         self._release_leader = redis.register_script(RELEASE_LEADER)
@@ -938,23 +1055,37 @@ class Store:
 
         Raises QueueFull, changing nothing, when `max_queue` requests already wait.
         """
-        if abs(priority) > MAX_PRIORITY:
-            raise ValueError(f"priority must be within ±{MAX_PRIORITY}")
-        now = now_ms()
-        meta = json.dumps(
-            {"gw": gateway_id, "enq": now, "priority": priority, "adapter": adapter or "",
-             "prefix": " ".join(prefix)}
-        )  # fmt: skip
-        added, depth, woke, cold = await self._enqueue(
-            keys=[
-                dep_key(key, p)
-                for p in ("queue", "qmeta", "qlease", "routable", "wake", "activity", "counters")
-            ],
-            args=[
-                req_id, priority, meta, now + lease_ms, now, WAKE_DEDUP_MS, PRIORITY_WEIGHT,
-                max_queue,
-            ],
-        )  # fmt: skip
+        args = _enqueue_args(req_id, gateway_id, priority, lease_ms, max_queue, adapter, prefix)
+        added, depth, woke, cold = await self._enqueue(keys=_queue_keys(key), args=args)
+        await self._queued(key, req_id, added, depth, cold)
+        return bool(added), int(depth), bool(woke), bool(cold)
+
+    async def admit(
+        self,
+        key: str,
+        req_id: str,
+        gateway_id: str,
+        priority: int,
+        lease_ms: int,
+        max_queue: int = 2**31,
+        adapter: str | None = None,
+        prefix: Sequence[str] = (),
+    ) -> Admitted:
+        """Queue a request and, in the same call, hand free slots to the queue's heads in
+        order (this one among them when nobody before it waits). Assignments of
+        `gateway_id`'s requests come back with their replica's record and are not published.
+
+        Raises QueueFull, changing nothing, when `max_queue` requests already wait.
+        """
+        args = _enqueue_args(req_id, gateway_id, priority, lease_ms, max_queue, adapter, prefix)
+        out = await self._admit(
+            keys=_queue_keys(key), args=[*args, *_dispatch_args(key, lease_ms, 64, gateway_id)]
+        )
+        added, depth, woke, cold = out[:4]
+        await self._queued(key, req_id, added, depth, cold)
+        return Admitted(bool(added), int(depth), bool(woke), bool(cold), _assignments(out[4:]))
+
+    async def _queued(self, key: str, req_id: str, added: int, depth: int, cold: int) -> None:
         if added == -1:
             raise QueueFull(int(depth))
         if cold and added:
@@ -966,42 +1097,24 @@ class Store:
                 # all, rather than queued with no wake recorded.
                 await asyncio.shield(self.cancel(key, req_id))
                 raise
-        return bool(added), int(depth), bool(woke), bool(cold)
 
     async def dispatch(
         self, key: str, lease_ms: int, max_assign: int = 64
     ) -> list[tuple[str, str]]:
-        """Assign queue heads to free slots; returns [(request id, replica id)]."""
+        """Assign queue heads to free slots, telling each owning gateway on its channel;
+        returns [(request id, replica id)]."""
+        out = await self.dispatch_for(key, lease_ms, "", max_assign)
+        return [(a.request_id, a.replica_id) for a in out]
+
+    async def dispatch_for(
+        self, key: str, lease_ms: int, gateway_id: str, max_assign: int = 64
+    ) -> list[Assignment]:
+        """`dispatch` run by gateway `gateway_id`: its own requests' assignments come back
+        with their replica's record instead of being published."""
         out = await self._dispatch(
-            keys=[
-                dep_key(key, p)
-                for p in (
-                    "queue",
-                    "qmeta",
-                    "qlease",
-                    "routable",
-                    "inflight",
-                    "assigned",
-                    "suspects",
-                    "adapters",
-                    "spec",
-                    "prefixes",
-                    "prefixage",
-                )
-            ],
-            args=[
-                now_ms(),
-                lease_ms,
-                max_assign,
-                gateway_channel(""),
-                key,
-                BOUNDED_LOAD_FACTOR,
-                BOUNDED_LOAD_SLACK,
-                PREFIX_INDEX_MAX,
-                PREFIX_MIN_SHARE,
-            ],
+            keys=_queue_keys(key), args=_dispatch_args(key, lease_ms, max_assign, gateway_id)
         )
-        return [(out[i], out[i + 1]) for i in range(0, len(out), 2)]
+        return _assignments(out)
 
     async def cancel(self, key: str, req_id: str) -> str:
         """Remove a request from the queue or its slot: 'queued', 'assigned' or 'none'."""
@@ -1025,6 +1138,16 @@ class Store:
 
     async def ack_assignment(self, key: str, req_id: str) -> None:
         await self.redis.hdel(dep_key(key, "assigned"), req_id)
+
+    async def ack_assignments(self, acks: dict[str, list[str]]) -> None:
+        """`ack_assignment` of many requests in one round trip."""
+        if not any(acks.values()):
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key, req_ids in acks.items():
+                if req_ids:
+                    pipe.hdel(dep_key(key, "assigned"), *req_ids)
+            await pipe.execute()
 
     async def renew_leases(
         self, queued: dict[str, list[str]], running: dict[str, list[str]], lease_ms: int
@@ -1148,6 +1271,17 @@ class Store:
         """Keep dispatch away from a replica that just failed a request (until the scaler
         has looked at it)."""
         await self.redis.hset(dep_key(key, "suspects"), replica_id, now_ms() + for_ms)
+
+    async def release_and_dispatch(
+        self, key: str, replica_id: str, req_id: str, lease_ms: int, gateway_id: str
+    ) -> list[Assignment]:
+        """`release`, then dispatch (as `dispatch`) in the same call: the freed slot goes to
+        the queue's head at once."""
+        out = await self._release_and_dispatch(
+            keys=_queue_keys(key),
+            args=[replica_id, req_id, now_ms(), *_dispatch_args(key, lease_ms, 64, gateway_id)],
+        )
+        return _assignments(out)
 
     async def release(self, key: str, replica_id: str, req_id: str) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:

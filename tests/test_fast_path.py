@@ -1,0 +1,217 @@
+"""The warm fast path: a request queues and takes a free slot in one call (store.ADMIT), and a
+slot given back goes to the queue's head in the same call (store.RELEASE_AND_DISPATCH), while
+the queue keeps its guarantees: global order across gateways, leases, the queue limit."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import threading
+from collections.abc import Callable
+
+import httpx
+import pytest
+import redis
+from harness import Proc, Stack, free_port, wait_until
+
+from wakegate.store import Assignment, QueueFull, ReplicaRecord, Store, dep_key
+
+D = "acme/llm"
+
+
+def replica(rid: str, concurrency: int = 1) -> ReplicaRecord:
+    return ReplicaRecord(
+        id=rid, deployment=D, revision=1, state="ready", url=f"http://{rid}", dialect="openai",
+        concurrency=concurrency, backend="sim", key=f"key-of-{rid}",
+    )  # fmt: skip
+
+
+# --- the scripts ------------------------------------------------------------------------------
+
+
+async def test_a_request_that_finds_a_free_slot_gets_it_and_the_replica_record_at_once(
+    store: Store,
+) -> None:
+    await store.put_replica(replica("a"))
+    admitted = await store.admit(D, "r", "gw-1", 0, 10_000)
+    assert admitted.added and not admitted.cold and admitted.depth == 0
+    [got] = admitted.assignments
+    assert (got.request_id, got.replica_id) == ("r", "a")
+    record = ReplicaRecord.from_json(got.record)
+    assert record.url == "http://a" and record.key == "key-of-a"
+    assert (await store.load(D)).in_flight == 1
+
+
+async def test_a_newer_request_never_overtakes_an_older_queued_one(store: Store) -> None:
+    """A waits (the only slot is busy); the slot comes free without a dispatch (released by
+    a path that does not hand it on); B arrives at another gateway that very moment: B's own
+    call hands the slot to A, and B queues behind it."""
+    await store.put_replica(replica("a"))
+    assert (await store.admit(D, "busy", "gw-1", 0, 10_000)).assignments
+    older = await store.admit(D, "A", "gw-2", 0, 10_000)
+    assert older.assignments == [] and older.depth == 1
+    await store.release(D, "a", "busy")
+
+    newer = await store.admit(D, "B", "gw-1", 0, 10_000)
+    # A is gw-2's: published to it, so it comes back without a record.
+    assert newer.assignments == [Assignment("A", "a", "")]
+    assert newer.depth == 1
+    assert await store.take_assignments(D, ["A", "B"]) == {"A": "a"}
+
+
+async def test_a_newer_request_of_higher_priority_goes_first(store: Store) -> None:
+    await store.put_replica(replica("a"))
+    await store.admit(D, "busy", "gw-1", 0, 10_000)
+    await store.admit(D, "low", "gw-1", 0, 10_000)
+    await store.admit(D, "high", "gw-2", 5, 10_000)
+    freed = await store.release_and_dispatch(D, "a", "busy", 10_000, "gw-2")
+    assert [(x.request_id, x.replica_id) for x in freed] == [("high", "a")]
+    assert ReplicaRecord.from_json(freed[0].record).id == "a"
+
+
+async def test_a_released_slot_goes_to_the_queue_head_in_the_same_call(store: Store) -> None:
+    pubsub = store.redis.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe("wg:gw:gw-2")
+    await store.put_replica(replica("a"))
+    await store.admit(D, "busy", "gw-1", 0, 10_000)
+    await store.admit(D, "mine", "gw-1", 0, 10_000)
+    await store.admit(D, "theirs", "gw-2", 0, 10_000)
+
+    [mine] = await store.release_and_dispatch(D, "a", "busy", 10_000, "gw-1")
+    assert (mine.request_id, mine.replica_id) == ("mine", "a") and mine.record
+    [theirs] = await store.release_and_dispatch(D, "a", "mine", 10_000, "gw-1")
+    assert theirs == Assignment("theirs", "a", "")
+    msg = None
+    for _ in range(50):
+        msg = await pubsub.get_message(timeout=0.1)
+        if msg:
+            break
+    await pubsub.aclose()  # type: ignore[no-untyped-call]
+    assert msg is not None and msg["data"] == f"{D} theirs a"
+    load = await store.load(D)
+    assert (load.queued, load.in_flight, load.completions_total) == (0, 1, 2)
+
+
+async def test_a_dead_gateways_slot_and_queue_entry_stop_blocking_after_their_lease(
+    store: Store,
+) -> None:
+    await store.put_replica(replica("a"))
+    assert (await store.admit(D, "held", "gw-dead", 0, 1)).assignments  # slot lease of 1 ms
+    await store.admit(D, "queued", "gw-dead", 0, 1)  # queue lease of 1 ms
+    await asyncio.sleep(0.01)
+    live = await store.admit(D, "live", "gw-1", 0, 10_000)
+    assert [x.request_id for x in live.assignments] == ["live"]
+    assert (await store.load(D)).queued == 0
+
+
+async def test_admit_at_the_queue_limit_refuses_and_changes_nothing(store: Store) -> None:
+    await store.admit(D, "q1", "gw-1", 0, 10_000, max_queue=1)  # cold: stays queued
+    with pytest.raises(QueueFull):
+        await store.admit(D, "q2", "gw-1", 0, 10_000, max_queue=1)
+    assert (await store.load(D)).queued == 1
+    assert (await store.load(D)).arrivals_total == 1
+
+
+# --- real stacks ------------------------------------------------------------------------------
+
+# One sequence at a time; 20 tokens take about a second.
+ONE_AT_A_TIME = ["--load-s", "0", "--ttft-s", "0", "--tps", "20", "--batch", "1"]
+
+
+def second_gateway(stack: Stack) -> tuple[Proc, str]:
+    port = free_port()
+    env = {**stack.env, "WAKEGATE_PORT": str(port)}
+    proc = Proc("gateway2", [sys.executable, "-m", "router"], stack.tmp / "gateway2.log", env)
+    proc.start()
+    base = f"http://127.0.0.1:{port}"
+    wait_until(lambda: httpx.get(f"{base}/healthz").status_code == 200, 30, "gateway 2 health")
+    return proc, base
+
+
+def hand_overs(stack: Stack, name: str) -> int:
+    r = redis.Redis.from_url(stack.redis_url)
+    try:
+        return int(r.hlen(dep_key(f"{stack.tenant}/{name}", "assigned")))
+    finally:
+        r.close()
+
+
+def test_across_two_gateways_a_queued_request_is_served_before_a_newer_one(
+    make_stack: Callable[..., Stack], name: str
+) -> None:
+    stack = make_stack(backend="sim")
+    stack.create(name, baseModel="sim-llm", minReplicas=1, maxReplicas=1, customArgs=ONE_AT_A_TIME)
+    wait_until(lambda: stack.ready_replicas(name) == 1, 60, "replica ready")
+    gw2, base2 = second_gateway(stack)
+    finished: list[str] = []
+
+    def send(base: str, label: str, tokens: int) -> None:
+        r = httpx.post(
+            f"{base}/{stack.tenant}/deployments/v2/llms/{name}/v1/completions",
+            headers=stack.headers,
+            json={"prompt": label, "max_tokens": tokens},
+            timeout=120,
+        )
+        assert r.status_code == 200, r.text
+        finished.append(label)
+
+    try:
+        busy = threading.Thread(target=send, args=(base2, "busy", 20))
+        busy.start()
+        wait_until(lambda: stack.in_flight(name) == 1, 20, "the slot taken")
+        older = threading.Thread(target=send, args=(stack.base, "older", 2))
+        older.start()
+        wait_until(lambda: stack.queued(name) == 1, 20, "the older request queued")
+
+        def newer_when_the_slot_frees() -> None:
+            busy.join(120)
+            send(base2, "newer", 2)  # at once, to the gateway that just freed the slot
+
+        newer = threading.Thread(target=newer_when_the_slot_frees)
+        newer.start()
+        for t in (older, newer):
+            t.join(120)
+        assert finished == ["busy", "older", "newer"]
+    finally:
+        gw2.stop()
+    stack.delete(name)
+
+
+def test_a_killed_gateways_slots_are_freed_after_the_lease(
+    make_stack: Callable[..., Stack], name: str
+) -> None:
+    stack = make_stack(backend="sim")
+    slow = ["--load-s", "0", "--ttft-s", "0", "--tps", "20", "--batch", "1"]
+    stack.create(name, baseModel="sim-llm", minReplicas=1, maxReplicas=1, customArgs=slow)
+    wait_until(lambda: stack.ready_replicas(name) == 1, 60, "replica ready")
+
+    def hold_the_slot() -> None:
+        with pytest.raises(httpx.HTTPError):
+            httpx.post(
+                stack.deploy_url(name) + "/v1/completions",
+                headers=stack.headers,
+                json={"prompt": "long", "max_tokens": 200},
+                timeout=120,
+            )
+
+    holder = threading.Thread(target=hold_the_slot)
+    holder.start()
+    wait_until(lambda: stack.in_flight(name) == 1, 20, "the slot taken")
+    # The gateway clears the slot's hand-over entry on its next tick: a gateway that dies
+    # leaves none behind.
+    wait_until(lambda: hand_overs(stack, name) == 0, 10, "the hand-over acknowledged")
+    stack.gateway.kill9()
+    holder.join(30)
+    stack.start_gateway()
+    # The dead gateway renews nothing: its slot is handed on once its lease (4 s) runs out.
+    r = httpx.post(
+        stack.deploy_url(name) + "/v1/completions",
+        headers=stack.headers,
+        json={"prompt": "after", "max_tokens": 2},
+        timeout=120,
+    )
+    assert r.status_code == 200, r.text
+    assert json.loads(r.text)["choices"][0]["text"]
+    wait_until(lambda: stack.in_flight(name) == 0, 30, "no slot held")
+    stack.delete(name)
