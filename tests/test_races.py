@@ -124,10 +124,14 @@ def test_put_racing_delete_never_resurrects_the_deployment(
         assert stack.api("GET", f"/v2/deployments/{n}").status_code == 404
         spec = stored_spec(stack, n)
         assert spec is None or spec["status"] == "deleting", f"{n} came back: {spec}"
-    # Once purged, nothing is written back: no spec without its index entry either.
+    # Once purged, nothing is written back: no spec without its index entry either. (The purge
+    # deletes the spec, then removes the index entry: wait for both.)
     for n in names:
-        wait_until(lambda n=n: stored_spec(stack, n) is None, 60, f"{n} purged")
-        assert not indexed(stack, n)
+        wait_until(
+            lambda n=n: stored_spec(stack, n) is None and not indexed(stack, n),
+            60,
+            f"{n} purged, spec and index entry",
+        )
     for n in names:
         assert stored_spec(stack, n) is None
         assert stack.api("GET", f"/v2/deployments/{n}").status_code == 404
