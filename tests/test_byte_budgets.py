@@ -81,9 +81,13 @@ def test_deleting_a_deployment_purges_its_queued_jobs(
     try:
         assert rc.sismember(JOB_DEPLOYMENTS, key)
         assert stack.api("DELETE", f"/v2/deployments/{name}").status_code == 200
-        wait_until(lambda: not rc.exists(dep_key(key, "spec")), 60, f"{name} purged")
+        # The purge removes the jobs, then the spec, then the job index entry: wait for the last.
+        wait_until(
+            lambda: not rc.exists(dep_key(key, "spec")) and not rc.sismember(JOB_DEPLOYMENTS, key),
+            60,
+            f"{name} purged, spec and job index entry",
+        )
         assert job_keys(stack, name) == []
-        assert not rc.sismember(JOB_DEPLOYMENTS, key)
         assert not rc.exists(dep_key(key, "running"), dep_key(key, "queue"))
     finally:
         rc.close()
