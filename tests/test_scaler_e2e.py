@@ -133,7 +133,12 @@ def test_failing_engine_backs_off_then_marks_the_deployment_failed(
     assert 6 <= elapsed < 45, "three attempts with 2 s and 4 s backoff between them"
     assert len(stack.replicas_started(name)) == 3
     assert status(stack, name) == "failed"
-    failed = [e for e in events(stack, name) if e["eventType"] == "Failed"]
+    # The scaler appends the Failed event just after the status the 424 answers from.
+    failed = wait_until(
+        lambda: [e for e in events(stack, name) if e["eventType"] == "Failed"],
+        30,
+        "the Failed event",
+    )
     assert len(failed) == 1 and "exited" in failed[0]["message"]
     time.sleep(4)
     assert len(stack.replicas_started(name)) == 3, "no more attempts once failed"
