@@ -82,7 +82,7 @@ def test_hf_token_is_stored_encrypted_in_redis_and_its_aof_and_a_repeat_changes_
     def aof_bytes() -> bytes:
         return b"".join(p.read_bytes() for p in aof.rglob("*") if p.is_file())
 
-    wait_until(lambda: sealed.encode() in aof_bytes(), 10, "the sealed token in the AOF")
+    wait_until(lambda: sealed.encode() in aof_bytes(), 30, "the sealed token in the AOF")
     assert PLAIN.encode() not in aof_bytes()
 
     # The same token again is no change (no rolling restart); another one is.
@@ -176,9 +176,10 @@ def test_tokens_are_listed_without_secrets_revoked_and_expire(
     token = wakegate_cli(
         stack, "create-token", "--tenant", "beta", "--label", "ci", "--expires-in", "1h"
     ).strip()
-    short = wakegate_cli(stack, "tokens", "create", "--tenant", "beta", "--expires-in", "5s")
+    # Long enough to be seen valid after the CLI exits on a loaded machine.
+    short = wakegate_cli(stack, "tokens", "create", "--tenant", "beta", "--expires-in", "10s")
     short = short.strip()
-    assert status_of(stack, short) == 200  # five seconds to live
+    assert status_of(stack, short) == 200  # ten seconds to live
     assert status_of(stack, token) == 200
     listing = [json.loads(line) for line in wakegate_cli(stack, "tokens", "list").splitlines()]
     text = json.dumps(listing)
@@ -188,12 +189,12 @@ def test_tokens_are_listed_without_secrets_revoked_and_expire(
     assert {t.get("tenant") for t in listing} >= {"beta", stack.tenant}
 
     wakegate_cli(stack, "tokens", "revoke", mine[0]["id"])
-    wait_until(lambda: status_of(stack, token) == 401, 10, "the revoked token refused")
+    wait_until(lambda: status_of(stack, token) == 401, 30, "the revoked token refused")
     ids = [json.loads(line)["id"] for line in wakegate_cli(stack, "tokens", "list").splitlines()]
     assert mine[0]["id"] not in ids
 
     # Expiry: Redis drops the record at the expiry time and the gateway checks it too.
-    wait_until(lambda: status_of(stack, short) == 401, 20, "the expired token refused")
+    wait_until(lambda: status_of(stack, short) == 401, 60, "the expired token refused")
 
 
 def test_a_token_record_written_into_redis_without_the_key_opens_nothing(
@@ -267,4 +268,4 @@ def test_a_deleted_deployment_leaves_no_series_in_gateway_or_scaler_metrics(
     stack.delete("gone")
     db = raw_redis(stack)
     wait_until(lambda: not db.exists(dep_key(f"{stack.tenant}/gone", "spec")), 60, "the purge")
-    wait_until(lambda: not series(), 10, "no series of the deleted deployment")
+    wait_until(lambda: not series(), 30, "no series of the deleted deployment")
