@@ -92,7 +92,7 @@ def test_up_serves_a_real_model_stops_cleanly_and_remembers_deployments(tmp_path
         up.send_signal(signal.SIGINT)
         assert up.wait(60) == 0
     assert "all stopped" in log.read_text()
-    wait_until(lambda: not processes_mentioning(str(state)), 10, "no process left behind")
+    wait_until(lambda: not processes_mentioning(str(state)), 30, "no process left behind")
 
     # A second `up` finds the deployment created before (Redis AOF under the state dir).
     port = free_port()
@@ -104,7 +104,7 @@ def test_up_serves_a_real_model_stops_cleanly_and_remembers_deployments(tmp_path
     finally:
         up.send_signal(signal.SIGTERM)
         assert up.wait(60) == 0
-    wait_until(lambda: not processes_mentioning(str(state)), 10, "no process left behind")
+    wait_until(lambda: not processes_mentioning(str(state)), 30, "no process left behind")
 
 
 def test_up_uses_the_configured_redis_and_broker_instead_of_embedded_ones(
@@ -184,7 +184,7 @@ def test_up_guards_redis_and_the_broker_with_generated_credentials_in_a_private_
         # The broker: an anonymous CONNECT is refused, the generated user is admitted.
         async def connects(**auth: str) -> bool:
             try:
-                async with aiomqtt.Client("127.0.0.1", mqtt_port, timeout=5, **auth):
+                async with aiomqtt.Client("127.0.0.1", mqtt_port, timeout=30, **auth):
                     return True
             except aiomqtt.MqttError:
                 return False
@@ -229,7 +229,7 @@ def test_up_guards_redis_and_the_broker_with_generated_credentials_in_a_private_
         # AOF (with the sealed hfToken, never the plain one) and logs 0600.
         wait_until(
             lambda: any(b"wgsealed:v1:" in p.read_bytes() for p in aof_files(state)),
-            10,
+            30,
             "the sealed hfToken in the AOF",
         )
         assert not any(b"hf_PLAIN_up" in p.read_bytes() for p in aof_files(state))
