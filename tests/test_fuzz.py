@@ -111,6 +111,7 @@ def job_id(fuzz_stack: Stack) -> str:
         fuzz_stack.deploy_url(DEPLOYMENT) + "/async",
         headers=fuzz_stack.headers,
         json={"inputs": "fuzz", "parameters": {"max_new_tokens": 4}},
+        timeout=60,
     )
     assert r.status_code == 202, r.text
     return str(r.json()["id"])
@@ -248,12 +249,16 @@ def test_a_negative_openai_seed_is_a_400_naming_seed(fuzz_stack: Stack) -> None:
         fuzz_stack.deploy_url(DEPLOYMENT) + "/v1/completions",
         headers=fuzz_stack.headers,
         json={"prompt": "hi", "max_tokens": 2, "seed": -1},
+        timeout=60,
     )
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == "seed"
     ok = {"prompt": "hi", "max_tokens": 2, "seed": 7}
     r = httpx.post(
-        fuzz_stack.deploy_url(DEPLOYMENT) + "/v1/completions", headers=fuzz_stack.headers, json=ok
+        fuzz_stack.deploy_url(DEPLOYMENT) + "/v1/completions",
+        headers=fuzz_stack.headers,
+        json=ok,
+        timeout=60,
     )
     assert r.status_code == 200, r.text
 
@@ -267,7 +272,10 @@ def test_a_lorax_body_cannot_turn_itself_into_a_chat_request(fuzz_stack: Stack) 
         "messages": [{"role": "user", "content": "hi"}],
     }
     r = httpx.post(
-        fuzz_stack.deploy_url(DEPLOYMENT) + "/generate", headers=fuzz_stack.headers, json=body
+        fuzz_stack.deploy_url(DEPLOYMENT) + "/generate",
+        headers=fuzz_stack.headers,
+        json=body,
+        timeout=60,
     )
     assert r.status_code == 200, r.text
     assert r.json()["generated_text"] == " tok" * 3
