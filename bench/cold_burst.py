@@ -12,9 +12,9 @@ sent at once; the benchmark reports
   queue's service time at full capacity, i.e. the request at quantile q starts after
   floor(q * N / (replicas * batch)) full rounds of one stream's duration, then its TTFT;
 - the gateway's peak memory (RSS of its processes, sampled every 0.2 s);
-- the wake reaction: from the first request being queued (the gateway's queue comment on a
-  stream tells how long it waited) to the wake event on the broker, and the number of wake
-  events (one per burst).
+- the wake reaction: from the waking request being queued (the time the enqueue script
+  records in the deployment's wake marker, read from Redis when the event arrives) to the
+  wake event arriving from the broker; and the number of wake events (one per burst).
 
 The client and the gateway get a file-descriptor limit high enough for the burst
 (the gateway inherits the raised limit). Prints one JSON object per burst and a table;
@@ -25,13 +25,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import resource
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -43,14 +48,15 @@ import psutil
 from wakegate import topics
 from wakegate.embedded import free_port
 from wakegate.settings import Settings
+from wakegate.store import Store, dep_key
 from wakegate.up import Stack
 
 HERE = Path(__file__).resolve().parent
+HAS_WORKERS = "gateway_workers" in {f.name for f in fields(Settings)}
 NAME = "burst"
 LOAD_S, TTFT_S, TPS, BATCH, REPLICAS, TOKENS = 5.0, 0.05, 40.0, 64, 4, 20
 ENGINE = ["--load-s", str(LOAD_S), "--ttft-s", str(TTFT_S), "--tps", str(TPS),
           "--batch", str(BATCH)]  # fmt: skip
-QUEUE_COMMENT = ": wakegate "
 
 
 def raise_fd_limit(wanted: int) -> int:
@@ -77,7 +83,6 @@ def pct(values: list[float], q: float) -> float | None:
 class Outcome:
     def __init__(self) -> None:
         self.first_token_s: float | None = None
-        self.enqueued_at: float | None = None  # wall clock
         self.failure: str | None = None
 
 
@@ -97,10 +102,7 @@ async def one_stream(
                     return out
                 async for raw in r.content:
                     line = raw.decode().rstrip("\r\n")
-                    if line.startswith(QUEUE_COMMENT):
-                        fields = dict(kv.split("=", 1) for kv in line[len(QUEUE_COMMENT) :].split())
-                        out.enqueued_at = time.time() - int(fields["queue_wait_ms"]) / 1000
-                    elif line.startswith("data:"):
+                    if line.startswith("data:"):
                         event = json.loads(line[5:])
                         if "error" in event:
                             out.failure = f"in-stream {event.get('error_type')}: {event['error']}"
@@ -117,16 +119,22 @@ async def one_stream(
     return out
 
 
-async def watch_wakes(mqtt_url: str, key: str, seen: list[float], ready: asyncio.Event) -> None:
-    """Wall-clock arrival of each wake event of `key` on the broker."""
+async def watch_wakes(
+    mqtt_url: str, redis_url: str, key: str, seen: list[tuple[float, float]], ready: threading.Event
+) -> None:
+    """(wall-clock arrival, reaction in ms) of each wake event of `key` from the broker."""
     u = urlparse(mqtt_url)
+    store = Store.from_url(redis_url)
     async with aiomqtt.Client(
         u.hostname or "127.0.0.1", u.port or 1883, username=u.username, password=u.password
     ) as mq:
         await mq.subscribe(topics.topic(key, "wake"), qos=1)
         ready.set()
         async for _ in mq.messages:
-            seen.append(time.time())
+            arrived = time.time()
+            queued_ms = await store.redis.get(dep_key(key, "wake"))
+            reaction = arrived * 1000 - int(queued_ms) if queued_ms else float("nan")
+            seen.append((arrived, reaction))
 
 
 async def sample_rss(pid: int, peak: list[float], stop: asyncio.Event) -> None:
@@ -140,7 +148,9 @@ async def sample_rss(pid: int, peak: list[float], stop: asyncio.Event) -> None:
         await asyncio.sleep(0.2)
 
 
-async def burst(stack: Stack, n: int, timeout_s: float) -> dict[str, Any]:
+async def burst(
+    stack: Stack, n: int, timeout_s: float, profile: tuple[str, str] | None
+) -> dict[str, Any]:
     s = stack.settings
     assert s.mqtt_url
     base = f"http://{s.host}:{s.port}"
@@ -160,12 +170,28 @@ async def burst(stack: Stack, n: int, timeout_s: float) -> dict[str, Any]:
         async with client.post(f"{base}/v2/deployments", json=body, headers=headers) as r:
             if r.status != 200:
                 raise RuntimeError(f"create: {r.status} {await r.text()}")
-        wakes: list[float] = []
-        subscribed, stop = asyncio.Event(), asyncio.Event()
-        watcher = asyncio.create_task(watch_wakes(s.mqtt_url, key, wakes, subscribed))
-        await asyncio.wait_for(subscribed.wait(), 30)
+        # The wake watcher runs on a loop of its own: the burst keeps this one busy, and an
+        # event read late would look like a slow reaction.
+        wakes: list[tuple[float, float]] = []
+        subscribed, stop = threading.Event(), asyncio.Event()
+        assert s.redis_url
+        def watch() -> None:
+            with contextlib.suppress(Exception):  # the broker stops with the stack
+                asyncio.run(watch_wakes(s.mqtt_url, s.redis_url, key, wakes, subscribed))
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        if not await asyncio.to_thread(subscribed.wait, 30):
+            raise RuntimeError("could not subscribe to wake events")
         peak = [0.0]
         sampler = asyncio.create_task(sample_rss(gateway_pid, peak, stop))
+        spy = None
+        if profile is not None:
+            spy = subprocess.Popen(
+                [profile[0], "record", "--pid", str(gateway_pid), "--subprocesses", "--rate", "50",
+                 "--format", "speedscope", "--output", profile[1], "--nonblocking"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
         url = f"{base}/{s.default_tenant}/deployments/v2/llms/{NAME}"
         t0 = time.monotonic()
         outcomes = await asyncio.gather(
@@ -173,11 +199,12 @@ async def burst(stack: Stack, n: int, timeout_s: float) -> dict[str, Any]:
         )
         wall = time.monotonic() - t0
         stop.set()
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
+            await asyncio.to_thread(spy.wait, 60)
         await sampler
         await asyncio.sleep(1)  # a late wake event would show here
-        watcher.cancel()
     firsts = [o.first_token_s for o in outcomes if o.failure is None and o.first_token_s]
-    enqueued = [o.enqueued_at for o in outcomes if o.enqueued_at is not None]
     failures = Counter(o.failure for o in outcomes if o.failure is not None)
     p50, p99 = pct(firsts, 0.5), pct(firsts, 0.99)
     ideal50, ideal99 = ideal_first_token_s(0.5, n), ideal_first_token_s(0.99, n)
@@ -195,9 +222,7 @@ async def burst(stack: Stack, n: int, timeout_s: float) -> dict[str, Any]:
         "p99_over_ideal": round(p99 / ideal99, 2) if p99 else None,
         "gateway_peak_rss_mib": round(peak[0]),
         "wake_events": len(wakes),
-        "wake_reaction_ms": round((wakes[0] - min(enqueued)) * 1000, 1)
-        if wakes and enqueued
-        else None,
+        "wake_reaction_ms": round(wakes[0][1], 1) if wakes else None,
     }
 
 
@@ -205,14 +230,20 @@ def run_one(n: int, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="wakegate-burst-") as tmp:
         settings = Settings(
             state_dir=Path(tmp), port=free_port(), scaler_port=free_port(), backend="sim",
-            sim_pool=f"a10_24gb={REPLICAS * 2}", gateway_workers=args.workers,
-            max_queue_length=max(Settings.max_queue_length, 2 * n),
-            queue_timeout_s=args.timeout_s, log_level="WARNING",
+            sim_pool=f"a10_24gb={REPLICAS * 2}", queue_timeout_s=args.timeout_s,
+            max_queue_length=max(Settings.max_queue_length, 2 * n), log_level="WARNING",
+            # Versions before gateway workers existed ran one process: the same script
+            # measures them too.
+            **({"gateway_workers": args.workers} if HAS_WORKERS else {}),
         )  # fmt: skip
         stack = Stack(settings, quiet=True)
         try:
             stack.start()
-            result = asyncio.run(burst(stack, n, args.timeout_s))
+            profile = None
+            if args.py_spy:
+                args.out.mkdir(parents=True, exist_ok=True)
+                profile = (args.py_spy, str(args.out / f"profile-{n}.speedscope.json"))
+            result = asyncio.run(burst(stack, n, args.timeout_s, profile))
         finally:
             stack.shutdown()
     result["gateway_workers"] = args.workers
@@ -248,6 +279,7 @@ def main() -> None:
         help="client timeout per stream, and the gateway's queue timeout",
     )
     parser.add_argument("--out", type=Path, default=HERE / "results" / "cold-burst")
+    parser.add_argument("--py-spy", help="the py-spy binary: profile the gateway during bursts")
     args = parser.parse_args()
     limit = raise_fd_limit(2 * max(args.streams) + 4096)
     if limit < max(args.streams) + 1024:
