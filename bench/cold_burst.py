@@ -12,9 +12,9 @@ sent at once; the benchmark reports
   queue's service time at full capacity, i.e. the request at quantile q starts after
   floor(q * N / (replicas * batch)) full rounds of one stream's duration, then its TTFT;
 - the gateway's peak memory (RSS of its processes, sampled every 0.2 s);
-- the wake reaction: from the waking request being queued (the time the enqueue script
-  records in the deployment's wake marker, read from Redis when the event arrives) to the
-  wake event arriving from the broker; and the number of wake events (one per burst).
+- the wake reaction, from the waking request being queued to its wake event published, as
+  the gateway measures it (`wakegate_wake_reaction_seconds`), and the number of wake events
+  that arrive from the broker (one per burst).
 
 The client and the gateway get a file-descriptor limit high enough for the burst
 (the gateway inherits the raised limit). Prints one JSON object per burst and a table;
@@ -30,7 +30,6 @@ import json
 import resource
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -47,8 +46,8 @@ import psutil
 
 from wakegate import topics
 from wakegate.embedded import free_port
+from wakegate.sealing import read_secret
 from wakegate.settings import Settings
-from wakegate.store import Store, dep_key
 from wakegate.up import Stack
 
 HERE = Path(__file__).resolve().parent
@@ -71,6 +70,12 @@ def ideal_first_token_s(q: float, n: int) -> float:
     capacity = REPLICAS * BATCH
     stream_s = TTFT_S + (TOKENS - 1) / TPS
     return LOAD_S + int(q * n / capacity) * stream_s + TTFT_S
+
+
+def metric(text: str, name: str, deployment: str) -> float:
+    """A Prometheus sample of `deployment` from an exposition text (0 when absent)."""
+    prefix = f'{name}{{deployment="{deployment}"}} '
+    return next((float(x[len(prefix) :]) for x in text.splitlines() if x.startswith(prefix)), 0.0)
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -119,22 +124,16 @@ async def one_stream(
     return out
 
 
-async def watch_wakes(
-    mqtt_url: str, redis_url: str, key: str, seen: list[tuple[float, float]], ready: threading.Event
-) -> None:
-    """(wall-clock arrival, reaction in ms) of each wake event of `key` from the broker."""
+async def watch_wakes(mqtt_url: str, key: str, seen: list[float], ready: threading.Event) -> None:
+    """The wall-clock arrival of each wake event of `key` from the broker."""
     u = urlparse(mqtt_url)
-    store = Store.from_url(redis_url)
     async with aiomqtt.Client(
         u.hostname or "127.0.0.1", u.port or 1883, username=u.username, password=u.password
     ) as mq:
         await mq.subscribe(topics.topic(key, "wake"), qos=1)
         ready.set()
         async for _ in mq.messages:
-            arrived = time.time()
-            queued_ms = await store.redis.get(dep_key(key, "wake"))
-            reaction = arrived * 1000 - int(queued_ms) if queued_ms else float("nan")
-            seen.append((arrived, reaction))
+            seen.append(time.time())
 
 
 async def sample_rss(pid: int, peak: list[float], stop: asyncio.Event) -> None:
@@ -170,14 +169,13 @@ async def burst(
         async with client.post(f"{base}/v2/deployments", json=body, headers=headers) as r:
             if r.status != 200:
                 raise RuntimeError(f"create: {r.status} {await r.text()}")
-        # The wake watcher runs on a loop of its own: the burst keeps this one busy, and an
-        # event read late would look like a slow reaction.
-        wakes: list[tuple[float, float]] = []
+        # The wake watcher runs on a loop of its own: the burst keeps this one busy.
+        wakes: list[float] = []
         subscribed, stop = threading.Event(), asyncio.Event()
-        assert s.redis_url
+
         def watch() -> None:
             with contextlib.suppress(Exception):  # the broker stops with the stack
-                asyncio.run(watch_wakes(s.mqtt_url, s.redis_url, key, wakes, subscribed))
+                asyncio.run(watch_wakes(s.mqtt_url, key, wakes, subscribed))
 
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
@@ -187,10 +185,10 @@ async def burst(
         sampler = asyncio.create_task(sample_rss(gateway_pid, peak, stop))
         spy = None
         if profile is not None:
-            spy = subprocess.Popen(
-                [profile[0], "record", "--pid", str(gateway_pid), "--subprocesses", "--rate", "50",
-                 "--format", "speedscope", "--output", profile[1], "--nonblocking"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            spy = await asyncio.create_subprocess_exec(
+                profile[0], "record", "--pid", str(gateway_pid), "--subprocesses", "--rate", "50",
+                "--format", "speedscope", "--output", profile[1], "--nonblocking",
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
             )  # fmt: skip
         url = f"{base}/{s.default_tenant}/deployments/v2/llms/{NAME}"
         t0 = time.monotonic()
@@ -201,9 +199,14 @@ async def burst(
         stop.set()
         if spy is not None:
             spy.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
-            await asyncio.to_thread(spy.wait, 60)
+            await asyncio.wait_for(spy.wait(), 60)
         await sampler
         await asyncio.sleep(1)  # a late wake event would show here
+        auth = {"Authorization": f"Bearer {read_secret(s.metrics_token_file)}"}
+        async with client.get(f"{base}/metrics", headers=auth) as r:
+            text = await r.text()
+        reaction_s = metric(text, "wakegate_wake_reaction_seconds_sum", key)
+        reactions = metric(text, "wakegate_wake_reaction_seconds_count", key)
     firsts = [o.first_token_s for o in outcomes if o.failure is None and o.first_token_s]
     failures = Counter(o.failure for o in outcomes if o.failure is not None)
     p50, p99 = pct(firsts, 0.5), pct(firsts, 0.99)
@@ -222,7 +225,7 @@ async def burst(
         "p99_over_ideal": round(p99 / ideal99, 2) if p99 else None,
         "gateway_peak_rss_mib": round(peak[0]),
         "wake_events": len(wakes),
-        "wake_reaction_ms": round(wakes[0][1], 1) if wakes else None,
+        "wake_reaction_ms": round(1000 * reaction_s / reactions, 1) if reactions else None,
     }
 
 

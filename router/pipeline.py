@@ -139,7 +139,7 @@ def priority_of(request: web.Request, req: GenerateRequest) -> int:
         ) from None
 
 
-async def on_enqueued(request: web.Request, ticket: Ticket) -> None:
+async def on_enqueued(request: web.Request, ticket: Ticket, queued_at: float) -> None:
     bus = request.app[BUS]
     if ticket.woke:
         request.app[METRICS].wakes.labels(ticket.deployment).inc()
@@ -150,6 +150,8 @@ async def on_enqueued(request: web.Request, ticket: Ticket) -> None:
             await bus.publish(
                 "wake", topics.Wake(deployment=ticket.deployment, queued=ticket.queued_depth)
             )
+            reaction = time.monotonic() - queued_at
+            request.app[METRICS].wake_reaction.labels(ticket.deployment).observe(reaction)
         else:
             disp = request.app[DISPATCHER]
             await bus.publish_at_most(
@@ -366,6 +368,7 @@ async def admit(
     """A place in the deployment's queue, given back on the way out; 429 when it is full."""
     dispatcher = request.app[DISPATCHER]
     limit = queue_limit(spec, await quotas_of(request, spec.tenant))
+    queued_at = time.monotonic()
     try:
         ticket = await dispatcher.enqueue(
             spec.key, priority, limit, req.parameters.adapter_id, prefix_chain(req)
@@ -379,7 +382,7 @@ async def admit(
             headers={"Retry-After": str(RETRY_AFTER_S)},
         ) from None
     try:
-        await on_enqueued(request, ticket)
+        await on_enqueued(request, ticket, queued_at)
         yield ticket
     finally:
         # Shielded: a disconnecting client cancels the handler, and the queue entry or the
