@@ -1,6 +1,25 @@
-"""`python -m router`: run one gateway instance."""
+"""`python -m router`: run the gateway, as one process or as N workers on one port.
+
+    python -m router [--workers N]
+
+With N > 1 this process only supervises: it starts N gateway processes that all bind the
+port with SO_REUSEPORT (the kernel spreads connections over them), restarts one that dies,
+and stops them all on SIGTERM or Ctrl-C. Each worker is a gateway of its own, with its own
+id, queue leases and assignment channel, exactly as if it ran on another machine: the queue
+in Redis keeps the global order across them, and a worker that dies frees its entries when
+their leases run out.
+"""
 
 from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import signal
+import subprocess
+import sys
+import time
+from types import FrameType
 
 import uvloop
 from aiohttp import web
@@ -8,13 +27,18 @@ from aiohttp import web
 from router.app import create_app
 from wakegate.catalog import CatalogError
 from wakegate.logs import setup_logging
+from wakegate.procs import child_setup
 from wakegate.sealing import SecretKeyError
-from wakegate.settings import load_settings
+from wakegate.settings import Settings, load_settings
+
+log = logging.getLogger("router")
+
+WORKER_FLAG = "--worker"
+RESTART_BACKOFF_S = 1.0
+SHUTDOWN_TIMEOUT_S = 10
 
 
-def main() -> None:
-    settings = load_settings()
-    setup_logging(settings.log_level, "gateway")
+def serve(settings: Settings, reuse_port: bool) -> None:
     try:
         app = create_app(settings)
     except (CatalogError, SecretKeyError) as exc:
@@ -23,15 +47,75 @@ def main() -> None:
         app,
         host=settings.host,
         port=settings.port,
+        reuse_port=reuse_port or None,
         # A client that goes away cancels its handler, which takes it out of the queue.
         handler_cancellation=True,
         access_log=None,
         print=None,
-        shutdown_timeout=10,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
         # libuv's loop: the gateway spends most of its time in socket reads and writes, which
         # uvloop does in C (about a fifth of a warm request's CPU on the default loop).
         loop=uvloop.new_event_loop(),
     )
+
+
+def supervise(workers: int) -> int:
+    """Run `workers` gateway processes until SIGTERM/SIGINT; restart any that dies."""
+    argv = [sys.executable, "-m", "router", WORKER_FLAG]
+
+    def start() -> subprocess.Popen[bytes]:
+        # Workers share this process's stdout and stderr (one log), and die with it.
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, preexec_fn=child_setup)
+
+    stopping = False
+
+    def on_signal(signum: int, _: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    procs = [start() for _ in range(workers)]
+    log.info("gateway: %d workers on one port (pids %s)", workers, [p.pid for p in procs])
+    try:
+        while not stopping:
+            time.sleep(0.2)
+            for i, proc in enumerate(procs):
+                if proc.poll() is not None and not stopping:
+                    log.warning("gateway worker %d exited (%s); restarting", proc.pid,
+                                proc.returncode)  # fmt: skip
+                    time.sleep(RESTART_BACKOFF_S)
+                    procs[i] = start()
+    finally:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(SHUTDOWN_TIMEOUT_S + 5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m router", description=__doc__.split("\n")[0])
+    parser.add_argument("--workers", type=int, default=None, help="gateway processes (default 1)")
+    parser.add_argument(WORKER_FLAG, action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    settings = load_settings()
+    setup_logging(settings.log_level, "gateway")
+    if args.worker:
+        serve(settings, reuse_port=True)
+        return
+    workers = args.workers if args.workers is not None else settings.gateway_workers or 1
+    if workers < 1:
+        raise SystemExit("--workers must be >= 1")
+    if workers == 1:
+        serve(settings, reuse_port=False)
+        return
+    raise SystemExit(supervise(workers))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from router import admin, control, lorax_api, openai_api
 from router.context import (
     BUS,
     DISPATCHER,
+    HOLDING,
     JOBS,
     METRICS,
     METRICS_TOKEN,
@@ -26,6 +27,7 @@ from router.context import (
     UPSTREAM,
 )
 from router.dispatch import Dispatcher
+from router.holding import Holding
 from router.jobs import JobRunner
 from router.metrics import GatewayMetrics
 from router.middlewares import auth_middleware, errors_middleware
@@ -44,6 +46,10 @@ SPEC_TTL_S = 1.0
 # A changed quota reaches the data plane of other gateways within this (the control plane
 # reads quotas fresh).
 QUOTA_TTL_S = 5.0
+# While requests wait, their deployment is re-read this often (once per deployment, whatever
+# the number waiting): one that failed or was deleted answers them at once, not at the
+# queue timeout.
+RECHECK_S = 1.0
 
 
 async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -73,9 +79,19 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _dispatch_ctx(app: web.Application) -> AsyncIterator[None]:
     dispatcher = Dispatcher(app[STORE], app[SETTINGS].lease_ms)
     app[DISPATCHER] = dispatcher
+    spec_cache = app[SPEC_CACHE]
+    holding = Holding(
+        app[STORE],
+        RECHECK_S,
+        app[SETTINGS].keepalive_s,
+        on_spec=lambda key, spec: spec_cache.__setitem__(key, spec),
+    )
+    app[HOLDING] = holding
     tasks = [
         asyncio.create_task(dispatcher.listen()),
         asyncio.create_task(dispatcher.tick_forever()),
+        asyncio.create_task(holding.recheck_forever()),
+        asyncio.create_task(holding.keepalive_forever()),
     ]
     bus: Bus | None = None
     mqtt_url = app[SETTINGS].mqtt_url

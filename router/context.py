@@ -13,6 +13,7 @@ from wakegate.store import Store
 
 if TYPE_CHECKING:
     from router.dispatch import Dispatcher
+    from router.holding import Holding
     from router.jobs import JobRunner
     from router.metrics import GatewayMetrics
     from wakegate.bus import Bus
@@ -26,6 +27,8 @@ QUOTA_CACHE = web.AppKey("quota_cache", TTLCache)
 STORE = web.AppKey("store", Store)
 UPSTREAM = web.AppKey("upstream", aiohttp.ClientSession)
 DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher")
+# Waiting requests and open streams, re-checked and kept alive in bulk (router/holding.py).
+HOLDING: web.AppKey[Holding] = web.AppKey("holding")
 METRICS: web.AppKey[GatewayMetrics] = web.AppKey("metrics")
 JOBS: web.AppKey[JobRunner] = web.AppKey("jobs")
 BUS: web.AppKey[Bus | None] = web.AppKey("bus")

@@ -70,6 +70,13 @@ class GatewayMetrics:
             ["deployment"],
             registry=self.registry,
         )
+        self.wake_reaction = Histogram(
+            "wakegate_wake_reaction_seconds",
+            "Request queued (enqueue called) to its wake event published",
+            ["deployment"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
 
     def forget(self, deployment: str) -> None:
         """Drop every series of a deleted deployment."""
@@ -82,6 +89,7 @@ class GatewayMetrics:
             self.duration,
             self.retries,
             self.wakes,
+            self.wake_reaction,
         ):
             with contextlib.suppress(KeyError):
                 metric.remove(deployment)

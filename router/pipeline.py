@@ -26,6 +26,7 @@ from aiohttp_sse import EventSourceResponse
 from router.context import (
     BUS,
     DISPATCHER,
+    HOLDING,
     METRICS,
     QUOTA_CACHE,
     SETTINGS,
@@ -36,6 +37,7 @@ from router.context import (
 from router.dialects import Finish, Generation, Token, UpstreamError, get_dialect
 from router.dispatch import Ticket
 from router.errors import ApiError
+from router.holding import deployment_problem
 from router.middlewares import tenant_of
 from router.params import GenerateRequest
 from router.sse_writer import BatchedEvents
@@ -67,12 +69,10 @@ async def resolve(request: web.Request, fresh: bool = False) -> DeploymentSpec:
         spec = await request.app[STORE].get_deployment(key)
         if spec is not None:
             cache[key] = spec
-    if spec is None or spec.status == "deleting":
-        raise ApiError(404, f"deployment {name} not found")
-    if spec.status == "failed":
-        events = await request.app[STORE].events(spec.key)
-        why = next((e["message"] for e in reversed(events) if e["eventType"] == "Failed"), "")
-        raise ApiError(424, f"deployment {name} failed: {why}", error_type="generation")
+    problem = await deployment_problem(request.app[STORE], key, spec)
+    if problem is not None:
+        raise problem
+    assert spec is not None
     return spec
 
 
@@ -140,7 +140,7 @@ def priority_of(request: web.Request, req: GenerateRequest) -> int:
         ) from None
 
 
-async def on_enqueued(request: web.Request, ticket: Ticket) -> None:
+async def on_enqueued(request: web.Request, ticket: Ticket, queued_at: float) -> None:
     bus = request.app[BUS]
     if ticket.woke:
         request.app[METRICS].wakes.labels(ticket.deployment).inc()
@@ -151,6 +151,8 @@ async def on_enqueued(request: web.Request, ticket: Ticket) -> None:
             await bus.publish(
                 "wake", topics.Wake(deployment=ticket.deployment, queued=ticket.queued_depth)
             )
+            reaction = time.monotonic() - queued_at
+            request.app[METRICS].wake_reaction.labels(ticket.deployment).observe(reaction)
         else:
             disp = request.app[DISPATCHER]
             await bus.publish_at_most(
@@ -170,29 +172,27 @@ ATTEMPTS = 3
 SUSPECT_MS = 10_000
 # What a 429 tells clients to wait before retrying (the OpenAI client honours it).
 RETRY_AFTER_S = 2
-# While a request waits, the deployment is re-checked this often: a deployment that failed or
-# was deleted answers its waiting requests at once instead of at the queue timeout.
-RECHECK_S = 1.0
+# aiohttp-sse's own ping interval, in effect never (it must be positive): see serve_stream.
+NO_OWN_PING_S = 1e9
 
 
 async def await_replica(request: web.Request, ticket: Ticket, trail: Trail) -> ReplicaRecord:
     settings = request.app[SETTINGS]
     start = time.monotonic()
-    deadline = start + settings.queue_timeout_s
-    while not ticket.assigned.done():  # done: it found a free slot when it was queued
+    # Waiting costs nothing per second: the gateway re-checks each deployment with waiting
+    # requests once (router/holding.py) and fails their waits when it is deleted or failed.
+    if not ticket.assigned.done():  # done: it found a free slot when it was queued
         try:
-            async with asyncio.timeout(min(RECHECK_S, max(0.0, deadline - time.monotonic()))):
-                await request.app[DISPATCHER].wait(ticket)
-            break
+            with request.app[HOLDING].waiting(ticket):
+                async with asyncio.timeout(settings.queue_timeout_s):
+                    await request.app[DISPATCHER].wait(ticket)
         except TimeoutError:
-            if time.monotonic() >= deadline:
-                raise ApiError(
-                    504,
-                    f"no replica of {ticket.deployment} became available within "
-                    f"{settings.queue_timeout_s:.0f}s",
-                    error_type="timeout",
-                ) from None
-            await resolve(request, fresh=True)  # 404 / 424 when it is gone or failed
+            raise ApiError(
+                504,
+                f"no replica of {ticket.deployment} became available within "
+                f"{settings.queue_timeout_s:.0f}s",
+                error_type="timeout",
+            ) from None
     waited = time.monotonic() - start
     request.app[METRICS].queue_wait.labels(ticket.deployment).observe(waited)
     trail.queue_wait_s = round(waited + (trail.queue_wait_s or 0.0), 4)
@@ -372,6 +372,7 @@ async def admit(
     """A place in the deployment's queue, given back on the way out; 429 when it is full."""
     dispatcher = request.app[DISPATCHER]
     limit = queue_limit(spec, await quotas_of(request, spec.tenant))
+    queued_at = time.monotonic()
     try:
         ticket = await dispatcher.enqueue(
             spec.key, priority, limit, req.parameters.adapter_id, prefix_chain(req)
@@ -385,7 +386,7 @@ async def admit(
             headers={"Retry-After": str(RETRY_AFTER_S)},
         ) from None
     try:
-        await on_enqueued(request, ticket)
+        await on_enqueued(request, ticket, queued_at)
         yield ticket
     finally:
         # Shielded: a disconnecting client cancels the handler, and the queue entry or the
@@ -488,9 +489,9 @@ async def serve_stream(
     read timeout. Failures after that become in-stream events."""
     check_adapter(spec, req)
     app = request.app
-    resp = EventSourceResponse(
-        sep="\n", allow_all_methods=True, ping_interval=app[SETTINGS].keepalive_s
-    )
+    # Keep-alive comments come from the gateway's one timer for all streams (Holding); the
+    # response's own ping task is left asleep (a timer that never fires costs no CPU).
+    resp = EventSourceResponse(sep="\n", allow_all_methods=True, ping_interval=NO_OWN_PING_S)
 
     events = BatchedEvents(request, resp, EventSourceResponse.DEFAULT_SEND_TIMEOUT)
 
@@ -500,6 +501,7 @@ async def serve_stream(
     async with (
         trail_of(request, spec, req, True, arrived) as trail,
         admit(request, spec, req, priority) as ticket,
+        app[HOLDING].stream(request, resp),
     ):
         await resp.prepare(request)
         try:

@@ -63,19 +63,38 @@ def main() -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Where Redis data, logs and models live (default ./.wakegate).",
 )
-def up(config: str | None, port: int | None, host: str | None, state_dir: Path | None) -> None:
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Gateway processes on the one port (default: the machine's cores).",
+)
+def up(
+    config: str | None,
+    port: int | None,
+    host: str | None,
+    state_dir: Path | None,
+    workers: int | None,
+) -> None:
     """Run the whole stack: Redis, MQTT broker, scaler, gateway (embedded unless configured)."""
     from wakegate.up import run_up
 
-    raise SystemExit(run_up(_settings(config, port=port, host=host, state_dir=state_dir)))
+    settings = _settings(config, port=port, host=host, state_dir=state_dir)
+    if workers is not None:
+        settings = replace(settings, gateway_workers=workers)
+    raise SystemExit(run_up(settings))
 
 
 @main.command()
-def gateway() -> None:
-    """Run one gateway process (needs REDIS_URL; MQTT_URL optional)."""
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Gateway processes on the one port, each a gateway of its own (default 1).",
+)
+def gateway(workers: int | None) -> None:
+    """Run the gateway (needs REDIS_URL; MQTT_URL optional)."""
     from router.__main__ import main as gateway_main
 
-    gateway_main()
+    gateway_main([] if workers is None else ["--workers", str(workers)])
 
 
 @main.command()

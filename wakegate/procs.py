@@ -14,7 +14,7 @@ from pathlib import Path
 PR_SET_PDEATHSIG = 1
 
 
-def _child_setup() -> None:
+def child_setup() -> None:
     # What the stack writes (Redis' append-only file with sealed secrets, logs with
     # deployment names, replicas' files) is its owner's alone, created so from the start.
     os.umask(0o077)
@@ -52,7 +52,7 @@ class Child:
                 env={**os.environ, **(self.env or {})},
                 # Own process group: Ctrl-C reaches `up` alone, which stops children in order.
                 process_group=0,
-                preexec_fn=_child_setup,
+                preexec_fn=child_setup,
             )
 
     def wait_ready(self, timeout_s: float) -> None:

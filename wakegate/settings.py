@@ -31,6 +31,10 @@ class Settings:
     # Keep-alive comment interval on streams that wait in the queue.
     keepalive_s: float = 5.0
     max_body_bytes: int = 8 * 1024 * 1024
+    # Gateway processes serving the one port (SO_REUSEPORT), each a gateway of its own (own
+    # id, leases and hand-offs). 0: one for `wakegate gateway`, the machine's cores for
+    # `wakegate up`. Each process has its own /metrics.
+    gateway_workers: int = 0
     # A request body must arrive within this many seconds of its handler starting, or the
     # gateway answers 408: a client that stops sending must not hold a handler forever.
     body_timeout_s: float = 30.0
@@ -187,6 +191,8 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         raise ValueError("body_timeout_s must be > 0 and finite")
     if settings.auth_failures_max < 1 or settings.auth_failures_window_s < 1:
         raise ValueError("auth_failures_max and auth_failures_window_s must be >= 1")
+    if settings.gateway_workers < 0:
+        raise ValueError("gateway_workers must be >= 0 (0: the default)")
     if settings.max_queue_length < 1:
         raise ValueError("max_queue_length must be >= 1")
     if settings.request_log_max_bytes < 0:

@@ -252,16 +252,19 @@ class Stack:
             log_path=logs / "scaler.log",
             env=env,
         )
+        # One gateway process per core unless configured: each is a gateway of its own on
+        # the one port (router/__main__.py).
+        workers = s.gateway_workers or os.cpu_count() or 1
         gateway = Child(
             "gateway",
-            [sys.executable, "-m", "router"],
+            [sys.executable, "-m", "router", "--workers", str(workers)],
             ready=lambda: http_ok(f"http://{s.host}:{s.port}/healthz"),
             log_path=logs / "gateway.log",
             env=env,
         )
         self.services = [scaler, gateway]
         self._start(scaler, f"scaler (backend '{s.backend}')", 60)
-        self._start(gateway, f"gateway on http://{s.host}:{s.port}", 60)
+        self._start(gateway, f"gateway on http://{s.host}:{s.port} ({workers} workers)", 60)
         self.token = token
 
     def _summary(self, token: str) -> None:

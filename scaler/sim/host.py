@@ -88,6 +88,11 @@ _OFFSET_MARK = -987654321  # placeholder in the streamed chunk template
 REPLICA_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 # What a replica with an API key answers without it (probes, counters), as vLLM does /health.
 OPEN_PATHS = frozenset({"/health", "/stats"})
+# Request bodies a replica accepts. Real engines (vLLM, LoRAX, llama.cpp's server) set no
+# limit of their own: the gateway enforces `max_body_bytes` (8 MiB by default) before
+# proxying, so the sim replica must accept whatever a gateway may be configured to pass on,
+# not aiohttp's default of 1 MiB (a long prompt failed mid-replay with 413).
+MAX_BODY_BYTES = 1024 * 1024 * 1024
 
 
 class PoolError(Exception):
@@ -370,7 +375,7 @@ class SimReplica:
         return await handler(request)
 
     async def start(self) -> None:
-        app = web.Application(middlewares=[self._check_key])
+        app = web.Application(middlewares=[self._check_key], client_max_size=MAX_BODY_BYTES)
         app.router.add_get("/health", self._health)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/stats", self._stats)
