@@ -7,7 +7,7 @@
 #   bench/compare_allocators.sh                                  # the whole trace, speed 10
 #   ALLOCATORS="fair fcfs" POOL=a10_24gb=4 bench/compare_allocators.sh
 #   STAGGER=0 bench/compare_allocators.sh --out bench/results/allocators-lockstep
-#   bench/compare_allocators.sh --end-s 600 --stagger-s 150 --speed 20 --out /tmp/smoke  # smoke
+#   bench/compare_allocators.sh --end-s 600 --stagger-s 150 --speed 20 --out bench/out/smoke  # smoke
 #   bench/compare_allocators.sh --guaranteed 1                   # d1 on guaranteed capacity
 # Parts of one trace dealt round-robin burst in lock-step, so all four are cold or busy at
 # the same moments; STAGGER (trace seconds) moves deployment i+1's part i x STAGGER later,

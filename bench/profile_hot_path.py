@@ -6,7 +6,7 @@ through the gateway: `wrk` on `POST .../v1/completions` with `max_tokens` 1 at c
 and 32 concurrent 1,000-token streams (tokens per second, first token). With `--profile`
 it records the gateway under `py-spy` during the wrk rows and prints where its time goes.
 
-    PYTHONPATH=. python bench/profile_hot_path.py --out /tmp/hot [--profile] [--seconds 5]
+    PYTHONPATH=. python bench/profile_hot_path.py --out bench/out/hot [--profile] [--seconds 5]
 
 Needs wrk (apt-get install wrk) and, for --profile, py-spy (pip install py-spy). Absolute
 numbers depend on the machine; read the gateway against the direct row of the same run.
