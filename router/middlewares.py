@@ -37,7 +37,8 @@ def _family(request: web.Request) -> str:
     path = resource.canonical if resource is not None else request.path
     if "/deployments/v2/llms/" in path:
         return "openai" if "/v1/" in path else "lorax"
-    return "control"
+    # The gateway's own OpenAI base URL (no tenant or deployment name is called "v1").
+    return "openai" if path.startswith("/v1/") else "control"
 
 
 # What clients are told to wait before retrying while Redis is unreachable.

@@ -1,8 +1,11 @@
 """Data plane, OpenAI flavour: `.../v1/completions`, `.../v1/chat/completions`, `.../v1/models`.
 
-Requests become the same neutral generate request the LoRAX routes use (chat keeps its
-messages: the engine applies the model's own chat template), so queueing, waking and
-routing are shared. OpenAI sampling semantics are kept: temperature defaults to 1.
+Two base URLs serve them: each deployment's own (`DEPLOY_URL/v1`, where `model` names the
+base model or an adapter) and the gateway's (`/v1`, one base URL for every deployment of the
+token's tenant, where `model` is `deployment` or `deployment/adapter`). Requests of both become
+the same neutral generate request the LoRAX routes use (chat keeps its messages: the engine
+applies the model's own chat template), so queueing, waking and routing are shared. OpenAI
+sampling semantics are kept: temperature defaults to 1.
 """
 
 from __future__ import annotations
@@ -16,14 +19,17 @@ from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
+from router.context import STORE
 from router.control import read_json
 from router.dialects import Finish, Token
 from router.errors import ApiError
+from router.middlewares import tenant_of
 from router.params import MAX_SEED, GenerateRequest, Parameters, TokenCount
 from router.pipeline import (
     DEPLOY_URL,
     Send,
     check_length,
+    lookup,
     priority_of,
     resolve,
     serve_stream,
@@ -83,6 +89,31 @@ class ChatRequest(_Common):
     tools: list[Any] | None = None
 
 
+# On the gateway's base URL `model` picks the deployment: `deployment` (its base model) or
+# `deployment/adapter`. Deployment names hold no `/`, adapter ids may (`my-repo/1`): the
+# deployment is what comes before the first `/`.
+GatewayModel = Annotated[
+    StrictStr,
+    Field(
+        min_length=1,
+        description="a deployment of the token's tenant, or deployment/adapter for one of "
+        "its preloadedAdapters",
+    ),
+]
+
+
+class GatewayCompletionRequest(CompletionRequest):
+    """`POST /v1/completions`: a deployment's completion request, `model` naming it."""
+
+    model: GatewayModel
+
+
+class GatewayChatRequest(ChatRequest):
+    """`POST /v1/chat/completions`: a deployment's chat request, `model` naming it."""
+
+    model: GatewayModel
+
+
 T = TypeVar("T", bound=BaseModel)
 
 
@@ -104,7 +135,7 @@ def _adapter(spec: DeploymentSpec, model: str) -> str | None:
     """`model` names the base model (or the deployment, or nothing) or an adapter."""
     if model in ("", spec.base_model, spec.name):
         return None
-    if model in (spec.config.get("preloaded_adapters") or []):
+    if model in _adapters(spec):
         return model
     raise ApiError(
         404,
@@ -115,11 +146,41 @@ def _adapter(spec: DeploymentSpec, model: str) -> str | None:
     )
 
 
-def _parameters(spec: DeploymentSpec, body: _Common, max_tokens: int | None) -> Parameters:
+def _adapters(spec: DeploymentSpec) -> list[str]:
+    return list(spec.config.get("preloaded_adapters") or [])
+
+
+async def _target(request: web.Request, model: str) -> tuple[DeploymentSpec, str | None]:
+    """The deployment and adapter a gateway-wide `model` names (see GatewayModel)."""
+    name, slash, adapter = model.partition("/")
+    try:
+        spec = await lookup(request, tenant_of(request)["code"], name)
+    except ApiError as err:
+        if err.status != 404:
+            raise
+        raise ApiError(404, f"model {model!r} not found: no deployment {name!r}", field="model",
+                       error_type="invalid_request_error") from None  # fmt: skip
+    if not slash:
+        return spec, None
+    if adapter not in _adapters(spec):
+        raise ApiError(
+            404,
+            f"model {model!r} not found: deployment {spec.name} serves its base model (model "
+            f"{spec.name!r}) and the adapters in its preloadedAdapters (model "
+            f"'{spec.name}/<adapter>')",
+            field="model",
+            error_type="invalid_request_error",
+        )
+    return spec, adapter
+
+
+def _parameters(
+    spec: DeploymentSpec, body: _Common, max_tokens: int | None, adapter: str | None
+) -> Parameters:
     stop = [body.stop] if isinstance(body.stop, str) else body.stop
     temperature = 1.0 if body.temperature is None else body.temperature
     return Parameters(
-        adapter_id=_adapter(spec, body.model),
+        adapter_id=adapter,
         max_new_tokens=max_tokens,
         # OpenAI samples unless told otherwise: temperature 1 by default, 0 means greedy.
         do_sample=temperature > 0,
@@ -144,12 +205,57 @@ def _usage(finish: Finish) -> dict[str, int]:
     }
 
 
+def _model_entry(spec: DeploymentSpec, ident: str) -> dict[str, Any]:
+    return {"id": ident, "object": "model", "created": int(spec.created_at),
+            "owned_by": spec.tenant}  # fmt: skip
+
+
 @routes.get(DEPLOY_URL + "/v1/models")
 async def models(request: web.Request) -> web.Response:
     spec = await resolve(request)
-    entry = {"id": spec.base_model, "object": "model", "created": int(spec.created_at),
-             "owned_by": spec.tenant}  # fmt: skip
-    return web.json_response({"object": "list", "data": [entry]})
+    return web.json_response({"object": "list", "data": [_model_entry(spec, spec.base_model)]})
+
+
+# Deployments in these states serve requests (a failed one answers 424, a deleted one 404).
+SERVING = frozenset({"ready", "updating"})
+
+
+@routes.get("/v1/models")
+async def gateway_models(request: web.Request) -> web.Response:
+    """Every model the gateway's base URL serves the token's tenant: each deployment (its base
+    model) and `deployment/adapter` for each adapter it preloads."""
+    specs = await request.app[STORE].list_deployments(tenant_of(request)["code"])
+    data: list[dict[str, Any]] = []
+    for spec in sorted(specs, key=lambda s: s.name):
+        if spec.status not in SERVING:
+            continue
+        data.append(_model_entry(spec, spec.name))
+        if not spec.config.get("disable_adapters"):
+            data += [_model_entry(spec, f"{spec.name}/{a}") for a in _adapters(spec)]
+    return web.json_response({"object": "list", "data": data})
+
+
+def _completion(
+    spec: DeploymentSpec, body: CompletionRequest, adapter: str | None
+) -> GenerateRequest:
+    prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
+    check_length(spec, body.max_tokens, "max_tokens", 400, "invalid_request_error")
+    params = _parameters(spec, body, body.max_tokens, adapter)
+    return GenerateRequest(inputs=prompt or " ", parameters=params)
+
+
+def _chat(spec: DeploymentSpec, body: ChatRequest, adapter: str | None) -> GenerateRequest:
+    if body.tools:
+        raise ApiError(400, "tools are not supported by this deployment", field="tools",
+                       error_type="invalid_request_error")  # fmt: skip
+    field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    check_length(spec, max_tokens, field, 400, "invalid_request_error")
+    params = _parameters(spec, body, max_tokens, adapter)
+    return GenerateRequest.model_construct(
+        inputs="", parameters=params, stream=body.stream,
+        messages=[m.flat() for m in body.messages],
+    )  # fmt: skip
 
 
 @routes.post(DEPLOY_URL + "/v1/completions")
@@ -157,9 +263,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     arrived = time.monotonic()
     spec = await resolve(request)
     body = _parse(CompletionRequest, await read_json(request))
-    prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
-    check_length(spec, body.max_tokens, "max_tokens", 400, "invalid_request_error")
-    req = GenerateRequest(inputs=prompt or " ", parameters=_parameters(spec, body, body.max_tokens))
+    req = _completion(spec, body, _adapter(spec, body.model))
     return await _serve(request, spec, req, body, arrived, chat=False)
 
 
@@ -168,18 +272,24 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     arrived = time.monotonic()
     spec = await resolve(request)
     body = _parse(ChatRequest, await read_json(request))
-    if body.tools:
-        raise ApiError(400, "tools are not supported by this deployment", field="tools",
-                       error_type="invalid_request_error")  # fmt: skip
-    field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
-    max_tokens = body.max_completion_tokens or body.max_tokens
-    check_length(spec, max_tokens, field, 400, "invalid_request_error")
-    params = _parameters(spec, body, max_tokens)
-    req = GenerateRequest.model_construct(
-        inputs="", parameters=params, stream=body.stream,
-        messages=[m.flat() for m in body.messages],
-    )  # fmt: skip
+    req = _chat(spec, body, _adapter(spec, body.model))
     return await _serve(request, spec, req, body, arrived, chat=True)
+
+
+@routes.post("/v1/completions")
+async def gateway_completions(request: web.Request) -> web.StreamResponse:
+    arrived = time.monotonic()
+    body = _parse(GatewayCompletionRequest, await read_json(request))
+    spec, adapter = await _target(request, body.model)
+    return await _serve(request, spec, _completion(spec, body, adapter), body, arrived, False)
+
+
+@routes.post("/v1/chat/completions")
+async def gateway_chat_completions(request: web.Request) -> web.StreamResponse:
+    arrived = time.monotonic()
+    body = _parse(GatewayChatRequest, await read_json(request))
+    spec, adapter = await _target(request, body.model)
+    return await _serve(request, spec, _chat(spec, body, adapter), body, arrived, True)
 
 
 async def _serve(

@@ -21,7 +21,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
-from router.openai_api import ChatRequest, CompletionRequest
+from router.openai_api import (
+    ChatRequest,
+    CompletionRequest,
+    GatewayChatRequest,
+    GatewayCompletionRequest,
+)
 from router.params import GenerateRequest
 from router.pipeline import DEPLOY_URL, PRIORITY_HEADER
 from wakegate.quotas import QuotaOverride
@@ -538,6 +543,20 @@ OPERATIONS: tuple[Op, ...] = (
        {200: Reply("the completion, or chunks with stream: true",
                    {JSON: ChatCompletion, STREAM: _CHAT_EVENTS})},
        _GENERATE_ERRORS, body=ChatRequest, priority_header=True),
+    # OpenAI, one base URL for the tenant's deployments: `model` names one (or one's adapter)
+    Op("get", "/v1/models", "listGatewayModels",
+       "The tenant's deployments and their adapters (deployment/adapter)", "openai", "openai",
+       {200: _json(ModelList, "the models")}, (401, 429, 503)),
+    Op("post", "/v1/completions", "createGatewayCompletion",
+       "OpenAI completions on the deployment `model` names", "openai", "openai",
+       {200: Reply("the completion, or chunks with stream: true",
+                   {JSON: Completion, STREAM: _COMPLETION_EVENTS})},
+       _GENERATE_ERRORS, body=GatewayCompletionRequest, priority_header=True),
+    Op("post", "/v1/chat/completions", "createGatewayChatCompletion",
+       "OpenAI chat completions on the deployment `model` names", "openai", "openai",
+       {200: Reply("the completion, or chunks with stream: true",
+                   {JSON: ChatCompletion, STREAM: _CHAT_EVENTS})},
+       _GENERATE_ERRORS, body=GatewayChatRequest, priority_header=True),
 )  # fmt: skip
 
 

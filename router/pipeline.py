@@ -55,8 +55,16 @@ PRIORITY_HEADER = "X-Wakegate-Priority"
 
 
 async def resolve(request: web.Request, fresh: bool = False) -> DeploymentSpec:
-    """The request's deployment; `fresh` skips the cache (the spec may be a second old)."""
-    tenant, name = request.match_info["tenant"], request.match_info["name"]
+    """The deployment the request's URL names; `fresh` skips the cache (the spec may be a
+    second old)."""
+    return await lookup(request, request.match_info["tenant"], request.match_info["name"], fresh)
+
+
+async def lookup(
+    request: web.Request, tenant: str, name: str, fresh: bool = False
+) -> DeploymentSpec:
+    """Deployment `name` of `tenant`, if the request's token may use it and it can serve:
+    404 when it does not exist for this token, 424 when it failed."""
     if not valid_name(name):
         raise ApiError(404, f"deployment {name!r} not found")  # none can have this name
     if tenant != tenant_of(request)["code"]:

@@ -10,7 +10,8 @@ its async requests), so the data plane generates for real; the rest name random 
 deployment is fast (no load time, 100k tokens/s) and its context is small, so no generation
 runs long. Mutating operations (PUT/DELETE of a deployment) name a second deployment of their
 own or random ones, never the one the data-plane operations use. Half of the bodies are
-"tamed" (a known model, no adapters, few tokens) so that successes are checked too.
+"tamed" (a known model, no adapters, few tokens; on the gateway-wide OpenAI routes, `model`
+naming the sim deployment) so that successes are checked too.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from schemathesis.specs.openapi.checks import (
 from router.openapi import openapi_document
 from wakegate.store import Store
 
-# Examples per operation (valid and invalid ones together); 23 operations.
+# Examples per operation (valid and invalid ones together); 26 operations.
 # WAKEGATE_FUZZ_EXAMPLES raises it for a longer hunt.
 MAX_EXAMPLES = int(os.environ.get("WAKEGATE_FUZZ_EXAMPLES", "50"))
 DEPLOYMENT = "fuzz-llm"
@@ -230,6 +231,9 @@ def test_every_operation_answers_as_documented_and_never_5xx(
         if tame and isinstance(case.body, dict):
             if name == DEPLOYMENT:
                 tamed(case.body)
+            elif path.startswith("/v1/"):  # the gateway's OpenAI base URL: `model` names it
+                tamed(case.body)
+                case.body["model"] = DEPLOYMENT
             elif path == "/v2/deployments":
                 tamed_create(case.body)
         response = case.call_and_validate(

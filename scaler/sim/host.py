@@ -4,11 +4,12 @@
         --pool "cpu=1000,a10_24gb=64" --acquire-s 0 --time-scale 1
 
 Each simulated replica is its own aiohttp server (AppRunner + site) on its own port and speaks
-the OpenAI completions API with llama-cpp-python's JSON shapes, so the real gateway proxies to
-it unchanged. It also speaks the native LoRAX/TGI API (`POST /generate`, `/generate_stream`)
-in LoRAX's shapes, with TGI's validation of the sampling parameters and its error bodies and
-events, so the gateway's `lorax` and `tgi` dialects run against it over real HTTP. Every
-generated token is TOKEN_TEXT; its id (SIM_TOKEN_ID) is synthetic, there is no tokenizer.
+the OpenAI completions and chat completions APIs with llama-cpp-python's JSON shapes, so the
+real gateway proxies to it unchanged (a chat's prompt is its messages' text, no template). It
+also speaks the native LoRAX/TGI API (`POST /generate`, `/generate_stream`) in LoRAX's shapes,
+with TGI's validation of the sampling parameters and its error bodies and events, so the
+gateway's `lorax` and `tgi` dialects run against it over real HTTP. Every generated token is
+TOKEN_TEXT; its id (SIM_TOKEN_ID) is synthetic, there is no tokenizer.
 Timing is simulated with plain asyncio sleeps paced against absolute deadlines: an idle
 replica costs nothing, a streaming sequence one wake-up per token at most.
 
@@ -280,9 +281,14 @@ class _Request:
     logprobs: bool
     include_usage: bool
     cached_tokens: int = 0
+    chat: bool = False
     # Native API only.
     details: bool = False
     seed: int | None = None
+
+
+def _id_prefix(req: _Request) -> str:
+    return "chatcmpl" if req.chat else "cmpl"
 
 
 def prefix_blocks(prompt: str) -> list[bytes]:
@@ -380,6 +386,7 @@ class SimReplica:
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/stats", self._stats)
         app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/v1/chat/completions", self._completions)
         app.router.add_post("/generate", self._generate)
         app.router.add_post("/generate_stream", self._generate_stream)
         # After the host's own grace period, whatever still runs is cut off quickly.
@@ -468,7 +475,16 @@ class SimReplica:
     def _parse(self, body: Any) -> _Request:
         if not isinstance(body, dict):
             raise ValueError("body must be a JSON object")
-        prompt = body.get("prompt", "")
+        chat = "messages" in body
+        if chat:
+            messages = body["messages"]
+            if not isinstance(messages, list) or not all(
+                isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages
+            ):
+                raise ValueError("messages must be a list of objects with a string content")
+            prompt = "\n".join(m["content"] for m in messages)
+        else:
+            prompt = body.get("prompt", "")
         if isinstance(prompt, list) and len(prompt) == 1:
             prompt = prompt[0]
         if not isinstance(prompt, str):
@@ -489,6 +505,7 @@ class SimReplica:
             stream=bool(body.get("stream")),
             logprobs=logprobs is not None,
             include_usage=bool(isinstance(options, dict) and options.get("include_usage")),
+            chat=chat,
         )
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
@@ -682,13 +699,25 @@ class SimReplica:
             self.tokens += n
             yield n
 
-    def _head(self, cid: str, created: int) -> dict[str, Any]:
+    def _head(self, cid: str, created: int, req: _Request, stream: bool) -> dict[str, Any]:
+        kind = ("chat.completion.chunk" if stream else "chat.completion") if req.chat else None
         return {
             "id": cid,
-            "object": "text_completion",
+            "object": kind or "text_completion",
             "created": created,
             "model": self.params.model,
         }
+
+    @staticmethod
+    def _choice(
+        req: _Request, text: str, logprobs: Any, finish: str | None, stream: bool
+    ) -> dict[str, Any]:
+        if not req.chat:
+            return {"text": text, "index": 0, "logprobs": logprobs, "finish_reason": finish}
+        if stream:
+            return {"index": 0, "delta": {"content": text}, "finish_reason": finish}
+        message = {"role": "assistant", "content": text}
+        return {"index": 0, "message": message, "finish_reason": finish}
 
     @staticmethod
     def _logprobs(prompt: str, count: int) -> dict[str, Any]:
@@ -709,22 +738,19 @@ class SimReplica:
         }
 
     async def _complete(self, req: _Request) -> web.Response:
-        cid, created = f"cmpl-{uuid.uuid4()}", int(time.time())
+        cid, created = f"{_id_prefix(req)}-{uuid.uuid4()}", int(time.time())
         async for _ in self._token_clock(req, NONSTREAM_TICK_S):
             pass
-        choice = {
-            "text": TOKEN_TEXT * req.max_tokens,
-            "index": 0,
-            "logprobs": self._logprobs(req.prompt, req.max_tokens) if req.logprobs else None,
-            "finish_reason": "length",
-        }
+        lp = self._logprobs(req.prompt, req.max_tokens) if req.logprobs else None
+        choice = self._choice(req, TOKEN_TEXT * req.max_tokens, lp, "length", stream=False)
         self.served += 1
-        body = {**self._head(cid, created), "choices": [choice], "usage": self._usage(req)}
+        head = self._head(cid, created, req, stream=False)
+        body = {**head, "choices": [choice], "usage": self._usage(req)}
         return web.json_response(body)
 
     async def _stream(self, request: web.Request, req: _Request) -> web.StreamResponse:
-        cid, created = f"cmpl-{uuid.uuid4()}", int(time.time())
-        head = self._head(cid, created)
+        cid, created = f"{_id_prefix(req)}-{uuid.uuid4()}", int(time.time())
+        head = self._head(cid, created, req, stream=True)
         resp = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -744,7 +770,7 @@ class SimReplica:
                     "token_logprobs": [TOKEN_LOGPROB],
                     "top_logprobs": [{TOKEN_TEXT: TOKEN_LOGPROB}],
                 }
-            choice = {"text": TOKEN_TEXT, "index": 0, "logprobs": lp, "finish_reason": finish}
+            choice = self._choice(req, TOKEN_TEXT, lp, finish, stream=True)
             before, _, after = _sse({**head, "choices": [choice]}).partition(
                 str(_OFFSET_MARK).encode()
             )
@@ -770,8 +796,7 @@ class SimReplica:
                     "token_logprobs": [TOKEN_LOGPROB] * n,
                     "top_logprobs": [{TOKEN_TEXT: TOKEN_LOGPROB}] * n,
                 }
-            choice = {"text": TOKEN_TEXT * n, "index": 0, "logprobs": lp,
-                      "finish_reason": "length" if last else None}  # fmt: skip
+            choice = self._choice(req, TOKEN_TEXT * n, lp, "length" if last else None, True)
             return _sse({**head, "choices": [choice]})
 
         interval = self.params.stream_interval_s / self.time_scale
