@@ -82,7 +82,7 @@ def create_as(stack: Stack, token: str, name: str) -> None:
 
 
 def logged(stack: Stack, name: str, since: float) -> list[dict[str, Any]]:
-    r = stack.api("GET", f"/v2/deployments/{name}/requests", params={"start": since - 1})
+    r = stack.api("GET", f"/v2/deployments/{name}/requests", params={"start": since})
     assert r.status_code == 200, r.text
     return [json.loads(line) for line in r.text.splitlines()]
 
@@ -184,7 +184,7 @@ def test_errors_are_openai_shaped_and_name_the_model(
     with pytest.raises(openai.NotFoundError) as missing:
         client.chat.completions.create(model="no-such-deployment", messages=MESSAGES)
     expected = "model 'no-such-deployment' not found: no deployment 'no-such-deployment'"
-    assert missing.value.message == expected
+    assert missing.value.body["message"] == expected  # type: ignore[index]
     with pytest.raises(openai.NotFoundError) as odd:
         client.completions.create(model="Not A Name/x", prompt="hi")
     assert "Not A Name/x" in odd.value.message
@@ -193,7 +193,8 @@ def test_errors_are_openai_shaped_and_name_the_model(
     create_as(sim_stack, other_token, theirs)
     with pytest.raises(openai.NotFoundError) as hidden:
         client.completions.create(model=theirs, prompt="hi", max_tokens=2)
-    assert hidden.value.message == f"model {theirs!r} not found: no deployment {theirs!r}"
+    expected = f"model {theirs!r} not found: no deployment {theirs!r}"
+    assert hidden.value.body["message"] == expected  # type: ignore[index]
 
     with pytest.raises(openai.BadRequestError) as bad:
         client.completions.create(model=dep, prompt="hi", temperature=5)
