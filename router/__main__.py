@@ -29,7 +29,7 @@ from wakegate.catalog import CatalogError
 from wakegate.logs import setup_logging
 from wakegate.procs import child_setup
 from wakegate.sealing import SecretKeyError
-from wakegate.settings import Settings, load_settings
+from wakegate.settings import Settings, load_settings_or_exit
 
 log = logging.getLogger("router")
 
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=None, help="gateway processes (default 1)")
     parser.add_argument(WORKER_FLAG, action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    settings = load_settings()
+    settings = load_settings_or_exit()
     setup_logging(settings.log_level, "gateway")
     if args.worker:
         serve(settings, reuse_port=True)

@@ -16,7 +16,7 @@ from scaler.service import Scaler
 from wakegate.catalog import CatalogError, load_models_file
 from wakegate.logs import setup_logging
 from wakegate.sealing import SecretKeyError, box_from_settings, read_secret
-from wakegate.settings import Settings, load_settings
+from wakegate.settings import Settings, load_settings_or_exit
 from wakegate.store import Store
 
 log = logging.getLogger("scaler")
@@ -96,7 +96,7 @@ async def serve(settings: Settings) -> None:
 
 
 def main() -> None:
-    settings = load_settings()
+    settings = load_settings_or_exit()
     setup_logging(settings.log_level, "scaler")
     asyncio.run(serve(settings))
 

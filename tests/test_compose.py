@@ -54,11 +54,13 @@ def config(compose: list[str], profile: str) -> dict[str, Any]:
     return result
 
 
-def test_cpu_stack_validates_with_persistent_redis_broker_gateway_scaler_and_prometheus(
+def test_cpu_stack_validates_with_persistent_redis_broker_gateway_scaler_and_monitoring(
     compose: list[str],
 ) -> None:
     services = config(compose, "cpu")["services"]
-    assert set(services) == {"secrets", "redis", "mosquitto", "gateway", "scaler", "prometheus"}
+    assert set(services) == {
+        "secrets", "redis", "mosquitto", "gateway", "scaler", "prometheus", "grafana",
+    }  # fmt: skip
     assert "--appendonly" in services["redis"]["command"]
     # Bounded: beyond its memory limit Redis refuses writes (the gateway answers 503), never
     # evicts a queue entry or a spec.
@@ -84,7 +86,7 @@ def test_compose_credentials_are_made_once_private_and_point_everything_at_each_
 
     services = config(compose, "cpu")["services"]
     assert services["secrets"]["command"][:2] == ["wakegate", "compose-secrets"]
-    for name in ("redis", "mosquitto", "gateway", "scaler", "prometheus"):
+    for name in ("redis", "mosquitto", "gateway", "scaler", "prometheus", "grafana"):
         mounts = {v["target"]: v for v in services[name]["volumes"]}
         assert mounts["/run/wakegate"]["read_only"], name
     assert "/run/wakegate/redis.conf" in services["redis"]["command"]
@@ -106,6 +108,10 @@ def test_compose_credentials_are_made_once_private_and_point_everything_at_each_
     for job in prometheus["scrape_configs"]:
         assert job["authorization"]["credentials_file"] == "/run/wakegate/prometheus-token"
     assert files["prometheus-token"].read_text() == files["metrics-token"].read_text()
+    # Grafana's admin password: a file of its own, read through GF_SECURITY_ADMIN_PASSWORD__FILE.
+    assert len(files["grafana-admin-password"].read_text().strip()) >= 32
+    grafana_env = services["grafana"]["environment"]
+    assert grafana_env["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/wakegate/grafana-admin-password"
     # A second run keeps every credential.
     before = {name: p.read_bytes() for name, p in files.items()}
     make_compose_secrets(folder)
@@ -131,6 +137,45 @@ def test_prometheus_scrapes_the_gateway_and_the_scaler() -> None:
     jobs = scrape["scrape_configs"]
     targets = {t for job in jobs for static in job["static_configs"] for t in static["targets"]}
     assert targets == {"gateway:8080", "scaler:8081"}
+
+
+def test_grafana_is_provisioned_with_prometheus_and_the_dashboard(compose: list[str]) -> None:
+    """Grafana's provisioning and dashboards are the repository's files, mounted read-only
+    where its provisioning points; the data source is the stack's Prometheus."""
+    for profile in ("cpu", "gpu"):
+        services = config(compose, profile)["services"]
+        grafana = services["grafana"]
+        assert grafana["image"].startswith("grafana/grafana:")
+        assert "prometheus" in grafana["depends_on"]
+        assert grafana["depends_on"]["secrets"]["condition"] == "service_completed_successfully"
+        mounts = {v["target"]: v for v in grafana["volumes"]}
+        grafana_dir = ROOT / "deploy" / "grafana"
+        provisioning = mounts["/etc/grafana/provisioning"]
+        assert Path(provisioning["source"]) == grafana_dir / "provisioning"
+        assert provisioning["read_only"]
+        dashboards = next(
+            v for v in grafana["volumes"] if v.get("source") == str(grafana_dir / "dashboards")
+        )
+        assert dashboards["read_only"]
+        assert mounts["/var/lib/grafana"]["type"] == "volume"  # its database survives restarts
+        env = grafana["environment"]
+        assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false"  # unless the operator opens it
+        assert env["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+        assert env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"].startswith(dashboards["target"])
+    provider = yaml.safe_load(
+        (grafana_dir / "provisioning" / "dashboards" / "wakegate.yml").read_text()
+    )
+    (files,) = provider["providers"]
+    assert files["type"] == "file" and files["options"]["path"] == dashboards["target"]
+    assert (grafana_dir / "dashboards" / "wakegate.json").is_file()
+    datasources = yaml.safe_load(
+        (grafana_dir / "provisioning" / "datasources" / "prometheus.yml").read_text()
+    )
+    (prometheus,) = datasources["datasources"]
+    assert prometheus["type"] == "prometheus"
+    assert prometheus["url"] == "http://prometheus:9090"
+    # The port the data source's URL names.
+    assert {p["target"] for p in services["prometheus"]["ports"]} == {9090}
 
 
 def test_the_gpu_profiles_model_catalogue_is_valid() -> None:

@@ -17,10 +17,12 @@ from pathlib import Path
 from wakegate.embedded import MQTT_USER, mosquitto_password_line
 from wakegate.sealing import generate_key, load_or_create, private_dir, write_private
 
-# Users the official images run as (redis:7, eclipse-mosquitto:2, prom/prometheus).
+# Users the official images run as (redis:7, eclipse-mosquitto:2, prom/prometheus,
+# grafana/grafana).
 REDIS_UID = 999
 MOSQUITTO_UID = 1883
 PROMETHEUS_UID = 65534
+GRAFANA_UID = 472
 
 
 def _own(path: Path, uid: int) -> None:
@@ -59,6 +61,9 @@ def make_compose_secrets(folder: Path) -> list[Path]:
     # Prometheus reads its own copy of the metrics token (it runs as another user).
     write_private(folder / "prometheus-token", metrics_token + "\n")
     _own(folder / "prometheus-token", PROMETHEUS_UID)
+    # Grafana reads its admin password (GF_SECURITY_ADMIN_PASSWORD__FILE) as its own user.
+    password("grafana-admin-password")
+    _own(folder / "grafana-admin-password", GRAFANA_UID)
     write_private(
         folder / "wakegate.toml",
         "[wakegate]\n"
