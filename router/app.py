@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import aiohttp
+import orjson
 from aiohttp import web
 from cachetools import TTLCache
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -71,6 +72,8 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
         # is 5 s): reusing one the server is closing at that moment fails the request.
         connector=aiohttp.TCPConnector(limit=2000, keepalive_timeout=2.0),
         raise_for_status=False,
+        # Request bodies to replicas (`json=`) through orjson: a few times faster than json.
+        json_serialize=lambda obj: orjson.dumps(obj).decode(),
     )
     yield
     await app[UPSTREAM].close()

@@ -3,14 +3,33 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
 
 
+@dataclass(frozen=True)
+class DeploymentSeries:
+    """One deployment's series, looked up once (`labels()` costs a lock and a validation
+    per call, several times per request on the hot path)."""
+
+    queue_depth: Any
+    in_flight: Any
+    queue_wait: Any
+    cold_start: Any
+    ttft: Any
+    duration: Any
+    retries: Any
+    wakes: Any
+    wake_reaction: Any
+
+
 class GatewayMetrics:
     def __init__(self) -> None:
+        self._series: dict[str, DeploymentSeries] = {}
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "wakegate_requests",
@@ -78,8 +97,20 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
+    def of(self, deployment: str) -> DeploymentSeries:
+        series = self._series.get(deployment)
+        if series is None:
+            per_deployment = (
+                self.queue_depth, self.in_flight, self.queue_wait, self.cold_start, self.ttft,
+                self.duration, self.retries, self.wakes, self.wake_reaction,
+            )  # fmt: skip
+            series = DeploymentSeries(*(m.labels(deployment) for m in per_deployment))
+            self._series[deployment] = series
+        return series
+
     def forget(self, deployment: str) -> None:
         """Drop every series of a deleted deployment."""
+        self._series.pop(deployment, None)
         for metric in (
             self.queue_depth,
             self.in_flight,
