@@ -10,7 +10,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 from cachetools import TTLCache
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from router import admin, control, lorax_api, openai_api
 from router.context import (
@@ -133,7 +133,7 @@ async def _dispatch_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[METRICS].registry)
+    body = request.app[METRICS].exposition()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

@@ -1,13 +1,23 @@
-"""Prometheus metrics of one gateway, on a registry owned by its app."""
+"""Prometheus metrics of one gateway, on a registry owned by its app.
+
+Several workers on one port (`--workers`) keep their values in files of one folder, named by
+PROMETHEUS_MULTIPROC_DIR (prometheus_client's multiprocess mode): counters and histograms
+are added up over the workers, in-flight gauges over the live ones, the queue depth (read
+from Redis, the same for all) is the most recent. A deleted deployment's series then stay
+until the gateway restarts (its files are not rewritten).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
 
 
@@ -42,12 +52,14 @@ class GatewayMetrics:
             "Requests waiting in the deployment's queue (all gateways)",
             ["deployment"],
             registry=self.registry,
+            multiprocess_mode="mostrecent",
         )
         self.in_flight = Gauge(
             "wakegate_in_flight",
             "Requests this gateway is proxying to a replica",
             ["deployment"],
             registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.queue_wait = Histogram(
             "wakegate_queue_wait_seconds",
@@ -96,6 +108,15 @@ class GatewayMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+
+    def exposition(self) -> bytes:
+        """The text /metrics serves: this process's series, or every worker's."""
+        folder = os.environ.get(MULTIPROC_ENV)
+        if not folder:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path=folder)  # type: ignore[no-untyped-call]
+        return generate_latest(merged)
 
     def of(self, deployment: str) -> DeploymentSeries:
         series = self._series.get(deployment)
