@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import collections
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -30,6 +31,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from harness import Stack, start_mosquitto, start_redis, wait_until
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 WARM = ["--load-s", "0", "--ttft-s", "0", "--tps", "100000"]
 WRK_DONE = """
 done = function(summary, latency, requests)
@@ -48,7 +50,9 @@ CATEGORIES = [
 ]
 
 
-def wrk(url: str, token: str, body: str, connections: int, seconds: int, script: Path) -> str:
+def wrk(
+    url: str, token: str, body: str, connections: int, seconds: int, script: Path
+) -> tuple[str, int]:
     script.write_text(
         f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\n'
         'wrk.headers["Content-Type"] = "application/json"\n'
@@ -59,9 +63,17 @@ def wrk(url: str, token: str, body: str, connections: int, seconds: int, script:
     m = re.search(r"RESULT (\d+) (\d+) ([\d.]+) ([\d.]+)", out)
     assert m, out
     rate = int(m[1]) / seconds
-    return (
-        f"{rate:8.0f} req/s  errors {m[2]:>3}  p50 {float(m[3]):6.2f} ms  p99 {float(m[4]):6.2f} ms"
-    )
+    line = f"{rate:8.0f} req/s  errors {m[2]:>3}  p50 {float(m[3]):6.2f} ms  p99 {float(m[4]):6.2f} ms"
+    return line, int(m[1])
+
+
+def cpu_s(pids: list[int]) -> float:
+    """CPU seconds (user + system) the processes have used so far."""
+    total = 0.0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return total
 
 
 async def streams(url: str, token: str, n: int = 32, tokens: int = 1000) -> str:
@@ -138,8 +150,11 @@ def main() -> None:
         body = json.dumps({"model": "sim-llm", "prompt": "hello there", "max_tokens": 1})
         script = args.out / "post.lua"
         assert stack.gateway.p is not None
+        # CPU per request: less at the mercy of other work on the machine than requests per
+        # second (which a busy box halves), so before/after pairs compare on it.
+        gw_pids = [stack.gateway.p.pid, redis_proc.p.pid]
         for c in (4, 32):
-            print(f"c={c:<2} direct   {wrk(*direct, body, c, args.seconds, script)}", flush=True)
+            print(f"c={c:<2} direct   {wrk(*direct, body, c, args.seconds, script)[0]}", flush=True)
             recorder = None
             if args.profile:
                 raw = args.out / f"gateway-c{c}.txt"
@@ -148,7 +163,11 @@ def main() -> None:
                      "-d", str(args.seconds), "-r", "200"],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 )  # fmt: skip
-            print(f"c={c:<2} gateway  {wrk(*gateway, body, c, args.seconds, script)}", flush=True)
+            before = [cpu_s([pid]) for pid in gw_pids]
+            line, n = wrk(*gateway, body, c, args.seconds, script)
+            used = [(cpu_s([pid]) - b) * 1e6 / max(n, 1) for pid, b in zip(gw_pids, before)]
+            print(f"c={c:<2} gateway  {line}  CPU per request: gateway {used[0]:.0f} us, "
+                  f"Redis {used[1]:.0f} us", flush=True)  # fmt: skip
             if recorder is not None and recorder.wait() == 0:
                 print(summarise(args.out / f"gateway-c{c}.txt"), flush=True)
         print(f"streams direct   {asyncio.run(streams(*direct))}", flush=True)

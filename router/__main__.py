@@ -4,7 +4,9 @@
 
 With N > 1 this process only supervises: it starts N gateway processes that all bind the
 port with SO_REUSEPORT (the kernel spreads connections over them), restarts one that dies,
-and stops them all on SIGTERM or Ctrl-C. Each worker is a gateway of its own, with its own
+and stops them all on SIGTERM or Ctrl-C. The workers keep their metrics in files of one
+folder (prometheus_client's multiprocess mode), so whichever worker answers /metrics reports
+all of them. Each worker is a gateway of its own, with its own
 id, queue leases and assignment channel, exactly as if it ran on another machine: the queue
 in Redis keeps the global order across them, and a worker that dies frees its entries when
 their leases run out.
@@ -15,16 +17,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from types import FrameType
 
 import uvloop
 from aiohttp import web
+from prometheus_client.multiprocess import mark_process_dead
 
 from router.app import create_app
+from router.metrics import MULTIPROC_ENV
 from wakegate.catalog import CatalogError
 from wakegate.logs import setup_logging
 from wakegate.procs import child_setup
@@ -62,10 +69,13 @@ def serve(settings: Settings, reuse_port: bool) -> None:
 def supervise(workers: int) -> int:
     """Run `workers` gateway processes until SIGTERM/SIGINT; restart any that dies."""
     argv = [sys.executable, "-m", "router", WORKER_FLAG]
+    # Each worker's counters and histograms in files here; /metrics adds them up.
+    metrics_dir = tempfile.mkdtemp(prefix="wakegate-gateway-metrics-")
+    env = {**os.environ, MULTIPROC_ENV: metrics_dir}
 
     def start() -> subprocess.Popen[bytes]:
         # Workers share this process's stdout and stderr (one log), and die with it.
-        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, preexec_fn=child_setup)
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, preexec_fn=child_setup, env=env)
 
     stopping = False
 
@@ -84,6 +94,8 @@ def supervise(workers: int) -> int:
                 if proc.poll() is not None and not stopping:
                     log.warning("gateway worker %d exited (%s); restarting", proc.pid,
                                 proc.returncode)  # fmt: skip
+                    # Its gauges (in flight) no longer count; its counters still do.
+                    mark_process_dead(proc.pid, metrics_dir)  # type: ignore[no-untyped-call]
                     time.sleep(RESTART_BACKOFF_S)
                     procs[i] = start()
     finally:
@@ -96,6 +108,7 @@ def supervise(workers: int) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 

@@ -7,9 +7,10 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import aiohttp
+import orjson
 from aiohttp import web
 from cachetools import TTLCache
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from router import admin, control, lorax_api, openai_api
 from router.context import (
@@ -71,6 +72,8 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
         # is 5 s): reusing one the server is closing at that moment fails the request.
         connector=aiohttp.TCPConnector(limit=2000, keepalive_timeout=2.0),
         raise_for_status=False,
+        # Request bodies to replicas (`json=`) through orjson: a few times faster than json.
+        json_serialize=lambda obj: orjson.dumps(obj).decode(),
     )
     yield
     await app[UPSTREAM].close()
@@ -130,7 +133,7 @@ async def _dispatch_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[METRICS].registry)
+    body = request.app[METRICS].exposition()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

@@ -60,8 +60,11 @@ async def read_json(request: web.Request) -> Any:
     sending it: a silent client must not hold its handler forever)."""
     timeout_s = request.app[SETTINGS].body_timeout_s
     try:
-        async with asyncio.timeout(timeout_s):
+        if request.content.is_eof():  # all of it arrived with the headers: nothing to wait for
             raw = await request.read()
+        else:
+            async with asyncio.timeout(timeout_s):
+                raw = await request.read()
     except TimeoutError:
         raise ApiError(
             408, f"request body not received within {timeout_s:g} s", field="body"

@@ -20,9 +20,19 @@ import logging
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
-from wakegate.store import MAX_PRIORITY, Assignment, ReplicaRecord, Store, gateway_channel
+from wakegate.store import (
+    MAX_PRIORITY,
+    Admission,
+    Assignment,
+    Exchanged,
+    QueueFull,
+    ReplicaRecord,
+    Store,
+    gateway_channel,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +56,16 @@ class Ticket:
     replica: ReplicaRecord | None = None  # its record, when the assignment brought it
 
 
+@dataclass
+class _Turn:
+    """A deployment's releases and admissions gathered for its next `Store.exchange` call."""
+
+    releases: list[tuple[str, str]] = field(default_factory=list)
+    released: list[asyncio.Future[None]] = field(default_factory=list)
+    admissions: list[Admission] = field(default_factory=list)
+    admitted: list[asyncio.Future[tuple[bool, bool, bool, int]]] = field(default_factory=list)
+
+
 class Dispatcher:
     def __init__(self, store: Store, lease_ms: int) -> None:
         self.store = store
@@ -59,6 +79,11 @@ class Dispatcher:
         self._dirty: set[str] = set()
         self._dispatching: set[str] = set()
         self._records: dict[str, ReplicaRecord] = {}
+        # Releases and admissions wait here for their deployment's exchange call: one call in
+        # flight per deployment, and what arrives meanwhile goes in the next (group commit).
+        self._turns: dict[str, _Turn] = {}
+        self._exchanging: dict[str, asyncio.Task[None]] = {}
+        self._cleanups: set[asyncio.Task[None]] = set()
         self.listening = asyncio.Event()
 
     # --- the request's view -----------------------------------------------------------------
@@ -75,23 +100,24 @@ class Dispatcher:
         loop = asyncio.get_running_loop()
         ticket = Ticket(deployment, request_id, loop.create_future())
         self._waiting[deployment][request_id] = ticket
+        turn = self._turn(deployment)
+        admitted: asyncio.Future[tuple[bool, bool, bool, int]] = loop.create_future()
+        turn.admissions.append(Admission(request_id, priority, max_queue, adapter, prefix))
+        turn.admitted.append(admitted)
         try:
-            admitted = await self.store.admit(
-                deployment,
-                request_id,
-                self.gateway_id,
-                priority,
-                self.lease_ms,
-                max_queue,
-                adapter,
-                prefix,
-            )
+            added, woke, cold, depth = await asyncio.shield(admitted)
+        except asyncio.CancelledError:
+            self._waiting[deployment].pop(request_id, None)
+            # It may be queued, or even hold a slot, once the exchange returns: take it out.
+            admitted.add_done_callback(lambda _: self._abandon(deployment, request_id))
+            raise
         except BaseException:
             self._waiting[deployment].pop(request_id, None)
             raise
-        ticket.woke, ticket.cold = admitted.woke, admitted.cold
-        ticket.queued_depth = admitted.depth
-        self._deliver_all(deployment, admitted.assignments)
+        if not added:
+            self._waiting[deployment].pop(request_id, None)
+            raise QueueFull(depth)
+        ticket.woke, ticket.cold, ticket.queued_depth = woke, cold, depth
         return ticket
 
     async def wait(self, ticket: Ticket) -> str:
@@ -132,10 +158,74 @@ class Dispatcher:
 
     async def _release(self, deployment: str, replica_id: str, request_id: str) -> None:
         """Give a slot back; the same call hands it (and any other free one) on."""
-        assignments = await self.store.release_and_dispatch(
-            deployment, replica_id, request_id, self.lease_ms, self.gateway_id
-        )
-        self._deliver_all(deployment, assignments)
+        released: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        turn = self._turn(deployment)
+        turn.releases.append((replica_id, request_id))
+        turn.released.append(released)
+        await asyncio.shield(released)
+
+    # --- one Redis call per deployment and turn of the loop ----------------------------------
+
+    def _turn(self, deployment: str) -> _Turn:
+        """The deployment's next exchange, started unless one is in flight (its end starts
+        the next): requests of one turn of the event loop, and those that arrive while a
+        call is out, share one call."""
+        turn = self._turns.get(deployment)
+        if turn is None:
+            turn = self._turns[deployment] = _Turn()
+            if deployment not in self._exchanging:
+                task = asyncio.get_running_loop().create_task(self._exchange(deployment))
+                self._exchanging[deployment] = task
+        return turn
+
+    async def _exchange(self, deployment: str) -> None:
+        try:
+            while (turn := self._turns.pop(deployment, None)) is not None:
+                try:
+                    done = await self.store.exchange(
+                        deployment, turn.releases, turn.admissions, self.lease_ms, self.gateway_id
+                    )
+                except BaseException as exc:
+                    failure = exc if isinstance(exc, Exception) else ConnectionError(str(exc))
+                    waiters: list[asyncio.Future[Any]] = [*turn.released, *turn.admitted]
+                    for fut in waiters:
+                        if not fut.done():
+                            fut.set_exception(failure)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                self._settle(deployment, turn, done)
+        finally:
+            self._exchanging.pop(deployment, None)
+            if deployment in self._turns:  # arrived while the last call was being torn down
+                task = asyncio.get_running_loop().create_task(self._exchange(deployment))
+                self._exchanging[deployment] = task
+
+    def _settle(self, deployment: str, turn: _Turn, done: Exchanged) -> None:
+        # Assignments first: a request that got its slot in this call finds it on return.
+        self._deliver_all(deployment, done.assignments)
+        for released in turn.released:
+            if not released.done():
+                released.set_result(None)
+        for admitted, (added, woke, cold) in zip(turn.admitted, done.admitted, strict=True):
+            if not admitted.done():
+                admitted.set_result((added, woke, cold, done.depth))
+
+    def _abandon(self, deployment: str, request_id: str) -> None:
+        """A request whose client left while its admission was out: out of the queue, or its
+        slot given back (and handed on)."""
+
+        async def cancel() -> None:
+            try:
+                if await self.store.cancel(deployment, request_id) == "assigned":
+                    await self.kick(deployment)
+            except Exception as exc:  # its lease expires in time
+                log.warning("could not take abandoned %s out of %s: %s", request_id,
+                            deployment, exc)  # fmt: skip
+
+        task = asyncio.get_running_loop().create_task(cancel())
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
 
     def waiting_count(self, deployment: str) -> int:
         return len(self._waiting.get(deployment, ()))

@@ -1,16 +1,45 @@
-"""Prometheus metrics of one gateway, on a registry owned by its app."""
+"""Prometheus metrics of one gateway, on a registry owned by its app.
+
+Several workers on one port (`--workers`) keep their values in files of one folder, named by
+PROMETHEUS_MULTIPROC_DIR (prometheus_client's multiprocess mode): counters and histograms
+are added up over the workers, in-flight gauges over the live ones, the queue depth (read
+from Redis, the same for all) is the most recent. A deleted deployment's series then stay
+until the gateway restarts (its files are not rewritten).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import os
+from dataclasses import dataclass
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
+
+
+@dataclass(frozen=True)
+class DeploymentSeries:
+    """One deployment's series, looked up once (`labels()` costs a lock and a validation
+    per call, several times per request on the hot path)."""
+
+    queue_depth: Any
+    in_flight: Any
+    queue_wait: Any
+    cold_start: Any
+    ttft: Any
+    duration: Any
+    retries: Any
+    wakes: Any
+    wake_reaction: Any
 
 
 class GatewayMetrics:
     def __init__(self) -> None:
+        self._series: dict[str, DeploymentSeries] = {}
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "wakegate_requests",
@@ -23,12 +52,14 @@ class GatewayMetrics:
             "Requests waiting in the deployment's queue (all gateways)",
             ["deployment"],
             registry=self.registry,
+            multiprocess_mode="mostrecent",
         )
         self.in_flight = Gauge(
             "wakegate_in_flight",
             "Requests this gateway is proxying to a replica",
             ["deployment"],
             registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.queue_wait = Histogram(
             "wakegate_queue_wait_seconds",
@@ -78,8 +109,29 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
+    def exposition(self) -> bytes:
+        """The text /metrics serves: this process's series, or every worker's."""
+        folder = os.environ.get(MULTIPROC_ENV)
+        if not folder:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path=folder)  # type: ignore[no-untyped-call]
+        return generate_latest(merged)
+
+    def of(self, deployment: str) -> DeploymentSeries:
+        series = self._series.get(deployment)
+        if series is None:
+            per_deployment = (
+                self.queue_depth, self.in_flight, self.queue_wait, self.cold_start, self.ttft,
+                self.duration, self.retries, self.wakes, self.wake_reaction,
+            )  # fmt: skip
+            series = DeploymentSeries(*(m.labels(deployment) for m in per_deployment))
+            self._series[deployment] = series
+        return series
+
     def forget(self, deployment: str) -> None:
         """Drop every series of a deleted deployment."""
+        self._series.pop(deployment, None)
         for metric in (
             self.queue_depth,
             self.in_flight,

@@ -151,16 +151,16 @@ def priority_of(request: web.Request, req: GenerateRequest) -> int:
 async def on_enqueued(request: web.Request, ticket: Ticket, queued_at: float) -> None:
     bus = request.app[BUS]
     if ticket.woke:
-        request.app[METRICS].wakes.labels(ticket.deployment).inc()
+        request.app[METRICS].of(ticket.deployment).wakes.inc()
         log.info("waking %s", ticket.deployment)
-    request.app[METRICS].queue_depth.labels(ticket.deployment).set(ticket.queued_depth)
+    request.app[METRICS].of(ticket.deployment).queue_depth.set(ticket.queued_depth)
     if bus is not None:
         if ticket.woke:
             await bus.publish(
                 "wake", topics.Wake(deployment=ticket.deployment, queued=ticket.queued_depth)
             )
             reaction = time.monotonic() - queued_at
-            request.app[METRICS].wake_reaction.labels(ticket.deployment).observe(reaction)
+            request.app[METRICS].of(ticket.deployment).wake_reaction.observe(reaction)
         else:
             disp = request.app[DISPATCHER]
             await bus.publish_at_most(
@@ -202,7 +202,7 @@ async def await_replica(request: web.Request, ticket: Ticket, trail: Trail) -> R
                 error_type="timeout",
             ) from None
     waited = time.monotonic() - start
-    request.app[METRICS].queue_wait.labels(ticket.deployment).observe(waited)
+    request.app[METRICS].of(ticket.deployment).queue_wait.observe(waited)
     trail.queue_wait_s = round(waited + (trail.queue_wait_s or 0.0), 4)
     replica_id = ticket.assigned.result()
     # The record came with the assignment when this gateway's own dispatch made it.
@@ -349,7 +349,7 @@ async def tracked(
         raise
     finally:
         metrics.requests.labels(spec.key, code).inc()
-        metrics.duration.labels(spec.key).observe(time.monotonic() - arrived)
+        metrics.of(spec.key).duration.observe(time.monotonic() - arrived)
 
 
 # Prefix-aware routing sees a prompt as a chain of chunks of this many characters (about 500
@@ -408,9 +408,9 @@ def _first_token(
     metrics = request.app[METRICS]
     elapsed = time.monotonic() - arrived
     trail.ttft_s = round(elapsed, 4)
-    metrics.ttft.labels(spec.key).observe(elapsed)
+    metrics.of(spec.key).ttft.observe(elapsed)
     if ticket.cold:
-        metrics.cold_start.labels(spec.key).observe(elapsed)
+        metrics.of(spec.key).cold_start.observe(elapsed)
 
 
 async def serve_unary(
@@ -429,7 +429,7 @@ async def serve_unary(
     ):
         for attempt in range(ATTEMPTS):
             replica = await await_replica(request, ticket, trail)
-            app[METRICS].in_flight.labels(spec.key).inc()
+            app[METRICS].of(spec.key).in_flight.inc()
             try:
                 gen = await get_dialect(replica.dialect).generate(
                     app[UPSTREAM], replica, spec.base_model, req
@@ -442,7 +442,7 @@ async def serve_unary(
                     raise ApiError(502, str(exc), error_type="generation") from None
                 await _retry_elsewhere(request, ticket, replica, exc)
             finally:
-                app[METRICS].in_flight.labels(spec.key).dec()
+                app[METRICS].of(spec.key).in_flight.dec()
         _first_token(request, spec, ticket, arrived, trail)
         trail.output.append(gen.text)
         trail.finish = gen.finish
@@ -480,7 +480,7 @@ async def _retry_elsewhere(
 ) -> None:
     log.warning("replica %s failed before the first byte (%s); retrying elsewhere",
                 replica.id, exc)  # fmt: skip
-    request.app[METRICS].retries.labels(ticket.deployment).inc()
+    request.app[METRICS].of(ticket.deployment).retries.inc()
     await request.app[DISPATCHER].requeue(ticket, SUSPECT_MS)
 
 
@@ -524,7 +524,7 @@ async def serve_stream(
             for attempt in range(ATTEMPTS):
                 if attempt:
                     replica = await await_replica(request, ticket, trail)
-                app[METRICS].in_flight.labels(spec.key).inc()
+                app[METRICS].of(spec.key).in_flight.inc()
                 try:
                     await _relay(
                         request, spec, req, replica, ticket, arrived, renderer, send, trail
@@ -537,7 +537,7 @@ async def serve_stream(
                         raise
                     await _retry_elsewhere(request, ticket, replica, exc)
                 finally:
-                    app[METRICS].in_flight.labels(spec.key).dec()
+                    app[METRICS].of(spec.key).in_flight.dec()
         except ApiError as err:
             trail.status, trail.error = err.status, err.message
             await send(renderer.error(err.message, err.error_type or "generation"))

@@ -15,7 +15,16 @@ import pytest
 import redis
 from harness import Proc, Stack, free_port, wait_until
 
-from wakegate.store import Assignment, QueueFull, ReplicaRecord, Store, dep_key
+from router.dispatch import Dispatcher
+from wakegate.store import (
+    Admission,
+    Assignment,
+    Exchanged,
+    QueueFull,
+    ReplicaRecord,
+    Store,
+    dep_key,
+)
 
 D = "acme/llm"
 
@@ -111,6 +120,94 @@ async def test_admit_at_the_queue_limit_refuses_and_changes_nothing(store: Store
         await store.admit(D, "q2", "gw-1", 0, 10_000, max_queue=1)
     assert (await store.load(D)).queued == 1
     assert (await store.load(D)).arrivals_total == 1
+
+
+# --- one call per deployment and turn of the gateway's loop (store.EXCHANGE, Dispatcher) ------
+
+
+async def test_an_exchange_releases_then_admits_in_order_then_dispatches(store: Store) -> None:
+    """Two slots; both busy, one older request queued (another gateway's). One call gives
+    both slots back and admits two new requests: the older queued request gets a slot first,
+    then the first new one; the second new one waits."""
+    await store.put_replica(replica("a", concurrency=2))
+    await store.admit(D, "busy1", "gw-1", 0, 10_000)
+    await store.admit(D, "busy2", "gw-1", 0, 10_000)
+    await store.admit(D, "older", "gw-2", 0, 10_000)
+    done = await store.exchange(
+        D,
+        [("a", "busy1"), ("a", "busy2")],
+        [Admission("new1"), Admission("new2")],
+        10_000,
+        "gw-1",
+    )
+    assert [(x.request_id, x.replica_id) for x in done.assignments] == [
+        ("older", "a"), ("new1", "a"),
+    ]  # fmt: skip
+    assert done.assignments[0].record == ""  # gw-2's: published to it
+    assert ReplicaRecord.from_json(done.assignments[1].record).id == "a"
+    assert done.admitted == [(True, False, False), (True, False, False)]
+    assert done.depth == 1
+    load = await store.load(D)
+    assert (load.queued, load.in_flight, load.completions_total) == (1, 2, 2)
+
+
+async def test_an_exchange_refuses_only_the_admissions_over_the_queue_limit(
+    store: Store,
+) -> None:
+    done = await store.exchange(
+        D, [], [Admission("q1", max_queue=1), Admission("q2", max_queue=1)], 10_000, "gw-1"
+    )
+    # Cold (no replica): the first queues and wakes the deployment, the second is refused.
+    assert done.admitted == [(True, True, True), (False, False, False)]
+    assert (await store.load(D)).queued == 1
+    assert (await store.load(D)).arrivals_total == 1
+
+
+async def test_requests_of_one_turn_share_one_call_and_keep_their_order(store: Store) -> None:
+    """Ten requests queued in the same turn of the gateway's loop go to Redis in one call, in
+    the order they arrived: with one free slot, the first gets it."""
+    await store.put_replica(replica("a"))
+    dispatcher = Dispatcher(store, 10_000)
+    calls: list[int] = []
+    real = store.exchange
+
+    async def counted(*args: object, **kwargs: object) -> Exchanged:
+        calls.append(1)
+        return await real(*args, **kwargs)  # type: ignore[arg-type]
+
+    store.exchange = counted  # type: ignore[method-assign]
+    tickets = await asyncio.gather(*(dispatcher.enqueue(D) for _ in range(10)))
+    assert len(calls) == 1
+    assert [t.assigned.done() for t in tickets] == [True] + [False] * 9
+    assert (await store.load(D)).queued == 9
+    # Giving the slot back hands it to the next in arrival order.
+    await dispatcher.finish(tickets[0])
+    assert tickets[1].assigned.done() and not tickets[2].assigned.done()
+    for t in tickets[1:]:
+        await dispatcher.finish(t)
+    load = await store.load(D)
+    assert (load.queued, load.in_flight) == (0, 0)
+
+
+async def test_a_request_abandoned_while_its_admission_is_out_gives_its_slot_back(
+    store: Store,
+) -> None:
+    await store.put_replica(replica("a"))
+    dispatcher = Dispatcher(store, 10_000)
+    gone = asyncio.ensure_future(dispatcher.enqueue(D))
+    await asyncio.sleep(0)  # its exchange is on its way
+    gone.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    # The exchange gave it the free slot; the gateway hands it back on its own.
+    for _ in range(200):
+        load = await store.load(D)
+        if load.in_flight == 0 and load.completions_total == 1:
+            break
+        await asyncio.sleep(0.01)
+    assert (load.queued, load.in_flight) == (0, 0)
+    after = await dispatcher.enqueue(D)
+    assert after.assigned.done()
 
 
 # --- real stacks ------------------------------------------------------------------------------

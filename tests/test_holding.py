@@ -17,6 +17,7 @@ import aiohttp
 import psutil
 import pytest
 from harness import Stack, wait_until
+from prometheus_client.parser import text_string_to_metric_families
 
 SLOW_LOAD = ["--load-s", "600", "--ttft-s", "0", "--tps", "1000", "--batch", "64"]
 QUICK_LOAD = ["--load-s", "1", "--ttft-s", "0", "--tps", "1000", "--batch", "64"]
@@ -127,6 +128,16 @@ def worker_pids(stack: Stack) -> list[int]:
     return [c.pid for c in psutil.Process(stack.gateway.p.pid).children()]
 
 
+def listening_workers(stack: Stack) -> int:
+    """Workers that have bound the gateway port (until then the kernel sends them nothing)."""
+
+    def listens(pid: int) -> bool:
+        conns = psutil.Process(pid).net_connections(kind="tcp")
+        return any(c.laddr and c.laddr.port == stack.port and c.status == "LISTEN" for c in conns)
+
+    return sum(1 for pid in worker_pids(stack) if listens(pid))
+
+
 def clients_of(pid: int, port: int) -> int:
     """Established client connections a worker holds on the gateway port."""
     conns = psutil.Process(pid).net_connections(kind="tcp")
@@ -138,7 +149,7 @@ def test_two_workers_serve_and_a_killed_one_loses_nothing_queued_on_the_other(
     make_stack: Callable[..., Stack], name: str
 ) -> None:
     stack = sim_stack(make_stack, gateway_workers=2)
-    wait_until(lambda: len(worker_pids(stack)) == 2, 30, "two workers")
+    wait_until(lambda: listening_workers(stack) == 2, 30, "two workers listening")
     create(stack, name, ["--load-s", "8", "--ttft-s", "0", "--tps", "1000", "--batch", "64"])
     n = 32
 
@@ -168,3 +179,43 @@ def test_two_workers_serve_and_a_killed_one_loses_nothing_queued_on_the_other(
     wait_until(lambda: stack.queued(name) == 0 and stack.in_flight(name) == 0, 60, "freed")
     wait_until(lambda: len(worker_pids(stack)) == 2, 30, "the worker restarted")
     assert stack.generate(name, max_new_tokens=2).status_code == 200
+
+
+def test_any_worker_answers_metrics_for_all_of_them(
+    make_stack: Callable[..., Stack], name: str
+) -> None:
+    """Counters of two workers add up on /metrics whichever worker answers the scrape."""
+    stack = sim_stack(make_stack, gateway_workers=2)
+    wait_until(lambda: listening_workers(stack) == 2, 30, "two workers listening")
+    create(stack, name, QUICK_LOAD)
+    n = 12
+
+    def requests_counted(text: str) -> float:
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "wakegate_requests_total"
+            and sample.labels == {"deployment": f"{stack.tenant}/{name}", "code": "200"}
+        )
+
+    async def scenario() -> tuple[list[int], list[float]]:
+        # A new connection per request and per scrape: the kernel spreads them over both.
+        conn = aiohttp.TCPConnector(limit=0, force_close=True)
+        async with aiohttp.ClientSession(connector=conn) as client:
+            statuses = []
+            for _ in range(n):
+                body = {"inputs": "hello", "parameters": {"max_new_tokens": 2}}
+                async with client.post(
+                    stack.deploy_url(name) + "/generate", json=body, headers=stack.headers
+                ) as r:
+                    statuses.append(r.status)
+            seen = []
+            for _ in range(8):
+                async with client.get(stack.base + "/metrics", headers=stack.metrics_headers) as r:
+                    seen.append(requests_counted(await r.text()))
+            return statuses, seen
+
+    statuses, seen = asyncio.run(scenario())
+    assert statuses == [200] * n
+    assert seen == [n] * 8, seen

@@ -375,6 +375,42 @@ return dispatch(4)
 """
 )
 
+# What one gateway has for a deployment in one turn of its event loop, in one call: give
+# slots back, queue requests, then hand out what is free (dispatch serves the queue's heads in
+# order, so the result is that of the same releases and admissions made one by one: nobody
+# overtakes an older queued request). ARGV: releases, admissions, now, then a (replica id,
+# request id) pair per release, enqueue's 8 arguments per admission, then dispatch's.
+# Returns {depth still waiting, then added, woke, cold per admission, then the assignments}.
+EXCHANGE = (
+    _QUEUE_KEYS
+    + _ENQUEUE_FN
+    + _DISPATCH_FN
+    + """
+local n_release, n_admit, now = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local at = 4
+for _ = 1, n_release do
+  redis.call('ZREM', inflight, ARGV[at] .. '|' .. ARGV[at + 1])
+  redis.call('HDEL', assigned, ARGV[at + 1])
+  at = at + 2
+end
+if n_release > 0 then
+  redis.call('SET', activity, now)
+  redis.call('HINCRBY', counters, 'completions', n_release)
+end
+local admitted = {}
+for _ = 1, n_admit do
+  local queued = enqueue(at)
+  table.insert(admitted, queued[1]); table.insert(admitted, queued[3]); table.insert(admitted, queued[4])
+  at = at + 8
+end
+local out = dispatch(at)
+local result = {redis.call('ZCARD', queue)}
+for _, v in ipairs(admitted) do table.insert(result, v) end
+for _, v in ipairs(out) do table.insert(result, v) end
+return result
+"""
+)
+
 # Take a request out wherever it is: still queued, or assigned but not yet released.
 CANCEL = """
 local queue, qmeta, qlease, assigned, inflight, counters = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
@@ -567,6 +603,27 @@ class Assignment:
 
 
 @dataclass(frozen=True)
+class Admission:
+    """One request to queue (the arguments of `Store.admit` but the deployment's)."""
+
+    request_id: str
+    priority: int = 0
+    max_queue: int = 2**31
+    adapter: str | None = None
+    prefix: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class Exchanged:
+    """What `Store.exchange` did: per admission (in order) whether it was added (False: the
+    queue was at its limit, nothing changed for it), woke the deployment, found it cold."""
+
+    depth: int  # still waiting after the call's dispatch
+    admitted: list[tuple[bool, bool, bool]]
+    assignments: list[Assignment]
+
+
+@dataclass(frozen=True)
 class Admitted:
     added: bool
     depth: int  # still waiting after the call's dispatch
@@ -633,6 +690,7 @@ class Store:
         self._dispatch = redis.register_script(DISPATCH)
         self._admit = redis.register_script(ADMIT)
         self._release_and_dispatch = redis.register_script(RELEASE_AND_DISPATCH)
+        self._exchange = redis.register_script(EXCHANGE)
         self._cancel = redis.register_script(CANCEL)
         self._leader = redis.register_script(LEADER_LEASE)
         self._release_leader = redis.register_script(RELEASE_LEADER)
@@ -1089,14 +1147,18 @@ class Store:
         if added == -1:
             raise QueueFull(int(depth))
         if cold and added:
-            # The level path of the wake: the scaler polls the dirty set, MQTT is the fast one.
-            try:
-                await self.redis.sadd(DIRTY, key)
-            except BaseException:
-                # Refused (Redis out of memory) or cancelled: the request is not queued after
-                # all, rather than queued with no wake recorded.
+            await self._mark_dirty(key, [req_id])
+
+    async def _mark_dirty(self, key: str, queued: Sequence[str]) -> None:
+        """The level path of the wake: the scaler polls the dirty set, MQTT is the fast one."""
+        try:
+            await self.redis.sadd(DIRTY, key)
+        except BaseException:
+            # Refused (Redis out of memory) or cancelled: the requests are not queued after
+            # all, rather than queued with no wake recorded.
+            for req_id in queued:
                 await asyncio.shield(self.cancel(key, req_id))
-                raise
+            raise
 
     async def dispatch(
         self, key: str, lease_ms: int, max_assign: int = 64
@@ -1282,6 +1344,39 @@ class Store:
             args=[replica_id, req_id, now_ms(), *_dispatch_args(key, lease_ms, 64, gateway_id)],
         )
         return _assignments(out)
+
+    async def exchange(
+        self,
+        key: str,
+        releases: Sequence[tuple[str, str]],
+        admissions: Sequence[Admission],
+        lease_ms: int,
+        gateway_id: str,
+    ) -> Exchanged:
+        """Give slots back ((replica id, request id) pairs), queue requests, then dispatch
+        as `dispatch_for`, all in one call: a gateway's releases and arrivals of one
+        deployment in one turn of its event loop. The same as releasing and admitting them one
+        by one; an admission over `max_queue` is not added (the caller raises QueueFull)."""
+        now = now_ms()
+        args: list[Any] = [len(releases), len(admissions), now]
+        for replica_id, req_id in releases:
+            args += (replica_id, req_id)
+        for a in admissions:
+            args += _enqueue_args(
+                a.request_id, gateway_id, a.priority, lease_ms, a.max_queue, a.adapter, a.prefix
+            )
+        args += _dispatch_args(key, lease_ms, 64, gateway_id)
+        out = await self._exchange(keys=_queue_keys(key), args=args)
+        n = len(admissions)
+        flags = out[1 : 1 + 3 * n]
+        admitted = [
+            (flags[i] == 1, bool(flags[i + 1]), bool(flags[i + 2])) for i in range(0, 3 * n, 3)
+        ]
+        cold = [a.request_id for a, (added, _, c) in zip(admissions, admitted, strict=True)
+                if added and c]  # fmt: skip
+        if cold:
+            await self._mark_dirty(key, cold)
+        return Exchanged(int(out[0]), admitted, _assignments(out[1 + 3 * n :]))
 
     async def release(self, key: str, replica_id: str, req_id: str) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:

@@ -9,11 +9,11 @@ prompt token count, so `prompt_tokens` is 0 where the engine did not say.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import orjson
 
 from router.dialects import Finish, Generation, Token, UpstreamError
 from router.dialects.sse import post_events
@@ -123,7 +123,7 @@ class OpenAICompletions:
                     raise UpstreamError.answered(resp.status, raw)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamError(f"replica unreachable: {exc!r}") from exc
-        data = json.loads(raw)
+        data = orjson.loads(raw)
         choice = data["choices"][0]
         usage = data.get("usage") or {}
         tokens = _tokens(choice)
