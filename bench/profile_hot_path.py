@@ -63,7 +63,8 @@ def wrk(
     m = re.search(r"RESULT (\d+) (\d+) ([\d.]+) ([\d.]+)", out)
     assert m, out
     rate = int(m[1]) / seconds
-    line = f"{rate:8.0f} req/s  errors {m[2]:>3}  p50 {float(m[3]):6.2f} ms  p99 {float(m[4]):6.2f} ms"
+    p50, p99 = float(m[3]), float(m[4])
+    line = f"{rate:8.0f} req/s  errors {m[2]:>3}  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms"
     return line, int(m[1])
 
 
@@ -165,7 +166,7 @@ def main() -> None:
                 )  # fmt: skip
             before = [cpu_s([pid]) for pid in gw_pids]
             line, n = wrk(*gateway, body, c, args.seconds, script)
-            used = [(cpu_s([pid]) - b) * 1e6 / max(n, 1) for pid, b in zip(gw_pids, before)]
+            used = [(cpu_s([pid]) - b) * 1e6 / max(n, 1) for pid, b in zip(gw_pids, before, strict=True)]
             print(f"c={c:<2} gateway  {line}  CPU per request: gateway {used[0]:.0f} us, "
                   f"Redis {used[1]:.0f} us", flush=True)  # fmt: skip
             if recorder is not None and recorder.wait() == 0:
