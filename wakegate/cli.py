@@ -31,8 +31,9 @@ def _settings(config: str | None, **overrides: object) -> Settings:
 
 
 def _client_settings(config: str | None) -> Settings:
-    """Settings for commands that work on a running stack's Redis: without REDIS_URL, the
-    stack `wakegate up` runs from the state dir (its URLs and key, left in the state dir)."""
+    """Settings for commands that work on a running stack's Redis (and broker): without
+    REDIS_URL, the stack `wakegate up` runs from the state dir (its URLs and key, left in the
+    state dir)."""
     settings = _settings(config)
     if settings.redis_url is None:
         from wakegate.up import CONNECT_FILE
@@ -43,6 +44,7 @@ def _client_settings(config: str | None) -> Settings:
             settings = replace(
                 settings,
                 redis_url=running.redis_url,
+                mqtt_url=settings.mqtt_url or running.mqtt_url,
                 secret_key_file=settings.secret_key_file or running.secret_key_file,
             )
     return settings
@@ -646,3 +648,15 @@ def replay(
     click.echo(text)
     if out is not None:
         (out / "table.md").write_text(text + "\n")
+
+
+def _add_commands() -> None:
+    """Commands kept in modules of their own."""
+    from wakegate.cli_deployments import deployments
+    from wakegate.cli_events import events
+
+    main.add_command(deployments)
+    main.add_command(events)
+
+
+_add_commands()
