@@ -36,6 +36,17 @@ def stdout_console() -> Console:
     return console
 
 
+def print_table(table: Any) -> None:
+    """A rich renderable on stdout; piped, without the padding at the end of its lines."""
+    console = stdout_console()
+    if console.is_terminal:
+        console.print(table)
+        return
+    with console.capture() as captured:
+        console.print(table)
+    click.echo("\n".join(line.rstrip() for line in captured.get().splitlines()))
+
+
 def stderr_console() -> Console:
     from rich.console import Console
 
@@ -274,7 +285,8 @@ def config_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             click.option(
                 "--wait",
                 is_flag=True,
-                help="Wait until the deployment is ready, showing its status and events.",
+                help="Wait until the deployment is ready and runs its minReplicas, showing "
+                "its status and events.",
             ),
             click.option(
                 "--timeout",
@@ -336,8 +348,8 @@ def build_config(
 
 
 def wait_ready(client: ControlClient, name: str, timeout_s: float) -> None:
-    """Follow the deployment's events until its current revision is Ready (the test the
-    Predibase SDK makes), with a spinner showing its status and replicas."""
+    """Follow the deployment until its current revision is Ready (the test the Predibase SDK
+    makes) and it runs its minReplicas, with a spinner showing its status and replicas."""
     console = stderr_console()
     t0 = time.monotonic()
     shown = 0
@@ -351,14 +363,18 @@ def wait_ready(client: ControlClient, name: str, timeout_s: float) -> None:
             if failed is not None or events.status in ("failed", "deleted"):
                 why = failed.get("message", "") if failed else events.status
                 raise click.ClickException(f"deployment {name} did not become ready: {why}")
-            if events.first("Ready") is not None:
-                break
             dep = client.get(name)
-            cfg = dep.get("config") or {}
+            ready = int(dep.get("currentReplicas", 0))
+            wanted = int((dep.get("config") or {}).get("minReplicas", 0))
+            if events.first("Ready") is not None and ready >= wanted:
+                break
             elapsed = time.monotonic() - t0
+            waiting = (
+                f"; waiting for capacity: {_waiting(dep)}" if dep.get("waitingForCapacity") else ""
+            )
             spinner.update(
-                f"{name}: {dep.get('status')}, {dep.get('currentReplicas', 0)} replica(s) ready "
-                f"of min {cfg.get('minReplicas')} ... {elapsed:.0f}s"
+                f"{name}: {dep.get('status')}, {ready} of {wanted} replica(s) ready{waiting} "
+                f"... {elapsed:.0f}s"
             )
             if elapsed > timeout_s:
                 raise click.ClickException(
@@ -373,7 +389,7 @@ def show(dep: dict[str, Any], as_json: bool, events: list[dict[str, Any]] | None
     if as_json:
         click.echo(json.dumps(dep, indent=2))
     else:
-        stdout_console().print(deployment_detail(dep, events))
+        print_table(deployment_detail(dep, events))
 
 
 # --- the commands -------------------------------------------------------------------------
@@ -401,7 +417,7 @@ def list_cmd(gateway: str | None, token: str | None, as_json: bool) -> None:
     elif not deps:
         click.echo("no deployments (create one: wakegate deployments create NAME --base-model ...)")
     else:
-        stdout_console().print(deployments_table(deps))
+        print_table(deployments_table(deps))
 
 
 @deployments.command("get")

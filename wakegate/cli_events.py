@@ -145,6 +145,8 @@ async def follow(
     try:
         seen: set[str] = set()
         if store is not None:
+            if await store.get_deployment(deployment) is None:
+                notice(f"there is no deployment {deployment} (yet); its events show when it comes")
             stored = await store.events(deployment)
             seen = {_key(e) for e in stored}
             for e in stored[-history:] if history > 0 else []:
