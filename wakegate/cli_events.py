@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import signal
 import sys
 from collections.abc import Callable
@@ -233,7 +234,10 @@ def events(
         raise click.ClickException(
             "set MQTT_URL to the broker of the gateway and scaler (or run `wakegate up` here)"
         )
-    kinds = (*KINDS, "load") if load else KINDS
+    # The command says itself when the broker is not answering; the client's reconnection
+    # warnings would repeat that every few seconds.
+    logging.getLogger("wakegate.bus").setLevel(logging.ERROR)
+    kinds: tuple[topics.Kind, ...] = (*KINDS, "load") if load else KINDS
     printer = Printer(key, as_json)
 
     def notice(text: str) -> None:
