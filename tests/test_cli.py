@@ -18,6 +18,8 @@ from click.testing import CliRunner, Result
 from harness import ROOT, Stack, wait_until
 
 from wakegate.cli import main
+from wakegate.cli_deployments import TOKEN_ENV, URL_ENV
+from wakegate.up import TOKEN_FILE
 
 SIM_ARGS = ["--load-s", "1", "--ttft-s", "0.05", "--tps", "50", "--batch", "1"]
 
@@ -96,6 +98,21 @@ def test_a_wrong_token_or_no_gateway_is_a_clear_error(stack: Stack, name: str) -
     env = {"PREDIBASE_GATEWAY": "http://127.0.0.1:9", "PREDIBASE_API_TOKEN": stack.token}
     down = runner.invoke(main, ["deployments", "get", name], env=env)
     assert down.exit_code == 1 and "cannot reach the gateway at http://127.0.0.1:9" in down.stderr
+
+
+def test_without_a_gateway_or_token_given_the_stack_of_the_state_dir_is_used(
+    stack: Stack, tmp_path: Path
+) -> None:
+    unset: dict[str, str | None] = {v: None for v in (*URL_ENV, *TOKEN_ENV)}
+    state = tmp_path / "state"
+    env = {**unset, "WAKEGATE_STATE_DIR": str(state), "WAKEGATE_PORT": str(stack.port)}
+    none = CliRunner().invoke(main, ["deployments", "list"], env=env)
+    assert none.exit_code == 2 and "no API token" in none.stderr
+    state.mkdir()
+    (state / TOKEN_FILE).write_text(stack.token + "\n")  # as `wakegate up` leaves it
+    found = CliRunner().invoke(main, ["deployments", "list", "--json"], env=env)
+    assert found.exit_code == 0, found.output
+    assert isinstance(json.loads(found.stdout), list)
 
 
 class Lines:

@@ -56,13 +56,16 @@ def stderr_console() -> Console:
 def _local_defaults() -> tuple[str, str | None]:
     """The gateway and token of the stack `wakegate up` runs from the state dir."""
     from wakegate.cli import _settings
+    from wakegate.up import TOKEN_FILE
 
     settings = _settings(None)
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
     token = settings.default_token
     if token is None:
-        path = settings.state_dir / "token"  # written by `wakegate up` (wakegate/up.py)
-        token = path.read_text().strip() if path.is_file() else None
+        try:
+            token = (settings.state_dir / TOKEN_FILE).read_text().strip() or None
+        except OSError:  # no stack here, or another user's
+            token = None
     return f"http://{host}:{settings.port}", token
 
 

@@ -55,10 +55,14 @@ def http_ok(url: str) -> bool:
         return False
 
 
+# The default tenant's API token, made on the first start (`wakegate deployments` reads it).
+TOKEN_FILE = "token"
+
+
 def load_or_create_token(state_dir: Path, given: str | None) -> str:
     if given:
         return given
-    return load_or_create(state_dir / "token", lambda: "pb_" + secrets.token_urlsafe(24))
+    return load_or_create(state_dir / TOKEN_FILE, lambda: "pb_" + secrets.token_urlsafe(24))
 
 
 ADMIN_TOKEN_FILE = "admin-token"
