@@ -166,7 +166,8 @@ def main() -> None:
                 )  # fmt: skip
             before = [cpu_s([pid]) for pid in gw_pids]
             line, n = wrk(*gateway, body, c, args.seconds, script)
-            used = [(cpu_s([pid]) - b) * 1e6 / max(n, 1) for pid, b in zip(gw_pids, before, strict=True)]
+            pairs = zip(gw_pids, before, strict=True)
+            used = [(cpu_s([pid]) - b) * 1e6 / max(n, 1) for pid, b in pairs]
             print(f"c={c:<2} gateway  {line}  CPU per request: gateway {used[0]:.0f} us, "
                   f"Redis {used[1]:.0f} us", flush=True)  # fmt: skip
             if recorder is not None and recorder.wait() == 0:

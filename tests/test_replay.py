@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import itertools
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from harness import ROOT
+from harness import ROOT, wait_until
 
 from wakegate.replay.pool import plan_members
 from wakegate.replay.report import capacity_waits, percentile, replica_timeline
@@ -254,3 +255,82 @@ def test_deployments_share_one_pool_and_the_report_has_a_row_for_each(tmp_path: 
     assert max(n for _, n in held) == 1, "never more GPUs than the pool has"
     kinds = {e["eventType"] for events in run["events"].values() for e in events}
     assert "WaitingForCapacity" in kinds, "one deployment waited for the other's GPU"
+
+
+def _replay_args(*extra: str) -> list[str]:
+    return ["replay", str(TRACES / "azure2023_code.csv"), "--start-s", "280", "--end-s", "300",
+            "--speed", "10", "--load-s", "5", "--max-replicas", "1", *extra]  # fmt: skip
+
+
+def test_what_out_needs_is_checked_before_anything_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from wakegate.cli import main
+
+    out = tmp_path / "out"
+    # Without matplotlib, --out (plots) is refused at once, naming the way out.
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    refused = CliRunner().invoke(main, _replay_args("--out", str(out)))
+    assert refused.exit_code == 2
+    assert "matplotlib, which is not installed" in refused.stderr
+    assert "--no-plots" in refused.stderr
+    assert not out.exists() and "replaying" not in refused.output
+    # A policy that cannot be warmed up is refused before the one before it runs.
+    warm = CliRunner().invoke(
+        main,
+        _replay_args("--policy", "always-on", "--policy", "wakegate", "--warm", "--no-plots",
+                     "--out", str(out)),
+    )  # fmt: skip
+    assert warm.exit_code == 2 and "--warm" in warm.stderr
+    assert "replaying" not in warm.output and not list(out.iterdir())
+
+
+def test_a_policy_run_reports_its_progress_in_trace_time_and_writes_as_it_ends(
+    tmp_path: Path,
+) -> None:
+    from wakegate.replay.policies import compare_policies
+    from wakegate.replay.run import Plan, Progress, SimEngine
+
+    requests = window(load_trace(TRACES / "azure2023_code.csv"), 280, 300)
+    plan = Plan("azure2023_code.csv", requests, speed=10, max_replicas=1, cooldown_s=20,
+                engine=SimEngine(load_s=5))  # fmt: skip
+    seen: list[tuple[str, Progress]] = []
+    out = tmp_path / "out"
+    [summary] = compare_policies(
+        [("wakegate", plan)], out, echo=lambda _: None,
+        progress_for=lambda label: lambda p: seen.append((label, p)), plots=False,
+    )  # fmt: skip
+    assert summary.ok == len(requests)
+    phases = [p.phase for _, p in seen]
+    assert phases[0] == "starting" and phases[-1] == "done" and "replaying" in phases
+    assert {label for label, _ in seen} == {"wakegate"}
+    clock = [p.trace_s for _, p in seen if p.phase in ("replaying", "finishing")]
+    assert clock == sorted(clock) and clock[-1] <= requests[-1].at_s
+    assert seen[-1][1].done == seen[-1][1].total == len(requests)
+    assert {p.name for p in out.iterdir()} == {"wakegate.json", "table.md"}
+
+
+def test_an_interrupted_comparison_keeps_the_runs_it_finished(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wakegate",
+         *_replay_args("--policy", "wakegate", "--policy", "always-on", "--no-plots",
+                       "--out", str(out))],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        table = out / "table.md"
+        wait_until(lambda: table.exists() or proc.poll() is not None, 120, "the first run")
+        proc.send_signal(signal.SIGINT)  # while the second run goes on
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode != 0, stdout + stderr  # it did not get to the end
+    run = json.loads((out / "wakegate.json").read_text())
+    assert run["plan"]["policy"] == "wakegate" and run["results"]
+    rows = table.read_text().splitlines()[2:]
+    assert [row.split("|")[1].strip() for row in rows] == ["wakegate"]
+    assert not (out / "always-on.json").exists()

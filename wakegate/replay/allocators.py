@@ -10,6 +10,7 @@ from pathlib import Path
 
 from wakegate.replay import report
 from wakegate.replay.pool import PoolPlan, run_pool
+from wakegate.replay.run import ProgressFn
 
 
 def compare_allocators(
@@ -17,10 +18,13 @@ def compare_allocators(
     allocators: Sequence[str],
     out: Path | None = None,
     echo: Callable[[str], None] = print,
+    progress_for: Callable[[str], ProgressFn] | None = None,
+    plots: bool = True,
 ) -> list[report.PoolSummary]:
-    """Run `template` under each allocator in turn. With `out`: `<allocator>.json` (the whole
-    run), `<allocator>.md` and `<allocator>.png` per run, and `table.md` comparing them (a
-    repeated allocator gets `-2`, `-3`, ... on its files)."""
+    """Run `template` under each allocator in turn. With `out`, as soon as a run ends:
+    `<allocator>.json` (the whole run), `<allocator>.md`, `<allocator>.png` (unless not
+    `plots`) and `table.md` comparing the runs so far (a repeated allocator gets `-2`, `-3`,
+    ... on its files), so that an interrupted comparison keeps the runs it finished."""
     summaries: list[report.PoolSummary] = []
     runs: Counter[str] = Counter()
     requests = sum(len(m.requests) for m in template.members)
@@ -34,7 +38,7 @@ def compare_allocators(
             f"of trace) on pool {plan.pool} under allocator '{allocator}' at {plan.speed:g}x: "
             f"about {span / plan.speed / 60:.1f} min ..."
         )
-        result = run_pool(plan)
+        result = run_pool(plan, progress=progress_for(label) if progress_for else None)
         summary = report.summarize_pool(result, label)
         summaries.append(summary)
         text = report.pool_table([summary])
@@ -43,10 +47,7 @@ def compare_allocators(
             out.mkdir(parents=True, exist_ok=True)
             (out / f"{label}.json").write_text(json.dumps(result.to_json()))
             (out / f"{label}.md").write_text(text + "\n")
-            report.plot_pool(result, out / f"{label}.png")
-    text = report.pool_table(summaries)
-    echo("")
-    echo(text)
-    if out is not None:
-        (out / "table.md").write_text(text + "\n")
+            (out / "table.md").write_text(report.pool_table(summaries) + "\n")
+            if plots:
+                report.plot_pool(result, out / f"{label}.png")
     return summaries

@@ -20,14 +20,18 @@ from typing import Any, Literal
 
 from wakegate.catalog import ACCELERATORS
 from wakegate.replay.run import (
+    Progress,
+    ProgressFn,
     RequestResult,
     Sample,
     SimEngine,
+    Tally,
     client_session,
     create_deployment,
     deployment_config,
     lease_rows,
     replay_settings,
+    report_progress,
     sample_load,
     send,
     sim_usage,
@@ -198,7 +202,9 @@ async def _tenant_tokens(store: Store, members: list[Member]) -> dict[str, str]:
     return tokens
 
 
-async def _drive_pool(plan: PoolPlan, settings: Settings) -> PoolResult:
+async def _drive_pool(
+    plan: PoolPlan, settings: Settings, progress: ProgressFn | None = None
+) -> PoolResult:
     assert settings.redis_url
     base = f"http://{settings.host}:{settings.port}"
     # Tokens signed with the stack's key, as the gateway requires.
@@ -224,12 +230,19 @@ async def _drive_pool(plan: PoolPlan, settings: Settings) -> PoolResult:
                 for m in plan.members
             ]
             watchers.append(asyncio.create_task(_collect_events(store, seen)))
+            tally = Tally(len(schedule))
+            if progress is not None:
+                span = schedule[-1][0].at_s if schedule else 0.0
+                watchers.append(
+                    asyncio.create_task(report_progress(progress, tally, t0, plan.speed, span))
+                )
             sends: list[tuple[str, asyncio.Task[RequestResult]]] = []
             for req, i in schedule:
                 delay = t0 + req.at_s / plan.speed - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
                 task = asyncio.create_task(send(client, urls[i], headers[i], req, plan.speed))
+                tally.sending(task)
                 sends.append((plan.members[i].key, task))
             await asyncio.gather(*(task for _, task in sends))
             horizon = (time.monotonic() - t0) * plan.speed
@@ -260,11 +273,19 @@ async def _drive_pool(plan: PoolPlan, settings: Settings) -> PoolResult:
 
 
 def run_pool(
-    plan: PoolPlan, state_dir: Path | None = None, log_level: str = "WARNING"
+    plan: PoolPlan,
+    state_dir: Path | None = None,
+    log_level: str = "WARNING",
+    progress: ProgressFn | None = None,
 ) -> PoolResult:
-    """One pool run on a fresh stack; the stack is stopped afterwards, whatever happens."""
+    """One pool run on a fresh stack; the stack is stopped afterwards, whatever happens.
+    `progress`, if given, hears how far the run is every PROGRESS_EVERY_S."""
     from wakegate.up import Stack
 
+    total = sum(len(m.requests) for m in plan.members)
+    span = max((m.requests[-1].at_s for m in plan.members if m.requests), default=0.0)
+    if progress is not None:
+        progress(Progress("starting", 0.0, span, 0, 0, total))
     with tempfile.TemporaryDirectory(prefix="wakegate-replay-") as tmp:
         settings = replay_settings(
             state_dir or Path(tmp),
@@ -277,6 +298,9 @@ def run_pool(
         stack = Stack(settings, quiet=True)
         try:
             stack.start()
-            return asyncio.run(_drive_pool(plan, stack.settings))
+            result = asyncio.run(_drive_pool(plan, stack.settings, progress))
         finally:
             stack.shutdown()
+    if progress is not None:
+        progress(Progress("done", span, span, total, total, total))
+    return result

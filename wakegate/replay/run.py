@@ -13,9 +13,10 @@ import asyncio
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import aiohttp
 
@@ -25,6 +26,7 @@ from wakegate.settings import Settings
 from wakegate.store import Store
 
 SAMPLE_EVERY_S = 0.25  # real seconds between samples of queue depth and replicas
+PROGRESS_EVERY_S = 0.5  # real seconds between two progress reports
 QUEUE_COMMENT = ": wakegate "
 
 
@@ -142,6 +144,52 @@ class RunResult:
         }
 
 
+@dataclass(frozen=True)
+class Progress:
+    """How far a run is, for a progress bar: the trace time reached (the clock of the
+    replay, in trace seconds, up to the last request's arrival) and the requests sent and
+    answered."""
+
+    phase: Literal["starting", "replaying", "finishing", "done"]
+    trace_s: float
+    span_s: float
+    sent: int
+    done: int
+    total: int
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+@dataclass
+class Tally:
+    """Requests sent and answered so far in a run."""
+
+    total: int
+    sent: int = 0
+    done: int = 0
+
+    def sending(self, task: asyncio.Task[Any]) -> None:
+        self.sent += 1
+        task.add_done_callback(self._answered)
+
+    def _answered(self, _task: asyncio.Task[Any]) -> None:
+        self.done += 1
+
+
+async def report_progress(
+    progress: ProgressFn, tally: Tally, t0: float, speed: float, span_s: float
+) -> None:
+    """Report the run's progress every PROGRESS_EVERY_S until cancelled."""
+    while True:
+        trace_s = min((time.monotonic() - t0) * speed, span_s)
+        phase: Literal["replaying", "finishing"] = (
+            "finishing" if tally.sent == tally.total else "replaying"
+        )
+        progress(Progress(phase, trace_s, span_s, tally.sent, tally.done, tally.total))
+        await asyncio.sleep(PROGRESS_EVERY_S)
+
+
 def scaled_params(policy: str, params: dict[str, float], speed: float) -> dict[str, float]:
     """Every knob of the policy, defaults included; those named `*_s` are durations and are
     compressed like the trace (a 60 s window at 10x lasts 6 s)."""
@@ -254,7 +302,9 @@ async def create_deployment(
             raise RuntimeError(f"creating the deployment {name} failed: {await r.text()}")
 
 
-async def _drive(plan: Plan, settings: Settings, token: str) -> RunResult:
+async def _drive(
+    plan: Plan, settings: Settings, token: str, progress: ProgressFn | None = None
+) -> RunResult:
     assert settings.redis_url
     base = f"http://{settings.host}:{settings.port}"
     headers = {"Authorization": f"Bearer {token}"}
@@ -269,15 +319,25 @@ async def _drive(plan: Plan, settings: Settings, token: str) -> RunResult:
         samples: list[Sample] = []
         t0 = time.monotonic()
         sampler = asyncio.create_task(sample_load(store, key, t0, plan.speed, samples))
+        tally = Tally(len(plan.requests))
+        watchers = [sampler]
+        if progress is not None:
+            span = plan.requests[-1].at_s if plan.requests else 0.0
+            watchers.append(
+                asyncio.create_task(report_progress(progress, tally, t0, plan.speed, span))
+            )
         tasks = []
         for req in plan.requests:
             delay = t0 + req.at_s / plan.speed - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(send(client, url, headers, req, plan.speed)))
+            task = asyncio.create_task(send(client, url, headers, req, plan.speed))
+            tally.sending(task)
+            tasks.append(task)
         results = list(await asyncio.gather(*tasks))
         horizon = (time.monotonic() - t0) * plan.speed
-        sampler.cancel()
+        for watcher in watchers:
+            watcher.cancel()
         await store.close()
         usage, tokens = await _usage(settings, key, t0, plan.speed)
     return RunResult(plan, results, samples, usage, horizon, tokens)
@@ -338,15 +398,28 @@ def replay_settings(state_dir: Path, speed: float, log_level: str, **extra: Any)
     )
 
 
-def run(plan: Plan, state_dir: Path | None = None, log_level: str = "WARNING") -> RunResult:
-    """One replay on a fresh stack; the stack is stopped afterwards, whatever happens."""
+def run(
+    plan: Plan,
+    state_dir: Path | None = None,
+    log_level: str = "WARNING",
+    progress: ProgressFn | None = None,
+) -> RunResult:
+    """One replay on a fresh stack; the stack is stopped afterwards, whatever happens.
+    `progress`, if given, hears how far the run is every PROGRESS_EVERY_S."""
     from wakegate.up import Stack
 
+    span = plan.requests[-1].at_s if plan.requests else 0.0
+    total = len(plan.requests)
+    if progress is not None:
+        progress(Progress("starting", 0.0, span, 0, 0, total))
     with tempfile.TemporaryDirectory(prefix="wakegate-replay-") as tmp:
         settings = replay_settings(state_dir or Path(tmp), plan.speed, log_level)
         stack = Stack(settings, quiet=True)
         try:
             stack.start()
-            return asyncio.run(_drive(plan, stack.settings, stack.token))
+            result = asyncio.run(_drive(plan, stack.settings, stack.token, progress))
         finally:
             stack.shutdown()
+    if progress is not None:
+        progress(Progress("done", span, span, total, total, total))
+    return result
