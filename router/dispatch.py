@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import uuid
 from collections import defaultdict
@@ -71,6 +72,7 @@ class Dispatcher:
         self.store = store
         self.lease_ms = lease_ms
         self.gateway_id = uuid.uuid4().hex[:12]
+        self._ids = itertools.count()
         self._waiting: dict[str, dict[str, Ticket]] = defaultdict(dict)
         self._running: dict[str, set[str]] = defaultdict(set)  # deployment -> "rid|req"
         # Slots handed over since the last tick, whose `assigned` entries the tick clears in
@@ -96,7 +98,8 @@ class Dispatcher:
         adapter: str | None = None,
         prefix: Sequence[str] = (),
     ) -> Ticket:
-        request_id = uuid.uuid4().hex
+        # Unique without a system call per request: this gateway's random id and a count.
+        request_id = f"{self.gateway_id}{next(self._ids):x}"
         loop = asyncio.get_running_loop()
         ticket = Ticket(deployment, request_id, loop.create_future())
         self._waiting[deployment][request_id] = ticket

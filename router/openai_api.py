@@ -11,8 +11,8 @@ sampling semantics are kept: temperature defaults to 1.
 from __future__ import annotations
 
 import json
+import random
 import time
-import uuid
 from typing import Annotated, Any, Literal, TypeVar
 
 from aiohttp import web
@@ -303,7 +303,8 @@ async def _serve(
     priority = priority_of(request, req)
     model = body.model or spec.base_model
     prefix = "chatcmpl" if chat else "cmpl"
-    ident = f"{prefix}-{uuid.uuid4().hex}"
+    # A response id, not a secret: no system call per request (uuid4 reads the OS's random).
+    ident = f"{prefix}-{random.getrandbits(128):032x}"
 
     async def handle() -> web.StreamResponse:
         if body.stream:

@@ -166,7 +166,8 @@ async def on_enqueued(request: web.Request, ticket: Ticket, queued_at: float) ->
             await bus.publish_at_most(
                 LOAD_REPORT_EVERY_S,
                 "load",
-                topics.LoadReport(
+                ticket.deployment,
+                lambda: topics.LoadReport(
                     deployment=ticket.deployment,
                     queued=ticket.queued_depth,
                     in_flight=disp.running_count(ticket.deployment),

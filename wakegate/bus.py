@@ -100,15 +100,18 @@ class Bus:
                 return True
         return False
 
-    async def publish_at_most(self, every_s: float, kind: Kind, event: Event) -> bool:
-        """Publish unless this kind of event went out for this deployment within `every_s`.
+    async def publish_at_most(
+        self, every_s: float, kind: Kind, deployment: str, make: Callable[[], Event]
+    ) -> bool:
+        """Publish `make()` unless this kind of event went out for `deployment` within
+        `every_s` (the event is only made when it goes out: this runs once per request).
 
         For periodic reports (queue depth) that are superseded by the next one: QoS 0, and
         a burst of requests yields one message, not one per request.
         """
         now = time.monotonic()
-        key = (kind, event.deployment)
+        key = (kind, deployment)
         if now - self._last_sent.get(key, -math.inf) < every_s:
             return False
         self._last_sent[key] = now
-        return await self.publish(kind, event, qos=0)
+        return await self.publish(kind, make(), qos=0)
