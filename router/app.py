@@ -11,7 +11,7 @@ from aiohttp import web
 from cachetools import TTLCache
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from router import admin, control, lorax_api, openai_api
+from router import admin, control, lorax_api, openai_api, ui
 from router.context import (
     BUS,
     DISPATCHER,
@@ -167,4 +167,5 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(admin.routes)
     app.add_routes(lorax_api.routes)
     app.add_routes(openai_api.routes)
+    app.add_routes(ui.routes)
     return app
