@@ -50,8 +50,9 @@ def render(view: Overview, problem: str | None = None) -> RenderableType:
     """The overview as a table; `problem`: why it may be stale (the last refresh failed)."""
     clock = time.strftime("%H:%M:%S", time.localtime(view.at))
     table = Table(title=f"wakegate · tenant {view.tenant} · {clock}", title_justify="left")
-    table.add_column("deployment", style="bold")
-    table.add_column("status")
+    # Names and numbers never wrap; in a narrow terminal the decision's reason does.
+    table.add_column("deployment", style="bold", no_wrap=True)
+    table.add_column("status", no_wrap=True)
     table.add_column("ready", justify="right")
     table.add_column("starting", justify="right")
     table.add_column("draining", justify="right")
