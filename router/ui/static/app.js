@@ -127,7 +127,7 @@ function card(d, view) {
     section.append(el("p", { class: "last-decision" },
       `last decision ${clock(x.at)}: ${x.current} → ${x.desired} (${x.reason})`));
   }
-  section.append(chart(d.history, view.at, view.windowS));
+  section.append(chart(d.history, view.at, Math.min(view.windowS, Number($("window").value))));
   section.append(el("div", { class: "legend" },
     legend("var(--ready)", "replicas"), legend("var(--starting)", "of them starting"),
     legend("var(--queued)", "queued")));
@@ -163,6 +163,9 @@ function chart(points, now, windowS) {
   svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
   svg.setAttribute("preserveAspectRatio", "none");
   const start = now - windowS;
+  // The points within the window and the one in force when it opens.
+  const opening = points.filter((p) => p.at <= start).pop();
+  points = [...(opening ? [opening] : []), ...points.filter((p) => p.at > start)];
   const top = Math.max(1, ...points.map((p) => Math.max(p.queued, p.ready + p.starting)));
   const x = (t) => L + ((Math.max(t, start) - start) / windowS) * (W - L - 4);
   const y = (v) => T + (1 - v / top) * (H - T - B);
@@ -192,6 +195,7 @@ function chart(points, now, windowS) {
   text(L - 4, T + 8, String(top), "end");
   text(L - 4, H - B, "0", "end");
   text(L, H - 3, `-${Math.round(windowS / 60)} min`);
+  text((L + W) / 2, H - 3, `-${Math.round(windowS / 120)} min`, "middle");
   text(W - 4, H - 3, "now", "end");
   if (points.length) {
     line("queued", (p) => p.queued);
@@ -217,6 +221,8 @@ function fillPlayground(view) {
   setOptions($("pg-model"), d ? [d.baseModel, ...d.adapters] : []);
   $("pg-send").disabled = !d;
 }
+
+$("window").addEventListener("change", () => overview && render(overview));
 
 $("pg-deployment").addEventListener("change", () => overview && fillPlayground(overview));
 
