@@ -26,9 +26,11 @@ from router.errors import ApiError, render
 log = logging.getLogger(__name__)
 
 PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json"})
-# The status page's static files (router/ui): the page asks for a token and sends it to the
-# JSON routes, which check it like any other.
-UI_PREFIX = "/ui"
+# The status page and its files (router/ui): the page asks for a token and sends it to the
+# JSON routes, which check it like any other. Told by the matched route, not by the path: a
+# tenant called "ui" has data-plane paths under /ui/ too.
+UI_PAGE = "/ui"
+UI_FILE = "/ui/{asset}"
 # Opened by the metrics token (a file: `metrics_token_file`, for Prometheus) or an admin token.
 METRICS_PATH = "/metrics"
 OOM_RETRY_AFTER_S = 5
@@ -101,7 +103,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path in PUBLIC_PATHS or _ui(request.path):
+    if request.path in PUBLIC_PATHS or _ui(request):
         return await handler(request)
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
@@ -125,8 +127,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
-def _ui(path: str) -> bool:
-    return path == UI_PREFIX or path.startswith(UI_PREFIX + "/")
+def _ui(request: web.Request) -> bool:
+    resource = request.match_info.route.resource
+    return resource is not None and resource.canonical in (UI_PAGE, UI_FILE)
 
 
 async def _guard(request: web.Request) -> None:

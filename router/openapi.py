@@ -24,7 +24,7 @@ from pydantic.json_schema import models_json_schema
 from router.openai_api import ChatRequest, CompletionRequest
 from router.params import GenerateRequest
 from router.pipeline import DEPLOY_URL, PRIORITY_HEADER
-from router.ui import ASSETS, PAGE_PATH
+from router.ui import ASSETS, FILE_PATH, PAGE_PATH
 from wakegate.quotas import QuotaOverride
 from wakegate.spec import ConfigUpdate, CreateRequest, UpdateRequest
 from wakegate.status import STATUS_PATH, Overview
@@ -502,7 +502,7 @@ OPERATIONS: tuple[Op, ...] = (
        "status", "control", {200: _json(Overview, "the overview")}, (401, 429, 503)),
     Op("get", PAGE_PATH, "statusPage", "The status page (it asks for a token)", "status",
        "control", {200: Reply("the page", {"text/html": _TEXT})}, auth="none"),
-    Op("get", PAGE_PATH + "/{asset}", "statusPageFile",
+    Op("get", FILE_PATH, "statusPageFile",
        f"A file of the status page: {', '.join(sorted(ASSETS))}", "status", "control",
        {200: Reply("the file", {t: _TEXT for t in sorted(set(ASSETS.values()))})}, (404,),
        auth="none"),

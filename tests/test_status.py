@@ -205,6 +205,13 @@ def test_the_overview_shows_the_tenants_deployments_and_a_wakes_decision(
     # Without a token: 401 in the control plane's shape, nothing shown.
     r = httpx.get(f"{stack.base}/v2/status")
     assert r.status_code == 401 and "token" in r.json()["error"]
+    # The page's files need none; a tenant "ui"'s data-plane paths do all the same.
+    assert httpx.get(f"{stack.base}/ui").status_code == 200
+    assert httpx.get(f"{stack.base}/ui/app.js").status_code == 200
+    r = httpx.get(f"{stack.base}/ui/secrets.txt")
+    assert r.status_code == 404 and r.json()["field"] == "asset"
+    r = httpx.get(f"{stack.base}/ui/deployments/v2/llms/{mine}/v1/models")
+    assert r.status_code == 401, r.text
 
     view = overview(stack)
     assert view.tenant == stack.tenant

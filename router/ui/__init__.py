@@ -11,12 +11,13 @@ from aiohttp import web
 
 from router.context import STORE
 from router.errors import ApiError
-from router.middlewares import tenant_of
+from router.middlewares import UI_FILE, UI_PAGE, tenant_of
 from wakegate.status import STATUS_PATH, overview
 
 routes = web.RouteTableDef()
 
-PAGE_PATH = "/ui"
+PAGE_PATH = UI_PAGE
+FILE_PATH = UI_FILE
 # The page's files: name -> content type. Nothing else under /ui is served.
 ASSETS = {
     "index.html": "text/html",
@@ -43,7 +44,7 @@ async def page(request: web.Request) -> web.Response:
     return web.Response(body=_asset("index.html"), content_type="text/html", headers=NO_CACHE)
 
 
-@routes.get(PAGE_PATH + "/{asset}")
+@routes.get(FILE_PATH)
 async def asset(request: web.Request) -> web.Response:
     name = request.match_info["asset"]
     if name not in ASSETS:
