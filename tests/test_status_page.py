@@ -141,9 +141,14 @@ def test_the_playground_wakes_a_deployment_and_the_page_shows_it(
         "the wake among the scaling decisions",
     )
     assert "0 → 1" in driver.find_element(By.CSS_SELECTOR, card + " .last-decision").text
-    # The chart has its three lines.
+    # The chart has its lines.
     paths = driver.find_elements(By.CSS_SELECTOR, card + " svg.chart path")
-    assert {p.get_attribute("class") for p in paths} >= {"replicas", "starting", "queued"}
+    assert {p.get_attribute("class") for p in paths} >= {
+        "replicas",
+        "starting",
+        "queued",
+        "inflight",
+    }
 
     # Warm now: a second prompt is no cold start.
     driver.find_element(By.ID, "pg-send").click()

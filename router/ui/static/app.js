@@ -130,7 +130,7 @@ function card(d, view) {
   section.append(chart(d.history, view.at, Math.min(view.windowS, Number($("window").value))));
   section.append(el("div", { class: "legend" },
     legend("var(--ready)", "replicas"), legend("var(--starting)", "of them starting"),
-    legend("var(--queued)", "queued")));
+    legend("var(--queued)", "queued"), legend("var(--inflight)", "in flight")));
   const decisions = el("ul", { class: "log decisions" });
   for (const x of d.decisions) {
     decisions.append(el("li", {}, el("time", {}, clock(x.at)),
@@ -155,7 +155,8 @@ function legend(color, label) {
   return el("span", {}, i, label);
 }
 
-// A step chart of the last hour: replicas (starting or ready), starting ones, queued requests.
+// A step chart of the last hour (or less): replicas (starting or ready), starting ones, queued
+// and in-flight requests.
 function chart(points, now, windowS) {
   const W = 600, H = 120, L = 28, B = 16, T = 6;
   const svg = document.createElementNS(SVG, "svg");
@@ -166,7 +167,7 @@ function chart(points, now, windowS) {
   // The points within the window and the one in force when it opens.
   const opening = points.filter((p) => p.at <= start).pop();
   points = [...(opening ? [opening] : []), ...points.filter((p) => p.at > start)];
-  const top = Math.max(1, ...points.map((p) => Math.max(p.queued, p.ready + p.starting)));
+  const top = Math.max(1, ...points.map((p) => Math.max(p.queued, p.inFlight, p.ready + p.starting)));
   const x = (t) => L + ((Math.max(t, start) - start) / windowS) * (W - L - 4);
   const y = (v) => T + (1 - v / top) * (H - T - B);
   const line = (cls, value) => {
@@ -195,9 +196,11 @@ function chart(points, now, windowS) {
   text(L - 4, T + 8, String(top), "end");
   text(L - 4, H - B, "0", "end");
   text(L, H - 3, `-${Math.round(windowS / 60)} min`);
-  text((L + W) / 2, H - 3, `-${Math.round(windowS / 120)} min`, "middle");
+  const half = windowS / 120;
+  text((L + W) / 2, H - 3, `-${Number.isInteger(half) ? half : half.toFixed(1)} min`, "middle");
   text(W - 4, H - 3, "now", "end");
   if (points.length) {
+    line("inflight", (p) => p.inFlight);
     line("queued", (p) => p.queued);
     line("starting", (p) => p.starting);
     line("replicas", (p) => p.ready + p.starting);
