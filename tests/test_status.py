@@ -249,6 +249,22 @@ def test_the_overview_shows_the_tenants_deployments_and_a_wakes_decision(
     # The other tenant's view did not change.
     assert [d.replicas.ready for d in overview(stack, other).deployments] == [0]
 
+    # Deleted: its decisions and samples go with it (the scaler's purge).
+    stack.delete(mine)
+    wait_until(lambda: not leftover_keys(stack, f"{stack.tenant}/{mine}"), 60, "the purge")
+    assert mine not in [d.name for d in overview(stack).deployments]
+
+
+def leftover_keys(stack: Stack, key: str) -> list[str]:
+    async def scan() -> list[str]:
+        store = stack.store()
+        try:
+            return [k async for k in store.redis.scan_iter(match=dep_key(key, "*"))]
+        finally:
+            await store.close()
+
+    return list(run_async(scan()))
+
 
 def test_wakegate_status_once_json_and_table(status_stack: Stack) -> None:
     stack = status_stack
