@@ -3,9 +3,8 @@
 The status page's files (/ui) need no token. Tenant tokens open every other route but
 /admin/v1/ and /metrics, which only operator (admin) tokens open (and /metrics the metrics
 token too); the two kinds are stored apart (wakegate/store.py), so neither works in the
-other's place. An address that fails to
-authenticate `auth_failures_max` times within `auth_failures_window_s` gets 429 until the
-window ends.
+other's place. An address that fails to authenticate `auth_failures_max` times within
+`auth_failures_window_s` gets 429 until the window ends.
 """
 
 from __future__ import annotations
