@@ -29,15 +29,18 @@ $(DEV): pyproject.toml | $(PY)
 
 install: $(DEV)
 
-# Tests talk to a real redis-server and mosquitto; install them when missing (root: apt-get).
+# Tests talk to a real redis-server and mosquitto, and drive the status page in a headless
+# Chromium through Debian's chromedriver; install them when missing (root: apt-get).
 system-deps:
 	@if command -v redis-server >/dev/null 2>&1 && \
-	    { command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto; }; then \
-	  echo ">>> redis-server and mosquitto found"; \
+	    { command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto; } && \
+	    command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
+	  echo ">>> redis-server, mosquitto, chromium and chromedriver found"; \
 	else \
-	  echo ">>> installing redis-server and mosquitto (apt-get)"; \
+	  echo ">>> installing redis-server, mosquitto, chromium and chromium-driver (apt-get)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y redis-server mosquitto; \
+	  $$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y \
+	    redis-server mosquitto chromium chromium-driver; \
 	fi
 
 # `docker compose config` validates docker-compose.yml without a Docker engine.

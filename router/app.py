@@ -12,7 +12,7 @@ from aiohttp import web
 from cachetools import TTLCache
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from router import admin, control, lorax_api, openai_api
+from router import admin, control, lorax_api, openai_api, ui
 from router.context import (
     BUS,
     DISPATCHER,
@@ -170,4 +170,5 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(admin.routes)
     app.add_routes(lorax_api.routes)
     app.add_routes(openai_api.routes)
+    app.add_routes(ui.routes)
     return app

@@ -1,10 +1,10 @@
 """Gateway middlewares: error rendering per API family, then bearer-token authentication.
 
-Tenant tokens open every route but /admin/v1/ and /metrics, which only operator (admin)
-tokens open (and /metrics the metrics token too); the two kinds are stored apart
-(wakegate/store.py), so neither works in the other's place. An address that fails to
-authenticate `auth_failures_max` times within `auth_failures_window_s` gets 429 until the
-window ends.
+The status page's files (/ui) need no token. Tenant tokens open every other route but
+/admin/v1/ and /metrics, which only operator (admin) tokens open (and /metrics the metrics
+token too); the two kinds are stored apart (wakegate/store.py), so neither works in the
+other's place. An address that fails to authenticate `auth_failures_max` times within
+`auth_failures_window_s` gets 429 until the window ends.
 """
 
 from __future__ import annotations
@@ -25,6 +25,11 @@ from router.errors import ApiError, render
 log = logging.getLogger(__name__)
 
 PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json"})
+# The status page and its files (router/ui): the page asks for a token and sends it to the
+# JSON routes, which check it like any other. Told by the matched route, not by the path: a
+# tenant called "ui" has data-plane paths under /ui/ too.
+UI_PAGE = "/ui"
+UI_FILE = "/ui/{asset}"
 # Opened by the metrics token (a file: `metrics_token_file`, for Prometheus) or an admin token.
 METRICS_PATH = "/metrics"
 OOM_RETRY_AFTER_S = 5
@@ -98,7 +103,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path in PUBLIC_PATHS:
+    if request.path in PUBLIC_PATHS or _ui(request):
         return await handler(request)
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
@@ -120,6 +125,11 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         raise ApiError(401, "invalid API token")
     request[TENANT_KEY] = tenant
     return await handler(request)
+
+
+def _ui(request: web.Request) -> bool:
+    resource = request.match_info.route.resource
+    return resource is not None and resource.canonical in (UI_PAGE, UI_FILE)
 
 
 async def _guard(request: web.Request) -> None:

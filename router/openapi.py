@@ -29,8 +29,10 @@ from router.openai_api import (
 )
 from router.params import GenerateRequest
 from router.pipeline import DEPLOY_URL, PRIORITY_HEADER
+from router.ui import ASSETS, FILE_PATH, PAGE_PATH
 from wakegate.quotas import QuotaOverride
 from wakegate.spec import ConfigUpdate, CreateRequest, UpdateRequest
+from wakegate.status import STATUS_PATH, Overview
 from wakegate.store import MAX_PRIORITY
 
 OPENAPI_PATH = "/openapi.json"
@@ -379,7 +381,8 @@ STATUS_TEXT = {
     400: "bad input (malformed JSON, a value out of bounds); the body names the field",
     401: "missing or invalid API token",
     403: "refused: a quota, or a tenant's token on an admin route",
-    404: "no such deployment (or adapter, model, async request) for this token",
+    404: "no such deployment (or adapter, model, async request) for this token, or no such "
+    "file of the status page",
     405: "method not allowed",
     408: "the request body did not arrive within the gateway's deadline (body_timeout_s)",
     409: "a deployment of that name exists, or is being deleted, or it changed meanwhile "
@@ -498,6 +501,16 @@ OPERATIONS: tuple[Op, ...] = (
        {200: Reply("one JSON object per line", {NDJSON: Lines(RequestLogEntry)})},
        (401, 400, 404, 503),
        query={"start": _TIME, "end": _TIME}),
+    # status overview (wakegate extension) and the page that shows it
+    Op("get", STATUS_PATH, "status",
+       "The tenant's deployments: replicas, load, scaling decisions, events, the last hour",
+       "status", "control", {200: _json(Overview, "the overview")}, (401, 429, 503)),
+    Op("get", PAGE_PATH, "statusPage", "The status page (it asks for a token)", "status",
+       "control", {200: Reply("the page", {"text/html": _TEXT})}, auth="none"),
+    Op("get", FILE_PATH, "statusPageFile",
+       f"A file of the status page: {', '.join(sorted(ASSETS))}", "status", "control",
+       {200: Reply("the file", {t: _TEXT for t in sorted(set(ASSETS.values()))})}, (404,),
+       auth="none"),
     # admin
     Op("get", "/admin/v1/quotas", "allQuotas", "Quota defaults and every override", "admin",
        "control", {200: _json(AllQuotas, "defaults and overrides")}, (401, 403, 503),

@@ -40,6 +40,7 @@ from wakegate import topics
 from wakegate.bus import Bus
 from wakegate.settings import Settings
 from wakegate.spec import DeploymentSpec
+from wakegate.status import HISTORY_SAMPLE_S, decision_due, sample, sample_due
 from wakegate.store import Observed, ReplicaRecord, Store
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,12 @@ class Scaler:
         self._wakeup = asyncio.Event()
         self._publishing: set[asyncio.Task[bool]] = set()
         self._passing = False  # a pass is under way (the sweep waits for it)
+        # The status overview's records (wakegate/status.py): the last load sample stored
+        # and the last decision recorded of each deployment, and what this pass adds.
+        self._sampled: dict[str, list[float]] = {}
+        self._decided: dict[str, tuple[int, int, str]] = {}
+        self._new_decisions: list[tuple[str, dict[str, object]]] = []
+        self._new_samples: list[tuple[str, list[float]]] = []
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -134,6 +141,8 @@ class Scaler:
             self._forget(key)
         self._registries.clear()
         self._states.clear()
+        self._sampled.clear()
+        self._decided.clear()
         self._due.clear()
         self._urgent.clear()
         self._dirty.clear()
@@ -248,7 +257,18 @@ class Scaler:
                 log.exception("%s: pass failed", seen.key)
                 self._due[seen.key] = now + self.settings.reconcile_interval_s
         await self.sharing.allocate()
+        await self._record_status()
         self.metrics.passes.inc()
+
+    async def _record_status(self) -> None:
+        """The pass's decisions and load samples, in one write: for people (the status
+        overview), so a failure is logged and scaling goes on."""
+        decisions, samples = self._new_decisions, self._new_samples
+        self._new_decisions, self._new_samples = [], []
+        try:
+            await self.store.record_status(decisions, samples)
+        except Exception as exc:
+            log.warning("recording %d status sample(s) failed: %s", len(samples), exc)
 
     async def _pass_one(self, seen: Observed, now: float) -> None:
         key, spec = seen.key, seen.spec
@@ -269,6 +289,7 @@ class Scaler:
         )
         self._states[key] = state
         self._observe_metrics(seen)
+        self._sample(seen, now)
         await self._report(key, before.last_reason_kind, verdict.current, verdict.decision)
         for rec in verdict.plan.victims:
             await self.actuator.drain(rec)
@@ -292,6 +313,8 @@ class Scaler:
             await self.store.purge_deployment(seen.key)
             self._forget(seen.key)
             self._states.pop(seen.key, None)
+            self._sampled.pop(seen.key, None)
+            self._decided.pop(seen.key, None)
             self.metrics.forget(seen.key)
             log.info("%s deleted", seen.key)
         else:
@@ -308,12 +331,25 @@ class Scaler:
         kind = reason.split(":")[0]
         if desired != current or kind != last_kind:
             log.info("%s: %d -> %d (%s)", key, current, desired, reason)
+        if decision_due(self._decided.get(key), current, desired, reason):
+            self._decided[key] = (current, desired, kind)
+            self._new_decisions.append(
+                (key, {"at": time.time(), "current": current, "desired": desired, "reason": reason})
+            )
+        elif desired == current:
+            self._decided.pop(key, None)
         if desired != current:
             self.metrics.decisions.labels(key, kind).inc()
             await self.publish(
                 "decision",
                 topics.Decision(deployment=key, current=current, desired=desired, reason=reason),
             )
+
+    def _sample(self, seen: Observed, now: float) -> None:
+        new = sample(now, seen.load.queued, seen.load.in_flight, (r.state for r in seen.replicas))
+        if sample_due(self._sampled.get(seen.key), new, HISTORY_SAMPLE_S):
+            self._sampled[seen.key] = new
+            self._new_samples.append((seen.key, new))
 
     def _observe_metrics(self, seen: Observed) -> None:
         self.metrics.queue_depth.labels(seen.key).set(seen.load.queued)

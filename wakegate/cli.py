@@ -262,6 +262,61 @@ def tokens_revoke(token_id: str, config: str | None) -> None:
     click.echo(json.dumps({"revoked": rec.to_wire()}))
 
 
+@main.command()
+@click.option(
+    "--url",
+    envvar=["WAKEGATE_URL", "PREDIBASE_GATEWAY"],
+    default="http://127.0.0.1:8080",
+    show_default=True,
+    help="The gateway (env WAKEGATE_URL, else PREDIBASE_GATEWAY).",
+)
+@click.option(
+    "--token",
+    envvar=["WAKEGATE_TOKEN", "PREDIBASE_API_TOKEN"],
+    required=True,
+    help="A tenant's API token (env WAKEGATE_TOKEN, else PREDIBASE_API_TOKEN).",
+)
+@click.option("--once", is_flag=True, help="Print the overview once and exit.")
+@click.option("--json", "as_json", is_flag=True, help="Print the overview once, as JSON.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.2),
+    default=2.0,
+    show_default=True,
+    help="Seconds between refreshes of the live view.",
+)
+def status(url: str, token: str, once: bool, as_json: bool, interval: float) -> None:
+    """The token's deployments, live: replicas by state, queued, in flight, the last scaling
+    decision and its reason (what the status page at /ui shows too)."""
+    from rich.console import Console
+    from rich.live import Live
+
+    from wakegate.status_cli import StatusUnavailable, fetch_overview, render
+
+    try:
+        view = fetch_overview(url, token)
+    except StatusUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(view.to_json())
+        return
+    console = Console()
+    if once:
+        console.print(render(view))
+        return
+    try:
+        with Live(render(view), console=console, auto_refresh=False) as live:
+            while True:
+                time.sleep(interval)
+                try:
+                    view = fetch_overview(url, token)
+                    live.update(render(view), refresh=True)
+                except StatusUnavailable as exc:
+                    live.update(render(view, f"{exc} (showing the last overview)"), refresh=True)
+    except KeyboardInterrupt:
+        pass
+
+
 @main.command("compose-secrets", hidden=True)
 @click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
 def compose_secrets(folder: Path) -> None:

@@ -27,6 +27,11 @@ Per-deployment keys (`wg:{t/n}:<part>`):
   claim:<id> STRING  gateway running that async request; a lease it renews
   running    ZSET    async request id -> claim expiry ms (the sweep re-queues expired ones)
   capacity   STRING  JSON: why the deployment waits for capacity (present only while it does)
+  decisions  LIST    JSON scaling decisions the scaler made (at, current, desired, reason),
+                     oldest first, the last DECISIONS_MAX (the status overview)
+  history    LIST    JSON samples [at s, queued, in flight, starting, ready, draining] the
+                     scaler took while it watched the deployment, oldest first, the last
+                     HISTORY_MAX (the status overview's last hour)
 Global keys:
   wg:deployments        SET   "tenant/name" of every deployment (the scaler's reconcile index)
   wg:tenant:<code>      STRING JSON tenant record
@@ -93,6 +98,12 @@ FOREVER_MS = 10**15
 SCALER_LEADER = "wg:scaler:leader"
 WAKE_DEDUP_MS = 10_000  # one wake event per cold deployment per window, however many requests
 EVENTS_MAX = 200  # events kept per deployment
+# The status overview (wakegate/status.py): scaling decisions kept per deployment, and load
+# samples: the scaler takes one every `HISTORY_SAMPLE_S` (10 s) at most while it watches a
+# deployment, and one on each change of its replicas, so this many cover the last hour and
+# some, at about 30 bytes each (15 KB per deployment; idle ones take no samples).
+DECISIONS_MAX = 50
+HISTORY_MAX = 480
 
 
 def now_ms() -> int:
@@ -1061,6 +1072,8 @@ class Store:
             "prefixage",
             "capacity",
             "running",
+            "decisions",
+            "history",
         )
         await self.redis.delete(*(dep_key(key, p) for p in parts))
         # Async requests and their claims, by the hash-tag prefix (each job has its own key).
@@ -1551,6 +1564,60 @@ class Store:
     async def clear_waiting(self, key: str) -> None:
         await self.redis.delete(dep_key(key, "capacity"))
 
+    # --- the status overview: what the scaler decided and saw, for people -----------------
+
+    async def record_status(
+        self,
+        decisions: Sequence[tuple[str, dict[str, Any]]],
+        samples: Sequence[tuple[str, list[float]]],
+    ) -> None:
+        """Append scaling decisions and load samples ((deployment, value) pairs) in one round
+        trip, each list capped (a pass over many deployments costs one write, not many)."""
+        if not decisions and not samples:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key, decision in decisions:
+                pipe.rpush(dep_key(key, "decisions"), json.dumps(decision))
+                pipe.ltrim(dep_key(key, "decisions"), -DECISIONS_MAX, -1)
+            for key, sample in samples:
+                pipe.rpush(dep_key(key, "history"), json.dumps(sample))
+                pipe.ltrim(dep_key(key, "history"), -HISTORY_MAX, -1)
+            await pipe.execute()
+
+    async def status_rows(self, keys: Sequence[str], events: int) -> list[StatusRow]:
+        """What the status overview shows of each deployment, in one round trip: spec,
+        replicas, load, capacity wait, decisions, load samples and the last `events` events."""
+        now = now_ms()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.get(dep_key(key, "spec"))
+                pipe.hgetall(dep_key(key, "replicas"))
+                pipe.zcount(dep_key(key, "qlease"), now, "+inf")
+                pipe.zcount(dep_key(key, "inflight"), now, "+inf")
+                pipe.get(dep_key(key, "capacity"))
+                pipe.lrange(dep_key(key, "decisions"), 0, -1)
+                pipe.lrange(dep_key(key, "history"), 0, -1)
+                pipe.lrange(dep_key(key, "events"), -events, -1)
+            raw = await pipe.execute()
+        rows = []
+        for i in range(len(keys)):
+            spec, replicas, queued, in_flight, wait, decided, history, evs = raw[i * 8 : i * 8 + 8]
+            if not spec:
+                continue  # purged meanwhile
+            rows.append(
+                StatusRow(
+                    spec=DeploymentSpec.from_record(json.loads(spec)),
+                    replicas=[ReplicaRecord.from_json(v) for v in replicas.values()],
+                    queued=int(queued),
+                    in_flight=int(in_flight),
+                    waiting=json.loads(wait) if wait else None,
+                    decisions=[json.loads(d) for d in decided],
+                    history=[json.loads(h) for h in history],
+                    events=[json.loads(e) for e in evs],
+                )
+            )
+        return rows
+
     async def waiting(self, keys: Sequence[str]) -> list[dict[str, Any] | None]:
         """The capacity waits of these deployments (None where it does not wait)."""
         if not keys:
@@ -1577,3 +1644,17 @@ class SweepRow:
     spec: DeploymentSpec | None
     replicas: int
     load: int  # queued and in flight
+
+
+@dataclass(frozen=True)
+class StatusRow:
+    """One deployment as the status overview reads it (wakegate/status.py shapes it)."""
+
+    spec: DeploymentSpec
+    replicas: list[ReplicaRecord]
+    queued: int
+    in_flight: int
+    waiting: dict[str, Any] | None
+    decisions: list[dict[str, Any]]  # oldest first
+    history: list[list[float]]  # oldest first
+    events: list[dict[str, Any]]  # oldest first
