@@ -72,6 +72,8 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
         # is 5 s): reusing one the server is closing at that moment fails the request.
         connector=aiohttp.TCPConnector(limit=2000, keepalive_timeout=2.0),
         raise_for_status=False,
+        # Replicas set no cookies; a real jar is looked up on every call.
+        cookie_jar=aiohttp.DummyCookieJar(),
         # Request bodies to replicas (`json=`) through orjson: a few times faster than json.
         json_serialize=lambda obj: orjson.dumps(obj).decode(),
     )

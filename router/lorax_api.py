@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import orjson
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 
@@ -64,6 +65,11 @@ def check_max_new_tokens(spec: DeploymentSpec, req: GenerateRequest) -> None:
     check_length(spec, req.parameters.max_new_tokens, field, 422, "validation")
 
 
+def _dumps(obj: Any) -> str:
+    """A response body's JSON through orjson (json.dumps was a few percent of a request)."""
+    return orjson.dumps(obj).decode()
+
+
 @routes.post(DEPLOY_URL)
 async def generate_root(request: web.Request) -> web.StreamResponse:
     """The SDK's and lorax.Client's URL: `"stream"` in the body picks the mode."""
@@ -95,7 +101,7 @@ async def _generate(
         if stream:
             return await serve_stream(request, spec, req, priority, arrived, LoraxStream(req))
         body = lorax_response(await serve_unary(request, spec, req, priority, arrived), req)
-        return web.json_response([body] if as_array else body)
+        return web.json_response([body] if as_array else body, dumps=_dumps)
 
     return await tracked(request, spec, arrived, handle())
 

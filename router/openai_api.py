@@ -15,6 +15,7 @@ import random
 import time
 from typing import Annotated, Any, Literal, TypeVar
 
+import orjson
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
@@ -318,7 +319,7 @@ async def _serve(
         else:
             choice["text"] = gen.text
             choice["logprobs"] = None
-        return web.json_response({
+        return web.json_response(dumps=_dumps, data={
             "id": ident,
             "object": "chat.completion" if chat else "text_completion",
             "created": int(time.time()),
@@ -328,6 +329,11 @@ async def _serve(
         })  # fmt: skip
 
     return await tracked(request, spec, arrived, handle())
+
+
+def _dumps(obj: Any) -> str:
+    """A response body's JSON through orjson (json.dumps was a few percent of a request)."""
+    return orjson.dumps(obj).decode()
 
 
 # Stands for a token's text while a chunk's JSON is cut around it.

@@ -63,6 +63,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, cast
 
+import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -659,7 +660,7 @@ def _enqueue_args(
     if abs(priority) > MAX_PRIORITY:
         raise ValueError(f"priority must be within ±{MAX_PRIORITY}")
     now = now_ms()
-    meta = json.dumps(
+    meta = orjson.dumps(
         {"gw": gateway_id, "enq": now, "priority": priority, "adapter": adapter or "",
          "prefix": " ".join(prefix)}
     )  # fmt: skip
