@@ -33,6 +33,7 @@ from router.jobs import JobRunner
 from router.metrics import GatewayMetrics
 from router.middlewares import auth_middleware, errors_middleware
 from router.openapi import OPENAPI_PATH, openapi_document
+from router.pipeline import wake_publisher
 from wakegate import topics
 from wakegate.bus import Bus
 from wakegate.catalog import load_models_file
@@ -82,7 +83,7 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _dispatch_ctx(app: web.Application) -> AsyncIterator[None]:
-    dispatcher = Dispatcher(app[STORE], app[SETTINGS].lease_ms)
+    dispatcher = Dispatcher(app[STORE], app[SETTINGS].lease_ms, on_wake=wake_publisher(app))
     app[DISPATCHER] = dispatcher
     spec_cache = app[SPEC_CACHE]
     holding = Holding(

@@ -20,7 +20,7 @@ import itertools
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,12 +65,20 @@ class _Turn:
     released: list[asyncio.Future[None]] = field(default_factory=list)
     admissions: list[Admission] = field(default_factory=list)
     admitted: list[asyncio.Future[tuple[bool, bool, bool, int]]] = field(default_factory=list)
+    submitted: list[float] = field(default_factory=list)  # loop time of each admission
+
+
+# Told at once when an admission woke its deployment: (deployment, queue depth, seconds since
+# the request was queued). The wake goes out before the waking request's handler runs again,
+# which in a burst waits behind every other arrival.
+OnWake = Callable[[str, int, float], None]
 
 
 class Dispatcher:
-    def __init__(self, store: Store, lease_ms: int) -> None:
+    def __init__(self, store: Store, lease_ms: int, on_wake: OnWake | None = None) -> None:
         self.store = store
         self.lease_ms = lease_ms
+        self.on_wake = on_wake
         self.gateway_id = uuid.uuid4().hex[:12]
         self._ids = itertools.count()
         self._waiting: dict[str, dict[str, Ticket]] = defaultdict(dict)
@@ -107,6 +115,7 @@ class Dispatcher:
         admitted: asyncio.Future[tuple[bool, bool, bool, int]] = loop.create_future()
         turn.admissions.append(Admission(request_id, priority, max_queue, adapter, prefix))
         turn.admitted.append(admitted)
+        turn.submitted.append(loop.time())
         try:
             added, woke, cold, depth = await asyncio.shield(admitted)
         except asyncio.CancelledError:
@@ -210,6 +219,11 @@ class Dispatcher:
         for released in turn.released:
             if not released.done():
                 released.set_result(None)
+        if self.on_wake is not None:
+            now = asyncio.get_running_loop().time()
+            for (_, woke, _), at in zip(done.admitted, turn.submitted, strict=True):
+                if woke:
+                    self.on_wake(deployment, done.depth, now - at)
         for admitted, (added, woke, cold) in zip(turn.admitted, done.admitted, strict=True):
             if not admitted.done():
                 admitted.set_result((added, woke, cold, done.depth))

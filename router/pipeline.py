@@ -148,31 +148,46 @@ def priority_of(request: web.Request, req: GenerateRequest) -> int:
         ) from None
 
 
-async def on_enqueued(request: web.Request, ticket: Ticket, queued_at: float) -> None:
-    bus = request.app[BUS]
-    if ticket.woke:
-        request.app[METRICS].of(ticket.deployment).wakes.inc()
-        log.info("waking %s", ticket.deployment)
+async def on_enqueued(request: web.Request, ticket: Ticket) -> None:
+    """After the request is queued: the depth for metrics and the scaler (a wake went out
+    already, from the dispatcher: `publish_wake`)."""
     request.app[METRICS].of(ticket.deployment).queue_depth.set(ticket.queued_depth)
-    if bus is not None:
-        if ticket.woke:
-            await bus.publish(
-                "wake", topics.Wake(deployment=ticket.deployment, queued=ticket.queued_depth)
-            )
-            reaction = time.monotonic() - queued_at
-            request.app[METRICS].of(ticket.deployment).wake_reaction.observe(reaction)
-        else:
-            disp = request.app[DISPATCHER]
-            await bus.publish_at_most(
-                LOAD_REPORT_EVERY_S,
-                "load",
-                ticket.deployment,
-                lambda: topics.LoadReport(
-                    deployment=ticket.deployment,
-                    queued=ticket.queued_depth,
-                    in_flight=disp.running_count(ticket.deployment),
-                ),
-            )
+    bus = request.app[BUS]
+    if bus is not None and not ticket.woke:
+        disp = request.app[DISPATCHER]
+        await bus.publish_at_most(
+            LOAD_REPORT_EVERY_S,
+            "load",
+            ticket.deployment,
+            lambda: topics.LoadReport(
+                deployment=ticket.deployment,
+                queued=ticket.queued_depth,
+                in_flight=disp.running_count(ticket.deployment),
+            ),
+        )
+
+
+def wake_publisher(app: web.Application) -> Callable[[str, int, float], None]:
+    """What the dispatcher calls when a request woke its deployment: count it, publish the
+    wake (in a task of its own) and measure the reaction (request queued to wake published)."""
+    pending: set[asyncio.Task[None]] = set()
+
+    async def publish(deployment: str, depth: int, since_s: float) -> None:
+        started = time.monotonic()
+        bus = app[BUS]
+        if bus is not None:
+            await bus.publish("wake", topics.Wake(deployment=deployment, queued=depth))
+        reaction = since_s + time.monotonic() - started
+        app[METRICS].of(deployment).wake_reaction.observe(reaction)
+
+    def on_wake(deployment: str, depth: int, since_s: float) -> None:
+        app[METRICS].of(deployment).wakes.inc()
+        log.info("waking %s", deployment)
+        task = asyncio.get_running_loop().create_task(publish(deployment, depth, since_s))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    return on_wake
 
 
 # A request whose replica fails before sending anything is tried this many times in all, and
@@ -381,7 +396,6 @@ async def admit(
     """A place in the deployment's queue, given back on the way out; 429 when it is full."""
     dispatcher = request.app[DISPATCHER]
     limit = queue_limit(spec, await quotas_of(request, spec.tenant))
-    queued_at = time.monotonic()
     try:
         ticket = await dispatcher.enqueue(
             spec.key, priority, limit, req.parameters.adapter_id, prefix_chain(req)
@@ -395,7 +409,7 @@ async def admit(
             headers={"Retry-After": str(RETRY_AFTER_S)},
         ) from None
     try:
-        await on_enqueued(request, ticket, queued_at)
+        await on_enqueued(request, ticket)
         yield ticket
     finally:
         # Shielded: a disconnecting client cancels the handler, and the queue entry or the
