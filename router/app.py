@@ -106,7 +106,7 @@ async def _dispatch_ctx(app: web.Application) -> AsyncIterator[None]:
         async def on_event(kind: str, ev: topics.Event) -> None:
             # A replica became ready (anywhere): hand it our queued requests at once.
             if isinstance(ev, topics.ReplicaChanged) and ev.state == "ready":
-                await dispatcher.kick(ev.deployment)
+                await dispatcher.assign_free_slots(ev.deployment)
             # Deleted (through any gateway): its series go from this gateway's /metrics.
             elif isinstance(ev, topics.ConfigChanged) and ev.change == "deleted":
                 app[METRICS].forget(ev.deployment)

@@ -89,6 +89,9 @@ class Dispatcher:
         self._dirty: set[str] = set()
         self._dispatching: set[str] = set()
         self._records: dict[str, ReplicaRecord] = {}
+        # Each deployment's routing mode, from the spec its last request came with: the queue
+        # scripts take it as an argument (a deployment not seen yet has it read once).
+        self._routing: dict[str, str] = {}
         # Releases and admissions wait here for their deployment's exchange call: one call in
         # flight per deployment, and what arrives meanwhile goes in the next (group commit).
         self._turns: dict[str, _Turn] = {}
@@ -105,7 +108,12 @@ class Dispatcher:
         max_queue: int = 2**31,
         adapter: str | None = None,
         prefix: Sequence[str] = (),
+        routing: str | None = None,
     ) -> Ticket:
+        """Queue a request. `routing` is the deployment's routing mode (store.routing_of of
+        its spec), remembered for the deployment's dispatches."""
+        if routing is not None:
+            self._routing[deployment] = routing
         # Unique without a system call per request: this gateway's random id and a count.
         request_id = f"{self.gateway_id}{next(self._ids):x}"
         loop = asyncio.get_running_loop()
@@ -150,7 +158,12 @@ class Dispatcher:
         ticket.assigned = asyncio.get_running_loop().create_future()
         self._waiting[ticket.deployment][ticket.request_id] = ticket
         admitted = await self.store.admit(
-            ticket.deployment, ticket.request_id, self.gateway_id, MAX_PRIORITY, self.lease_ms
+            ticket.deployment,
+            ticket.request_id,
+            self.gateway_id,
+            MAX_PRIORITY,
+            self.lease_ms,
+            routing=await self._routing_of(ticket.deployment),
         )
         self._deliver_all(ticket.deployment, admitted.assignments)
 
@@ -166,7 +179,7 @@ class Dispatcher:
             if outcome == "assigned" and ticket.assigned.done() is False:
                 ticket.assigned.cancel()
             if outcome == "assigned":
-                await self.kick(ticket.deployment)  # a slot came free
+                await self.assign_free_slots(ticket.deployment)  # a slot came free
 
     async def _release(self, deployment: str, replica_id: str, request_id: str) -> None:
         """Give a slot back; the same call hands it (and any other free one) on."""
@@ -190,12 +203,23 @@ class Dispatcher:
                 self._exchanging[deployment] = task
         return turn
 
+    async def _routing_of(self, deployment: str) -> str:
+        routing = self._routing.get(deployment)
+        if routing is None:
+            routing = self._routing[deployment] = await self.store.routing(deployment)
+        return routing
+
     async def _exchange(self, deployment: str) -> None:
         try:
             while (turn := self._turns.pop(deployment, None)) is not None:
                 try:
                     done = await self.store.exchange(
-                        deployment, turn.releases, turn.admissions, self.lease_ms, self.gateway_id
+                        deployment,
+                        turn.releases,
+                        turn.admissions,
+                        self.lease_ms,
+                        self.gateway_id,
+                        await self._routing_of(deployment),
                     )
                 except BaseException as exc:
                     failure = exc if isinstance(exc, Exception) else ConnectionError(str(exc))
@@ -235,7 +259,7 @@ class Dispatcher:
         async def cancel() -> None:
             try:
                 if await self.store.cancel(deployment, request_id) == "assigned":
-                    await self.kick(deployment)
+                    await self.assign_free_slots(deployment)
             except Exception as exc:  # its lease expires in time
                 log.warning("could not take abandoned %s out of %s: %s", request_id,
                             deployment, exc)  # fmt: skip
@@ -252,8 +276,9 @@ class Dispatcher:
 
     # --- matching queue heads to slots ------------------------------------------------------
 
-    async def kick(self, deployment: str) -> None:
-        """Run dispatch for a deployment; concurrent kicks coalesce into one more run."""
+    async def assign_free_slots(self, deployment: str) -> None:
+        """Run dispatch for a deployment now: hand its free replica slots to the heads of its
+        queue. Calls made while one runs coalesce into one more run."""
         if deployment in self._dispatching:
             self._dirty.add(deployment)
             return
@@ -262,7 +287,10 @@ class Dispatcher:
             while True:
                 self._dirty.discard(deployment)
                 assignments = await self.store.dispatch_for(
-                    deployment, self.lease_ms, self.gateway_id
+                    deployment,
+                    self.lease_ms,
+                    self.gateway_id,
+                    routing=await self._routing_of(deployment),
                 )
                 self._deliver_all(deployment, assignments)
                 if deployment not in self._dirty:
@@ -325,7 +353,7 @@ class Dispatcher:
             n += 1
             try:
                 for deployment in [d for d, w in self._waiting.items() if w]:
-                    await self.kick(deployment)
+                    await self.assign_free_slots(deployment)
                     waiting = list(self._waiting.get(deployment, {}))
                     found = await self.store.take_assignments(deployment, waiting)
                     for request_id, replica_id in found.items():
@@ -341,5 +369,6 @@ class Dispatcher:
                 for d in [d for d, w in self._waiting.items() if not w and not self._running[d]]:
                     self._waiting.pop(d, None)
                     self._running.pop(d, None)
+                    self._routing.pop(d, None)
             except Exception as exc:
                 log.warning("dispatch tick failed: %s", exc)

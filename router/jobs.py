@@ -32,7 +32,14 @@ from router.params import GenerateRequest
 from wakegate import topics
 from wakegate.bus import Bus
 from wakegate.spec import DeploymentSpec
-from wakegate.store import ASYNC_OWNER, FOREVER_MS, MAX_PRIORITY, Store, gateway_channel
+from wakegate.store import (
+    ASYNC_OWNER,
+    FOREVER_MS,
+    MAX_PRIORITY,
+    Store,
+    gateway_channel,
+    routing_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +108,7 @@ class JobRunner:
             raise
         if woke and self.bus is not None:
             await self.bus.publish("wake", topics.Wake(deployment=spec.key, queued=depth))
-        await self._dispatch(spec.key)
+        await self._dispatch(spec.key, routing_of(spec))
         return job_id
 
     async def status(self, key: str, job_id: str) -> dict[str, Any] | None:
@@ -162,9 +169,10 @@ class JobRunner:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
-    async def _dispatch(self, key: str) -> None:
+    async def _dispatch(self, key: str, routing: str | None = None) -> None:
         # Lease length only matters for the slots handed out; dispatch publishes the rest.
-        await self.store.dispatch(key, self.lease_ms)
+        # Without the spec at hand (the sweep) the store reads the routing mode.
+        await self.store.dispatch(key, self.lease_ms, routing=routing)
 
     async def _run(self, key: str, job_id: str, replica_id: str) -> None:
         if not await self.store.claim_job(key, job_id, self.runner_id, self.lease_ms):

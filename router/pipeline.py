@@ -44,7 +44,7 @@ from router.sse_writer import BatchedEvents
 from wakegate import topics
 from wakegate.quotas import Quotas, queue_limit, tenant_quotas
 from wakegate.spec import DeploymentSpec, valid_name
-from wakegate.store import MAX_PRIORITY, QueueFull, ReplicaRecord
+from wakegate.store import MAX_PRIORITY, QueueFull, ReplicaRecord, routing_of
 
 log = logging.getLogger(__name__)
 
@@ -398,7 +398,12 @@ async def admit(
     limit = queue_limit(spec, await quotas_of(request, spec.tenant))
     try:
         ticket = await dispatcher.enqueue(
-            spec.key, priority, limit, req.parameters.adapter_id, prefix_chain(req)
+            spec.key,
+            priority,
+            limit,
+            req.parameters.adapter_id,
+            prefix_chain(req),
+            routing_of(spec),
         )
     except QueueFull as full:
         raise ApiError(

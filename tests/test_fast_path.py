@@ -9,6 +9,7 @@ import json
 import sys
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -139,6 +140,7 @@ async def test_an_exchange_releases_then_admits_in_order_then_dispatches(store: 
         [Admission("new1"), Admission("new2")],
         10_000,
         "gw-1",
+        "prefix",
     )
     assert [(x.request_id, x.replica_id) for x in done.assignments] == [
         ("older", "a"), ("new1", "a"),
@@ -155,8 +157,9 @@ async def test_an_exchange_refuses_only_the_admissions_over_the_queue_limit(
     store: Store,
 ) -> None:
     done = await store.exchange(
-        D, [], [Admission("q1", max_queue=1), Admission("q2", max_queue=1)], 10_000, "gw-1"
-    )
+        D, [], [Admission("q1", max_queue=1), Admission("q2", max_queue=1)], 10_000, "gw-1",
+        "prefix",
+    )  # fmt: skip
     # Cold (no replica): the first queues and wakes the deployment, the second is refused.
     assert done.admitted == [(True, True, True), (False, False, False)]
     assert (await store.load(D)).queued == 1
@@ -187,6 +190,36 @@ async def test_requests_of_one_turn_share_one_call_and_keep_their_order(store: S
         await dispatcher.finish(t)
     load = await store.load(D)
     assert (load.queued, load.in_flight) == (0, 0)
+
+
+async def test_the_dispatcher_passes_the_routing_mode_its_requests_came_with(
+    store: Store,
+) -> None:
+    """The exchange gets the mode given at enqueue, and reads no spec for it; a deployment
+    whose requests came without one has its mode read once from the stored spec."""
+    await store.put_replica(replica("a", concurrency=4))
+    dispatcher = Dispatcher(store, 10_000)
+    modes: list[str] = []
+    reads: list[str] = []
+    real_exchange, real_routing = store.exchange, store.routing
+
+    async def exchange(*args: Any, **kwargs: Any) -> Exchanged:
+        modes.append(args[5])
+        return await real_exchange(*args, **kwargs)
+
+    async def routing(key: str) -> str:
+        reads.append(key)
+        return await real_routing(key)
+
+    store.exchange = exchange  # type: ignore[method-assign]
+    store.routing = routing  # type: ignore[method-assign]
+    first = await dispatcher.enqueue(D, routing="least-loaded")
+    await dispatcher.finish(first)
+    assert modes == ["least-loaded", "least-loaded"] and reads == []
+    other = "acme/other"
+    await dispatcher.finish(await dispatcher.enqueue(other))
+    await dispatcher.finish(await dispatcher.enqueue(other))
+    assert modes[2:] == ["prefix", "prefix"] and reads == [other]
 
 
 async def test_a_request_abandoned_while_its_admission_is_out_gives_its_slot_back(

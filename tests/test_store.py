@@ -9,7 +9,8 @@ import math
 import pytest
 
 from wakegate import store as store_module
-from wakegate.store import ReplicaRecord, Store, dep_key
+from wakegate.spec import DeploymentSpec
+from wakegate.store import ReplicaRecord, Store, dep_key, keys_of
 
 D = "acme/llm"
 
@@ -125,7 +126,8 @@ async def test_leader_lease_has_one_holder(store: Store) -> None:
 
 
 async def test_keys_of_one_deployment_share_a_hash_tag() -> None:
-    tags = {dep_key(D, p).split("{")[1].split("}")[0] for p in ("queue", "inflight", "spec")}
+    k = keys_of(D)
+    tags = {key.split("{")[1].split("}")[0] for key in (*k.all(), k.job("j"), k.claim("j"))}
     assert tags == {D}
 
 
@@ -146,17 +148,17 @@ async def test_counters_count_arrivals_and_every_way_out(store: Store) -> None:
 _ids = itertools.count()
 
 
-async def routed(store: Store, chain: list[str], n: int, adapter: str | None = None) -> list[str]:
+async def routed(
+    store: Store,
+    chain: list[str],
+    n: int,
+    adapter: str | None = None,
+    routing: str = "prefix",
+) -> list[str]:
     for _ in range(n):
         await store.enqueue(D, f"req-{next(_ids)}", "gw", 0, 10_000, prefix=chain,
                             adapter=adapter)  # fmt: skip
-    return [rid for _, rid in await store.dispatch(D, 10_000)]
-
-
-async def set_routing(store: Store, mode: str) -> None:
-    import json as _json
-
-    await store.redis.set(dep_key(D, "spec"), _json.dumps({"config": {"routing": mode}}))
+    return [rid for _, rid in await store.dispatch(D, 10_000, routing=routing)]
 
 
 def turn(conversation: str, chunks: int) -> list[str]:
@@ -247,11 +249,25 @@ def test_prefix_chains_share_keys_exactly_as_far_as_prompts_agree() -> None:
 
 
 async def test_least_loaded_mode_ignores_prefixes(store: Store) -> None:
-    await set_routing(store, "least-loaded")
     for rid in ("a", "b"):
         await store.put_replica(replica(rid, concurrency=8))
-    got = await routed(store, ["same-prefix"], 4)
+    got = await routed(store, ["same-prefix"], 4, routing="least-loaded")
     assert sorted(got) == ["a", "a", "b", "b"]
+    # The same requests under prefix routing follow the prefix to one replica.
+    assert len(set(await routed(store, ["other-prefix"], 2))) == 1
+
+
+async def test_the_routing_mode_comes_from_the_stored_spec_when_not_given(store: Store) -> None:
+    assert await store.routing(D) == "prefix"  # no spec: the default
+    tenant, name = D.split("/")
+    spec = DeploymentSpec(tenant, name, "u", None, {"routing": "least-loaded"}, "ready", 1, 0, 0)
+    await store.put_deployment(spec)
+    assert await store.routing(D) == "least-loaded"
+    for rid in ("a", "b"):
+        await store.put_replica(replica(rid, concurrency=8))
+    for i in range(4):
+        await store.enqueue(D, f"r{i}", "gw", 0, 10_000, prefix=["same-prefix"])
+    assert sorted(rid for _, rid in await store.dispatch(D, 10_000)) == ["a", "a", "b", "b"]
 
 
 async def test_adapter_affinity_prefers_the_replica_that_has_it_until_overloaded(
@@ -296,10 +312,9 @@ async def test_a_starting_replica_withdrawn_meanwhile_is_never_advanced(store: S
 async def test_in_flight_is_counted_per_replica(store: Store) -> None:
     for rid in ("a", "b", "c"):
         await store.put_replica(replica(rid, concurrency=4))
-    await set_routing(store, "least-loaded")
     for i in range(5):
         await store.enqueue(D, f"r{i}", "gw", 0, 10_000)
-    placed = [rid for _, rid in await store.dispatch(D, 10_000)]
+    placed = [rid for _, rid in await store.dispatch(D, 10_000, routing="least-loaded")]
     await store.release(D, placed[0], "r0")
     counts = await store.in_flight_by_replica(D)
     expected = {rid: placed[1:].count(rid) for rid in set(placed[1:])}
@@ -325,3 +340,39 @@ def test_scale_down_drains_starting_then_the_least_busy_replicas() -> None:
     picked = [r.id for r in pick_victims(active, 3, busy)]
     assert picked == ["booting", "old-idle", "old-busy"]
     assert pick_victims(active, 0, busy) == []
+
+
+async def test_a_purge_leaves_no_key_of_the_deployment(store: Store) -> None:
+    """Every key the deployment's operations write is one `keys_of` names (or an async
+    request's `job:`/`claim:`), and the purge deletes them all; its neighbour keeps its own."""
+    tenant, name = D.split("/")
+    spec = DeploymentSpec(tenant, name, "u", None, {}, "deleting", 1, 0, 0)
+    neighbour = DeploymentSpec(tenant, "other", "u2", None, {}, "ready", 1, 0, 0)
+    assert await store.create_deployment(spec, [{"eventType": "created"}])
+    assert await store.create_deployment(neighbour, [{"eventType": "created"}])
+    await store.put_replica(replica("a", concurrency=1))
+    await store.enqueue(D, "first", "gw", 0, 10_000, prefix=["p1", "p2"], adapter="x")
+    await store.put_job(D, "job-1", {"status": "queued"}, 600)
+    await store.enqueue(D, "job-1", "async", 0, 10_000)
+    assert await store.dispatch(D, 10_000, routing="prefix") == [("first", "a")]
+    await store.put_job(D, "job-2", {"status": "queued"}, 600)
+    assert await store.claim_job(D, "job-2", "runner", 10_000)
+    await store.suspect(D, "b", 10_000)
+    await store.log_request(D, {"status": 200}, 10)
+    await store.set_waiting(D, {"reason": "pool full"})
+    await store.record_status([(D, {"desired": 1})], [(D, [0.0, 1, 0, 0, 1, 0])])
+    await store.redis.set(keys_of(D).wake, 1)
+
+    k = keys_of(D)
+    found = {key async for key in store.redis.scan_iter(match=dep_key(D, "*"))}
+    named = set(k.all()) | {k.job("job-1"), k.job("job-2"), k.claim("job-2")}
+    assert found <= named, f"keys no DeploymentKeys attribute names: {found - named}"
+    assert len(found) >= 20  # nearly every key was written above
+    before = {key async for key in store.redis.scan_iter(match=dep_key(neighbour.key, "*"))}
+
+    await store.purge_deployment(D)
+    assert [key async for key in store.redis.scan_iter(match=dep_key(D, "*"))] == []
+    assert D not in await store.deployment_keys()
+    assert await store.tenant_deployment_count(tenant) == 1
+    after = {key async for key in store.redis.scan_iter(match=dep_key(neighbour.key, "*"))}
+    assert after == before and before

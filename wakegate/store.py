@@ -4,7 +4,8 @@ Nothing else spells a key. Keys of one deployment share the hash tag `{tenant/na
 each script touches one slot and runs unchanged on Redis Cluster. Time is passed into the
 scripts by the caller (milliseconds), which keeps them deterministic and replicable.
 
-Per-deployment keys (`wg:{t/n}:<part>`):
+Per-deployment keys (`wg:{t/n}:<part>`; `keys_of(deployment)` names each of them once, and
+every operation, the purge included, takes its keys from there):
   spec       STRING  JSON DeploymentSpec record
   events     LIST    JSON events (eventType, timestamp, revision, message), oldest first
   queue      ZSET    request id -> order score (priority first, then arrival)
@@ -54,13 +55,14 @@ Global keys:
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import math
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, cast
 
 import orjson
@@ -90,6 +92,17 @@ PREFIX_INDEX_MAX = 65_536
 # prompt (the earlier turns of a conversation); a shorter match (a system prompt every replica
 # has) is not, and the request goes to the least-loaded replica.
 PREFIX_MIN_SHARE = 0.5
+# How dispatch picks a replica where the deployment does not say (wakegate/spec.py `routing`):
+# "prefix", "least-loaded" or "random" (see DISPATCH).
+DEFAULT_ROUTING = "prefix"
+
+
+def routing_of(spec: DeploymentSpec | None) -> str:
+    """The routing mode the queue scripts get for a deployment (the default without a spec)."""
+    routing = spec.config.get("routing") if spec is not None else None
+    return routing if isinstance(routing, str) else DEFAULT_ROUTING
+
+
 JOB_DEPLOYMENTS = "wg:jobs"
 DIRTY = "wg:dirty"
 # Async requests wait in the same queue as the others, owned by no gateway: their queue
@@ -113,6 +126,58 @@ def now_ms() -> int:
 
 def dep_key(deployment: str, part: str) -> str:
     return f"wg:{{{deployment}}}:{part}"
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentKeys:
+    """Every Redis key of one deployment, each named once (the layout above): what every
+    operation on the deployment uses, and what its purge deletes. `keys_of` makes it."""
+
+    deployment: str
+    spec: str
+    events: str
+    queue: str
+    qmeta: str
+    qlease: str
+    replicas: str
+    routable: str
+    inflight: str
+    assigned: str
+    wake: str
+    activity: str
+    counters: str
+    suspects: str
+    adapters: str
+    prefixes: str
+    prefixage: str
+    reqlog: str
+    running: str
+    capacity: str
+    decisions: str
+    history: str
+    # The queue scripts' KEYS, in the order `_QUEUE_KEYS` reads them.
+    queue_script: tuple[str, ...]
+
+    def job(self, job_id: str) -> str:
+        return dep_key(self.deployment, f"job:{job_id}")
+
+    def claim(self, job_id: str) -> str:
+        return dep_key(self.deployment, f"claim:{job_id}")
+
+    def all(self) -> tuple[str, ...]:
+        """Every key above (not the async requests' `job:*` and `claim:*`), the spec last."""
+        return (*(getattr(self, part) for part in _PARTS if part != "spec"), self.spec)
+
+    def per_request_patterns(self) -> tuple[str, str]:
+        """SCAN patterns of the keys made per async request (`job`, `claim`)."""
+        return self.job("*"), self.claim("*")
+
+
+@functools.lru_cache(maxsize=4096)
+def keys_of(deployment: str) -> DeploymentKeys:
+    """The keys of `deployment` ("tenant/name"); cached: the gateway asks on every request."""
+    named = {part: dep_key(deployment, part) for part in _PARTS}
+    return DeploymentKeys(deployment, **named, queue_script=tuple(named[p] for p in QUEUE_PARTS))
 
 
 def tenant_key(code: str) -> str:
@@ -167,13 +232,17 @@ MAX_PRIORITY = 1000
 # then costs two script calls, not one per step.
 QUEUE_PARTS = (
     "queue", "qmeta", "qlease", "routable", "inflight", "assigned", "suspects", "adapters",
-    "spec", "prefixes", "prefixage", "wake", "activity", "counters", "replicas",
+    "prefixes", "prefixage", "wake", "activity", "counters", "replicas",
 )  # fmt: skip
+# The parts of DeploymentKeys: every key of a deployment but those made per async request.
+_PARTS = tuple(
+    f.name for f in fields(DeploymentKeys) if f.name not in ("deployment", "queue_script")
+)
 
 _QUEUE_KEYS = """
 local queue, qmeta, qlease, routable, inflight, assigned = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local suspects, adapters_key, spec_key, prefixes, prefixage = KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
-local wake, activity, counters, replicas = KEYS[12], KEYS[13], KEYS[14], KEYS[15]
+local suspects, adapters_key, prefixes, prefixage = KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local wake, activity, counters, replicas = KEYS[11], KEYS[12], KEYS[13], KEYS[14]
 """
 
 # Queue a request (idempotent on its id): {added (1, 0 already queued, -1 full), depth, woke,
@@ -222,19 +291,13 @@ end
 # it in the reply together with the replica's record (no pub/sub hop, no record lookup).
 # Returns {request id, replica id, record or ''} per assignment, flattened.
 # ARGV from `at`: now, slot lease, max assign, channel prefix, deployment, factor, slack,
-# prefix index max, min share, self_gw.
+# prefix index max, min share, self_gw, mode (the deployment's routing: `routing_of`).
 _DISPATCH_FN = """
 local function dispatch(at)
 local now, slot_lease, max_assign = tonumber(ARGV[at]), tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
 local channel_prefix, deployment, factor = ARGV[at + 3], ARGV[at + 4], tonumber(ARGV[at + 5])
 local slack, index_max, min_share = tonumber(ARGV[at + 6]), tonumber(ARGV[at + 7]), tonumber(ARGV[at + 8])
-local self_gw = ARGV[at + 9]
-local mode = 'prefix'
-local spec = redis.call('GET', spec_key)
-if spec then
-  local routing = cjson.decode(spec)['config']['routing']
-  if type(routing) == 'string' then mode = routing end
-end
+local self_gw, mode = ARGV[at + 9], ARGV[at + 10]
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', qlease, '-inf', now)) do
   redis.call('ZREM', queue, id)
   redis.call('HDEL', qmeta, id)
@@ -644,10 +707,6 @@ class Admitted:
     assignments: list[Assignment]
 
 
-def _queue_keys(key: str) -> list[str]:
-    return [dep_key(key, p) for p in QUEUE_PARTS]
-
-
 def _enqueue_args(
     req_id: str,
     gateway_id: str,
@@ -669,10 +728,12 @@ def _enqueue_args(
     ]  # fmt: skip
 
 
-def _dispatch_args(key: str, lease_ms: int, max_assign: int, gateway_id: str) -> list[Any]:
+def _dispatch_args(
+    key: str, lease_ms: int, max_assign: int, gateway_id: str, routing: str
+) -> list[Any]:
     return [
         now_ms(), lease_ms, max_assign, gateway_channel(""), key, BOUNDED_LOAD_FACTOR,
-        BOUNDED_LOAD_SLACK, PREFIX_INDEX_MAX, PREFIX_MIN_SHARE, gateway_id,
+        BOUNDED_LOAD_SLACK, PREFIX_INDEX_MAX, PREFIX_MIN_SHARE, gateway_id, routing,
     ]  # fmt: skip
 
 
@@ -870,8 +931,8 @@ class Store:
         for key in await self.deployment_keys():
             async with self.redis.pipeline(transaction=True) as pipe:
                 try:
-                    await pipe.watch(dep_key(key, "spec"))
-                    raw = cast(str | None, await pipe.get(dep_key(key, "spec")))
+                    await pipe.watch(keys_of(key).spec)
+                    raw = cast(str | None, await pipe.get(keys_of(key).spec))
                     if raw is None:
                         continue
                     record = json.loads(raw)
@@ -879,7 +940,7 @@ class Store:
                     if config == record["config"]:
                         continue
                     pipe.multi()  # type: ignore[no-untyped-call]
-                    pipe.set(dep_key(key, "spec"), json.dumps({**record, "config": config}))
+                    pipe.set(keys_of(key).spec, json.dumps({**record, "config": config}))
                     await pipe.execute()
                     sealed += 1
                 except aioredis.WatchError:
@@ -964,7 +1025,7 @@ class Store:
         kept = 0
         for key in added:
             tenant, name = key.split("/", 1)
-            if await self.redis.exists(dep_key(key, "spec")):
+            if await self.redis.exists(keys_of(key).spec):
                 kept += 1
             else:
                 await self.redis.srem(tenant_deployments_key(tenant), name)
@@ -993,7 +1054,7 @@ class Store:
         try:
             await self.redis.sadd(DEPLOYMENTS, spec.key)
             created = await self.redis.set(
-                dep_key(spec.key, "spec"), json.dumps(spec.to_record()), nx=True
+                keys_of(spec.key).spec, json.dumps(spec.to_record()), nx=True
             )
         except BaseException:
             # Redis refused a write (out of memory): give the reserved place back (SREM is
@@ -1010,14 +1071,14 @@ class Store:
         return True
 
     async def get_deployment(self, key: str) -> DeploymentSpec | None:
-        raw = await self.redis.get(dep_key(key, "spec"))
+        raw = await self.redis.get(keys_of(key).spec)
         return DeploymentSpec.from_record(json.loads(raw)) if raw else None
 
     async def put_deployment(self, spec: DeploymentSpec) -> None:
         """Write the spec unconditionally (tests and tools seeding state); the gateway and the
         scaler change specs only through `replace_deployment`."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.set(dep_key(spec.key, "spec"), json.dumps(spec.to_record()))
+            pipe.set(keys_of(spec.key).spec, json.dumps(spec.to_record()))
             pipe.sadd(DIRTY, spec.key)  # the scaler looks at the change
             await pipe.execute()
 
@@ -1027,7 +1088,7 @@ class Store:
         read). False, writing nothing, otherwise: read it again and decide anew."""
         assert read.key == updated.key
         written = await self._replace_spec(
-            keys=[dep_key(read.key, "spec")],
+            keys=[keys_of(read.key).spec],
             args=[json.dumps(updated.to_record()), read.revision, read.status],
         )
         if not written:
@@ -1045,42 +1106,21 @@ class Store:
         keys = await self.deployment_keys(tenant)
         if not keys:
             return []
-        raws = await self.redis.mget([dep_key(k, "spec") for k in keys])
+        raws = await self.redis.mget([keys_of(k).spec for k in keys])
         return [DeploymentSpec.from_record(json.loads(r)) for r in raws if r]
 
     async def list_specs(self, keys: Sequence[str]) -> list[DeploymentSpec]:
-        raws = await self.redis.mget([dep_key(k, "spec") for k in keys]) if keys else []
+        raws = await self.redis.mget([keys_of(k).spec for k in keys]) if keys else []
         return [DeploymentSpec.from_record(json.loads(r)) for r in raws if r]
 
     async def purge_deployment(self, key: str) -> None:
-        """Forget a deleted deployment once its replicas are gone."""
-        parts = (
-            "events",
-            "queue",
-            "qmeta",
-            "qlease",
-            "replicas",
-            "routable",
-            "inflight",
-            "assigned",
-            "wake",
-            "activity",
-            "counters",
-            "suspects",
-            "reqlog",
-            "adapters",
-            "prefixes",
-            "prefixage",
-            "capacity",
-            "running",
-            "decisions",
-            "history",
-        )
-        await self.redis.delete(*(dep_key(key, p) for p in parts))
+        """Forget a deleted deployment once its replicas are gone: every key `keys_of` names."""
+        k = keys_of(key)
+        await self.redis.delete(*(part for part in k.all() if part != k.spec))
         # Async requests and their claims, by the hash-tag prefix (each job has its own key).
-        for part in ("job:*", "claim:*"):
+        for pattern in k.per_request_patterns():
             batch: list[str] = []
-            async for found in self.redis.scan_iter(match=dep_key(key, part), count=1000):
+            async for found in self.redis.scan_iter(match=pattern, count=1000):
                 batch.append(cast(str, found))
                 if len(batch) >= 1000:
                     await self.redis.delete(*batch)
@@ -1089,7 +1129,7 @@ class Store:
                 await self.redis.delete(*batch)
         # The spec last: until it goes the name stays taken (409), so nothing deleted above
         # belongs to a new deployment of the same name.
-        await self.redis.delete(dep_key(key, "spec"))
+        await self.redis.delete(k.spec)
         await self.redis.srem(JOB_DEPLOYMENTS, key)
         await self.redis.srem(DEPLOYMENTS, key)
         tenant, name = key.split("/", 1)
@@ -1098,14 +1138,14 @@ class Store:
     async def append_events(self, key: str, events: list[dict[str, Any]]) -> None:
         if not events:
             return
-        ek = dep_key(key, "events")
+        ek = keys_of(key).events
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.rpush(ek, *(json.dumps(e) for e in events))
             pipe.ltrim(ek, -EVENTS_MAX, -1)
             await pipe.execute()
 
     async def events(self, key: str) -> list[dict[str, Any]]:
-        return [json.loads(e) for e in await self.redis.lrange(dep_key(key, "events"), 0, -1)]
+        return [json.loads(e) for e in await self.redis.lrange(keys_of(key).events, 0, -1)]
 
     # --- queue ----------------------------------------------------------------------------
 
@@ -1128,7 +1168,7 @@ class Store:
         Raises QueueFull, changing nothing, when `max_queue` requests already wait.
         """
         args = _enqueue_args(req_id, gateway_id, priority, lease_ms, max_queue, adapter, prefix)
-        added, depth, woke, cold = await self._enqueue(keys=_queue_keys(key), args=args)
+        added, depth, woke, cold = await self._enqueue(keys=keys_of(key).queue_script, args=args)
         await self._queued(key, req_id, added, depth, cold)
         return bool(added), int(depth), bool(woke), bool(cold)
 
@@ -1142,16 +1182,21 @@ class Store:
         max_queue: int = 2**31,
         adapter: str | None = None,
         prefix: Sequence[str] = (),
+        *,
+        routing: str | None = None,
     ) -> Admitted:
         """Queue a request and, in the same call, hand free slots to the queue's heads in
         order (this one among them when nobody before it waits). Assignments of
         `gateway_id`'s requests come back with their replica's record and are not published.
+        `routing` is the deployment's (`routing_of`); None reads it from the stored spec.
 
         Raises QueueFull, changing nothing, when `max_queue` requests already wait.
         """
         args = _enqueue_args(req_id, gateway_id, priority, lease_ms, max_queue, adapter, prefix)
+        mode = routing or await self.routing(key)
         out = await self._admit(
-            keys=_queue_keys(key), args=[*args, *_dispatch_args(key, lease_ms, 64, gateway_id)]
+            keys=keys_of(key).queue_script,
+            args=[*args, *_dispatch_args(key, lease_ms, 64, gateway_id, mode)],
         )
         added, depth, woke, cold = out[:4]
         await self._queued(key, req_id, added, depth, cold)
@@ -1174,33 +1219,44 @@ class Store:
                 await asyncio.shield(self.cancel(key, req_id))
             raise
 
+    async def routing(self, key: str) -> str:
+        """The deployment's routing mode as its stored spec says (`routing_of`), for callers
+        that have no spec at hand: those that have one pass `routing_of(spec)` instead."""
+        return routing_of(await self.get_deployment(key))
+
     async def dispatch(
-        self, key: str, lease_ms: int, max_assign: int = 64
+        self, key: str, lease_ms: int, max_assign: int = 64, *, routing: str | None = None
     ) -> list[tuple[str, str]]:
         """Assign queue heads to free slots, telling each owning gateway on its channel;
-        returns [(request id, replica id)]."""
-        out = await self.dispatch_for(key, lease_ms, "", max_assign)
+        returns [(request id, replica id)]. `routing` as in `admit`."""
+        out = await self.dispatch_for(key, lease_ms, "", max_assign, routing=routing)
         return [(a.request_id, a.replica_id) for a in out]
 
     async def dispatch_for(
-        self, key: str, lease_ms: int, gateway_id: str, max_assign: int = 64
+        self,
+        key: str,
+        lease_ms: int,
+        gateway_id: str,
+        max_assign: int = 64,
+        *,
+        routing: str | None = None,
     ) -> list[Assignment]:
         """`dispatch` run by gateway `gateway_id`: its own requests' assignments come back
         with their replica's record instead of being published."""
+        mode = routing or await self.routing(key)
         out = await self._dispatch(
-            keys=_queue_keys(key), args=_dispatch_args(key, lease_ms, max_assign, gateway_id)
+            keys=keys_of(key).queue_script,
+            args=_dispatch_args(key, lease_ms, max_assign, gateway_id, mode),
         )
         return _assignments(out)
 
     async def cancel(self, key: str, req_id: str) -> str:
         """Remove a request from the queue or its slot: 'queued', 'assigned' or 'none'."""
+        k = keys_of(key)
         return cast(
             str,
             await self._cancel(
-                keys=[
-                    dep_key(key, p)
-                    for p in ("queue", "qmeta", "qlease", "assigned", "inflight", "counters")
-                ],
+                keys=[k.queue, k.qmeta, k.qlease, k.assigned, k.inflight, k.counters],
                 args=[req_id],
             ),
         )
@@ -1209,11 +1265,11 @@ class Store:
         """Which of these queued requests have been assigned a replica (level-triggered path)."""
         if not req_ids:
             return {}
-        found = cast(list[str | None], await self.redis.hmget(dep_key(key, "assigned"), req_ids))
+        found = cast(list[str | None], await self.redis.hmget(keys_of(key).assigned, req_ids))
         return {r: rid for r, rid in zip(req_ids, found, strict=True) if rid}
 
     async def ack_assignment(self, key: str, req_id: str) -> None:
-        await self.redis.hdel(dep_key(key, "assigned"), req_id)
+        await self.redis.hdel(keys_of(key).assigned, req_id)
 
     async def ack_assignments(self, acks: dict[str, list[str]]) -> None:
         """`ack_assignment` of many requests in one round trip."""
@@ -1222,7 +1278,7 @@ class Store:
         async with self.redis.pipeline(transaction=False) as pipe:
             for key, req_ids in acks.items():
                 if req_ids:
-                    pipe.hdel(dep_key(key, "assigned"), *req_ids)
+                    pipe.hdel(keys_of(key).assigned, *req_ids)
             await pipe.execute()
 
     async def renew_leases(
@@ -1233,15 +1289,15 @@ class Store:
         async with self.redis.pipeline(transaction=False) as pipe:
             for key, ids in queued.items():
                 if ids:
-                    pipe.zadd(dep_key(key, "qlease"), dict.fromkeys(ids, expiry), xx=True)
+                    pipe.zadd(keys_of(key).qlease, dict.fromkeys(ids, expiry), xx=True)
             for key, members in running.items():
                 if members:
-                    pipe.zadd(dep_key(key, "inflight"), dict.fromkeys(members, expiry), xx=True)
+                    pipe.zadd(keys_of(key).inflight, dict.fromkeys(members, expiry), xx=True)
             await pipe.execute()
 
     async def log_request(self, key: str, entry: dict[str, Any], maxlen: int) -> None:
         await self.redis.xadd(
-            dep_key(key, "reqlog"), {"entry": json.dumps(entry)}, maxlen=maxlen, approximate=True
+            keys_of(key).reqlog, {"entry": json.dumps(entry)}, maxlen=maxlen, approximate=True
         )
 
     async def request_log(
@@ -1251,7 +1307,7 @@ class Store:
         low = f"({after}" if after else str(start_ms)
         rows = cast(
             list[tuple[str, dict[str, str]]],
-            await self.redis.xrange(dep_key(key, "reqlog"), low, str(end_ms), count=count),
+            await self.redis.xrange(keys_of(key).reqlog, low, str(end_ms), count=count),
         )
         return [(entry_id, json.loads(fields["entry"])) for entry_id, fields in rows]
 
@@ -1261,7 +1317,7 @@ class Store:
         """Store a new async request; it expires `ttl_s` after now whatever becomes of it (a
         gateway that dies before queueing it leaves nothing behind for long). One MULTI: Redis
         refuses all of it or none (out of memory)."""
-        job = dep_key(key, f"job:{job_id}")
+        job = keys_of(key).job(job_id)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.sadd(JOB_DEPLOYMENTS, key)
             pipe.hset(job, mapping={k: json.dumps(v) for k, v in fields.items()})
@@ -1270,54 +1326,54 @@ class Store:
 
     async def drop_job(self, key: str, job_id: str) -> None:
         """Forget an async request that was never queued (DEL works at maxmemory)."""
-        await self.redis.delete(dep_key(key, f"job:{job_id}"))
+        await self.redis.delete(keys_of(key).job(job_id))
 
     async def job(self, key: str, job_id: str) -> dict[str, Any] | None:
-        raw = cast(dict[str, str], await self.redis.hgetall(dep_key(key, f"job:{job_id}")))
+        raw = cast(dict[str, str], await self.redis.hgetall(keys_of(key).job(job_id)))
         return {k: json.loads(v) for k, v in raw.items()} if raw else None
 
     async def finish_job(self, key: str, job_id: str, fields: dict[str, Any], ttl_s: int) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(
-                dep_key(key, f"job:{job_id}"), mapping={k: json.dumps(v) for k, v in fields.items()}
+                keys_of(key).job(job_id), mapping={k: json.dumps(v) for k, v in fields.items()}
             )
-            pipe.expire(dep_key(key, f"job:{job_id}"), ttl_s)
-            pipe.zrem(dep_key(key, "running"), job_id)
-            pipe.delete(dep_key(key, f"claim:{job_id}"))
+            pipe.expire(keys_of(key).job(job_id), ttl_s)
+            pipe.zrem(keys_of(key).running, job_id)
+            pipe.delete(keys_of(key).claim(job_id))
             await pipe.execute()
 
     async def claim_job(self, key: str, job_id: str, owner: str, lease_ms: int) -> bool:
         """Take an assigned async request to run it; one gateway wins."""
-        if not await self.redis.set(dep_key(key, f"claim:{job_id}"), owner, nx=True, px=lease_ms):
+        if not await self.redis.set(keys_of(key).claim(job_id), owner, nx=True, px=lease_ms):
             return False
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zadd(dep_key(key, "running"), {job_id: now_ms() + lease_ms})
-            pipe.hset(dep_key(key, f"job:{job_id}"), "status", json.dumps("running"))
-            pipe.hincrby(dep_key(key, f"job:{job_id}"), "attempts", 1)
+            pipe.zadd(keys_of(key).running, {job_id: now_ms() + lease_ms})
+            pipe.hset(keys_of(key).job(job_id), "status", json.dumps("running"))
+            pipe.hincrby(keys_of(key).job(job_id), "attempts", 1)
             await pipe.execute()
         return True
 
     async def renew_job(self, key: str, job_id: str, lease_ms: int) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.pexpire(dep_key(key, f"claim:{job_id}"), lease_ms)
-            pipe.zadd(dep_key(key, "running"), {job_id: now_ms() + lease_ms}, xx=True)
+            pipe.pexpire(keys_of(key).claim(job_id), lease_ms)
+            pipe.zadd(keys_of(key).running, {job_id: now_ms() + lease_ms}, xx=True)
             await pipe.execute()
 
     async def orphaned_jobs(self, key: str) -> list[str]:
         """Async requests whose runner stopped renewing its claim (it died)."""
         return cast(
-            list[str], await self.redis.zrangebyscore(dep_key(key, "running"), "-inf", now_ms())
+            list[str], await self.redis.zrangebyscore(keys_of(key).running, "-inf", now_ms())
         )
 
     async def unclaimed_assignments(self, key: str) -> dict[str, str]:
         """Async requests that got a slot but no runner yet (the message may be lost)."""
-        assigned = cast(dict[str, str], await self.redis.hgetall(dep_key(key, "assigned")))
+        assigned = cast(dict[str, str], await self.redis.hgetall(keys_of(key).assigned))
         if not assigned:
             return {}
         async with self.redis.pipeline(transaction=False) as pipe:
             for job_id in assigned:
-                pipe.exists(dep_key(key, f"job:{job_id}"))
-                pipe.exists(dep_key(key, f"claim:{job_id}"))
+                pipe.exists(keys_of(key).job(job_id))
+                pipe.exists(keys_of(key).claim(job_id))
             flags = await pipe.execute()
         return {
             job_id: rid
@@ -1328,15 +1384,15 @@ class Store:
         }
 
     async def holds_slot(self, key: str, replica_id: str, req_id: str) -> bool:
-        score = await self.redis.zscore(dep_key(key, "inflight"), f"{replica_id}|{req_id}")
+        score = await self.redis.zscore(keys_of(key).inflight, f"{replica_id}|{req_id}")
         return score is not None and float(score) > now_ms()
 
     async def requeue_job(self, key: str, job_id: str, priority: int) -> None:
         """Back to the queue (front of its priority) after its runner or replica failed."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zrem(dep_key(key, "running"), job_id)
-            pipe.delete(dep_key(key, f"claim:{job_id}"))
-            pipe.hset(dep_key(key, f"job:{job_id}"), "status", json.dumps("queued"))
+            pipe.zrem(keys_of(key).running, job_id)
+            pipe.delete(keys_of(key).claim(job_id))
+            pipe.hset(keys_of(key).job(job_id), "status", json.dumps("queued"))
             await pipe.execute()
         await self.enqueue(key, job_id, ASYNC_OWNER, priority, FOREVER_MS)
 
@@ -1346,16 +1402,29 @@ class Store:
     async def suspect(self, key: str, replica_id: str, for_ms: int) -> None:
         """Keep dispatch away from a replica that just failed a request (until the scaler
         has looked at it)."""
-        await self.redis.hset(dep_key(key, "suspects"), replica_id, now_ms() + for_ms)
+        await self.redis.hset(keys_of(key).suspects, replica_id, now_ms() + for_ms)
 
     async def release_and_dispatch(
-        self, key: str, replica_id: str, req_id: str, lease_ms: int, gateway_id: str
+        self,
+        key: str,
+        replica_id: str,
+        req_id: str,
+        lease_ms: int,
+        gateway_id: str,
+        *,
+        routing: str | None = None,
     ) -> list[Assignment]:
         """`release`, then dispatch (as `dispatch`) in the same call: the freed slot goes to
-        the queue's head at once."""
+        the queue's head at once. `routing` as in `admit`."""
+        mode = routing or await self.routing(key)
         out = await self._release_and_dispatch(
-            keys=_queue_keys(key),
-            args=[replica_id, req_id, now_ms(), *_dispatch_args(key, lease_ms, 64, gateway_id)],
+            keys=keys_of(key).queue_script,
+            args=[
+                replica_id,
+                req_id,
+                now_ms(),
+                *_dispatch_args(key, lease_ms, 64, gateway_id, mode),
+            ],
         )
         return _assignments(out)
 
@@ -1366,11 +1435,13 @@ class Store:
         admissions: Sequence[Admission],
         lease_ms: int,
         gateway_id: str,
+        routing: str,
     ) -> Exchanged:
         """Give slots back ((replica id, request id) pairs), queue requests, then dispatch
         as `dispatch_for`, all in one call: a gateway's releases and arrivals of one
         deployment in one turn of its event loop. The same as releasing and admitting them one
-        by one; an admission over `max_queue` is not added (the caller raises QueueFull)."""
+        by one; an admission over `max_queue` is not added (the caller raises QueueFull).
+        `routing` is the deployment's (`routing_of`): the gateway's hot path, never read here."""
         now = now_ms()
         args: list[Any] = [len(releases), len(admissions), now]
         for replica_id, req_id in releases:
@@ -1379,8 +1450,8 @@ class Store:
             args += _enqueue_args(
                 a.request_id, gateway_id, a.priority, lease_ms, a.max_queue, a.adapter, a.prefix
             )
-        args += _dispatch_args(key, lease_ms, 64, gateway_id)
-        out = await self._exchange(keys=_queue_keys(key), args=args)
+        args += _dispatch_args(key, lease_ms, 64, gateway_id, routing)
+        out = await self._exchange(keys=keys_of(key).queue_script, args=args)
         n = len(admissions)
         flags = out[1 : 1 + 3 * n]
         admitted = [
@@ -1394,19 +1465,19 @@ class Store:
 
     async def release(self, key: str, replica_id: str, req_id: str) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zrem(dep_key(key, "inflight"), f"{replica_id}|{req_id}")
-            pipe.hdel(dep_key(key, "assigned"), req_id)
-            pipe.set(dep_key(key, "activity"), now_ms())
-            pipe.hincrby(dep_key(key, "counters"), "completions", 1)
+            pipe.zrem(keys_of(key).inflight, f"{replica_id}|{req_id}")
+            pipe.hdel(keys_of(key).assigned, req_id)
+            pipe.set(keys_of(key).activity, now_ms())
+            pipe.hincrby(keys_of(key).counters, "completions", 1)
             await pipe.execute()
 
     async def load(self, key: str) -> Load:
         now = now_ms()
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zcount(dep_key(key, "qlease"), now, "+inf")
-            pipe.zcount(dep_key(key, "inflight"), now, "+inf")
-            pipe.get(dep_key(key, "activity"))
-            pipe.hmget(dep_key(key, "counters"), ["arrivals", "completions"])
+            pipe.zcount(keys_of(key).qlease, now, "+inf")
+            pipe.zcount(keys_of(key).inflight, now, "+inf")
+            pipe.get(keys_of(key).activity)
+            pipe.hmget(keys_of(key).counters, ["arrivals", "completions"])
             queued, in_flight, activity, (arrivals, completions) = await pipe.execute()
         return Load(
             int(queued),
@@ -1422,38 +1493,37 @@ class Store:
     async def in_flight_by_replica(self, key: str) -> dict[str, int]:
         """Requests holding a slot on each replica (replicas with none are absent)."""
         members = cast(
-            list[str], await self.redis.zrangebyscore(dep_key(key, "inflight"), now_ms(), "+inf")
+            list[str], await self.redis.zrangebyscore(keys_of(key).inflight, now_ms(), "+inf")
         )
         return dict(Counter(m.split("|", 1)[0] for m in members))
 
     # --- replicas -------------------------------------------------------------------------
 
     async def replicas(self, key: str) -> list[ReplicaRecord]:
-        raw = await self.redis.hgetall(dep_key(key, "replicas"))
+        raw = await self.redis.hgetall(keys_of(key).replicas)
         return [ReplicaRecord.from_json(v) for v in raw.values()]
 
     async def replica(self, key: str, replica_id: str) -> ReplicaRecord | None:
-        raw = await self.redis.hget(dep_key(key, "replicas"), replica_id)
+        raw = await self.redis.hget(keys_of(key).replicas, replica_id)
         return ReplicaRecord.from_json(raw) if raw else None
 
     async def put_replica(self, rec: ReplicaRecord) -> None:
         """Record a replica; a ready one becomes routable, any other state is taken out."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(dep_key(rec.deployment, "replicas"), rec.id, rec.to_json())
+            pipe.hset(keys_of(rec.deployment).replicas, rec.id, rec.to_json())
             if rec.state == "ready":
-                pipe.hset(dep_key(rec.deployment, "routable"), rec.id, rec.concurrency)
-                pipe.hset(
-                    dep_key(rec.deployment, "adapters"), rec.id, f" {' '.join(rec.adapters)} "
-                )
+                pipe.hset(keys_of(rec.deployment).routable, rec.id, rec.concurrency)
+                pipe.hset(keys_of(rec.deployment).adapters, rec.id, f" {' '.join(rec.adapters)} ")
             else:
-                pipe.hdel(dep_key(rec.deployment, "routable"), rec.id)
-                pipe.hdel(dep_key(rec.deployment, "adapters"), rec.id)
+                pipe.hdel(keys_of(rec.deployment).routable, rec.id)
+                pipe.hdel(keys_of(rec.deployment).adapters, rec.id)
             await pipe.execute()
 
     async def advance_replica(self, rec: ReplicaRecord) -> bool:
         """Record a starting replica's progress (its URL, or ready) unless it was withdrawn
         meanwhile (removed or draining); False then, and nothing is written."""
-        keys = [dep_key(rec.deployment, k) for k in ("replicas", "routable", "adapters")]
+        k = keys_of(rec.deployment)
+        keys = [k.replicas, k.routable, k.adapters]
         argv: list[str | int] = [
             rec.id, rec.to_json(), rec.state, rec.concurrency, f" {' '.join(rec.adapters)} "
         ]  # fmt: skip
@@ -1461,16 +1531,16 @@ class Store:
 
     async def remove_replica(self, key: str, replica_id: str) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hdel(dep_key(key, "replicas"), replica_id)
-            pipe.hdel(dep_key(key, "routable"), replica_id)
-            pipe.hdel(dep_key(key, "adapters"), replica_id)
+            pipe.hdel(keys_of(key).replicas, replica_id)
+            pipe.hdel(keys_of(key).routable, replica_id)
+            pipe.hdel(keys_of(key).adapters, replica_id)
             await pipe.execute()
 
     async def ready_count(self, key: str) -> int:
-        return int(await self.redis.hlen(dep_key(key, "routable")))
+        return int(await self.redis.hlen(keys_of(key).routable))
 
     async def clear_wake(self, key: str) -> None:
-        await self.redis.delete(dep_key(key, "wake"))
+        await self.redis.delete(keys_of(key).wake)
 
     # --- scaler leadership ----------------------------------------------------------------
 
@@ -1498,13 +1568,14 @@ class Store:
         now = now_ms()
         async with self.redis.pipeline(transaction=False) as pipe:
             for key in keys:
-                pipe.get(dep_key(key, "spec"))
-                pipe.hgetall(dep_key(key, "replicas"))
-                pipe.zcount(dep_key(key, "qlease"), now, "+inf")
-                pipe.zrangebyscore(dep_key(key, "inflight"), now, "+inf")
-                pipe.get(dep_key(key, "activity"))
-                pipe.hmget(dep_key(key, "counters"), ["arrivals", "completions"])
-                pipe.get(dep_key(key, "capacity"))
+                k = keys_of(key)
+                pipe.get(k.spec)
+                pipe.hgetall(k.replicas)
+                pipe.zcount(k.qlease, now, "+inf")
+                pipe.zrangebyscore(k.inflight, now, "+inf")
+                pipe.get(k.activity)
+                pipe.hmget(k.counters, ["arrivals", "completions"])
+                pipe.get(k.capacity)
             raw = await pipe.execute()
         out = []
         for i, key in enumerate(keys):
@@ -1541,10 +1612,11 @@ class Store:
         now = now_ms()
         async with self.redis.pipeline(transaction=False) as pipe:
             for key in keys:
-                pipe.get(dep_key(key, "spec"))
-                pipe.hlen(dep_key(key, "replicas"))
-                pipe.zcount(dep_key(key, "qlease"), now, "+inf")
-                pipe.zcount(dep_key(key, "inflight"), now, "+inf")
+                k = keys_of(key)
+                pipe.get(k.spec)
+                pipe.hlen(k.replicas)
+                pipe.zcount(k.qlease, now, "+inf")
+                pipe.zcount(k.inflight, now, "+inf")
             raw = await pipe.execute()
         rows = []
         for i, key in enumerate(keys):
@@ -1560,10 +1632,10 @@ class Store:
         return rows
 
     async def set_waiting(self, key: str, record: dict[str, Any]) -> None:
-        await self.redis.set(dep_key(key, "capacity"), json.dumps(record))
+        await self.redis.set(keys_of(key).capacity, json.dumps(record))
 
     async def clear_waiting(self, key: str) -> None:
-        await self.redis.delete(dep_key(key, "capacity"))
+        await self.redis.delete(keys_of(key).capacity)
 
     # --- the status overview: what the scaler decided and saw, for people -----------------
 
@@ -1578,11 +1650,11 @@ class Store:
             return
         async with self.redis.pipeline(transaction=False) as pipe:
             for key, decision in decisions:
-                pipe.rpush(dep_key(key, "decisions"), json.dumps(decision))
-                pipe.ltrim(dep_key(key, "decisions"), -DECISIONS_MAX, -1)
+                pipe.rpush(keys_of(key).decisions, json.dumps(decision))
+                pipe.ltrim(keys_of(key).decisions, -DECISIONS_MAX, -1)
             for key, sample in samples:
-                pipe.rpush(dep_key(key, "history"), json.dumps(sample))
-                pipe.ltrim(dep_key(key, "history"), -HISTORY_MAX, -1)
+                pipe.rpush(keys_of(key).history, json.dumps(sample))
+                pipe.ltrim(keys_of(key).history, -HISTORY_MAX, -1)
             await pipe.execute()
 
     async def status_rows(self, keys: Sequence[str], events: int) -> list[StatusRow]:
@@ -1591,14 +1663,15 @@ class Store:
         now = now_ms()
         async with self.redis.pipeline(transaction=False) as pipe:
             for key in keys:
-                pipe.get(dep_key(key, "spec"))
-                pipe.hgetall(dep_key(key, "replicas"))
-                pipe.zcount(dep_key(key, "qlease"), now, "+inf")
-                pipe.zcount(dep_key(key, "inflight"), now, "+inf")
-                pipe.get(dep_key(key, "capacity"))
-                pipe.lrange(dep_key(key, "decisions"), 0, -1)
-                pipe.lrange(dep_key(key, "history"), 0, -1)
-                pipe.lrange(dep_key(key, "events"), -events, -1)
+                k = keys_of(key)
+                pipe.get(k.spec)
+                pipe.hgetall(k.replicas)
+                pipe.zcount(k.qlease, now, "+inf")
+                pipe.zcount(k.inflight, now, "+inf")
+                pipe.get(k.capacity)
+                pipe.lrange(k.decisions, 0, -1)
+                pipe.lrange(k.history, 0, -1)
+                pipe.lrange(k.events, -events, -1)
             raw = await pipe.execute()
         rows = []
         for i in range(len(keys)):
@@ -1623,7 +1696,7 @@ class Store:
         """The capacity waits of these deployments (None where it does not wait)."""
         if not keys:
             return []
-        raws = await self.redis.mget([dep_key(k, "capacity") for k in keys])
+        raws = await self.redis.mget([keys_of(k).capacity for k in keys])
         return [json.loads(r) if r else None for r in raws]
 
 
