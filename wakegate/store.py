@@ -62,8 +62,8 @@ import math
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, cast
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, cast, overload
 
 import orjson
 import redis.asyncio as aioredis
@@ -128,56 +128,80 @@ def dep_key(deployment: str, part: str) -> str:
     return f"wg:{{{deployment}}}:{part}"
 
 
-@dataclass(frozen=True, slots=True)
+class _Key:
+    """One key of every deployment: `DeploymentKeys(d).<part>` is `wg:{d}:<part>`."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.part = name
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> _Key: ...
+
+    @overload
+    def __get__(self, obj: DeploymentKeys, owner: type) -> str: ...
+
+    def __get__(self, obj: DeploymentKeys | None, owner: type) -> _Key | str:
+        return self if obj is None else obj.prefix + self.part
+
+
 class DeploymentKeys:
     """Every Redis key of one deployment, each named once (the layout above): what every
-    operation on the deployment uses, and what its purge deletes. `keys_of` makes it."""
+    operation on the deployment uses, and what its purge deletes. `keys_of` gives it. A key
+    is spelled when it is asked for (a sweep over many deployments reads four of them)."""
 
-    deployment: str
-    spec: str
-    events: str
-    queue: str
-    qmeta: str
-    qlease: str
-    replicas: str
-    routable: str
-    inflight: str
-    assigned: str
-    wake: str
-    activity: str
-    counters: str
-    suspects: str
-    adapters: str
-    prefixes: str
-    prefixage: str
-    reqlog: str
-    running: str
-    capacity: str
-    decisions: str
-    history: str
-    # The queue scripts' KEYS, in the order `_QUEUE_KEYS` reads them.
-    queue_script: tuple[str, ...]
+    __slots__ = ("_queue_script", "deployment", "prefix")
+
+    spec = _Key()
+    events = _Key()
+    queue = _Key()
+    qmeta = _Key()
+    qlease = _Key()
+    replicas = _Key()
+    routable = _Key()
+    inflight = _Key()
+    assigned = _Key()
+    wake = _Key()
+    activity = _Key()
+    counters = _Key()
+    suspects = _Key()
+    adapters = _Key()
+    prefixes = _Key()
+    prefixage = _Key()
+    reqlog = _Key()
+    running = _Key()
+    capacity = _Key()
+    decisions = _Key()
+    history = _Key()
+
+    def __init__(self, deployment: str) -> None:
+        self.deployment = deployment
+        self.prefix = dep_key(deployment, "")
+        self._queue_script: tuple[str, ...] | None = None
+
+    @property
+    def queue_script(self) -> tuple[str, ...]:
+        """The queue scripts' KEYS, in the order `_QUEUE_KEYS` reads them (made once)."""
+        if self._queue_script is None:
+            self._queue_script = tuple(self.prefix + part for part in QUEUE_PARTS)
+        return self._queue_script
 
     def job(self, job_id: str) -> str:
-        return dep_key(self.deployment, f"job:{job_id}")
+        return self.prefix + f"job:{job_id}"
 
     def claim(self, job_id: str) -> str:
-        return dep_key(self.deployment, f"claim:{job_id}")
+        return self.prefix + f"claim:{job_id}"
 
     def all(self) -> tuple[str, ...]:
         """Every key above (not the async requests' `job:*` and `claim:*`), the spec last."""
-        return (*(getattr(self, part) for part in _PARTS if part != "spec"), self.spec)
+        return (*(self.prefix + part for part in _PARTS if part != "spec"), self.spec)
 
     def per_request_patterns(self) -> tuple[str, str]:
         """SCAN patterns of the keys made per async request (`job`, `claim`)."""
         return self.job("*"), self.claim("*")
 
 
-@functools.lru_cache(maxsize=4096)
-def keys_of(deployment: str) -> DeploymentKeys:
-    """The keys of `deployment` ("tenant/name"); cached: the gateway asks on every request."""
-    named = {part: dep_key(deployment, part) for part in _PARTS}
-    return DeploymentKeys(deployment, **named, queue_script=tuple(named[p] for p in QUEUE_PARTS))
+# The gateway asks for the same few deployments' keys on every request.
+keys_of = functools.lru_cache(maxsize=4096)(DeploymentKeys)
 
 
 def tenant_key(code: str) -> str:
@@ -235,9 +259,7 @@ QUEUE_PARTS = (
     "prefixes", "prefixage", "wake", "activity", "counters", "replicas",
 )  # fmt: skip
 # The parts of DeploymentKeys: every key of a deployment but those made per async request.
-_PARTS = tuple(
-    f.name for f in fields(DeploymentKeys) if f.name not in ("deployment", "queue_script")
-)
+_PARTS = tuple(name for name, value in vars(DeploymentKeys).items() if isinstance(value, _Key))
 
 _QUEUE_KEYS = """
 local queue, qmeta, qlease, routable, inflight, assigned = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
@@ -1192,8 +1214,8 @@ class Store:
 
         Raises QueueFull, changing nothing, when `max_queue` requests already wait.
         """
+        mode = routing or await self.routing(key)  # first: the leases count from the call
         args = _enqueue_args(req_id, gateway_id, priority, lease_ms, max_queue, adapter, prefix)
-        mode = routing or await self.routing(key)
         out = await self._admit(
             keys=keys_of(key).queue_script,
             args=[*args, *_dispatch_args(key, lease_ms, 64, gateway_id, mode)],
