@@ -258,18 +258,18 @@ class JobRunner:
         error: str | None = None,
     ) -> None:
         """The job's entry in the request log, when the deployment keeps one."""
-        from router.pipeline import REQUEST_LOG_MAX, Trail
+        from router.pipeline import REQUEST_LOG_MAX, RequestLogEntry
 
         spec = await self.store.get_deployment(key)
         if spec is None or not spec.config.get("request_logging_enabled"):
             return
         created = float(job.get("created", time.time()))
         req = GenerateRequest.model_validate(job["request"])
-        trail = Trail("async", False, req, arrived=time.monotonic(), at=created)
+        trail = RequestLogEntry("async", False, req, arrived=time.monotonic(), at=created)
         trail.replica, trail.status, trail.error = replica_id, status, error
         if gen is not None:
             trail.output, trail.finish = [gen.text], gen.finish
-        entry = {**trail.entry(self.log_max_bytes), "duration_s": round(time.time() - created, 4),
+        entry = {**trail.record(self.log_max_bytes), "duration_s": round(time.time() - created, 4),
                  "attempts": int(job.get("attempts", 0))}  # fmt: skip
         try:
             await self.store.log_request(key, entry, REQUEST_LOG_MAX)

@@ -200,7 +200,9 @@ RETRY_AFTER_S = 2
 NO_OWN_PING_S = 1e9
 
 
-async def await_replica(request: web.Request, ticket: Ticket, trail: Trail) -> ReplicaRecord:
+async def await_replica(
+    request: web.Request, ticket: Ticket, trail: RequestLogEntry
+) -> ReplicaRecord:
     settings = request.app[SETTINGS]
     start = time.monotonic()
     # Waiting costs nothing per second: the gateway re-checks each deployment with waiting
@@ -257,7 +259,7 @@ def clip_messages(messages: list[dict[str, str]], budget: int) -> tuple[list[dic
 
 
 @dataclass
-class Trail:
+class RequestLogEntry:
     """What the request log keeps of one request; written only when the deployment has
     `requestLoggingEnabled`, never otherwise."""
 
@@ -274,9 +276,10 @@ class Trail:
     status: int = 200
     error: str | None = None
 
-    def entry(self, max_bytes: int) -> dict[str, Any]:
-        """The log entry; its prompt (or messages) and its output keep at most `max_bytes`
-        bytes each (the setting `request_log_max_bytes`), `truncated` says whether any was cut."""
+    def record(self, max_bytes: int) -> dict[str, Any]:
+        """What is stored of the entry; its prompt (or messages) and its output keep at most
+        `max_bytes` bytes each (the setting `request_log_max_bytes`), `truncated` says whether
+        any was cut."""
         p = self.req.parameters
         prompt, messages, cut_in = None, None, False
         if self.req.messages is None:
@@ -307,14 +310,14 @@ class Trail:
 
 
 @contextlib.asynccontextmanager
-async def trail_of(
+async def request_log_entry(
     request: web.Request,
     spec: DeploymentSpec,
     req: GenerateRequest,
     stream: bool,
     arrived: float,
-) -> AsyncIterator[Trail]:
-    trail = Trail(request.get("wakegate.family", "lorax"), stream, req, arrived)
+) -> AsyncIterator[RequestLogEntry]:
+    trail = RequestLogEntry(request.get("wakegate.family", "lorax"), stream, req, arrived)
     try:
         yield trail
     except ApiError as err:
@@ -326,7 +329,7 @@ async def trail_of(
     finally:
         if spec.config.get("request_logging_enabled"):
             try:
-                entry = trail.entry(request.app[SETTINGS].request_log_max_bytes)
+                entry = trail.record(request.app[SETTINGS].request_log_max_bytes)
                 await asyncio.shield(
                     request.app[STORE].log_request(spec.key, entry, REQUEST_LOG_MAX)
                 )
@@ -423,7 +426,11 @@ async def admit(
 
 
 def _first_token(
-    request: web.Request, spec: DeploymentSpec, ticket: Ticket, arrived: float, trail: Trail
+    request: web.Request,
+    spec: DeploymentSpec,
+    ticket: Ticket,
+    arrived: float,
+    trail: RequestLogEntry,
 ) -> None:
     metrics = request.app[METRICS]
     elapsed = time.monotonic() - arrived
@@ -444,7 +451,7 @@ async def serve_unary(
     check_adapter(spec, req)
     app = request.app
     async with (
-        trail_of(request, spec, req, False, arrived) as trail,
+        request_log_entry(request, spec, req, False, arrived) as trail,
         admit(request, spec, req, priority) as ticket,
     ):
         for attempt in range(ATTEMPTS):
@@ -478,7 +485,7 @@ async def _relay(
     arrived: float,
     renderer: StreamRenderer,
     send: Send,
-    trail: Trail,
+    trail: RequestLogEntry,
 ) -> None:
     text = trail.output
     async for item in get_dialect(replica.dialect).stream(
@@ -527,7 +534,7 @@ async def serve_stream(
         await events.send(obj if isinstance(obj, str) else json.dumps(obj, separators=(",", ":")))
 
     async with (
-        trail_of(request, spec, req, True, arrived) as trail,
+        request_log_entry(request, spec, req, True, arrived) as trail,
         admit(request, spec, req, priority) as ticket,
         app[HOLDING].stream(request, resp),
     ):

@@ -157,14 +157,14 @@ class Scaler:
             except Exception:
                 log.exception("%s failed", getattr(work, "__name__", work))
 
-    def mark(self, *keys: str, urgent: bool = False) -> None:
+    def schedule_pass(self, *keys: str, urgent: bool = False) -> None:
         """Pass these deployments soon; urgent ones (events) before any backlog."""
         (self._urgent if urgent else self._dirty).update(keys)
         self._wakeup.set()
 
     async def _on_event(self, kind: str, ev: topics.Event) -> None:
         if self.is_leader:
-            self.mark(ev.deployment, urgent=True)
+            self.schedule_pass(ev.deployment, urgent=True)
 
     async def publish(self, kind: topics.Kind, ev: topics.Event) -> None:
         """Publish in the background: a QoS 1 publish waits for the broker's ack (tens of
@@ -180,7 +180,7 @@ class Scaler:
 
     async def _level(self) -> None:
         """The level path: deployments marked dirty in Redis, replicas the backend lost."""
-        self.mark(*await self.store.take_dirty(), urgent=True)
+        self.schedule_pass(*await self.store.take_dirty(), urgent=True)
         await self.actuator.sync_with_backend({k: v for k, v in self._registries.items() if v})
 
     async def _sweep(self) -> None:
@@ -202,7 +202,7 @@ class Scaler:
                     or spec.min_replicas > 0
                     or row.key in self._due
                 ):
-                    self.mark(row.key)
+                    self.schedule_pass(row.key)
             if cursor == 0:
                 break
             # A pass (a wake among them) runs before the next page, not interleaved with it:
@@ -342,7 +342,9 @@ class Scaler:
             self.metrics.decisions.labels(key, kind).inc()
             await self.publish(
                 "decision",
-                topics.Decision(deployment=key, current=current, desired=desired, reason=reason),
+                topics.ScaleDecided(
+                    deployment=key, current=current, desired=desired, reason=reason
+                ),
             )
 
     def _sample(self, seen: Observed, now: float) -> None:
@@ -369,7 +371,7 @@ class Scaler:
                 state = state.started_in(outcome.startup_s)
             self._states[key] = state
             await announce_ready(self.store, key)
-            self.mark(key, urgent=True)
+            self.schedule_pass(key, urgent=True)
         elif outcome.kind == "failed" and spec is not None:
             await self._start_failed(spec, state, outcome.reason)
         elif outcome.kind == "refused" and spec is not None:
@@ -379,7 +381,7 @@ class Scaler:
             self._wakeup.set()
         elif outcome.kind == "stopped":
             # A replica gave its units back: whoever waits for them gets a pass now.
-            self.mark(key, *self.sharing.wanting(), urgent=True)
+            self.schedule_pass(key, *self.sharing.wanting(), urgent=True)
 
     async def _start_failed(self, spec: DeploymentSpec, state: DeploymentState, why: str) -> None:
         backoff = state.backoff.after_failure(time.time(), spec.revision)
@@ -401,7 +403,7 @@ class Scaler:
         else:
             # The retry is due then, whether or not another pass or an event comes by.
             asyncio.get_running_loop().call_later(
-                max(0.0, delay) + 0.05, lambda: self.mark(spec.key, urgent=True)
+                max(0.0, delay) + 0.05, lambda: self.schedule_pass(spec.key, urgent=True)
             )
 
     # --- for tests and tools ------------------------------------------------------------------

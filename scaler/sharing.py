@@ -176,7 +176,7 @@ class Sharing:
         )
         await self._publish(
             "decision",
-            topics.Decision(
+            topics.ScaleDecided(
                 deployment=victim,
                 current=len(records),
                 desired=len(records) - len(taken),

@@ -35,7 +35,7 @@ def _clock(at: float) -> str:
 
 def describe(kind: str, ev: topics.Event) -> str:
     """One human-readable line for an MQTT event."""
-    if isinstance(ev, topics.Decision):
+    if isinstance(ev, topics.ScaleDecided):
         if ev.desired == ev.current:
             return f"hold at {ev.current} replica(s): {ev.reason}"
         return f"scale {ev.current} -> {ev.desired} replica(s): {ev.reason}"

@@ -58,7 +58,9 @@ class ReplicaChanged(Event):
     url: str | None = None
 
 
-class Decision(Event):
+class ScaleDecided(Event):
+    """The scaler changed a deployment's desired replica count (the policy's or a reclaim's)."""
+
     current: int
     desired: int
     reason: str
@@ -80,7 +82,7 @@ PAYLOADS: dict[str, type[Event]] = {
     "wake": Wake,
     "load": LoadReport,
     "replica": ReplicaChanged,
-    "decision": Decision,
+    "decision": ScaleDecided,
     "config": ConfigChanged,
     "capacity": CapacityWait,
 }
