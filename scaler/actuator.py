@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-import httpx
+import aiohttp
 from redis.exceptions import RedisError
 
 from scaler.backends import Backend, NoCapacity, RunningReplica
@@ -83,7 +83,7 @@ class Actuator:
         self._launching: dict[str, tuple[str, int]] = {}
         # Launches of deleted deployments: stopped as soon as the backend returns them.
         self._recalled: set[str] = set()
-        self._http = httpx.AsyncClient(timeout=httpx.Timeout(5.0))
+        self._http: aiohttp.ClientSession | None = None  # made on first use, in the loop
 
     async def close(self) -> None:
         for task in list(self._tasks.values()):
@@ -91,7 +91,18 @@ class Actuator:
         for task in list(self._tasks.values()):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        await self._http.aclose()
+        if self._http is not None:
+            await self._http.close()
+
+    async def _healthy(self, url: str, headers: dict[str, str]) -> bool:
+        """Whether the engine answers its health path with 200 within 5 s."""
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5.0))
+        try:
+            async with self._http.get(url, headers=headers) as resp:
+                return resp.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
 
     def busy(self, replica_id: str) -> bool:
         """A task of this instance is starting, probing, draining or stopping the replica."""
@@ -220,13 +231,9 @@ class Actuator:
                 await self.store.remove_replica(spec.key, rec.id)
                 await self._on_outcome(spec.key, spec, Outcome("failed", self._exit_reason(rec)))
                 return
-            with contextlib.suppress(httpx.HTTPError):
-                # llama.cpp guards its health path (/v1/models) with the key too.
-                resp = await self._http.get(
-                    rec.url + engine.health_path, headers=rec.auth_headers()
-                )
-                if resp.status_code == 200:
-                    break
+            # llama.cpp guards its health path (/v1/models) with the key too.
+            if await self._healthy(rec.url + engine.health_path, rec.auth_headers()):
+                break
             await asyncio.sleep(PROBE_EVERY_S)
         else:
             await self.backend.stop(running, 5)

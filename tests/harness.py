@@ -366,7 +366,7 @@ class Stack:
                 url = await backend.host_url()
                 if url is None:
                     return {}
-                r = await backend._http.get(url + "/replicas")
+                r = await backend._call("GET", url + "/replicas")
                 key = f"{self.tenant}/{name}"
                 return {x["replica_id"]: x["state"] for x in r.json() if x["deployment"] == key}
             finally:

@@ -19,11 +19,12 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import httpx
+import aiohttp
 
 from scaler.backends import NoCapacity, RunningReplica, replica_env
 from scaler.engines import EngineProfile, EngineRefused
@@ -59,7 +60,30 @@ def host_alive(pid: int, state_dir: Path) -> bool:
     return b"scaler.sim.host" in args and str(state_dir).encode() in args
 
 
-def _detail(resp: httpx.Response) -> str:
+# What a call to the host may fail with before it has an answer (no host, or no reply in time).
+HostUnreachable = (aiohttp.ClientError, TimeoutError)
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """The sim host's answer, read whole (its answers are small)."""
+
+    status_code: int
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode(errors="replace")
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def raise_for_status(self) -> None:
+        if self.status_code >= 400:
+            raise SimHostError(f"sim host answered {self.status_code}: {_detail(self)}")
+
+
+def _detail(resp: _Reply) -> str:
     try:
         data = resp.json()
     except ValueError:
@@ -74,7 +98,7 @@ class SimBackend:
         self._settings = settings
         self._dir = settings.state_dir.resolve()
         self._dir.mkdir(parents=True, exist_ok=True)
-        self._http = httpx.AsyncClient(timeout=httpx.Timeout(10.0))
+        self._http: aiohttp.ClientSession | None = None  # made on first use, in the loop
         self._start_lock = asyncio.Lock()
         self._proc: subprocess.Popen[bytes] | None = None  # a host this process started
 
@@ -94,6 +118,14 @@ class SimBackend:
     def _live_record(self) -> dict[str, Any] | None:
         rec = self._record()
         return rec if rec is not None and host_alive(int(rec["pid"]), self._dir) else None
+
+    async def _call(self, method: str, url: str, limit_s: float = 10.0, **kwargs: Any) -> _Reply:
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession()
+        async with self._http.request(
+            method, url, timeout=aiohttp.ClientTimeout(total=limit_s), **kwargs
+        ) as resp:
+            return _Reply(resp.status, await resp.read())
 
     async def host_url(self, start: bool = False) -> str | None:
         """The live host's control URL; with `start`, one is started when none runs."""
@@ -195,7 +227,7 @@ class SimBackend:
         }
         if api_key:
             body["api_key"] = api_key  # the host checks it on the replica's routes
-        resp = await self._http.post(f"{url}/replicas", json=body, timeout=self._start_timeout())
+        resp = await self._call("POST", f"{url}/replicas", self._start_timeout(), json=body)
         if resp.status_code == 409 and "pool_exhausted" in resp.text:
             raise PoolExhausted(_detail(resp))
         if resp.status_code != 200:
@@ -217,12 +249,13 @@ class SimBackend:
         if url is None:
             return  # no host, no replicas
         try:
-            resp = await self._http.delete(
+            resp = await self._call(
+                "DELETE",
                 f"{url}/replicas/{quote(replica.replica_id, safe='')}",
-                params={"grace_s": grace_s},
-                timeout=grace_s + HTTP_MARGIN_S,
+                grace_s + HTTP_MARGIN_S,
+                params={"grace_s": str(grace_s)},
             )
-        except httpx.TransportError:
+        except HostUnreachable:
             if await self.host_url() is None:
                 return  # the host died with its replicas
             raise
@@ -235,8 +268,8 @@ class SimBackend:
         if url is None:
             return []  # no host: every simulated replica is gone
         try:
-            resp = await self._http.get(f"{url}/replicas")
-        except httpx.TransportError:
+            resp = await self._call("GET", f"{url}/replicas")
+        except HostUnreachable:
             if await self.host_url() is None:
                 return []
             raise  # a live host that does not answer: better no answer than a wrong one
@@ -257,7 +290,7 @@ class SimBackend:
         url = await self.host_url()
         if url is None:
             return parse_pool(self._settings.sim_pool)
-        resp = await self._http.get(f"{url}/pool")
+        resp = await self._call("GET", f"{url}/pool")
         resp.raise_for_status()
         return {sku: int(v["free"]) for sku, v in resp.json().items()}
 
@@ -266,7 +299,8 @@ class SimBackend:
         return pool_units(spec.accelerator)
 
     async def close(self) -> None:
-        await self._http.aclose()
+        if self._http is not None:
+            await self._http.close()
 
     # --- beyond the protocol ----------------------------------------------------------------
 
@@ -275,7 +309,7 @@ class SimBackend:
         url = await self.host_url()
         if url is None:
             return {"usage": {}, "gpu_seconds": {}}
-        resp = await self._http.get(f"{url}/usage")
+        resp = await self._call("GET", f"{url}/usage")
         resp.raise_for_status()
         return dict(resp.json())
 
@@ -287,11 +321,11 @@ class SimBackend:
         pid, url = int(rec["pid"]), str(rec["url"])
         stopped = 0
         try:
-            resp = await self._http.post(
-                f"{url}/shutdown", params={"grace_s": grace_s}, timeout=grace_s + HTTP_MARGIN_S
+            resp = await self._call(
+                "POST", f"{url}/shutdown", grace_s + HTTP_MARGIN_S, params={"grace_s": str(grace_s)}
             )
             stopped = int(resp.json().get("stopped", 0))
-        except (httpx.HTTPError, ValueError) as exc:
+        except (*HostUnreachable, ValueError) as exc:
             log.warning("sim host %s did not shut down on request (%s); killing it", pid, exc)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and host_alive(pid, self._dir):
