@@ -1355,30 +1355,31 @@ class Store:
         return {k: json.loads(v) for k, v in raw.items()} if raw else None
 
     async def finish_job(self, key: str, job_id: str, fields: dict[str, Any], ttl_s: int) -> None:
+        k = keys_of(key)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                keys_of(key).job(job_id), mapping={k: json.dumps(v) for k, v in fields.items()}
-            )
-            pipe.expire(keys_of(key).job(job_id), ttl_s)
-            pipe.zrem(keys_of(key).running, job_id)
-            pipe.delete(keys_of(key).claim(job_id))
+            pipe.hset(k.job(job_id), mapping={f: json.dumps(v) for f, v in fields.items()})
+            pipe.expire(k.job(job_id), ttl_s)
+            pipe.zrem(k.running, job_id)
+            pipe.delete(k.claim(job_id))
             await pipe.execute()
 
     async def claim_job(self, key: str, job_id: str, owner: str, lease_ms: int) -> bool:
         """Take an assigned async request to run it; one gateway wins."""
-        if not await self.redis.set(keys_of(key).claim(job_id), owner, nx=True, px=lease_ms):
+        k = keys_of(key)
+        if not await self.redis.set(k.claim(job_id), owner, nx=True, px=lease_ms):
             return False
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zadd(keys_of(key).running, {job_id: now_ms() + lease_ms})
-            pipe.hset(keys_of(key).job(job_id), "status", json.dumps("running"))
-            pipe.hincrby(keys_of(key).job(job_id), "attempts", 1)
+            pipe.zadd(k.running, {job_id: now_ms() + lease_ms})
+            pipe.hset(k.job(job_id), "status", json.dumps("running"))
+            pipe.hincrby(k.job(job_id), "attempts", 1)
             await pipe.execute()
         return True
 
     async def renew_job(self, key: str, job_id: str, lease_ms: int) -> None:
+        k = keys_of(key)
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.pexpire(keys_of(key).claim(job_id), lease_ms)
-            pipe.zadd(keys_of(key).running, {job_id: now_ms() + lease_ms}, xx=True)
+            pipe.pexpire(k.claim(job_id), lease_ms)
+            pipe.zadd(k.running, {job_id: now_ms() + lease_ms}, xx=True)
             await pipe.execute()
 
     async def orphaned_jobs(self, key: str) -> list[str]:
@@ -1389,13 +1390,14 @@ class Store:
 
     async def unclaimed_assignments(self, key: str) -> dict[str, str]:
         """Async requests that got a slot but no runner yet (the message may be lost)."""
-        assigned = cast(dict[str, str], await self.redis.hgetall(keys_of(key).assigned))
+        k = keys_of(key)
+        assigned = cast(dict[str, str], await self.redis.hgetall(k.assigned))
         if not assigned:
             return {}
         async with self.redis.pipeline(transaction=False) as pipe:
             for job_id in assigned:
-                pipe.exists(keys_of(key).job(job_id))
-                pipe.exists(keys_of(key).claim(job_id))
+                pipe.exists(k.job(job_id))
+                pipe.exists(k.claim(job_id))
             flags = await pipe.execute()
         return {
             job_id: rid
@@ -1411,10 +1413,11 @@ class Store:
 
     async def requeue_job(self, key: str, job_id: str, priority: int) -> None:
         """Back to the queue (front of its priority) after its runner or replica failed."""
+        k = keys_of(key)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zrem(keys_of(key).running, job_id)
-            pipe.delete(keys_of(key).claim(job_id))
-            pipe.hset(keys_of(key).job(job_id), "status", json.dumps("queued"))
+            pipe.zrem(k.running, job_id)
+            pipe.delete(k.claim(job_id))
+            pipe.hset(k.job(job_id), "status", json.dumps("queued"))
             await pipe.execute()
         await self.enqueue(key, job_id, ASYNC_OWNER, priority, FOREVER_MS)
 
@@ -1486,20 +1489,22 @@ class Store:
         return Exchanged(int(out[0]), admitted, _assignments(out[1 + 3 * n :]))
 
     async def release(self, key: str, replica_id: str, req_id: str) -> None:
+        k = keys_of(key)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zrem(keys_of(key).inflight, f"{replica_id}|{req_id}")
-            pipe.hdel(keys_of(key).assigned, req_id)
-            pipe.set(keys_of(key).activity, now_ms())
-            pipe.hincrby(keys_of(key).counters, "completions", 1)
+            pipe.zrem(k.inflight, f"{replica_id}|{req_id}")
+            pipe.hdel(k.assigned, req_id)
+            pipe.set(k.activity, now_ms())
+            pipe.hincrby(k.counters, "completions", 1)
             await pipe.execute()
 
     async def load(self, key: str) -> Load:
+        k = keys_of(key)
         now = now_ms()
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zcount(keys_of(key).qlease, now, "+inf")
-            pipe.zcount(keys_of(key).inflight, now, "+inf")
-            pipe.get(keys_of(key).activity)
-            pipe.hmget(keys_of(key).counters, ["arrivals", "completions"])
+            pipe.zcount(k.qlease, now, "+inf")
+            pipe.zcount(k.inflight, now, "+inf")
+            pipe.get(k.activity)
+            pipe.hmget(k.counters, ["arrivals", "completions"])
             queued, in_flight, activity, (arrivals, completions) = await pipe.execute()
         return Load(
             int(queued),
@@ -1552,10 +1557,11 @@ class Store:
         return bool(await self._advance_replica(keys=keys, args=argv))
 
     async def remove_replica(self, key: str, replica_id: str) -> None:
+        k = keys_of(key)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hdel(keys_of(key).replicas, replica_id)
-            pipe.hdel(keys_of(key).routable, replica_id)
-            pipe.hdel(keys_of(key).adapters, replica_id)
+            pipe.hdel(k.replicas, replica_id)
+            pipe.hdel(k.routable, replica_id)
+            pipe.hdel(k.adapters, replica_id)
             await pipe.execute()
 
     async def ready_count(self, key: str) -> int:
