@@ -3,7 +3,9 @@
 The JSON shapes are those of the Predibase SDK (see the wire-protocol spec, sections 4 and 7):
 camelCase keys on the wire, snake_case accepted too, `null` meaning "unset" on create and
 "unchanged" on update. Everything is validated here, at the edge; inner code gets a frozen
-`DeploymentSpec` whose scaling fields always hold a value.
+`DeploymentSpec` whose scaling fields always hold a value, and whose `config` is a frozen,
+typed `DeploymentConfig` (snake_case attributes; the JSON names live only here and in
+`to_wire`).
 """
 
 from __future__ import annotations
@@ -403,7 +405,7 @@ def parse_create(body: Any) -> CreateRequest:
     if req.config.base_model is None:
         raise InvalidSpec("config.baseModel", "field required")
     config = DeploymentConfig.from_update(req.config)
-    check_bounds(effective_scaling(config), "config")
+    check_bounds(config, "config")
     check_context(config, "config")
     return req
 
@@ -431,12 +433,11 @@ def effective_scaling(config: DeploymentConfig) -> dict[str, int]:
     }
 
 
-def check_bounds(scaling: dict[str, int], prefix: str) -> None:
-    if scaling["min_replicas"] > scaling["max_replicas"]:
-        raise InvalidSpec(
-            f"{prefix}.minReplicas",
-            f"must not exceed maxReplicas ({scaling['min_replicas']} > {scaling['max_replicas']})",
-        )
+def check_bounds(config: DeploymentConfig, prefix: str) -> None:
+    scaling = effective_scaling(config)
+    low, high = scaling["min_replicas"], scaling["max_replicas"]
+    if low > high:
+        raise InvalidSpec(f"{prefix}.minReplicas", f"must not exceed maxReplicas ({low} > {high})")
 
 
 def check_context(config: DeploymentConfig, prefix: str) -> None:
@@ -455,7 +456,7 @@ def check_context(config: DeploymentConfig, prefix: str) -> None:
 def merge_config(stored: DeploymentConfig, update: ConfigUpdate) -> DeploymentConfig:
     """Apply an update with "null means unchanged"; re-check cross-field bounds."""
     merged = stored.merged(update)
-    check_bounds(effective_scaling(merged), "config")
+    check_bounds(merged, "config")
     check_context(merged, "config")
     return merged
 
