@@ -72,7 +72,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from wakegate.quotas import QuotaOverride
 from wakegate.sealing import SecretBox, seal_secrets
-from wakegate.spec import DeploymentSpec
+from wakegate.spec import DeploymentConfig, DeploymentSpec
 
 # Tries of a command beyond the first when its connection fails (see Store.from_url).
 STORE_RETRIES = 3
@@ -875,11 +875,13 @@ class Store:
                     if raw is None:
                         continue
                     record = json.loads(raw)
-                    config = seal_secrets(record["config"], self.box)
-                    if config == record["config"]:
+                    stored = DeploymentConfig.from_dict(record["config"])
+                    config = seal_secrets(stored, self.box)
+                    if config == stored:
                         continue
                     pipe.multi()  # type: ignore[no-untyped-call]
-                    pipe.set(dep_key(key, "spec"), json.dumps({**record, "config": config}))
+                    record["config"] = config.to_dict()
+                    pipe.set(dep_key(key, "spec"), json.dumps(record))
                     await pipe.execute()
                     sealed += 1
                 except aioredis.WatchError:
