@@ -173,7 +173,17 @@ def main() -> None:
             if recorder is not None and recorder.wait() == 0:
                 print(summarise(args.out / f"gateway-c{c}.txt"), flush=True)
         print(f"streams direct   {asyncio.run(streams(*direct))}", flush=True)
+        recorder = None
+        if args.profile:
+            raw = args.out / "gateway-streams.txt"
+            recorder = subprocess.Popen(
+                [spy, "record", "-p", str(stack.gateway.p.pid), "-o", str(raw), "-f", "raw",
+                 "-d", str(args.seconds), "-r", "200"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
         print(f"streams gateway  {asyncio.run(streams(*gateway))}", flush=True)
+        if recorder is not None and recorder.wait() == 0:
+            print(summarise(args.out / "gateway-streams.txt"), flush=True)
     finally:
         stack.stop()
         mqtt_proc.stop()

@@ -25,12 +25,12 @@ from wakegate.sealing import SEALED_FIELDS, SEALED_PREFIX, seal_secrets
 from wakegate.spec import (
     CONFIG_KEYS,
     ENGINE_FIELDS,
+    DeploymentConfig,
     DeploymentSpec,
     InvalidSpec,
     merge_config,
     parse_create,
     parse_update,
-    set_fields,
     valid_name,
     validate_name,
 )
@@ -114,7 +114,7 @@ def _check_engine(spec: DeploymentSpec) -> None:
     """Refuse what the engine cannot honour now, not when the first replica starts (the
     scaler would only mark the deployment failed, long after the client was told 200)."""
     try:
-        engine_args.check(MODELS[spec.base_model].engine, spec.config.get("custom_args") or [])
+        engine_args.check(MODELS[spec.base_model].engine, spec.config.custom_args or ())
     except InvalidSpec as exc:
         raise ApiError(400, str(exc), field=exc.field) from None
     try:
@@ -123,9 +123,9 @@ def _check_engine(spec: DeploymentSpec) -> None:
         raise ApiError(400, str(exc), field=exc.field) from None
 
 
-def _check_secrets(config: dict[str, Any]) -> None:
+def _check_secrets(config: DeploymentConfig) -> None:
     for name in SEALED_FIELDS:
-        value = config.get(name)
+        value = getattr(config, name)
         if isinstance(value, str) and value.startswith(SEALED_PREFIX):
             # Only the gateway seals: a sealed value from a client would make the scaler open
             # whatever ciphertext it was given.
@@ -193,7 +193,7 @@ async def create_deployment(request: web.Request) -> web.Response:
     except InvalidSpec as exc:
         raise ApiError(400, str(exc), field=exc.field) from None
     key = _key(request, req.name)
-    plain = set_fields(req.config)
+    plain = DeploymentConfig.from_update(req.config)
     _check_secrets(plain)
     # Secrets reach Redis encrypted (the scaler opens them when it launches a replica).
     config = seal_secrets(plain, store.box)
@@ -284,7 +284,7 @@ async def update_deployment(request: web.Request) -> web.Response:
     try:
         req = parse_update(await read_json(request))
         if req.config:
-            _check_secrets(set_fields(req.config))
+            _check_secrets(DeploymentConfig.from_update(req.config))
     except InvalidSpec as exc:
         raise ApiError(400, str(exc), field=exc.field) from None
     for attempt in range(UPDATE_TRIES):
@@ -296,7 +296,7 @@ async def update_deployment(request: web.Request) -> web.Response:
             raise ApiError(400, str(exc), field=exc.field) from None
         # A secret repeated unchanged keeps its ciphertext: no change, no rolling restart.
         config = seal_secrets(config, store.box, spec.config)
-        changed = {k for k in set(config) | set(spec.config) if config.get(k) != spec.config.get(k)}
+        changed = config.changed_fields(spec.config)
         description = req.description if req.description is not None else spec.description
         revision = spec.revision + 1
         engine_changes = sorted(changed & ENGINE_FIELDS)

@@ -261,7 +261,7 @@ class JobRunner:
         from router.pipeline import REQUEST_LOG_MAX, RequestLogEntry
 
         spec = await self.store.get_deployment(key)
-        if spec is None or not spec.config.get("request_logging_enabled"):
+        if spec is None or not spec.config.request_logging_enabled:
             return
         created = float(job.get("created", time.time()))
         req = GenerateRequest.model_validate(job["request"])

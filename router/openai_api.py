@@ -148,7 +148,7 @@ def _adapter(spec: DeploymentSpec, model: str) -> str | None:
 
 
 def _adapters(spec: DeploymentSpec) -> list[str]:
-    return list(spec.config.get("preloaded_adapters") or [])
+    return list(spec.config.preloaded_adapters or ())
 
 
 async def _target(request: web.Request, model: str) -> tuple[DeploymentSpec, str | None]:
@@ -231,7 +231,7 @@ async def gateway_models(request: web.Request) -> web.Response:
         if spec.status not in SERVING:
             continue
         data.append(_model_entry(spec, spec.name))
-        if not spec.config.get("disable_adapters"):
+        if not spec.config.disable_adapters:
             data += [_model_entry(spec, f"{spec.name}/{a}") for a in _adapters(spec)]
     return web.json_response({"object": "list", "data": data})
 

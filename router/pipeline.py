@@ -102,10 +102,10 @@ def check_adapter(spec: DeploymentSpec, req: GenerateRequest) -> None:
                        field="parameters.merged_adapters", error_type="validation")  # fmt: skip
     if p.adapter_id is None:
         return
-    if spec.config.get("disable_adapters"):
+    if spec.config.disable_adapters:
         raise ApiError(422, "parameters.adapter_id: adapters are disabled on this deployment",
                        field="parameters.adapter_id", error_type="validation")  # fmt: skip
-    if p.adapter_id not in (spec.config.get("preloaded_adapters") or []):
+    if p.adapter_id not in (spec.config.preloaded_adapters or ()):
         raise ApiError(
             404,
             f"adapter {p.adapter_id!r} is not loaded by deployment {spec.name}: "
@@ -327,7 +327,7 @@ async def request_log_entry(
         trail.status, trail.error = 499, "client went away"
         raise
     finally:
-        if spec.config.get("request_logging_enabled"):
+        if spec.config.request_logging_enabled:
             try:
                 entry = trail.record(request.app[SETTINGS].request_log_max_bytes)
                 await asyncio.shield(

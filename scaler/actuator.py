@@ -146,7 +146,7 @@ class Actuator:
             concurrency=engine.concurrency,
             backend=self.backend.name,
             cheap_logprobs=engine.cheap_logprobs,
-            adapters=list(spec.config.get("preloaded_adapters") or []),
+            adapters=list(spec.config.preloaded_adapters or ()),
             created_at=time.time(),
             key=secrets.token_urlsafe(32),
         )

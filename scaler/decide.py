@@ -110,7 +110,7 @@ def decide(
     need = 0 if held_back else plan.to_start
     wanting_since = (state.wanting_since or now) if need > 0 else None
     victims = {r.id for r in plan.victims}
-    guaranteed = bool(spec.config.get("uses_guaranteed_capacity"))
+    guaranteed = bool(spec.config.uses_guaranteed_capacity)
     staying = [r for r in active if r.id not in victims]
     idle = reclaimable(
         staying,

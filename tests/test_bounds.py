@@ -14,6 +14,7 @@ from scaler.policies import default_params
 from wakegate.spec import (
     POLICY_PARAM_RANGES,
     ConfigUpdate,
+    DeploymentConfig,
     DeploymentSpec,
     InvalidSpec,
     merge_config,
@@ -135,7 +136,7 @@ def test_an_update_beyond_a_bound_is_refused_naming_the_field() -> None:
 def test_an_update_leaving_max_total_tokens_above_the_context_window_is_refused(
     update: dict[str, Any],
 ) -> None:
-    stored = {"base_model": "sim-llm", "max_total_tokens": 100_000}
+    stored = DeploymentConfig(base_model="sim-llm", max_total_tokens=100_000)
     with pytest.raises(InvalidSpec) as refused:
         merge_config(stored, parse_update({"config": update}).config or ConfigUpdate())
     assert refused.value.field == "config.maxTotalTokens"
@@ -229,7 +230,9 @@ def test_a_deployment_whose_pass_fails_does_not_stop_the_others(
     broken, healthy = f"{name}-broken", f"{name}-healthy"
     now = time.time()
     config = {"base_model": "retired-model", "accelerator": "cpu", "min_replicas": 1}
-    spec = DeploymentSpec(stack.tenant, broken, "u", None, config, "ready", 1, now, now)
+    spec = DeploymentSpec(
+        stack.tenant, broken, "u", None, DeploymentConfig.from_dict(config), "ready", 1, now, now
+    )
 
     async def store_broken() -> None:
         store = Store.from_url(stack.redis_url)

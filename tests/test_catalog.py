@@ -11,7 +11,7 @@ from router.app import create_app
 from scaler.engines import EngineRefused, validate_spec
 from wakegate.catalog import MODELS, CatalogError, load_models_file
 from wakegate.settings import Settings
-from wakegate.spec import DeploymentSpec, InvalidSpec, parse_create, set_fields
+from wakegate.spec import DeploymentConfig, DeploymentSpec, InvalidSpec, parse_create
 
 GOOD = """
 [models."my-llama"]
@@ -39,7 +39,9 @@ def models_file(tmp_path: Path, text: str) -> Path:
 
 def spec_of(**config: object) -> DeploymentSpec:
     req = parse_create({"name": "d", "config": config})
-    return DeploymentSpec("acme", "d", "uuid-d", None, set_fields(req.config), "ready", 1, 0, 0)
+    return DeploymentSpec(
+        "acme", "d", "uuid-d", None, DeploymentConfig.from_update(req.config), "ready", 1, 0, 0
+    )
 
 
 def test_a_user_entry_becomes_a_deployable_base_model(tmp_path: Path) -> None:

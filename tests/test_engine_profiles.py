@@ -18,7 +18,7 @@ from router.dialects import get_dialect
 from scaler.engines import EngineRefused, LaunchPlan, get_engine, validate_spec
 from scaler.engines.sim import SimProfile
 from wakegate.catalog import MODELS, ModelEntry
-from wakegate.spec import DeploymentSpec, parse_create, set_fields
+from wakegate.spec import DeploymentConfig, DeploymentSpec, parse_create
 
 HOST, PORT = "127.0.0.1", 8000
 NO_FILES = Path("no-model-files-needed")
@@ -26,7 +26,9 @@ NO_FILES = Path("no-model-files-needed")
 
 def spec_of(**config: Any) -> DeploymentSpec:
     req = parse_create({"name": "d", "config": config})
-    return DeploymentSpec("acme", "d", "uuid-d", None, set_fields(req.config), "ready", 1, 0, 0)
+    return DeploymentSpec(
+        "acme", "d", "uuid-d", None, DeploymentConfig.from_update(req.config), "ready", 1, 0, 0
+    )
 
 
 def plan(base_model: str, adapters: dict[str, Path] | None = None, **config: Any) -> LaunchPlan:

@@ -13,12 +13,14 @@ from harness import Stack
 
 from router.errors import ApiError
 from router.pipeline import check_length
-from wakegate.spec import DeploymentSpec
+from wakegate.spec import DeploymentConfig, DeploymentSpec
 
 
 def _spec(**config: Any) -> DeploymentSpec:
     now = time.time()
-    return DeploymentSpec("acme", "d", "u", None, config, "ready", 1, now, now)
+    return DeploymentSpec(
+        "acme", "d", "u", None, DeploymentConfig.from_dict(config), "ready", 1, now, now
+    )
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ from scaler.backends.local import LocalBackend, free_capacity, replica_takes
 from scaler.engines import EngineRefused, LaunchPlan
 from wakegate.catalog import ACCELERATORS
 from wakegate.settings import Settings
-from wakegate.spec import DeploymentSpec
+from wakegate.spec import DeploymentConfig, DeploymentSpec
 
 SMI_A10G_X2 = "0, NVIDIA A10G, 23028\n1, NVIDIA A10G, 23028\n"
 
@@ -152,7 +152,9 @@ class SleeperProfile:
 
 def spec_on(accelerator: str, name: str) -> DeploymentSpec:
     cfg = {"base_model": "gemma-3-270m", "accelerator": accelerator}
-    return DeploymentSpec("acme", name, "uuid-" + name, None, cfg, "ready", 1, 0.0, 0.0)
+    return DeploymentSpec(
+        "acme", name, "uuid-" + name, None, DeploymentConfig.from_dict(cfg), "ready", 1, 0.0, 0.0
+    )
 
 
 def visible_devices(pid: int) -> str | None:

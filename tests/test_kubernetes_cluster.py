@@ -42,7 +42,7 @@ from scaler.backends.kubernetes import (
 )
 from scaler.engines.llamacpp import LlamaCppProfile
 from wakegate.settings import Settings
-from wakegate.spec import DeploymentSpec
+from wakegate.spec import DeploymentConfig, DeploymentSpec
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -60,7 +60,17 @@ class Cluster:
 
     def spec(self, name: str, accelerator: str = "cpu") -> DeploymentSpec:
         config = {"base_model": "gemma-3-270m", "accelerator": accelerator, "hf_token": TOKEN}
-        return DeploymentSpec(self.tenant, name, "uuid-" + name, None, config, "ready", 2, 0, 0)
+        return DeploymentSpec(
+            self.tenant,
+            name,
+            "uuid-" + name,
+            None,
+            DeploymentConfig.from_dict(config),
+            "ready",
+            2,
+            0,
+            0,
+        )
 
     async def pod(self, name: str) -> dict[str, Any] | None:
         try:

@@ -39,7 +39,7 @@ from scaler.engines.llamacpp import LlamaCppProfile
 from scaler.engines.sim import SimProfile
 from wakegate.catalog import ACCELERATORS
 from wakegate.settings import Settings
-from wakegate.spec import DeploymentSpec
+from wakegate.spec import DeploymentConfig, DeploymentSpec
 
 # The oldest release still common in managed clusters, and the newest the package knows.
 K8S_VERSIONS = ("1.30.0", kubernetes_validate.latest_version() + ".0")
@@ -94,7 +94,7 @@ class OwnImageEngine:
     ) -> LaunchPlan:
         argv = ["vllm", "serve", "org/model", "--host", host, "--port", str(port)]
         argv += ["--download-dir", str(models_dir)]
-        env = {"VLLM_LOGGING_LEVEL": "INFO", "HUGGING_FACE_HUB_TOKEN": spec.config["hf_token"]}
+        env = {"VLLM_LOGGING_LEVEL": "INFO", "HUGGING_FACE_HUB_TOKEN": spec.config.hf_token or ""}
         return LaunchPlan(argv, env, frozenset({"HUGGING_FACE_HUB_TOKEN"}))
 
 
@@ -103,7 +103,9 @@ ENGINES = {"llamacpp": LlamaCppProfile(), "vllm": OwnImageEngine()}
 
 def make_spec(accelerator: str, tenant: str = "acme", name: str = "chat", **config: Any) -> Any:
     cfg = {"base_model": "gemma-3-270m", "accelerator": accelerator, "hf_token": TOKEN, **config}
-    return DeploymentSpec(tenant, name, "uuid-1", "a test", cfg, "ready", 3, 0.0, 0.0)
+    return DeploymentSpec(
+        tenant, name, "uuid-1", "a test", DeploymentConfig.from_dict(cfg), "ready", 3, 0.0, 0.0
+    )
 
 
 def rendered(accelerator: str, engine: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -299,7 +301,7 @@ def test_a_wakegate_engine_builds_its_plan_in_the_pod() -> None:
     assert "hf_token" not in payload["spec"]["config"]
     restored = spec_in_pod(payload, {"HF_TOKEN": TOKEN})
     assert restored == make_spec("cpu")
-    assert spec_in_pod(payload, {}).config.get("hf_token") is None
+    assert spec_in_pod(payload, {}).config.hf_token is None
 
 
 def test_the_launcher_reports_a_refusal_of_the_engine(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from scaler.engines.gpu import adapter_ids, speculation
 from scaler.sim.host import SimHost
 from wakegate.cli import main as cli
 from wakegate.settings import Settings
-from wakegate.spec import DeploymentSpec, InvalidSpec, validate_name
+from wakegate.spec import DeploymentConfig, DeploymentSpec, InvalidSpec, validate_name
 from wakegate.store import Store
 
 
@@ -55,20 +55,21 @@ def _refused(check: Callable[[], Any]) -> str:
 
 
 def test_adapter_ids_with_a_trailing_newline_are_refused() -> None:
-    assert adapter_ids({"preloaded_adapters": ["org/adapter"]}) == ["org/adapter"]
-    field = _refused(lambda: adapter_ids({"preloaded_adapters": ["org/adapter\n"]}))
+    assert adapter_ids(DeploymentConfig(preloaded_adapters=("org/adapter",))) == ["org/adapter"]
+    field = _refused(lambda: adapter_ids(DeploymentConfig(preloaded_adapters=("org/adapter\n",))))
     assert field == "config.preloadedAdapters"
     settings = Settings(adapter_dir=Path("/nonexistent"))
     assert _refused(lambda: adapter_path("org/adapter\n", settings)) == "config.preloadedAdapters"
 
 
 def test_a_speculator_repo_with_a_trailing_newline_is_refused() -> None:
-    assert speculation({"speculator": "org/draft"}).model == "org/draft"
-    assert _refused(lambda: speculation({"speculator": "org/draft\n"})) == "config.speculator"
+    assert speculation(DeploymentConfig(speculator="org/draft")).model == "org/draft"
+    refused = _refused(lambda: speculation(DeploymentConfig(speculator="org/draft\n")))
+    assert refused == "config.speculator"
 
 
 def _lorax_spec(tag: str) -> DeploymentSpec:
-    config = {"base_model": "mistral-7b-instruct-v0-3", "lorax_image_tag": tag}
+    config = DeploymentConfig(base_model="mistral-7b-instruct-v0-3", lorax_image_tag=tag)
     now = time.time()
     return DeploymentSpec("acme", "tagged", "u", None, config, "ready", 1, now, now)
 
@@ -117,8 +118,8 @@ def test_a_stored_deployment_with_a_newline_is_unreachable_by_path(stack: Stack)
     bad = "legacy-nl-" + uuid.uuid4().hex[:6] + "\n"
     key = f"{stack.tenant}/{bad}"
     now = time.time()
-    spec = DeploymentSpec(stack.tenant, bad, "u", None, {"base_model": "sim-llm"}, "ready", 1,
-                          now, now)  # fmt: skip
+    config = DeploymentConfig(base_model="sim-llm")
+    spec = DeploymentSpec(stack.tenant, bad, "u", None, config, "ready", 1, now, now)
 
     async def put() -> None:
         store = Store.from_url(stack.redis_url)

@@ -26,7 +26,7 @@ from wakegate.quotas import (
     effective_quotas,
     queue_limit,
 )
-from wakegate.spec import MAX_QUEUE_LENGTH, DeploymentSpec
+from wakegate.spec import MAX_QUEUE_LENGTH, DeploymentConfig, DeploymentSpec
 from wakegate.store import DEPLOYMENTS, Store, TenantFull
 from wakegate.up import load_or_create_admin_token
 
@@ -39,7 +39,7 @@ def spec_of(tenant: str = "acme", name: str = "d", **config: Any) -> DeploymentS
         name=name,
         uuid=str(uuid.uuid4()),
         description=None,
-        config={"base_model": "sim-llm", **config},
+        config=DeploymentConfig.from_dict({"base_model": "sim-llm", **config}),
         status="ready",
         revision=1,
         created_at=0.0,

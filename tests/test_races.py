@@ -20,7 +20,7 @@ import pytest
 import redis
 from harness import Stack, wait_until
 
-from wakegate.spec import DeploymentSpec
+from wakegate.spec import DeploymentConfig, DeploymentSpec
 from wakegate.store import DEPLOYMENTS, Store, dep_key
 
 LOADS_FOR_EVER = ["--load-s", "600"]
@@ -32,7 +32,7 @@ def spec_of(revision: int = 1, status: str = "ready") -> DeploymentSpec:
         name="d",
         uuid=str(uuid.uuid4()),
         description=None,
-        config={"base_model": "sim-llm"},
+        config=DeploymentConfig(base_model="sim-llm"),
         status=status,
         revision=revision,
         created_at=0.0,

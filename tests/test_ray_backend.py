@@ -29,7 +29,7 @@ from scaler.backends import NoCapacity
 from scaler.engines import EngineRefused, LaunchPlan, get_engine
 from wakegate.catalog import ACCELERATORS
 from wakegate.settings import Settings
-from wakegate.spec import DeploymentSpec
+from wakegate.spec import DeploymentConfig, DeploymentSpec
 
 ray = pytest.importorskip("ray", reason="the ray backend needs ray: pip install 'wakegate[ray]'")
 
@@ -48,7 +48,9 @@ NAMESPACE = "wakegate-test"
 
 def spec(name: str = "d1", **config: Any) -> DeploymentSpec:
     cfg = {"base_model": "gemma-3-270m", **config}
-    return DeploymentSpec("acme", name, "uuid-" + name, None, cfg, "ready", 3, 0.0, 0.0)
+    return DeploymentSpec(
+        "acme", name, "uuid-" + name, None, DeploymentConfig.from_dict(cfg), "ready", 3, 0.0, 0.0
+    )
 
 
 # --- pure parts -----------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from scaler.actuator import launch_spec
 from scaler.engines import EngineRefused, get_engine
 from wakegate.catalog import MODELS
 from wakegate.sealing import SecretBox, generate_key, seal_secrets
-from wakegate.spec import DeploymentSpec, parse_create, set_fields
+from wakegate.spec import DeploymentConfig, DeploymentSpec, parse_create
 from wakegate.store import Store, dep_key, token_key
 
 PLAIN = "hf_PLAINTEXT_token_that_must_never_reach_redis"
@@ -124,7 +124,7 @@ def test_a_scaler_without_the_key_fails_the_deployment_clearly_instead_of_starti
 def test_the_scaler_hands_the_backend_the_token_in_clear_and_only_with_the_key() -> None:
     box = SecretBox(generate_key())
     req = parse_create({"name": "d", "config": {"baseModel": "qwen3-8b", "hfToken": PLAIN}})
-    config = seal_secrets(set_fields(req.config), box)
+    config = seal_secrets(DeploymentConfig.from_update(req.config), box)
     spec = DeploymentSpec("acme", "d", "uuid-d", None, config, "ready", 1, 0, 0)
     assert PLAIN not in json.dumps(spec.to_record())
     opened = launch_spec(spec, box)
@@ -142,7 +142,7 @@ async def test_secrets_stored_before_there_was_a_key_are_sealed_and_tokens_signe
     store: Store,
 ) -> None:
     spec = DeploymentSpec(
-        "acme", "old", "uuid-old", None, {"base_model": "sim-llm", "hf_token": PLAIN},
+        "acme", "old", "uuid-old", None, DeploymentConfig(base_model="sim-llm", hf_token=PLAIN),
         "ready", 1, 0, 0,
     )  # fmt: skip
     assert await store.create_deployment(spec, [])
@@ -162,7 +162,7 @@ async def test_secrets_stored_before_there_was_a_key_are_sealed_and_tokens_signe
     raw = await store.redis.get(dep_key("acme/old", "spec"))
     assert PLAIN not in raw
     stored = await keyed.get_deployment("acme/old")
-    assert stored is not None and box.open(stored.config["hf_token"]) == PLAIN
+    assert stored is not None and box.open(stored.config.hf_token or "") == PLAIN
     assert await keyed.seal_stored_secrets() == 0
 
 

@@ -27,12 +27,14 @@ from scaler.engines.sim import SimProfile
 from scaler.sim.host import Pool, PoolError
 from wakegate.catalog import ACCELERATORS, pool_units
 from wakegate.settings import Settings
-from wakegate.spec import DeploymentSpec
+from wakegate.spec import DeploymentConfig, DeploymentSpec
 
 
 def sim_spec(name: str = "d1", args: list[str] | None = None, **config: Any) -> DeploymentSpec:
     cfg = {"base_model": "sim-llm", "custom_args": args or [], **config}
-    return DeploymentSpec("acme", name, "uuid-" + name, None, cfg, "ready", 1, 0.0, 0.0)
+    return DeploymentSpec(
+        "acme", name, "uuid-" + name, None, DeploymentConfig.from_dict(cfg), "ready", 1, 0.0, 0.0
+    )
 
 
 def proc_cpu_s(pid: int) -> float:

@@ -9,7 +9,7 @@ import math
 import pytest
 
 from wakegate import store as store_module
-from wakegate.spec import DeploymentSpec
+from wakegate.spec import DeploymentConfig, DeploymentSpec
 from wakegate.store import ReplicaRecord, Store, dep_key, keys_of
 
 D = "acme/llm"
@@ -260,7 +260,8 @@ async def test_least_loaded_mode_ignores_prefixes(store: Store) -> None:
 async def test_the_routing_mode_comes_from_the_stored_spec_when_not_given(store: Store) -> None:
     assert await store.routing(D) == "prefix"  # no spec: the default
     tenant, name = D.split("/")
-    spec = DeploymentSpec(tenant, name, "u", None, {"routing": "least-loaded"}, "ready", 1, 0, 0)
+    config = DeploymentConfig(routing="least-loaded")
+    spec = DeploymentSpec(tenant, name, "u", None, config, "ready", 1, 0, 0)
     await store.put_deployment(spec)
     assert await store.routing(D) == "least-loaded"
     for rid in ("a", "b"):
@@ -346,8 +347,8 @@ async def test_a_purge_leaves_no_key_of_the_deployment(store: Store) -> None:
     """Every key the deployment's operations write is one `keys_of` names (or an async
     request's `job:`/`claim:`), and the purge deletes them all; its neighbour keeps its own."""
     tenant, name = D.split("/")
-    spec = DeploymentSpec(tenant, name, "u", None, {}, "deleting", 1, 0, 0)
-    neighbour = DeploymentSpec(tenant, "other", "u2", None, {}, "ready", 1, 0, 0)
+    spec = DeploymentSpec(tenant, name, "u", None, DeploymentConfig(), "deleting", 1, 0, 0)
+    neighbour = DeploymentSpec(tenant, "other", "u2", None, DeploymentConfig(), "ready", 1, 0, 0)
     assert await store.create_deployment(spec, [{"eventType": "created"}])
     assert await store.create_deployment(neighbour, [{"eventType": "created"}])
     await store.put_replica(replica("a", concurrency=1))

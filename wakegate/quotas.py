@@ -158,7 +158,7 @@ async def quota_report(store: Store, settings: Settings, tenant: str) -> dict[st
 def queue_limit(spec: DeploymentSpec, quotas: Quotas) -> int:
     """Requests that may wait for this deployment: its own `maxQueueLength` (the quota when
     unset), never more than the quota."""
-    wanted = spec.config.get("max_queue_length") or quotas.max_queue_length
+    wanted = spec.config.max_queue_length or quotas.max_queue_length
     return min(int(wanted), quotas.max_queue_length)
 
 
@@ -221,8 +221,8 @@ def check_deployment(spec: DeploymentSpec, quotas: Quotas) -> None:
 
 def _accelerator_field(spec: DeploymentSpec) -> str:
     """Where the deployment's accelerator came from."""
-    if spec.config.get("accelerator"):
+    if spec.config.accelerator:
         return "config.accelerator"
-    if spec.config.get("compute_spec"):
+    if spec.config.compute_spec:
         return "config.computeSpec"
     return "config.baseModel"

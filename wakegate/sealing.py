@@ -14,11 +14,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
+
+from wakegate.spec import DeploymentConfig
 
 # Prefix of a sealed value in a stored deployment config: tells it from a token stored in
 # clear by a gateway without a key (or before there were keys).
@@ -125,30 +128,30 @@ def box_from_settings(secret_key_file: Path | None) -> SecretBox | None:
 
 
 def seal_secrets(
-    config: Mapping[str, Any], box: SecretBox | None, stored: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
+    config: DeploymentConfig, box: SecretBox | None, stored: DeploymentConfig | None = None
+) -> DeploymentConfig:
     """`config` with its secrets sealed. A secret equal to the one already `stored` keeps the
     stored ciphertext, so an update that repeats it changes nothing (no rolling restart)."""
-    out = dict(config)
+    sealed: dict[str, Any] = {}
     for name in SEALED_FIELDS:
-        value = out.get(name)
+        value = getattr(config, name)
         if box is None or not isinstance(value, str) or is_sealed(value):
             continue
-        previous = (stored or {}).get(name)
+        previous = getattr(stored, name) if stored is not None else None
         if is_sealed(previous) and box.open(str(previous)) == value:
-            out[name] = previous
+            sealed[name] = str(previous)
         else:
-            out[name] = box.seal(value)
-    return out
+            sealed[name] = box.seal(value)
+    return replace(config, **sealed) if sealed else config
 
 
-def open_secrets(config: Mapping[str, Any], box: SecretBox | None) -> dict[str, Any]:
+def open_secrets(config: DeploymentConfig, box: SecretBox | None) -> DeploymentConfig:
     """`config` with its secrets in clear, for the backend that launches a replica. Raises
     SecretKeyError when a secret is sealed and there is no key to open it: a replica must not
     start without the token it was given."""
-    out = dict(config)
+    opened: dict[str, Any] = {}
     for name in SEALED_FIELDS:
-        value = out.get(name)
+        value = getattr(config, name)
         if not is_sealed(value):
             continue
         if box is None:
@@ -156,5 +159,5 @@ def open_secrets(config: Mapping[str, Any], box: SecretBox | None) -> dict[str, 
                 f"{name} is stored encrypted and this process has no secret key: set "
                 "WAKEGATE_SECRET_KEY_FILE to the key the gateways use"
             )
-        out[name] = box.open(str(value))
-    return out
+        opened[name] = box.open(str(value))
+    return replace(config, **opened) if opened else config

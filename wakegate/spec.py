@@ -3,13 +3,16 @@
 The JSON shapes are those of the Predibase SDK (see the wire-protocol spec, sections 4 and 7):
 camelCase keys on the wire, snake_case accepted too, `null` meaning "unset" on create and
 "unchanged" on update. Everything is validated here, at the edge; inner code gets a frozen
-`DeploymentSpec` whose scaling fields always hold a value.
+`DeploymentSpec` whose scaling fields always hold a value, and whose `config` is a frozen,
+typed `DeploymentConfig` (snake_case attributes; the JSON names live only here and in
+`to_wire`).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -241,6 +244,121 @@ CONFIG_KEYS: dict[str, str] = {
 SECRET_FIELDS = frozenset({"hf_token"})
 
 
+@dataclass(frozen=True)
+class ComputeConfig:
+    """`computeSpec` as stored: the SKU request (`inference`, sku and whatever else the client
+    sent) and the region."""
+
+    inference: Mapping[str, Any]
+    region: str | None = None
+
+    @property
+    def sku(self) -> str:
+        return str(self.inference["sku"])
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ComputeConfig:
+        return cls(inference=dict(data["requests"]["inference"]), region=data.get("region"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"requests": {"inference": dict(self.inference)}, "region": self.region}
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """`scalingPolicy` as stored: the policy's name and the knobs the client set."""
+
+    name: str = "wakegate"
+    params: Mapping[str, float] | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PolicyConfig:
+        return cls(name=str(data.get("name", "wakegate")), params=dict(data.get("params") or {}))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "params": dict(self.params or {})}
+
+
+@dataclass(frozen=True)
+class DeploymentConfig:
+    """A deployment's config as inner code reads it: typed, frozen, snake_case; `None` is a
+    field the client never set (defaults apply where the value is used, see DeploymentSpec).
+    Built from JSON that was validated on its way in (ConfigUpdate); `to_dict` gives back the
+    stored shape: the set fields only, nested values as the API took them."""
+
+    base_model: str | None = None
+    custom_args: tuple[str, ...] | None = None
+    cooldown_time: int | None = None
+    hf_token: str | None = None
+    min_replicas: int | None = None
+    max_replicas: int | None = None
+    scale_up_threshold: int | None = None
+    max_total_tokens: int | None = None
+    lorax_image_tag: str | None = None
+    request_logging_enabled: bool | None = None
+    direct_ingress: bool | None = None
+    preloaded_adapters: tuple[str, ...] | None = None
+    speculator: str | None = None
+    prefix_caching: bool | None = None
+    backend: Literal["v1", "v2", "v3"] | None = None
+    disable_adapters: bool | None = None
+    uses_guaranteed_capacity: bool | None = None
+    chunked_prefill: bool | None = None
+    speculation_disable_by_batch_size: int | None = None
+    max_num_batched_tokens: int | None = None
+    cache_model: bool | None = None
+    merge_adapter: bool | None = None
+    compute_spec: ComputeConfig | None = None
+    quantization: str | None = None
+    accelerator: str | None = None
+    scaling_policy: PolicyConfig | None = None
+    max_queue_length: int | None = None
+    routing: Literal["prefix", "least-loaded", "random"] | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DeploymentConfig:
+        """From the stored (snake_case) JSON; null and unknown keys are left out."""
+        values = {k: v for k, v in data.items() if k in _CONFIG_FIELDS and v is not None}
+        for name in ("custom_args", "preloaded_adapters"):
+            if name in values:
+                values[name] = tuple(str(a) for a in values[name])
+        if "compute_spec" in values:
+            values["compute_spec"] = ComputeConfig.from_dict(values["compute_spec"])
+        if "scaling_policy" in values:
+            values["scaling_policy"] = PolicyConfig.from_dict(values["scaling_policy"])
+        return cls(**values)
+
+    @classmethod
+    def from_update(cls, update: ConfigUpdate) -> DeploymentConfig:
+        """The fields a client set in a create or update body."""
+        return cls.from_dict(set_fields(update))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored shape: set fields only, snake_case, lists and nested objects as JSON."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if isinstance(value, tuple):
+                value = list(value)
+            elif isinstance(value, ComputeConfig | PolicyConfig):
+                value = value.to_dict()
+            out[f.name] = value
+        return out
+
+    def merged(self, update: ConfigUpdate) -> DeploymentConfig:
+        """This config with the fields `update` sets ("null means unchanged")."""
+        return DeploymentConfig.from_dict({**self.to_dict(), **set_fields(update)})
+
+    def changed_fields(self, other: DeploymentConfig) -> set[str]:
+        """Names of the fields whose value differs between the two configs."""
+        return {f.name for f in fields(self) if getattr(self, f.name) != getattr(other, f.name)}
+
+
+_CONFIG_FIELDS = frozenset(f.name for f in fields(DeploymentConfig))
+
+
 def _first_error(exc: ValidationError, prefix: str) -> InvalidSpec:
     err = exc.errors()[0]
     loc = [str(p) for p in err["loc"] if not str(p).startswith("function-")]
@@ -286,8 +404,9 @@ def parse_create(body: Any) -> CreateRequest:
     validate_name(req.name)
     if req.config.base_model is None:
         raise InvalidSpec("config.baseModel", "field required")
-    check_bounds(effective_scaling(set_fields(req.config)), "config")
-    check_context(set_fields(req.config), "config")
+    config = DeploymentConfig.from_update(req.config)
+    check_bounds(config, "config")
+    check_context(config, "config")
     return req
 
 
@@ -300,28 +419,32 @@ def parse_update(body: Any) -> UpdateRequest:
         raise _first_error(exc, "") from None
 
 
-def effective_scaling(config: dict[str, Any]) -> dict[str, int]:
+def _or(value: int | None, default: int) -> int:
+    return default if value is None else value
+
+
+def effective_scaling(config: DeploymentConfig) -> dict[str, int]:
+    """The scaling fields with their defaults applied, by field name."""
     return {
-        "min_replicas": config.get("min_replicas", DEFAULT_MIN_REPLICAS),
-        "max_replicas": config.get("max_replicas", DEFAULT_MAX_REPLICAS),
-        "cooldown_time": config.get("cooldown_time", DEFAULT_COOLDOWN_S),
-        "scale_up_threshold": config.get("scale_up_threshold", DEFAULT_SCALE_UP_THRESHOLD),
+        "min_replicas": _or(config.min_replicas, DEFAULT_MIN_REPLICAS),
+        "max_replicas": _or(config.max_replicas, DEFAULT_MAX_REPLICAS),
+        "cooldown_time": _or(config.cooldown_time, DEFAULT_COOLDOWN_S),
+        "scale_up_threshold": _or(config.scale_up_threshold, DEFAULT_SCALE_UP_THRESHOLD),
     }
 
 
-def check_bounds(scaling: dict[str, int], prefix: str) -> None:
-    if scaling["min_replicas"] > scaling["max_replicas"]:
-        raise InvalidSpec(
-            f"{prefix}.minReplicas",
-            f"must not exceed maxReplicas ({scaling['min_replicas']} > {scaling['max_replicas']})",
-        )
+def check_bounds(config: DeploymentConfig, prefix: str) -> None:
+    scaling = effective_scaling(config)
+    low, high = scaling["min_replicas"], scaling["max_replicas"]
+    if low > high:
+        raise InvalidSpec(f"{prefix}.minReplicas", f"must not exceed maxReplicas ({low} > {high})")
 
 
-def check_context(config: dict[str, Any], prefix: str) -> None:
+def check_context(config: DeploymentConfig, prefix: str) -> None:
     """`maxTotalTokens` within the base model's context window: an engine told more
     allocates a KV cache for tokens the model cannot attend to (llama.cpp's `--n_ctx`)."""
-    total = config.get("max_total_tokens")
-    model = MODELS.get(str(config.get("base_model")))
+    total = config.max_total_tokens
+    model = MODELS.get(str(config.base_model))
     if total is not None and model is not None and total > model.context_window:
         raise InvalidSpec(
             f"{prefix}.maxTotalTokens",
@@ -330,10 +453,10 @@ def check_context(config: dict[str, Any], prefix: str) -> None:
         )
 
 
-def merge_config(stored: dict[str, Any], update: ConfigUpdate) -> dict[str, Any]:
+def merge_config(stored: DeploymentConfig, update: ConfigUpdate) -> DeploymentConfig:
     """Apply an update with "null means unchanged"; re-check cross-field bounds."""
-    merged = {**stored, **set_fields(update)}
-    check_bounds(effective_scaling(merged), "config")
+    merged = stored.merged(update)
+    check_bounds(merged, "config")
     check_context(merged, "config")
     return merged
 
@@ -371,7 +494,7 @@ class DeploymentSpec:
     name: str
     uuid: str
     description: str | None
-    config: dict[str, Any]  # snake_case, only the fields the user set
+    config: DeploymentConfig
     status: str
     revision: int  # bumped by every update; events are scoped to it
     created_at: float
@@ -386,44 +509,46 @@ class DeploymentSpec:
 
     @property
     def min_replicas(self) -> int:
-        return int(self.config.get("min_replicas", DEFAULT_MIN_REPLICAS))
+        return _or(self.config.min_replicas, DEFAULT_MIN_REPLICAS)
 
     @property
     def max_replicas(self) -> int:
-        return int(self.config.get("max_replicas", DEFAULT_MAX_REPLICAS))
+        return _or(self.config.max_replicas, DEFAULT_MAX_REPLICAS)
 
     @property
     def cooldown_s(self) -> int:
-        return int(self.config.get("cooldown_time", DEFAULT_COOLDOWN_S))
+        return _or(self.config.cooldown_time, DEFAULT_COOLDOWN_S)
 
     @property
     def scale_up_threshold(self) -> int:
-        return int(self.config.get("scale_up_threshold", DEFAULT_SCALE_UP_THRESHOLD))
+        return _or(self.config.scale_up_threshold, DEFAULT_SCALE_UP_THRESHOLD)
 
     @property
     def scaling_policy(self) -> tuple[str, dict[str, float]]:
-        policy = self.config.get("scaling_policy") or {}
-        return str(policy.get("name", "wakegate")), dict(policy.get("params") or {})
+        policy = self.config.scaling_policy or PolicyConfig()
+        return policy.name, dict(policy.params or {})
 
     @property
     def base_model(self) -> str:
-        return str(self.config["base_model"])
+        if self.config.base_model is None:
+            raise KeyError("base_model")
+        return self.config.base_model
 
     @property
     def max_total_tokens(self) -> int:
         """Prompt plus generated tokens one request may reach: the deployment's
         `maxTotalTokens`, else its model's context window."""
-        return int(self.config.get("max_total_tokens") or MODELS[self.base_model].context_window)
+        return self.config.max_total_tokens or MODELS[self.base_model].context_window
 
     @property
     def accelerator(self) -> str:
-        if self.config.get("accelerator"):
-            return str(self.config["accelerator"])
-        compute = self.config.get("compute_spec")
+        if self.config.accelerator:
+            return self.config.accelerator
+        compute = self.config.compute_spec
         if compute:
             from wakegate.catalog import accelerator_for_sku
 
-            acc = accelerator_for_sku(compute["requests"]["inference"]["sku"])
+            acc = accelerator_for_sku(compute.sku)
             if acc:
                 return acc
         return MODELS[self.base_model].default_accelerator
@@ -434,7 +559,7 @@ class DeploymentSpec:
             "name": self.name,
             "uuid": self.uuid,
             "description": self.description,
-            "config": self.config,
+            "config": self.config.to_dict(),
             "status": self.status,
             "revision": self.revision,
             "created_at": self.created_at,
@@ -444,11 +569,11 @@ class DeploymentSpec:
 
     @classmethod
     def from_record(cls, rec: dict[str, Any]) -> DeploymentSpec:
-        return cls(**rec)
+        return cls(**{**rec, "config": DeploymentConfig.from_dict(rec["config"])})
 
     def to_wire(self, current_replicas: int) -> dict[str, Any]:
         """The SDK's `Deployment` object (wire-protocol spec, section 4.1)."""
-        cfg = {**self.config, **effective_scaling(self.config)}
+        cfg = {**self.config.to_dict(), **effective_scaling(self.config)}
         wire_cfg = {
             CONFIG_KEYS[k]: v for k, v in cfg.items() if k not in SECRET_FIELDS and k in CONFIG_KEYS
         }
@@ -463,8 +588,8 @@ class DeploymentSpec:
                 "maxInputLength": MODELS[self.base_model].context_window,
             },
             "accelerator": {"id": self.accelerator},
-            "quantization": self.config.get("quantization"),
+            "quantization": self.config.quantization,
             "currentReplicas": current_replicas,
             "config": wire_cfg,
-            "usesGuaranteedCapacity": bool(self.config.get("uses_guaranteed_capacity", False)),
+            "usesGuaranteedCapacity": bool(self.config.uses_guaranteed_capacity),
         }

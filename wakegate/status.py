@@ -201,7 +201,7 @@ def deployment_overview(row: StatusRow, now: float, window_s: float) -> Deployme
         name=spec.name,
         status=spec.status,
         base_model=spec.base_model,
-        adapters=list(spec.config.get("preloaded_adapters") or []),
+        adapters=list(spec.config.preloaded_adapters or ()),
         min_replicas=spec.min_replicas,
         max_replicas=spec.max_replicas,
         replicas=replicas,

@@ -74,7 +74,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from wakegate.quotas import QuotaOverride
 from wakegate.sealing import SecretBox, seal_secrets
-from wakegate.spec import DeploymentSpec
+from wakegate.spec import DeploymentConfig, DeploymentSpec
 
 # Tries of a command beyond the first when its connection fails (see Store.from_url).
 STORE_RETRIES = 3
@@ -99,8 +99,8 @@ DEFAULT_ROUTING = "prefix"
 
 def routing_of(spec: DeploymentSpec | None) -> str:
     """The routing mode the queue scripts get for a deployment (the default without a spec)."""
-    routing = spec.config.get("routing") if spec is not None else None
-    return routing if isinstance(routing, str) else DEFAULT_ROUTING
+    routing = spec.config.routing if spec is not None else None
+    return routing or DEFAULT_ROUTING
 
 
 JOB_DEPLOYMENTS = "wg:jobs"
@@ -958,11 +958,13 @@ class Store:
                     if raw is None:
                         continue
                     record = json.loads(raw)
-                    config = seal_secrets(record["config"], self.box)
-                    if config == record["config"]:
+                    stored = DeploymentConfig.from_dict(record["config"])
+                    config = seal_secrets(stored, self.box)
+                    if config == stored:
                         continue
                     pipe.multi()  # type: ignore[no-untyped-call]
-                    pipe.set(keys_of(key).spec, json.dumps({**record, "config": config}))
+                    record["config"] = config.to_dict()
+                    pipe.set(keys_of(key).spec, json.dumps(record))
                     await pipe.execute()
                     sealed += 1
                 except aioredis.WatchError:

@@ -244,7 +244,7 @@ def launch_plan(
             {**plan.env, REPLICA_KEY_ENV: api_key},
             plan.secret_env | {REPLICA_KEY_ENV},
         )
-    if spec.config.get("preloaded_adapters") and getattr(engine, "adapter_files", True):
+    if spec.config.preloaded_adapters and getattr(engine, "adapter_files", True):
         raise EngineRefused(
             "config.preloadedAdapters",
             "the kubernetes backend cannot yet provide adapter files to engines that run "
@@ -271,7 +271,7 @@ def secret_data(
     variable the engine's plan marks secret but the replica's key."""
     own = key_vars(plan, api_key)
     data = {n: plan.env[n] for n in plan.secret_env if n in plan.env and n not in own}
-    token = spec.config.get("hf_token")
+    token = spec.config.hf_token
     if token:
         data.setdefault(HF_TOKEN_ENV, str(token))
     return data

@@ -48,7 +48,7 @@ def pod_plan(
     """The plan the scaler renders into the Pod: run this module with the spec, minus its
     secrets, in `WAKEGATE_LAUNCH`."""
     record = spec.to_record()
-    record["config"] = {k: v for k, v in spec.config.items() if k not in SECRET_FIELDS}
+    record["config"] = replace(spec.config, **dict.fromkeys(SECRET_FIELDS)).to_dict()
     payload = {
         "engine": engine_name,
         "concurrency": concurrency,
@@ -69,7 +69,7 @@ def spec_in_pod(payload: Mapping[str, Any], environ: Mapping[str, str]) -> Deplo
     spec = DeploymentSpec.from_record(dict(payload["spec"]))
     token = environ.get(HF_TOKEN_ENV)
     if token:
-        spec = replace(spec, config={**spec.config, "hf_token": token})
+        spec = replace(spec, config=replace(spec.config, hf_token=token))
     return spec
 
 
@@ -81,7 +81,7 @@ def build(payload: Mapping[str, Any], environ: Mapping[str, str]) -> LaunchPlan:
     models_dir.mkdir(parents=True, exist_ok=True)
     # Only the adapter URL travels: a scaler-side WAKEGATE_ADAPTER_DIR is no path in the Pod.
     settings = Settings(state_dir=models_dir / "state", adapter_url=payload.get("adapter_url"))
-    ids = spec.config.get("preloaded_adapters") or []
+    ids = spec.config.preloaded_adapters or ()
     adapters = {a: adapter_path(a, settings) for a in ids}
     host, port = str(payload["host"]), int(payload["port"])
     api_key = environ.get(REPLICA_KEY_ENV) or None

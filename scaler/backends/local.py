@@ -223,7 +223,7 @@ class LocalBackend:
         return [] if self._gpus else None
 
     def _adapters(self, spec: DeploymentSpec) -> dict[str, Path]:
-        ids = spec.config.get("preloaded_adapters") or []
+        ids = spec.config.preloaded_adapters or ()
         return {a: adapter_path(a, self._settings) for a in ids}
 
     async def stop(self, replica: RunningReplica, grace_s: float) -> None:

@@ -213,7 +213,7 @@ class ReplicaProcess:
             models_dir.mkdir(parents=True, exist_ok=True)
             port = _free_port(node_ip)
             # Engines that fetch adapters themselves (by Hub id) get no files.
-            ids = (spec.config.get("preloaded_adapters") or []) if engine.adapter_files else []
+            ids = list(spec.config.preloaded_adapters or ()) if engine.adapter_files else []
             adapters = await asyncio.to_thread(lambda: {a: adapter_path(a, settings) for a in ids})
             plan = await asyncio.to_thread(
                 engine.launch, spec, node_ip, port, models_dir, adapters, api_key

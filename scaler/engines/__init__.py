@@ -11,13 +11,13 @@ The field-by-field mapping is documented in docs/engines.md.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from wakegate import engine_args
-from wakegate.spec import DeploymentSpec, InvalidSpec
+from wakegate.spec import DeploymentConfig, DeploymentSpec, InvalidSpec
 
 # The image wakegate's own engines (llama.cpp, sim) run from on a cluster: a placeholder that
 # cluster backends replace with the configured one (settings.kubernetes_wakegate_image).
@@ -40,21 +40,21 @@ class LaunchPlan:
     secret_env: frozenset[str] = frozenset()
 
 
-def custom_flags(engine: str, cfg: Mapping[str, Any]) -> list[tuple[str, str | None]]:
+def custom_flags(engine: str, cfg: DeploymentConfig) -> list[tuple[str, str | None]]:
     """The deployment's customArgs as (flag, value) pairs, every one on the engine's allowlist
     (wakegate/engine_args.py). Raises EngineRefused naming `config.customArgs`."""
     try:
-        return engine_args.parse(engine, [str(a) for a in cfg.get("custom_args") or []])
+        return engine_args.parse(engine, cfg.custom_args or ())
     except InvalidSpec as exc:
         raise EngineRefused(exc.field, exc.message) from None
 
 
-def custom_argv(engine: str, cfg: Mapping[str, Any]) -> list[str]:
+def custom_argv(engine: str, cfg: DeploymentConfig) -> list[str]:
     """The deployment's customArgs, checked, as they go on the command line. Profiles put
     them before their own flags: argparse takes the last of a repeated option, so whatever
     slipped past the allowlist could not override wakegate's address, model or key."""
     custom_flags(engine, cfg)
-    return [str(a) for a in cfg.get("custom_args") or []]
+    return list(cfg.custom_args or ())
 
 
 class EngineProfile(Protocol):

@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 from scaler.engines import EngineRefused, custom_argv
 from scaler.engines.adapters import ADAPTER_ID
 from wakegate.catalog import ACCELERATORS, MODELS
-from wakegate.spec import CONFIG_KEYS, DeploymentSpec
+from wakegate.spec import CONFIG_KEYS, DeploymentConfig, DeploymentSpec
 
 # Sequences the gateway sends one replica at once unless customArgs raise the engine's own
 # limit: well under the engines' defaults (vLLM schedules 256, TGI and LoRAX admit 128), so
@@ -43,14 +43,14 @@ def refuse(name: str, message: str) -> NoReturn:
     raise EngineRefused(field(name), message)
 
 
-def refuse_set(cfg: Mapping[str, Any], names: Iterable[str], engine: str, why: str) -> None:
+def refuse_set(cfg: DeploymentConfig, names: Iterable[str], engine: str, why: str) -> None:
     """Refuse the first of `names` that the deployment set (null and unset are fine)."""
     for name in names:
-        if cfg.get(name) is not None:
+        if getattr(cfg, name) is not None:
             refuse(name, f"{engine} {why}")
 
 
-def refuse_common(cfg: Mapping[str, Any], engine: str, own_image: bool = True) -> None:
+def refuse_common(cfg: DeploymentConfig, engine: str, own_image: bool = True) -> None:
     """What no GPU engine but LoRAX takes (its image tag), and what none takes at all."""
     if own_image:
         refuse_set(cfg, ["lorax_image_tag"], engine, "runs in its own image, not LoRAX's")
@@ -71,18 +71,18 @@ def launcher_head(
     argv = [launcher, "--model-id", weights(spec), "--hostname", host, "--port", str(port)]
     if shards(spec) > 1:
         argv += ["--num-shard", str(shards(spec))]
-    if cfg.get("max_total_tokens"):
-        total = int(cfg["max_total_tokens"])
+    if cfg.max_total_tokens:
+        total = cfg.max_total_tokens
         # The launcher refuses a prompt limit that is not below the total.
         argv += [input_flag, str(total - 1), "--max-total-tokens", str(total)]
-    if cfg.get("max_num_batched_tokens"):
-        argv += ["--max-batch-prefill-tokens", str(cfg["max_num_batched_tokens"])]
+    if cfg.max_num_batched_tokens:
+        argv += ["--max-batch-prefill-tokens", str(cfg.max_num_batched_tokens)]
     return argv
 
 
-def quantization(cfg: Mapping[str, Any], known: frozenset[str], engine: str) -> str | None:
+def quantization(cfg: DeploymentConfig, known: frozenset[str], engine: str) -> str | None:
     """The engine's quantization method, None for none; refuses a method it does not know."""
-    value = cfg.get("quantization")
+    value = cfg.quantization
     if value is None or value == "none":
         return None
     if value not in known:
@@ -106,8 +106,8 @@ class Speculation:
         return self.ngram or self.model is not None
 
 
-def speculation(cfg: Mapping[str, Any]) -> Speculation:
-    value = cfg.get("speculator")
+def speculation(cfg: DeploymentConfig) -> Speculation:
+    value = cfg.speculator
     if value is None or value == "disabled":
         return Speculation()
     if value == "auto":
@@ -121,15 +121,15 @@ def speculation(cfg: Mapping[str, Any]) -> Speculation:
     )
 
 
-def adapter_ids(cfg: Mapping[str, Any]) -> list[str]:
+def adapter_ids(cfg: DeploymentConfig) -> list[str]:
     """The preloaded adapters (Hub ids), refusing a bad id and adapters that are disabled."""
-    ids = [str(a) for a in cfg.get("preloaded_adapters") or []]
+    ids = list(cfg.preloaded_adapters or ())
     for adapter_id in ids:
         if not ADAPTER_ID.fullmatch(adapter_id) or ".." in adapter_id:
             refuse("preloaded_adapters", f"{adapter_id!r} is not a valid adapter id")
     if len(set(ids)) != len(ids):
         refuse("preloaded_adapters", "lists an adapter twice")
-    if ids and cfg.get("disable_adapters"):
+    if ids and cfg.disable_adapters:
         refuse("disable_adapters", "adapters are disabled but preloadedAdapters lists some")
     return ids
 
@@ -140,7 +140,7 @@ def adapter_source(adapter_id: str, adapters: Mapping[str, Path]) -> str:
     return str(path) if path is not None else adapter_id
 
 
-def custom_args(cfg: Mapping[str, Any], engine: str) -> list[str]:
+def custom_args(cfg: DeploymentConfig, engine: str) -> list[str]:
     """The deployment's customArgs, each on `engine`'s allowlist (EngineRefused otherwise)."""
     return custom_argv(engine, cfg)
 
@@ -162,10 +162,10 @@ def flag_value(args: list[str], flag: str) -> str | None:
     return found
 
 
-def concurrency(cfg: Mapping[str, Any], flag: str) -> int:
+def concurrency(cfg: DeploymentConfig, flag: str) -> int:
     """Sequences one replica takes at once: the engine's own limit where customArgs set it
     (the gateway must not send more than the engine admits), else DEFAULT_CONCURRENCY."""
-    raw = flag_value([str(a) for a in cfg.get("custom_args") or []], flag)
+    raw = flag_value(list(cfg.custom_args or ()), flag)
     if raw is None:
         return DEFAULT_CONCURRENCY
     try:
@@ -192,9 +192,9 @@ def context_window(spec: DeploymentSpec) -> int:
     return MODELS[spec.base_model].context_window
 
 
-def hf_token_env(cfg: Mapping[str, Any]) -> tuple[dict[str, str], frozenset[str]]:
+def hf_token_env(cfg: DeploymentConfig) -> tuple[dict[str, str], frozenset[str]]:
     """The Hub token as environment, never argv: argv is visible to every local user."""
-    token = cfg.get("hf_token")
+    token = cfg.hf_token
     if not token:
         return {}, frozenset()
     return dict.fromkeys(HF_TOKEN_ENV, str(token)), frozenset(HF_TOKEN_ENV)

@@ -80,9 +80,9 @@ class LlamaCppProfile:
     def validate(self, spec: DeploymentSpec) -> None:
         cfg = spec.config
         # "disabled" and "none" ask for nothing, so they are honoured.
-        if cfg.get("speculator") not in (None, "disabled"):
+        if cfg.speculator not in (None, "disabled"):
             raise EngineRefused("config.speculator", "llama.cpp has no speculative decoding")
-        if cfg.get("quantization") not in (None, "none"):
+        if cfg.quantization not in (None, "none"):
             raise EngineRefused(
                 "config.quantization",
                 "llama.cpp serves pre-quantized GGUF weights; quantization is not supported",
@@ -104,7 +104,7 @@ class LlamaCppProfile:
         cfg = spec.config
         model = MODELS[spec.base_model]
         gguf = resolve_weights(model.weights, models_dir)
-        n_ctx = int(cfg.get("max_total_tokens") or min(model.context_window, DEFAULT_CONTEXT))
+        n_ctx = int(cfg.max_total_tokens or min(model.context_window, DEFAULT_CONTEXT))
         if adapters:
             return self._with_adapters(spec, host, port, models_dir, gguf, n_ctx, adapters, api_key)
         # The deployment's flags first: llama-cpp-python's argparse takes the last of a repeated
@@ -128,8 +128,8 @@ class LlamaCppProfile:
             "--interrupt_requests",
             "False",
         ]
-        if cfg.get("max_num_batched_tokens"):
-            argv += ["--n_batch", str(cfg["max_num_batched_tokens"])]
+        if cfg.max_num_batched_tokens:
+            argv += ["--n_batch", str(cfg.max_num_batched_tokens)]
         if not api_key:
             return LaunchPlan(argv=argv)
         # The server's settings read API_KEY from the environment when argv has no --api_key.
@@ -154,8 +154,8 @@ class LlamaCppProfile:
         extra: dict[str, object] = {
             flag.removeprefix("--"): value for flag, value in custom_flags(self.name, spec.config)
         }
-        if spec.config.get("max_num_batched_tokens"):
-            extra["n_batch"] = str(spec.config["max_num_batched_tokens"])
+        if spec.config.max_num_batched_tokens:
+            extra["n_batch"] = str(spec.config.max_num_batched_tokens)
         # wakegate's keys last, as on the command line.
         base = {**extra, "model": str(gguf), "n_ctx": n_ctx}
         config = {

@@ -60,12 +60,12 @@ class LoraxProfile:
     def from_spec(cls, spec: DeploymentSpec) -> LoraxProfile:
         return cls(
             concurrency=g.concurrency(spec.config, CONCURRENCY_FLAG),
-            image_tag=str(spec.config.get("lorax_image_tag") or DEFAULT_TAG),
+            image_tag=spec.config.lorax_image_tag or DEFAULT_TAG,
         )
 
     def validate(self, spec: DeploymentSpec) -> None:
         cfg = spec.config
-        tag = cfg.get("lorax_image_tag")
+        tag = cfg.lorax_image_tag
         if tag is not None and not g.IMAGE_TAG.fullmatch(tag):
             g.refuse("lorax_image_tag", f"{tag!r} is not an image tag")
         g.refuse_common(cfg, "LoRAX", own_image=False)
@@ -87,12 +87,12 @@ class LoraxProfile:
         self.validate(spec)
         cfg = spec.config
         argv = g.launcher_head("lorax-launcher", spec, host, port, "--max-input-length")
-        for key, flag in (
-            ("prefix_caching", "--prefix-caching"),
-            ("chunked_prefill", "--chunked-prefill"),
+        for value, flag in (
+            (cfg.prefix_caching, "--prefix-caching"),
+            (cfg.chunked_prefill, "--chunked-prefill"),
         ):
-            if cfg.get(key) is not None:
-                argv += [flag, "true" if cfg[key] else "false"]
+            if value is not None:
+                argv += [flag, "true" if value else "false"]
         method = g.quantization(cfg, QUANTIZATIONS, "LoRAX")
         if method:
             argv += ["--quantize", method]
@@ -117,7 +117,7 @@ def _default_adapter(spec: DeploymentSpec) -> tuple[str | None, bool]:
     cfg = spec.config
     ids = g.adapter_ids(cfg)
     speculator = g.speculation(cfg).model
-    if not cfg.get("merge_adapter"):
+    if not cfg.merge_adapter:
         return speculator, False
     if len(ids) != 1:
         g.refuse("merge_adapter", "LoRAX merges exactly one adapter: list it in preloadedAdapters")
@@ -132,10 +132,10 @@ def _default_adapter(spec: DeploymentSpec) -> tuple[str | None, bool]:
 def _prefill_budget(spec: DeploymentSpec) -> None:
     """A prefill batch must hold the longest prompt, or the router refuses to start."""
     cfg = spec.config
-    budget = cfg.get("max_num_batched_tokens")
+    budget = cfg.max_num_batched_tokens
     if not budget:
         return
-    total = cfg.get("max_total_tokens") or min(g.context_window(spec), DEFAULT_MAX_TOTAL)
+    total = cfg.max_total_tokens or min(g.context_window(spec), DEFAULT_MAX_TOTAL)
     if budget < total - 1:
         g.refuse(
             "max_num_batched_tokens",

@@ -114,14 +114,14 @@ class SimProfile:
 
     @classmethod
     def from_spec(cls, spec: DeploymentSpec) -> SimProfile:
-        return cls.from_args(list(spec.config.get("custom_args") or []))
+        return cls.from_args(list(spec.config.custom_args or ()))
 
     def sim_params(self, spec: DeploymentSpec) -> dict[str, Any]:
         """What the sim host needs to run one replica of `spec` (POST /replicas `params`)."""
         profile = SimProfile.from_spec(spec)
         params = {k: v for k, v in asdict(profile).items() if k not in _PROFILE_ONLY}
         model = MODELS.get(spec.base_model)
-        n_ctx = spec.config.get("max_total_tokens") or (model.context_window if model else 0)
+        n_ctx = spec.config.max_total_tokens or (model.context_window if model else 0)
         return {**params, "model": spec.base_model, "n_ctx": int(n_ctx or 32768)}
 
     def validate(self, spec: DeploymentSpec) -> None:

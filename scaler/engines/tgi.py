@@ -54,9 +54,9 @@ class TgiProfile:
     def validate(self, spec: DeploymentSpec) -> None:
         cfg = spec.config
         g.refuse_common(cfg, "TGI")
-        if cfg.get("merge_adapter"):
+        if cfg.merge_adapter:
             g.refuse("merge_adapter", "TGI cannot merge a LoRA adapter into the base weights")
-        if cfg.get("chunked_prefill") is False:
+        if cfg.chunked_prefill is False:
             g.refuse("chunked_prefill", "TGI has no switch to turn chunked prefill off")
         if g.speculation(cfg).model:
             g.refuse(
@@ -90,8 +90,8 @@ class TgiProfile:
         if ids:
             argv += ["--lora-adapters", ",".join(ids)]
         env, secret = g.hf_token_env(cfg)
-        if cfg.get("prefix_caching") is not None:
-            env["PREFIX_CACHING"] = "1" if cfg["prefix_caching"] else "0"
+        if cfg.prefix_caching is not None:
+            env["PREFIX_CACHING"] = "1" if cfg.prefix_caching else "0"
         argv = g.custom_first(argv, g.custom_args(cfg, self.name), command_len=1)
         secret = g.api_key_env(env, secret, API_KEY_ENV, api_key)
         return LaunchPlan(argv=argv, env=env, secret_env=secret)

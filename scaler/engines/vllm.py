@@ -68,7 +68,7 @@ class VllmProfile:
     def validate(self, spec: DeploymentSpec) -> None:
         cfg = spec.config
         g.refuse_common(cfg, "vLLM")
-        if cfg.get("merge_adapter"):
+        if cfg.merge_adapter:
             g.refuse("merge_adapter", "vLLM cannot merge a LoRA adapter into the base weights")
         g.quantization(cfg, QUANTIZATIONS, "vLLM")
         g.speculation(cfg)
@@ -91,12 +91,12 @@ class VllmProfile:
         argv += ["--host", host, "--port", str(port)]
         if g.shards(spec) > 1:
             argv += ["--tensor-parallel-size", str(g.shards(spec))]
-        if cfg.get("max_total_tokens"):
-            argv += ["--max-model-len", str(cfg["max_total_tokens"])]
-        if cfg.get("max_num_batched_tokens"):
-            argv += ["--max-num-batched-tokens", str(cfg["max_num_batched_tokens"])]
-        argv += _switch(cfg.get("prefix_caching"), "enable-prefix-caching")
-        argv += _switch(cfg.get("chunked_prefill"), "enable-chunked-prefill")
+        if cfg.max_total_tokens:
+            argv += ["--max-model-len", str(cfg.max_total_tokens)]
+        if cfg.max_num_batched_tokens:
+            argv += ["--max-num-batched-tokens", str(cfg.max_num_batched_tokens)]
+        argv += _switch(cfg.prefix_caching, "enable-prefix-caching")
+        argv += _switch(cfg.chunked_prefill, "enable-chunked-prefill")
         method = g.quantization(cfg, QUANTIZATIONS, "vLLM")
         if method:
             argv += ["--quantization", method]
