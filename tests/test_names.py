@@ -21,10 +21,10 @@ from scaler.engines import EngineRefused, validate_spec
 from scaler.engines.adapters import adapter_path
 from scaler.engines.gpu import adapter_ids, speculation
 from scaler.sim.host import SimHost
-from wakegate.cli import main as cli
 from wakegate.settings import Settings
 from wakegate.spec import DeploymentSpec, InvalidSpec, validate_name
 from wakegate.store import Store
+from wakegate.tools.cli import main as cli
 
 
 @pytest.mark.parametrize(

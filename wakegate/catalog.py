@@ -87,7 +87,7 @@ MODELS: dict[str, ModelEntry] = {
         engine="sim",
         weights="none",
         # No real model: long enough for the replay tool's long-context traces (Mooncake
-        # prompts reach 126k tokens; wakegate/replay/run.py sets maxTotalTokens 262,144).
+        # prompts reach 126k tokens; wakegate/tools/replay/run.py sets maxTotalTokens 262,144).
         context_window=262_144,
         default_accelerator="a10_24gb_100",
     ),

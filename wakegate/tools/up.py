@@ -27,7 +27,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 import click
 
-from wakegate.embedded import MQTT_USER, free_port, mqtt_child, port_open, redis_child
 from wakegate.procs import Child
 from wakegate.sealing import (
     box_from_settings,
@@ -38,6 +37,7 @@ from wakegate.sealing import (
 )
 from wakegate.settings import Settings, settings_env
 from wakegate.store import Store
+from wakegate.tools.embedded import MQTT_USER, free_port, mqtt_child, port_open, redis_child
 
 RESTART_BACKOFF_S = 2.0
 

@@ -20,10 +20,10 @@ from typing import Any, Literal, Protocol
 
 import aiohttp
 
-from wakegate.embedded import free_port
-from wakegate.replay.traces import TraceRequest, prompt_text
 from wakegate.settings import Settings
 from wakegate.store import Store
+from wakegate.tools.embedded import free_port
+from wakegate.tools.replay.traces import TraceRequest, prompt_text
 
 SAMPLE_EVERY_S = 0.25  # real seconds between samples of queue depth and replicas
 PROGRESS_EVERY_S = 0.5  # real seconds between two progress reports
@@ -406,7 +406,7 @@ def run(
 ) -> RunResult:
     """One replay on a fresh stack; the stack is stopped afterwards, whatever happens.
     `progress`, if given, hears how far the run is every PROGRESS_EVERY_S."""
-    from wakegate.up import Stack
+    from wakegate.tools.up import Stack
 
     span = plan.requests[-1].at_s if plan.requests else 0.0
     total = len(plan.requests)
