@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from router.app import create_app
-from scaler.engines import EngineRefused, validate_spec
 from wakegate.catalog import MODELS, CatalogError, load_models_file
+from wakegate.engines import EngineRefused, validate_spec
 from wakegate.settings import Settings
 from wakegate.spec import DeploymentSpec, InvalidSpec, parse_create, set_fields
 

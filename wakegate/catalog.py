@@ -20,7 +20,7 @@ from typing import Any
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
-    engine: str  # engine profile name, see scaler/engines
+    engine: str  # engine profile name, see wakegate/engines
     weights: str  # engine-specific locator: a GGUF source for llama.cpp, an HF repo for vLLM
     context_window: int
     default_accelerator: str
@@ -80,7 +80,7 @@ MODELS: dict[str, ModelEntry] = {
         context_window=32768,
         default_accelerator="a10_24gb_100",
     ),
-    # Served by the simulated engine (scaler/engines/sim.py) on the `sim` backend: no weights,
+    # Served by the simulated engine (wakegate/engines/sim.py) on the `sim` backend: no weights,
     # timing from the deployment's customArgs.
     "sim-llm": ModelEntry(
         name="sim-llm",
@@ -157,7 +157,7 @@ def parse_models_file(path: Path) -> dict[str, ModelEntry]:
 
 def _entry(name: str, raw: Any) -> ModelEntry:
     """One entry; a CatalogError's message starts with the offending key (`.engine: ...`)."""
-    from scaler.engines import engine_names  # scaler.engines imports this module
+    from wakegate.engines import engine_names  # wakegate.engines imports this module
 
     if not isinstance(raw, dict):
         raise CatalogError(": must be a table")

@@ -13,7 +13,7 @@ import shutil
 import urllib.request
 from pathlib import Path
 
-from scaler.engines import EngineRefused
+from wakegate.engines import EngineRefused
 from wakegate.settings import Settings
 
 ADAPTER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*")

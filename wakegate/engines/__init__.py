@@ -110,11 +110,11 @@ def _factories(
     concurrency: int, spec: DeploymentSpec | None
 ) -> dict[str, Callable[[], EngineProfile]]:
     # Imported here: the profile modules import this one.
-    from scaler.engines.llamacpp import LlamaCppProfile
-    from scaler.engines.lorax import LoraxProfile
-    from scaler.engines.sim import SimProfile
-    from scaler.engines.tgi import TgiProfile
-    from scaler.engines.vllm import VllmProfile
+    from wakegate.engines.llamacpp import LlamaCppProfile
+    from wakegate.engines.lorax import LoraxProfile
+    from wakegate.engines.sim import SimProfile
+    from wakegate.engines.tgi import TgiProfile
+    from wakegate.engines.vllm import VllmProfile
 
     def sim() -> EngineProfile:
         return SimProfile.from_spec(spec) if spec is not None else SimProfile()
