@@ -193,7 +193,7 @@ async def report_progress(
 def scaled_params(policy: str, params: dict[str, float], speed: float) -> dict[str, float]:
     """Every knob of the policy, defaults included; those named `*_s` are durations and are
     compressed like the trace (a 60 s window at 10x lasts 6 s)."""
-    from scaler.policies import default_params
+    from wakegate.policy_params import default_params
 
     merged = {**default_params(policy), **params}
     return {k: (v / speed if k.endswith("_s") and v > 0 else v) for k, v in merged.items()}
