@@ -126,6 +126,11 @@ def accelerator_for_sku(sku: str) -> str | None:
     return matches[0].id if matches else None
 
 
+# The engines a model entry may name: wakegate/engines/ has one profile for each
+# (tests/test_catalog.py holds the two equal).
+ENGINES: frozenset[str] = frozenset({"llamacpp", "vllm", "lorax", "tgi", "sim"})
+
+
 class CatalogError(ValueError):
     """A user catalogue entry is wrong; the message names the file, the entry and the key."""
 
@@ -157,8 +162,6 @@ def parse_models_file(path: Path) -> dict[str, ModelEntry]:
 
 def _entry(name: str, raw: Any) -> ModelEntry:
     """One entry; a CatalogError's message starts with the offending key (`.engine: ...`)."""
-    from wakegate.engines import engine_names  # wakegate.engines imports this module
-
     if not isinstance(raw, dict):
         raise CatalogError(": must be a table")
     extra = sorted(set(raw) - set(ENTRY_KEYS))
@@ -168,8 +171,8 @@ def _entry(name: str, raw: Any) -> ModelEntry:
     if missing:
         raise CatalogError(f".{missing[0]}: required")
     engine, weights, window, accelerator = (raw[key] for key in ENTRY_KEYS)
-    if not isinstance(engine, str) or engine not in engine_names():
-        known = ", ".join(sorted(engine_names()))
+    if not isinstance(engine, str) or engine not in ENGINES:
+        known = ", ".join(sorted(ENGINES))
         raise CatalogError(f".engine: unknown engine {engine!r}; known: {known}")
     if not isinstance(weights, str) or not weights:
         raise CatalogError(".weights: must be a non-empty string")
