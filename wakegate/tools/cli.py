@@ -15,39 +15,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from wakegate import __version__
-from wakegate.settings import Settings, load_settings
+from wakegate.settings import Settings
+from wakegate.tools.cli_common import client_settings as _client_settings
+from wakegate.tools.cli_common import settings_from as _settings
+from wakegate.tools.cli_common import tenant_name as _tenant_name
 
 if TYPE_CHECKING:  # the commands import the store when they run: `--help` stays quick
     from wakegate.store import Store
 
 T = TypeVar("T")
-
-
-def _settings(config: str | None, **overrides: object) -> Settings:
-    try:
-        return load_settings(config, **overrides)
-    except (ValueError, OSError) as exc:
-        raise click.ClickException(f"bad configuration: {exc}") from None
-
-
-def _client_settings(config: str | None) -> Settings:
-    """Settings for commands that work on a running stack's Redis (and broker): without
-    REDIS_URL, the stack `wakegate up` runs from the state dir (its URLs and key, left in the
-    state dir)."""
-    settings = _settings(config)
-    if settings.redis_url is None:
-        from wakegate.tools.up import CONNECT_FILE
-
-        connect = settings.state_dir / CONNECT_FILE
-        if connect.exists():
-            running = _settings(str(connect))
-            settings = replace(
-                settings,
-                redis_url=running.redis_url,
-                mqtt_url=settings.mqtt_url or running.mqtt_url,
-                secret_key_file=settings.secret_key_file or running.secret_key_file,
-            )
-    return settings
 
 
 @click.group()
@@ -105,15 +81,6 @@ def scaler() -> None:
     from scaler.__main__ import main as scaler_main
 
     scaler_main()
-
-
-def _tenant_name(tenant: str) -> str:
-    from wakegate.spec import InvalidSpec, validate_name
-
-    try:
-        return validate_name(tenant, "tenant")
-    except InvalidSpec as exc:
-        raise click.ClickException(str(exc)) from None
 
 
 def _with_store(settings: Settings, work: Callable[[Store], Awaitable[T]]) -> T:

@@ -55,7 +55,7 @@ def stderr_console() -> Console:
 
 def _local_defaults() -> tuple[str, str | None]:
     """The gateway and token of the stack `wakegate up` runs from the state dir."""
-    from wakegate.tools.cli import _settings
+    from wakegate.tools.cli_common import settings_from as _settings
     from wakegate.tools.up import TOKEN_FILE
 
     settings = _settings(None)
