@@ -16,10 +16,10 @@ from click.testing import CliRunner
 from harness import Stack, run_async
 from test_control_plane import names
 
+from scaler.backends.adapters import adapter_path
 from scaler.backends.kubernetes import dns_label, label_value
 from scaler.sim.host import SimHost
 from wakegate.engines import EngineRefused, validate_spec
-from wakegate.engines.adapters import adapter_path
 from wakegate.engines.gpu import adapter_ids, speculation
 from wakegate.settings import Settings
 from wakegate.spec import DeploymentSpec, InvalidSpec, validate_name

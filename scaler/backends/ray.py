@@ -34,9 +34,9 @@ from ray.exceptions import RayActorError, RayError
 
 import scaler
 from scaler.backends import BackendUnavailable, NoCapacity, RunningReplica, replica_env
+from scaler.backends.adapters import adapter_path
 from wakegate.catalog import ACCELERATORS, pool_units
 from wakegate.engines import EngineProfile, EngineRefused
-from wakegate.engines.adapters import adapter_path
 from wakegate.settings import Settings
 from wakegate.spec import DeploymentSpec
 

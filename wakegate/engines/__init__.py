@@ -11,6 +11,7 @@ The field-by-field mapping is documented in docs/engines.md.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,10 @@ from typing import Any, Protocol
 
 from wakegate import engine_args
 from wakegate.spec import DeploymentSpec, InvalidSpec
+
+# A LoRA adapter's id: Predibase-style `repo/version`, or any path of safe segments
+# (the backends fetch its file by it: scaler/backends/adapters.py).
+ADAPTER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*")
 
 # The image wakegate's own engines (llama.cpp, sim) run from on a cluster: a placeholder that
 # cluster backends replace with the configured one (settings.kubernetes_wakegate_image).

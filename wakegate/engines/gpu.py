@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from wakegate.catalog import ACCELERATORS, MODELS
-from wakegate.engines import EngineRefused, custom_argv
-from wakegate.engines.adapters import ADAPTER_ID
+from wakegate.engines import ADAPTER_ID, EngineRefused, custom_argv
 from wakegate.spec import CONFIG_KEYS, DeploymentSpec
 
 # Sequences the gateway sends one replica at once unless customArgs raise the engine's own

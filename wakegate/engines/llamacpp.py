@@ -74,7 +74,7 @@ class LlamaCppProfile:
     cheap_logprobs: bool = False
     # Runs inside wakegate's own image on a cluster (settings.kubernetes_wakegate_image).
     image: str = WAKEGATE_IMAGE
-    # GGUF LoRA files, fetched by the backend (wakegate/engines/adapters.py).
+    # GGUF LoRA files, fetched by the backend (scaler/backends/adapters.py).
     adapter_files: bool = True
 
     def validate(self, spec: DeploymentSpec) -> None:
