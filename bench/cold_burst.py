@@ -45,10 +45,10 @@ import aiomqtt
 import psutil
 
 from wakegate import topics
-from wakegate.embedded import free_port
 from wakegate.sealing import read_secret
 from wakegate.settings import Settings
-from wakegate.up import Stack
+from wakegate.tools.embedded import free_port
+from wakegate.tools.up import Stack
 
 HERE = Path(__file__).resolve().parent
 HAS_WORKERS = "gateway_workers" in {f.name for f in fields(Settings)}

@@ -48,8 +48,8 @@ from typing import Any
 import aiohttp
 
 from scaler.sim.host import STATE_FILE
-from wakegate.embedded import free_port, port_open, redis_server_binary
 from wakegate.store import Store, dep_key
+from wakegate.tools.embedded import free_port, port_open, redis_server_binary
 
 TENANT = "faults"
 TOKEN = "pb_bench_faults"

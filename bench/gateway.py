@@ -45,10 +45,10 @@ from typing import Any
 import aiohttp
 import psutil
 
-from wakegate.embedded import free_port
 from wakegate.settings import Settings, settings_env
 from wakegate.store import Store
-from wakegate.up import Stack
+from wakegate.tools.embedded import free_port
+from wakegate.tools.up import Stack
 
 HERE = Path(__file__).resolve().parent
 WRK_SCRIPT = HERE / "wrk_post.lua"

@@ -33,11 +33,11 @@ from typing import Any
 import aiohttp
 
 from scaler.backends.sim import SimBackend
-from wakegate.embedded import free_port
 from wakegate.sealing import read_secret
 from wakegate.settings import Settings
 from wakegate.store import Store
-from wakegate.up import Stack
+from wakegate.tools.embedded import free_port
+from wakegate.tools.up import Stack
 
 ENGINE = ["--load-s", "0.5", "--ttft-s", "0.02", "--tps", "400", "--batch", "4"]
 QUEUE_COMMENT = ": wakegate "

@@ -16,9 +16,9 @@ from aiohttp import web
 from router.context import BUS, METRICS, SETTINGS, SPEC_CACHE, STORE
 from router.errors import ApiError
 from router.middlewares import tenant_of
-from scaler.engines import EngineRefused, validate_spec
 from wakegate import engine_args, topics
 from wakegate.catalog import MODELS
+from wakegate.engines import EngineRefused, validate_spec
 from wakegate.events import event
 from wakegate.quotas import QuotaExceeded, Quotas, check_deployment, tenant_quotas
 from wakegate.sealing import SEALED_FIELDS, SEALED_PREFIX, seal_secrets

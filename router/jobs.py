@@ -28,7 +28,9 @@ from typing import Any
 import aiohttp
 
 from router.dialects import Generation, UpstreamError, get_dialect
+from router.lorax_json import lorax_response
 from router.params import GenerateRequest
+from router.request_log import REQUEST_LOG_MAX, RequestLogEntry
 from wakegate import topics
 from wakegate.bus import Bus
 from wakegate.spec import DeploymentSpec
@@ -213,8 +215,6 @@ class JobRunner:
             renew.cancel()
             raise
         renew.cancel()
-        from router.lorax_api import lorax_response
-
         await self._log(key, job, status=200, replica_id=replica_id, gen=gen)
         await self.store.finish_job(
             key,
@@ -258,8 +258,6 @@ class JobRunner:
         error: str | None = None,
     ) -> None:
         """The job's entry in the request log, when the deployment keeps one."""
-        from router.pipeline import REQUEST_LOG_MAX, RequestLogEntry
-
         spec = await self.store.get_deployment(key)
         if spec is None or not spec.config.request_logging_enabled:
             return

@@ -11,8 +11,9 @@ from aiohttp_sse import EventSourceResponse
 
 from router.context import JOBS
 from router.control import read_json
-from router.dialects import Finish, Generation, Token
+from router.dialects import Finish, Token
 from router.errors import ApiError
+from router.lorax_json import details_json, lorax_response, token_json
 from router.params import GenerateRequest, parse_generate
 from router.pipeline import (
     DEPLOY_URL,
@@ -32,31 +33,6 @@ from wakegate.spec import DeploymentSpec
 from wakegate.store import QueueFull
 
 routes = web.RouteTableDef()
-
-
-def token_json(t: Token) -> dict[str, Any]:
-    return {"id": t.id, "text": t.text, "logprob": t.logprob, "special": t.special}
-
-
-def details_json(finish: Finish, tokens: list[Token] | None) -> dict[str, Any]:
-    d: dict[str, Any] = {
-        "finish_reason": finish.reason,
-        "prompt_tokens": finish.prompt_tokens,
-        "generated_tokens": finish.generated_tokens,
-        "seed": finish.seed,
-    }
-    if tokens is not None:
-        d["prefill"] = []
-        d["tokens"] = [token_json(t) for t in tokens]
-    return d
-
-
-def lorax_response(gen: Generation, req: GenerateRequest) -> dict[str, Any]:
-    text = (req.inputs + gen.text) if req.parameters.return_full_text else gen.text
-    out: dict[str, Any] = {"generated_text": text}
-    if req.parameters.details:
-        out["details"] = details_json(gen.finish, gen.tokens)
-    return out
 
 
 def check_max_new_tokens(spec: DeploymentSpec, req: GenerateRequest) -> None:

@@ -22,10 +22,10 @@ import aiohttp
 from redis.exceptions import RedisError
 
 from scaler.backends import Backend, NoCapacity, RunningReplica
-from scaler.engines import EngineProfile, EngineRefused, get_engine
 from scaler.metrics import ScalerMetrics
 from wakegate import topics
 from wakegate.catalog import MODELS
+from wakegate.engines import EngineProfile, EngineRefused, get_engine
 from wakegate.sealing import SecretBox, SecretKeyError, box_from_settings, open_secrets
 from wakegate.settings import Settings
 from wakegate.spec import DeploymentSpec

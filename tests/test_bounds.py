@@ -10,7 +10,7 @@ import pytest
 from harness import Stack, run_async, wait_until
 from test_control_plane import names
 
-from scaler.policies import default_params
+from wakegate.policy_params import default_params
 from wakegate.spec import (
     POLICY_PARAM_RANGES,
     ConfigUpdate,

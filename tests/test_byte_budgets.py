@@ -17,7 +17,7 @@ import redis
 from harness import Stack, start_redis, wait_until
 
 from router.jobs import job_ttl_s
-from router.pipeline import clip_messages, clip_text
+from router.request_log import clip_messages, clip_text
 from wakegate.store import JOB_DEPLOYMENTS, dep_key, tenant_deployments_key
 
 LOADS_FOR_EVER = ["--load-s", "600"]

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from router.app import create_app
-from scaler.engines import EngineRefused, validate_spec
-from wakegate.catalog import MODELS, CatalogError, load_models_file
+from wakegate.catalog import ENGINES, MODELS, CatalogError, load_models_file
+from wakegate.engines import EngineRefused, engine_names, validate_spec
 from wakegate.settings import Settings
 from wakegate.spec import DeploymentConfig, DeploymentSpec, InvalidSpec, parse_create
 
@@ -66,6 +66,10 @@ def test_an_entry_can_serve_built_in_weights_with_another_engine(tmp_path: Path)
     with pytest.raises(EngineRefused) as err:
         validate_spec(spec_of(baseModel="qwen3-8b", chunkedPrefill=False))
     assert err.value.field == "config.chunkedPrefill"
+
+
+def test_the_catalogue_names_every_engine_that_has_a_profile() -> None:
+    assert engine_names() == ENGINES
 
 
 def test_no_models_file_changes_nothing() -> None:

@@ -17,9 +17,9 @@ import pytest
 from click.testing import CliRunner, Result
 from harness import ROOT, Stack, wait_until
 
-from wakegate.cli import main
-from wakegate.cli_deployments import TOKEN_ENV, URL_ENV
-from wakegate.up import TOKEN_FILE
+from wakegate.tools.cli import main
+from wakegate.tools.cli_deployments import TOKEN_ENV, URL_ENV
+from wakegate.tools.up import TOKEN_FILE
 
 SIM_ARGS = ["--load-s", "1", "--ttft-s", "0.05", "--tps", "50", "--batch", "1"]
 

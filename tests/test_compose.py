@@ -82,7 +82,7 @@ def test_compose_credentials_are_made_once_private_and_point_everything_at_each_
     import stat
     import tomllib
 
-    from wakegate.compose_secrets import make_compose_secrets
+    from wakegate.tools.compose_secrets import make_compose_secrets
 
     services = config(compose, "cpu")["services"]
     assert services["secrets"]["command"][:2] == ["wakegate", "compose-secrets"]

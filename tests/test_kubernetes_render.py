@@ -34,10 +34,10 @@ from scaler.backends.kubernetes import (
     unschedulable,
 )
 from scaler.backends.kubernetes_launch import LAUNCH_ENV, build, spec_in_pod
-from scaler.engines import EngineRefused, LaunchPlan
-from scaler.engines.llamacpp import LlamaCppProfile
-from scaler.engines.sim import SimProfile
 from wakegate.catalog import ACCELERATORS
+from wakegate.engines import EngineRefused, LaunchPlan
+from wakegate.engines.llamacpp import LlamaCppProfile
+from wakegate.engines.sim import SimProfile
 from wakegate.settings import Settings
 from wakegate.spec import DeploymentConfig, DeploymentSpec
 
@@ -516,7 +516,7 @@ def test_the_replica_key_comes_from_the_replicas_own_secret_never_the_pod(
     engine_name: str, key_var: str, probe: str
 ) -> None:
     from scaler.backends.kubernetes import render_replica_secret, replica_secret_name
-    from scaler.engines import get_engine
+    from wakegate.engines import get_engine
 
     model = "gemma-3-270m" if engine_name == "llamacpp" else "qwen3-8b"
     accelerator = "cpu" if engine_name == "llamacpp" else "l4_24gb_100"
@@ -655,7 +655,7 @@ def test_the_rbac_manifests_validate() -> None:
 def test_gpu_engine_profiles_render_valid_pods_with_hub_adapters_and_secret_token(
     engine_name: str,
 ) -> None:
-    from scaler.engines import get_engine
+    from wakegate.engines import get_engine
 
     spec = make_spec(
         "a100_80gb_200",

@@ -16,15 +16,15 @@ from click.testing import CliRunner
 from harness import Stack, run_async
 from test_control_plane import names
 
+from scaler.backends.adapters import adapter_path
 from scaler.backends.kubernetes import dns_label, label_value
-from scaler.engines import EngineRefused, validate_spec
-from scaler.engines.adapters import adapter_path
-from scaler.engines.gpu import adapter_ids, speculation
 from scaler.sim.host import SimHost
-from wakegate.cli import main as cli
+from wakegate.engines import EngineRefused, validate_spec
+from wakegate.engines.gpu import adapter_ids, speculation
 from wakegate.settings import Settings
 from wakegate.spec import DeploymentConfig, DeploymentSpec, InvalidSpec, validate_name
 from wakegate.store import Store
+from wakegate.tools.cli import main as cli
 
 
 @pytest.mark.parametrize(

@@ -26,9 +26,9 @@ from scaler.policies import (
     always_on,
     get_policy,
     knative,
-    known_params,
     ray,
 )
+from wakegate.policy_params import known_params
 from wakegate.spec import ScalingPolicy
 
 NOW = 1_000_000.0

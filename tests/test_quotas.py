@@ -17,7 +17,6 @@ import pytest
 from click.testing import CliRunner
 from harness import Stack, run_async, wait_until
 
-from wakegate.cli import main as cli
 from wakegate.quotas import (
     QuotaExceeded,
     QuotaOverride,
@@ -28,7 +27,8 @@ from wakegate.quotas import (
 )
 from wakegate.spec import MAX_QUEUE_LENGTH, DeploymentConfig, DeploymentSpec
 from wakegate.store import DEPLOYMENTS, Store, TenantFull
-from wakegate.up import load_or_create_admin_token
+from wakegate.tools.cli import main as cli
+from wakegate.tools.up import load_or_create_admin_token
 
 DEFAULTS = Quotas(max_deployments=10, max_replicas=8, max_gpus=None, max_queue_length=100)
 

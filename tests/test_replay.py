@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from harness import ROOT, wait_until
 
-from wakegate.replay.pool import plan_members
-from wakegate.replay.report import capacity_waits, percentile, replica_timeline
-from wakegate.replay.traces import (
+from wakegate.tools.replay.pool import plan_members
+from wakegate.tools.replay.report import capacity_waits, percentile, replica_timeline
+from wakegate.tools.replay.traces import (
     TraceRequest,
     load_trace,
     prompt_text,
@@ -99,7 +99,7 @@ def test_a_warm_replay_starts_the_clock_with_the_replicas_ready(tmp_path: Path) 
 
 
 def test_policy_durations_are_compressed_with_the_trace_defaults_included() -> None:
-    from wakegate.replay.run import scaled_params
+    from wakegate.tools.replay.run import scaled_params
 
     knative = scaled_params("knative", {"stable_window_s": 120.0}, 10.0)
     assert knative["stable_window_s"] == 12.0
@@ -267,7 +267,7 @@ def test_what_out_needs_is_checked_before_anything_runs(
 ) -> None:
     from click.testing import CliRunner
 
-    from wakegate.cli import main
+    from wakegate.tools.cli import main
 
     out = tmp_path / "out"
     # Without matplotlib, --out (plots) is refused at once, naming the way out.
@@ -290,8 +290,8 @@ def test_what_out_needs_is_checked_before_anything_runs(
 def test_a_policy_run_reports_its_progress_in_trace_time_and_writes_as_it_ends(
     tmp_path: Path,
 ) -> None:
-    from wakegate.replay.policies import compare_policies
-    from wakegate.replay.run import Plan, Progress, SimEngine
+    from wakegate.tools.replay.policies import compare_policies
+    from wakegate.tools.replay.run import Plan, Progress, SimEngine
 
     requests = window(load_trace(TRACES / "azure2023_code.csv"), 280, 300)
     plan = Plan("azure2023_code.csv", requests, speed=10, max_replicas=1, cooldown_s=20,

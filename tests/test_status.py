@@ -12,7 +12,6 @@ from click.testing import CliRunner
 from conftest import unused_database
 from harness import Stack, run_async, wait_until
 
-from wakegate.cli import main
 from wakegate.status import (
     HistoryPoint,
     Overview,
@@ -22,6 +21,7 @@ from wakegate.status import (
     sample_due,
 )
 from wakegate.store import DECISIONS_MAX, HISTORY_MAX, Store, dep_key
+from wakegate.tools.cli import main
 
 # --- what the scaler records: pure rules ------------------------------------------------------
 

@@ -1,3 +1,3 @@
-from wakegate.cli import main
+from wakegate.tools.cli import main
 
 main()

@@ -20,7 +20,7 @@ from typing import Any
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
-    engine: str  # engine profile name, see scaler/engines
+    engine: str  # engine profile name, see wakegate/engines
     weights: str  # engine-specific locator: a GGUF source for llama.cpp, an HF repo for vLLM
     context_window: int
     default_accelerator: str
@@ -80,14 +80,14 @@ MODELS: dict[str, ModelEntry] = {
         context_window=32768,
         default_accelerator="a10_24gb_100",
     ),
-    # Served by the simulated engine (scaler/engines/sim.py) on the `sim` backend: no weights,
+    # Served by the simulated engine (wakegate/engines/sim.py) on the `sim` backend: no weights,
     # timing from the deployment's customArgs.
     "sim-llm": ModelEntry(
         name="sim-llm",
         engine="sim",
         weights="none",
         # No real model: long enough for the replay tool's long-context traces (Mooncake
-        # prompts reach 126k tokens; wakegate/replay/run.py sets maxTotalTokens 262,144).
+        # prompts reach 126k tokens; wakegate/tools/replay/run.py sets maxTotalTokens 262,144).
         context_window=262_144,
         default_accelerator="a10_24gb_100",
     ),
@@ -126,6 +126,11 @@ def accelerator_for_sku(sku: str) -> str | None:
     return matches[0].id if matches else None
 
 
+# The engines a model entry may name: wakegate/engines/ has one profile for each
+# (tests/test_catalog.py holds the two equal).
+ENGINES: frozenset[str] = frozenset({"llamacpp", "vllm", "lorax", "tgi", "sim"})
+
+
 class CatalogError(ValueError):
     """A user catalogue entry is wrong; the message names the file, the entry and the key."""
 
@@ -157,8 +162,6 @@ def parse_models_file(path: Path) -> dict[str, ModelEntry]:
 
 def _entry(name: str, raw: Any) -> ModelEntry:
     """One entry; a CatalogError's message starts with the offending key (`.engine: ...`)."""
-    from scaler.engines import engine_names  # scaler.engines imports this module
-
     if not isinstance(raw, dict):
         raise CatalogError(": must be a table")
     extra = sorted(set(raw) - set(ENTRY_KEYS))
@@ -168,8 +171,8 @@ def _entry(name: str, raw: Any) -> ModelEntry:
     if missing:
         raise CatalogError(f".{missing[0]}: required")
     engine, weights, window, accelerator = (raw[key] for key in ENTRY_KEYS)
-    if not isinstance(engine, str) or engine not in engine_names():
-        known = ", ".join(sorted(engine_names()))
+    if not isinstance(engine, str) or engine not in ENGINES:
+        known = ", ".join(sorted(ENGINES))
         raise CatalogError(f".engine: unknown engine {engine!r}; known: {known}")
     if not isinstance(weights, str) or not weights:
         raise CatalogError(".weights: must be a non-empty string")

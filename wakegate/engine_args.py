@@ -6,7 +6,7 @@ run code from the Hub (`--trust-remote-code`) or read a config file that sets al
 Only flags that tune the engine are listed here, each with what its value may be; anything
 else is refused with a 400 naming `config.customArgs` and the flag. The gateway checks a
 deployment against this table when it is created or updated, and the engine profiles
-(scaler/engines/) check it again before every launch. The table is data, shared by both
+(wakegate/engines/) check it again before every launch. The table is data, shared by both
 sides, so the gateway needs nothing from the scaler to enforce it; docs/engines.md lists it.
 
 Accepted forms: `--flag value`, `--flag=value`, and a bare `--flag` for switches. No
@@ -166,7 +166,7 @@ LORAX: dict[str, Flag] = {
     "--disable-sgmv": SWITCH,
 }
 
-# The simulated engine (scaler/engines/sim.py): its whole behaviour comes from these.
+# The simulated engine (wakegate/engines/sim.py): its whole behaviour comes from these.
 SIM: dict[str, Flag] = {
     "--load-s": _float(0, 86_400),
     "--ttft-s": _float(0, 3600),

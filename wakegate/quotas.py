@@ -21,7 +21,7 @@ bounds with the same values.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, cast
+from typing import Annotated, Any, Protocol, cast
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 from pydantic.alias_generators import to_camel
@@ -29,9 +29,6 @@ from pydantic.alias_generators import to_camel
 from wakegate.catalog import pool_units
 from wakegate.settings import Settings
 from wakegate.spec import MAX_QUEUE_LENGTH, MAX_REPLICAS, DeploymentSpec, InvalidSpec
-
-if TYPE_CHECKING:
-    from wakegate.store import Store
 
 # Largest values an override may hold: far above any real installation, and finite.
 MAX_DEPLOYMENTS_QUOTA = 100_000
@@ -136,12 +133,20 @@ def effective_quotas(defaults: Quotas, override: QuotaOverride | None) -> Quotas
     )
 
 
-async def tenant_quotas(store: Store, settings: Settings, tenant: str) -> Quotas:
+class QuotaRecords(Protocol):
+    """What quotas read from the store (wakegate/store.py Store, which imports this module)."""
+
+    async def quota_override(self, tenant: str) -> QuotaOverride | None: ...
+
+    async def tenant_deployment_count(self, tenant: str) -> int: ...
+
+
+async def tenant_quotas(store: QuotaRecords, settings: Settings, tenant: str) -> Quotas:
     """A tenant's effective quotas: the operator defaults merged with its override."""
     return effective_quotas(default_quotas(settings), await store.quota_override(tenant))
 
 
-async def quota_report(store: Store, settings: Settings, tenant: str) -> dict[str, Any]:
+async def quota_report(store: QuotaRecords, settings: Settings, tenant: str) -> dict[str, Any]:
     """What the admin API and `wakegate quota show` print for a tenant: the effective quotas,
     its override, the defaults and how many deployments it has."""
     defaults = default_quotas(settings)

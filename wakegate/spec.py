@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from wakegate.catalog import ACCELERATORS, MODELS, SKUS
+from wakegate.policy_params import known_params
 
 # Matched whole (fullmatch): `$` alone would also accept a trailing newline.
 NAME_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
@@ -61,7 +62,7 @@ SpeculationBatch = Annotated[StrictInt, Field(ge=0, le=MAX_SPECULATION_BATCH)]
 QueueLength = Annotated[StrictInt, Field(ge=1, le=MAX_QUEUE_LENGTH)]
 
 
-# Ranges of the scaling policies' knobs (`PARAMS` in scaler/policies/*.py), by name: durations
+# Ranges of the scaling policies' knobs (wakegate/policy_params.py), by name: durations
 # up to a week, ratios and rates within what any configuration uses. A knob missing here gets
 # the default range of its kind (a `*_s` name is a duration).
 POLICY_PARAM_RANGES: dict[str, tuple[float, float]] = {
@@ -145,8 +146,6 @@ class ScalingPolicy(_Wire):
 
     @model_validator(mode="after")
     def _known_params(self) -> ScalingPolicy:
-        from scaler.policies import known_params
-
         allowed = known_params(self.name)
         unknown = sorted(set(self.params) - allowed)
         if unknown:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from scaler.engines import EngineProfile
+from wakegate.engines import EngineProfile
 from wakegate.settings import Settings
 from wakegate.spec import DeploymentSpec
 

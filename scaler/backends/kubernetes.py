@@ -43,8 +43,8 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from scaler.backends import NoCapacity, RunningReplica
 from scaler.backends.kubernetes_launch import HF_TOKEN_ENV, REPLICA_KEY_ENV, pod_plan
-from scaler.engines import WAKEGATE_IMAGE, EngineProfile, EngineRefused, LaunchPlan
 from wakegate.catalog import ACCELERATORS, Accelerator, pool_units
+from wakegate.engines import WAKEGATE_IMAGE, EngineProfile, EngineRefused, LaunchPlan
 from wakegate.settings import Settings
 from wakegate.spec import DeploymentSpec
 

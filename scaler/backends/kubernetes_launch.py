@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from scaler.backends import REPLICA_ID_ENV, replica_env
-from scaler.engines import EngineRefused, LaunchPlan, get_engine
-from scaler.engines.adapters import adapter_path
+from scaler.backends.adapters import adapter_path
+from wakegate.engines import EngineRefused, LaunchPlan, get_engine
 from wakegate.settings import Settings
 from wakegate.spec import SECRET_FIELDS, DeploymentSpec
 

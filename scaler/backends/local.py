@@ -26,9 +26,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from scaler.backends import NoCapacity, RunningReplica, gpus, replica_env
-from scaler.engines import EngineProfile, EngineRefused
-from scaler.engines.adapters import adapter_path
+from scaler.backends.adapters import adapter_path
 from wakegate.catalog import ACCELERATORS, Accelerator, pool_units
+from wakegate.engines import EngineProfile, EngineRefused
 from wakegate.settings import Settings
 from wakegate.spec import DeploymentSpec
 

@@ -34,9 +34,9 @@ from ray.exceptions import RayActorError, RayError
 
 import scaler
 from scaler.backends import BackendUnavailable, NoCapacity, RunningReplica, replica_env
-from scaler.engines import EngineProfile, EngineRefused
-from scaler.engines.adapters import adapter_path
+from scaler.backends.adapters import adapter_path
 from wakegate.catalog import ACCELERATORS, pool_units
+from wakegate.engines import EngineProfile, EngineRefused
 from wakegate.settings import Settings
 from wakegate.spec import DeploymentSpec
 

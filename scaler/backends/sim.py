@@ -27,10 +27,10 @@ from urllib.parse import quote
 import aiohttp
 
 from scaler.backends import NoCapacity, RunningReplica, replica_env
-from scaler.engines import EngineProfile, EngineRefused
-from scaler.engines.sim import SimProfile
 from scaler.sim.host import STATE_FILE, parse_pool
 from wakegate.catalog import pool_units
+from wakegate.engines import EngineProfile, EngineRefused
+from wakegate.engines.sim import SimProfile
 from wakegate.settings import Settings
 from wakegate.spec import DeploymentSpec
 

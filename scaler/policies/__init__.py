@@ -84,13 +84,3 @@ def get_policy(name: str) -> Policy:
     except KeyError:
         raise ValueError(f"unknown scaling policy {name!r}") from None
     return policy
-
-
-def default_params(name: str) -> dict[str, float]:
-    """The knobs a policy reads from `ScalingConfig.params`, with their defaults."""
-    module = _registry().get(name)
-    return dict(getattr(module, "PARAMS", {}))
-
-
-def known_params(name: str) -> frozenset[str]:
-    return frozenset(default_params(name))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from scaler.policies import Decision, Observation, ScalingConfig
+from wakegate import policy_params
 
-PARAMS: dict[str, float] = {}
+# Its knobs and their defaults (wakegate/policy_params.py).
+PARAMS = policy_params.ALWAYS_ON
 
 
 def initial_state() -> None:

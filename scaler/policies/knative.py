@@ -17,15 +17,10 @@ import math
 from dataclasses import dataclass
 
 from scaler.policies import Decision, Observation, ScalingConfig, clamp, is_fresh
+from wakegate import policy_params
 
-PARAMS: dict[str, float] = {
-    "stable_window_s": 60.0,
-    "panic_window_s": 6.0,
-    "panic_threshold": 2.0,
-    "scale_to_zero_grace_s": 30.0,
-    "max_scale_down_rate": 2.0,
-    "max_scale_up_rate": 1000.0,
-}
+# Its knobs and their defaults (wakegate/policy_params.py).
+PARAMS = policy_params.KNATIVE
 
 
 _HUGE = 1e12

@@ -14,14 +14,10 @@ import math
 from dataclasses import dataclass
 
 from scaler.policies import Decision, Observation, ScalingConfig, clamp, is_fresh
+from wakegate import policy_params
 
-PARAMS: dict[str, float] = {
-    "target_ongoing_requests": 2.0,
-    "upscale_delay_s": 30.0,
-    "downscale_delay_s": 600.0,
-    # Negative: same as downscale_delay_s (Ray's None).
-    "downscale_to_zero_delay_s": -1.0,
-}
+# Its knobs and their defaults (wakegate/policy_params.py).
+PARAMS = policy_params.RAY
 
 
 _HUGE = 1e12

@@ -23,18 +23,10 @@ import math
 from dataclasses import dataclass, replace
 
 from scaler.policies import Decision, Observation, ScalingConfig, clamp, is_fresh
+from wakegate import policy_params
 
-# Knobs: the time constant of the rate estimates, and whether the start-up-aware rule runs.
-# The defaults are the best of the settings measured on both public traces (bench/README.md).
-PARAMS: dict[str, float] = {
-    "rate_window_s": 60.0,
-    "startup_aware": 1.0,
-    "steady_floor": 1.0,
-    # > 0: hold while arrivals stay below capacity and the running replicas serve everything
-    # queued now within this many seconds (FIFO: the backlog over the throughput), instead of
-    # while the backlog drains net of new arrivals before a start-up. 0: off.
-    "hold_wait_s": 10.0,
-}
+# Its knobs and their defaults (wakegate/policy_params.py).
+PARAMS = policy_params.WAKEGATE
 
 
 @dataclass(frozen=True)

@@ -157,7 +157,7 @@ class Pool:
 
 @dataclass(frozen=True)
 class ReplicaParams:
-    """One simulated engine's knobs (see scaler/engines/sim.py), in simulated seconds."""
+    """One simulated engine's knobs (see wakegate/engines/sim.py), in simulated seconds."""
 
     model: str = "sim-llm"
     load_s: float = 0.0

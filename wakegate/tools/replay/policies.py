@@ -7,8 +7,8 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from wakegate.replay import report
-from wakegate.replay.run import Plan, ProgressFn, run
+from wakegate.tools.replay import report
+from wakegate.tools.replay.run import Plan, ProgressFn, run
 
 
 def compare_policies(

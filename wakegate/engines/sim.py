@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from scaler.engines import WAKEGATE_IMAGE, EngineRefused, LaunchPlan
 from wakegate import engine_args
 from wakegate.catalog import MODELS
+from wakegate.engines import WAKEGATE_IMAGE, EngineRefused, LaunchPlan
 from wakegate.spec import DeploymentSpec, InvalidSpec
 
 FIELD = "config.customArgs"

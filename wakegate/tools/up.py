@@ -27,7 +27,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 import click
 
-from wakegate.embedded import MQTT_USER, free_port, mqtt_child, port_open, redis_child
 from wakegate.procs import Child
 from wakegate.sealing import (
     box_from_settings,
@@ -38,6 +37,7 @@ from wakegate.sealing import (
 )
 from wakegate.settings import Settings, settings_env
 from wakegate.store import Store
+from wakegate.tools.embedded import MQTT_USER, free_port, mqtt_child, port_open, redis_child
 
 RESTART_BACKOFF_S = 2.0
 
@@ -131,9 +131,9 @@ async def ensure_tenant_and_token(settings: Settings, token: str, admin_token: s
 
 def prepare_default_model(state_dir: Path) -> Path | None:
     """Assemble the Gemma GGUF once, so the first cold start does not pay for it."""
-    from scaler.engines import EngineRefused
-    from scaler.engines.llamacpp import resolve_weights
     from wakegate.catalog import MODELS
+    from wakegate.engines import EngineRefused
+    from wakegate.engines.llamacpp import resolve_weights
 
     models = state_dir / "models"
     models.mkdir(parents=True, exist_ok=True)

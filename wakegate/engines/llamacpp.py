@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from scaler.engines import WAKEGATE_IMAGE, EngineRefused, LaunchPlan, custom_argv, custom_flags
 from wakegate.catalog import MODELS
+from wakegate.engines import WAKEGATE_IMAGE, EngineRefused, LaunchPlan, custom_argv, custom_flags
 from wakegate.spec import DeploymentSpec
 
 DEFAULT_CONTEXT = 4096
@@ -74,7 +74,7 @@ class LlamaCppProfile:
     cheap_logprobs: bool = False
     # Runs inside wakegate's own image on a cluster (settings.kubernetes_wakegate_image).
     image: str = WAKEGATE_IMAGE
-    # GGUF LoRA files, fetched by the backend (scaler/engines/adapters.py).
+    # GGUF LoRA files, fetched by the backend (scaler/backends/adapters.py).
     adapter_files: bool = True
 
     def validate(self, spec: DeploymentSpec) -> None:

@@ -6,7 +6,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from wakegate.replay.run import Progress, ProgressFn
+    from wakegate.tools.replay.run import Progress, ProgressFn
 
 
 class RunBars:

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from scaler.engines import LaunchPlan
-from scaler.engines import gpu as g
+from wakegate.engines import LaunchPlan
+from wakegate.engines import gpu as g
 from wakegate.spec import DeploymentSpec
 
 # The last release: the repository was archived after it.

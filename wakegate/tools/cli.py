@@ -15,39 +15,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from wakegate import __version__
-from wakegate.settings import Settings, load_settings
+from wakegate.settings import Settings
+from wakegate.tools.cli_common import client_settings as _client_settings
+from wakegate.tools.cli_common import settings_from as _settings
+from wakegate.tools.cli_common import tenant_name as _tenant_name
 
 if TYPE_CHECKING:  # the commands import the store when they run: `--help` stays quick
     from wakegate.store import Store
 
 T = TypeVar("T")
-
-
-def _settings(config: str | None, **overrides: object) -> Settings:
-    try:
-        return load_settings(config, **overrides)
-    except (ValueError, OSError) as exc:
-        raise click.ClickException(f"bad configuration: {exc}") from None
-
-
-def _client_settings(config: str | None) -> Settings:
-    """Settings for commands that work on a running stack's Redis (and broker): without
-    REDIS_URL, the stack `wakegate up` runs from the state dir (its URLs and key, left in the
-    state dir)."""
-    settings = _settings(config)
-    if settings.redis_url is None:
-        from wakegate.up import CONNECT_FILE
-
-        connect = settings.state_dir / CONNECT_FILE
-        if connect.exists():
-            running = _settings(str(connect))
-            settings = replace(
-                settings,
-                redis_url=running.redis_url,
-                mqtt_url=settings.mqtt_url or running.mqtt_url,
-                secret_key_file=settings.secret_key_file or running.secret_key_file,
-            )
-    return settings
 
 
 @click.group()
@@ -78,7 +54,7 @@ def up(
     workers: int | None,
 ) -> None:
     """Run the whole stack: Redis, MQTT broker, scaler, gateway (embedded unless configured)."""
-    from wakegate.up import run_up
+    from wakegate.tools.up import run_up
 
     settings = _settings(config, port=port, host=host, state_dir=state_dir)
     if workers is not None:
@@ -105,15 +81,6 @@ def scaler() -> None:
     from scaler.__main__ import main as scaler_main
 
     scaler_main()
-
-
-def _tenant_name(tenant: str) -> str:
-    from wakegate.spec import InvalidSpec, validate_name
-
-    try:
-        return validate_name(tenant, "tenant")
-    except InvalidSpec as exc:
-        raise click.ClickException(str(exc)) from None
 
 
 def _with_store(settings: Settings, work: Callable[[Store], Awaitable[T]]) -> T:
@@ -291,7 +258,7 @@ def status(url: str, token: str, once: bool, as_json: bool, interval: float) -> 
     from rich.console import Console
     from rich.live import Live
 
-    from wakegate.status_cli import StatusUnavailable, fetch_overview, render
+    from wakegate.tools.status_cli import StatusUnavailable, fetch_overview, render
 
     try:
         view = fetch_overview(url, token)
@@ -321,7 +288,7 @@ def status(url: str, token: str, once: bool, as_json: bool, interval: float) -> 
 @click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
 def compose_secrets(folder: Path) -> None:
     """Make the compose stack's credentials in FOLDER (its `secrets` service runs this)."""
-    from wakegate.compose_secrets import make_compose_secrets
+    from wakegate.tools.compose_secrets import make_compose_secrets
 
     for path in make_compose_secrets(folder):
         click.echo(path)
@@ -612,10 +579,10 @@ def replay(
     --pool, --allocator, --guaranteed, --stagger-s: several deployments sharing one pool,
     under each --allocator.
     """
-    from wakegate.cli_progress import RunBars
-    from wakegate.replay import report
-    from wakegate.replay.run import Plan, SimEngine
-    from wakegate.replay.traces import load_trace, window
+    from wakegate.tools.cli_progress import RunBars
+    from wakegate.tools.replay import report
+    from wakegate.tools.replay.run import Plan, SimEngine
+    from wakegate.tools.replay.traces import load_trace, window
 
     # What --out needs is checked before anything runs: a replay takes minutes.
     plots = not no_plots
@@ -631,8 +598,8 @@ def replay(
             raise click.BadParameter(f"{p!r}: use POLICY:KEY=VALUE", param_hint="--param") from None
     engine = SimEngine(load_s=load_s, tps=tps, batch=batch, cache_blocks=cache_blocks)
     if len(traces) > 1 or deployments > 1 or pool or allocators or guaranteed or stagger_s:
-        from wakegate.replay.allocators import compare_allocators
-        from wakegate.replay.pool import PoolPlan, plan_members, pool_for_peaks
+        from wakegate.tools.replay.allocators import compare_allocators
+        from wakegate.tools.replay.pool import PoolPlan, plan_members, pool_for_peaks
 
         for flag, given in (("--policy", policies), ("--routing", routings)):
             if len(given) > 1:
@@ -698,7 +665,7 @@ def replay(
                 param_hint="--warm",
             )
         plans.append((policy if len(routings) == 1 else f"{policy}-{routing}", plan))
-    from wakegate.replay.policies import compare_policies
+    from wakegate.tools.replay.policies import compare_policies
 
     with RunBars() as bars:
         summaries = compare_policies(plans, out, bars.echo, bars.run, plots)
@@ -727,8 +694,8 @@ def _check_out(out: Path, plots: bool) -> None:
 
 def _add_commands() -> None:
     """Commands kept in modules of their own."""
-    from wakegate.cli_deployments import deployments
-    from wakegate.cli_events import events
+    from wakegate.tools.cli_deployments import deployments
+    from wakegate.tools.cli_events import events
 
     main.add_command(deployments)
     main.add_command(events)

@@ -11,6 +11,7 @@ The field-by-field mapping is documented in docs/engines.md.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,10 @@ from typing import Protocol
 
 from wakegate import engine_args
 from wakegate.spec import DeploymentConfig, DeploymentSpec, InvalidSpec
+
+# A LoRA adapter's id: Predibase-style `repo/version`, or any path of safe segments
+# (the backends fetch its file by it: scaler/backends/adapters.py).
+ADAPTER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*")
 
 # The image wakegate's own engines (llama.cpp, sim) run from on a cluster: a placeholder that
 # cluster backends replace with the configured one (settings.kubernetes_wakegate_image).
@@ -110,11 +115,11 @@ def _factories(
     concurrency: int, spec: DeploymentSpec | None
 ) -> dict[str, Callable[[], EngineProfile]]:
     # Imported here: the profile modules import this one.
-    from scaler.engines.llamacpp import LlamaCppProfile
-    from scaler.engines.lorax import LoraxProfile
-    from scaler.engines.sim import SimProfile
-    from scaler.engines.tgi import TgiProfile
-    from scaler.engines.vllm import VllmProfile
+    from wakegate.engines.llamacpp import LlamaCppProfile
+    from wakegate.engines.lorax import LoraxProfile
+    from wakegate.engines.sim import SimProfile
+    from wakegate.engines.tgi import TgiProfile
+    from wakegate.engines.vllm import VllmProfile
 
     def sim() -> EngineProfile:
         return SimProfile.from_spec(spec) if spec is not None else SimProfile()

@@ -216,7 +216,8 @@ def events(
     """Follow DEPLOYMENT's scaling decisions, replicas, wakes, capacity waits and lifecycle
     events as they happen, one line each. Reads the broker (MQTT_URL) and Redis (REDIS_URL)
     of the settings, else those of the stack `wakegate up` runs here."""
-    from wakegate.cli import _client_settings, _tenant_name
+    from wakegate.tools.cli_common import client_settings as _client_settings
+    from wakegate.tools.cli_common import tenant_name as _tenant_name
 
     settings = _client_settings(config)
     if "/" in deployment:

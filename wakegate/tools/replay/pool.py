@@ -19,7 +19,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from wakegate.catalog import ACCELERATORS
-from wakegate.replay.run import (
+from wakegate.sealing import box_from_settings
+from wakegate.settings import Settings
+from wakegate.spec import validate_name
+from wakegate.store import Store
+from wakegate.tools.replay.run import (
     Progress,
     ProgressFn,
     RequestResult,
@@ -36,11 +40,7 @@ from wakegate.replay.run import (
     send,
     sim_usage,
 )
-from wakegate.replay.traces import TraceRequest, rotate, split_trace
-from wakegate.sealing import box_from_settings
-from wakegate.settings import Settings
-from wakegate.spec import validate_name
-from wakegate.store import Store
+from wakegate.tools.replay.traces import TraceRequest, rotate, split_trace
 
 TenantLayout = Literal["per-deployment", "one"]
 ALLOCATORS = ("fair", "fcfs", "static")
@@ -280,7 +280,7 @@ def run_pool(
 ) -> PoolResult:
     """One pool run on a fresh stack; the stack is stopped afterwards, whatever happens.
     `progress`, if given, hears how far the run is every PROGRESS_EVERY_S."""
-    from wakegate.up import Stack
+    from wakegate.tools.up import Stack
 
     total = sum(len(m.requests) for m in plan.members)
     span = max((m.requests[-1].at_s for m in plan.members if m.requests), default=0.0)

@@ -20,10 +20,10 @@ from typing import Any, Literal, Protocol
 
 import aiohttp
 
-from wakegate.embedded import free_port
-from wakegate.replay.traces import TraceRequest, prompt_text
 from wakegate.settings import Settings
 from wakegate.store import Store
+from wakegate.tools.embedded import free_port
+from wakegate.tools.replay.traces import TraceRequest, prompt_text
 
 SAMPLE_EVERY_S = 0.25  # real seconds between samples of queue depth and replicas
 PROGRESS_EVERY_S = 0.5  # real seconds between two progress reports
@@ -193,7 +193,7 @@ async def report_progress(
 def scaled_params(policy: str, params: dict[str, float], speed: float) -> dict[str, float]:
     """Every knob of the policy, defaults included; those named `*_s` are durations and are
     compressed like the trace (a 60 s window at 10x lasts 6 s)."""
-    from scaler.policies import default_params
+    from wakegate.policy_params import default_params
 
     merged = {**default_params(policy), **params}
     return {k: (v / speed if k.endswith("_s") and v > 0 else v) for k, v in merged.items()}
@@ -406,7 +406,7 @@ def run(
 ) -> RunResult:
     """One replay on a fresh stack; the stack is stopped afterwards, whatever happens.
     `progress`, if given, hears how far the run is every PROGRESS_EVERY_S."""
-    from wakegate.up import Stack
+    from wakegate.tools.up import Stack
 
     span = plan.requests[-1].at_s if plan.requests else 0.0
     total = len(plan.requests)

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from wakegate.catalog import ACCELERATORS
-from wakegate.replay.pool import PoolResult
-from wakegate.replay.run import RunResult
+from wakegate.tools.replay.pool import PoolResult
+from wakegate.tools.replay.run import RunResult
 
 # Events the scaler appends to a deployment when the pool is short (scaler/allocator.py).
 RECLAIMED = "Reclaimed"  # one of its idle replicas was taken back for another deployment

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from wakegate.control_client import ApiFailure, ControlClient
+from wakegate.tools.control_client import ApiFailure, ControlClient
 
 if TYPE_CHECKING:  # rich is imported when a command runs: `--help` stays quick
     from rich.console import Console
@@ -55,8 +55,8 @@ def stderr_console() -> Console:
 
 def _local_defaults() -> tuple[str, str | None]:
     """The gateway and token of the stack `wakegate up` runs from the state dir."""
-    from wakegate.cli import _settings
-    from wakegate.up import TOKEN_FILE
+    from wakegate.tools.cli_common import settings_from as _settings
+    from wakegate.tools.up import TOKEN_FILE
 
     settings = _settings(None)
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host

@@ -8,9 +8,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from wakegate.replay import report
-from wakegate.replay.pool import PoolPlan, run_pool
-from wakegate.replay.run import ProgressFn
+from wakegate.tools.replay import report
+from wakegate.tools.replay.pool import PoolPlan, run_pool
+from wakegate.tools.replay.run import ProgressFn
 
 
 def compare_allocators(

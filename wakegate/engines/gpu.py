@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from scaler.engines import EngineRefused, custom_argv
-from scaler.engines.adapters import ADAPTER_ID
 from wakegate.catalog import ACCELERATORS, MODELS
+from wakegate.engines import ADAPTER_ID, EngineRefused, custom_argv
 from wakegate.spec import CONFIG_KEYS, DeploymentConfig, DeploymentSpec
 
 # Sequences the gateway sends one replica at once unless customArgs raise the engine's own

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scaler.engines import LaunchPlan
-from scaler.engines import gpu as g
+from wakegate.engines import LaunchPlan
+from wakegate.engines import gpu as g
 from wakegate.spec import DeploymentSpec
 
 IMAGE = "vllm/vllm-openai:v0.33.0"

@@ -8,15 +8,13 @@ set and it has the file.
 
 from __future__ import annotations
 
-import re
 import shutil
 import urllib.request
 from pathlib import Path
 
-from scaler.engines import EngineRefused
+from wakegate.engines import ADAPTER_ID, EngineRefused
 from wakegate.settings import Settings
 
-ADAPTER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*")
 FIELD = "config.preloadedAdapters"
 
 

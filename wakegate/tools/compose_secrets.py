@@ -14,8 +14,8 @@ import os
 import secrets
 from pathlib import Path
 
-from wakegate.embedded import MQTT_USER, mosquitto_password_line
 from wakegate.sealing import generate_key, load_or_create, private_dir, write_private
+from wakegate.tools.embedded import MQTT_USER, mosquitto_password_line
 
 # Users the official images run as (redis:7, eclipse-mosquitto:2, prom/prometheus,
 # grafana/grafana).

@@ -1,0 +1,89 @@
+"""The request log: what it keeps of one request, each text clipped to a byte budget. Written
+only for deployments with `requestLoggingEnabled` (router/pipeline.py for the synchronous APIs,
+router/jobs.py for async requests)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from router.dialects import Finish
+from router.params import GenerateRequest
+
+# Request-log entries kept per deployment (a Redis stream, trimmed as it grows).
+REQUEST_LOG_MAX = 10_000
+
+
+def clip_text(text: str, budget: int) -> tuple[str, bool]:
+    """`text` cut to at most `budget` UTF-8 bytes (never inside a character); whether it was."""
+    raw, budget = text.encode(), max(0, budget)
+    if len(raw) <= budget:
+        return text, False
+    return raw[:budget].decode(errors="ignore"), True
+
+
+def clip_messages(messages: list[dict[str, str]], budget: int) -> tuple[list[dict[str, str]], bool]:
+    """Chat messages whose texts together keep at most `budget` bytes, the earliest first."""
+    out: list[dict[str, str]] = []
+    cut = False
+    for message in messages:
+        kept: dict[str, str] = {}
+        for k, v in message.items():
+            kept[k], was = clip_text(v, budget)
+            budget -= len(kept[k].encode())
+            cut = cut or was
+        out.append(kept)
+    return out, cut
+
+
+@dataclass
+class RequestLogEntry:
+    """What the request log keeps of one request; written only when the deployment has
+    `requestLoggingEnabled`, never otherwise."""
+
+    api: str
+    stream: bool
+    req: GenerateRequest
+    arrived: float
+    at: float = field(default_factory=time.time)
+    replica: str | None = None
+    queue_wait_s: float | None = None
+    ttft_s: float | None = None
+    output: list[str] = field(default_factory=list)
+    finish: Finish | None = None
+    status: int = 200
+    error: str | None = None
+
+    def record(self, max_bytes: int) -> dict[str, Any]:
+        """What is stored of the entry; its prompt (or messages) and its output keep at most
+        `max_bytes` bytes each (the setting `request_log_max_bytes`), `truncated` says whether
+        any was cut."""
+        p = self.req.parameters
+        prompt, messages, cut_in = None, None, False
+        if self.req.messages is None:
+            prompt, cut_in = clip_text(self.req.inputs, max_bytes)
+        else:
+            messages, cut_in = clip_messages(self.req.messages, max_bytes)
+        output, cut_out = clip_text("".join(self.output), max_bytes)
+        return {
+            "time": datetime.fromtimestamp(self.at, UTC).isoformat(),
+            "api": self.api,
+            "stream": self.stream,
+            "prompt": prompt,
+            "messages": messages,
+            "truncated": cut_in or cut_out,
+            "parameters": p.model_dump(exclude_none=True, exclude={"api_token"}),
+            "adapter": p.adapter_id,
+            "output": output,
+            "finish_reason": self.finish.reason if self.finish else None,
+            "prompt_tokens": self.finish.prompt_tokens if self.finish else None,
+            "generated_tokens": self.finish.generated_tokens if self.finish else None,
+            "status": self.status,
+            "error": self.error,
+            "replica": self.replica,
+            "queue_wait_s": self.queue_wait_s,
+            "ttft_s": self.ttft_s,
+            "duration_s": round(time.monotonic() - self.arrived, 4),
+        }
