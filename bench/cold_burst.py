@@ -45,7 +45,7 @@ import aiomqtt
 import psutil
 
 from wakegate import topics
-from wakegate.embedded import free_port
+from wakegate.procs import free_port
 from wakegate.sealing import read_secret
 from wakegate.settings import Settings
 from wakegate.up import Stack

@@ -48,7 +48,8 @@ from typing import Any
 import aiohttp
 
 from scaler.sim.host import STATE_FILE
-from wakegate.embedded import free_port, port_open, redis_server_binary
+from wakegate.embedded import port_open, redis_server_binary
+from wakegate.procs import free_port
 from wakegate.store import Store, dep_key
 
 TENANT = "faults"

@@ -45,7 +45,7 @@ from typing import Any
 import aiohttp
 import psutil
 
-from wakegate.embedded import free_port
+from wakegate.procs import free_port
 from wakegate.settings import Settings, settings_env
 from wakegate.store import Store
 from wakegate.up import Stack

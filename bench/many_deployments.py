@@ -33,7 +33,7 @@ from typing import Any
 import aiohttp
 
 from scaler.backends.sim import SimBackend
-from wakegate.embedded import free_port
+from wakegate.procs import free_port
 from wakegate.sealing import read_secret
 from wakegate.settings import Settings
 from wakegate.store import Store

@@ -27,8 +27,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import click
 
-from wakegate.embedded import MQTT_USER, free_port, mqtt_child, port_open, redis_child
-from wakegate.procs import Child
+from wakegate.embedded import MQTT_USER, mqtt_child, port_open, redis_child
+from wakegate.procs import Child, free_port
 from wakegate.sealing import (
     box_from_settings,
     generate_key,

@@ -20,7 +20,7 @@ from typing import Any, Literal, Protocol
 
 import aiohttp
 
-from wakegate.embedded import free_port
+from wakegate.procs import free_port
 from wakegate.replay.traces import TraceRequest, prompt_text
 from wakegate.settings import Settings
 from wakegate.store import Store
