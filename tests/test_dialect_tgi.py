@@ -197,7 +197,7 @@ async def replica() -> AsyncIterator[MakeReplica]:
             deployment="acme/d",
             revision=1,
             accelerator="cpu",
-            params=ReplicaParams(ttft_s=0.0, tps=2000.0, **params),
+            params=ReplicaParams(load_s=0.0, ttft_s=0.0, tps=2000.0, **params),
             time_scale=1.0,
             bind_host="127.0.0.1",
             advertise_host="127.0.0.1",

@@ -66,6 +66,7 @@ from typing import Any
 
 from aiohttp import web
 
+from scaler.sim.params import SimTiming
 from wakegate.catalog import ACCELERATORS, SKUS, pool_units
 from wakegate.logs import setup_logging
 
@@ -156,19 +157,11 @@ class Pool:
 
 
 @dataclass(frozen=True)
-class ReplicaParams:
-    """One simulated engine's knobs (see scaler/engines/sim.py), in simulated seconds."""
+class ReplicaParams(SimTiming):
+    """One simulated replica's engine: its timing (scaler/sim/params.py), its model and
+    context; `cache_blocks` counts blocks of CACHE_BLOCK_TOKENS."""
 
     model: str = "sim-llm"
-    load_s: float = 0.0
-    ttft_s: float = 0.0
-    prefill_tps: float = 5000.0
-    tps: float = 40.0
-    batch: int = 8
-    batch_slowdown: float = 0.0
-    stream_interval_s: float = 0.0
-    # KV-cache capacity for prefix caching, in blocks of CACHE_BLOCK_TOKENS; 0 = none.
-    cache_blocks: int = 0
     n_ctx: int = 32768
     # Native streams send a generation error event after this many tokens, and /generate
     # answers 424 (a replica failing mid-generation, for tests); 0: never.
@@ -198,10 +191,11 @@ class ReplicaParams:
                 raise ValueError(f"params.{key} has the wrong type")
             values[key] = value
         params = cls(**values)
-        if min(params.load_s, params.ttft_s, params.batch_slowdown, params.stream_interval_s) < 0:
-            raise ValueError("params: durations and batch_slowdown must be >= 0")
-        if params.prefill_tps <= 0 or params.tps <= 0 or params.batch < 1 or params.n_ctx < 1:
-            raise ValueError("params: prefill_tps and tps must be > 0, batch and n_ctx >= 1")
+        flag = params.out_of_range()
+        if flag is not None:
+            raise ValueError(f"params.{flag[2:].replace('-', '_')} is out of range")
+        if params.n_ctx < 1:
+            raise ValueError("params: n_ctx must be >= 1")
         if params.fail_after_tokens < 0:
             raise ValueError("params: fail_after_tokens must be >= 0")
         return params

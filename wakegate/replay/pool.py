@@ -18,13 +18,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from scaler.sim.params import SimTiming
 from wakegate.catalog import ACCELERATORS
 from wakegate.replay.run import (
+    REPLAY_ENGINE,
     Progress,
     ProgressFn,
     RequestResult,
     Sample,
-    SimEngine,
     Tally,
     client_session,
     create_deployment,
@@ -81,7 +82,7 @@ class PoolPlan:
     max_replicas: int = 4
     scale_up_threshold: int = 16
     cooldown_s: float = 120.0
-    engine: SimEngine = field(default_factory=SimEngine)
+    engine: SimTiming = REPLAY_ENGINE
     accelerator: str = DEFAULT_ACCELERATOR
     routing: str = "prefix"
     reclaim_grace_s: float = 30.0  # trace seconds, like every duration of the plan
