@@ -1,7 +1,7 @@
 """The `lorax` and `tgi` dialects: request bodies as pure units, then generate and stream over
 real HTTP against a simulated replica.
 
-The sim replica (scaler/sim/host.py, started in-process here) speaks the native LoRAX/TGI
+The sim replica (scaler/sim/replica.py, started in-process here) speaks the native LoRAX/TGI
 API in the documented shapes: LoRAX's `/generate` answer and `/generate_stream` events,
 TGI's validation of the sampling parameters (temperature > 0, 0 < top_p < 1, top_k > 0),
 its `{"error", "error_type"}` bodies and events. Its token ids are synthetic. No real LoRAX
@@ -24,14 +24,8 @@ from router.errors import ApiError
 from router.openai_api import OpenAIStream
 from router.params import GenerateRequest, Parameters
 from scaler.engines import get_engine
-from scaler.sim.host import (
-    SIM_TOKEN_ID,
-    TOKEN_LOGPROB,
-    TOKEN_TEXT,
-    Lease,
-    ReplicaParams,
-    SimReplica,
-)
+from scaler.sim.pool import Lease
+from scaler.sim.replica import SIM_TOKEN_ID, TOKEN_LOGPROB, TOKEN_TEXT, ReplicaParams, SimReplica
 from wakegate.store import ReplicaRecord
 
 PROMPT = "one two three"  # three prompt tokens for the sim (it counts words)

@@ -24,7 +24,7 @@ from scaler.backends import NoCapacity, RunningReplica, create_backend
 from scaler.backends.sim import PoolExhausted, SimBackend, host_alive
 from scaler.engines import EngineRefused, get_engine
 from scaler.engines.sim import SimProfile
-from scaler.sim.host import Pool, PoolError
+from scaler.sim.pool import Pool, PoolError
 from wakegate.catalog import ACCELERATORS, pool_units
 from wakegate.settings import Settings
 from wakegate.spec import DeploymentSpec

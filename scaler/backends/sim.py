@@ -28,7 +28,8 @@ import httpx
 from scaler.backends import NoCapacity, RunningReplica, replica_env
 from scaler.engines import EngineProfile, EngineRefused
 from scaler.engines.sim import SimProfile
-from scaler.sim.host import STATE_FILE, parse_pool
+from scaler.sim.host import STATE_FILE
+from scaler.sim.pool import parse_pool
 from wakegate.catalog import pool_units
 from wakegate.settings import Settings
 from wakegate.spec import DeploymentSpec

@@ -1,4 +1,4 @@
-"""The simulated engine: a replica of the `sim` backend (scaler/sim/host.py), no model at all.
+"""The simulated engine: a replica of the `sim` backend (scaler/sim/replica.py), no model at all.
 
 It speaks the same OpenAI completions API as the llama.cpp profile, so the gateway proxies to
 it unchanged, and its timing comes from the deployment's `customArgs` (their names and

@@ -99,7 +99,7 @@ class PoolPlan:
             raise ValueError(f"pool {self.pool!r} has no {sku}: no deployment could start")
 
     def _parsed_pool(self) -> dict[str, int]:
-        from scaler.sim.host import parse_pool
+        from scaler.sim.pool import parse_pool
 
         return parse_pool(self.pool)
 
