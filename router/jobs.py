@@ -29,7 +29,7 @@ from typing import Any
 import aiohttp
 
 from router.dialects import Generation, UpstreamError, get_dialect
-from router.dispatch import OnWake
+from router.dispatch import OnWake, listen_forever
 from router.params import GenerateRequest
 from router.retries import ATTEMPTS, SUSPECT_MS
 from wakegate.spec import DeploymentSpec
@@ -116,21 +116,11 @@ class JobRunner:
 
     async def listen(self) -> None:
         """Hear every async assignment; the claim decides which gateway runs it."""
-        while True:
-            pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(gateway_channel(ASYNC_OWNER))
-                async for message in pubsub.listen():
-                    key, job_id, replica_id = str(message["data"]).split(" ")
-                    self._spawn(self._run(key, job_id, replica_id))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("async channel lost (%s); resubscribing", exc)
-                await asyncio.sleep(0.5)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await listen_forever(self.store, gateway_channel(ASYNC_OWNER), self._heard, "async")
+
+    def _heard(self, data: str) -> None:
+        key, job_id, replica_id = data.split(" ")
+        self._spawn(self._run(key, job_id, replica_id))
 
     async def sweep_forever(self) -> None:
         while True:
