@@ -2,8 +2,8 @@
 
 A deployment of the sim engine gives them as `customArgs` (scaler/engines/sim.py parses them,
 within the gateway's bounds in wakegate/engine_args.py); the sim backend hands them to the sim
-host, which runs each replica by them (scaler/sim/host.py); replays and benchmarks write them
-as `customArgs` with `SimTiming.args`. Durations are simulated seconds (the sim host divides
+host, which runs each replica by them (scaler/sim/replica.py); replays and benchmarks write
+them as `customArgs` with `SimTiming.args`. Durations are simulated seconds (the sim host divides
 them by its time scale).
 """
 
