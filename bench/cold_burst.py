@@ -45,17 +45,17 @@ import aiomqtt
 import psutil
 
 from wakegate import topics
+from wakegate.engines.sim_timing import SimTiming
+from wakegate.procs import free_port
 from wakegate.sealing import read_secret
 from wakegate.settings import Settings
-from wakegate.tools.embedded import free_port
 from wakegate.tools.up import Stack
 
 HERE = Path(__file__).resolve().parent
 HAS_WORKERS = "gateway_workers" in {f.name for f in fields(Settings)}
 NAME = "burst"
 LOAD_S, TTFT_S, TPS, BATCH, REPLICAS, TOKENS = 5.0, 0.05, 40.0, 64, 4, 20
-ENGINE = ["--load-s", str(LOAD_S), "--ttft-s", str(TTFT_S), "--tps", str(TPS),
-          "--batch", str(BATCH)]  # fmt: skip
+ENGINE = SimTiming(load_s=LOAD_S, ttft_s=TTFT_S, tps=TPS, batch=BATCH).args()
 
 
 def raise_fd_limit(wanted: int) -> int:

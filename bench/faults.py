@@ -48,15 +48,17 @@ from typing import Any
 import aiohttp
 
 from scaler.sim.host import STATE_FILE
+from wakegate.engines.sim_timing import SimTiming
+from wakegate.procs import free_port
 from wakegate.store import Store, dep_key
-from wakegate.tools.embedded import free_port, port_open, redis_server_binary
+from wakegate.tools.embedded import port_open, redis_server_binary
 
 TENANT = "faults"
 TOKEN = "pb_bench_faults"
 NAME = "faulty"
 KEY = f"{TENANT}/{NAME}"
 MAX_REPLICAS = 3
-ENGINE = ["--load-s", "3", "--ttft-s", "0.05", "--tps", "40", "--batch", "16"]
+ENGINE = SimTiming(load_s=3.0, ttft_s=0.05, tps=40.0, batch=16).args()
 PROMPT = "Tell me about faults. " * 8
 
 

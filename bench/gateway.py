@@ -45,16 +45,17 @@ from typing import Any
 import aiohttp
 import psutil
 
+from wakegate.engines.sim_timing import SimTiming
+from wakegate.procs import free_port
 from wakegate.settings import Settings, settings_env
 from wakegate.store import Store
-from wakegate.tools.embedded import free_port
 from wakegate.tools.up import Stack
 
 HERE = Path(__file__).resolve().parent
 WRK_SCRIPT = HERE / "wrk_post.lua"
 NAME = "bench"
 MODEL = "sim-llm"
-ENGINE = ["--load-s", "0", "--ttft-s", "0", "--tps", "1000", "--batch", "1024"]
+ENGINE = SimTiming(load_s=0.0, ttft_s=0.0, tps=1000.0, batch=1024).args()
 BODY = {"model": MODEL, "prompt": "hello", "max_tokens": 1}
 STREAM_TOKENS = 1000
 

@@ -33,13 +33,14 @@ from typing import Any
 import aiohttp
 
 from scaler.backends.sim import SimBackend
+from wakegate.engines.sim_timing import SimTiming
+from wakegate.procs import free_port
 from wakegate.sealing import read_secret
 from wakegate.settings import Settings
 from wakegate.store import Store
-from wakegate.tools.embedded import free_port
 from wakegate.tools.up import Stack
 
-ENGINE = ["--load-s", "0.5", "--ttft-s", "0.02", "--tps", "400", "--batch", "4"]
+ENGINE = SimTiming(load_s=0.5, ttft_s=0.02, tps=400.0, batch=4).args()
 QUEUE_COMMENT = ": wakegate "
 
 

@@ -31,8 +31,10 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from harness import Stack, start_mosquitto, start_redis, wait_until
 
+from wakegate.engines.sim_timing import SimTiming
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-WARM = ["--load-s", "0", "--ttft-s", "0", "--tps", "100000"]
+WARM = SimTiming(load_s=0.0, ttft_s=0.0, tps=100_000.0).args()
 WRK_DONE = """
 done = function(summary, latency, requests)
   local e = summary.errors

@@ -83,7 +83,8 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _dispatch_ctx(app: web.Application) -> AsyncIterator[None]:
-    dispatcher = Dispatcher(app[STORE], app[SETTINGS].lease_ms, on_wake=wake_publisher(app))
+    on_wake = wake_publisher(app)  # the sync and the async APIs' wakes alike
+    dispatcher = Dispatcher(app[STORE], app[SETTINGS].lease_ms, on_wake=on_wake)
     app[DISPATCHER] = dispatcher
     spec_cache = app[SPEC_CACHE]
     holding = Holding(
@@ -121,7 +122,7 @@ async def _dispatch_ctx(app: web.Application) -> AsyncIterator[None]:
     app[BUS] = bus
     settings = app[SETTINGS]
     jobs = JobRunner(
-        app[STORE], app[UPSTREAM], bus, settings.lease_ms, settings.async_result_ttl_s,
+        app[STORE], app[UPSTREAM], on_wake, settings.lease_ms, settings.async_result_ttl_s,
         settings.queue_timeout_s, settings.request_log_max_bytes,
     )  # fmt: skip
     app[JOBS] = jobs

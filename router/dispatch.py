@@ -74,6 +74,35 @@ class _Turn:
 OnWake = Callable[[str, int, float], None]
 
 
+async def listen_forever(
+    store: Store,
+    channel: str,
+    on_message: Callable[[str], None],
+    what: str,
+    listening: asyncio.Event | None = None,
+) -> None:
+    """Hear a Redis pub/sub channel for good, each message's data to `on_message`: a lost
+    subscription is made again (`listening` is set while it holds)."""
+    while True:
+        pubsub = store.redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(channel)
+            if listening is not None:
+                listening.set()
+            async for message in pubsub.listen():
+                on_message(str(message["data"]))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("%s channel lost (%s); resubscribing", what, exc)
+            await asyncio.sleep(0.5)
+        finally:
+            if listening is not None:
+                listening.clear()
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
 class Dispatcher:
     def __init__(self, store: Store, lease_ms: int, on_wake: OnWake | None = None) -> None:
         self.store = store
@@ -325,24 +354,13 @@ class Dispatcher:
 
     async def listen(self) -> None:
         """Hear assignments of this gateway's requests made by any gateway (fast path)."""
-        while True:
-            pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(gateway_channel(self.gateway_id))
-                self.listening.set()
-                async for message in pubsub.listen():
-                    deployment, request_id, replica_id = str(message["data"]).split(" ")
-                    if request_id in self._waiting.get(deployment, {}):
-                        self._deliver(deployment, request_id, replica_id)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("assignment channel lost (%s); resubscribing", exc)
-                await asyncio.sleep(0.5)
-            finally:
-                self.listening.clear()
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+        channel = gateway_channel(self.gateway_id)
+        await listen_forever(self.store, channel, self._heard, "assignment", self.listening)
+
+    def _heard(self, data: str) -> None:
+        deployment, request_id, replica_id = data.split(" ")
+        if request_id in self._waiting.get(deployment, {}):
+            self._deliver(deployment, request_id, replica_id)
 
     async def tick_forever(self) -> None:
         """Level-triggered path: re-dispatch, pick up missed assignments, renew leases."""

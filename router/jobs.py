@@ -6,11 +6,12 @@ dispatch script gives it a slot, every gateway hears it on the shared async chan
 claims it with a lease it renews while it runs. A sweep on every gateway makes this certain:
 assignments nobody claimed are claimed, and jobs whose runner stopped renewing (a gateway
 killed with -9) go back to the queue. A replica failing a job sends it back to the queue too,
-away from that replica, up to `MAX_ATTEMPTS`. Results stay in Redis for `result_ttl_s`.
+away from that replica, up to `ATTEMPTS` (router/retries.py). Results stay in Redis for
+`result_ttl_s`.
 A job's outcome (done or given up) goes to the request log of deployments that keep one.
 
 Every job expires, counted from its creation (`job_ttl_s`): the queue timeout, plus
-`MAX_ATTEMPTS` runs of at most `ATTEMPT_S` each, plus the result TTL. So neither a job that
+`ATTEMPTS` runs of at most `ATTEMPT_S` each, plus the result TTL. So neither a job that
 never gets a replica nor one whose gateway died between storing and queueing it stays in Redis
 for good; a finished one keeps its result for `result_ttl_s` from when it finished. A job
 never stores the request's `parameters.api_token` (a secret the gateway does not use).
@@ -28,11 +29,11 @@ from typing import Any
 import aiohttp
 
 from router.dialects import Generation, UpstreamError, get_dialect
+from router.dispatch import OnWake, listen_forever
 from router.lorax_json import lorax_response
 from router.params import GenerateRequest
 from router.request_log import REQUEST_LOG_MAX, RequestLogEntry
-from wakegate import topics
-from wakegate.bus import Bus
+from router.retries import ATTEMPTS, SUSPECT_MS
 from wakegate.spec import DeploymentSpec
 from wakegate.store import (
     ASYNC_OWNER,
@@ -45,17 +46,15 @@ from wakegate.store import (
 
 log = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 3
 # Longest one run of a job may go without a byte from its replica: the gateway's upstream
 # read timeout (router/app.py).
 ATTEMPT_S = 600
 SWEEP_EVERY_S = 2.0
-SUSPECT_MS = 10_000
 
 
 def job_ttl_s(queue_timeout_s: float, result_ttl_s: int) -> int:
     """How long a job may live from its creation: waiting, every attempt, then its result."""
-    return int(queue_timeout_s) + MAX_ATTEMPTS * ATTEMPT_S + result_ttl_s
+    return int(queue_timeout_s) + ATTEMPTS * ATTEMPT_S + result_ttl_s
 
 
 class JobRunner:
@@ -63,7 +62,7 @@ class JobRunner:
         self,
         store: Store,
         upstream: aiohttp.ClientSession,
-        bus: Bus | None,
+        on_wake: OnWake | None,
         lease_ms: int,
         result_ttl_s: int,
         queue_timeout_s: float,
@@ -71,7 +70,7 @@ class JobRunner:
     ) -> None:
         self.store = store
         self.upstream = upstream
-        self.bus = bus
+        self.on_wake = on_wake
         self.lease_ms = lease_ms
         self.result_ttl_s = result_ttl_s
         self.job_ttl_s = job_ttl_s(queue_timeout_s, result_ttl_s)
@@ -99,6 +98,7 @@ class JobRunner:
             },
             self.job_ttl_s,
         )
+        queued_at = time.monotonic()
         try:
             _, depth, woke, _ = await self.store.enqueue(
                 spec.key, job_id, ASYNC_OWNER, priority, FOREVER_MS, max_queue
@@ -108,8 +108,8 @@ class JobRunner:
             # is left behind.
             await self.store.drop_job(spec.key, job_id)
             raise
-        if woke and self.bus is not None:
-            await self.bus.publish("wake", topics.Wake(deployment=spec.key, queued=depth))
+        if woke and self.on_wake is not None:
+            self.on_wake(spec.key, depth, time.monotonic() - queued_at)
         await self._dispatch(spec.key, routing_of(spec))
         return job_id
 
@@ -125,21 +125,11 @@ class JobRunner:
 
     async def listen(self) -> None:
         """Hear every async assignment; the claim decides which gateway runs it."""
-        while True:
-            pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(gateway_channel(ASYNC_OWNER))
-                async for message in pubsub.listen():
-                    key, job_id, replica_id = str(message["data"]).split(" ")
-                    self._spawn(self._run(key, job_id, replica_id))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("async channel lost (%s); resubscribing", exc)
-                await asyncio.sleep(0.5)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await listen_forever(self.store, gateway_channel(ASYNC_OWNER), self._heard, "async")
+
+    def _heard(self, data: str) -> None:
+        key, job_id, replica_id = data.split(" ")
+        self._spawn(self._run(key, job_id, replica_id))
 
     async def sweep_forever(self) -> None:
         while True:
@@ -236,11 +226,11 @@ class JobRunner:
         job = await self.store.job(key, job_id)
         if job is None:
             return
-        if int(job.get("attempts", 0)) >= MAX_ATTEMPTS:
+        if int(job.get("attempts", 0)) >= ATTEMPTS:
             await self._log(key, job, status=502, error=why)
             await self.store.finish_job(
                 key, job_id,
-                {"status": "failed", "error": f"gave up after {MAX_ATTEMPTS} attempts: {why}",
+                {"status": "failed", "error": f"gave up after {ATTEMPTS} attempts: {why}",
                  "finished": time.time()},
                 self.result_ttl_s,
             )  # fmt: skip

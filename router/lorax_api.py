@@ -17,18 +17,17 @@ from router.lorax_json import details_json, lorax_response, token_json
 from router.params import GenerateRequest, parse_generate
 from router.pipeline import (
     DEPLOY_URL,
-    RETRY_AFTER_S,
     Send,
     check_adapter,
     check_length,
+    overloaded,
     priority_of,
-    quotas_of,
+    queue_limit_of,
     resolve,
     serve_stream,
     serve_unary,
     tracked,
 )
-from wakegate.quotas import queue_limit
 from wakegate.spec import DeploymentSpec
 from wakegate.store import QueueFull
 
@@ -120,14 +119,11 @@ async def submit_async(request: web.Request) -> web.Response:
                        error_type="validation")  # fmt: skip
     check_adapter(spec, req)
     check_max_new_tokens(spec, req)
-    limit = queue_limit(spec, await quotas_of(request, spec.tenant))
+    limit = await queue_limit_of(request, spec)
     try:
         job_id = await request.app[JOBS].submit(spec, req, priority_of(request, req), limit)
     except QueueFull as full:
-        raise ApiError(
-            429, f"deployment {spec.name} is at its queue limit ({full.depth} waiting)",
-            error_type="overloaded", headers={"Retry-After": str(RETRY_AFTER_S)},
-        ) from None  # fmt: skip
+        raise overloaded(spec, full) from None
     url = f"{request.path}/{job_id}"
     return web.json_response({"id": job_id, "status": "queued", "url": url}, status=202,
                              headers={"Location": url})  # fmt: skip

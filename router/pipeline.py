@@ -39,11 +39,12 @@ from router.holding import deployment_problem
 from router.middlewares import tenant_of
 from router.params import GenerateRequest
 from router.request_log import REQUEST_LOG_MAX, RequestLogEntry
+from router.retries import ATTEMPTS, SUSPECT_MS, retry_elsewhere
 from router.sse_writer import BatchedEvents
 from wakegate import topics
 from wakegate.quotas import Quotas, queue_limit, tenant_quotas
 from wakegate.spec import DeploymentSpec, valid_name
-from wakegate.store import MAX_PRIORITY, QueueFull, ReplicaRecord, routing_of
+from wakegate.store import MAX_PRIORITY, QueueFull, routing_of
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +84,27 @@ async def lookup(
     return spec
 
 
-async def quotas_of(request: web.Request, tenant: str) -> Quotas:
-    """The tenant's effective quotas, cached for a few seconds (every request needs them)."""
+async def queue_limit_of(request: web.Request, spec: DeploymentSpec) -> int:
+    """How many requests the deployment's queue takes, sync and async alike (its own limit
+    within its tenant's quota); the tenant's quotas are cached for a few seconds (every
+    request needs them)."""
     cache = request.app[QUOTA_CACHE]
-    quotas: Quotas | None = cache.get(tenant)
+    quotas: Quotas | None = cache.get(spec.tenant)
     if quotas is None:
-        quotas = await tenant_quotas(request.app[STORE], request.app[SETTINGS], tenant)
-        cache[tenant] = quotas
-    return quotas
+        quotas = await tenant_quotas(request.app[STORE], request.app[SETTINGS], spec.tenant)
+        cache[spec.tenant] = quotas
+    return queue_limit(spec, quotas)
+
+
+def overloaded(spec: DeploymentSpec, full: QueueFull) -> ApiError:
+    """The 429 of a request, sync or async, that found the deployment's queue full."""
+    return ApiError(
+        429,
+        f"deployment {spec.name} is at its queue limit ({full.depth} requests waiting); "
+        f"retry in {RETRY_AFTER_S} s",
+        error_type="overloaded",
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
 
 
 def check_adapter(spec: DeploymentSpec, req: GenerateRequest) -> None:
@@ -189,45 +203,10 @@ def wake_publisher(app: web.Application) -> Callable[[str, int, float], None]:
     return on_wake
 
 
-# A request whose replica fails before sending anything is tried this many times in all, and
-# the failed replica gets no new requests from any gateway for SUSPECT_MS.
-ATTEMPTS = 3
-SUSPECT_MS = 10_000
 # What a 429 tells clients to wait before retrying (the OpenAI client honours it).
 RETRY_AFTER_S = 2
 # aiohttp-sse's own ping interval, in effect never (it must be positive): see serve_stream.
 NO_OWN_PING_S = 1e9
-
-
-async def await_replica(
-    request: web.Request, ticket: Ticket, trail: RequestLogEntry
-) -> ReplicaRecord:
-    settings = request.app[SETTINGS]
-    start = time.monotonic()
-    # Waiting costs nothing per second: the gateway re-checks each deployment with waiting
-    # requests once (router/holding.py) and fails their waits when it is deleted or failed.
-    if not ticket.assigned.done():  # done: it found a free slot when it was queued
-        try:
-            with request.app[HOLDING].waiting(ticket):
-                async with asyncio.timeout(settings.queue_timeout_s):
-                    await request.app[DISPATCHER].wait(ticket)
-        except TimeoutError:
-            raise ApiError(
-                504,
-                f"no replica of {ticket.deployment} became available within "
-                f"{settings.queue_timeout_s:.0f}s",
-                error_type="timeout",
-            ) from None
-    waited = time.monotonic() - start
-    request.app[METRICS].of(ticket.deployment).queue_wait.observe(waited)
-    trail.queue_wait_s = round(waited + (trail.queue_wait_s or 0.0), 4)
-    replica_id = ticket.assigned.result()
-    # The record came with the assignment when this gateway's own dispatch made it.
-    replica = ticket.replica or await request.app[STORE].replica(ticket.deployment, replica_id)
-    if replica is None:
-        raise ApiError(503, "the assigned replica went away", error_type="generation")
-    trail.replica = replica.id
-    return replica
 
 
 Send = Callable[[Any], Awaitable[None]]
@@ -322,7 +301,7 @@ async def admit(
 ) -> AsyncIterator[Ticket]:
     """A place in the deployment's queue, given back on the way out; 429 when it is full."""
     dispatcher = request.app[DISPATCHER]
-    limit = queue_limit(spec, await quotas_of(request, spec.tenant))
+    limit = await queue_limit_of(request, spec)
     try:
         ticket = await dispatcher.enqueue(
             spec.key,
@@ -333,13 +312,7 @@ async def admit(
             routing_of(spec),
         )
     except QueueFull as full:
-        raise ApiError(
-            429,
-            f"deployment {spec.name} is at its queue limit ({full.depth} requests waiting); "
-            f"retry in {RETRY_AFTER_S} s",
-            error_type="overloaded",
-            headers={"Retry-After": str(RETRY_AFTER_S)},
-        ) from None
+        raise overloaded(spec, full) from None
     try:
         await on_enqueued(request, ticket)
         yield ticket
@@ -373,66 +346,103 @@ async def serve_unary(
 ) -> Generation:
     """Queue, wait for a slot, generate; the caller renders the result."""
     check_adapter(spec, req)
-    app = request.app
     async with (
         request_log_entry(request, spec, req, False, arrived) as trail,
         admit(request, spec, req, priority) as ticket,
     ):
-        for attempt in range(ATTEMPTS):
-            replica = await await_replica(request, ticket, trail)
-            app[METRICS].of(spec.key).in_flight.inc()
-            try:
-                gen = await get_dialect(replica.dialect).generate(
-                    app[UPSTREAM], replica, spec.base_model, req
-                )
-                break
-            except UpstreamError as exc:
-                if not exc.retryable:
-                    raise ApiError(exc.status, str(exc), error_type="validation") from None
-                if not exc.before_first_byte or attempt == ATTEMPTS - 1:
-                    raise ApiError(502, str(exc), error_type="generation") from None
-                await _retry_elsewhere(request, ticket, replica, exc)
-            finally:
-                app[METRICS].of(spec.key).in_flight.dec()
-        _first_token(request, spec, ticket, arrived, trail)
-        trail.output.append(gen.text)
-        trail.finish = gen.finish
+        try:
+            gen = await _attempts(request, spec, req, ticket, trail, arrived)
+        except UpstreamError as exc:
+            if not exc.retryable:
+                raise ApiError(exc.status, str(exc), error_type="validation") from None
+            raise ApiError(502, str(exc), error_type="generation") from None
+        assert gen is not None
         return gen
 
 
-async def _relay(
+async def _attempts(
     request: web.Request,
     spec: DeploymentSpec,
     req: GenerateRequest,
-    replica: ReplicaRecord,
     ticket: Ticket,
-    arrived: float,
-    renderer: StreamRenderer,
-    send: Send,
     trail: RequestLogEntry,
-) -> None:
-    text = trail.output
-    async for item in get_dialect(replica.dialect).stream(
-        request.app[UPSTREAM], replica, spec.base_model, req
-    ):
-        if isinstance(item, Token):
-            if not text:
+    arrived: float,
+    renderer: StreamRenderer | None = None,
+    send: Send | None = None,
+    resp: web.StreamResponse | None = None,
+) -> Generation | None:
+    """Wait for the ticket's replica slot (bounded: 504), then generate there: the generation
+    is returned (unary), or relayed token by token through `renderer` to `send` (stream; the
+    first wait is told to `resp` in a comment). A replica that fails before its first byte is
+    suspected and the request queued again, away from it (`retry_elsewhere`); the last
+    failure is raised as the UpstreamError."""
+    app = request.app
+    metrics = app[METRICS].of(spec.key)
+    for attempt in range(ATTEMPTS):
+        start = time.monotonic()
+        # Waiting costs nothing per second: the gateway re-checks each deployment with
+        # waiting requests once (router/holding.py) and fails their waits when it is deleted
+        # or failed.
+        if not ticket.assigned.done():  # done: it found a free slot when it was queued
+            timeout_s = app[SETTINGS].queue_timeout_s
+            try:
+                with app[HOLDING].waiting(ticket):
+                    async with asyncio.timeout(timeout_s):
+                        await app[DISPATCHER].wait(ticket)
+            except TimeoutError:
+                raise ApiError(
+                    504,
+                    f"no replica of {ticket.deployment} became available within {timeout_s:.0f}s",
+                    error_type="timeout",
+                ) from None
+        waited = time.monotonic() - start
+        metrics.queue_wait.observe(waited)
+        trail.queue_wait_s = round(waited + (trail.queue_wait_s or 0.0), 4)
+        replica_id = ticket.assigned.result()
+        # The record came with the assignment when this gateway's own dispatch made it.
+        replica = ticket.replica or await app[STORE].replica(ticket.deployment, replica_id)
+        if replica is None:
+            raise ApiError(503, "the assigned replica went away", error_type="generation")
+        trail.replica = replica.id
+        if resp is not None and not attempt:
+            # For tools that measure the queue (trace replay); clients ignore SSE comments.
+            await resp.write(
+                f": wakegate queue_wait_ms={int(waited * 1000)} cold={int(ticket.cold)} "
+                f"replica={replica.id}\n\n".encode()
+            )
+        metrics.in_flight.inc()
+        try:
+            dialect = get_dialect(replica.dialect)
+            if renderer is None:
+                gen = await dialect.generate(app[UPSTREAM], replica, spec.base_model, req)
                 _first_token(request, spec, ticket, arrived, trail)
-            # A special token (the end-of-sequence one) is shown as a token, never as text.
-            text.append("" if item.special else item.text)
-            await renderer.token(send, item)
-        else:
-            trail.finish = item
-            await renderer.finish(send, item, "".join(text))
-
-
-async def _retry_elsewhere(
-    request: web.Request, ticket: Ticket, replica: ReplicaRecord, exc: UpstreamError
-) -> None:
-    log.warning("replica %s failed before the first byte (%s); retrying elsewhere",
-                replica.id, exc)  # fmt: skip
-    request.app[METRICS].of(ticket.deployment).retries.inc()
-    await request.app[DISPATCHER].requeue(ticket, SUSPECT_MS)
+                trail.output.append(gen.text)
+                trail.finish = gen.finish
+                return gen
+            assert send is not None
+            text = trail.output
+            async for item in dialect.stream(app[UPSTREAM], replica, spec.base_model, req):
+                if isinstance(item, Token):
+                    if not text:
+                        _first_token(request, spec, ticket, arrived, trail)
+                    # A special token (the end-of-sequence one) is shown as a token, never
+                    # as text.
+                    text.append("" if item.special else item.text)
+                    await renderer.token(send, item)
+                else:
+                    trail.finish = item
+                    await renderer.finish(send, item, "".join(text))
+            return None
+        except UpstreamError as exc:
+            if not retry_elsewhere(exc, attempt + 1):
+                raise
+            log.warning("replica %s failed before the first byte (%s); retrying elsewhere",
+                        replica.id, exc)  # fmt: skip
+            metrics.retries.inc()
+            await app[DISPATCHER].requeue(ticket, SUSPECT_MS)
+        finally:
+            metrics.in_flight.dec()
+    raise AssertionError("retry_elsewhere allows at most ATTEMPTS tries")
 
 
 async def serve_stream(
@@ -464,31 +474,7 @@ async def serve_stream(
     ):
         await resp.prepare(request)
         try:
-            queued_at = time.monotonic()
-            replica = await await_replica(request, ticket, trail)
-            # For tools that measure the queue (trace replay); clients ignore SSE comments.
-            wait_ms = int((time.monotonic() - queued_at) * 1000)
-            await resp.write(
-                f": wakegate queue_wait_ms={wait_ms} cold={int(ticket.cold)} "
-                f"replica={replica.id}\n\n".encode()
-            )
-            for attempt in range(ATTEMPTS):
-                if attempt:
-                    replica = await await_replica(request, ticket, trail)
-                app[METRICS].of(spec.key).in_flight.inc()
-                try:
-                    await _relay(
-                        request, spec, req, replica, ticket, arrived, renderer, send, trail
-                    )
-                    break
-                except UpstreamError as exc:
-                    if not exc.retryable or not exc.before_first_byte:
-                        raise
-                    if attempt == ATTEMPTS - 1:
-                        raise
-                    await _retry_elsewhere(request, ticket, replica, exc)
-                finally:
-                    app[METRICS].of(spec.key).in_flight.dec()
+            await _attempts(request, spec, req, ticket, trail, arrived, renderer, send, resp)
         except ApiError as err:
             trail.status, trail.error = err.status, err.message
             await send(renderer.error(err.message, err.error_type or "generation"))

@@ -21,15 +21,10 @@ from typing import Any
 
 import httpx
 
+from wakegate.procs import free_port
 from wakegate.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(check: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:

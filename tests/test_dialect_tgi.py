@@ -1,7 +1,7 @@
 """The `lorax` and `tgi` dialects: request bodies as pure units, then generate and stream over
 real HTTP against a simulated replica.
 
-The sim replica (scaler/sim/host.py, started in-process here) speaks the native LoRAX/TGI
+The sim replica (scaler/sim/replica.py, started in-process here) speaks the native LoRAX/TGI
 API in the documented shapes: LoRAX's `/generate` answer and `/generate_stream` events,
 TGI's validation of the sampling parameters (temperature > 0, 0 < top_p < 1, top_k > 0),
 its `{"error", "error_type"}` bodies and events. Its token ids are synthetic. No real LoRAX
@@ -23,14 +23,8 @@ from router.dialects.tgi import LORAX, TGI, NativeEngine, _token, chat_body, gen
 from router.errors import ApiError
 from router.openai_api import OpenAIStream
 from router.params import GenerateRequest, Parameters
-from scaler.sim.host import (
-    SIM_TOKEN_ID,
-    TOKEN_LOGPROB,
-    TOKEN_TEXT,
-    Lease,
-    ReplicaParams,
-    SimReplica,
-)
+from scaler.sim.pool import Lease
+from scaler.sim.replica import SIM_TOKEN_ID, TOKEN_LOGPROB, TOKEN_TEXT, ReplicaParams, SimReplica
 from wakegate.engines import get_engine
 from wakegate.store import ReplicaRecord
 
@@ -197,7 +191,7 @@ async def replica() -> AsyncIterator[MakeReplica]:
             deployment="acme/d",
             revision=1,
             accelerator="cpu",
-            params=ReplicaParams(ttft_s=0.0, tps=2000.0, **params),
+            params=ReplicaParams(load_s=0.0, ttft_s=0.0, tps=2000.0, **params),
             time_scale=1.0,
             bind_host="127.0.0.1",
             advertise_host="127.0.0.1",

@@ -22,7 +22,7 @@ from conftest import unused_database
 from harness import Stack, run_async, wait_until
 from openai import OpenAI
 
-from scaler.sim.host import TOKEN_TEXT
+from scaler.sim.replica import TOKEN_TEXT
 
 ADAPTER = "acme/tuned-1"  # an adapter id with a slash, like a Hugging Face repo id
 FAST = ["--load-s", "0", "--ttft-s", "0", "--tps", "1000"]

@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -291,11 +292,11 @@ def test_a_policy_run_reports_its_progress_in_trace_time_and_writes_as_it_ends(
     tmp_path: Path,
 ) -> None:
     from wakegate.tools.replay.policies import compare_policies
-    from wakegate.tools.replay.run import Plan, Progress, SimEngine
+    from wakegate.tools.replay.run import REPLAY_ENGINE, Plan, Progress
 
     requests = window(load_trace(TRACES / "azure2023_code.csv"), 280, 300)
     plan = Plan("azure2023_code.csv", requests, speed=10, max_replicas=1, cooldown_s=20,
-                engine=SimEngine(load_s=5))  # fmt: skip
+                engine=replace(REPLAY_ENGINE, load_s=5))  # fmt: skip
     seen: list[tuple[str, Progress]] = []
     out = tmp_path / "out"
     [summary] = compare_policies(

@@ -22,7 +22,7 @@ from harness import Stack, wait_until
 
 from scaler.backends import NoCapacity, RunningReplica, create_backend
 from scaler.backends.sim import PoolExhausted, SimBackend, host_alive
-from scaler.sim.host import Pool, PoolError
+from scaler.sim.pool import Pool, PoolError
 from wakegate.catalog import ACCELERATORS, pool_units
 from wakegate.engines import EngineRefused, get_engine
 from wakegate.engines.sim import SimProfile

@@ -1,4 +1,5 @@
-"""Child processes of `wakegate up`: started with readable progress, stopped without orphans."""
+"""Child processes of `wakegate up`: started with readable progress, stopped without orphans;
+and the free ports that they, a backend's replicas and the tests listen on."""
 
 from __future__ import annotations
 
@@ -6,12 +7,20 @@ import contextlib
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on now (the kernel's pick), for a server to bind."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
 
 
 def child_setup() -> None:

@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ from scaler.backends import NoCapacity, RunningReplica, gpus, replica_env
 from scaler.backends.adapters import adapter_path
 from wakegate.catalog import ACCELERATORS, Accelerator, pool_units
 from wakegate.engines import EngineProfile, EngineRefused
+from wakegate.procs import free_port
 from wakegate.settings import Settings
 from wakegate.spec import DeploymentSpec
 
@@ -61,12 +61,6 @@ def free_capacity(
     cpu_replicas = sum(1 for held in live_replica_gpus if not held)
     cpu_free = -1 if cpu_limit < 0 else max(0, cpu_limit - cpu_replicas)
     return {"cpu": cpu_free, **gpus.free_by_sku(host_gpus, busy)}
-
-
-def free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def pid_alive(pid: int, replica_id: str) -> bool:

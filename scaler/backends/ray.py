@@ -37,6 +37,7 @@ from scaler.backends import BackendUnavailable, NoCapacity, RunningReplica, repl
 from scaler.backends.adapters import adapter_path
 from wakegate.catalog import ACCELERATORS, pool_units
 from wakegate.engines import EngineProfile, EngineRefused
+from wakegate.procs import free_port
 from wakegate.settings import Settings
 from wakegate.spec import DeploymentSpec
 
@@ -167,12 +168,6 @@ def _node_ip() -> str:
     return str(ray.util.get_node_ip_address())  # type: ignore[no-untyped-call]
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 class ReplicaProcess:
     """The body of a replica actor: one engine process on the actor's node.
 
@@ -211,7 +206,7 @@ class ReplicaProcess:
         try:
             replicas_dir.mkdir(parents=True, exist_ok=True)
             models_dir.mkdir(parents=True, exist_ok=True)
-            port = _free_port(node_ip)
+            port = free_port(node_ip)
             # Engines that fetch adapters themselves (by Hub id) get no files.
             ids = list(spec.config.preloaded_adapters or ()) if engine.adapter_files else []
             adapters = await asyncio.to_thread(lambda: {a: adapter_path(a, settings) for a in ids})

@@ -27,7 +27,8 @@ from urllib.parse import quote
 import aiohttp
 
 from scaler.backends import NoCapacity, RunningReplica, replica_env
-from scaler.sim.host import STATE_FILE, parse_pool
+from scaler.sim.host import STATE_FILE
+from scaler.sim.pool import parse_pool
 from wakegate.catalog import pool_units
 from wakegate.engines import EngineProfile, EngineRefused
 from wakegate.engines.sim import SimProfile

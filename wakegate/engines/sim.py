@@ -1,7 +1,8 @@
-"""The simulated engine: a replica of the `sim` backend (scaler/sim/host.py), no model at all.
+"""The simulated engine: a replica of the `sim` backend (scaler/sim/replica.py), no model at all.
 
 It speaks the same OpenAI completions API as the llama.cpp profile, so the gateway proxies to
-it unchanged, and its timing comes from the deployment's `customArgs`:
+it unchanged, and its timing comes from the deployment's `customArgs` (their names and
+defaults: wakegate/engines/sim_timing.py):
 
     ["--load-s", "20", "--ttft-s", "0.05", "--prefill-tps", "5000", "--tps", "40",
      "--batch", "8", "--batch-slowdown", "0.02"]
@@ -15,20 +16,17 @@ token plus `prompt_tokens / --prefill-tps`, then one token every `1 / --tps` sec
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, NoReturn
 
 from wakegate import engine_args
 from wakegate.catalog import MODELS
 from wakegate.engines import WAKEGATE_IMAGE, EngineRefused, LaunchPlan
+from wakegate.engines.sim_timing import SimTiming, flag_of
 from wakegate.spec import DeploymentSpec, InvalidSpec
 
 FIELD = "config.customArgs"
-# SimProfile fields that describe the profile, not the simulated replica.
-_PROFILE_ONLY = frozenset(
-    {"name", "dialect", "health_path", "cheap_logprobs", "image", "adapter_files"}
-)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,30 +39,13 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> _Parser:
     p = _Parser(prog="sim", add_help=False, allow_abbrev=False)
-    p.add_argument("--load-s", type=float, default=SimProfile.load_s)
-    p.add_argument("--ttft-s", type=float, default=SimProfile.ttft_s)
-    p.add_argument("--prefill-tps", type=float, default=SimProfile.prefill_tps)
-    p.add_argument("--tps", type=float, default=SimProfile.tps)
-    p.add_argument("--batch", type=int, default=SimProfile.batch)
-    p.add_argument("--batch-slowdown", type=float, default=SimProfile.batch_slowdown)
-    p.add_argument("--stream-interval-s", type=float, default=SimProfile.stream_interval_s)
-    p.add_argument("--cache-blocks", type=int, default=SimProfile.cache_blocks)
+    for f in fields(SimTiming):
+        p.add_argument(flag_of(f.name), type=type(f.default), default=f.default)
     return p
 
 
 @dataclass(frozen=True)
-class SimProfile:
-    load_s: float = 20.0
-    ttft_s: float = 0.05
-    prefill_tps: float = 5000.0
-    tps: float = 40.0
-    batch: int = 8
-    batch_slowdown: float = 0.0
-    # Tokens after the first that come due within this long of each other share one stream
-    # chunk: long replays at high speed need not push every token through the gateway.
-    stream_interval_s: float = 0.0
-    # Prefix-cache capacity per replica in 512-token blocks (0: no prefix caching).
-    cache_blocks: int = 0
+class SimProfile(SimTiming):
     name: str = "sim"
     dialect: str = "openai"
     health_path: str = "/health"
@@ -76,19 +57,9 @@ class SimProfile:
     adapter_files: bool = False
 
     def __post_init__(self) -> None:
-        checks = [
-            ("--load-s", self.load_s >= 0),
-            ("--ttft-s", self.ttft_s >= 0),
-            ("--prefill-tps", self.prefill_tps > 0),
-            ("--tps", self.tps > 0),
-            ("--batch", self.batch >= 1),
-            ("--batch-slowdown", self.batch_slowdown >= 0),
-            ("--stream-interval-s", self.stream_interval_s >= 0),
-            ("--cache-blocks", self.cache_blocks >= 0),
-        ]
-        for flag, ok in checks:
-            if not ok:
-                raise EngineRefused(FIELD, f"sim engine: {flag} is out of range")
+        flag = self.out_of_range()
+        if flag is not None:
+            raise EngineRefused(FIELD, f"sim engine: {flag} is out of range")
 
     @property
     def concurrency(self) -> int:
@@ -101,16 +72,7 @@ class SimProfile:
         except InvalidSpec as exc:
             raise EngineRefused(exc.field, f"sim engine: {exc.message}") from None
         ns = _parser().parse_args([str(a) for a in args])
-        return cls(
-            load_s=ns.load_s,
-            ttft_s=ns.ttft_s,
-            prefill_tps=ns.prefill_tps,
-            tps=ns.tps,
-            batch=ns.batch,
-            batch_slowdown=ns.batch_slowdown,
-            stream_interval_s=ns.stream_interval_s,
-            cache_blocks=ns.cache_blocks,
-        )
+        return cls(**{f.name: getattr(ns, f.name) for f in fields(SimTiming)})
 
     @classmethod
     def from_spec(cls, spec: DeploymentSpec) -> SimProfile:
@@ -119,7 +81,7 @@ class SimProfile:
     def sim_params(self, spec: DeploymentSpec) -> dict[str, Any]:
         """What the sim host needs to run one replica of `spec` (POST /replicas `params`)."""
         profile = SimProfile.from_spec(spec)
-        params = {k: v for k, v in asdict(profile).items() if k not in _PROFILE_ONLY}
+        params = profile.timing()
         model = MODELS.get(spec.base_model)
         n_ctx = spec.config.max_total_tokens or (model.context_window if model else 0)
         return {**params, "model": spec.base_model, "n_ctx": int(n_ctx or 32768)}

@@ -581,7 +581,7 @@ def replay(
     """
     from wakegate.tools.cli_progress import RunBars
     from wakegate.tools.replay import report
-    from wakegate.tools.replay.run import Plan, SimEngine
+    from wakegate.tools.replay.run import REPLAY_ENGINE, Plan
     from wakegate.tools.replay.traces import load_trace, window
 
     # What --out needs is checked before anything runs: a replay takes minutes.
@@ -596,7 +596,7 @@ def replay(
             knobs.setdefault(pol, {})[k] = float(v)
         except ValueError:
             raise click.BadParameter(f"{p!r}: use POLICY:KEY=VALUE", param_hint="--param") from None
-    engine = SimEngine(load_s=load_s, tps=tps, batch=batch, cache_blocks=cache_blocks)
+    engine = replace(REPLAY_ENGINE, load_s=load_s, tps=tps, batch=batch, cache_blocks=cache_blocks)
     if len(traces) > 1 or deployments > 1 or pool or allocators or guaranteed or stagger_s:
         from wakegate.tools.replay.allocators import compare_allocators
         from wakegate.tools.replay.pool import PoolPlan, plan_members, pool_for_peaks

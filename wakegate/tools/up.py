@@ -27,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import click
 
-from wakegate.procs import Child
+from wakegate.procs import Child, free_port
 from wakegate.sealing import (
     box_from_settings,
     generate_key,
@@ -37,7 +37,7 @@ from wakegate.sealing import (
 )
 from wakegate.settings import Settings, settings_env
 from wakegate.store import Store
-from wakegate.tools.embedded import MQTT_USER, free_port, mqtt_child, port_open, redis_child
+from wakegate.tools.embedded import MQTT_USER, mqtt_child, port_open, redis_child
 
 RESTART_BACKOFF_S = 2.0
 

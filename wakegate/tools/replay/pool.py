@@ -19,16 +19,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from wakegate.catalog import ACCELERATORS
+from wakegate.engines.sim_timing import SimTiming
 from wakegate.sealing import box_from_settings
 from wakegate.settings import Settings
 from wakegate.spec import validate_name
 from wakegate.store import Store
 from wakegate.tools.replay.run import (
+    REPLAY_ENGINE,
     Progress,
     ProgressFn,
     RequestResult,
     Sample,
-    SimEngine,
     Tally,
     client_session,
     create_deployment,
@@ -81,7 +82,7 @@ class PoolPlan:
     max_replicas: int = 4
     scale_up_threshold: int = 16
     cooldown_s: float = 120.0
-    engine: SimEngine = field(default_factory=SimEngine)
+    engine: SimTiming = REPLAY_ENGINE
     accelerator: str = DEFAULT_ACCELERATOR
     routing: str = "prefix"
     reclaim_grace_s: float = 30.0  # trace seconds, like every duration of the plan
@@ -98,7 +99,7 @@ class PoolPlan:
             raise ValueError(f"pool {self.pool!r} has no {sku}: no deployment could start")
 
     def _parsed_pool(self) -> dict[str, int]:
-        from scaler.sim.host import parse_pool
+        from scaler.sim.pool import parse_pool
 
         return parse_pool(self.pool)
 

@@ -20,9 +20,10 @@ from typing import Any, Literal, Protocol
 
 import aiohttp
 
+from wakegate.engines.sim_timing import SimTiming
+from wakegate.procs import free_port
 from wakegate.settings import Settings
 from wakegate.store import Store
-from wakegate.tools.embedded import free_port
 from wakegate.tools.replay.traces import TraceRequest, prompt_text
 
 SAMPLE_EVERY_S = 0.25  # real seconds between samples of queue depth and replicas
@@ -30,29 +31,14 @@ PROGRESS_EVERY_S = 0.5  # real seconds between two progress reports
 QUEUE_COMMENT = ": wakegate "
 
 
-@dataclass(frozen=True)
-class SimEngine:
-    """Simulated engine timings, in trace seconds (the sim host divides them by `speed`)."""
-
-    load_s: float = 30.0
-    ttft_s: float = 0.05
-    prefill_tps: float = 10_000.0
-    tps: float = 40.0
-    batch: int = 16
-    batch_slowdown: float = 0.02
-    # Tokens after the first travel in chunks of this many trace seconds, which keeps the
-    # gateway's per-event work bounded at high replay speeds; TTFT stays exact.
-    stream_interval_s: float = 1.0
-    cache_blocks: int = 0  # prefix-cache capacity per replica, 512-token blocks
-
-    def custom_args(self) -> list[str]:
-        return [
-            "--load-s", str(self.load_s), "--ttft-s", str(self.ttft_s),
-            "--prefill-tps", str(self.prefill_tps), "--tps", str(self.tps),
-            "--batch", str(self.batch), "--batch-slowdown", str(self.batch_slowdown),
-            "--stream-interval-s", str(self.stream_interval_s),
-            "--cache-blocks", str(self.cache_blocks),
-        ]  # fmt: skip
+# A replay's simulated engine unless told otherwise, in trace seconds (the sim host divides
+# them by `speed`). Tokens after the first travel in chunks of `stream_interval_s` trace
+# seconds, which keeps the gateway's per-event work bounded at high replay speeds; TTFT stays
+# exact.
+REPLAY_ENGINE = SimTiming(
+    load_s=30.0, ttft_s=0.05, prefill_tps=10_000.0, tps=40.0, batch=16, batch_slowdown=0.02,
+    stream_interval_s=1.0, cache_blocks=0,
+)  # fmt: skip
 
 
 class DeploymentFields(Protocol):
@@ -73,7 +59,7 @@ class DeploymentFields(Protocol):
     @property
     def cooldown_s(self) -> float: ...
     @property
-    def engine(self) -> SimEngine: ...
+    def engine(self) -> SimTiming: ...
     @property
     def accelerator(self) -> str: ...
     @property
@@ -91,7 +77,7 @@ class Plan:
     max_replicas: int = 8
     scale_up_threshold: int = 16
     cooldown_s: float = 120.0
-    engine: SimEngine = field(default_factory=SimEngine)
+    engine: SimTiming = REPLAY_ENGINE
     accelerator: str = "a10_24gb_100"
     routing: str = "prefix"
     warm: bool = False  # start the clock once warm_replicas are ready
@@ -266,7 +252,7 @@ def deployment_config(plan: DeploymentFields, guaranteed: bool = False) -> dict[
         "maxReplicas": plan.max_replicas,
         "scaleUpRequestThreshold": plan.scale_up_threshold,
         "cooldownTime": max(0, round(plan.cooldown_s / plan.speed)),
-        "customArgs": plan.engine.custom_args(),
+        "customArgs": plan.engine.args(),
         # Long-context traces (Mooncake prompts reach 126k tokens) must fit the engine.
         "maxTotalTokens": 262_144,
         "accelerator": plan.accelerator,
