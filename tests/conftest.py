@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from harness import Proc, Stack, start_mosquitto, start_redis
+from harness import REDIS_DATABASES, Proc, Stack, start_mosquitto, start_redis
 from hypothesis import settings as hypothesis_settings
 
 from wakegate.store import Store
@@ -22,7 +22,7 @@ hypothesis_settings.load_profile("wakegate")
 # Database 0 serves the shared stack; each isolated stack gets its own database so that its
 # scaler never sees another stack's deployments. The last database is for store-level tests.
 _databases = itertools.count(1)
-DATABASES = 64  # the test redis-server is started with this many
+DATABASES = REDIS_DATABASES  # the test redis-server is started with this many
 STORE_TEST_DB = DATABASES - 1
 
 

@@ -25,6 +25,9 @@ from wakegate.procs import free_port
 from wakegate.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
+# Databases of the test redis-server: one per isolated test stack (tests/conftest.py), with
+# room for the suite to grow (an empty database costs Redis nothing).
+REDIS_DATABASES = 256
 
 
 def wait_until(check: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
@@ -111,7 +114,7 @@ def start_redis(tmp: Path, *extra: str) -> tuple[Proc, str]:
             "--save",
             "",
             "--databases",
-            "64",  # one per isolated test stack
+            str(REDIS_DATABASES),
             *extra,
         ],
         tmp / "redis.log",
