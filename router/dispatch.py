@@ -1,15 +1,16 @@
 """Queue admission and slot assignment for the requests this gateway holds.
 
 Every request goes through the deployment's Redis queue. Any gateway may run dispatch, which
-hands queue heads to free replica slots in global order. A gateway queues its request and
-runs dispatch in one script (store.ADMIT), and gives a slot back and runs dispatch in another
-(store.RELEASE_AND_DISPATCH): its own requests' assignments come back in the reply with the
-replica's record, so a warm request that finds a free slot costs those two calls. Requests of
-other gateways hear of their slot over Redis pub/sub. Edge and level: the reply and the
-pub/sub message are the fast paths; a tick that re-runs dispatch and reads assignments from
-Redis is the certain one. The tick also renews the leases on this gateway's queue entries and
-slots, so that a gateway that dies stops blocking the queue and holding capacity within one
-lease period.
+hands queue heads to free replica slots in global order. A gateway's admissions and releases
+of one deployment, made in one turn of its event loop (or while its last call was out), go in
+one script call (store.EXCHANGE: give the slots back, queue the requests in order, dispatch):
+its own requests' assignments come back in the reply with the replica's record, so a warm
+request that finds a free slot shares that call with its turn's others. A retry's requeue
+still uses store.ADMIT on its own. Requests of other gateways hear of their slot over Redis
+pub/sub. Edge and level: the reply and the pub/sub message are the fast paths; a tick that
+re-runs dispatch and reads assignments from Redis is the certain one. The tick also renews
+the leases on this gateway's queue entries and slots, so that a gateway that dies stops
+blocking the queue and holding capacity within one lease period.
 """
 
 from __future__ import annotations
