@@ -7,9 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import aiohttp
-import orjson
 from aiohttp import web
-from cachetools import TTLCache
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from router import admin, control, lorax_api, openai_api, ui
@@ -30,6 +28,7 @@ from router.context import (
 from router.dispatch import Dispatcher
 from router.holding import Holding
 from router.jobs import JobRunner
+from router.lookups import LoadingCache
 from router.metrics import GatewayMetrics
 from router.middlewares import auth_middleware, errors_middleware
 from router.openapi import OPENAPI_PATH, openapi_document
@@ -75,8 +74,6 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
         raise_for_status=False,
         # Replicas set no cookies; a real jar is looked up on every call.
         cookie_jar=aiohttp.DummyCookieJar(),
-        # Request bodies to replicas (`json=`) through orjson: a few times faster than json.
-        json_serialize=lambda obj: orjson.dumps(obj).decode(),
     )
     yield
     await app[UPSTREAM].close()
@@ -163,9 +160,9 @@ def create_app(settings: Settings) -> web.Application:
     box_from_settings(settings.secret_key_file)  # an unreadable key fails here, at start-up
     # A revoked token stops working within TOKEN_TTL_S; a changed deployment is seen by
     # the data plane within SPEC_TTL_S (requests that wait re-read it fresh).
-    app[TOKEN_CACHE] = TTLCache(maxsize=10_000, ttl=TOKEN_TTL_S)
-    app[SPEC_CACHE] = TTLCache(maxsize=10_000, ttl=SPEC_TTL_S)
-    app[QUOTA_CACHE] = TTLCache(maxsize=10_000, ttl=QUOTA_TTL_S)
+    app[TOKEN_CACHE] = LoadingCache(maxsize=10_000, ttl=TOKEN_TTL_S)
+    app[SPEC_CACHE] = LoadingCache(maxsize=10_000, ttl=SPEC_TTL_S)
+    app[QUOTA_CACHE] = LoadingCache(maxsize=10_000, ttl=QUOTA_TTL_S)
     app.cleanup_ctx.extend([_redis_ctx, _upstream_ctx, _dispatch_ctx])
     app.router.add_get("/healthz", health_handler)
     app.router.add_get("/metrics", metrics_handler)

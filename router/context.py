@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
-from cachetools import TTLCache
 
+from router.lookups import LoadingCache
 from wakegate.settings import Settings
 from wakegate.store import Store
 
@@ -19,11 +19,12 @@ if TYPE_CHECKING:
     from wakegate.bus import Bus
 
 SETTINGS = web.AppKey("settings", Settings)
-# Short-lived caches of what every request looks up: API token -> tenant, key -> deployment.
-TOKEN_CACHE = web.AppKey("token_cache", TTLCache)
-SPEC_CACHE = web.AppKey("spec_cache", TTLCache)
+# Short-lived caches of what every request looks up: API token -> tenant, key -> deployment
+# (router/lookups.py: concurrent misses of one key share one read).
+TOKEN_CACHE = web.AppKey("token_cache", LoadingCache)
+SPEC_CACHE = web.AppKey("spec_cache", LoadingCache)
 # Tenant code -> effective Quotas (wakegate/quotas.py), so requests do not read Redis for them.
-QUOTA_CACHE = web.AppKey("quota_cache", TTLCache)
+QUOTA_CACHE = web.AppKey("quota_cache", LoadingCache)
 STORE = web.AppKey("store", Store)
 UPSTREAM = web.AppKey("upstream", aiohttp.ClientSession)
 DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher")

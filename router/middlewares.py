@@ -159,10 +159,13 @@ async def _tenant(request: web.Request, token: str) -> dict[str, Any] | None:
     cache = request.app[TOKEN_CACHE]
     tenant: dict[str, Any] | None = cache.get(token)
     if tenant is None:
-        await _guard(request)
-        tenant = await request.app[STORE].tenant_for_token(token)
-        if tenant is not None:
-            cache[token] = tenant
+
+        async def fetch() -> dict[str, Any] | None:
+            await _guard(request)
+            return await request.app[STORE].tenant_for_token(token)
+
+        # One read for a burst of one address with one token (the guard is the address's).
+        tenant = await cache.load(token, fetch, flight=(_address(request), token))
     return tenant
 
 
@@ -171,10 +174,12 @@ async def _admin(request: web.Request, token: str) -> str:
     cache = request.app[TOKEN_CACHE]
     name: str | None = cache.get(("admin", token))
     if name is None:
-        await _guard(request)
-        name = await request.app[STORE].admin_for_token(token)
-        if name is not None:
-            cache[("admin", token)] = name
+
+        async def fetch() -> str | None:
+            await _guard(request)
+            return await request.app[STORE].admin_for_token(token)
+
+        name = await cache.load(("admin", token), fetch, flight=(_address(request), "admin", token))
     if name is not None:
         return name
     if await _tenant(request, token) is not None:

@@ -72,12 +72,16 @@ async def lookup(
         raise ApiError(404, f"deployment {name} not found")
     key = f"{tenant}/{name}"
     cache = request.app[SPEC_CACHE]
-    spec = None if fresh else cache.get(key)
-    if spec is None:
-        spec = await request.app[STORE].get_deployment(key)
+    store = request.app[STORE]
+    if fresh:
+        spec = await store.get_deployment(key)
         if spec is not None:
             cache[key] = spec
-    problem = await deployment_problem(request.app[STORE], key, spec)
+    else:
+        spec = cache.get(key)
+        if spec is None:
+            spec = await cache.load(key, lambda: store.get_deployment(key))
+    problem = await deployment_problem(store, key, spec)
     if problem is not None:
         raise problem
     assert spec is not None
@@ -91,8 +95,11 @@ async def queue_limit_of(request: web.Request, spec: DeploymentSpec) -> int:
     cache = request.app[QUOTA_CACHE]
     quotas: Quotas | None = cache.get(spec.tenant)
     if quotas is None:
-        quotas = await tenant_quotas(request.app[STORE], request.app[SETTINGS], spec.tenant)
-        cache[spec.tenant] = quotas
+        app = request.app
+        quotas = await cache.load(
+            spec.tenant, lambda: tenant_quotas(app[STORE], app[SETTINGS], spec.tenant)
+        )
+        assert quotas is not None
     return queue_limit(spec, quotas)
 
 
