@@ -11,16 +11,19 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, NamedTuple, Protocol
 
 import aiohttp
+import orjson
+from multidict import CIMultiDictProxy
 
 from router.params import GenerateRequest
 from wakegate.store import ReplicaRecord
 
 
-@dataclass(frozen=True)
-class Token:
+class Token(NamedTuple):
+    """One generated token (a named tuple: streams make one per token, cheaply)."""
+
     id: int
     text: str
     logprob: float
@@ -71,6 +74,28 @@ class UpstreamError(Exception):
         return cls(message, status=502)
 
 
+# What a JSON call to a replica carries besides its key (the body is made by orjson).
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+async def post_json(
+    client: aiohttp.ClientSession, url: str, body: dict[str, Any], headers: dict[str, str]
+) -> tuple[bytes, CIMultiDictProxy[str]]:
+    """POST `body` to a replica and read its whole answer: a 200's body and headers. An
+    error status raises UpstreamError.answered (the replica's own reason), an unreachable
+    replica UpstreamError (its cause: the aiohttp error)."""
+    try:
+        async with client.post(
+            url, data=orjson.dumps(body), headers={**JSON_HEADERS, **headers}
+        ) as resp:
+            raw = await resp.read()
+            if resp.status != 200:
+                raise UpstreamError.answered(resp.status, raw)
+            return raw, resp.headers
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise UpstreamError(f"replica unreachable: {exc!r}") from exc
+
+
 def _error_message(status: int, raw: bytes) -> str:
     """The engine's own reason from an error body (JSON `detail` or `error`), else its start."""
     try:
@@ -99,13 +124,21 @@ class Dialect(Protocol):
     ) -> AsyncIterator[Token | Finish]: ...
 
 
-def get_dialect(name: str) -> Dialect:
-    from router.dialects.openai import OpenAICompletions
-    from router.dialects.tgi import LORAX, TGI, NativeGenerate
+_DIALECTS: dict[str, Dialect] = {}
 
-    dialects: dict[str, Dialect] = {
-        "openai": OpenAICompletions(),
-        "lorax": NativeGenerate(LORAX),
-        "tgi": NativeGenerate(TGI),
-    }
-    return dialects[name]
+
+def get_dialect(name: str) -> Dialect:
+    """The dialect of that name (KeyError for none), made once: every request asks."""
+    dialect = _DIALECTS.get(name)
+    if dialect is None:
+        if _DIALECTS:
+            raise KeyError(name)
+        # Imported here: the dialect modules import this one's types.
+        from router.dialects.openai import OpenAICompletions
+        from router.dialects.tgi import LORAX, TGI, NativeGenerate
+
+        _DIALECTS.update(
+            openai=OpenAICompletions(), lorax=NativeGenerate(LORAX), tgi=NativeGenerate(TGI)
+        )
+        dialect = _DIALECTS[name]
+    return dialect

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from router.dialects import Finish, Generation, Token, UpstreamError
+from router.dialects import Finish, Generation, Token, UpstreamError, post_json
 from router.dialects.sse import post_events
 from router.errors import ApiError
 from router.params import GenerateRequest
@@ -114,15 +114,7 @@ class OpenAICompletions:
                     return Generation("".join(t.text for t in tokens), tokens, item)
             raise UpstreamError("replica stream ended without a finish")
         body = completion_body(model, req, stream=False, cheap_logprobs=replica.cheap_logprobs)
-        try:
-            async with client.post(
-                f"{replica.url}{_path(req)}", json=body, headers=replica.auth_headers()
-            ) as resp:
-                raw = await resp.read()
-                if resp.status != 200:
-                    raise UpstreamError.answered(resp.status, raw)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UpstreamError(f"replica unreachable: {exc!r}") from exc
+        raw, _ = await post_json(client, f"{replica.url}{_path(req)}", body, replica.auth_headers())
         data = orjson.loads(raw)
         choice = data["choices"][0]
         usage = data.get("usage") or {}
@@ -186,19 +178,12 @@ class OpenAICompletions:
         body["max_tokens"] = 1
         for attempt in range(2):
             try:
-                async with client.post(
-                    f"{replica.url}{_path(req)}", json=body, headers=replica.auth_headers()
-                ) as resp:
-                    raw = await resp.read()
-                    if resp.status != 200:
-                        return UpstreamError.answered(resp.status, raw)
-                    break
-            except aiohttp.ClientConnectionError as exc:
+                await post_json(client, f"{replica.url}{_path(req)}", body, replica.auth_headers())
+                break
+            except UpstreamError as exc:
                 # The server closes the refused stream's connection after its last chunk, and
                 # the pool hands out its newest connection first, that one: the request meets
                 # a disconnect or a reset, whichever the race gives. Once more on another.
-                if attempt:
-                    return UpstreamError(f"replica unreachable: {exc!r}")
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                return UpstreamError(f"replica unreachable: {exc!r}")
+                if attempt or not isinstance(exc.__cause__, aiohttp.ClientConnectionError):
+                    return exc
         return UpstreamError("replica stream ended before any token")

@@ -16,7 +16,7 @@ import orjson
 from httpx_sse import ServerSentEvent
 from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 
-from router.dialects import UpstreamError
+from router.dialects import JSON_HEADERS, UpstreamError
 
 
 async def post_events(
@@ -30,8 +30,8 @@ async def post_events(
     UpstreamError.answered with the replica's own error. Iterate it inside
     `contextlib.aclosing`, so that a consumer that stops early (an error event, a client gone)
     closes the response at once and its connection goes back to the pool."""
-    headers = {"Accept": "text/event-stream", **(headers or {})}
-    async with client.post(url, json=body, headers=headers) as resp:
+    headers = {"Accept": "text/event-stream", **JSON_HEADERS, **(headers or {})}
+    async with client.post(url, data=orjson.dumps(body), headers=headers) as resp:
         if resp.status != 200:
             raise UpstreamError.answered(resp.status, await resp.read())
         async for sse in aiter_sse(resp):

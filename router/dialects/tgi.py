@@ -38,7 +38,7 @@ from typing import Any
 
 import aiohttp
 
-from router.dialects import Finish, Generation, Token, UpstreamError
+from router.dialects import Finish, Generation, Token, UpstreamError, post_json
 from router.dialects.openai import (
     DEFAULT_MAX_NEW_TOKENS,
     _finish_reason,
@@ -215,16 +215,8 @@ class NativeGenerate:
         req: GenerateRequest,
     ) -> Generation:
         path, body = self._call(req, stream=False)
-        try:
-            async with client.post(
-                f"{replica.url}{path}", json=body, headers=replica.auth_headers()
-            ) as resp:
-                raw = await resp.read()
-                if resp.status != 200:
-                    raise UpstreamError.answered(resp.status, raw)
-                prompt_header = resp.headers.get(PROMPT_TOKENS_HEADER)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UpstreamError(f"replica unreachable: {exc!r}") from exc
+        raw, headers = await post_json(client, f"{replica.url}{path}", body, replica.auth_headers())
+        prompt_header = headers.get(PROMPT_TOKENS_HEADER)
         try:
             data = json.loads(raw)
             if req.messages is not None:
