@@ -27,13 +27,11 @@ from wakegate.tools.replay.run import (
     RequestResult,
     Sample,
     Scaling,
-    Tally,
     client_session,
     create_deployment,
     deployment_config,
     lease_rows,
     on_fresh_stack,
-    report_progress,
     sample_load,
     send_on_schedule,
     sim_usage,
@@ -89,6 +87,15 @@ class PoolPlan(Scaling):
         from scaler.sim.pool import parse_pool
 
         return parse_pool(self.pool)
+
+    @property
+    def span_s(self) -> float:
+        """Trace time of the last request of any deployment."""
+        return max((r.at_s for m in self.members for r in m.requests), default=0.0)
+
+    @property
+    def request_count(self) -> int:
+        return sum(len(m.requests) for m in self.members)
 
     @property
     def pool_gpus(self) -> int:
@@ -218,16 +225,14 @@ async def _drive_pool(
                 for m in plan.members
             ]
             watchers.append(asyncio.create_task(_collect_events(store, seen)))
-            tally = Tally(len(schedule))
-            if progress is not None:
-                span = schedule[-1][0].at_s if schedule else 0.0
-                watchers.append(
-                    asyncio.create_task(report_progress(progress, tally, t0, plan.speed, span))
-                )
-            tasks = await send_on_schedule(
-                client, [(req, urls[i], headers[i]) for req, i in schedule], t0, plan.speed, tally
+            sent = await send_on_schedule(
+                client,
+                [(req, urls[i], headers[i]) for req, i in schedule],
+                t0,
+                plan.speed,
+                progress,
+                plan.span_s,
             )
-            await asyncio.gather(*tasks)
             horizon = (time.monotonic() - t0) * plan.speed
             for w in watchers:
                 w.cancel()
@@ -237,8 +242,8 @@ async def _drive_pool(
     finally:
         await store.close()
     results: dict[str, list[RequestResult]] = {m.key: [] for m in plan.members}
-    for (_, i), task in zip(schedule, tasks, strict=True):
-        results[plan.members[i].key].append(task.result())
+    for (_, i), result in zip(schedule, sent, strict=True):
+        results[plan.members[i].key].append(result)
     events = {
         key: sorted(
             ({**e, "t_s": (_event_wall_s(e) - wall0) * plan.speed} for e in known.values()),
@@ -261,8 +266,8 @@ def run_pool(plan: PoolPlan, progress: ProgressFn | None = None) -> PoolResult:
     return on_fresh_stack(
         lambda stack: _drive_pool(plan, stack.settings, progress),
         plan.speed,
-        max((m.requests[-1].at_s for m in plan.members if m.requests), default=0.0),
-        sum(len(m.requests) for m in plan.members),
+        plan.span_s,
+        plan.request_count,
         progress,
         sim_pool=plan.pool,
         allocator=plan.allocator,

@@ -73,6 +73,11 @@ class Plan(Scaling):
     warm: bool = False  # start the clock once warm_replicas are ready
 
     @property
+    def span_s(self) -> float:
+        """Trace time of the last request."""
+        return self.requests[-1].at_s if self.requests else 0.0
+
+    @property
     def warm_replicas(self) -> int:
         return self.max_replicas if self.policy == "always-on" else self.min_replicas
 
@@ -223,19 +228,31 @@ async def send_on_schedule(
     schedule: list[tuple[TraceRequest, str, dict[str, str]]],
     t0: float,
     speed: float,
-    tally: Tally,
-) -> list[asyncio.Task[RequestResult]]:
+    progress: ProgressFn | None,
+    span_s: float,
+) -> list[RequestResult]:
     """Send each (request, url, headers) at its trace time, `speed` times faster, from `t0`
-    on; the tasks answer in schedule order."""
-    tasks: list[asyncio.Task[RequestResult]] = []
-    for req, url, headers in schedule:
-        delay = t0 + req.at_s / speed - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        task = asyncio.create_task(send(client, url, headers, req, speed))
-        tally.sending(task)
-        tasks.append(task)
-    return tasks
+    on, and wait for every answer (in schedule order). `progress`, if given, hears how far
+    the sending and answering are every PROGRESS_EVERY_S meanwhile."""
+    tally = Tally(len(schedule))
+    reporter = (
+        asyncio.create_task(report_progress(progress, tally, t0, speed, span_s))
+        if progress is not None
+        else None
+    )
+    try:
+        tasks: list[asyncio.Task[RequestResult]] = []
+        for req, url, headers in schedule:
+            delay = t0 + req.at_s / speed - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.create_task(send(client, url, headers, req, speed))
+            tally.sending(task)
+            tasks.append(task)
+        return list(await asyncio.gather(*tasks))
+    finally:
+        if reporter is not None:
+            reporter.cancel()
 
 
 async def sample_load(store: Store, key: str, t0: float, speed: float, out: list[Sample]) -> None:
@@ -315,19 +332,10 @@ async def _drive(
         samples: list[Sample] = []
         t0 = time.monotonic()
         sampler = asyncio.create_task(sample_load(store, key, t0, plan.speed, samples))
-        tally = Tally(len(plan.requests))
-        watchers = [sampler]
-        if progress is not None:
-            span = plan.requests[-1].at_s if plan.requests else 0.0
-            watchers.append(
-                asyncio.create_task(report_progress(progress, tally, t0, plan.speed, span))
-            )
         schedule = [(req, url, headers) for req in plan.requests]
-        tasks = await send_on_schedule(client, schedule, t0, plan.speed, tally)
-        results = list(await asyncio.gather(*tasks))
+        results = await send_on_schedule(client, schedule, t0, plan.speed, progress, plan.span_s)
         horizon = (time.monotonic() - t0) * plan.speed
-        for watcher in watchers:
-            watcher.cancel()
+        sampler.cancel()
         await store.close()
         usage, tokens = await _usage(settings, key, t0, plan.speed)
     return RunResult(plan, results, samples, usage, horizon, tokens)
@@ -418,11 +426,10 @@ def on_fresh_stack(
 def run(plan: Plan, progress: ProgressFn | None = None) -> RunResult:
     """One replay on a fresh stack. `progress`, if given, hears how far the run is every
     PROGRESS_EVERY_S."""
-    span_s = plan.requests[-1].at_s if plan.requests else 0.0
     return on_fresh_stack(
         lambda stack: _drive(plan, stack.settings, stack.token, progress),
         plan.speed,
-        span_s,
+        plan.span_s,
         len(plan.requests),
         progress,
     )
