@@ -16,6 +16,7 @@ import click
 
 from wakegate import __version__
 from wakegate.settings import Settings
+from wakegate.tools.cli_common import TOKEN_ENV, URL_ENV, config_option, option_list
 from wakegate.tools.cli_common import client_settings as _client_settings
 from wakegate.tools.cli_common import settings_from as _settings
 from wakegate.tools.cli_common import tenant_name as _tenant_name
@@ -33,7 +34,7 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--config", type=click.Path(exists=True, dir_okay=False), help="TOML config file.")
+@config_option
 @click.option("--port", type=int, help="Gateway port (default 8080).")
 @click.option("--host", help="Gateway bind address (default 127.0.0.1).")
 @click.option(
@@ -130,28 +131,23 @@ def _expires_at(raw: str | None) -> float | None:
     return time.time() + seconds
 
 
-def _token_options(fn: Callable[..., None]) -> Callable[..., None]:
-    for option in reversed(
-        [
-            click.option("--tenant", help="Tenant short code ([a-z0-9-])."),
-            click.option(
-                "--admin",
-                is_flag=True,
-                help="An operator token for the admin API (/admin/v1) and /metrics instead of "
-                "a tenant's token.",
-            ),
-            click.option("--name", help="Tenant display name (with --admin: the operator's name)."),
-            click.option("--label", help="What the token is for (shown by `tokens list`)."),
-            click.option(
-                "--expires-in",
-                metavar="DURATION",
-                help="Refused after this long, e.g. 12h, 30d (default: never).",
-            ),
-            click.option("--config", type=click.Path(exists=True, dir_okay=False)),
-        ]
-    ):
-        fn = option(fn)
-    return fn
+_token_options = option_list(
+    click.option("--tenant", help="Tenant short code ([a-z0-9-])."),
+    click.option(
+        "--admin",
+        is_flag=True,
+        help="An operator token for the admin API (/admin/v1) and /metrics instead of "
+        "a tenant's token.",
+    ),
+    click.option("--name", help="Tenant display name (with --admin: the operator's name)."),
+    click.option("--label", help="What the token is for (shown by `tokens list`)."),
+    click.option(
+        "--expires-in",
+        metavar="DURATION",
+        help="Refused after this long, e.g. 12h, 30d (default: never).",
+    ),
+    config_option,
+)
 
 
 def _create_token(
@@ -208,7 +204,7 @@ def tokens_create(**options: Any) -> None:
 
 @tokens.command("list")
 @click.option("--tenant", help="Only this tenant's tokens.")
-@click.option("--config", type=click.Path(exists=True, dir_okay=False))
+@config_option
 def tokens_list(tenant: str | None, config: str | None) -> None:
     """Print every token (id, kind, tenant or operator, label, created, expiry) as JSON lines;
     never the token itself."""
@@ -220,7 +216,7 @@ def tokens_list(tenant: str | None, config: str | None) -> None:
 
 @tokens.command("revoke")
 @click.argument("token_id")
-@click.option("--config", type=click.Path(exists=True, dir_okay=False))
+@config_option
 def tokens_revoke(token_id: str, config: str | None) -> None:
     """Delete the token TOKEN_ID (from `tokens list`): gateways refuse it within a second."""
     rec = _with_store(_client_settings(config), lambda store: store.revoke_token(token_id))
@@ -232,14 +228,14 @@ def tokens_revoke(token_id: str, config: str | None) -> None:
 @main.command()
 @click.option(
     "--url",
-    envvar=["WAKEGATE_URL", "PREDIBASE_GATEWAY"],
+    envvar=URL_ENV,
     default="http://127.0.0.1:8080",
     show_default=True,
     help="The gateway (env WAKEGATE_URL, else PREDIBASE_GATEWAY).",
 )
 @click.option(
     "--token",
-    envvar=["WAKEGATE_TOKEN", "PREDIBASE_API_TOKEN"],
+    envvar=TOKEN_ENV,
     required=True,
     help="A tenant's API token (env WAKEGATE_TOKEN, else PREDIBASE_API_TOKEN).",
 )
@@ -329,7 +325,7 @@ def _quota_report(settings: Settings, tenant: str, store: Store) -> Awaitable[di
 
 @quota.command("show")
 @click.option("--tenant", help="One tenant's effective quotas (default: defaults and overrides).")
-@click.option("--config", type=click.Path(exists=True, dir_okay=False))
+@config_option
 def quota_show(tenant: str | None, config: str | None) -> None:
     """Print quotas as JSON."""
     from wakegate.quotas import default_quotas
@@ -357,7 +353,7 @@ def quota_show(tenant: str | None, config: str | None) -> None:
 @click.option("--max-replicas", metavar="N|none", help="Replicas per deployment.")
 @click.option("--max-gpus", metavar="N|none", help="GPUs per tenant (soft).")
 @click.option("--max-queue-length", metavar="N|none", help="Waiting requests per deployment.")
-@click.option("--config", type=click.Path(exists=True, dir_okay=False))
+@config_option
 def quota_set(tenant: str, config: str | None, **limits: str | None) -> None:
     """Override quotas of one tenant (`none`: unlimited); options left out are kept."""
     from wakegate.quotas import parse_override
@@ -387,7 +383,7 @@ def quota_set(tenant: str, config: str | None, **limits: str | None) -> None:
 
 @quota.command("unset")
 @click.option("--tenant", required=True, help="Tenant short code.")
-@click.option("--config", type=click.Path(exists=True, dir_okay=False))
+@config_option
 def quota_unset(tenant: str, config: str | None) -> None:
     """Remove a tenant's override: the defaults apply again."""
     code = _tenant_name(tenant)
@@ -579,7 +575,7 @@ def replay(
     --pool, --allocator, --guaranteed, --stagger-s: several deployments sharing one pool,
     under each --allocator.
     """
-    from wakegate.tools.cli_progress import RunBars
+    from wakegate.tools.cli_progress import run_bars
     from wakegate.tools.replay import report
     from wakegate.tools.replay.run import REPLAY_ENGINE, Plan
     from wakegate.tools.replay.traces import load_trace, window
@@ -633,7 +629,7 @@ def replay(
             )
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
-        with RunBars() as bars:
+        with run_bars() as bars:
             pool_summaries = compare_allocators(
                 template, allocators or ("fair",), out, bars.echo, bars.run, plots
             )
@@ -667,7 +663,7 @@ def replay(
         plans.append((policy if len(routings) == 1 else f"{policy}-{routing}", plan))
     from wakegate.tools.replay.policies import compare_policies
 
-    with RunBars() as bars:
+    with run_bars() as bars:
         summaries = compare_policies(plans, out, bars.echo, bars.run, plots)
     click.echo(report.table(summaries))
 

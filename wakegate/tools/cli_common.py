@@ -1,13 +1,41 @@
 """What the `wakegate` command and its groups (cli_deployments.py, cli_events.py) share: the
-settings they run with, and a tenant name checked as the API checks it."""
+settings they run with, options several commands take, and a tenant name checked as the API
+checks it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
+from typing import Any, TypeVar
 
 import click
 
 from wakegate.settings import Settings, load_settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Where the CLI finds the gateway and a token: wakegate's own variables first, then the ones
+# the Predibase SDK reads (so a shell set up for the SDK works as it is).
+URL_ENV = ["WAKEGATE_URL", "PREDIBASE_GATEWAY"]
+TOKEN_ENV = ["WAKEGATE_TOKEN", "PREDIBASE_API_TOKEN"]
+
+
+def option_list(*options: Callable[[F], F]) -> Callable[[F], F]:
+    """Several click options as one decorator, for commands that take the same ones; `--help`
+    lists them in the order given."""
+
+    def apply(fn: F) -> F:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return apply
+
+
+# --config of every command that reads the settings.
+config_option = click.option(
+    "--config", type=click.Path(exists=True, dir_okay=False), help="TOML config file."
+)
 
 
 def settings_from(config: str | None, **overrides: object) -> Settings:

@@ -12,15 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from wakegate.tools.cli_common import TOKEN_ENV, URL_ENV, option_list, settings_from
 from wakegate.tools.control_client import ApiFailure, ControlClient
 
 if TYPE_CHECKING:  # rich is imported when a command runs: `--help` stays quick
     from rich.console import Console
-
-# Where the CLI finds the gateway and a token: wakegate's own variables first, then the ones
-# the Predibase SDK reads (so a shell set up for the SDK works as it is).
-URL_ENV = ["WAKEGATE_URL", "PREDIBASE_GATEWAY"]
-TOKEN_ENV = ["WAKEGATE_TOKEN", "PREDIBASE_API_TOKEN"]
 
 # Seconds between two looks at a deployment that is being waited for.
 WAIT_POLL_S = 1.0
@@ -55,10 +51,9 @@ def stderr_console() -> Console:
 
 def _local_defaults() -> tuple[str, str | None]:
     """The gateway and token of the stack `wakegate up` runs from the state dir."""
-    from wakegate.tools.cli_common import settings_from as _settings
     from wakegate.tools.up import TOKEN_FILE
 
-    settings = _settings(None)
+    settings = settings_from(None)
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
     token = settings.default_token
     if token is None:
@@ -82,30 +77,25 @@ def connect(gateway: str | None, token: str | None) -> ControlClient:
     return ControlClient(gateway, token)
 
 
-def api_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """--gateway, --token and --json, shared by every command that talks to the API."""
-    for option in reversed(
-        [
-            click.option(
-                "--gateway",
-                envvar=URL_ENV,
-                show_envvar=True,
-                metavar="URL",
-                help="The gateway's URL (default: the one `wakegate up` runs here, from "
-                "WAKEGATE_HOST and WAKEGATE_PORT).",
-            ),
-            click.option(
-                "--token",
-                envvar=TOKEN_ENV,
-                show_envvar=True,
-                help="A tenant's API token (default: the token `wakegate up` made in the "
-                "state dir). Deployments are that tenant's.",
-            ),
-            click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts."),
-        ]
-    ):
-        fn = option(fn)
-    return fn
+# --gateway, --token and --json, shared by every command that talks to the API.
+api_options = option_list(
+    click.option(
+        "--gateway",
+        envvar=URL_ENV,
+        show_envvar=True,
+        metavar="URL",
+        help="The gateway's URL (default: the one `wakegate up` runs here, from "
+        "WAKEGATE_HOST and WAKEGATE_PORT).",
+    ),
+    click.option(
+        "--token",
+        envvar=TOKEN_ENV,
+        show_envvar=True,
+        help="A tenant's API token (default: the token `wakegate up` made in the "
+        "state dir). Deployments are that tenant's.",
+    ),
+    click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts."),
+)
 
 
 @contextmanager
@@ -241,68 +231,61 @@ CONFIG_FLAGS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
-def config_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    for option in reversed(
-        [
-            click.option(
-                "--config",
-                "config_file",
-                type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                help="JSON or YAML file: the deployment's config (every field the API takes, "
-                "e.g. baseModel, minReplicas, customArgs), or a request body with `config` "
-                "and `description`. Flags override its values.",
-            ),
-            click.option("--base-model", help="Base model (see the model catalogue)."),
-            click.option(
-                "--min-replicas", type=int, help="Replicas kept ready (0: scale to zero)."
-            ),
-            click.option("--max-replicas", type=int, help="Most replicas it scales to."),
-            click.option(
-                "--cooldown",
-                type=int,
-                metavar="SECONDS",
-                help="Idle time before it scales down (cooldownTime).",
-            ),
-            click.option(
-                "--scale-up-threshold",
-                type=int,
-                help="Requests one replica carries before another starts.",
-            ),
-            click.option("--accelerator", help="Accelerator id, e.g. a10_24gb_100."),
-            click.option(
-                "--policy",
-                help="Scaling policy: wakegate, knative, ray or always-on (params: --config).",
-            ),
-            click.option(
-                "--routing", help="How the gateway picks a replica: prefix, least-loaded, random."
-            ),
-            click.option("--max-queue-length", type=int, help="Waiting requests beyond: 429."),
-            click.option(
-                "--custom-arg",
-                "custom_args",
-                multiple=True,
-                metavar="ARG",
-                help="An engine argument (customArgs); repeat for several.",
-            ),
-            click.option("--description", help="Free text shown with the deployment."),
-            click.option(
-                "--wait",
-                is_flag=True,
-                help="Wait until the deployment is ready and runs its minReplicas, showing "
-                "its status and events.",
-            ),
-            click.option(
-                "--timeout",
-                type=click.FloatRange(min=0),
-                default=900.0,
-                show_default=True,
-                metavar="SECONDS",
-                help="With --wait: give up waiting after this long (the deployment goes on).",
-            ),
-        ]
-    ):
-        fn = option(fn)
-    return fn
+config_options = option_list(
+    click.option(
+        "--config",
+        "config_file",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="JSON or YAML file: the deployment's config (every field the API takes, "
+        "e.g. baseModel, minReplicas, customArgs), or a request body with `config` "
+        "and `description`. Flags override its values.",
+    ),
+    click.option("--base-model", help="Base model (see the model catalogue)."),
+    click.option("--min-replicas", type=int, help="Replicas kept ready (0: scale to zero)."),
+    click.option("--max-replicas", type=int, help="Most replicas it scales to."),
+    click.option(
+        "--cooldown",
+        type=int,
+        metavar="SECONDS",
+        help="Idle time before it scales down (cooldownTime).",
+    ),
+    click.option(
+        "--scale-up-threshold",
+        type=int,
+        help="Requests one replica carries before another starts.",
+    ),
+    click.option("--accelerator", help="Accelerator id, e.g. a10_24gb_100."),
+    click.option(
+        "--policy",
+        help="Scaling policy: wakegate, knative, ray or always-on (params: --config).",
+    ),
+    click.option(
+        "--routing", help="How the gateway picks a replica: prefix, least-loaded, random."
+    ),
+    click.option("--max-queue-length", type=int, help="Waiting requests beyond: 429."),
+    click.option(
+        "--custom-arg",
+        "custom_args",
+        multiple=True,
+        metavar="ARG",
+        help="An engine argument (customArgs); repeat for several.",
+    ),
+    click.option("--description", help="Free text shown with the deployment."),
+    click.option(
+        "--wait",
+        is_flag=True,
+        help="Wait until the deployment is ready and runs its minReplicas, showing "
+        "its status and events.",
+    ),
+    click.option(
+        "--timeout",
+        type=click.FloatRange(min=0),
+        default=900.0,
+        show_default=True,
+        metavar="SECONDS",
+        help="With --wait: give up waiting after this long (the deployment goes on).",
+    ),
+)
 
 
 def read_config_file(path: Path) -> tuple[dict[str, Any], str | None]:
@@ -434,11 +417,9 @@ def get_cmd(name: str, gateway: str | None, token: str | None, as_json: bool) ->
     show(dep, as_json, events)
 
 
-@deployments.command("create")
-@click.argument("name")
-@config_options
-@api_options
-def create_cmd(
+def _send_config(
+    send: Callable[[ControlClient, str, dict[str, Any], str | None], dict[str, Any]],
+    must_change: bool,
     name: str,
     config_file: Path | None,
     wait: bool,
@@ -448,40 +429,35 @@ def create_cmd(
     as_json: bool,
     **flags: Any,
 ) -> None:
-    """Create the deployment NAME from flags and/or --config FILE."""
+    """`create` and `update`: send the config built from flags and/or the file, wait for the
+    deployment if asked to, and show it."""
     config, description = build_config(config_file, flags)
+    if must_change and not config and description is None:
+        raise click.UsageError("nothing to change: give a flag (see --help) or --config FILE")
     with api_errors(), connect(gateway, token) as client:
-        dep = client.create(name, config, description)
+        dep = send(client, name, config, description)
         if wait:
             wait_ready(client, name, timeout)
             dep = client.get(name)
     show(dep, as_json)
+
+
+@deployments.command("create")
+@click.argument("name")
+@config_options
+@api_options
+def create_cmd(**options: Any) -> None:
+    """Create the deployment NAME from flags and/or --config FILE."""
+    _send_config(ControlClient.create, must_change=False, **options)
 
 
 @deployments.command("update")
 @click.argument("name")
 @config_options
 @api_options
-def update_cmd(
-    name: str,
-    config_file: Path | None,
-    wait: bool,
-    timeout: float,
-    gateway: str | None,
-    token: str | None,
-    as_json: bool,
-    **flags: Any,
-) -> None:
+def update_cmd(**options: Any) -> None:
     """Change the deployment NAME: only the fields given (flags and/or --config FILE)."""
-    config, description = build_config(config_file, flags)
-    if not config and description is None:
-        raise click.UsageError("nothing to change: give a flag (see --help) or --config FILE")
-    with api_errors(), connect(gateway, token) as client:
-        dep = client.update(name, config, description)
-        if wait:
-            wait_ready(client, name, timeout)
-            dep = client.get(name)
-    show(dep, as_json)
+    _send_config(ControlClient.update, must_change=True, **options)
 
 
 @deployments.command("delete")

@@ -21,6 +21,7 @@ import click
 
 from wakegate import topics
 from wakegate.settings import Settings
+from wakegate.tools.cli_common import client_settings, config_option, tenant_name
 
 # What `events` follows by default; `load` (the gateways' periodic queue reports) on request.
 KINDS: tuple[topics.Kind, ...] = ("decision", "replica", "wake", "capacity", "config")
@@ -204,7 +205,7 @@ async def run_until_stopped(work: Callable[[], Any]) -> None:
 )
 @click.option("--load", is_flag=True, help="Also the gateways' periodic load reports.")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines, one per event.")
-@click.option("--config", type=click.Path(exists=True, dir_okay=False), help="TOML config file.")
+@config_option
 def events(
     deployment: str,
     tenant: str | None,
@@ -216,10 +217,7 @@ def events(
     """Follow DEPLOYMENT's scaling decisions, replicas, wakes, capacity waits and lifecycle
     events as they happen, one line each. Reads the broker (MQTT_URL) and Redis (REDIS_URL)
     of the settings, else those of the stack `wakegate up` runs here."""
-    from wakegate.tools.cli_common import client_settings as _client_settings
-    from wakegate.tools.cli_common import tenant_name as _tenant_name
-
-    settings = _client_settings(config)
+    settings = client_settings(config)
     if "/" in deployment:
         tenant, _, name = deployment.partition("/")
     else:
@@ -230,7 +228,7 @@ def events(
         validate_name(name, "DEPLOYMENT")
     except InvalidSpec as exc:
         raise click.BadParameter(exc.message, param_hint="DEPLOYMENT") from None
-    key = f"{_tenant_name(tenant or settings.default_tenant)}/{name}"
+    key = f"{tenant_name(tenant or settings.default_tenant)}/{name}"
     if settings.mqtt_url is None:
         raise click.ClickException(
             "set MQTT_URL to the broker of the gateway and scaler (or run `wakegate up` here)"

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from types import TracebackType
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from wakegate.tools.replay.run import Progress, ProgressFn
+
+
+@contextmanager
+def run_bars() -> Iterator[RunBars]:
+    """The bars, shown while the block runs."""
+    bars = RunBars()
+    with bars.bars:
+        yield bars
 
 
 class RunBars:
@@ -38,18 +47,6 @@ class RunBars:
             redirect_stdout=False,
             redirect_stderr=False,
         )
-
-    def __enter__(self) -> RunBars:
-        self.bars.start()
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.bars.stop()
 
     def echo(self, text: str) -> None:
         """A line above the bars."""

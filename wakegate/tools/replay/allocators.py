@@ -27,8 +27,7 @@ def compare_allocators(
     ... on its files), so that an interrupted comparison keeps the runs it finished."""
     summaries: list[report.PoolSummary] = []
     runs: Counter[str] = Counter()
-    requests = sum(len(m.requests) for m in template.members)
-    span = max((m.requests[-1].at_s for m in template.members if m.requests), default=0.0)
+    requests, span = template.request_count, template.span_s
     for allocator in allocators:
         runs[allocator] += 1
         label = allocator if runs[allocator] == 1 else f"{allocator}-{runs[allocator]}"

@@ -23,7 +23,7 @@ def compare_policies(
     far, so that an interrupted comparison keeps the runs it finished."""
     summaries: list[report.Summary] = []
     for label, plan in plans:
-        span = plan.requests[-1].at_s
+        span = plan.span_s
         echo(
             f"replaying {len(plan.requests)} requests ({span:.0f} s of trace) under "
             f"'{plan.policy}' with {plan.routing} routing at {plan.speed:g}x: about "

@@ -11,34 +11,29 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Literal
 
 from wakegate.catalog import ACCELERATORS
-from wakegate.engines.sim_timing import SimTiming
 from wakegate.sealing import box_from_settings
 from wakegate.settings import Settings
 from wakegate.spec import validate_name
 from wakegate.store import Store
 from wakegate.tools.replay.run import (
-    REPLAY_ENGINE,
-    Progress,
+    DEFAULT_ACCELERATOR,
     ProgressFn,
     RequestResult,
     Sample,
-    Tally,
+    Scaling,
     client_session,
     create_deployment,
     deployment_config,
     lease_rows,
-    replay_settings,
-    report_progress,
+    on_fresh_stack,
     sample_load,
-    send,
+    send_on_schedule,
     sim_usage,
 )
 from wakegate.tools.replay.traces import TraceRequest, rotate, split_trace
@@ -46,7 +41,6 @@ from wakegate.tools.replay.traces import TraceRequest, rotate, split_trace
 TenantLayout = Literal["per-deployment", "one"]
 ALLOCATORS = ("fair", "fcfs", "static")
 SHARED_TENANT = "shared"
-DEFAULT_ACCELERATOR = "a10_24gb_100"
 # Real seconds between reads of the deployments' events: the store keeps the last 200 of a
 # deployment, so a long run is read as it goes rather than once at the end.
 EVENTS_EVERY_S = 1.0
@@ -68,23 +62,14 @@ class Member:
 
 
 @dataclass(frozen=True)
-class PoolPlan:
+class PoolPlan(Scaling):
     """Deployments sharing one pool. Every deployment has the same scaling fields; they differ
     in their requests, tenant and guarantee."""
 
     members: list[Member]
     pool: str  # the sim pool, as Settings.sim_pool: "a10_24gb=6"
     allocator: str = "fair"
-    policy: str = "wakegate"
-    policy_params: dict[str, float] = field(default_factory=dict)
-    speed: float = 10.0
-    min_replicas: int = 0
-    max_replicas: int = 4
-    scale_up_threshold: int = 16
-    cooldown_s: float = 120.0
-    engine: SimTiming = REPLAY_ENGINE
-    accelerator: str = DEFAULT_ACCELERATOR
-    routing: str = "prefix"
+    max_replicas: int = field(default=4, kw_only=True)
     reclaim_grace_s: float = 30.0  # trace seconds, like every duration of the plan
 
     def __post_init__(self) -> None:
@@ -102,6 +87,15 @@ class PoolPlan:
         from scaler.sim.pool import parse_pool
 
         return parse_pool(self.pool)
+
+    @property
+    def span_s(self) -> float:
+        """Trace time of the last request of any deployment."""
+        return max((r.at_s for m in self.members for r in m.requests), default=0.0)
+
+    @property
+    def request_count(self) -> int:
+        return sum(len(m.requests) for m in self.members)
 
     @property
     def pool_gpus(self) -> int:
@@ -231,21 +225,14 @@ async def _drive_pool(
                 for m in plan.members
             ]
             watchers.append(asyncio.create_task(_collect_events(store, seen)))
-            tally = Tally(len(schedule))
-            if progress is not None:
-                span = schedule[-1][0].at_s if schedule else 0.0
-                watchers.append(
-                    asyncio.create_task(report_progress(progress, tally, t0, plan.speed, span))
-                )
-            sends: list[tuple[str, asyncio.Task[RequestResult]]] = []
-            for req, i in schedule:
-                delay = t0 + req.at_s / plan.speed - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                task = asyncio.create_task(send(client, urls[i], headers[i], req, plan.speed))
-                tally.sending(task)
-                sends.append((plan.members[i].key, task))
-            await asyncio.gather(*(task for _, task in sends))
+            sent = await send_on_schedule(
+                client,
+                [(req, urls[i], headers[i]) for req, i in schedule],
+                t0,
+                plan.speed,
+                progress,
+                plan.span_s,
+            )
             horizon = (time.monotonic() - t0) * plan.speed
             for w in watchers:
                 w.cancel()
@@ -255,8 +242,8 @@ async def _drive_pool(
     finally:
         await store.close()
     results: dict[str, list[RequestResult]] = {m.key: [] for m in plan.members}
-    for key, task in sends:
-        results[key].append(task.result())
+    for (_, i), result in zip(schedule, sent, strict=True):
+        results[plan.members[i].key].append(result)
     events = {
         key: sorted(
             ({**e, "t_s": (_event_wall_s(e) - wall0) * plan.speed} for e in known.values()),
@@ -273,35 +260,16 @@ async def _drive_pool(
     )
 
 
-def run_pool(
-    plan: PoolPlan,
-    state_dir: Path | None = None,
-    log_level: str = "WARNING",
-    progress: ProgressFn | None = None,
-) -> PoolResult:
-    """One pool run on a fresh stack; the stack is stopped afterwards, whatever happens.
-    `progress`, if given, hears how far the run is every PROGRESS_EVERY_S."""
-    from wakegate.tools.up import Stack
-
-    total = sum(len(m.requests) for m in plan.members)
-    span = max((m.requests[-1].at_s for m in plan.members if m.requests), default=0.0)
-    if progress is not None:
-        progress(Progress("starting", 0.0, span, 0, 0, total))
-    with tempfile.TemporaryDirectory(prefix="wakegate-replay-") as tmp:
-        settings = replay_settings(
-            state_dir or Path(tmp),
-            plan.speed,
-            log_level,
-            sim_pool=plan.pool,
-            allocator=plan.allocator,
-            reclaim_grace_s=plan.reclaim_grace_s / plan.speed,
-        )
-        stack = Stack(settings, quiet=True)
-        try:
-            stack.start()
-            result = asyncio.run(_drive_pool(plan, stack.settings, progress))
-        finally:
-            stack.shutdown()
-    if progress is not None:
-        progress(Progress("done", span, span, total, total, total))
-    return result
+def run_pool(plan: PoolPlan, progress: ProgressFn | None = None) -> PoolResult:
+    """One pool run on a fresh stack. `progress`, if given, hears how far the run is every
+    PROGRESS_EVERY_S."""
+    return on_fresh_stack(
+        lambda stack: _drive_pool(plan, stack.settings, progress),
+        plan.speed,
+        plan.span_s,
+        plan.request_count,
+        progress,
+        sim_pool=plan.pool,
+        allocator=plan.allocator,
+        reclaim_grace_s=plan.reclaim_grace_s / plan.speed,
+    )

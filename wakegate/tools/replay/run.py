@@ -13,10 +13,10 @@ import asyncio
 import json
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import aiohttp
 
@@ -26,9 +26,15 @@ from wakegate.settings import Settings
 from wakegate.store import Store
 from wakegate.tools.replay.traces import TraceRequest, prompt_text
 
+if TYPE_CHECKING:  # the stack is imported when a run starts
+    from wakegate.tools.up import Stack
+
+R = TypeVar("R")
+
 SAMPLE_EVERY_S = 0.25  # real seconds between samples of queue depth and replicas
 PROGRESS_EVERY_S = 0.5  # real seconds between two progress reports
 QUEUE_COMMENT = ": wakegate "
+DEFAULT_ACCELERATOR = "a10_24gb_100"
 
 
 # A replay's simulated engine unless told otherwise, in trace seconds (the sim host divides
@@ -41,35 +47,11 @@ REPLAY_ENGINE = SimTiming(
 )  # fmt: skip
 
 
-class DeploymentFields(Protocol):
-    """What every deployment of a replay is made of, whichever plan carries it."""
+@dataclass(frozen=True, kw_only=True)
+class Scaling:
+    """What every deployment of a replay is made of, whichever plan carries it: its scaling
+    fields and simulated engine."""
 
-    @property
-    def policy(self) -> str: ...
-    @property
-    def policy_params(self) -> dict[str, float]: ...
-    @property
-    def speed(self) -> float: ...
-    @property
-    def min_replicas(self) -> int: ...
-    @property
-    def max_replicas(self) -> int: ...
-    @property
-    def scale_up_threshold(self) -> int: ...
-    @property
-    def cooldown_s(self) -> float: ...
-    @property
-    def engine(self) -> SimTiming: ...
-    @property
-    def accelerator(self) -> str: ...
-    @property
-    def routing(self) -> str: ...
-
-
-@dataclass(frozen=True)
-class Plan:
-    trace_name: str
-    requests: list[TraceRequest]
     policy: str = "wakegate"
     policy_params: dict[str, float] = field(default_factory=dict)
     speed: float = 10.0
@@ -78,9 +60,22 @@ class Plan:
     scale_up_threshold: int = 16
     cooldown_s: float = 120.0
     engine: SimTiming = REPLAY_ENGINE
-    accelerator: str = "a10_24gb_100"
+    accelerator: str = DEFAULT_ACCELERATOR
     routing: str = "prefix"
+
+
+@dataclass(frozen=True)
+class Plan(Scaling):
+    """One deployment replaying one trace."""
+
+    trace_name: str
+    requests: list[TraceRequest]
     warm: bool = False  # start the clock once warm_replicas are ready
+
+    @property
+    def span_s(self) -> float:
+        """Trace time of the last request."""
+        return self.requests[-1].at_s if self.requests else 0.0
 
     @property
     def warm_replicas(self) -> int:
@@ -228,6 +223,38 @@ async def send(
     return result
 
 
+async def send_on_schedule(
+    client: aiohttp.ClientSession,
+    schedule: list[tuple[TraceRequest, str, dict[str, str]]],
+    t0: float,
+    speed: float,
+    progress: ProgressFn | None,
+    span_s: float,
+) -> list[RequestResult]:
+    """Send each (request, url, headers) at its trace time, `speed` times faster, from `t0`
+    on, and wait for every answer (in schedule order). `progress`, if given, hears how far
+    the sending and answering are every PROGRESS_EVERY_S meanwhile."""
+    tally = Tally(len(schedule))
+    reporter = (
+        asyncio.create_task(report_progress(progress, tally, t0, speed, span_s))
+        if progress is not None
+        else None
+    )
+    try:
+        tasks: list[asyncio.Task[RequestResult]] = []
+        for req, url, headers in schedule:
+            delay = t0 + req.at_s / speed - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.create_task(send(client, url, headers, req, speed))
+            tally.sending(task)
+            tasks.append(task)
+        return list(await asyncio.gather(*tasks))
+    finally:
+        if reporter is not None:
+            reporter.cancel()
+
+
 async def sample_load(store: Store, key: str, t0: float, speed: float, out: list[Sample]) -> None:
     while True:
         load = await store.load(key)
@@ -244,7 +271,7 @@ async def sample_load(store: Store, key: str, t0: float, speed: float, out: list
         await asyncio.sleep(SAMPLE_EVERY_S)
 
 
-def deployment_config(plan: DeploymentFields, guaranteed: bool = False) -> dict[str, Any]:
+def deployment_config(plan: Scaling, guaranteed: bool = False) -> dict[str, Any]:
     """The deployment's `config` as the control plane takes it, durations compressed."""
     config: dict[str, Any] = {
         "baseModel": "sim-llm",
@@ -305,25 +332,10 @@ async def _drive(
         samples: list[Sample] = []
         t0 = time.monotonic()
         sampler = asyncio.create_task(sample_load(store, key, t0, plan.speed, samples))
-        tally = Tally(len(plan.requests))
-        watchers = [sampler]
-        if progress is not None:
-            span = plan.requests[-1].at_s if plan.requests else 0.0
-            watchers.append(
-                asyncio.create_task(report_progress(progress, tally, t0, plan.speed, span))
-            )
-        tasks = []
-        for req in plan.requests:
-            delay = t0 + req.at_s / plan.speed - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            task = asyncio.create_task(send(client, url, headers, req, plan.speed))
-            tally.sending(task)
-            tasks.append(task)
-        results = list(await asyncio.gather(*tasks))
+        schedule = [(req, url, headers) for req in plan.requests]
+        results = await send_on_schedule(client, schedule, t0, plan.speed, progress, plan.span_s)
         horizon = (time.monotonic() - t0) * plan.speed
-        for watcher in watchers:
-            watcher.cancel()
+        sampler.cancel()
         await store.close()
         usage, tokens = await _usage(settings, key, t0, plan.speed)
     return RunResult(plan, results, samples, usage, horizon, tokens)
@@ -384,28 +396,40 @@ def replay_settings(state_dir: Path, speed: float, log_level: str, **extra: Any)
     )
 
 
-def run(
-    plan: Plan,
-    state_dir: Path | None = None,
-    log_level: str = "WARNING",
-    progress: ProgressFn | None = None,
-) -> RunResult:
-    """One replay on a fresh stack; the stack is stopped afterwards, whatever happens.
-    `progress`, if given, hears how far the run is every PROGRESS_EVERY_S."""
+def on_fresh_stack(
+    drive: Callable[[Stack], Coroutine[Any, Any, R]],
+    speed: float,
+    span_s: float,
+    total: int,
+    progress: ProgressFn | None,
+    **settings: Any,
+) -> R:
+    """`drive` a fresh replay stack (`replay_settings` with `settings` on top, in a temporary
+    state dir); the stack is stopped afterwards, whatever happens. `progress`, if given, hears
+    the run start and end; `drive` reports what lies between."""
     from wakegate.tools.up import Stack
 
-    span = plan.requests[-1].at_s if plan.requests else 0.0
-    total = len(plan.requests)
     if progress is not None:
-        progress(Progress("starting", 0.0, span, 0, 0, total))
+        progress(Progress("starting", 0.0, span_s, 0, 0, total))
     with tempfile.TemporaryDirectory(prefix="wakegate-replay-") as tmp:
-        settings = replay_settings(state_dir or Path(tmp), plan.speed, log_level)
-        stack = Stack(settings, quiet=True)
+        stack = Stack(replay_settings(Path(tmp), speed, "WARNING", **settings), quiet=True)
         try:
             stack.start()
-            result = asyncio.run(_drive(plan, stack.settings, stack.token, progress))
+            result = asyncio.run(drive(stack))
         finally:
             stack.shutdown()
     if progress is not None:
-        progress(Progress("done", span, span, total, total, total))
+        progress(Progress("done", span_s, span_s, total, total, total))
     return result
+
+
+def run(plan: Plan, progress: ProgressFn | None = None) -> RunResult:
+    """One replay on a fresh stack. `progress`, if given, hears how far the run is every
+    PROGRESS_EVERY_S."""
+    return on_fresh_stack(
+        lambda stack: _drive(plan, stack.settings, stack.token, progress),
+        plan.speed,
+        plan.span_s,
+        len(plan.requests),
+        progress,
+    )
