@@ -70,8 +70,8 @@ class GpuProfile:
 
     @classmethod
     def for_spec(cls, spec: DeploymentSpec | None, concurrency: int = 1) -> Self:
-        """The registry's factory (wakegate/engines/__init__.py); the concurrency is the
-        deployment's, not the llama.cpp setting."""
+        """The registry's factory (wakegate/engines/__init__.py). `concurrency`, llama.cpp's
+        setting, is not used: a GPU engine's comes from the deployment's customArgs."""
         return cls.from_spec(spec) if spec is not None else cls()
 
     def refuse_common(self, cfg: DeploymentConfig) -> None:
