@@ -22,10 +22,11 @@ import aiohttp
 from redis.exceptions import RedisError
 
 from scaler.backends import Backend, NoCapacity, RunningReplica
+from scaler.engines import Engine, get_engine
 from scaler.metrics import ScalerMetrics
 from wakegate import topics
 from wakegate.catalog import MODELS
-from wakegate.engines import EngineProfile, EngineRefused, get_engine
+from wakegate.engines import EngineRefused
 from wakegate.sealing import SecretBox, SecretKeyError, box_from_settings, open_secrets
 from wakegate.settings import Settings
 from wakegate.spec import DeploymentSpec
@@ -162,9 +163,7 @@ class Actuator:
         finally:
             self._reserved.discard(replica_id)
 
-    async def _launch(
-        self, spec: DeploymentSpec, rec: ReplicaRecord, engine: EngineProfile
-    ) -> None:
+    async def _launch(self, spec: DeploymentSpec, rec: ReplicaRecord, engine: Engine) -> None:
         started = time.time()
         try:
             running = await self.backend.start(

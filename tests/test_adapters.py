@@ -14,8 +14,8 @@ from harness import Stack, wait_until
 from lora import make_lora
 from openai import OpenAI
 
+from scaler.engines.llamacpp import resolve_weights
 from wakegate.catalog import MODELS
-from wakegate.engines.llamacpp import resolve_weights
 
 ADAPTER = "acme/tuned-1"
 PROMPT = "The three most important things about the ocean are"

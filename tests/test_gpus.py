@@ -19,8 +19,9 @@ import pytest
 
 from scaler.backends import NoCapacity, RunningReplica, gpus
 from scaler.backends.local import LocalBackend, free_capacity, replica_takes
+from scaler.engines import LaunchPlan
 from wakegate.catalog import ACCELERATORS
-from wakegate.engines import EngineRefused, LaunchPlan
+from wakegate.engines import EngineRefused
 from wakegate.settings import Settings
 from wakegate.spec import DeploymentConfig, DeploymentSpec
 

@@ -40,7 +40,7 @@ from scaler.backends.kubernetes import (
     pod_name,
     secret_name,
 )
-from wakegate.engines.llamacpp import LlamaCppProfile
+from scaler.engines.llamacpp import LlamaCppEngine
 from wakegate.settings import Settings
 from wakegate.spec import DeploymentConfig, DeploymentSpec
 
@@ -142,7 +142,7 @@ async def test_a_replica_pod_starts_is_adopted_by_a_new_scaler_and_stops(
     name = pod_name(replica_id)
     backend = KubernetesBackend(cluster.settings)
     try:
-        running = await backend.start(spec, replica_id, LlamaCppProfile())
+        running = await backend.start(spec, replica_id, LlamaCppEngine())
         assert running.url.startswith("http://") and running.url.endswith(":8000")
         assert running.handle["pod"] == name
 
@@ -223,7 +223,7 @@ async def test_an_unschedulable_replica_is_no_capacity_at_once_and_leaves_no_pod
     try:
         with pytest.raises(NoCapacity, match="cannot be scheduled"):
             await backend.start(
-                cluster.spec("h100", "h100_80gb_sxm_100"), replica_id, LlamaCppProfile()
+                cluster.spec("h100", "h100_80gb_sxm_100"), replica_id, LlamaCppEngine()
             )
         assert replica_id not in {r.replica_id for r in await backend.list()}
     finally:

@@ -34,10 +34,11 @@ from scaler.backends.kubernetes import (
     unschedulable,
 )
 from scaler.backends.kubernetes_launch import LAUNCH_ENV, build, spec_in_pod
+from scaler.engines import LaunchPlan
+from scaler.engines.llamacpp import LlamaCppEngine
+from scaler.engines.sim import SimEngine
 from wakegate.catalog import ACCELERATORS
-from wakegate.engines import EngineRefused, LaunchPlan
-from wakegate.engines.llamacpp import LlamaCppProfile
-from wakegate.engines.sim import SimProfile
+from wakegate.engines import EngineRefused
 from wakegate.settings import Settings
 from wakegate.spec import DeploymentConfig, DeploymentSpec
 
@@ -98,7 +99,7 @@ class OwnImageEngine:
         return LaunchPlan(argv, env, frozenset({"HUGGING_FACE_HUB_TOKEN"}))
 
 
-ENGINES = {"llamacpp": LlamaCppProfile(), "vllm": OwnImageEngine()}
+ENGINES = {"llamacpp": LlamaCppEngine(), "vllm": OwnImageEngine()}
 
 
 def make_spec(accelerator: str, tenant: str = "acme", name: str = "chat", **config: Any) -> Any:
@@ -214,9 +215,9 @@ def test_the_token_is_in_the_secret_and_never_in_the_pod(accelerator: str, engin
 
 def test_a_deployment_without_secrets_has_no_secret() -> None:
     spec = make_spec("cpu", hf_token=None)
-    plan = launch_plan(spec, LlamaCppProfile(), SETTINGS)
+    plan = launch_plan(spec, LlamaCppEngine(), SETTINGS)
     assert render_secret(spec, plan, "llm") is None
-    pod = render_pod(spec, "chat-1", LlamaCppProfile(), plan, SETTINGS)
+    pod = render_pod(spec, "chat-1", LlamaCppEngine(), plan, SETTINGS)
     assert "HF_TOKEN" not in env_of(pod)
 
 
@@ -306,7 +307,7 @@ def test_a_wakegate_engine_builds_its_plan_in_the_pod() -> None:
 
 def test_the_launcher_reports_a_refusal_of_the_engine(tmp_path: Path) -> None:
     spec = make_spec("cpu", base_model="sim-llm")
-    plan = launch_plan(spec, SimProfile(), SETTINGS)
+    plan = launch_plan(spec, SimEngine(), SETTINGS)
     payload = json.loads(plan.env[LAUNCH_ENV])
     payload["models_dir"] = str(tmp_path / "models")
     with pytest.raises(EngineRefused, match="sim backend"):
@@ -316,7 +317,7 @@ def test_the_launcher_reports_a_refusal_of_the_engine(tmp_path: Path) -> None:
 def test_a_plan_made_here_names_the_images_python() -> None:
     spec = make_spec("cpu")
     plan = LaunchPlan([sys.executable, "-m", "llama_cpp.server", "--port", "8000"])
-    pod = render_pod(spec, "chat-1", LlamaCppProfile(), plan, SETTINGS)
+    pod = render_pod(spec, "chat-1", LlamaCppEngine(), plan, SETTINGS)
     c = container(pod)
     assert c["command"] == ["python"]
     assert c["args"] == ["-m", "llama_cpp.server", "--port", "8000"]
@@ -329,7 +330,7 @@ def test_own_image_engines_cannot_preload_adapters_yet() -> None:
     assert info.value.field == "config.preloadedAdapters"
     # The wakegate image resolves them in the Pod, from WAKEGATE_ADAPTER_URL.
     settings = Settings(adapter_url="https://example.org/{id}.gguf")
-    plan = launch_plan(spec, LlamaCppProfile(), settings)
+    plan = launch_plan(spec, LlamaCppEngine(), settings)
     assert json.loads(plan.env[LAUNCH_ENV])["adapter_url"] == "https://example.org/{id}.gguf"
 
 
@@ -342,7 +343,7 @@ def test_a_models_pvc_replaces_the_empty_dir() -> None:
     settings = Settings(kubernetes_models_pvc="wakegate-models")
     spec = make_spec("cpu")
     pod = render_pod(
-        spec, "chat-1", LlamaCppProfile(), launch_plan(spec, LlamaCppProfile(), settings), settings
+        spec, "chat-1", LlamaCppEngine(), launch_plan(spec, LlamaCppEngine(), settings), settings
     )
     (models,) = [v for v in pod["spec"]["volumes"] if v["name"] == "models"]
     assert models == {"name": "models", "persistentVolumeClaim": {"claimName": "wakegate-models"}}
@@ -466,8 +467,8 @@ def test_cpu_replicas_take_the_settings_cpu_and_memory_and_cpu_slots_stay_unlimi
     assert container(pod)["resources"] == {"requests": amounts, "limits": amounts}
     settings = Settings(kubernetes_cpu_replica_cpu="500m", kubernetes_cpu_replica_memory="1Gi")
     spec = make_spec("cpu")
-    plan = launch_plan(spec, LlamaCppProfile(), settings)
-    pod = render_pod(spec, "chat-1", LlamaCppProfile(), plan, settings)
+    plan = launch_plan(spec, LlamaCppEngine(), settings)
+    pod = render_pod(spec, "chat-1", LlamaCppEngine(), plan, settings)
     assert container(pod)["resources"]["limits"] == {"cpu": "500m", "memory": "1Gi"}
     # The scheduler places CPU replicas: the backend counts no CPU slots.
     assert free_gpus([], []) == {"cpu": -1}
@@ -516,7 +517,7 @@ def test_the_replica_key_comes_from_the_replicas_own_secret_never_the_pod(
     engine_name: str, key_var: str, probe: str
 ) -> None:
     from scaler.backends.kubernetes import render_replica_secret, replica_secret_name
-    from wakegate.engines import get_engine
+    from scaler.engines import get_engine
 
     model = "gemma-3-270m" if engine_name == "llamacpp" else "qwen3-8b"
     accelerator = "cpu" if engine_name == "llamacpp" else "l4_24gb_100"
@@ -551,7 +552,7 @@ def test_the_pod_launcher_hands_the_key_to_llamacpp_as_its_api_key(tmp_path: Pat
     MODELS["tiny-gguf"] = ModelEntry("tiny-gguf", "llamacpp", str(gguf), 8192, "cpu")
     try:
         spec = make_spec("cpu", base_model="tiny-gguf", hf_token=None)
-        plan = launch_plan(spec, LlamaCppProfile(), SETTINGS, KEY)
+        plan = launch_plan(spec, LlamaCppEngine(), SETTINGS, KEY)
         payload = json.loads(plan.env[LAUNCH_ENV])
         payload["models_dir"] = str(tmp_path / "models")
         built = build(payload, {"WAKEGATE_REPLICA_KEY": KEY})
@@ -655,7 +656,7 @@ def test_the_rbac_manifests_validate() -> None:
 def test_gpu_engine_profiles_render_valid_pods_with_hub_adapters_and_secret_token(
     engine_name: str,
 ) -> None:
-    from wakegate.engines import get_engine
+    from scaler.engines import get_engine
 
     spec = make_spec(
         "a100_80gb_200",

@@ -26,6 +26,7 @@ from scaler.policies import (
     always_on,
     get_policy,
     knative,
+    param,
     ray,
 )
 from wakegate.policy_params import known_params
@@ -385,7 +386,8 @@ def test_invariants(scenario: tuple[str, ScalingConfig, int, list[Any]]) -> None
             )
         if name == "knative" and freshness == "fresh":
             window = max(
-                knative._param(cfg, "stable_window_s"), knative._param(cfg, "panic_window_s")
+                param(cfg, knative.PARAMS, "stable_window_s"),
+                param(cfg, knative.PARAMS, "panic_window_s"),
             )
             assert all(now - t < window or t == now for t, _ in state.samples)
         # Replicas follow the decision, give or take a crash or a late start.

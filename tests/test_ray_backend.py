@@ -26,8 +26,9 @@ import pytest
 from harness import Proc, Stack, free_port, port_open, wait_until
 
 from scaler.backends import NoCapacity
+from scaler.engines import LaunchPlan, get_engine
 from wakegate.catalog import ACCELERATORS
-from wakegate.engines import EngineRefused, LaunchPlan, get_engine
+from wakegate.engines import EngineRefused
 from wakegate.settings import Settings
 from wakegate.spec import DeploymentConfig, DeploymentSpec
 

@@ -17,8 +17,9 @@ import redis
 from harness import ROOT, Stack, wait_until
 
 from scaler.actuator import launch_spec
+from scaler.engines import get_engine
 from wakegate.catalog import MODELS
-from wakegate.engines import EngineRefused, get_engine
+from wakegate.engines import EngineRefused
 from wakegate.sealing import SecretBox, generate_key, seal_secrets
 from wakegate.spec import DeploymentConfig, DeploymentSpec, parse_create
 from wakegate.store import Store, dep_key, token_key

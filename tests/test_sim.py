@@ -22,9 +22,10 @@ from harness import Stack, wait_until
 
 from scaler.backends import NoCapacity, RunningReplica, create_backend
 from scaler.backends.sim import PoolExhausted, SimBackend, host_alive
+from scaler.engines import get_engine
 from scaler.sim.pool import Pool, PoolError
 from wakegate.catalog import ACCELERATORS, pool_units
-from wakegate.engines import EngineRefused, get_engine
+from wakegate.engines import EngineRefused
 from wakegate.engines.sim import SimProfile
 from wakegate.settings import Settings
 from wakegate.spec import DeploymentConfig, DeploymentSpec

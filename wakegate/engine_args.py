@@ -5,8 +5,8 @@
 run code from the Hub (`--trust-remote-code`) or read a config file that sets all of those.
 Only flags that tune the engine are listed here, each with what its value may be; anything
 else is refused with a 400 naming `config.customArgs` and the flag. The gateway checks a
-deployment against this table when it is created or updated, and the engine profiles
-(wakegate/engines/) check it again before every launch. The table is data, shared by both
+deployment against this table when it is created or updated (wakegate/engines/), and the
+scaler (scaler/engines/) checks it again before every launch. The table is data, shared by both
 sides, so the gateway needs nothing from the scaler to enforce it; docs/engines.md lists it.
 
 Accepted forms: `--flag value`, `--flag=value`, and a bare `--flag` for switches. No

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from wakegate.engines import EngineProfile
+from scaler.engines import Engine
 from wakegate.settings import Settings
 from wakegate.spec import DeploymentSpec
 
@@ -32,7 +32,7 @@ class Backend(Protocol):
         self,
         spec: DeploymentSpec,
         replica_id: str,
-        engine: EngineProfile,
+        engine: Engine,
         api_key: str | None = None,
     ) -> RunningReplica:
         """Launch a replica that answers only requests carrying `api_key` (where its engine

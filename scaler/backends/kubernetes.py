@@ -43,8 +43,9 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from scaler.backends import NoCapacity, RunningReplica
 from scaler.backends.kubernetes_launch import HF_TOKEN_ENV, REPLICA_KEY_ENV, pod_plan
+from scaler.engines import Engine, LaunchPlan
 from wakegate.catalog import ACCELERATORS, Accelerator, pool_units
-from wakegate.engines import WAKEGATE_IMAGE, EngineProfile, EngineRefused, LaunchPlan
+from wakegate.engines import WAKEGATE_IMAGE, EngineProfile, EngineRefused
 from wakegate.settings import Settings
 from wakegate.spec import DeploymentSpec
 
@@ -221,7 +222,7 @@ def runs_in_wakegate_image(engine: EngineProfile, settings: Settings) -> bool:
 
 
 def launch_plan(
-    spec: DeploymentSpec, engine: EngineProfile, settings: Settings, api_key: str | None = None
+    spec: DeploymentSpec, engine: Engine, settings: Settings, api_key: str | None = None
 ) -> LaunchPlan:
     """What the Pod's container runs. Engines of the wakegate image build their plan in the
     Pod (scaler/backends/kubernetes_launch.py), which gets the replica's key as
@@ -678,7 +679,7 @@ class KubernetesBackend:
         self,
         spec: DeploymentSpec,
         replica_id: str,
-        engine: EngineProfile,
+        engine: Engine,
         api_key: str | None = None,
     ) -> RunningReplica:
         """Create the Pod (and the deployment's Secret, and the replica's own with its key);

@@ -1,6 +1,6 @@
 """The entry point of a replica Pod whose engine runs from the wakegate image (llama.cpp).
 
-Such engines build their command on the machine that runs them: llama.cpp's profile assembles
+Such engines build their command on the machine that runs them: llama.cpp's launch assembles
 the GGUF weights and, with adapters, writes a config file under the models directory. On the
 `kubernetes` backend that machine is the Pod, not the scaler, so the scaler puts the spec into
 the Pod's environment (`WAKEGATE_LAUNCH`, without secrets) and this module, run as the Pod's
@@ -24,7 +24,8 @@ from typing import Any
 
 from scaler.backends import REPLICA_ID_ENV, replica_env
 from scaler.backends.adapters import adapter_path
-from wakegate.engines import EngineRefused, LaunchPlan, get_engine
+from scaler.engines import LaunchPlan, get_engine
+from wakegate.engines import EngineRefused
 from wakegate.settings import Settings
 from wakegate.spec import SECRET_FIELDS, DeploymentSpec
 
@@ -74,7 +75,7 @@ def spec_in_pod(payload: Mapping[str, Any], environ: Mapping[str, str]) -> Deplo
 
 
 def build(payload: Mapping[str, Any], environ: Mapping[str, str]) -> LaunchPlan:
-    """Run the engine profile's launch here, in the Pod. Raises EngineRefused."""
+    """Run the engine's launch here, in the Pod. Raises EngineRefused."""
     spec = spec_in_pod(payload, environ)
     engine = get_engine(str(payload["engine"]), int(payload["concurrency"]), spec=spec)
     models_dir = Path(payload["models_dir"])

@@ -26,8 +26,9 @@ from pathlib import Path
 
 from scaler.backends import NoCapacity, RunningReplica, gpus, replica_env
 from scaler.backends.adapters import adapter_path
+from scaler.engines import Engine
 from wakegate.catalog import ACCELERATORS, Accelerator, pool_units
-from wakegate.engines import EngineProfile, EngineRefused
+from wakegate.engines import EngineRefused
 from wakegate.procs import free_port
 from wakegate.settings import Settings
 from wakegate.spec import DeploymentSpec
@@ -128,7 +129,7 @@ class LocalBackend:
         self,
         spec: DeploymentSpec,
         replica_id: str,
-        engine: EngineProfile,
+        engine: Engine,
         api_key: str | None = None,
     ) -> RunningReplica:
         host = self._settings.replica_host
@@ -193,7 +194,7 @@ class LocalBackend:
         """The GPU indices each live replica holds ([] for a CPU replica)."""
         return [list(r.handle.get("gpus", [])) for r in await self.list() if r.alive]
 
-    async def _place(self, spec: DeploymentSpec, engine: EngineProfile) -> list[int] | None:
+    async def _place(self, spec: DeploymentSpec, engine: Engine) -> list[int] | None:
         """GPU indices for the replica; [] hides every GPU (a CPU replica on a GPU host);
         None leaves the environment alone (a host without GPUs). Raises NoCapacity when no
         GPU of its SKU (gpus.NoGpu) or no CPU slot is free."""

@@ -35,8 +35,9 @@ from ray.exceptions import RayActorError, RayError
 import scaler
 from scaler.backends import BackendUnavailable, NoCapacity, RunningReplica, replica_env
 from scaler.backends.adapters import adapter_path
+from scaler.engines import Engine
 from wakegate.catalog import ACCELERATORS, pool_units
-from wakegate.engines import EngineProfile, EngineRefused
+from wakegate.engines import EngineRefused
 from wakegate.procs import free_port
 from wakegate.settings import Settings
 from wakegate.spec import DeploymentSpec
@@ -195,7 +196,7 @@ class ReplicaProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     async def launch(
-        self, spec: DeploymentSpec, engine: EngineProfile, api_key: str | None = None
+        self, spec: DeploymentSpec, engine: Engine, api_key: str | None = None
     ) -> dict[str, Any]:
         """Start the engine; returns `info()`, or `{"refused": ...}` when the engine refuses
         the spec (an EngineRefused, kept apart from Ray's own errors)."""
@@ -338,7 +339,7 @@ class RayBackend:
         self,
         spec: DeploymentSpec,
         replica_id: str,
-        engine: EngineProfile,
+        engine: Engine,
         api_key: str | None = None,
     ) -> RunningReplica:
         options = actor_options(replica_id, spec.accelerator, self._settings, self._runtime_env)
@@ -372,7 +373,7 @@ class RayBackend:
         replica_id: str,
         handle: Any,
         spec: DeploymentSpec,
-        engine: EngineProfile,
+        engine: Engine,
         needs: str,
         api_key: str | None = None,
     ) -> dict[str, Any]:

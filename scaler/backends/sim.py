@@ -27,11 +27,12 @@ from urllib.parse import quote
 import aiohttp
 
 from scaler.backends import NoCapacity, RunningReplica, replica_env
+from scaler.engines import Engine
+from scaler.engines.sim import SimEngine
 from scaler.sim.host import STATE_FILE
 from scaler.sim.pool import parse_pool
 from wakegate.catalog import pool_units
-from wakegate.engines import EngineProfile, EngineRefused
-from wakegate.engines.sim import SimProfile
+from wakegate.engines import EngineRefused
 from wakegate.settings import Settings
 from wakegate.spec import DeploymentSpec
 
@@ -207,10 +208,10 @@ class SimBackend:
         self,
         spec: DeploymentSpec,
         replica_id: str,
-        engine: EngineProfile,
+        engine: Engine,
         api_key: str | None = None,
     ) -> RunningReplica:
-        if not isinstance(engine, SimProfile):
+        if not isinstance(engine, SimEngine):
             raise EngineRefused(
                 "config.baseModel",
                 f"the sim backend runs only simulated models (engine 'sim', e.g. sim-llm); "

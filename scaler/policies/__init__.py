@@ -10,6 +10,7 @@ ready (not draining). A deployment picks its policy with `scalingPolicy` in its 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -17,6 +18,8 @@ from typing import Any, Protocol
 
 # Observations older than this are not trusted: hold rather than act on them.
 STALE_AFTER_S = 30.0
+# Above any replica count: where a policy's arithmetic gets there, it stops.
+_HUGE = 1e12
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,25 @@ def clamp(n: int, config: ScalingConfig) -> int:
 
 def is_fresh(now: float, observed: Observation | None) -> bool:
     return observed is not None and now - observed.observed_at <= STALE_AFTER_S
+
+
+def hold_unobserved(current: int, config: ScalingConfig) -> Decision:
+    """Without fresh metrics: keep `current` replicas (idleness cannot be told from an outage
+    of the metrics path), within the bounds."""
+    held = clamp(current, config)
+    reason = "hold: no fresh metrics" if held == current else "bounds: no fresh metrics"
+    return Decision(held, reason)
+
+
+def param(config: ScalingConfig, defaults: Mapping[str, float], name: str) -> float:
+    """The deployment's knob `name`, else (also where it is not finite) its default."""
+    value = float(config.params.get(name, defaults[name]))
+    return value if math.isfinite(value) else defaults[name]
+
+
+def ceil_capped(x: float) -> int:
+    """math.ceil, capped: a tiny divisor or a huge rate must not overflow."""
+    return math.ceil(min(x, _HUGE))
 
 
 class Policy(Protocol):

@@ -16,14 +16,20 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from scaler.policies import Decision, Observation, ScalingConfig, clamp, is_fresh
+from scaler.policies import (
+    Decision,
+    Observation,
+    ScalingConfig,
+    ceil_capped,
+    clamp,
+    hold_unobserved,
+    is_fresh,
+    param,
+)
 from wakegate import policy_params
 
 # Its knobs and their defaults (wakegate/policy_params.py).
 PARAMS = policy_params.KNATIVE
-
-
-_HUGE = 1e12
 
 
 @dataclass(frozen=True)
@@ -38,16 +44,6 @@ class PolicyState:
 
 def initial_state() -> PolicyState:
     return PolicyState()
-
-
-def _ceil(x: float) -> int:
-    # Capped: a tiny divisor or a huge rate must not overflow.
-    return math.ceil(min(x, _HUGE))
-
-
-def _param(config: ScalingConfig, name: str) -> float:
-    value = float(config.params.get(name, PARAMS[name]))
-    return value if math.isfinite(value) else PARAMS[name]
 
 
 def _average(samples: tuple[tuple[float, int], ...], now: float, window_s: float) -> float:
@@ -65,17 +61,15 @@ def decide(
 ) -> tuple[Decision, PolicyState]:
     """How many replicas this deployment should have now (`current`: starting or ready)."""
     if observed is None or not is_fresh(now, observed):
-        held = clamp(current, config)
-        reason = "hold: no fresh metrics" if held == current else "bounds: no fresh metrics"
         # Without a sample the stable average is unknown: the scale-to-zero grace restarts.
-        return Decision(held, reason), PolicyState(state.samples, state.panic_at, None)
+        return hold_unobserved(current, config), PolicyState(state.samples, state.panic_at, None)
 
-    stable_s = _param(config, "stable_window_s")
-    panic_s = _param(config, "panic_window_s")
-    panic_threshold = _param(config, "panic_threshold")
-    grace_s = _param(config, "scale_to_zero_grace_s")
-    down_rate = max(1.0, _param(config, "max_scale_down_rate"))
-    up_rate = max(1.0, _param(config, "max_scale_up_rate"))
+    stable_s = param(config, PARAMS, "stable_window_s")
+    panic_s = param(config, PARAMS, "panic_window_s")
+    panic_threshold = param(config, PARAMS, "panic_threshold")
+    grace_s = param(config, PARAMS, "scale_to_zero_grace_s")
+    down_rate = max(1.0, param(config, PARAMS, "max_scale_down_rate"))
+    up_rate = max(1.0, param(config, PARAMS, "max_scale_up_rate"))
     target = config.scale_up_threshold if config.scale_up_threshold > 0 else 1
 
     load = observed.queued + observed.in_flight
@@ -85,7 +79,7 @@ def decide(
     panic_avg = _average(samples, now, panic_s)
 
     ready = max(current, 1)
-    max_up = _ceil(up_rate * ready)
+    max_up = ceil_capped(up_rate * ready)
     max_down = math.floor(ready / down_rate)
     want_stable = math.ceil(stable_avg / target)
     want_panic = math.ceil(panic_avg / target)

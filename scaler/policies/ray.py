@@ -10,17 +10,22 @@ Cold start fast path: at zero replicas with any load, one replica at once.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-from scaler.policies import Decision, Observation, ScalingConfig, clamp, is_fresh
+from scaler.policies import (
+    Decision,
+    Observation,
+    ScalingConfig,
+    ceil_capped,
+    clamp,
+    hold_unobserved,
+    is_fresh,
+    param,
+)
 from wakegate import policy_params
 
 # Its knobs and their defaults (wakegate/policy_params.py).
 PARAMS = policy_params.RAY
-
-
-_HUGE = 1e12
 
 
 @dataclass(frozen=True)
@@ -34,14 +39,10 @@ def initial_state() -> PolicyState:
     return PolicyState()
 
 
-def _ceil(x: float) -> int:
-    # Capped: a tiny divisor or a huge rate must not overflow.
-    return math.ceil(min(x, _HUGE))
-
-
-def _param(config: ScalingConfig, name: str) -> float:
-    value = float(config.params.get(name, PARAMS[name]))
-    return value if math.isfinite(value) else PARAMS[name]
+def _held(since: float | None, now: float) -> tuple[float, float]:
+    """Since when a wish has held (now, where it starts now) and for how long."""
+    since = now if since is None else since
+    return since, now - since
 
 
 def decide(
@@ -53,10 +54,8 @@ def decide(
 ) -> tuple[Decision, PolicyState]:
     """How many replicas this deployment should have now (`current`: starting or ready)."""
     if observed is None or not is_fresh(now, observed):
-        held = clamp(current, config)
-        reason = "hold: no fresh metrics" if held == current else "bounds: no fresh metrics"
         # A wish that was not observed did not hold continuously: the delays start over.
-        return Decision(held, reason), PolicyState()
+        return hold_unobserved(current, config), PolicyState()
 
     load = observed.queued + observed.in_flight
     if current == 0:
@@ -78,16 +77,14 @@ def decide(
         limit = config.min_replicas if bounded > current else config.max_replicas
         return Decision(bounded, f"bounds: {which}={limit}"), PolicyState()
 
-    per_replica = _param(config, "target_ongoing_requests")
+    per_replica = param(config, PARAMS, "target_ongoing_requests")
     if per_replica <= 0:
         per_replica = PARAMS["target_ongoing_requests"]
-    desired = clamp(_ceil(load / per_replica), config)
+    desired = clamp(ceil_capped(load / per_replica), config)
 
     if desired > current:
-        delay_s = _param(config, "upscale_delay_s")
-        since = state.upscale_wanted_since
-        since = now if since is None else since
-        waited = now - since
+        delay_s = param(config, PARAMS, "upscale_delay_s")
+        since, waited = _held(state.upscale_wanted_since, now)
         if waited >= delay_s:
             reason = (
                 f"scale up: load {load} needs {desired} replica(s) at "
@@ -98,16 +95,14 @@ def decide(
         return Decision(current, reason), PolicyState(upscale_wanted_since=since)
 
     if desired < current:
-        since = state.downscale_wanted_since
-        since = now if since is None else since
-        waited = now - since
+        since, waited = _held(state.downscale_wanted_since, now)
         if current == 1:
-            delay_s = _param(config, "downscale_to_zero_delay_s")
+            delay_s = param(config, PARAMS, "downscale_to_zero_delay_s")
             if delay_s < 0:
-                delay_s = _param(config, "downscale_delay_s")
+                delay_s = param(config, PARAMS, "downscale_delay_s")
         else:
             # Zero is reached only from one replica.
-            delay_s = _param(config, "downscale_delay_s")
+            delay_s = param(config, PARAMS, "downscale_delay_s")
             desired = max(1, desired)
         if waited >= delay_s:
             if desired == 0:

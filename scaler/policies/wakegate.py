@@ -22,7 +22,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from scaler.policies import Decision, Observation, ScalingConfig, clamp, is_fresh
+from scaler.policies import (
+    Decision,
+    Observation,
+    ScalingConfig,
+    clamp,
+    hold_unobserved,
+    is_fresh,
+)
 from wakegate import policy_params
 
 # Its knobs and their defaults (wakegate/policy_params.py).
@@ -74,11 +81,7 @@ def decide(
     `current` counts replicas that are starting or ready, not those draining.
     """
     if observed is None or not is_fresh(now, observed):
-        held = clamp(current, config)
-        # Hold rather than scale down: without fresh metrics idleness cannot be told from
-        # an outage of the metrics path. Bounds are still enforced.
-        reason = "hold: no fresh metrics" if held == current else "bounds: no fresh metrics"
-        return Decision(held, reason), state
+        return hold_unobserved(current, config), state
 
     baseline = state.rates
     # Every outcome but another hold ends a hold.

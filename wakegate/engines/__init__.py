@@ -1,21 +1,19 @@
-"""Engine profiles: how a deployment spec becomes a model-server command line.
+"""Engine profiles: what a deployment needs to know about the engine that serves it.
 
-A profile says which command and environment start the engine for a spec, which HTTP path
-answers 200 once the model is loaded, which request dialect the engine speaks (the
-gateway translates the public APIs into that dialect, see router/dialects) and which
-container image runs it on a cluster. Its `validate` is pure, so the gateway refuses a
-deployment the engine cannot honour when it is created, not when its first replica starts;
-`launch` runs the same checks again (specs stored before a check existed reach it too).
-The field-by-field mapping is documented in docs/engines.md.
+A profile says which HTTP path answers 200 once the model is loaded, which request dialect the
+engine speaks (the gateway translates the public APIs into that dialect, see router/dialects),
+how many sequences one replica takes and which container image runs it on a cluster. Its
+`validate` is pure, so the gateway refuses a deployment the engine cannot honour when it is
+created, not when its first replica starts. How a spec becomes the engine's command line is the
+scaler's half (scaler/engines/), which runs the same checks again before every launch. The
+field-by-field mapping is documented in docs/engines.md.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Protocol
+from collections.abc import Callable, Mapping
+from typing import Protocol, TypeVar
 
 from wakegate import engine_args
 from wakegate.spec import DeploymentConfig, DeploymentSpec, InvalidSpec
@@ -37,14 +35,6 @@ class EngineRefused(ValueError):
         self.field = field
 
 
-@dataclass(frozen=True)
-class LaunchPlan:
-    argv: list[str]
-    env: dict[str, str] = field(default_factory=dict)
-    # Env var names whose values are secrets (kept out of logs and replica records).
-    secret_env: frozenset[str] = frozenset()
-
-
 def custom_flags(engine: str, cfg: DeploymentConfig) -> list[tuple[str, str | None]]:
     """The deployment's customArgs as (flag, value) pairs, every one on the engine's allowlist
     (wakegate/engine_args.py). Raises EngineRefused naming `config.customArgs`."""
@@ -52,14 +42,6 @@ def custom_flags(engine: str, cfg: DeploymentConfig) -> list[tuple[str, str | No
         return engine_args.parse(engine, cfg.custom_args or ())
     except InvalidSpec as exc:
         raise EngineRefused(exc.field, exc.message) from None
-
-
-def custom_argv(engine: str, cfg: DeploymentConfig) -> list[str]:
-    """The deployment's customArgs, checked, as they go on the command line. Profiles put
-    them before their own flags: argparse takes the last of a repeated option, so whatever
-    slipped past the allowlist could not override wakegate's address, model or key."""
-    custom_flags(engine, cfg)
-    return list(cfg.custom_args or ())
 
 
 class EngineProfile(Protocol):
@@ -82,12 +64,12 @@ class EngineProfile(Protocol):
 
     @property
     def image(self) -> str:
-        """The container image whose PATH holds `launch`'s argv[0] (cluster backends)."""
+        """The container image whose PATH holds the engine's command (cluster backends)."""
         ...
 
     @property
     def adapter_files(self) -> bool:
-        """True where the backend must fetch LoRA adapter files before `launch` (llama.cpp's
+        """True where the backend must fetch LoRA adapter files before the launch (llama.cpp's
         GGUF adapters); False where the engine fetches adapters by id itself."""
         ...
 
@@ -95,25 +77,25 @@ class EngineProfile(Protocol):
         """Raise EngineRefused for a field this engine cannot honour. No side effects."""
         ...
 
-    def launch(
-        self,
-        spec: DeploymentSpec,
-        host: str,
-        port: int,
-        models_dir: Path,
-        adapters: dict[str, Path],
-        api_key: str | None = None,
-    ) -> LaunchPlan:
-        """The command that serves `spec` on host:port with these adapters loaded (id ->
-        local file; empty where `adapter_files` is False), answering only requests that
-        carry `Authorization: Bearer <api_key>` where the engine can check one (the key goes
-        into the plan's secret environment, never argv). Raises EngineRefused."""
-        ...
+
+P = TypeVar("P", bound=EngineProfile)
+# A profile class's `for_spec`: the profile for a deployment (None: its defaults) and
+# llama.cpp's concurrency (a setting).
+Factory = Callable[[DeploymentSpec | None, int], P]
 
 
-def _factories(
-    concurrency: int, spec: DeploymentSpec | None
-) -> dict[str, Callable[[], EngineProfile]]:
+def pick(
+    factories: Mapping[str, Factory[P]], name: str, concurrency: int, spec: DeploymentSpec | None
+) -> P:
+    """The engine `name` made by its factory; EngineRefused where there is none."""
+    try:
+        factory = factories[name]
+    except KeyError:
+        raise EngineRefused("config.baseModel", f"engine {name!r} is not available") from None
+    return factory(spec, concurrency)
+
+
+def _profiles() -> dict[str, Factory[EngineProfile]]:
     # Imported here: the profile modules import this one.
     from wakegate.engines.llamacpp import LlamaCppProfile
     from wakegate.engines.lorax import LoraxProfile
@@ -121,46 +103,25 @@ def _factories(
     from wakegate.engines.tgi import TgiProfile
     from wakegate.engines.vllm import VllmProfile
 
-    def sim() -> EngineProfile:
-        return SimProfile.from_spec(spec) if spec is not None else SimProfile()
-
-    def vllm() -> EngineProfile:
-        return VllmProfile.from_spec(spec) if spec is not None else VllmProfile()
-
-    def lorax() -> EngineProfile:
-        return LoraxProfile.from_spec(spec) if spec is not None else LoraxProfile()
-
-    def tgi() -> EngineProfile:
-        return TgiProfile.from_spec(spec) if spec is not None else TgiProfile()
-
-    return {
-        "llamacpp": lambda: LlamaCppProfile(concurrency=concurrency),
-        "vllm": vllm,
-        "lorax": lorax,
-        "tgi": tgi,
-        "sim": sim,
-    }
+    classes = (LlamaCppProfile, VllmProfile, LoraxProfile, TgiProfile, SimProfile)
+    return {c.name: c.for_spec for c in classes}
 
 
 def engine_names() -> frozenset[str]:
-    return frozenset(_factories(1, None))
+    return frozenset(_profiles())
 
 
-def get_engine(
+def get_profile(
     name: str, concurrency: int = 1, spec: DeploymentSpec | None = None
 ) -> EngineProfile:
     """The profile of engine `name`. Profiles whose knobs come from the deployment (the sim
     engine's `customArgs`, the GPU engines' batch size and image tag) read them from `spec`;
     without one they take their defaults. `concurrency` is llama.cpp's (a setting)."""
-    try:
-        factory = _factories(concurrency, spec)[name]
-    except KeyError:
-        raise EngineRefused("config.baseModel", f"engine {name!r} is not available") from None
-    return factory()
+    return pick(_profiles(), name, concurrency, spec)
 
 
 def validate_spec(spec: DeploymentSpec) -> None:
     """Raise EngineRefused where the engine that serves `spec`'s base model cannot honour it."""
     from wakegate.catalog import MODELS
 
-    get_engine(MODELS[spec.base_model].engine, spec=spec).validate(spec)
+    get_profile(MODELS[spec.base_model].engine, spec=spec).validate(spec)

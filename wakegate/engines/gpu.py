@@ -1,32 +1,26 @@
-"""What the GPU engine profiles (vLLM, LoRAX, TGI) share.
+"""What the GPU engine profiles (vLLM, LoRAX, TGI) share: their fields and their checks.
 
-All three load weights and LoRA adapters from the Hugging Face Hub by id, read the Hub token
-from the environment and shard a model over the GPUs of a multi-GPU accelerator. Keeping
-those rules here means each profile module reads as its own flag table and nothing else.
+All three load weights and LoRA adapters from the Hugging Face Hub by id and cap the sequences
+one replica takes with a flag of their own. Keeping those rules here means each profile module
+reads as its own table of what it refuses and nothing else; their command lines are the
+scaler's (scaler/engines/).
 """
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, NoReturn
+from typing import ClassVar, NoReturn, Self
 
-from wakegate.catalog import ACCELERATORS, MODELS
-from wakegate.engines import ADAPTER_ID, EngineRefused, custom_argv
+from wakegate.catalog import MODELS
+from wakegate.engines import ADAPTER_ID, EngineRefused, custom_flags
 from wakegate.spec import CONFIG_KEYS, DeploymentConfig, DeploymentSpec
 
 # Sequences the gateway sends one replica at once unless customArgs raise the engine's own
 # limit: well under the engines' defaults (vLLM schedules 256, TGI and LoRAX admit 128), so
 # requests wait in wakegate's queue, where routing and scaling see them, not in the engine.
 DEFAULT_CONCURRENCY = 64
-# Draft tokens per step for `speculator: "auto"` (prompt-lookup n-grams) and for a named
-# speculator whose own config does not say.
-SPECULATIVE_TOKENS = 3
-# huggingface_hub reads HF_TOKEN; TGI and LoRAX releases before it read the older name.
-HF_TOKEN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 # `org/name` on the Hub (a speculator or draft model).
 HUB_REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 # A container image tag (the OCI distribution spec's grammar).
@@ -49,48 +43,76 @@ def refuse_set(cfg: DeploymentConfig, names: Iterable[str], engine: str, why: st
             refuse(name, f"{engine} {why}")
 
 
-def refuse_common(cfg: DeploymentConfig, engine: str, own_image: bool = True) -> None:
-    """What no GPU engine but LoRAX takes (its image tag), and what none takes at all."""
-    if own_image:
-        refuse_set(cfg, ["lorax_image_tag"], engine, "runs in its own image, not LoRAX's")
-    refuse_set(
-        cfg,
-        ["speculation_disable_by_batch_size"],
-        engine,
-        "has no switch to stop speculating above a batch size",
-    )
+@dataclass(frozen=True)
+class GpuProfile:
+    """The fields, the factory and the checks of a GPU profile; each engine's class names the
+    engine (`label`, as messages write it), its concurrency flag and its quantization methods,
+    and lists in `validate` what it refuses."""
 
+    concurrency: int = DEFAULT_CONCURRENCY
 
-def launcher_head(
-    launcher: str, spec: DeploymentSpec, host: str, port: int, input_flag: str
-) -> list[str]:
-    """The start of a TGI-lineage launcher's command line (TGI, LoRAX): model, address,
-    shards, token limits and prefill budget, which both name alike but for the prompt limit."""
-    cfg = spec.config
-    argv = [launcher, "--model-id", weights(spec), "--hostname", host, "--port", str(port)]
-    if shards(spec) > 1:
-        argv += ["--num-shard", str(shards(spec))]
-    if cfg.max_total_tokens:
-        total = cfg.max_total_tokens
-        # The launcher refuses a prompt limit that is not below the total.
-        argv += [input_flag, str(total - 1), "--max-total-tokens", str(total)]
-    if cfg.max_num_batched_tokens:
-        argv += ["--max-batch-prefill-tokens", str(cfg.max_num_batched_tokens)]
-    return argv
+    name: ClassVar[str]
+    dialect: ClassVar[str]
+    cheap_logprobs: ClassVar[bool]
+    health_path: ClassVar[str] = "/health"
+    # All three fetch adapters by their Hub id themselves.
+    adapter_files: ClassVar[bool] = False
+    label: ClassVar[str]
+    concurrency_flag: ClassVar[str]
+    quantizations: ClassVar[frozenset[str]]
+    # Whether the engine runs from LoRAX's image (so takes its tag) and merges an adapter.
+    lorax_image: ClassVar[bool] = False
+    merges_adapters: ClassVar[bool] = False
 
+    @classmethod
+    def from_spec(cls, spec: DeploymentSpec) -> Self:
+        return cls(concurrency=concurrency(spec.config, cls.concurrency_flag))
 
-def quantization(cfg: DeploymentConfig, known: frozenset[str], engine: str) -> str | None:
-    """The engine's quantization method, None for none; refuses a method it does not know."""
-    value = cfg.quantization
-    if value is None or value == "none":
-        return None
-    if value not in known:
-        refuse(
-            "quantization",
-            f"{engine} does not know quantization {value!r}; known: none, "
-            + ", ".join(sorted(known)),
+    @classmethod
+    def for_spec(cls, spec: DeploymentSpec | None, concurrency: int = 1) -> Self:
+        """The registry's factory (wakegate/engines/__init__.py). `concurrency`, llama.cpp's
+        setting, is not used: a GPU engine's comes from the deployment's customArgs."""
+        return cls.from_spec(spec) if spec is not None else cls()
+
+    def refuse_common(self, cfg: DeploymentConfig) -> None:
+        """What no GPU engine but LoRAX takes (its image tag, a merged adapter), and what none
+        takes at all."""
+        if self.lorax_image:
+            tag = cfg.lorax_image_tag
+            if tag is not None and not IMAGE_TAG.fullmatch(tag):
+                refuse("lorax_image_tag", f"{tag!r} is not an image tag")
+        else:
+            refuse_set(cfg, ["lorax_image_tag"], self.label, "runs in its own image, not LoRAX's")
+        refuse_set(
+            cfg,
+            ["speculation_disable_by_batch_size"],
+            self.label,
+            "has no switch to stop speculating above a batch size",
         )
-    return str(value)
+        if cfg.merge_adapter and not self.merges_adapters:
+            refuse(
+                "merge_adapter", f"{self.label} cannot merge a LoRA adapter into the base weights"
+            )
+
+    def quantization(self, cfg: DeploymentConfig) -> str | None:
+        """The engine's quantization method, None for none; refuses a method it does not
+        know."""
+        value = cfg.quantization
+        if value is None or value == "none":
+            return None
+        if value not in self.quantizations:
+            refuse(
+                "quantization",
+                f"{self.label} does not know quantization {value!r}; known: none, "
+                + ", ".join(sorted(self.quantizations)),
+            )
+        return str(value)
+
+    def check_args(self, cfg: DeploymentConfig) -> None:
+        """The deployment's customArgs: each on the engine's allowlist, and the concurrency
+        they set positive."""
+        custom_flags(self.name, cfg)
+        concurrency(cfg, self.concurrency_flag)
 
 
 @dataclass(frozen=True)
@@ -133,23 +155,6 @@ def adapter_ids(cfg: DeploymentConfig) -> list[str]:
     return ids
 
 
-def adapter_source(adapter_id: str, adapters: Mapping[str, Path]) -> str:
-    """Where the engine loads an adapter from: a file the backend fetched, else its Hub id."""
-    path = adapters.get(adapter_id)
-    return str(path) if path is not None else adapter_id
-
-
-def custom_args(cfg: DeploymentConfig, engine: str) -> list[str]:
-    """The deployment's customArgs, each on `engine`'s allowlist (EngineRefused otherwise)."""
-    return custom_argv(engine, cfg)
-
-
-def custom_first(argv: list[str], custom: list[str], command_len: int) -> list[str]:
-    """`argv` with `custom` right after its first `command_len` words: wakegate's own flags
-    come after the deployment's, so they win where an engine takes the last of a repeat."""
-    return [*argv[:command_len], *custom, *argv[command_len:]]
-
-
 def flag_value(args: list[str], flag: str) -> str | None:
     """The value given to `flag` in `args` (`--flag V` or `--flag=V`); the last one wins."""
     found = None
@@ -176,40 +181,5 @@ def concurrency(cfg: DeploymentConfig, flag: str) -> int:
     return value
 
 
-def shards(spec: DeploymentSpec) -> int:
-    """GPUs the model is split over: every GPU of the accelerator (`a10_24gb_400` has 4)."""
-    accelerator = ACCELERATORS.get(spec.accelerator)
-    return max(accelerator.gpu_count, 1) if accelerator else 1
-
-
-def weights(spec: DeploymentSpec) -> str:
-    """The catalogue's weights locator: a Hub repository id or a local directory."""
-    return MODELS[spec.base_model].weights
-
-
 def context_window(spec: DeploymentSpec) -> int:
     return MODELS[spec.base_model].context_window
-
-
-def hf_token_env(cfg: DeploymentConfig) -> tuple[dict[str, str], frozenset[str]]:
-    """The Hub token as environment, never argv: argv is visible to every local user."""
-    token = cfg.hf_token
-    if not token:
-        return {}, frozenset()
-    return dict.fromkeys(HF_TOKEN_ENV, str(token)), frozenset(HF_TOKEN_ENV)
-
-
-def api_key_env(
-    env: dict[str, str], secret: frozenset[str], name: str | None, api_key: str | None
-) -> frozenset[str]:
-    """Put the replica's key into `env` as `name` (the variable the engine reads it from),
-    marked secret; returns the secret names. Environment, not argv: any local user reads
-    another's command line."""
-    if not api_key or name is None:
-        return secret
-    env[name] = api_key
-    return secret | {name}
-
-
-def json_arg(value: Mapping[str, Any]) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)

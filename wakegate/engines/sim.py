@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, fields
-from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn, Self
 
 from wakegate import engine_args
-from wakegate.catalog import MODELS
-from wakegate.engines import WAKEGATE_IMAGE, EngineRefused, LaunchPlan
+from wakegate.engines import WAKEGATE_IMAGE, EngineRefused
 from wakegate.engines.sim_timing import SimTiming, flag_of
 from wakegate.spec import DeploymentSpec, InvalidSpec
 
@@ -52,7 +50,7 @@ class SimProfile(SimTiming):
     # Like the llama.cpp profile it imitates: the gateway asks for log-probabilities only on
     # explicit request, so a merged chunk travels as one event.
     cheap_logprobs: bool = False
-    # The sim host runs replicas in-process; a cluster never runs this profile's launch.
+    # The sim host runs replicas in-process; a cluster never launches this engine.
     image: str = WAKEGATE_IMAGE
     adapter_files: bool = False
 
@@ -66,7 +64,7 @@ class SimProfile(SimTiming):
         return self.batch
 
     @classmethod
-    def from_args(cls, args: list[str]) -> SimProfile:
+    def from_args(cls, args: list[str]) -> Self:
         try:  # the gateway's bounds (wakegate/engine_args.py), then the parser's types
             engine_args.check("sim", [str(a) for a in args])
         except InvalidSpec as exc:
@@ -75,31 +73,13 @@ class SimProfile(SimTiming):
         return cls(**{f.name: getattr(ns, f.name) for f in fields(SimTiming)})
 
     @classmethod
-    def from_spec(cls, spec: DeploymentSpec) -> SimProfile:
+    def from_spec(cls, spec: DeploymentSpec) -> Self:
         return cls.from_args(list(spec.config.custom_args or ()))
 
-    def sim_params(self, spec: DeploymentSpec) -> dict[str, Any]:
-        """What the sim host needs to run one replica of `spec` (POST /replicas `params`)."""
-        profile = SimProfile.from_spec(spec)
-        params = profile.timing()
-        model = MODELS.get(spec.base_model)
-        n_ctx = spec.config.max_total_tokens or (model.context_window if model else 0)
-        return {**params, "model": spec.base_model, "n_ctx": int(n_ctx or 32768)}
+    @classmethod
+    def for_spec(cls, spec: DeploymentSpec | None, concurrency: int = 1) -> Self:
+        """The registry's factory (wakegate/engines/__init__.py): the concurrency is `--batch`."""
+        return cls.from_spec(spec) if spec is not None else cls()
 
     def validate(self, spec: DeploymentSpec) -> None:
         SimProfile.from_spec(spec)
-
-    def launch(
-        self,
-        spec: DeploymentSpec,
-        host: str,
-        port: int,
-        models_dir: Path,
-        adapters: dict[str, Path],
-        api_key: str | None = None,
-    ) -> LaunchPlan:
-        raise EngineRefused(
-            "config.baseModel",
-            f"{spec.base_model!r} is a simulated model: it runs only on the sim backend "
-            "(WAKEGATE_BACKEND=sim)",
-        )

@@ -10,17 +10,13 @@ also why a prefill budget below the prompt limit is fine here, unlike on LoRAX).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+from typing import ClassVar
 
-from wakegate.engines import LaunchPlan
 from wakegate.engines import gpu as g
 from wakegate.spec import DeploymentSpec
 
 # The last release: the repository was archived after it.
 IMAGE = "ghcr.io/huggingface/text-generation-inference:3.3.7"
-CONCURRENCY_FLAG = "--max-concurrent-requests"
-# The launcher reads every option from the environment too; `--api-key` is API_KEY.
-API_KEY_ENV = "API_KEY"
 QUANTIZATIONS = frozenset(
     {
         "awq",
@@ -38,24 +34,18 @@ QUANTIZATIONS = frozenset(
 
 
 @dataclass(frozen=True)
-class TgiProfile:
-    concurrency: int = g.DEFAULT_CONCURRENCY
-    name: str = "tgi"
-    dialect: str = "tgi"
-    health_path: str = "/health"
-    cheap_logprobs: bool = False
-    image: str = IMAGE
-    adapter_files: bool = False
-
-    @classmethod
-    def from_spec(cls, spec: DeploymentSpec) -> TgiProfile:
-        return cls(concurrency=g.concurrency(spec.config, CONCURRENCY_FLAG))
+class TgiProfile(g.GpuProfile):
+    name: ClassVar[str] = "tgi"
+    dialect: ClassVar[str] = "tgi"
+    cheap_logprobs: ClassVar[bool] = False
+    image: ClassVar[str] = IMAGE
+    label: ClassVar[str] = "TGI"
+    concurrency_flag: ClassVar[str] = "--max-concurrent-requests"
+    quantizations: ClassVar[frozenset[str]] = QUANTIZATIONS
 
     def validate(self, spec: DeploymentSpec) -> None:
         cfg = spec.config
-        g.refuse_common(cfg, "TGI")
-        if cfg.merge_adapter:
-            g.refuse("merge_adapter", "TGI cannot merge a LoRA adapter into the base weights")
+        self.refuse_common(cfg)
         if cfg.chunked_prefill is False:
             g.refuse("chunked_prefill", "TGI has no switch to turn chunked prefill off")
         if g.speculation(cfg).model:
@@ -64,34 +54,6 @@ class TgiProfile:
                 "TGI takes Medusa heads only from the model's own repository: use 'auto' "
                 "(n-grams, or the model's heads) or 'disabled'",
             )
-        g.quantization(cfg, QUANTIZATIONS, "TGI")
+        self.quantization(cfg)
         g.adapter_ids(cfg)
-        g.custom_args(cfg, self.name)
-        g.concurrency(cfg, CONCURRENCY_FLAG)
-
-    def launch(
-        self,
-        spec: DeploymentSpec,
-        host: str,
-        port: int,
-        models_dir: Path,
-        adapters: dict[str, Path],
-        api_key: str | None = None,
-    ) -> LaunchPlan:
-        self.validate(spec)
-        cfg = spec.config
-        argv = g.launcher_head("text-generation-launcher", spec, host, port, "--max-input-tokens")
-        method = g.quantization(cfg, QUANTIZATIONS, "TGI")
-        if method:
-            argv += ["--quantize", method]
-        if g.speculation(cfg).ngram:
-            argv += ["--speculate", str(g.SPECULATIVE_TOKENS)]
-        ids = g.adapter_ids(cfg)
-        if ids:
-            argv += ["--lora-adapters", ",".join(ids)]
-        env, secret = g.hf_token_env(cfg)
-        if cfg.prefix_caching is not None:
-            env["PREFIX_CACHING"] = "1" if cfg.prefix_caching else "0"
-        argv = g.custom_first(argv, g.custom_args(cfg, self.name), command_len=1)
-        secret = g.api_key_env(env, secret, API_KEY_ENV, api_key)
-        return LaunchPlan(argv=argv, env=env, secret_env=secret)
+        self.check_args(cfg)

@@ -131,9 +131,9 @@ async def ensure_tenant_and_token(settings: Settings, token: str, admin_token: s
 
 def prepare_default_model(state_dir: Path) -> Path | None:
     """Assemble the Gemma GGUF once, so the first cold start does not pay for it."""
+    from scaler.engines.llamacpp import resolve_weights
     from wakegate.catalog import MODELS
     from wakegate.engines import EngineRefused
-    from wakegate.engines.llamacpp import resolve_weights
 
     models = state_dir / "models"
     models.mkdir(parents=True, exist_ok=True)
