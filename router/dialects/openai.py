@@ -8,7 +8,6 @@ prompt token count, so `prompt_tokens` is 0 where the engine did not say.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,7 +15,7 @@ import aiohttp
 import orjson
 
 from router.dialects import Finish, Generation, Token, UpstreamError, post_json
-from router.dialects.sse import post_events
+from router.dialects.sse import replica_events
 from router.errors import ApiError
 from router.params import GenerateRequest
 from wakegate.store import ReplicaRecord
@@ -139,10 +138,7 @@ class OpenAICompletions:
         reason: str | None = None
         prompt_tokens = 0
         try:
-            url = f"{replica.url}{_path(req)}"
-            async with contextlib.aclosing(
-                post_events(client, url, body, replica.auth_headers())
-            ) as events:
+            async with replica_events(client, replica, _path(req), body) as events:
                 async for chunk in events:
                     if chunk.get("usage"):
                         prompt_tokens = int(chunk["usage"].get("prompt_tokens", 0))

@@ -8,6 +8,7 @@ gateway keeps one aiohttp session for every replica).
 from __future__ import annotations
 
 import codecs
+import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
@@ -17,6 +18,7 @@ from httpx_sse import ServerSentEvent
 from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 
 from router.dialects import JSON_HEADERS, UpstreamError
+from wakegate.store import ReplicaRecord
 
 
 async def post_events(
@@ -37,6 +39,15 @@ async def post_events(
         async for sse in aiter_sse(resp):
             if sse.data != "[DONE]":  # read on to the end: the connection is reused
                 yield orjson.loads(sse.data)  # C: a stream parses one event per token
+
+
+def replica_events(
+    client: aiohttp.ClientSession, replica: ReplicaRecord, path: str, body: dict[str, Any]
+) -> contextlib.aclosing[AsyncGenerator[Any, None]]:
+    """`post_events` to `path` of a replica, with its key, closed on the way out."""
+    return contextlib.aclosing(
+        post_events(client, f"{replica.url}{path}", body, replica.auth_headers())
+    )
 
 
 async def aiter_sse(response: aiohttp.ClientResponse) -> AsyncIterator[ServerSentEvent]:

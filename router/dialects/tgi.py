@@ -30,7 +30,6 @@ status 200), and becomes an UpstreamError like the status would.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ from router.dialects.openai import (
     _finish_reason,
     _tokens,
 )
-from router.dialects.sse import post_events
+from router.dialects.sse import replica_events
 from router.errors import ApiError
 from router.params import GenerateRequest, Parameters
 from wakegate.store import ReplicaRecord
@@ -242,10 +241,7 @@ class NativeGenerate:
         chat_reason: str | None = None
         prompt_tokens = 0
         try:
-            url = f"{replica.url}{path}"
-            async with contextlib.aclosing(
-                post_events(client, url, body, replica.auth_headers())
-            ) as events:
+            async with replica_events(client, replica, path, body) as events:
                 async for data in events:
                     if data.get("error") is not None:
                         raise _event_error(data, generated)
