@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
+import orjson
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 
@@ -472,7 +473,9 @@ async def serve_stream(
     events = BatchedEvents(request, resp, EventSourceResponse.DEFAULT_SEND_TIMEOUT)
 
     async def send(obj: Any) -> None:
-        await events.send(obj if isinstance(obj, str) else json.dumps(obj, separators=(",", ":")))
+        # orjson: a stream makes an event per token (stdlib json was a tenth of a relaying
+        # gateway's CPU).
+        await events.send(obj if isinstance(obj, str) else orjson.dumps(obj).decode())
 
     async with (
         request_log_entry(request, spec, req, True, arrived) as trail,

@@ -77,7 +77,9 @@ class BatchedEvents:
         writing = self._writing
         assert writing is not None
         if not writing.done():
-            await self._bounded(asyncio.shield(writing))
+            # Not shielded (a shield per token was a twentieth of a burst's CPU): a write cut
+            # short, by a stalled client or a cancelled handler, ends the stream anyway.
+            await self._bounded(writing)
         self._writing = None
         writing.result()
         if self._pending and not self._scheduled:
