@@ -63,7 +63,7 @@ class _Turn:
     """A deployment's releases and admissions gathered for its next `Store.exchange` call."""
 
     releases: list[tuple[str, str]] = field(default_factory=list)
-    released: list[asyncio.Future[None]] = field(default_factory=list)
+    released: list[asyncio.Future[None]] = field(default_factory=list)  # of those that wait
     admissions: list[Admission] = field(default_factory=list)
     admitted: list[asyncio.Future[tuple[bool, bool, bool, int]]] = field(default_factory=list)
     submitted: list[float] = field(default_factory=list)  # loop time of each admission
@@ -211,6 +211,22 @@ class Dispatcher:
             if outcome == "assigned":
                 await self.assign_free_slots(ticket.deployment)  # a slot came free
 
+    def finish_soon(self, ticket: Ticket) -> None:
+        """`finish` without waiting for it: what the request path calls, so that a response
+        never waits for Redis to take its slot back. The slot goes back in the deployment's
+        next exchange call (with that turn's admissions: at low concurrency the next request
+        shares the call); a queue entry is taken out in a task of its own. Should the call
+        fail, the slot is no longer renewed and its lease frees it."""
+        self._waiting[ticket.deployment].pop(ticket.request_id, None)
+        if ticket.replica_id is None:
+            task = asyncio.get_running_loop().create_task(self.finish(ticket))
+            self._cleanups.add(task)
+            task.add_done_callback(self._cleanups.discard)
+            return
+        self._running[ticket.deployment].discard(f"{ticket.replica_id}|{ticket.request_id}")
+        replica_id, ticket.replica_id = ticket.replica_id, None
+        self._turn(ticket.deployment).releases.append((replica_id, ticket.request_id))
+
     async def _release(self, deployment: str, replica_id: str, request_id: str) -> None:
         """Give a slot back; the same call hands it (and any other free one) on."""
         released: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -252,6 +268,9 @@ class Dispatcher:
                         await self._routing_of(deployment),
                     )
                 except BaseException as exc:
+                    if len(turn.releases) > len(turn.released):
+                        log.warning("giving back %d slots of %s failed (%s); their leases free "
+                                    "them", len(turn.releases), deployment, exc)  # fmt: skip
                     failure = exc if isinstance(exc, Exception) else ConnectionError(str(exc))
                     waiters: list[asyncio.Future[Any]] = [*turn.released, *turn.admitted]
                     for fut in waiters:

@@ -325,9 +325,9 @@ async def admit(
         await on_enqueued(request, ticket)
         yield ticket
     finally:
-        # Shielded: a disconnecting client cancels the handler, and the queue entry or the
-        # slot must still be given back.
-        await asyncio.shield(dispatcher.finish(ticket))
+        # Not awaited (so a disconnecting client's cancellation cannot stop it, and the
+        # response does not wait for Redis): the slot goes back with the next exchange call.
+        dispatcher.finish_soon(ticket)
 
 
 def _first_token(
