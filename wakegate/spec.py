@@ -195,7 +195,7 @@ class ConfigUpdate(_Wire):
     # operator's queue quota clamps it where it is used (wakegate/quotas.py `queue_limit`);
     # the stored value is what the client set.
     max_queue_length: QueueLength | None = None
-    # wakegate extension: how the gateway picks a replica (see wakegate/store.py DISPATCH).
+    # wakegate extension: how the gateway picks a replica (see wakegate/store.py `_DISPATCH_FN`).
     routing: Literal["prefix", "least-loaded", "random"] | None = None
 
     @model_validator(mode="before")
