@@ -251,10 +251,10 @@ PRIORITY_WEIGHT = 10**12
 MAX_PRIORITY = 1000
 
 
-# Every change of a deployment's queue and slots but a cancel is one script, EXCHANGE: give
-# slots back, queue requests, hand out free slots. Its parts are the Lua functions below over
-# one key layout (QUEUE_PARTS, in this order); `Store.enqueue`, `admit`, `dispatch` and
-# `exchange` are its cases, so each step is written once and a warm request costs one call.
+# Queueing requests, giving slots back and handing free slots out is one script, EXCHANGE.
+# Its parts are the Lua functions below over one key layout (QUEUE_PARTS, in this order);
+# `Store.enqueue`, `admit`, `dispatch`, `release` and `exchange` are its cases, so each step
+# is written once, and a gateway's turn of requests of one deployment costs one call.
 QUEUE_PARTS = (
     "queue", "qmeta", "qlease", "routable", "inflight", "assigned", "suspects", "adapters",
     "prefixes", "prefixage", "wake", "activity", "counters", "replicas",
