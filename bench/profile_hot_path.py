@@ -45,7 +45,7 @@ end
 """
 # Where the gateway's samples go, by the first of these frames found in a stack.
 CATEGORIES = [
-    ("Redis calls (store.ADMIT, store.RELEASE_AND_DISPATCH)", ["Store.", "execute_command"]),
+    ("Redis calls (store.EXCHANGE)", ["Store.", "execute_command"]),
     ("call to the replica (aiohttp client)", ["generate (", "ClientSession._request"]),
     ("request body and its validation", ["read_json", "_parse (", "model_validate"]),
     ("metrics", ["metrics.py"]),

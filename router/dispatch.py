@@ -6,11 +6,11 @@ of one deployment, made in one turn of its event loop (or while its last call wa
 one script call (store.EXCHANGE: give the slots back, queue the requests in order, dispatch):
 its own requests' assignments come back in the reply with the replica's record, so a warm
 request that finds a free slot shares that call with its turn's others. A retry's requeue
-still uses store.ADMIT on its own. Requests of other gateways hear of their slot over Redis
-pub/sub. Edge and level: the reply and the pub/sub message are the fast paths; a tick that
-re-runs dispatch and reads assignments from Redis is the certain one. The tick also renews
-the leases on this gateway's queue entries and slots, so that a gateway that dies stops
-blocking the queue and holding capacity within one lease period.
+makes an exchange of its own (Store.admit). Requests of other gateways hear of their slot
+over Redis pub/sub. Edge and level: the reply and the pub/sub message are the fast paths; a
+tick that re-runs dispatch and reads assignments from Redis is the certain one. The tick also
+renews the leases on this gateway's queue entries and slots, so that a gateway that dies
+stops blocking the queue and holding capacity within one lease period.
 """
 
 from __future__ import annotations

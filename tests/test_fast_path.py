@@ -1,6 +1,6 @@
-"""The warm fast path: a request queues and takes a free slot in one call (store.ADMIT), and a
-slot given back goes to the queue's head in the same call (store.RELEASE_AND_DISPATCH), while
-the queue keeps its guarantees: global order across gateways, leases, the queue limit."""
+"""The warm fast path: a request queues and takes a free slot in one call (store.EXCHANGE, as
+`Store.admit`), and a slot given back goes to the queue's head in the same call, while the
+queue keeps its guarantees: global order across gateways, leases, the queue limit."""
 
 from __future__ import annotations
 
@@ -37,7 +37,15 @@ def replica(rid: str, concurrency: int = 1) -> ReplicaRecord:
     )  # fmt: skip
 
 
-# --- the scripts ------------------------------------------------------------------------------
+# --- the script -------------------------------------------------------------------------------
+
+
+async def release_and_dispatch(
+    store: Store, replica_id: str, request_id: str, gateway_id: str
+) -> list[Assignment]:
+    """Give a slot back and hand out what is free then, in one call."""
+    done = await store.exchange(D, [(replica_id, request_id)], [], 10_000, gateway_id, "prefix")
+    return done.assignments
 
 
 async def test_a_request_that_finds_a_free_slot_gets_it_and_the_replica_record_at_once(
@@ -75,7 +83,7 @@ async def test_a_newer_request_of_higher_priority_goes_first(store: Store) -> No
     await store.admit(D, "busy", "gw-1", 0, 10_000)
     await store.admit(D, "low", "gw-1", 0, 10_000)
     await store.admit(D, "high", "gw-2", 5, 10_000)
-    freed = await store.release_and_dispatch(D, "a", "busy", 10_000, "gw-2")
+    freed = await release_and_dispatch(store, "a", "busy", "gw-2")
     assert [(x.request_id, x.replica_id) for x in freed] == [("high", "a")]
     assert ReplicaRecord.from_json(freed[0].record).id == "a"
 
@@ -88,9 +96,9 @@ async def test_a_released_slot_goes_to_the_queue_head_in_the_same_call(store: St
     await store.admit(D, "mine", "gw-1", 0, 10_000)
     await store.admit(D, "theirs", "gw-2", 0, 10_000)
 
-    [mine] = await store.release_and_dispatch(D, "a", "busy", 10_000, "gw-1")
+    [mine] = await release_and_dispatch(store, "a", "busy", "gw-1")
     assert (mine.request_id, mine.replica_id) == ("mine", "a") and mine.record
-    [theirs] = await store.release_and_dispatch(D, "a", "mine", 10_000, "gw-1")
+    [theirs] = await release_and_dispatch(store, "a", "mine", "gw-1")
     assert theirs == Assignment("theirs", "a", "")
     msg = None
     for _ in range(50):
@@ -120,6 +128,13 @@ async def test_admit_at_the_queue_limit_refuses_and_changes_nothing(store: Store
     with pytest.raises(QueueFull):
         await store.admit(D, "q2", "gw-1", 0, 10_000, max_queue=1)
     assert (await store.load(D)).queued == 1
+    assert (await store.load(D)).arrivals_total == 1
+
+
+async def test_admitting_a_queued_request_again_is_no_refusal(store: Store) -> None:
+    await store.admit(D, "q1", "gw-1", 0, 10_000, max_queue=1)  # cold: stays queued
+    again = await store.admit(D, "q1", "gw-1", 0, 10_000, max_queue=1)
+    assert not again.added and again.depth == 1
     assert (await store.load(D)).arrivals_total == 1
 
 
@@ -162,8 +177,24 @@ async def test_an_exchange_refuses_only_the_admissions_over_the_queue_limit(
     )  # fmt: skip
     # Cold (no replica): the first queues and wakes the deployment, the second is refused.
     assert done.admitted == [(True, True, True), (False, False, False)]
+    assert done.full == [False, True]
     assert (await store.load(D)).queued == 1
     assert (await store.load(D)).arrivals_total == 1
+
+
+async def test_a_refused_admission_does_not_hold_back_the_request_that_waits(
+    store: Store,
+) -> None:
+    """The queue is at its limit with a cold request when a replica becomes ready (nothing
+    dispatched yet). The next arrival is refused, and its call hands the slot to the one
+    that waits."""
+    await store.admit(D, "q1", "gw-1", 0, 10_000, max_queue=1)
+    await store.put_replica(replica("a"))
+    done = await store.exchange(D, [], [Admission("q2", max_queue=1)], 10_000, "gw-1", "prefix")
+    assert done.full == [True] and done.admitted == [(False, False, False)]
+    [got] = done.assignments
+    assert (got.request_id, got.replica_id) == ("q1", "a") and got.record
+    assert done.depth == 0
 
 
 async def test_requests_of_one_turn_share_one_call_and_keep_their_order(store: Store) -> None:

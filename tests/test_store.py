@@ -343,6 +343,38 @@ def test_scale_down_drains_starting_then_the_least_busy_replicas() -> None:
     assert pick_victims(active, 0, busy) == []
 
 
+async def test_the_scaler_sweep_and_status_overview_read_the_same_state(store: Store) -> None:
+    tenant, name = D.split("/")
+    await store.put_deployment(DeploymentSpec(tenant, name, "u", None, DeploymentConfig(),
+                                              "ready", 1, 0, 0))  # fmt: skip
+    await store.put_replica(replica("a", concurrency=1))
+    for rid in ("r0", "r1", "r2"):
+        await store.enqueue(D, rid, "gw", 0, 10_000)
+    assert await store.dispatch(D, 10_000) == [("r0", "a")]
+    await store.set_waiting(D, {"reason": "pool full"})
+    await store.append_events(D, [{"eventType": f"e{i}"} for i in range(3)])
+
+    gone = "acme/gone"
+    [seen, nothing] = await store.observe([D, gone])
+    assert (seen.key, seen.spec and seen.spec.name) == (D, name)
+    assert [r.id for r in seen.replicas] == ["a"] and seen.busy == {"a": 1}
+    assert (seen.load.queued, seen.load.in_flight, seen.load.arrivals_total) == (2, 1, 3)
+    assert seen.load.last_activity_ms is not None
+    assert seen.waiting == {"reason": "pool full"}
+    assert nothing.spec is None and nothing.replicas == [] and nothing.load.queued == 0
+    assert await store.load(D) == seen.load
+
+    [row, empty] = await store.sweep([D, gone])
+    assert (row.spec is not None, row.replicas, row.load) == (True, 1, 3)
+    assert (empty.spec, empty.replicas, empty.load) == (None, 0, 0)
+
+    [status] = await store.status_rows([gone, D], 2)  # a deployment without a spec is left out
+    assert status.spec == seen.spec and status.replicas == seen.replicas
+    assert (status.queued, status.in_flight, status.waiting) == (2, 1, {"reason": "pool full"})
+    assert [e["eventType"] for e in status.events] == ["e1", "e2"]
+    assert await store.observe([]) == [] and await store.status_rows([], 5) == []
+
+
 async def test_a_purge_leaves_no_key_of_the_deployment(store: Store) -> None:
     """Every key the deployment's operations write is one `keys_of` names (or an async
     request's `job:`/`claim:`), and the purge deletes them all; its neighbour keeps its own."""

@@ -23,12 +23,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, Protocol, cast
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
-from pydantic.alias_generators import to_camel
+from pydantic import Field, StrictInt
 
 from wakegate.catalog import pool_units
 from wakegate.settings import Settings
-from wakegate.spec import MAX_QUEUE_LENGTH, MAX_REPLICAS, DeploymentSpec, InvalidSpec
+from wakegate.spec import (
+    MAX_QUEUE_LENGTH,
+    MAX_REPLICAS,
+    DeploymentSpec,
+    WireModel,
+    parse_object,
+)
 
 # Largest values an override may hold: far above any real installation, and finite.
 MAX_DEPLOYMENTS_QUOTA = 100_000
@@ -59,16 +64,12 @@ class Quotas:
         }
 
 
-class QuotaOverride(BaseModel):
+class QuotaOverride(WireModel):
     """A tenant's override of the operator defaults, as the admin API and the CLI take it.
 
     A field left out keeps the default (or the override already stored); `null` is
     unlimited. The only model that validates quota values: both edges use it.
     """
-
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
-    )
 
     max_deployments_per_tenant: DeploymentsQuota | None = None
     max_replicas_per_deployment: ReplicasQuota | None = None
@@ -89,20 +90,9 @@ class QuotaOverride(BaseModel):
 
 
 def parse_override(body: Any) -> QuotaOverride:
-    """Validate an override from the edge; InvalidSpec names the offending field."""
-    if not isinstance(body, dict):
-        raise InvalidSpec("body", "must be a JSON object")
-    try:
-        return QuotaOverride.model_validate(body)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = [str(p) for p in err["loc"]]
-        known = QuotaOverride.model_fields.get(loc[0]) if loc else None
-        if known is not None and known.alias:
-            loc[0] = known.alias  # camelCase in the answer, whichever spelling came in
-        field = ".".join(loc) or "body"
-        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
-        raise InvalidSpec(field, msg) from None
+    """Validate an override from the edge; InvalidSpec names the offending field (in
+    camelCase, whichever spelling came in)."""
+    return parse_object(QuotaOverride, body, camel_case=True)
 
 
 def default_quotas(settings: Settings) -> Quotas:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -112,17 +112,19 @@ class FieldValueError(ValueError):
         self.path = path
 
 
-class _Wire(BaseModel):
+class WireModel(BaseModel):
+    """What a client sends: camelCase (snake_case accepted too), nothing unknown, frozen."""
+
     model_config = ConfigDict(
         alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
     )
 
 
-class ComputeRequests(_Wire):
+class ComputeRequests(WireModel):
     inference: dict[str, Any]
 
 
-class ComputeSpec(_Wire):
+class ComputeSpec(WireModel):
     requests: ComputeRequests
     region: StrictStr | None = None
 
@@ -137,7 +139,7 @@ class ComputeSpec(_Wire):
         return v
 
 
-class ScalingPolicy(_Wire):
+class ScalingPolicy(WireModel):
     """wakegate extension: which scaling policy runs the deployment, and its knobs."""
 
     name: Literal["wakegate", "knative", "ray", "always-on"] = "wakegate"
@@ -162,7 +164,7 @@ class ScalingPolicy(_Wire):
         return self
 
 
-class ConfigUpdate(_Wire):
+class ConfigUpdate(WireModel):
     """Every settable field; all optional. On update, `None` means "leave unchanged"."""
 
     base_model: StrictStr | None = None
@@ -195,7 +197,7 @@ class ConfigUpdate(_Wire):
     # operator's queue quota clamps it where it is used (wakegate/quotas.py `queue_limit`);
     # the stored value is what the client set.
     max_queue_length: QueueLength | None = None
-    # wakegate extension: how the gateway picks a replica (see wakegate/store.py DISPATCH).
+    # wakegate extension: how the gateway picks a replica (see wakegate/store.py `_DISPATCH_FN`).
     routing: Literal["prefix", "least-loaded", "random"] | None = None
 
     @model_validator(mode="before")
@@ -225,13 +227,13 @@ class ConfigUpdate(_Wire):
         return v
 
 
-class CreateRequest(_Wire):
+class CreateRequest(WireModel):
     name: StrictStr
     config: ConfigUpdate
     description: StrictStr | None = None
 
 
-class UpdateRequest(_Wire):
+class UpdateRequest(WireModel):
     config: ConfigUpdate | None = None
     description: StrictStr | None = None
 
@@ -358,19 +360,36 @@ class DeploymentConfig:
 _CONFIG_FIELDS = frozenset(f.name for f in fields(DeploymentConfig))
 
 
-def _first_error(exc: ValidationError, prefix: str) -> InvalidSpec:
+Wire = TypeVar("Wire", bound=WireModel)
+
+
+def parse_object(model: type[Wire], body: Any, *, camel_case: bool = False) -> Wire:
+    """Validate a JSON object from the edge. InvalidSpec names the first offending value
+    by its path; with `camel_case` a top-level field is named in camelCase, whichever
+    spelling came in (otherwise as it came)."""
+    if not isinstance(body, dict):
+        raise InvalidSpec("body", "must be a JSON object")
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise _first_error(exc, model if camel_case else None) from None
+
+
+def _first_error(exc: ValidationError, camel: type[WireModel] | None) -> InvalidSpec:
     err = exc.errors()[0]
     loc = [str(p) for p in err["loc"] if not str(p).startswith("function-")]
     cause = (err.get("ctx") or {}).get("error")
     if isinstance(cause, FieldValueError):
         loc += cause.path
-    field = ".".join([prefix, *loc]) if prefix else ".".join(loc)
+    known = camel.model_fields.get(loc[0]) if camel is not None and loc else None
+    if known is not None and known.alias:
+        loc[0] = known.alias
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = "unknown field"
     elif err["type"] == "missing":
         msg = "field required"
-    return InvalidSpec(field or prefix or "body", msg)
+    return InvalidSpec(".".join(loc) or "body", msg)
 
 
 def valid_name(name: str) -> bool:
@@ -394,12 +413,7 @@ def set_fields(config: ConfigUpdate) -> dict[str, Any]:
 
 
 def parse_create(body: Any) -> CreateRequest:
-    if not isinstance(body, dict):
-        raise InvalidSpec("body", "must be a JSON object")
-    try:
-        req = CreateRequest.model_validate(body)
-    except ValidationError as exc:
-        raise _first_error(exc, "") from None
+    req = parse_object(CreateRequest, body)
     validate_name(req.name)
     if req.config.base_model is None:
         raise InvalidSpec("config.baseModel", "field required")
@@ -410,12 +424,7 @@ def parse_create(body: Any) -> CreateRequest:
 
 
 def parse_update(body: Any) -> UpdateRequest:
-    if not isinstance(body, dict):
-        raise InvalidSpec("body", "must be a JSON object")
-    try:
-        return UpdateRequest.model_validate(body)
-    except ValidationError as exc:
-        raise _first_error(exc, "") from None
+    return parse_object(UpdateRequest, body)
 
 
 def _or(value: int | None, default: int) -> int:

@@ -61,12 +61,13 @@ import json
 import math
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, cast, overload
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -93,12 +94,12 @@ PREFIX_INDEX_MAX = 65_536
 # has) is not, and the request goes to the least-loaded replica.
 PREFIX_MIN_SHARE = 0.5
 # How dispatch picks a replica where the deployment does not say (wakegate/spec.py `routing`):
-# "prefix", "least-loaded" or "random" (see DISPATCH).
+# "prefix", "least-loaded" or "random" (see `_DISPATCH_FN`).
 DEFAULT_ROUTING = "prefix"
 
 
 def routing_of(spec: DeploymentSpec | None) -> str:
-    """The routing mode the queue scripts get for a deployment (the default without a spec)."""
+    """The routing mode the queue script gets for a deployment (the default without a spec)."""
     routing = spec.config.routing if spec is not None else None
     return routing or DEFAULT_ROUTING
 
@@ -180,7 +181,7 @@ class DeploymentKeys:
 
     @property
     def queue_script(self) -> tuple[str, ...]:
-        """The queue scripts' KEYS, in the order `_QUEUE_KEYS` reads them (made once)."""
+        """The queue script's KEYS, in the order `_QUEUE_KEYS` reads them (made once)."""
         if self._queue_script is None:
             self._queue_script = tuple(self.prefix + part for part in QUEUE_PARTS)
         return self._queue_script
@@ -250,10 +251,10 @@ PRIORITY_WEIGHT = 10**12
 MAX_PRIORITY = 1000
 
 
-# The queue scripts share one key layout (QUEUE_PARTS, in this order) and are put together
-# from the Lua functions below, so that one call can both queue a request and hand out free
-# slots (ADMIT), or give a slot back and hand it on (RELEASE_AND_DISPATCH): a warm request
-# then costs two script calls, not one per step.
+# Queueing requests, giving slots back and handing free slots out is one script, EXCHANGE.
+# Its parts are the Lua functions below over one key layout (QUEUE_PARTS, in this order);
+# `Store.enqueue`, `admit`, `dispatch`, `release` and `exchange` are its cases, so each step
+# is written once, and a gateway's turn of requests of one deployment costs one call.
 QUEUE_PARTS = (
     "queue", "qmeta", "qlease", "routable", "inflight", "assigned", "suspects", "adapters",
     "prefixes", "prefixage", "wake", "activity", "counters", "replicas",
@@ -439,45 +440,15 @@ return out
 end
 """
 
-ENQUEUE = _QUEUE_KEYS + _ENQUEUE_FN + "return enqueue(1)\n"
-DISPATCH = _QUEUE_KEYS + _DISPATCH_FN + "return dispatch(1)\n"
-# Queue a request and hand out free slots in the same call: a request that finds a slot free
-# and nobody before it gets it at once, and one that finds older requests waiting queues behind
-# them (dispatch serves the queue's heads in order, whoever queued them). Returns enqueue's four
-# values, then dispatch's assignments.
-ADMIT = (
-    _QUEUE_KEYS
-    + _ENQUEUE_FN
-    + _DISPATCH_FN
-    + """
-local queued = enqueue(1)
-if queued[1] == -1 then return queued end
-local out = dispatch(9)
--- the depth after dispatch: what is still waiting
-local result = {queued[1], redis.call('ZCARD', queue), queued[3], queued[4]}
-for _, v in ipairs(out) do table.insert(result, v) end
-return result
-"""
-)
-# Give a slot back (ARGV 1-3: replica id, request id, now) and hand out what is free then.
-RELEASE_AND_DISPATCH = (
-    _QUEUE_KEYS
-    + _DISPATCH_FN
-    + """
-redis.call('ZREM', inflight, ARGV[1] .. '|' .. ARGV[2])
-redis.call('HDEL', assigned, ARGV[2])
-redis.call('SET', activity, ARGV[3])
-redis.call('HINCRBY', counters, 'completions', 1)
-return dispatch(4)
-"""
-)
-
 # What one gateway has for a deployment in one turn of its event loop, in one call: give
 # slots back, queue requests, then hand out what is free (dispatch serves the queue's heads in
 # order, so the result is that of the same releases and admissions made one by one: nobody
-# overtakes an older queued request). ARGV: releases, admissions, now, then a (replica id,
-# request id) pair per release, enqueue's 8 arguments per admission, then dispatch's.
-# Returns {depth still waiting, then added, woke, cold per admission, then the assignments}.
+# overtakes an older queued request). An admission over its queue limit is refused alone:
+# nothing of it is stored, and the call's releases, other admissions and dispatch still take
+# place (a refusal never holds back the requests that wait). ARGV: releases, admissions, now,
+# then a (replica id, request id) pair per release, enqueue's 8 arguments per admission, then
+# dispatch's. Returns {depth still waiting, then enqueue's added (1, 0, -1), woke, cold per
+# admission, then the assignments}.
 EXCHANGE = (
     _QUEUE_KEYS
     + _ENQUEUE_FN
@@ -701,7 +672,8 @@ class Assignment:
 
 @dataclass(frozen=True)
 class Admission:
-    """One request to queue (the arguments of `Store.admit` but the deployment's)."""
+    """One request to queue (the arguments of `Store.admit` but the deployment, the owning
+    gateway and the lease, which are the call's)."""
 
     request_id: str
     priority: int = 0
@@ -713,16 +685,18 @@ class Admission:
 @dataclass(frozen=True)
 class Exchanged:
     """What `Store.exchange` did: per admission (in order) whether it was added (False: the
-    queue was at its limit, nothing changed for it), woke the deployment, found it cold."""
+    queue was at its limit, or it was queued already; nothing changed for it), woke the
+    deployment, found it cold; and which admissions the queue limit refused."""
 
     depth: int  # still waiting after the call's dispatch
     admitted: list[tuple[bool, bool, bool]]
     assignments: list[Assignment]
+    full: list[bool]  # per admission: refused, the queue was at its limit
 
 
 @dataclass(frozen=True)
 class Admitted:
-    added: bool
+    added: bool  # False: it was queued already
     depth: int  # still waiting after the call's dispatch
     woke: bool  # publish a wake-up
     cold: bool  # no replica was ready
@@ -781,10 +755,6 @@ class Store:
         # seals secrets of deployments (router/control.py). None: no key configured.
         self.box = box
         self._count_auth_failure = redis.register_script(COUNT_AUTH_FAILURE)
-        self._enqueue = redis.register_script(ENQUEUE)
-        self._dispatch = redis.register_script(DISPATCH)
-        self._admit = redis.register_script(ADMIT)
-        self._release_and_dispatch = redis.register_script(RELEASE_AND_DISPATCH)
         self._exchange = redis.register_script(EXCHANGE)
         self._cancel = redis.register_script(CANCEL)
         self._leader = redis.register_script(LEADER_LEASE)
@@ -1095,8 +1065,7 @@ class Store:
         return True
 
     async def get_deployment(self, key: str) -> DeploymentSpec | None:
-        raw = await self.redis.get(keys_of(key).spec)
-        return DeploymentSpec.from_record(json.loads(raw)) if raw else None
+        return _spec_of(await self.redis.get(keys_of(key).spec))
 
     async def put_deployment(self, spec: DeploymentSpec) -> None:
         """Write the spec unconditionally (tests and tools seeding state); the gateway and the
@@ -1127,11 +1096,7 @@ class Store:
         return keys
 
     async def list_deployments(self, tenant: str | None = None) -> list[DeploymentSpec]:
-        keys = await self.deployment_keys(tenant)
-        if not keys:
-            return []
-        raws = await self.redis.mget([keys_of(k).spec for k in keys])
-        return [DeploymentSpec.from_record(json.loads(r)) for r in raws if r]
+        return await self.list_specs(await self.deployment_keys(tenant))
 
     async def list_specs(self, keys: Sequence[str]) -> list[DeploymentSpec]:
         raws = await self.redis.mget([keys_of(k).spec for k in keys]) if keys else []
@@ -1184,17 +1149,18 @@ class Store:
         adapter: str | None = None,
         prefix: Sequence[str] = (),
     ) -> tuple[bool, int, bool, bool]:
-        """Queue a request: (added, queue depth, publish a wake, no replica was ready).
+        """Queue a request and hand out no slot: (added, queue depth, publish a wake, no
+        replica was ready). An exchange of one admission that assigns nothing.
 
         `prefix` is the prompt's chain of prefix keys (router/pipeline.py `prefix_chain`),
         which prefix-aware routing matches against where earlier prompts went.
 
-        Raises QueueFull, changing nothing, when `max_queue` requests already wait.
+        Raises QueueFull, queueing nothing, when `max_queue` requests already wait.
         """
-        args = _enqueue_args(req_id, gateway_id, priority, lease_ms, max_queue, adapter, prefix)
-        added, depth, woke, cold = await self._enqueue(keys=keys_of(key).queue_script, args=args)
-        await self._queued(key, req_id, added, depth, cold)
-        return bool(added), int(depth), bool(woke), bool(cold)
+        admission = Admission(req_id, priority, max_queue, adapter, prefix)
+        # Nothing is dispatched, so the routing mode plays no part.
+        done = await self._admit_one(key, admission, lease_ms, gateway_id, DEFAULT_ROUTING, 0)
+        return done.added, done.depth, done.woke, done.cold
 
     async def admit(
         self,
@@ -1210,27 +1176,34 @@ class Store:
         routing: str | None = None,
     ) -> Admitted:
         """Queue a request and, in the same call, hand free slots to the queue's heads in
-        order (this one among them when nobody before it waits). Assignments of
-        `gateway_id`'s requests come back with their replica's record and are not published.
-        `routing` is the deployment's (`routing_of`); None reads it from the stored spec.
+        order (this one among them when nobody before it waits): an exchange of one
+        admission. Assignments of `gateway_id`'s requests come back with their replica's
+        record and are not published. `routing` is the deployment's (`routing_of`); None
+        reads it from the stored spec.
 
-        Raises QueueFull, changing nothing, when `max_queue` requests already wait.
+        Raises QueueFull, queueing nothing, when `max_queue` requests already wait (the
+        call's dispatch still hands free slots to those).
         """
         mode = routing or await self.routing(key)  # first: the leases count from the call
-        args = _enqueue_args(req_id, gateway_id, priority, lease_ms, max_queue, adapter, prefix)
-        out = await self._admit(
-            keys=keys_of(key).queue_script,
-            args=[*args, *_dispatch_args(key, lease_ms, 64, gateway_id, mode)],
-        )
-        added, depth, woke, cold = out[:4]
-        await self._queued(key, req_id, added, depth, cold)
-        return Admitted(bool(added), int(depth), bool(woke), bool(cold), _assignments(out[4:]))
+        admission = Admission(req_id, priority, max_queue, adapter, prefix)
+        return await self._admit_one(key, admission, lease_ms, gateway_id, mode, 64)
 
-    async def _queued(self, key: str, req_id: str, added: int, depth: int, cold: int) -> None:
-        if added == -1:
-            raise QueueFull(int(depth))
-        if cold and added:
-            await self._mark_dirty(key, [req_id])
+    async def _admit_one(
+        self,
+        key: str,
+        admission: Admission,
+        lease_ms: int,
+        gateway_id: str,
+        routing: str,
+        max_assign: int,
+    ) -> Admitted:
+        done = await self.exchange(
+            key, (), [admission], lease_ms, gateway_id, routing, max_assign=max_assign
+        )
+        [(added, woke, cold)], [full] = done.admitted, done.full
+        if full:
+            raise QueueFull(done.depth)
+        return Admitted(added, done.depth, woke, cold, done.assignments)
 
     async def _mark_dirty(self, key: str, queued: Sequence[str]) -> None:
         """The level path of the wake: the scaler polls the dirty set, MQTT is the fast one."""
@@ -1266,13 +1239,10 @@ class Store:
         routing: str | None = None,
     ) -> list[Assignment]:
         """`dispatch` run by gateway `gateway_id`: its own requests' assignments come back
-        with their replica's record instead of being published."""
+        with their replica's record instead of being published. An exchange of nothing."""
         mode = routing or await self.routing(key)
-        out = await self._dispatch(
-            keys=keys_of(key).queue_script,
-            args=_dispatch_args(key, lease_ms, max_assign, gateway_id, mode),
-        )
-        return _assignments(out)
+        done = await self.exchange(key, (), (), lease_ms, gateway_id, mode, max_assign=max_assign)
+        return done.assignments
 
     async def cancel(self, key: str, req_id: str) -> str:
         """Remove a request from the queue or its slot: 'queued', 'assigned' or 'none'."""
@@ -1431,30 +1401,6 @@ class Store:
         has looked at it)."""
         await self.redis.hset(keys_of(key).suspects, replica_id, now_ms() + for_ms)
 
-    async def release_and_dispatch(
-        self,
-        key: str,
-        replica_id: str,
-        req_id: str,
-        lease_ms: int,
-        gateway_id: str,
-        *,
-        routing: str | None = None,
-    ) -> list[Assignment]:
-        """`release`, then dispatch (as `dispatch`) in the same call: the freed slot goes to
-        the queue's head at once. `routing` as in `admit`."""
-        mode = routing or await self.routing(key)
-        out = await self._release_and_dispatch(
-            keys=keys_of(key).queue_script,
-            args=[
-                replica_id,
-                req_id,
-                now_ms(),
-                *_dispatch_args(key, lease_ms, 64, gateway_id, mode),
-            ],
-        )
-        return _assignments(out)
-
     async def exchange(
         self,
         key: str,
@@ -1463,12 +1409,16 @@ class Store:
         lease_ms: int,
         gateway_id: str,
         routing: str,
+        *,
+        max_assign: int = 64,
     ) -> Exchanged:
-        """Give slots back ((replica id, request id) pairs), queue requests, then dispatch
-        as `dispatch_for`, all in one call: a gateway's releases and arrivals of one
-        deployment in one turn of its event loop. The same as releasing and admitting them one
-        by one; an admission over `max_queue` is not added (the caller raises QueueFull).
-        `routing` is the deployment's (`routing_of`): the gateway's hot path, never read here."""
+        """Give slots back ((replica id, request id) pairs), queue requests, then hand up to
+        `max_assign` free slots to the queue's heads, all in one call: a gateway's releases
+        and arrivals of one deployment in one turn of its event loop. The same as releasing
+        and admitting them one by one; an admission over `max_queue` is not added (`full`:
+        the caller raises QueueFull). Assignments of `gateway_id`'s requests come back with
+        their replica's record; the others are published to their gateways. `routing` is the
+        deployment's (`routing_of`): the gateway's hot path, never read here."""
         now = now_ms()
         args: list[Any] = [len(releases), len(admissions), now]
         for replica_id, req_id in releases:
@@ -1477,7 +1427,7 @@ class Store:
             args += _enqueue_args(
                 a.request_id, gateway_id, a.priority, lease_ms, a.max_queue, a.adapter, a.prefix
             )
-        args += _dispatch_args(key, lease_ms, 64, gateway_id, routing)
+        args += _dispatch_args(key, lease_ms, max_assign, gateway_id, routing)
         out = await self._exchange(keys=keys_of(key).queue_script, args=args)
         n = len(admissions)
         flags = out[1 : 1 + 3 * n]
@@ -1488,33 +1438,17 @@ class Store:
                 if added and c]  # fmt: skip
         if cold:
             await self._mark_dirty(key, cold)
-        return Exchanged(int(out[0]), admitted, _assignments(out[1 + 3 * n :]))
+        full = [flags[i] == -1 for i in range(0, 3 * n, 3)]
+        return Exchanged(int(out[0]), admitted, _assignments(out[1 + 3 * n :]), full)
 
     async def release(self, key: str, replica_id: str, req_id: str) -> None:
-        k = keys_of(key)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zrem(k.inflight, f"{replica_id}|{req_id}")
-            pipe.hdel(k.assigned, req_id)
-            pipe.set(k.activity, now_ms())
-            pipe.hincrby(k.counters, "completions", 1)
-            await pipe.execute()
+        """Give a slot back and hand it to nobody (a dispatch later does): an exchange of one
+        release that assigns nothing."""
+        await self.exchange(key, [(replica_id, req_id)], (), 0, "", DEFAULT_ROUTING, max_assign=0)
 
     async def load(self, key: str) -> Load:
-        k = keys_of(key)
-        now = now_ms()
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zcount(k.qlease, now, "+inf")
-            pipe.zcount(k.inflight, now, "+inf")
-            pipe.get(k.activity)
-            pipe.hmget(k.counters, ["arrivals", "completions"])
-            queued, in_flight, activity, (arrivals, completions) = await pipe.execute()
-        return Load(
-            int(queued),
-            int(in_flight),
-            int(activity) if activity else None,
-            int(arrivals or 0),
-            int(completions or 0),
-        )
+        [replies] = await self._read_each([key], _read_load)
+        return _load_of(replies)[0]
 
     async def replica_in_flight(self, key: str, replica_id: str) -> int:
         return (await self.in_flight_by_replica(key)).get(replica_id, 0)
@@ -1524,7 +1458,7 @@ class Store:
         members = cast(
             list[str], await self.redis.zrangebyscore(keys_of(key).inflight, now_ms(), "+inf")
         )
-        return dict(Counter(m.split("|", 1)[0] for m in members))
+        return _per_replica(members)
 
     # --- replicas -------------------------------------------------------------------------
 
@@ -1593,42 +1527,23 @@ class Store:
         taken = await self.redis.spop(DIRTY, count)
         return sorted(cast(list[str], taken or []))
 
-    async def observe(self, keys: Sequence[str]) -> list[Observed]:
-        """Spec, replicas, load and capacity wait of each deployment, in one round trip."""
+    async def _read_each(self, keys: Sequence[str], reads: _Reads) -> list[list[Any]]:
+        """`reads` of each deployment (its commands on a pipeline, given its keys and now),
+        in one round trip; returns each deployment's replies, in the order of `keys`."""
+        if not keys:
+            return []
         now = now_ms()
         async with self.redis.pipeline(transaction=False) as pipe:
             for key in keys:
-                k = keys_of(key)
-                pipe.get(k.spec)
-                pipe.hgetall(k.replicas)
-                pipe.zcount(k.qlease, now, "+inf")
-                pipe.zrangebyscore(k.inflight, now, "+inf")
-                pipe.get(k.activity)
-                pipe.hmget(k.counters, ["arrivals", "completions"])
-                pipe.get(k.capacity)
+                reads(pipe, keys_of(key), now)
             raw = await pipe.execute()
-        out = []
-        for i, key in enumerate(keys):
-            spec, replicas, queued, slots, activity, counters, wait = raw[i * 7 : i * 7 + 7]
-            arrivals, completions = counters
-            busy = Counter(m.split("|", 1)[0] for m in slots)
-            out.append(
-                Observed(
-                    key=key,
-                    spec=DeploymentSpec.from_record(json.loads(spec)) if spec else None,
-                    replicas=[ReplicaRecord.from_json(v) for v in replicas.values()],
-                    load=Load(
-                        int(queued),
-                        len(slots),
-                        int(activity) if activity else None,
-                        int(arrivals or 0),
-                        int(completions or 0),
-                    ),
-                    waiting=json.loads(wait) if wait else None,
-                    busy=dict(busy),
-                )
-            )
-        return out
+        n = len(raw) // len(keys)
+        return [raw[i : i + n] for i in range(0, len(raw), n)]
+
+    async def observe(self, keys: Sequence[str]) -> list[Observed]:
+        """Spec, replicas, load and capacity wait of each deployment, in one round trip."""
+        rows = await self._read_each(keys, _read_observed)
+        return [_observed(key, replies) for key, replies in zip(keys, rows, strict=True)]
 
     async def scan_deployments(self, cursor: int, count: int) -> tuple[int, list[str]]:
         """A page of every deployment's key (SSCAN: each page is small, and a deployment
@@ -1639,27 +1554,18 @@ class Store:
     async def sweep(self, keys: Sequence[str]) -> list[SweepRow]:
         """What the scaler's full sweep needs to tell idle deployments from the rest, in one
         round trip: spec, replica count, queued and in-flight requests."""
-        now = now_ms()
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for key in keys:
-                k = keys_of(key)
-                pipe.get(k.spec)
-                pipe.hlen(k.replicas)
-                pipe.zcount(k.qlease, now, "+inf")
-                pipe.zcount(k.inflight, now, "+inf")
-            raw = await pipe.execute()
-        rows = []
-        for i, key in enumerate(keys):
-            spec, replicas, queued, in_flight = raw[i * 4 : i * 4 + 4]
-            rows.append(
-                SweepRow(
-                    key,
-                    DeploymentSpec.from_record(json.loads(spec)) if spec else None,
-                    int(replicas),
-                    int(queued) + int(in_flight),
-                )
-            )
-        return rows
+
+        def reads(pipe: Pipeline, k: DeploymentKeys, now: int) -> None:
+            pipe.get(k.spec)
+            pipe.hlen(k.replicas)
+            pipe.zcount(k.qlease, now, "+inf")
+            pipe.zcount(k.inflight, now, "+inf")
+
+        rows = await self._read_each(keys, reads)
+        return [
+            SweepRow(key, _spec_of(spec), int(replicas), int(queued) + int(in_flight))
+            for key, (spec, replicas, queued, in_flight) in zip(keys, rows, strict=True)
+        ]
 
     async def set_waiting(self, key: str, record: dict[str, Any]) -> None:
         await self.redis.set(keys_of(key).capacity, json.dumps(record))
@@ -1688,33 +1594,28 @@ class Store:
             await pipe.execute()
 
     async def status_rows(self, keys: Sequence[str], events: int) -> list[StatusRow]:
-        """What the status overview shows of each deployment, in one round trip: spec,
-        replicas, load, capacity wait, decisions, load samples and the last `events` events."""
-        now = now_ms()
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for key in keys:
-                k = keys_of(key)
-                pipe.get(k.spec)
-                pipe.hgetall(k.replicas)
-                pipe.zcount(k.qlease, now, "+inf")
-                pipe.zcount(k.inflight, now, "+inf")
-                pipe.get(k.capacity)
-                pipe.lrange(k.decisions, 0, -1)
-                pipe.lrange(k.history, 0, -1)
-                pipe.lrange(k.events, -events, -1)
-            raw = await pipe.execute()
+        """What the status overview shows of each deployment, in one round trip: what the
+        scaler observes (`observe`), decisions, load samples and the last `events` events."""
+
+        def reads(pipe: Pipeline, k: DeploymentKeys, now: int) -> None:
+            _read_observed(pipe, k, now)
+            pipe.lrange(k.decisions, 0, -1)
+            pipe.lrange(k.history, 0, -1)
+            pipe.lrange(k.events, -events, -1)
+
         rows = []
-        for i in range(len(keys)):
-            spec, replicas, queued, in_flight, wait, decided, history, evs = raw[i * 8 : i * 8 + 8]
-            if not spec:
+        for key, replies in zip(keys, await self._read_each(keys, reads), strict=True):
+            seen = _observed(key, replies[:-3])
+            if seen.spec is None:
                 continue  # purged meanwhile
+            decided, history, evs = replies[-3:]
             rows.append(
                 StatusRow(
-                    spec=DeploymentSpec.from_record(json.loads(spec)),
-                    replicas=[ReplicaRecord.from_json(v) for v in replicas.values()],
-                    queued=int(queued),
-                    in_flight=int(in_flight),
-                    waiting=json.loads(wait) if wait else None,
+                    spec=seen.spec,
+                    replicas=seen.replicas,
+                    queued=seen.load.queued,
+                    in_flight=seen.load.in_flight,
+                    waiting=seen.waiting,
                     decisions=[json.loads(d) for d in decided],
                     history=[json.loads(h) for h in history],
                     events=[json.loads(e) for e in evs],
@@ -1740,6 +1641,62 @@ class Observed:
     load: Load
     waiting: dict[str, Any] | None  # the stored capacity wait, if any
     busy: dict[str, int] = field(default_factory=dict)  # requests in flight per replica
+
+
+# A deployment's reads on a batched pipeline (`Store._read_each`), given its keys and now.
+_Reads = Callable[[Pipeline, DeploymentKeys, int], None]
+
+
+def _read_load(pipe: Pipeline, k: DeploymentKeys, now: int) -> None:
+    """What `Load` and the requests in flight per replica are made of (`_load_of`)."""
+    pipe.zcount(k.qlease, now, "+inf")
+    pipe.zrangebyscore(k.inflight, now, "+inf")
+    pipe.get(k.activity)
+    pipe.hmget(k.counters, ["arrivals", "completions"])
+
+
+def _load_of(replies: Sequence[Any]) -> tuple[Load, dict[str, int]]:
+    """The replies to `_read_load`: the load, and the requests in flight per replica."""
+    queued, slots, activity, (arrivals, completions) = replies
+    load = Load(
+        int(queued),
+        len(slots),
+        int(activity) if activity else None,
+        int(arrivals or 0),
+        int(completions or 0),
+    )
+    return load, _per_replica(slots)
+
+
+def _per_replica(slots: Sequence[str]) -> dict[str, int]:
+    """Held slots ("replica id|request id") counted by replica."""
+    return dict(Counter(m.split("|", 1)[0] for m in slots))
+
+
+def _read_observed(pipe: Pipeline, k: DeploymentKeys, now: int) -> None:
+    """What `Observed` is made of (`_observed`)."""
+    pipe.get(k.spec)
+    pipe.hgetall(k.replicas)
+    _read_load(pipe, k, now)
+    pipe.get(k.capacity)
+
+
+def _observed(key: str, replies: Sequence[Any]) -> Observed:
+    """The replies to `_read_observed`."""
+    spec, replicas, *load_replies, wait = replies
+    load, busy = _load_of(load_replies)
+    return Observed(
+        key=key,
+        spec=_spec_of(spec),
+        replicas=[ReplicaRecord.from_json(v) for v in replicas.values()],
+        load=load,
+        waiting=json.loads(wait) if wait else None,
+        busy=busy,
+    )
+
+
+def _spec_of(raw: str | bytes | None) -> DeploymentSpec | None:
+    return DeploymentSpec.from_record(json.loads(raw)) if raw else None
 
 
 @dataclass(frozen=True)
