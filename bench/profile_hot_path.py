@@ -156,6 +156,10 @@ def main() -> None:
         # CPU per request: less at the mercy of other work on the machine than requests per
         # second (which a busy box halves), so before/after pairs compare on it.
         gw_pids = [stack.gateway.p.pid, redis_proc.p.pid]
+        # Warm up first: a fresh stack's first seconds (its caches filling, the start-up
+        # garbage collected, the scaler's first passes) were the c=4 row's p99.
+        wrk(*direct, body, 4, 1, script)
+        wrk(*gateway, body, 4, 2, script)
         for c in (4, 32):
             print(f"c={c:<2} direct   {wrk(*direct, body, c, args.seconds, script)[0]}", flush=True)
             recorder = None
