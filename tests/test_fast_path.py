@@ -223,6 +223,53 @@ async def test_requests_of_one_turn_share_one_call_and_keep_their_order(store: S
     assert (load.queued, load.in_flight) == (0, 0)
 
 
+async def test_a_slot_given_back_without_waiting_goes_with_the_next_admission(
+    store: Store,
+) -> None:
+    """The request path gives its slot back with `finish_soon` (the response does not wait for
+    Redis): the release goes in the deployment's next exchange call, together with the next
+    request's admission, which gets that slot; nothing is left held or queued."""
+    await store.put_replica(replica("a"))
+    dispatcher = Dispatcher(store, 10_000)
+    calls: list[tuple[int, int]] = []
+    real = store.exchange
+
+    async def counted(*args: Any, **kwargs: Any) -> Exchanged:
+        calls.append((len(args[1]), len(args[2])))  # (releases, admissions)
+        return await real(*args, **kwargs)
+
+    store.exchange = counted  # type: ignore[method-assign]
+    first = await dispatcher.enqueue(D)
+    assert first.assigned.result() == "a"
+    dispatcher.finish_soon(first)
+    assert dispatcher.running_count(D) == 0  # no longer renewed: its lease would free it
+    second = await dispatcher.enqueue(D)
+    assert second.assigned.result() == "a"  # the slot the first gave back
+    assert calls == [(0, 1), (1, 1)]
+    dispatcher.finish_soon(second)
+    load = await settled(store, lambda load: load.in_flight == 0)
+    assert (load.queued, load.in_flight, load.completions_total) == (0, 0, 2)
+    assert calls[-1] == (1, 0)
+
+
+async def test_a_queued_request_finished_without_waiting_leaves_the_queue(store: Store) -> None:
+    dispatcher = Dispatcher(store, 10_000)
+    ticket = await dispatcher.enqueue(D)  # cold: queued, no slot
+    assert (await store.load(D)).queued == 1
+    dispatcher.finish_soon(ticket)
+    assert dispatcher.waiting_count(D) == 0
+    load = await settled(store, lambda load: load.queued == 0)
+    assert (load.queued, load.in_flight) == (0, 0)
+
+
+async def settled(store: Store, check: Callable[[Any], bool], timeout_s: float = 5.0) -> Any:
+    """The deployment's load once `check` holds for it (what was not awaited lands soon)."""
+    async with asyncio.timeout(timeout_s):
+        while not check(load := await store.load(D)):
+            await asyncio.sleep(0.01)
+    return load
+
+
 async def test_the_dispatcher_passes_the_routing_mode_its_requests_came_with(
     store: Store,
 ) -> None:
