@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import signal
@@ -324,7 +325,15 @@ def test_an_interrupted_comparison_keeps_the_runs_it_finished(tmp_path: Path) ->
     try:
         table = out / "table.md"
         wait_until(lambda: table.exists() or proc.poll() is not None, 120, "the first run")
-        proc.send_signal(signal.SIGINT)  # while the second run goes on
+        # Ctrl-C while the second run goes on, and again until it stops (as a user would):
+        # one in a few single interrupts went unheard here and the second run finished
+        # (not reproduced on demand; a stack's orderly shutdown ignores SIGINT by design).
+        for _ in range(50):
+            if proc.poll() is not None:
+                break
+            proc.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(0.5)
         stdout, stderr = proc.communicate(timeout=60)
     finally:
         proc.kill()
