@@ -129,9 +129,9 @@ class Sharing:
     async def _reclaim(self, victim: str, replica_ids: tuple[str, ...]) -> None:
         """Drain replicas of `victim` for a deployment the pool left out: idle ones, unless
         they are wanted again since it was observed; starting ones the allocator took from a
-        tenant above its fair share (cancelled: the drain of a replica that is not ready
-        stops it, as a scale-down does), unless they became ready meanwhile; and serving
-        ones it took from such a tenant (their requests in flight finish first)."""
+        tenant above its fair share (cancelled: stopped before they serve), unless they
+        became ready meanwhile; and serving ones it took from such a tenant (their requests
+        in flight finish first)."""
         d = self.demands.get(victim)
         if d is None:
             return
@@ -155,8 +155,10 @@ class Sharing:
         taken = idle + cancelled + serving
         if not taken:
             return
-        for rec in taken:
+        for rec in idle + serving:
             await self.actuator.drain(rec)
+        for rec in cancelled:
+            await self.actuator.cancel(rec)
         gone = {r.id for r in taken}
         self.demands[victim] = replace(
             d,
