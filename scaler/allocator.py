@@ -23,16 +23,16 @@ The rule of the `fair` mode (README "Sharing a finite pool"), per SKU:
    room on the way, so nothing is reclaimed twice for one need.
 5. Fair share by cancelling or draining: a cold deployment of a tenant below its fair share
    of the SKU that free units and idle replicas cannot serve takes a replica from a tenant
-   that stays at or above its own fair share without it. A *starting* replica goes first
-   (cancelled: stopped before it serves, so nothing runs on it and only its load time is
-   lost, and its units free at once), the newest first; only then a *serving* one is
-   drained (new requests go to its deployment's other replicas, those in flight finish,
-   and its units free only when they have). Neither is ever a guaranteed deployment's nor
-   below `min_replicas`; a starting replica is never its deployment's only one while that
-   deployment has requests queued, a serving one never its deployment's last. Without
-   this, one tenant's load (sustained, or a start-up in lock-step with the others) would
-   hold the pool for as long as it lasts. Nothing is ever preempted: no request in flight
-   is cut.
+   that stays at or above its own fair share without it. A *starting* replica goes first,
+   the newest first: it is cancelled (stopped before it serves), so nothing runs on it,
+   only its load time is lost and its units free with no request to wait for. Only then
+   is a *serving* one drained (new requests go to its deployment's other replicas, those
+   in flight finish, and its units free only when they have). Neither is ever a guaranteed
+   deployment's nor below `min_replicas`; a starting replica is never its deployment's
+   only one while that deployment has requests queued, a serving one never its
+   deployment's last. Without this, one tenant's load (sustained, or a start-up in
+   lock-step with the others) would hold the pool for as long as it lasts. Nothing is ever
+   preempted: no request in flight is cut.
 
 Operator limits apply in every mode: a tenant's GPU quota (cpu replicas count no GPU) and a
 per-deployment cap in replicas (the `static` mode's share of the pool). `fcfs` grants in the
@@ -267,10 +267,10 @@ class _Pass:
     def _over_share(self, cold: Demand, taken: set[str]) -> list[tuple[Demand, str]]:
         """Starting replicas a cold deployment may have cancelled, then serving ones it may
         have drained: of tenants that stay at or above their fair share of the SKU without
-        them, while the cold one's tenant is below its own. Every such starting replica comes
-        before any serving one (a cancel loses only load time, cuts nothing and frees its
-        units at once); within each, the tenant furthest above first, then the deployment's
-        own order (newest start, least busy)."""
+        them, while the cold one's tenant is below its own. Every such starting replica
+        comes before any serving one (a cancel loses only load time, cuts nothing and frees
+        its units without waiting for requests); within each, the tenant furthest above
+        first, then the deployment's own order (newest start, least busy)."""
         fair = self._fair_shares(cold.sku)
         if self.usage[(cold.sku, cold.tenant)] + cold.units > fair.get(cold.tenant, 0.0):
             return []
