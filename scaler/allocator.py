@@ -21,12 +21,18 @@ The rule of the `fair` mode (README "Sharing a finite pool"), per SKU:
    with requests queued for the rest of its need, but only from its own tenant or a tenant
    holding more than its own (never from a poorer one). Replicas already draining count as
    room on the way, so nothing is reclaimed twice for one need.
-5. Fair share by draining: a cold deployment of a tenant below its fair share of the SKU
-   that idle replicas cannot serve has a serving replica drained (new requests go to its
-   deployment's other replicas, those in flight finish; never a deployment's last replica,
-   nor below `min_replicas`, nor a guaranteed one) from a tenant that stays at or above its
-   own fair share without it. Without this, one tenant's sustained load would hold the pool
-   for as long as it lasts. Nothing is ever preempted: no request in flight is cut.
+5. Fair share by cancelling or draining: a cold deployment of a tenant below its fair share
+   of the SKU that free units and idle replicas cannot serve takes a replica from a tenant
+   that stays at or above its own fair share without it. A *starting* replica goes first,
+   the newest first: it is cancelled (stopped before it serves), so nothing runs on it,
+   only its load time is lost and its units free with no request to wait for. Only then
+   is a *serving* one drained (new requests go to its deployment's other replicas, those
+   in flight finish, and its units free only when they have). Neither is ever a guaranteed
+   deployment's nor below `min_replicas`; a starting replica is never its deployment's
+   only one while that deployment has requests queued, a serving one never its
+   deployment's last. Without this, one tenant's load (sustained, or a start-up in
+   lock-step with the others) would hold the pool for as long as it lasts. Nothing is ever
+   preempted: no request in flight is cut.
 
 Operator limits apply in every mode: a tenant's GPU quota (cpu replicas count no GPU) and a
 per-deployment cap in replicas (the `static` mode's share of the pool). `fcfs` grants in the
@@ -62,6 +68,11 @@ class Demand:
     guaranteed: bool = False
     # Idle replicas that may be drained for others, the first to go first.
     reclaimable: tuple[str, ...] = ()
+    # Starting (not yet ready) replicas beyond its min_replicas, and beyond its only one while
+    # requests are queued, newest first: cancelled (nothing runs on them yet) for a cold
+    # deployment of a tenant below its fair share when this tenant stays at or above its
+    # own, before any serving replica is drained.
+    cancellable: tuple[str, ...] = ()
     # Serving replicas beyond its first and its min_replicas, fewest requests in flight
     # first: drained (gracefully) only for a cold deployment of a tenant below its fair share
     # when this tenant is above its own.
@@ -254,9 +265,12 @@ class _Pass:
         return sorted(pool, key=lambda v: (-self._share(v), -self.held[v.key], v.key))
 
     def _over_share(self, cold: Demand, taken: set[str]) -> list[tuple[Demand, str]]:
-        """Serving replicas a cold deployment may have drained: of tenants that stay at or
-        above their fair share of the SKU without it, while the cold one's tenant is below
-        its own; the tenant furthest above first, its least busy replica first."""
+        """Starting replicas a cold deployment may have cancelled, then serving ones it may
+        have drained: of tenants that stay at or above their fair share of the SKU without
+        them, while the cold one's tenant is below its own. Every such starting replica
+        comes before any serving one (a cancel loses only load time, cuts nothing and frees
+        its units without waiting for requests); within each, the tenant furthest above
+        first, then the deployment's own order (newest start, least busy)."""
         fair = self._fair_shares(cold.sku)
         if self.usage[(cold.sku, cold.tenant)] + cold.units > fair.get(cold.tenant, 0.0):
             return []
@@ -265,19 +279,21 @@ class _Pass:
             (
                 v
                 for v in self.demands
-                if v.sku == cold.sku and v.tenant != cold.tenant and v.drainable
+                if v.sku == cold.sku and v.tenant != cold.tenant
+                and (v.cancellable or v.drainable)
                 and not v.guaranteed and self.starts[v.key] == 0
             ),
             key=lambda v: (-(self.usage[(v.sku, v.tenant)] - fair.get(v.tenant, 0.0)), v.key),
         )  # fmt: skip
         spare: Counter[str] = Counter()
-        for v in givers:
-            for rid in v.drainable:
-                above = self.usage[(v.sku, v.tenant)] - spare[v.tenant] - v.units
-                if rid in taken or above < fair.get(v.tenant, 0.0):
-                    continue
-                spare[v.tenant] += v.units
-                out.append((v, rid))
+        for starting in (True, False):
+            for v in givers:
+                for rid in v.cancellable if starting else v.drainable:
+                    above = self.usage[(v.sku, v.tenant)] - spare[v.tenant] - v.units
+                    if rid in taken or above < fair.get(v.tenant, 0.0):
+                        continue
+                    spare[v.tenant] += v.units
+                    out.append((v, rid))
         return out
 
     def _fair_shares(self, sku: str) -> dict[str, float]:

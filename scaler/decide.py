@@ -17,6 +17,7 @@ from scaler.plan import (
     Backoff,
     ReplicaPlan,
     active_count,
+    cancellable,
     drainable,
     plan_replicas,
     reclaimable,
@@ -121,6 +122,13 @@ def decide(
         now=now,
         grace_s=reclaim_grace_s,
     )
+    starting = cancellable(
+        staying,
+        idle=idle,
+        queued=load.queued,
+        min_replicas=spec.min_replicas,
+        guaranteed=guaranteed,
+    )
     serving = drainable(
         staying,
         idle=idle,
@@ -129,6 +137,7 @@ def decide(
         guaranteed=guaranteed,
         now=now,
         grace_s=reclaim_grace_s,
+        cancellable=starting,
     )
     sku, per_replica = units
     demand = Demand(
@@ -143,6 +152,7 @@ def decide(
         draining=len(draining) + len(victims),
         guaranteed=guaranteed,
         reclaimable=idle,
+        cancellable=starting,
         drainable=serving,
         since=wanting_since or now,
     )

@@ -1,6 +1,6 @@
 """Pure steps between a policy's decision and the actuator: which replicas to start and drain
-for a desired count (rolling updates included), which idle replicas another deployment may
-reclaim, and the start-failure backoff as a value each outcome replaces."""
+for a desired count (rolling updates included), which idle, starting or serving replicas
+another deployment may reclaim, and the start-failure backoff as a value each outcome replaces."""
 
 from __future__ import annotations
 
@@ -97,6 +97,29 @@ def reclaimable(
     return tuple(r.id for r in ready[:spare])
 
 
+def cancellable(
+    active: Sequence[ReplicaRecord],
+    *,
+    idle: Sequence[str],
+    queued: int,
+    min_replicas: int,
+    guaranteed: bool,
+) -> tuple[str, ...]:
+    """Starting (not yet ready) replicas that a cold deployment of a poorer tenant may have
+    cancelled: stopped before they serve, so no request is cut and only their load time is
+    lost. Never below the deployment's `min_replicas`, nor its only replica (starting or
+    ready) while it has requests queued, nor a guaranteed deployment's; the newest first
+    (the least load time lost). `idle` (reclaimable anyway) are not counted twice."""
+    if guaranteed:
+        return ()
+    spare = len(active) - max(min_replicas, 1 if queued > 0 else 0) - len(idle)
+    if spare <= 0:
+        return ()
+    starting = [r for r in active if r.state == "starting"]
+    starting.sort(key=lambda r: (-r.created_at, r.id))
+    return tuple(r.id for r in starting[:spare])
+
+
 def drainable(
     active: Sequence[ReplicaRecord],
     *,
@@ -106,14 +129,16 @@ def drainable(
     guaranteed: bool,
     now: float,
     grace_s: float,
+    cancellable: Sequence[str] = (),
 ) -> tuple[str, ...]:
     """Serving replicas that a cold deployment of a poorer tenant may have drained (their
     requests in flight finish first): never the deployment's last one, nor below its
     `min_replicas`, nor one ready for less than `grace_s`, nor a guaranteed deployment's;
-    the fewest requests in flight first. `idle` (reclaimable anyway) are not counted twice."""
+    the fewest requests in flight first. `idle` (reclaimable anyway) and `cancellable`
+    (starting replicas, which go first) are not counted twice."""
     if guaranteed:
         return ()
-    spare = len(active) - max(1, min_replicas) - len(idle)
+    spare = len(active) - max(1, min_replicas) - len(idle) - len(cancellable)
     if spare <= 0:
         return ()
     serving = [

@@ -128,33 +128,43 @@ class Sharing:
 
     async def _reclaim(self, victim: str, replica_ids: tuple[str, ...]) -> None:
         """Drain replicas of `victim` for a deployment the pool left out: idle ones, unless
-        they are wanted again since it was observed, and serving ones the allocator took
-        from a tenant above its fair share (their requests in flight finish first)."""
+        they are wanted again since it was observed; starting ones the allocator took from a
+        tenant above its fair share (cancelled: stopped before they serve), unless they
+        became ready meanwhile; and serving ones it took from such a tenant (their requests
+        in flight finish first)."""
         d = self.demands.get(victim)
         if d is None:
             return
         queued = (await self.store.load(victim)).queued
         busy = await self.store.in_flight_by_replica(victim)
         records = {r.id: r for r in await self.store.replicas(victim)}
-        idle, serving = [], []
+        idle, cancelled, serving = [], [], []
         for rid in replica_ids:
             rec = records.get(rid)
-            if rec is None or rec.state != "ready":
+            if rec is None:
                 continue
-            if rid in d.drainable:
+            if rid in d.cancellable:
+                if rec.state == "starting":
+                    cancelled.append(rec)
+            elif rec.state != "ready":
+                continue
+            elif rid in d.drainable:
                 serving.append(rec)
             elif not queued and not busy:
                 idle.append(rec)  # its deployment is still idle
-        taken = idle + serving
+        taken = idle + cancelled + serving
         if not taken:
             return
-        for rec in taken:
+        for rec in idle + serving:
             await self.actuator.drain(rec)
+        for rec in cancelled:
+            await self.actuator.cancel(rec)
         gone = {r.id for r in taken}
         self.demands[victim] = replace(
             d,
             draining=d.draining + len(taken),
             reclaimable=tuple(r for r in d.reclaimable if r not in gone),
+            cancellable=tuple(r for r in d.cancellable if r not in gone),
             drainable=tuple(r for r in d.drainable if r not in gone),
         )
         self.metrics.reclaims.labels(d.sku).inc(len(taken))
@@ -162,6 +172,11 @@ class Sharing:
         if idle:
             parts.append(
                 f"{len(idle)} idle replica(s) reclaimed for a deployment with queued requests"
+            )
+        if cancelled:
+            parts.append(
+                f"{len(cancelled)} starting replica(s) cancelled for a deployment at zero of a "
+                "tenant below its fair share (nothing ran on them yet)"
             )
         if serving:
             parts.append(

@@ -10,6 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from scaler.allocator import UNLIMITED, Allocation, Demand, allocate, static_caps
+from scaler.plan import cancellable
+from wakegate.store import ReplicaRecord
 
 A10 = "a10_24gb"
 
@@ -324,6 +326,120 @@ CASES: list[tuple[str, dict[str, int], list[Demand], dict[str, Any], Allocation]
         Allocation({}, {}, {"c/cold": "waiting for a free a10_24gb GPU"}),
     ),
     (
+        "cold-deployment-of-a-below-share-tenant-cancels-a-starting-replica",
+        {A10: 0},
+        [d("a/big", holding=4, cancellable=("a4", "a3")), d("b/cold", need=1, cold=True)],
+        {},
+        # Fair shares of 4 GPUs between a and b: 2 each. a's newest start is cancelled.
+        Allocation(
+            {},
+            {"a/big": ("a4",)},
+            {"b/cold": "waiting for a reclaimed a10_24gb GPU"},
+        ),
+    ),
+    (
+        "no-cancel-for-a-tenant-already-at-its-fair-share",
+        {A10: 0},
+        [
+            d("a/big", holding=2, cancellable=("a2",)),
+            d("c/other", holding=2),
+            d("c/cold", need=1, cold=True),
+        ],
+        {},
+        Allocation({}, {}, {"c/cold": "waiting for a free a10_24gb GPU"}),
+    ),
+    (
+        "no-cancel-that-leaves-the-victim-below-its-fair-share",
+        {A10: 0},
+        [
+            d("a/x", holding=2, cancellable=("a2",)),
+            d("b/y", holding=2),
+            d("c/cold", need=1, cold=True),
+        ],
+        {},
+        # 4 GPUs over 3 tenants: 1.33 each; a would keep 1.
+        Allocation({}, {}, {"c/cold": "waiting for a free a10_24gb GPU"}),
+    ),
+    (
+        "a-guaranteed-deployments-start-is-never-cancelled",
+        {A10: 0},
+        [
+            d("a/guaranteed", holding=4, guaranteed=True, cancellable=("a4",)),
+            d("b/cold", need=1, cold=True),
+        ],
+        {},
+        Allocation({}, {}, {"b/cold": "waiting for a free a10_24gb GPU"}),
+    ),
+    (
+        "a-warm-deployment-with-a-queue-never-cancels-a-start",
+        {A10: 0},
+        [d("a/big", holding=4, cancellable=("a4",)), d("b/queue", holding=1, need=2, queued=9)],
+        {},
+        Allocation({}, {}, {"b/queue": "waiting for a free a10_24gb GPU"}),
+    ),
+    (
+        "idle-replicas-go-before-starting-ones",
+        {A10: 0},
+        [
+            d("a/big", holding=3, cancellable=("a3",)),
+            d("c/idle", holding=1, reclaimable=("c1",)),
+            d("b/cold", need=1, cold=True),
+        ],
+        {},
+        Allocation(
+            {},
+            {"c/idle": ("c1",)},
+            {"b/cold": "waiting for a reclaimed a10_24gb GPU"},
+        ),
+    ),
+    (
+        "prefers-cancelling-a-starting-replica-over-draining-a-serving-one",
+        {A10: 0},
+        [
+            d("a/big", holding=4, cancellable=("a4",), drainable=("a1", "a2")),
+            d("b/cold", need=1, cold=True),
+        ],
+        {},
+        Allocation(
+            {},
+            {"a/big": ("a4",)},
+            {"b/cold": "waiting for a reclaimed a10_24gb GPU"},
+        ),
+    ),
+    (
+        "any-tenants-starting-replica-goes-before-a-serving-one",
+        {A10: 0},
+        [
+            # a and c are as far above their share (8 GPUs over 3 tenants: 2.67 each);
+            # c's start goes, not a's serving replica (a comes first by name).
+            d("a/big", holding=4, drainable=("a1", "a2")),
+            d("c/big", holding=4, cancellable=("c4",)),
+            d("b/cold", need=1, cold=True),
+        ],
+        {},
+        Allocation(
+            {},
+            {"c/big": ("c4",)},
+            {"b/cold": "waiting for a reclaimed a10_24gb GPU"},
+        ),
+    ),
+    (
+        "a-serving-replica-is-drained-once-no-start-qualifies",
+        {A10: 0},
+        [
+            # 2 of 4 units each: c would fall below its share without its start; a stays.
+            d("a/big", holding=3, drainable=("a1", "a2")),
+            d("c/small", holding=1, cancellable=("c1",)),
+            d("b/cold", need=1, cold=True),
+        ],
+        {},
+        Allocation(
+            {},
+            {"a/big": ("a1",)},
+            {"b/cold": "waiting for a reclaimed a10_24gb GPU"},
+        ),
+    ),
+    (
         "warm-deployment-never-drains-serving-replicas",
         {A10: 0},
         [d("a/big", holding=4, drainable=("a2", "a3")), d("b/queue", holding=1, need=2, queued=9)],
@@ -427,6 +543,62 @@ def test_a_replica_started_for_a_reclaim_is_not_reclaimed_back_while_it_serves()
     assert allocate({A10: 0}, [served, victim_again]).reclaims == {}
 
 
+def test_a_cancelled_deployment_is_not_started_again_by_the_next_pass() -> None:
+    victim = d("a/big", holding=4, queued=6, cancellable=("a4", "a3"))
+    cold = d("b/cold", need=1, cold=True, queued=1)
+    first = allocate({A10: 0}, [victim, cold])
+    assert first.reclaims == {"a/big": ("a4",)}
+    # Next pass: the cancelled replica is on its way out (still held, draining) and the
+    # victim's policy wants it back; the room it frees is for the cold deployment.
+    after = replace(victim, need=1, draining=1, cancellable=("a3",))
+    assert allocate({A10: 0}, [after, cold]) == Allocation(
+        {},
+        {},
+        {
+            "a/big": "waiting for a free a10_24gb GPU",
+            "b/cold": "waiting for a reclaimed a10_24gb GPU",
+        },
+    )
+    # Once stopped, its GPU is free: the cold deployment gets it, the victim waits.
+    stopped = replace(after, holding=3, draining=0)
+    assert allocate({A10: 1}, [stopped, cold]) == Allocation(
+        {"b/cold": 1}, {}, {"a/big": "waiting for a free a10_24gb GPU"}
+    )
+    # And the start given to the cold deployment is not cancelled back for the victim: b
+    # is at its share (2 of 4), its deployment has requests queued and one replica.
+    started = replace(cold, holding=1, need=0, cold=False)
+    again = allocate({A10: 0}, [replace(stopped, cold=False), started])
+    assert again.reclaims == {}
+
+
+def starting(rid: str, age_s: float) -> ReplicaRecord:
+    return ReplicaRecord(
+        id=rid, deployment="a/x", revision=1, state="starting", url="", dialect="openai",
+        concurrency=4, backend="sim", created_at=1_000.0 - age_s,
+    )  # fmt: skip
+
+
+def test_a_start_below_min_replicas_is_never_cancelled() -> None:
+    active = [starting("s1", 20), starting("s2", 10)]
+    floor = cancellable(active, idle=(), queued=0, min_replicas=2, guaranteed=False)
+    assert floor == ()
+    victim = d("a/x", holding=2, cancellable=floor)
+    others = [d("a/other", holding=2), d("b/cold", need=1, cold=True)]
+    assert allocate({A10: 0}, [victim, *others]).reclaims == {}
+    # One above the floor may go, the newest.
+    one = cancellable(active, idle=(), queued=0, min_replicas=1, guaranteed=False)
+    assert allocate({A10: 0}, [replace(victim, cancellable=one), *others]).reclaims == {
+        "a/x": ("s2",)
+    }
+
+
+def test_the_only_replica_of_a_deployment_with_queued_requests_is_never_cancelled() -> None:
+    only = cancellable([starting("s1", 5)], idle=(), queued=3, min_replicas=0, guaranteed=False)
+    assert only == ()
+    victims = [d("a/x", holding=1, queued=3, cancellable=only), d("a/y", holding=2)]
+    assert allocate({A10: 0}, [*victims, d("b/cold", need=1, cold=True)]).reclaims == {}
+
+
 @pytest.mark.parametrize(
     ("total", "keys", "expected"),
     [
@@ -455,6 +627,7 @@ demand_lists = st.lists(
         draining=st.just(0),
         guaranteed=st.booleans(),
         reclaimable=st.lists(st.sampled_from(["r1", "r2", "r3"]), unique=True).map(tuple),
+        cancellable=st.lists(st.sampled_from(["c1", "c2"]), unique=True).map(tuple),
         drainable=st.lists(st.sampled_from(["s1", "s2"]), unique=True).map(tuple),
         weight=st.sampled_from([0.5, 1.0, 2.0]),
     ),
@@ -489,7 +662,11 @@ def test_never_starts_beyond_room_need_or_quota(
             assert held + added <= quota
     for victim, rids in out.reclaims.items():
         assert not by_key[victim].guaranteed
-        assert set(rids) <= set(by_key[victim].reclaimable) | set(by_key[victim].drainable)
+        assert set(rids) <= (
+            set(by_key[victim].reclaimable)
+            | set(by_key[victim].cancellable)
+            | set(by_key[victim].drainable)
+        )
         assert victim not in out.starts
     for x in demands:
         assert (x.key in out.waiting) == (out.starts.get(x.key, 0) < x.need)

@@ -212,3 +212,77 @@ def test_cold_deployment_of_a_tenant_below_its_share_gets_a_drained_replica(
         assert r.status_code == 200, r.text + stack.logs()
         assert [f.result().status_code for f in load] == [200] * 4  # none cut
     assert "Reclaimed" in events(stack, busy)
+
+
+def test_cold_deployment_of_a_tenant_below_its_share_gets_a_cancelled_start(
+    make_stack: Callable[..., Stack], name: str
+) -> None:
+    """Tenant acme's two replicas are still loading and hold the whole pool; tenant beta's
+    first request has acme's newest start cancelled (nothing ran on it) instead of waiting
+    for both to load and one to drain. acme keeps its other start, and its requests are
+    served by it."""
+    from wakegate.store import Store
+
+    stack = make_stack(backend="sim", sim_pool="a10_24gb=2", reclaim_grace_s=0)
+    loading, cold = f"{name}-loading", f"{name}-cold"
+    slow_load = ["--load-s", "15", "--ttft-s", "0.02", "--tps", "200", "--batch", "4"]
+    stack.create(
+        loading,
+        baseModel="sim-llm",
+        accelerator="a10_24gb_100",
+        customArgs=slow_load,
+        maxReplicas=2,
+        scaleUpRequestThreshold=1,
+        cooldownTime=600,
+    )
+    beta = "pb_beta_" + name
+
+    async def seed() -> None:
+        store = Store.from_url(stack.redis_url)
+        await store.ensure_tenant("beta")
+        await store.add_token(beta, "beta")
+        await store.close()
+
+    asyncio.run(seed())
+    beta_headers = {"Authorization": f"Bearer {beta}"}
+    r = httpx.post(
+        f"{stack.base}/v2/deployments",
+        headers=beta_headers,
+        json={"name": cold, "config": {"baseModel": "sim-llm", "accelerator": "a10_24gb_100",
+              "customArgs": FAST, "cooldownTime": 600}},
+        timeout=30,
+    )  # fmt: skip
+    assert r.status_code == 200, r.text
+
+    def states() -> list[str]:
+        return sorted(rec["state"] for rec in stack.registry(loading).values())
+
+    with ThreadPoolExecutor(4) as pool:
+        load = [pool.submit(stack.generate, loading, f"q {i}", 4, 120) for i in range(4)]
+        wait_until(lambda: states() == ["starting", "starting"], 30, "acme loading on both GPUs")
+        started = set(stack.registry(loading))
+        r = httpx.post(
+            f"{stack.base}/beta/deployments/v2/llms/{cold}/generate",
+            headers=beta_headers,
+            json={"inputs": "hello", "parameters": {"max_new_tokens": 4}},
+            timeout=60,
+        )
+        assert r.status_code == 200, r.text + stack.logs()
+        # Served before acme's loads ended: the GPU came from a start, not a drain.
+        assert stack.ready_replicas(loading) == 0, stack.logs()
+        kept = set(stack.registry(loading))
+        assert len(kept) == 1 and kept < started
+        assert [f.result().status_code for f in load] == [200] * 4
+    body = stack.api("GET", f"/llms/{loading}/events").json()
+    (reclaimed,) = [e for e in body["ComputeEvents"] if e["eventType"] == "Reclaimed"]
+    assert "starting replica(s) cancelled" in reclaimed["message"]
+    # No flapping: acme, still wanting two, waits for the GPU it gave instead of taking it
+    # back from beta (a pool of two: a start of acme's would be a second record).
+    passes = scaler_metric(stack, "wakegate_scaler_passes_total") or 0.0
+    wait_until(
+        lambda: (scaler_metric(stack, "wakegate_scaler_passes_total") or 0) >= passes + 3,
+        30,
+        "three more passes",
+    )
+    assert set(stack.registry(loading)) == kept
+    assert "Failed" not in events(stack, loading)

@@ -6,7 +6,14 @@ from typing import Any
 
 import pytest
 
-from scaler.plan import MAX_START_FAILURES, Backoff, drainable, plan_replicas, reclaimable
+from scaler.plan import (
+    MAX_START_FAILURES,
+    Backoff,
+    cancellable,
+    drainable,
+    plan_replicas,
+    reclaimable,
+)
 from wakegate.store import ReplicaRecord
 
 NOW = 1_000.0
@@ -92,6 +99,8 @@ DRAINABLE: list[tuple[str, list[ReplicaRecord], dict[str, Any], tuple[str, ...]]
     ("idle-ones-count-against-the-spare", [rep("a"), rep("b"), rep("c")], {"idle": ("c",)}, ("a",)),
     ("guaranteed-gives-nothing", [rep("a"), rep("b")], {"guaranteed": True}, ()),
     ("young-replica-is-kept", [rep("a"), rep("b", ready_s_ago=5)], {"grace_s": 30}, ("a",)),
+    ("cancellable-starts-count-against-the-spare",
+     [rep("a"), rep("b"), rep("s", state="starting")], {"cancellable": ("s",)}, ("a",)),
 ]  # fmt: skip
 
 
@@ -112,6 +121,38 @@ def test_drainable(
         "grace_s": 0.0,
     }
     assert drainable(active, **{**args, **options}) == expected
+
+
+def booting(rid: str, age_s: float) -> ReplicaRecord:
+    return rep(rid, state="starting", ready_s_ago=age_s)
+
+
+CANCELLABLE: list[tuple[str, list[ReplicaRecord], dict[str, Any], tuple[str, ...]]] = [
+    ("newest-start-first-and-never-the-only-one-while-queued",
+     [booting("old", 50), booting("new", 5), booting("mid", 20)], {"queued": 2},
+     ("new", "mid")),
+    ("the-only-replica-of-a-queued-deployment-stays", [booting("s", 5)], {"queued": 1}, ()),
+    ("an-only-start-with-nothing-queued-may-go", [booting("s", 5)], {}, ("s",)),
+    ("a-ready-replica-is-the-one-kept", [rep("a"), booting("s", 5)], {"queued": 1}, ("s",)),
+    ("min-replicas-stay", [booting("a", 30), booting("b", 20), booting("c", 10)],
+     {"min_replicas": 2}, ("c",)),
+    ("idle-ones-count-against-the-spare", [rep("a"), booting("s", 5)],
+     {"idle": ("a",), "min_replicas": 1}, ()),
+    ("guaranteed-gives-nothing", [booting("a", 5), booting("b", 5)], {"guaranteed": True}, ()),
+    ("ready-replicas-are-not-cancellable", [rep("a"), rep("b")], {}, ()),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("active", "options", "expected"),
+    [c[1:] for c in CANCELLABLE],
+    ids=[c[0] for c in CANCELLABLE],
+)
+def test_cancellable(
+    active: list[ReplicaRecord], options: dict[str, Any], expected: tuple[str, ...]
+) -> None:
+    args: dict[str, Any] = {"idle": (), "queued": 0, "min_replicas": 0, "guaranteed": False}
+    assert cancellable(active, **{**args, **options}) == expected
 
 
 PLANS: list[tuple[str, list[ReplicaRecord], int, int, tuple[int, list[str], bool]]] = [

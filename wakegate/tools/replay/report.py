@@ -14,7 +14,7 @@ from wakegate.tools.replay.pool import PoolResult
 from wakegate.tools.replay.run import RunResult
 
 # Events the scaler appends to a deployment when the pool is short (scaler/allocator.py).
-RECLAIMED = "Reclaimed"  # one of its idle replicas was taken back for another deployment
+RECLAIMED = "Reclaimed"  # replicas taken back for another (idle, starting or serving ones)
 WAITING_FOR_CAPACITY = "WaitingForCapacity"  # it wants a replica the pool cannot give now
 CAPACITY_AVAILABLE = "CapacityAvailable"  # ... and no longer waits
 
