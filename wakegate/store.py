@@ -711,10 +711,10 @@ def _enqueue_args(
     max_queue: int,
     adapter: str | None,
     prefix: Sequence[str],
+    now: int,
 ) -> list[Any]:
     if abs(priority) > MAX_PRIORITY:
         raise ValueError(f"priority must be within ±{MAX_PRIORITY}")
-    now = now_ms()
     meta = orjson.dumps(
         {"gw": gateway_id, "enq": now, "priority": priority, "adapter": adapter or "",
          "prefix": " ".join(prefix)}
@@ -725,10 +725,10 @@ def _enqueue_args(
 
 
 def _dispatch_args(
-    key: str, lease_ms: int, max_assign: int, gateway_id: str, routing: str
+    key: str, lease_ms: int, max_assign: int, gateway_id: str, routing: str, now: int
 ) -> list[Any]:
     return [
-        now_ms(), lease_ms, max_assign, gateway_channel(""), key, BOUNDED_LOAD_FACTOR,
+        now, lease_ms, max_assign, gateway_channel(""), key, BOUNDED_LOAD_FACTOR,
         BOUNDED_LOAD_SLACK, PREFIX_INDEX_MAX, PREFIX_MIN_SHARE, gateway_id, routing,
     ]  # fmt: skip
 
@@ -1423,11 +1423,14 @@ class Store:
         args: list[Any] = [len(releases), len(admissions), now]
         for replica_id, req_id in releases:
             args += (replica_id, req_id)
+        # One clock reading for the whole call: an entry queued in it never counts as
+        # expired in its own dispatch, however long packing the arguments takes.
         for a in admissions:
             args += _enqueue_args(
-                a.request_id, gateway_id, a.priority, lease_ms, a.max_queue, a.adapter, a.prefix
-            )
-        args += _dispatch_args(key, lease_ms, max_assign, gateway_id, routing)
+                a.request_id, gateway_id, a.priority, lease_ms, a.max_queue, a.adapter,
+                a.prefix, now,
+            )  # fmt: skip
+        args += _dispatch_args(key, lease_ms, max_assign, gateway_id, routing, now)
         out = await self._exchange(keys=keys_of(key).queue_script, args=args)
         n = len(admissions)
         flags = out[1 : 1 + 3 * n]
