@@ -161,26 +161,33 @@ def test_gpu_quota_makes_a_deployment_wait_with_gpus_free_in_the_pool(
     assert "Failed" not in events(stack, second)
 
 
-def test_cold_deployment_of_a_tenant_below_its_share_gets_a_drained_replica(
-    make_stack: Callable[..., Stack], name: str
-) -> None:
-    """Tenant acme's sustained load holds the whole pool; tenant beta's first request gets a
-    replica drained from acme (whose requests in flight finish) instead of waiting for the
-    load to stop."""
-    from wakegate.store import Store
-
-    stack = make_stack(backend="sim", sim_pool="a10_24gb=2", reclaim_grace_s=0)
-    busy, cold = f"{name}-busy", f"{name}-cold"
-    slow = ["--load-s", "0.5", "--ttft-s", "0.02", "--tps", "10", "--batch", "1"]
+def acme_on_the_whole_pool(stack: Stack, name: str, custom_args: list[str]) -> None:
+    """Tenant acme's deployment that takes both GPUs of the pool under load."""
     stack.create(
-        busy,
+        name,
         baseModel="sim-llm",
         accelerator="a10_24gb_100",
-        customArgs=slow,
+        customArgs=custom_args,
         maxReplicas=2,
         scaleUpRequestThreshold=1,
         cooldownTime=600,
     )
+
+
+def beta_generates(stack: Stack, headers: dict[str, str], cold: str) -> httpx.Response:
+    return httpx.post(
+        f"{stack.base}/beta/deployments/v2/llms/{cold}/generate",
+        headers=headers,
+        json={"inputs": "hello", "parameters": {"max_new_tokens": 4}},
+        timeout=60,
+    )
+
+
+def cold_deployment_of_beta(stack: Stack, name: str, cold: str) -> dict[str, str]:
+    """A second tenant, beta, with a token and a deployment `cold` on the same SKU (fast to
+    load); returns beta's request headers."""
+    from wakegate.store import Store
+
     beta = "pb_beta_" + name
 
     async def seed() -> None:
@@ -190,25 +197,34 @@ def test_cold_deployment_of_a_tenant_below_its_share_gets_a_drained_replica(
         await store.close()
 
     asyncio.run(seed())
-    beta_headers = {"Authorization": f"Bearer {beta}"}
+    headers = {"Authorization": f"Bearer {beta}"}
     r = httpx.post(
         f"{stack.base}/v2/deployments",
-        headers=beta_headers,
+        headers=headers,
         json={"name": cold, "config": {"baseModel": "sim-llm", "accelerator": "a10_24gb_100",
               "customArgs": FAST, "cooldownTime": 600}},
         timeout=30,
     )  # fmt: skip
     assert r.status_code == 200, r.text
+    return headers
+
+
+def test_cold_deployment_of_a_tenant_below_its_share_gets_a_drained_replica(
+    make_stack: Callable[..., Stack], name: str
+) -> None:
+    """Tenant acme's sustained load holds the whole pool; tenant beta's first request gets a
+    replica drained from acme (whose requests in flight finish) instead of waiting for the
+    load to stop."""
+    stack = make_stack(backend="sim", sim_pool="a10_24gb=2", reclaim_grace_s=0)
+    busy, cold = f"{name}-busy", f"{name}-cold"
+    slow = ["--load-s", "0.5", "--ttft-s", "0.02", "--tps", "10", "--batch", "1"]
+    acme_on_the_whole_pool(stack, busy, slow)
+    beta_headers = cold_deployment_of_beta(stack, name, cold)
     with ThreadPoolExecutor(5) as pool:
         load = [pool.submit(stack.generate, busy, f"long {i}", 30, 120) for i in range(4)]
         wait_until(lambda: stack.ready_replicas(busy) == 2, 30, "acme holding the whole pool")
         wait_until(lambda: stack.in_flight(busy) == 2, 30, "both replicas serving")
-        r = httpx.post(
-            f"{stack.base}/beta/deployments/v2/llms/{cold}/generate",
-            headers=beta_headers,
-            json={"inputs": "hello", "parameters": {"max_new_tokens": 4}},
-            timeout=60,
-        )
+        r = beta_generates(stack, beta_headers, cold)
         assert r.status_code == 200, r.text + stack.logs()
         assert [f.result().status_code for f in load] == [200] * 4  # none cut
     assert "Reclaimed" in events(stack, busy)
@@ -221,38 +237,11 @@ def test_cold_deployment_of_a_tenant_below_its_share_gets_a_cancelled_start(
     first request has acme's newest start cancelled (nothing ran on it) instead of waiting
     for both to load and one to drain. acme keeps its other start, and its requests are
     served by it."""
-    from wakegate.store import Store
-
     stack = make_stack(backend="sim", sim_pool="a10_24gb=2", reclaim_grace_s=0)
     loading, cold = f"{name}-loading", f"{name}-cold"
     slow_load = ["--load-s", "15", "--ttft-s", "0.02", "--tps", "200", "--batch", "4"]
-    stack.create(
-        loading,
-        baseModel="sim-llm",
-        accelerator="a10_24gb_100",
-        customArgs=slow_load,
-        maxReplicas=2,
-        scaleUpRequestThreshold=1,
-        cooldownTime=600,
-    )
-    beta = "pb_beta_" + name
-
-    async def seed() -> None:
-        store = Store.from_url(stack.redis_url)
-        await store.ensure_tenant("beta")
-        await store.add_token(beta, "beta")
-        await store.close()
-
-    asyncio.run(seed())
-    beta_headers = {"Authorization": f"Bearer {beta}"}
-    r = httpx.post(
-        f"{stack.base}/v2/deployments",
-        headers=beta_headers,
-        json={"name": cold, "config": {"baseModel": "sim-llm", "accelerator": "a10_24gb_100",
-              "customArgs": FAST, "cooldownTime": 600}},
-        timeout=30,
-    )  # fmt: skip
-    assert r.status_code == 200, r.text
+    acme_on_the_whole_pool(stack, loading, slow_load)
+    beta_headers = cold_deployment_of_beta(stack, name, cold)
 
     def states() -> list[str]:
         return sorted(rec["state"] for rec in stack.registry(loading).values())
@@ -261,12 +250,7 @@ def test_cold_deployment_of_a_tenant_below_its_share_gets_a_cancelled_start(
         load = [pool.submit(stack.generate, loading, f"q {i}", 4, 120) for i in range(4)]
         wait_until(lambda: states() == ["starting", "starting"], 30, "acme loading on both GPUs")
         started = set(stack.registry(loading))
-        r = httpx.post(
-            f"{stack.base}/beta/deployments/v2/llms/{cold}/generate",
-            headers=beta_headers,
-            json={"inputs": "hello", "parameters": {"max_new_tokens": 4}},
-            timeout=60,
-        )
+        r = beta_generates(stack, beta_headers, cold)
         assert r.status_code == 200, r.text + stack.logs()
         # Served before acme's loads ended: the GPU came from a start, not a drain.
         assert stack.ready_replicas(loading) == 0, stack.logs()
