@@ -199,10 +199,8 @@ class Dispatcher:
 
     async def finish(self, ticket: Ticket) -> None:
         """Leave the queue or give the slot back, whichever applies. Safe to call twice."""
-        self._waiting[ticket.deployment].pop(ticket.request_id, None)
-        if ticket.replica_id is not None:
-            self._running[ticket.deployment].discard(f"{ticket.replica_id}|{ticket.request_id}")
-            replica_id, ticket.replica_id = ticket.replica_id, None
+        replica_id = self._let_go(ticket)
+        if replica_id is not None:
             await self._release(ticket.deployment, replica_id, ticket.request_id)
         else:
             outcome = await self.store.cancel(ticket.deployment, ticket.request_id)
@@ -217,15 +215,23 @@ class Dispatcher:
         next exchange call (with that turn's admissions: at low concurrency the next request
         shares the call); a queue entry is taken out in a task of its own. Should the call
         fail, the slot is no longer renewed and its lease frees it."""
+        replica_id = self._let_go(ticket)
+        if replica_id is not None:
+            self._turn(ticket.deployment).releases.append((replica_id, ticket.request_id))
+            return
+        task = asyncio.get_running_loop().create_task(self.finish(ticket))
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+
+    def _let_go(self, ticket: Ticket) -> str | None:
+        """Stop waiting for and renewing the ticket here; the slot it held (its replica id),
+        now the caller's to give back, or None when it held none."""
         self._waiting[ticket.deployment].pop(ticket.request_id, None)
         if ticket.replica_id is None:
-            task = asyncio.get_running_loop().create_task(self.finish(ticket))
-            self._cleanups.add(task)
-            task.add_done_callback(self._cleanups.discard)
-            return
+            return None
         self._running[ticket.deployment].discard(f"{ticket.replica_id}|{ticket.request_id}")
         replica_id, ticket.replica_id = ticket.replica_id, None
-        self._turn(ticket.deployment).releases.append((replica_id, ticket.request_id))
+        return replica_id
 
     async def _release(self, deployment: str, replica_id: str, request_id: str) -> None:
         """Give a slot back; the same call hands it (and any other free one) on."""
