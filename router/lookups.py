@@ -26,7 +26,7 @@ class LoadingCache(TTLCache[Hashable, Any]):
 
     def __init__(self, maxsize: int, ttl: float) -> None:
         super().__init__(maxsize=maxsize, ttl=ttl)
-        self._loading: dict[Hashable, asyncio.Task[Any]] = {}
+        self._loading: dict[Hashable, asyncio.Future[Any]] = {}
 
     def pop(self, key: Hashable, *default: Any) -> Any:
         self._loading.pop(key, None)
@@ -47,17 +47,13 @@ class LoadingCache(TTLCache[Hashable, Any]):
         flight = key if flight is None else flight
         task = self._loading.get(flight)
         if task is None:
-
-            async def run() -> V | None:
-                return await fetch()
-
-            task = asyncio.get_running_loop().create_task(run())
+            task = asyncio.ensure_future(fetch())
             self._loading[flight] = task
             task.add_done_callback(lambda done: self._landed(key, flight, done))
         result: V | None = await asyncio.shield(task)
         return result
 
-    def _landed(self, key: Hashable, flight: Hashable, task: asyncio.Task[Any]) -> None:
+    def _landed(self, key: Hashable, flight: Hashable, task: asyncio.Future[Any]) -> None:
         if self._loading.get(flight) is not task:
             return  # popped meanwhile: the value may predate a change
         del self._loading[flight]
