@@ -287,23 +287,18 @@ class Actuator:
 
     async def drain(self, rec: ReplicaRecord) -> None:
         """Take the replica out of routing now; its task waits for in-flight requests, then
-        stops it. A starting replica's own task sees the withdrawal and the drain stops it."""
+        stops it. A starting replica the backend has already launched is drained the same
+        way (its probe sees the withdrawal). One the backend has not returned yet is
+        recalled, like a deleted deployment's: its launch stops it as soon as the backend
+        answers, and its units count as launching until then (a drain's task would end at
+        once and give them out twice)."""
+        launching = rec.id in self._launching
+        if launching:
+            self._recalled.add(rec.id)
         rec.state = "draining"
         await self.store.put_replica(rec)
-        self._spawn(rec.id, self._drain(rec))
-
-    async def cancel(self, rec: ReplicaRecord) -> None:
-        """Stop a starting replica before it serves (its units went to another deployment).
-        One the backend has not returned yet is recalled, like a deleted deployment's: its
-        launch stops it as soon as the backend answers, and its units count as launching
-        until then (a drain's task would end first and give them out twice). One already
-        launched is drained: its probe sees the withdrawal and the drain stops it."""
-        if rec.id not in self._launching:
-            await self.drain(rec)
-            return
-        self._recalled.add(rec.id)
-        rec.state = "draining"  # counted as on its way out until the launch removes it
-        await self.store.put_replica(rec)
+        if not launching:
+            self._spawn(rec.id, self._drain(rec))
 
     async def _drain(self, rec: ReplicaRecord) -> None:
         await self._publish(

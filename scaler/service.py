@@ -292,12 +292,7 @@ class Scaler:
         self._sample(seen, now)
         await self._report(key, before.last_reason_kind, verdict.current, verdict.decision)
         for rec in verdict.plan.victims:
-            # A starting victim is cancelled (its units count as launching until the backend
-            # answers); a serving one drains its requests first.
-            if rec.state == "starting":
-                await self.actuator.cancel(rec)
-            else:
-                await self.actuator.drain(rec)
+            await self.actuator.drain(rec)
         if spec.status == "updating" and verdict.plan.rollout_done:
             await finish_rollout(self.store, spec)
         if verdict.active:

@@ -155,10 +155,8 @@ class Sharing:
         taken = idle + cancelled + serving
         if not taken:
             return
-        for rec in idle + serving:
-            await self.actuator.drain(rec)
-        for rec in cancelled:
-            await self.actuator.cancel(rec)
+        for rec in taken:
+            await self.actuator.drain(rec)  # a start the backend has not returned is recalled
         gone = {r.id for r in taken}
         self.demands[victim] = replace(
             d,
