@@ -79,7 +79,11 @@ def cpu_s(pids: list[int]) -> float:
     return total
 
 
-async def streams(url: str, token: str, n: int = 32, tokens: int = 1000) -> str:
+async def streams(
+    url: str, token: str, rounds: int, n: int = 32, tokens: int = 1000
+) -> tuple[str, int]:
+    """`rounds` times `n` concurrent streams of `tokens` tokens: tokens per second, the first
+    tokens' p50 and max, and how many tokens came."""
     body = {"model": "sim-llm", "prompt": "hello", "max_tokens": tokens, "stream": True}
     headers = {"Authorization": f"Bearer {token}"}
     firsts: list[float] = []
@@ -99,13 +103,16 @@ async def streams(url: str, token: str, n: int = 32, tokens: int = 1000) -> str:
         await one(session)
         firsts.clear()
         start = time.monotonic()
-        counts = await asyncio.gather(*[one(session) for _ in range(n)])
+        counts = []
+        for _ in range(rounds):
+            counts += await asyncio.gather(*[one(session) for _ in range(n)])
         elapsed = time.monotonic() - start
     firsts.sort()
-    return (
+    line = (
         f"{sum(counts) / elapsed:8.0f} tokens/s  first token p50 "
         f"{firsts[len(firsts) // 2] * 1000:6.1f} ms  max {firsts[-1] * 1000:6.1f} ms"
     )
+    return line, sum(counts)
 
 
 def summarise(raw: Path) -> str:
@@ -133,6 +140,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds of 32 streams")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("needs wrk: apt-get install wrk")
@@ -178,7 +186,7 @@ def main() -> None:
                   f"Redis {used[1]:.0f} us", flush=True)  # fmt: skip
             if recorder is not None and recorder.wait() == 0:
                 print(summarise(args.out / f"gateway-c{c}.txt"), flush=True)
-        print(f"streams direct   {asyncio.run(streams(*direct))}", flush=True)
+        print(f"streams direct   {asyncio.run(streams(*direct, args.rounds))[0]}", flush=True)
         recorder = None
         if args.profile:
             raw = args.out / "gateway-streams.txt"
@@ -187,7 +195,10 @@ def main() -> None:
                  "-d", str(args.seconds), "-r", "200"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
-        print(f"streams gateway  {asyncio.run(streams(*gateway))}", flush=True)
+        before = [cpu_s([pid]) for pid in gw_pids]
+        line, n = asyncio.run(streams(*gateway, args.rounds))
+        used = (cpu_s([stack.gateway.p.pid]) - before[0]) * 1e6 / max(n, 1)
+        print(f"streams gateway  {line}  CPU per token: gateway {used:.1f} us", flush=True)
         if recorder is not None and recorder.wait() == 0:
             print(summarise(args.out / "gateway-streams.txt"), flush=True)
     finally:

@@ -17,7 +17,6 @@ from router.lorax_json import details_json, lorax_response, token_json
 from router.params import GenerateRequest, parse_generate
 from router.pipeline import (
     DEPLOY_URL,
-    Send,
     check_adapter,
     check_length,
     overloaded,
@@ -89,18 +88,23 @@ class LoraxStream:
         self.req = req
         self.held: Token | None = None
 
-    async def token(self, send: Send, token: Token) -> None:
-        if self.held is not None:
-            await send({"token": token_json(self.held), "generated_text": None, "details": None})
-        self.held = token
+    def tokens(self, tokens: list[Token]) -> list[Any]:
+        events = []
+        for token in tokens:
+            if self.held is not None:
+                events.append(
+                    {"token": token_json(self.held), "generated_text": None, "details": None}
+                )
+            self.held = token
+        return events
 
-    async def finish(self, send: Send, finish: Finish, text: str) -> None:
+    def finish(self, finish: Finish, text: str) -> list[Any]:
         # No visible token at all still needs one final event to carry the details.
         last = self.held or Token(-1, "", 0.0, special=True)
         if self.req.parameters.return_full_text:
             text = self.req.inputs + text
         details = details_json(finish, None) if self.req.parameters.details else None
-        await send({"token": token_json(last), "generated_text": text, "details": details})
+        return [{"token": token_json(last), "generated_text": text, "details": details}]
 
     def error(self, message: str, error_type: str) -> Any:
         return {"error": message, "error_type": error_type}

@@ -28,7 +28,6 @@ from router.middlewares import tenant_of
 from router.params import MAX_SEED, GenerateRequest, Parameters, TokenCount
 from router.pipeline import (
     DEPLOY_URL,
-    Send,
     check_length,
     lookup,
     priority_of,
@@ -371,26 +370,30 @@ class OpenAIStream:
             "choices": [choice],
         }
 
-    async def token(self, send: Send, token: Token) -> None:
-        if token.special:  # the end-of-sequence token: OpenAI streams carry text only
-            return
-        if self._around is None:
-            await send(self._chunk(token.text, None))
-            head, _, tail = json.dumps(self._chunk(_MARK, None), separators=(",", ":")).partition(
-                json.dumps(_MARK)
-            )
-            self._around = head, tail
-            return
-        head, tail = self._around
-        await send(head + json.dumps(token.text) + tail)
+    def tokens(self, tokens: list[Token]) -> list[Any]:
+        events: list[Any] = []
+        for token in tokens:
+            if token.special:  # the end-of-sequence token: OpenAI streams carry text only
+                continue
+            if self._around is None:
+                events.append(self._chunk(token.text, None))
+                head, _, tail = json.dumps(
+                    self._chunk(_MARK, None), separators=(",", ":")
+                ).partition(json.dumps(_MARK))
+                self._around = head, tail
+                continue
+            head, tail = self._around
+            events.append(head + orjson.dumps(token.text).decode() + tail)
+        return events
 
-    async def finish(self, send: Send, finish: Finish, text: str) -> None:
-        await send(self._chunk(None, _finish_reason(finish)))
+    def finish(self, finish: Finish, text: str) -> list[Any]:
+        events = [self._chunk(None, _finish_reason(finish))]
         if self.include_usage:
             chunk = self._chunk(None, None)
             chunk["choices"] = []
             chunk["usage"] = _usage(finish)
-            await send(chunk)
+            events.append(chunk)
+        return events
 
     def error(self, message: str, error_type: str) -> Any:
         return {"error": {"message": message, "type": error_type, "code": None}}

@@ -217,7 +217,8 @@ RETRY_AFTER_S = 2
 NO_OWN_PING_S = 1e9
 
 
-Send = Callable[[Any], Awaitable[None]]
+# Sends a list of events: a dict is one event's JSON, a str its JSON already made.
+Send = Callable[[list[Any]], Awaitable[None]]
 
 
 @contextlib.asynccontextmanager
@@ -251,9 +252,11 @@ async def request_log_entry(
 class StreamRenderer(Protocol):
     """How a public API writes a stream: its events, its end and its in-stream errors."""
 
-    async def token(self, send: Send, token: Token) -> None: ...
+    def tokens(self, tokens: list[Token]) -> list[Any]:
+        """The events of these tokens (those of one read from the replica)."""
+        ...
 
-    async def finish(self, send: Send, finish: Finish, text: str) -> None: ...
+    def finish(self, finish: Finish, text: str) -> list[Any]: ...
 
     def error(self, message: str, error_type: str) -> Any: ...
 
@@ -429,17 +432,18 @@ async def _attempts(
                 return gen
             assert send is not None
             text = trail.output
+            # A read's tokens at a time: per token, only their text and their event.
             async for item in dialect.stream(app[UPSTREAM], replica, spec.base_model, req):
-                if isinstance(item, Token):
-                    if not text:
-                        _first_token(request, spec, ticket, arrived, trail)
-                    # A special token (the end-of-sequence one) is shown as a token, never
-                    # as text.
-                    text.append("" if item.special else item.text)
-                    await renderer.token(send, item)
-                else:
+                if isinstance(item, Finish):
                     trail.finish = item
-                    await renderer.finish(send, item, "".join(text))
+                    await send(renderer.finish(item, "".join(text)))
+                    continue
+                if not text:
+                    _first_token(request, spec, ticket, arrived, trail)
+                # A special token (the end-of-sequence one) is shown as a token, never as
+                # text.
+                text += ["" if token.special else token.text for token in item]
+                await send(renderer.tokens(item))
             return None
         except UpstreamError as exc:
             if not retry_elsewhere(exc, attempt + 1):
@@ -472,10 +476,10 @@ async def serve_stream(
 
     events = BatchedEvents(request, resp, EventSourceResponse.DEFAULT_SEND_TIMEOUT)
 
-    async def send(obj: Any) -> None:
+    async def send(items: list[Any]) -> None:
         # orjson: a stream makes an event per token (stdlib json was a tenth of a relaying
         # gateway's CPU).
-        await events.send(obj if isinstance(obj, str) else orjson.dumps(obj).decode())
+        await events.send([x if isinstance(x, str) else orjson.dumps(x).decode() for x in items])
 
     async with (
         request_log_entry(request, spec, req, True, arrived) as trail,
@@ -487,17 +491,17 @@ async def serve_stream(
             await _attempts(request, spec, req, ticket, trail, arrived, renderer, send, resp)
         except ApiError as err:
             trail.status, trail.error = err.status, err.message
-            await send(renderer.error(err.message, err.error_type or "generation"))
+            await send([renderer.error(err.message, err.error_type or "generation")])
         except UpstreamError as exc:
             trail.status, trail.error = exc.status, str(exc)
             kind = "generation" if exc.retryable else "validation"
-            await send(renderer.error(str(exc), kind))
+            await send([renderer.error(str(exc), kind)])
         except (ConnectionError, asyncio.CancelledError):
             raise  # the client went away
         except Exception:
             log.exception("stream of %s failed", spec.key)
             trail.status, trail.error = 500, "internal error"
-            await send(renderer.error("internal error", "generation"))
+            await send([renderer.error("internal error", "generation")])
     await events.drain()
     await renderer.close(resp)
     resp.stop_streaming()

@@ -29,16 +29,18 @@ class BatchedEvents:
         self._scheduled = False
         self._writing: asyncio.Future[None] | None = None
 
-    async def send(self, data: str) -> None:
-        """Queue one event (its `data`); raises once an earlier write failed (client gone)."""
+    async def send(self, events: list[str]) -> None:
+        """Queue events (their `data`); raises once an earlier write failed (client gone)."""
         if self._writing is not None:
             await self._written()
-        if "\n" in data or "\r" in data:
-            self._pending.extend(f"data: {line}\n" for line in _LINE_SEP.split(data))
-            self._pending.append("\n")
-        else:
-            self._pending.append(f"data: {data}\n\n")
-        if not self._scheduled:
+        pending = self._pending
+        for data in events:
+            if "\n" in data or "\r" in data:
+                pending.extend(f"data: {line}\n" for line in _LINE_SEP.split(data))
+                pending.append("\n")
+            else:
+                pending.append(f"data: {data}\n\n")
+        if pending and not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._write_pending)
 

@@ -10,6 +10,7 @@ or TGI ran for these tests: the build machines have no GPU.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -157,16 +158,14 @@ def test_engine_tokens_map_to_tokens_special_and_null_logprob_included() -> None
     assert _token(raw) == Token(2, "</s>", 0.0, special=True)
 
 
-async def test_openai_streams_show_no_special_token() -> None:
-    sent: list[Any] = []
-
-    async def send(obj: Any) -> None:
-        sent.append(obj)
-
+def test_openai_streams_show_no_special_token() -> None:
     renderer = OpenAIStream("cmpl-1", "m", chat=False, include_usage=False)
-    await renderer.token(send, Token(2, "</s>", -0.1, special=True))
-    await renderer.token(send, Token(5, " hi", -0.1))
-    assert [c["choices"][0]["text"] for c in sent] == [" hi"]
+    sent = renderer.tokens([Token(2, "</s>", -0.1, special=True), Token(5, " hi", -0.1)])
+    sent += renderer.tokens([Token(6, ' "there"', -0.1)])
+    # The first token's chunk is made whole, the next from its template.
+    assert [c["choices"][0]["text"] for c in sent[:1]] == [" hi"]
+    second = json.loads(sent[1])
+    assert second == {**sent[0], "choices": [{**sent[0]["choices"][0], "text": ' "there"'}]}
 
 
 def test_lorax_and_tgi_profiles_use_their_native_dialects() -> None:
@@ -221,7 +220,16 @@ SIM_TOKEN = Token(SIM_TOKEN_ID, TOKEN_TEXT, TOKEN_LOGPROB)
 async def collect(
     client: aiohttp.ClientSession, rep: ReplicaRecord, req: GenerateRequest
 ) -> list[Token | Finish]:
-    return [item async for item in get_dialect(rep.dialect).stream(client, rep, "m", req)]
+    """The stream's tokens, one by one (the dialect yields those of a read together), then
+    its finish."""
+    items: list[Token | Finish] = []
+    async for item in get_dialect(rep.dialect).stream(client, rep, "m", req):
+        if isinstance(item, Finish):
+            items.append(item)
+        else:
+            assert item, "a read's batch of tokens is never empty"
+            items += item
+    return items
 
 
 @pytest.mark.parametrize("dialect", ["lorax", "tgi"])
@@ -277,10 +285,11 @@ async def test_an_error_event_mid_stream_raises_after_the_first_byte(
     replica: MakeReplica, client: aiohttp.ClientSession
 ) -> None:
     rep = await replica("lorax", fail_after_tokens=2)
-    received: list[Token | Finish] = []
+    received: list[Token] = []
     with pytest.raises(UpstreamError) as err:
         async for item in get_dialect("lorax").stream(client, rep, "m", native(max_new_tokens=6)):
-            received.append(item)
+            assert not isinstance(item, Finish)
+            received += item
     assert received == [SIM_TOKEN] * 2
     assert not err.value.before_first_byte and err.value.retryable
     assert "generation" in str(err.value)

@@ -19,11 +19,11 @@ async def test_batched_events_arrive_whole_and_in_order() -> None:
         await resp.prepare(request)
         events = BatchedEvents(request, resp, 10)
         for i in range(50):  # a burst, as from one read of the replica
-            await events.send(f"burst-{i}")
+            await events.send([f"burst-{i}"])
         for i in range(5):  # the relay waiting between tokens
             await asyncio.sleep(0)
-            await events.send(f"paced-{i}")
-        await events.send("two\nlines")
+            await events.send([f"paced-{i}"])
+        await events.send(["two\nlines"])
         await events.drain()
         await resp.send("[DONE]")
         resp.stop_streaming()

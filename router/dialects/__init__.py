@@ -1,7 +1,8 @@
 """Engine dialects: how the gateway talks to a replica, whatever public API the client used.
 
 A dialect turns a validated generate request into the engine's own HTTP call and the
-engine's answer into neutral `Token` / `Finish` items. The public APIs (LoRAX, OpenAI)
+engine's answer into neutral `Token` / `Finish` items (a stream: a list of tokens per read
+from the replica, then the finish). The public APIs (LoRAX, OpenAI)
 render those items in their own shapes, so each engine is written once. Dialects by name:
 `openai` (llama.cpp, vLLM, the sim engine), `lorax` and `tgi` (the native LoRAX/TGI API).
 """
@@ -121,7 +122,9 @@ class Dialect(Protocol):
         replica: ReplicaRecord,
         model: str,
         req: GenerateRequest,
-    ) -> AsyncIterator[Token | Finish]: ...
+    ) -> AsyncIterator[list[Token] | Finish]:
+        """The tokens of each read from the replica (never an empty list), then the finish."""
+        ...
 
 
 _DIALECTS: dict[str, Dialect] = {}

@@ -107,10 +107,9 @@ class OpenAICompletions:
             # log-probabilities the non-streaming answer has no token boundaries.
             tokens: list[Token] = []
             async for item in self.stream(client, replica, model, req):
-                if isinstance(item, Token):
-                    tokens.append(item)
-                else:
+                if isinstance(item, Finish):
                     return Generation("".join(t.text for t in tokens), tokens, item)
+                tokens += item
             raise UpstreamError("replica stream ended without a finish")
         body = completion_body(model, req, stream=False, cheap_logprobs=replica.cheap_logprobs)
         raw, _ = await post_json(client, f"{replica.url}{_path(req)}", body, replica.auth_headers())
@@ -132,21 +131,24 @@ class OpenAICompletions:
         replica: ReplicaRecord,
         model: str,
         req: GenerateRequest,
-    ) -> AsyncIterator[Token | Finish]:
+    ) -> AsyncIterator[list[Token] | Finish]:
         body = completion_body(model, req, stream=True, cheap_logprobs=replica.cheap_logprobs)
         generated = 0
         reason: str | None = None
         prompt_tokens = 0
         try:
             async with replica_events(client, replica, _path(req), body) as events:
-                async for chunk in events:
-                    if chunk.get("usage"):
-                        prompt_tokens = int(chunk["usage"].get("prompt_tokens", 0))
-                    for choice in chunk.get("choices") or []:
-                        for token in _tokens(choice):
-                            generated += 1
-                            yield token
-                        reason = choice.get("finish_reason") or reason
+                async for chunks in events:
+                    tokens: list[Token] = []
+                    for chunk in chunks:
+                        if chunk.get("usage"):
+                            prompt_tokens = int(chunk["usage"].get("prompt_tokens", 0))
+                        for choice in chunk.get("choices") or []:
+                            tokens += _tokens(choice)
+                            reason = choice.get("finish_reason") or reason
+                    if tokens:
+                        generated += len(tokens)
+                        yield tokens
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise UpstreamError(
                 f"replica stream failed: {exc!r}", before_first_byte=generated == 0

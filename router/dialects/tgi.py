@@ -233,7 +233,7 @@ class NativeGenerate:
         replica: ReplicaRecord,
         model: str,
         req: GenerateRequest,
-    ) -> AsyncIterator[Token | Finish]:
+    ) -> AsyncIterator[list[Token] | Finish]:
         path, body = self._call(req, stream=True)
         chat = req.messages is not None
         generated = 0
@@ -242,26 +242,34 @@ class NativeGenerate:
         prompt_tokens = 0
         try:
             async with replica_events(client, replica, path, body) as events:
-                async for data in events:
-                    if data.get("error") is not None:
-                        raise _event_error(data, generated)
-                    if chat:
-                        if data.get("usage"):
-                            prompt_tokens = int(data["usage"].get("prompt_tokens") or 0)
-                        for choice in data.get("choices") or []:
-                            for token in _tokens(choice):
-                                generated += 1
-                                yield token
-                            chat_reason = choice.get("finish_reason") or chat_reason
-                        continue
-                    if data.get("token") is not None:
-                        generated += 1
-                        yield _token(data["token"])
-                    details = data.get("details")
-                    if details is not None:
-                        finish = _finish(details, req, generated, _prompt_tokens(details))
-                    elif data.get("generated_text") is not None:  # the last event, no details
-                        finish = _finish({}, req, generated, 0)
+                async for batch in events:
+                    tokens: list[Token] = []
+                    error: UpstreamError | None = None
+                    for data in batch:
+                        if data.get("error") is not None:
+                            # The tokens before it still go out.
+                            error = _event_error(data, generated + len(tokens))
+                            break
+                        if chat:
+                            if data.get("usage"):
+                                prompt_tokens = int(data["usage"].get("prompt_tokens") or 0)
+                            for choice in data.get("choices") or []:
+                                tokens += _tokens(choice)
+                                chat_reason = choice.get("finish_reason") or chat_reason
+                            continue
+                        if data.get("token") is not None:
+                            tokens.append(_token(data["token"]))
+                        details = data.get("details")
+                        if details is not None:
+                            count = generated + len(tokens)
+                            finish = _finish(details, req, count, _prompt_tokens(details))
+                        elif data.get("generated_text") is not None:  # the last, no details
+                            finish = _finish({}, req, generated + len(tokens), 0)
+                    if tokens:
+                        generated += len(tokens)
+                        yield tokens
+                    if error is not None:
+                        raise error
         except (aiohttp.ClientError, TimeoutError, ValueError, TypeError, AttributeError) as exc:
             raise UpstreamError(
                 f"replica stream failed: {exc!r}", before_first_byte=generated == 0
