@@ -51,6 +51,10 @@ MAX_EXAMPLES = int(os.environ.get("WAKEGATE_FUZZ_EXAMPLES", "50"))
 DEPLOYMENT = "fuzz-llm"
 # What PUT and DELETE of a deployment may name instead: theirs to change and delete.
 VICTIM = "fuzz-victim"
+# What PUT and DELETE of a tenant's quotas (admin) name instead of the fuzz tenant: a quota
+# fuzzed onto it (no queue, no deployments) would turn the other operations' real examples
+# into 429s.
+QUOTA_VICTIM = "fuzz-quota-victim"
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -206,12 +210,12 @@ def test_every_operation_answers_as_documented_and_never_5xx(
         headers = {}
     real = {"tenant": fuzz_stack.tenant, "name": DEPLOYMENT, "job_id": job_id}
     named = set(re.findall(r"{(\w+)}", path))
-    mutating = method in ("put", "delete") and path.startswith("/v2/")
+    mutating = method in ("put", "delete") and path.startswith(("/v2/", "/admin/"))
     strategies = [operation.as_strategy(mode) for mode in GenerationMode]
     if named:
         fixed = {key: value for key, value in real.items() if key in named}
         if mutating:
-            fixed = {"name": VICTIM}
+            fixed = {"tenant": QUOTA_VICTIM} if "tenant" in named else {"name": VICTIM}
         strategies += [
             operation.as_strategy(mode, path_parameters=fixed) for mode in GenerationMode
         ]
@@ -225,9 +229,10 @@ def test_every_operation_answers_as_documented_and_never_5xx(
         suppress_health_check=list(HealthCheck),
     )
     def fuzz(case: Any, tame: bool) -> None:
-        name = (case.path_parameters or {}).get("name")
-        if mutating and name == DEPLOYMENT:
-            return  # never the deployment the other operations use
+        params = case.path_parameters or {}
+        name = params.get("name")
+        if mutating and (name == DEPLOYMENT or params.get("tenant") == fuzz_stack.tenant):
+            return  # never the deployment or the tenant the other operations use
         if tame and isinstance(case.body, dict):
             if name == DEPLOYMENT:
                 tamed(case.body)
@@ -242,6 +247,14 @@ def test_every_operation_answers_as_documented_and_never_5xx(
         check_stream_items(api_schema.raw_schema, method, path, response)
 
     fuzz()
+    if mutating and "tenant" in named:
+        # The fuzz tenant kept the operator defaults: no override reached it.
+        r = httpx.get(
+            f"{fuzz_stack.base}/admin/v1/tenants/{fuzz_stack.tenant}/quotas",
+            headers={"Authorization": f"Bearer {admin_token}"},
+            timeout=30,
+        )
+        assert r.status_code == 200 and r.json()["override"] is None, r.text
 
 
 # --- what the fuzz run found ---------------------------------------------------------------
