@@ -11,6 +11,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from router.context import BUS, METRICS, SETTINGS, SPEC_CACHE, STORE
@@ -71,6 +72,12 @@ async def read_json(request: web.Request) -> Any:
         ) from None
     if not raw:
         return {}
+    try:
+        return orjson.loads(raw)  # a few percent of a request's CPU less than json's
+    except orjson.JSONDecodeError:
+        pass
+    # What orjson refuses, json reads or names the fault of: an integer past 64 bits is a
+    # value (the validation then names its field), NaN and Infinity are not JSON.
     try:
         return json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
     except ValueError as exc:
