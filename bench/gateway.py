@@ -11,12 +11,14 @@ c=32 to:
 
 - the replica directly (with its per-replica key, read from its record in Redis),
 - nginx as a keep-alive proxy to it (one worker; it adds the key),
+- aiohttp alone (`bench/bare_proxy.py`: aiohttp's server and client relaying the request, on
+  uvloop, one process): the floor of the stack the gateway is built on, before its own work,
 - the LiteLLM proxy with the replica as an OpenAI-compatible upstream (one worker),
 - the wakegate gateway with 1 worker, and with `--workers` workers (default: the cores).
 
-Then the streaming row: c=32 clients, each sending 1,000-token streams back to back, direct
-and through the gateway (1 worker), measured by a Python client (wrk cannot see the first
-token): tokens per second over all streams and first-token latency p50/p99.
+Then the streaming row: c=32 clients, each sending 1,000-token streams back to back, direct,
+through aiohttp alone and through the gateway (1 worker), measured by a Python client (wrk
+cannot see the first token): tokens per second over all streams and first-token latency p50/p99.
 
 Every server's CPU (its processes together, % of one core) is measured over its rows. The
 table goes to stdout; JSON and the table to `bench/results/gateway/` (`--out`).
@@ -58,6 +60,7 @@ MODEL = "sim-llm"
 ENGINE = SimTiming(load_s=0.0, ttft_s=0.0, tps=1000.0, batch=1024).args()
 BODY = {"model": MODEL, "prompt": "hello", "max_tokens": 1}
 STREAM_TOKENS = 1000
+BARE = "aiohttp alone (server + client, no gateway work)"
 
 
 @dataclass
@@ -218,6 +221,21 @@ http {{
 
 
 @contextmanager
+def bare_proxy(tmp: Path, upstream: str, key: str) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """aiohttp's server and client alone, relaying to the replica (bench/bare_proxy.py)."""
+    port = free_port()
+    argv = [sys.executable, str(HERE / "bare_proxy.py"), "--port", str(port),
+            "--upstream", upstream, "--key", key]  # fmt: skip
+    proc = subprocess.Popen(argv, stderr=open(tmp / "bare-proxy.log", "wb"))
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", proc)
+        yield port, proc
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+@contextmanager
 def litellm(
     tmp: Path, binary: str, upstream: str, key: str
 ) -> Iterator[tuple[int, subprocess.Popen[bytes], str]]:
@@ -282,8 +300,9 @@ def table(rows: list[Row], streams: list[dict[str, Any]], workers: int) -> str:
     by = {(r.label, r.concurrency): r for r in rows}
     labels = list(dict.fromkeys(r.label for r in rows))
     out = [
-        "| path | c=4 req/s | c=4 p50 / p99 | c=32 req/s | c=32 p50 / p99 | errors | CPU % |",
-        "|---|---|---|---|---|---|---|",
+        "| path | c=4 req/s | c=4 p50 / p99 | c=32 req/s | c=32 p50 / p99 | errors | CPU % "
+        "| CPU per request |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for label in labels:
         a, b = by.get((label, 4)), by.get((label, 32))
@@ -292,7 +311,9 @@ def table(rows: list[Row], streams: list[dict[str, Any]], workers: int) -> str:
             cells += [f"{r.rps:,.0f}", f"{r.p50_ms:.2f} / {r.p99_ms:.2f} ms"] if r else ["-", "-"]
         errors = sum(r.errors for r in (a, b) if r)
         cpu = "/".join(f"{r.cpu_pct:.0f}" for r in (a, b) if r)
-        out.append("| " + " | ".join([*cells, str(errors), cpu]) + " |")
+        # The server's CPU per request (us): steadier than requests per second on a busy box.
+        per = " / ".join(f"{r.cpu_pct * 1e4 / r.rps:.0f}" for r in (a, b) if r and r.rps)
+        out.append("| " + " | ".join([*cells, str(errors), cpu, f"{per} us"]) + " |")
     if streams:
         out += [
             "",
@@ -371,6 +392,13 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 t = Target("nginx proxy (keepalive upstream)", proxied, "", MODEL, [proc.pid])
                 for c in (4, 32):
                     rows.append(wrk(t, c, args.duration))
+        with bare_proxy(tmp, url, key) as (port, proc):
+            bare = Target(BARE, f"http://127.0.0.1:{port}/v1/completions", "", MODEL, [proc.pid])
+            wrk(bare, 4, 1)
+            for c in (4, 32):
+                rows.append(wrk(bare, c, args.duration))
+            if not args.skip_stream:
+                bare_stream = asyncio.run(stream_row(bare, 32, args.duration))
         if args.litellm:
             with litellm(tmp, args.litellm, url, key) as (port, proc, master):
                 t = Target("LiteLLM proxy", f"http://127.0.0.1:{port}/v1/completions",
@@ -389,8 +417,9 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 for c in (4, 32):
                     rows.append(wrk(t, c, args.duration))
         if not args.skip_stream:
-            for t in (direct, gw):
-                streams.append(asyncio.run(stream_row(t, 32, args.duration)))
+            streams.append(asyncio.run(stream_row(direct, 32, args.duration)))
+            streams.append(bare_stream)
+            streams.append(asyncio.run(stream_row(gw, 32, args.duration)))
     finally:
         stack.shutdown()
     return {

@@ -34,7 +34,9 @@ from harness import Stack, start_mosquitto, start_redis, wait_until
 from wakegate.engines.sim_timing import SimTiming
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-WARM = SimTiming(load_s=0.0, ttft_s=0.0, tps=100_000.0).args()
+# As bench/gateway.py: room for every connection (a replica of 8 slots queued c=32 in the
+# gateway while the direct row had the sim take all 32).
+WARM = SimTiming(load_s=0.0, ttft_s=0.0, tps=100_000.0, batch=1024).args()
 WRK_DONE = """
 done = function(summary, latency, requests)
   local e = summary.errors
