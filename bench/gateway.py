@@ -211,25 +211,27 @@ http {{
     }}
 }}
 """)
-    proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(tmp)], stderr=subprocess.DEVNULL)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/health", proc)
+    with serving(["nginx", "-c", str(conf), "-p", str(tmp)], port) as proc:
         yield port, proc
-    finally:
-        proc.terminate()
-        proc.wait()
 
 
 @contextmanager
-def bare_proxy(tmp: Path, upstream: str, key: str) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+def bare_proxy(upstream: str, key: str) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     """aiohttp's server and client alone, relaying to the replica (bench/bare_proxy.py)."""
     port = free_port()
     argv = [sys.executable, str(HERE / "bare_proxy.py"), "--port", str(port),
             "--upstream", upstream, "--key", key]  # fmt: skip
-    proc = subprocess.Popen(argv, stderr=open(tmp / "bare-proxy.log", "wb"))
+    with serving(argv, port) as proc:
+        yield port, proc
+
+
+@contextmanager
+def serving(argv: list[str], port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """A server started, answering `/health` on `port`, stopped on the way out."""
+    proc = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
     try:
         wait_http(f"http://127.0.0.1:{port}/health", proc)
-        yield port, proc
+        yield proc
     finally:
         proc.terminate()
         proc.wait()
@@ -392,7 +394,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 t = Target("nginx proxy (keepalive upstream)", proxied, "", MODEL, [proc.pid])
                 for c in (4, 32):
                     rows.append(wrk(t, c, args.duration))
-        with bare_proxy(tmp, url, key) as (port, proc):
+        with bare_proxy(url, key) as (port, proc):
             bare = Target(BARE, f"http://127.0.0.1:{port}/v1/completions", "", MODEL, [proc.pid])
             wrk(bare, 4, 1)
             for c in (4, 32):
