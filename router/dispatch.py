@@ -39,6 +39,11 @@ from wakegate.store import (
 log = logging.getLogger(__name__)
 
 TICK_S = 0.5
+# A slot given back while no request of this gateway waits for one goes to Redis this much
+# later, with the next admission if one comes first (then at once): at low concurrency a
+# client's next request follows its answer within a round trip, and the two share one call
+# instead of making one each. Requests of other gateways wait for the slot at most this long.
+RELEASE_LINGER_S = 0.005
 # Parsed replica records kept, by their JSON (a changed record is a new entry).
 RECORDS_KEPT = 1024
 
@@ -105,10 +110,17 @@ async def listen_forever(
 
 
 class Dispatcher:
-    def __init__(self, store: Store, lease_ms: int, on_wake: OnWake | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        lease_ms: int,
+        on_wake: OnWake | None = None,
+        release_linger_s: float = RELEASE_LINGER_S,
+    ) -> None:
         self.store = store
         self.lease_ms = lease_ms
         self.on_wake = on_wake
+        self.release_linger_s = release_linger_s
         self.gateway_id = uuid.uuid4().hex[:12]
         self._ids = itertools.count()
         self._waiting: dict[str, dict[str, Ticket]] = defaultdict(dict)
@@ -126,6 +138,9 @@ class Dispatcher:
         # flight per deployment, and what arrives meanwhile goes in the next (group commit).
         self._turns: dict[str, _Turn] = {}
         self._exchanging: dict[str, asyncio.Task[None]] = {}
+        # Turns of releases alone, waiting a moment for an admission to go with (their calls
+        # are due then).
+        self._lingering: dict[str, asyncio.TimerHandle] = {}
         self._cleanups: set[asyncio.Task[None]] = set()
         self.listening = asyncio.Event()
 
@@ -217,7 +232,10 @@ class Dispatcher:
         fail, the slot is no longer renewed and its lease frees it."""
         replica_id = self._let_go(ticket)
         if replica_id is not None:
-            self._turn(ticket.deployment).releases.append((replica_id, ticket.request_id))
+            # At once when a request of ours waits for a slot (this one may be its).
+            linger = not self._waiting.get(ticket.deployment)
+            turn = self._turn(ticket.deployment, linger)
+            turn.releases.append((replica_id, ticket.request_id))
             return
         task = asyncio.get_running_loop().create_task(self.finish(ticket))
         self._cleanups.add(task)
@@ -243,17 +261,31 @@ class Dispatcher:
 
     # --- one Redis call per deployment and turn of the loop ----------------------------------
 
-    def _turn(self, deployment: str) -> _Turn:
+    def _turn(self, deployment: str, linger: bool = False) -> _Turn:
         """The deployment's next exchange, started unless one is in flight (its end starts
         the next): requests of one turn of the event loop, and those that arrive while a
-        call is out, share one call."""
+        call is out, share one call. With `linger` (a release alone) a new turn's call waits
+        `release_linger_s`, and anything else added to it starts the call at once."""
         turn = self._turns.get(deployment)
         if turn is None:
             turn = self._turns[deployment] = _Turn()
-            if deployment not in self._exchanging:
-                task = asyncio.get_running_loop().create_task(self._exchange(deployment))
-                self._exchanging[deployment] = task
+            if deployment not in self._exchanging and deployment not in self._lingering:
+                if linger and self.release_linger_s > 0:
+                    loop = asyncio.get_running_loop()
+                    self._lingering[deployment] = loop.call_later(
+                        self.release_linger_s, self._start_exchange, deployment
+                    )
+                else:
+                    self._start_exchange(deployment)
+        elif not linger and deployment in self._lingering:
+            self._lingering.pop(deployment).cancel()
+            self._start_exchange(deployment)
         return turn
+
+    def _start_exchange(self, deployment: str) -> None:
+        self._lingering.pop(deployment, None)
+        task = asyncio.get_running_loop().create_task(self._exchange(deployment))
+        self._exchanging[deployment] = task
 
     async def _routing_of(self, deployment: str) -> str:
         routing = self._routing.get(deployment)
@@ -289,8 +321,7 @@ class Dispatcher:
         finally:
             self._exchanging.pop(deployment, None)
             if deployment in self._turns:  # arrived while the last call was being torn down
-                task = asyncio.get_running_loop().create_task(self._exchange(deployment))
-                self._exchanging[deployment] = task
+                self._start_exchange(deployment)
 
     def _settle(self, deployment: str, turn: _Turn, done: Exchanged) -> None:
         # Assignments first: a request that got its slot in this call finds it on return.

@@ -197,21 +197,27 @@ async def test_a_refused_admission_does_not_hold_back_the_request_that_waits(
     assert done.depth == 0
 
 
+def counting(store: Store) -> list[tuple[int, int]]:
+    """(releases, admissions) of each of the store's exchange calls from now on."""
+    calls: list[tuple[int, int]] = []
+    real = store.exchange
+
+    async def counted(*args: Any, **kwargs: Any) -> Exchanged:
+        calls.append((len(args[1]), len(args[2])))
+        return await real(*args, **kwargs)
+
+    store.exchange = counted  # type: ignore[method-assign]
+    return calls
+
+
 async def test_requests_of_one_turn_share_one_call_and_keep_their_order(store: Store) -> None:
     """Ten requests queued in the same turn of the gateway's loop go to Redis in one call, in
     the order they arrived: with one free slot, the first gets it."""
     await store.put_replica(replica("a"))
     dispatcher = Dispatcher(store, 10_000)
-    calls: list[int] = []
-    real = store.exchange
-
-    async def counted(*args: object, **kwargs: object) -> Exchanged:
-        calls.append(1)
-        return await real(*args, **kwargs)  # type: ignore[arg-type]
-
-    store.exchange = counted  # type: ignore[method-assign]
+    calls = counting(store)
     tickets = await asyncio.gather(*(dispatcher.enqueue(D) for _ in range(10)))
-    assert len(calls) == 1
+    assert calls == [(0, 10)]
     assert [t.assigned.done() for t in tickets] == [True] + [False] * 9
     assert (await store.load(D)).queued == 9
     # Giving the slot back hands it to the next in arrival order.
@@ -231,14 +237,7 @@ async def test_a_slot_given_back_without_waiting_goes_with_the_next_admission(
     request's admission, which gets that slot; nothing is left held or queued."""
     await store.put_replica(replica("a"))
     dispatcher = Dispatcher(store, 10_000)
-    calls: list[tuple[int, int]] = []
-    real = store.exchange
-
-    async def counted(*args: Any, **kwargs: Any) -> Exchanged:
-        calls.append((len(args[1]), len(args[2])))  # (releases, admissions)
-        return await real(*args, **kwargs)
-
-    store.exchange = counted  # type: ignore[method-assign]
+    calls = counting(store)
     first = await dispatcher.enqueue(D)
     assert first.assigned.result() == "a"
     dispatcher.finish_soon(first)
@@ -250,6 +249,38 @@ async def test_a_slot_given_back_without_waiting_goes_with_the_next_admission(
     load = await settled(store, lambda load: load.in_flight == 0)
     assert (load.queued, load.in_flight, load.completions_total) == (0, 0, 2)
     assert calls[-1] == (1, 0)
+
+
+async def test_a_slot_given_back_waits_a_moment_for_the_next_admission(store: Store) -> None:
+    """At low concurrency the next request comes a round trip after the answer: the release
+    lingers for it, and the admission that comes starts the shared call at once (it never
+    waits out the linger). A release nobody follows still goes, once the linger is up."""
+    await store.put_replica(replica("a"))
+    dispatcher = Dispatcher(store, 10_000, release_linger_s=0.5)
+    calls = counting(store)
+    first = await dispatcher.enqueue(D)
+    dispatcher.finish_soon(first)
+    await asyncio.sleep(0.01)  # the client's round trip
+    async with asyncio.timeout(0.4):  # less than the linger
+        second = await dispatcher.enqueue(D)
+    assert second.assigned.result() == "a"
+    assert calls == [(0, 1), (1, 1)]
+    dispatcher.finish_soon(second)
+    assert calls == [(0, 1), (1, 1)]  # lingering
+    load = await settled(store, lambda load: load.in_flight == 0)
+    assert (load.queued, load.completions_total) == (0, 2)
+    assert calls[-1] == (1, 0)
+
+
+async def test_a_slot_a_request_of_ours_waits_for_is_given_back_at_once(store: Store) -> None:
+    await store.put_replica(replica("a"))  # one slot
+    dispatcher = Dispatcher(store, 10_000, release_linger_s=60)
+    first = await dispatcher.enqueue(D)
+    second = await dispatcher.enqueue(D)
+    assert first.assigned.done() and not second.assigned.done()
+    dispatcher.finish_soon(first)
+    async with asyncio.timeout(5):  # not the 60 s linger
+        assert await dispatcher.wait(second) == "a"
 
 
 async def test_a_queued_request_finished_without_waiting_leaves_the_queue(store: Store) -> None:
