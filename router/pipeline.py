@@ -41,7 +41,7 @@ from router.middlewares import tenant_of
 from router.params import GenerateRequest
 from router.request_log import REQUEST_LOG_MAX, RequestLogEntry
 from router.retries import ATTEMPTS, SUSPECT_MS, retry_elsewhere
-from router.sse_writer import BatchedEvents
+from router.sse_writer import EventWriter
 from wakegate import topics
 from wakegate.quotas import Quotas, queue_limit, tenant_quotas
 from wakegate.spec import DeploymentSpec, valid_name
@@ -474,7 +474,7 @@ async def serve_stream(
     # response's own ping task is left asleep (a timer that never fires costs no CPU).
     resp = EventSourceResponse(sep="\n", allow_all_methods=True, ping_interval=NO_OWN_PING_S)
 
-    events = BatchedEvents(request, resp, EventSourceResponse.DEFAULT_SEND_TIMEOUT)
+    events = EventWriter(request, resp, EventSourceResponse.DEFAULT_SEND_TIMEOUT)
 
     async def send(items: list[Any]) -> None:
         # orjson: a stream makes an event per token (stdlib json was a tenth of a relaying
@@ -502,7 +502,6 @@ async def serve_stream(
             log.exception("stream of %s failed", spec.key)
             trail.status, trail.error = 500, "internal error"
             await send([renderer.error("internal error", "generation")])
-    await events.drain()
     await renderer.close(resp)
     resp.stop_streaming()
     await resp.write_eof()

@@ -1,5 +1,5 @@
-"""BatchedEvents against a real aiohttp server and client: events batched into few writes
-still arrive whole and in order, whatever the pace of the relay."""
+"""EventWriter against a real aiohttp server and client: the events of a read, written
+together, arrive whole and in order, whatever the pace of the relay."""
 
 from __future__ import annotations
 
@@ -10,21 +10,19 @@ from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 from harness import free_port
 
-from router.sse_writer import BatchedEvents
+from router.sse_writer import EventWriter
 
 
-async def test_batched_events_arrive_whole_and_in_order() -> None:
+async def test_events_arrive_whole_and_in_order() -> None:
     async def handler(request: web.Request) -> web.StreamResponse:
         resp = EventSourceResponse(sep="\n")
         await resp.prepare(request)
-        events = BatchedEvents(request, resp, 10)
-        for i in range(50):  # a burst, as from one read of the replica
-            await events.send([f"burst-{i}"])
+        events = EventWriter(request, resp, 10)
+        await events.send([f"burst-{i}" for i in range(50)])  # one read of the replica
         for i in range(5):  # the relay waiting between tokens
             await asyncio.sleep(0)
             await events.send([f"paced-{i}"])
         await events.send(["two\nlines"])
-        await events.drain()
         await resp.send("[DONE]")
         resp.stop_streaming()
         await resp.write_eof()
