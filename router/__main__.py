@@ -47,9 +47,9 @@ SHUTDOWN_TIMEOUT_S = 10
 # CPython collects its youngest generation every 700 new container objects. A request makes
 # hundreds and a relayed token several (its event's dict, list and strings), nearly all
 # short-lived, so collections ran every few tokens, and every older-generation pass walked the
-# objects of the gateway's start-up too (its routes, models, metrics): the collector was a
-# third of the CPU of relaying a stream (bench/README). Start-up's objects are frozen out of
-# collection, and the young generation is larger.
+# objects of the gateway's start-up too (its routes, models, metrics): the collector was about
+# a third of a stream relay's own Python work (bench/README). Start-up's objects are frozen
+# out of collection, and the young generation is larger.
 GC_YOUNG_OBJECTS = 50_000
 
 

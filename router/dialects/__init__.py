@@ -2,8 +2,8 @@
 
 A dialect turns a validated generate request into the engine's own HTTP call and the
 engine's answer into neutral `Token` / `Finish` items (a stream: a list of tokens per read
-from the replica, then the finish). The public APIs (LoRAX, OpenAI)
-render those items in their own shapes, so each engine is written once. Dialects by name:
+from the replica, then the finish). The public APIs (LoRAX, OpenAI) render those items in
+their own shapes, so each engine is written once. Dialects by name:
 `openai` (llama.cpp, vLLM, the sim engine), `lorax` and `tgi` (the native LoRAX/TGI API).
 """
 

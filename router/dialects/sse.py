@@ -33,10 +33,9 @@ async def post_events(
 ) -> AsyncGenerator[list[Any], None]:
     """POST a streaming request to a replica and yield the JSON data of the events of each
     read (never an empty list), skipping the `[DONE]` sentinel of OpenAI-style streams; an
-    answer other than 200 raises
-    UpstreamError.answered with the replica's own error. Iterate it inside
-    `contextlib.aclosing`, so that a consumer that stops early (an error event, a client gone)
-    closes the response at once and its connection goes back to the pool."""
+    answer other than 200 raises UpstreamError.answered with the replica's own error. Iterate
+    it inside `contextlib.aclosing`, so that a consumer that stops early (an error event, a
+    client gone) closes the response at once and its connection goes back to the pool."""
     headers = {"Accept": "text/event-stream", **JSON_HEADERS, **(headers or {})}
     async with client.post(url, data=orjson.dumps(body), headers=headers) as resp:
         if resp.status != 200:
