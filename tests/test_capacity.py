@@ -48,6 +48,16 @@ def scaler_metric(stack: Stack, line_start: str) -> float | None:
     return None
 
 
+def three_more_passes(stack: Stack) -> None:
+    """Wait until the scaler has made three more passes than it had made now."""
+    passes = scaler_metric(stack, "wakegate_scaler_passes_total") or 0.0
+    wait_until(
+        lambda: (scaler_metric(stack, "wakegate_scaler_passes_total") or 0) >= passes + 3,
+        30,
+        "three more passes",
+    )
+
+
 def warm_up(stack: Stack, name: str) -> None:
     r = stack.generate(name, "warm", 4)
     assert r.status_code == 200, r.text + stack.logs()
@@ -124,12 +134,7 @@ def test_guaranteed_deployment_keeps_its_idle_replica(
         waiting = pool.submit(stack.generate, cold, "hello", 4)
         wait_until(lambda: "WaitingForCapacity" in events(stack, cold), 30, "the cold wait")
         # Several passes later the guaranteed replica still serves and nothing was reclaimed.
-        passes = scaler_metric(stack, "wakegate_scaler_passes_total") or 0.0
-        wait_until(
-            lambda: (scaler_metric(stack, "wakegate_scaler_passes_total") or 0) >= passes + 3,
-            30,
-            "three more passes",
-        )
+        three_more_passes(stack)
         assert set(stack.sim_replicas(guaranteed)) == kept
         assert "Reclaimed" not in events(stack, guaranteed)
         assert not waiting.done()
@@ -262,11 +267,6 @@ def test_cold_deployment_of_a_tenant_below_its_share_gets_a_cancelled_start(
     assert "starting replica(s) cancelled" in reclaimed["message"]
     # No flapping: acme, still wanting two, waits for the GPU it gave instead of taking it
     # back from beta (a pool of two: a start of acme's would be a second record).
-    passes = scaler_metric(stack, "wakegate_scaler_passes_total") or 0.0
-    wait_until(
-        lambda: (scaler_metric(stack, "wakegate_scaler_passes_total") or 0) >= passes + 3,
-        30,
-        "three more passes",
-    )
+    three_more_passes(stack)
     assert set(stack.registry(loading)) == kept
     assert "Failed" not in events(stack, loading)
