@@ -18,7 +18,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
-import orjson
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 
@@ -474,12 +473,7 @@ async def serve_stream(
     # response's own ping task is left asleep (a timer that never fires costs no CPU).
     resp = EventSourceResponse(sep="\n", allow_all_methods=True, ping_interval=NO_OWN_PING_S)
 
-    events = EventWriter(request, resp, EventSourceResponse.DEFAULT_SEND_TIMEOUT)
-
-    async def send(items: list[Any]) -> None:
-        # orjson: a stream makes an event per token (stdlib json was a tenth of a relaying
-        # gateway's CPU).
-        await events.send([x if isinstance(x, str) else orjson.dumps(x).decode() for x in items])
+    send = EventWriter(request, resp, EventSourceResponse.DEFAULT_SEND_TIMEOUT).send
 
     async with (
         request_log_entry(request, spec, req, True, arrived) as trail,

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+from typing import Any
 
+import orjson
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 
@@ -26,12 +28,15 @@ class EventWriter:
     ) -> None:
         self._request, self._resp, self._send_timeout_s = request, resp, send_timeout_s
 
-    async def send(self, events: list[str]) -> None:
-        """Write events (their `data`), all in one write."""
+    async def send(self, events: list[Any]) -> None:
+        """Write events, all in one write: a str is an event's `data`, anything else its data
+        as JSON (orjson: a stream makes an event per token, and stdlib json was a tenth of a
+        relaying gateway's CPU)."""
         if not events:
             return
         parts: list[str] = []
-        for data in events:
+        for event in events:
+            data = event if isinstance(event, str) else orjson.dumps(event).decode()
             if "\n" in data or "\r" in data:
                 parts.extend(f"data: {line}\n" for line in _LINE_SEP.split(data))
                 parts.append("\n")

@@ -22,7 +22,7 @@ async def test_events_arrive_whole_and_in_order() -> None:
         for i in range(5):  # the relay waiting between tokens
             await asyncio.sleep(0)
             await events.send([f"paced-{i}"])
-        await events.send(["two\nlines"])
+        await events.send(["two\nlines", {"json": "made here"}])
         await resp.send("[DONE]")
         resp.stop_streaming()
         await resp.write_eof()
@@ -43,5 +43,5 @@ async def test_events_arrive_whole_and_in_order() -> None:
     finally:
         await runner.cleanup()
     expected = [f"data: burst-{i}" for i in range(50)] + [f"data: paced-{i}" for i in range(5)]
-    expected += ["data: two\ndata: lines", "data: [DONE]"]
+    expected += ["data: two\ndata: lines", 'data: {"json":"made here"}', "data: [DONE]"]
     assert body.split("\n\n") == [*expected, ""]
