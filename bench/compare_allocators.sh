@@ -20,7 +20,7 @@
 # after an idle gap, whose requests queue through a 30 s model load.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-TRACES=${TRACES:-../shared/data/traces}
+TRACES=${TRACES:-bench/traces}
 TRACE_FILE=${TRACE_FILE:-azure2023_code.csv}
 SPEED=${SPEED:-10}
 DEPLOYMENTS=${DEPLOYMENTS:-4}

@@ -9,7 +9,7 @@
 # compares with wakegate at every cooldown.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-TRACES=${TRACES:-../shared/data/traces}
+TRACES=${TRACES:-bench/traces}
 SPEED=${SPEED:-10}
 COOLDOWN=${COOLDOWN:-60}
 WAKEGATE=${WAKEGATE:-.venv/bin/wakegate}

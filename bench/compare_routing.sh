@@ -5,7 +5,7 @@
 # bench/out/mooncake-routing/{table.md,*.png,*.json}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-TRACES=${TRACES:-../shared/data/traces}
+TRACES=${TRACES:-bench/traces}
 SPEED=${SPEED:-10}
 WAKEGATE=${WAKEGATE:-.venv/bin/wakegate}
 "$WAKEGATE" replay "$TRACES/mooncake_conversation.jsonl" --speed "$SPEED" \

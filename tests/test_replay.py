@@ -26,7 +26,7 @@ from wakegate.tools.replay.traces import (
     window,
 )
 
-TRACES = ROOT.parent / "shared" / "data" / "traces"
+TRACES = ROOT / "bench" / "traces"
 
 
 def test_trace_loaders_read_both_formats() -> None:
