@@ -54,6 +54,17 @@ def test_a_user_entry_becomes_a_deployable_base_model(tmp_path: Path) -> None:
     validate_spec(spec)
 
 
+def test_an_entry_names_a_chat_template_by_name_or_by_file(tmp_path: Path) -> None:
+    template = tmp_path / "mine.jinja"
+    template.write_text("{{ messages[-1]['content'] }}")
+    load_models_file(models_file(tmp_path, GOOD + 'chat_template = "gemma3"\n'))
+    assert MODELS["my-llama"].chat_template == "gemma3"
+    load_models_file(models_file(tmp_path, GOOD + f'chat_template = "{template}"\n'))
+    assert MODELS["my-llama"].chat_template == str(template)
+    load_models_file(models_file(tmp_path, GOOD))
+    assert MODELS["my-llama"].chat_template is None, "none named: the weights' own"
+
+
 def test_an_entry_can_serve_built_in_weights_with_another_engine(tmp_path: Path) -> None:
     load_models_file(
         models_file(
@@ -111,6 +122,11 @@ BAD_FILES = [
     ),
     pytest.param(
         "[models]\nbroken = 3\n", "models.broken: must be a table", id="entry-not-a-table"
+    ),
+    pytest.param(
+        GOOD + 'chat_template = "no-such-template"\n',
+        "models.my-llama.chat_template: 'no-such-template' is neither a built-in template",
+        id="unknown-chat-template",
     ),
     pytest.param('[model."x"]\nengine = "vllm"\n', "unknown table 'model'", id="misspelt-table"),
     pytest.param('[models."x"\n', "models file", id="not-toml"),

@@ -7,6 +7,8 @@ llama.cpp gets a local GGUF file so that it has nothing to assemble.
 
 from __future__ import annotations
 
+import dataclasses
+
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -279,11 +281,21 @@ def test_llamacpp_maps_each_field_to_its_flag(
     p = plan("tiny-gguf", **config)
     assert p.argv == [
         sys.executable,
-        *["-m", "llama_cpp.server", "--model", local_gguf, "--model_alias", "tiny-gguf"],
+        *["-m", "scaler.replica.llamacpp", "--model", local_gguf, "--model_alias", "tiny-gguf"],
         *["--host", HOST, "--port", "8000", "--n_ctx", n_ctx, "--interrupt_requests", "False"],
+        *["--chat_format", "wakegate"],
         *extra,
     ]
-    assert p.env == {}
+    assert p.env == {}, "no chat template named: the GGUF's own (or a 400 for chat)"
+
+
+def test_llamacpp_passes_the_catalogues_chat_template_to_the_replica(local_gguf: str) -> None:
+    """The packaged Gemma GGUF has no template of its own: the catalogue names Gemma 3's."""
+    MODELS["tiny-gguf"] = dataclasses.replace(MODELS["tiny-gguf"], chat_template="gemma3")
+    p = plan("tiny-gguf")
+    assert p.env == {"WAKEGATE_CHAT_TEMPLATE": "gemma3"}
+    assert p.argv[p.argv.index("--chat_format") + 1] == "wakegate"
+    assert MODELS["gemma-3-270m"].chat_template == "gemma3"
 
 
 @pytest.mark.parametrize(
@@ -321,7 +333,8 @@ def test_llamacpp_custom_args_become_config_keys_before_wakegate_ones_with_adapt
     config = json.loads(Path(p.argv[-1]).read_text())
     first = config["models"][0]
     assert (first["n_threads"], first["flash_attn"]) == ("2", "true")
-    assert list(first)[-3:] == ["model", "n_ctx", "model_alias"], "wakegate's keys last"
+    assert list(first)[-4:] == ["model", "n_ctx", "chat_format", "model_alias"], "wakegate's last"
+    assert {m["chat_format"] for m in config["models"]} == {"wakegate"}
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from wakegate.chat_templates import BUILT_IN, is_known
+
 
 @dataclass(frozen=True)
 class ModelEntry:
@@ -24,6 +26,9 @@ class ModelEntry:
     weights: str  # engine-specific locator: a GGUF source for llama.cpp, an HF repo for vLLM
     context_window: int
     default_accelerator: str
+    # How chat messages become the model's prompt where the weights carry no template: a
+    # name from wakegate/chat_templates/ or a Jinja file's path; None: the weights' own.
+    chat_template: str | None = None
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,8 @@ MODELS: dict[str, ModelEntry] = {
         # 270M and 1B take 32K tokens (google/gemma-3-270m, "Inputs and outputs").
         context_window=32768,
         default_accelerator="cpu",
+        # The packaged GGUF carries no chat template (llama.cpp would use Llama 2's markup).
+        chat_template="gemma3",
     ),
     # GPU models: weights are Hugging Face repositories that the engine downloads itself.
     "qwen3-8b": ModelEntry(
@@ -136,6 +143,7 @@ class CatalogError(ValueError):
 
 
 ENTRY_KEYS = ("engine", "weights", "context_window", "default_accelerator")
+OPTIONAL_KEYS = ("chat_template",)
 
 
 def parse_models_file(path: Path) -> dict[str, ModelEntry]:
@@ -164,9 +172,10 @@ def _entry(name: str, raw: Any) -> ModelEntry:
     """One entry; a CatalogError's message starts with the offending key (`.engine: ...`)."""
     if not isinstance(raw, dict):
         raise CatalogError(": must be a table")
-    extra = sorted(set(raw) - set(ENTRY_KEYS))
+    extra = sorted(set(raw) - set(ENTRY_KEYS) - set(OPTIONAL_KEYS))
     if extra:
-        raise CatalogError(f".{extra[0]}: unknown key; known: {', '.join(ENTRY_KEYS)}")
+        known = ", ".join(ENTRY_KEYS + OPTIONAL_KEYS)
+        raise CatalogError(f".{extra[0]}: unknown key; known: {known}")
     missing = [key for key in ENTRY_KEYS if key not in raw]
     if missing:
         raise CatalogError(f".{missing[0]}: required")
@@ -183,7 +192,14 @@ def _entry(name: str, raw: Any) -> ModelEntry:
         raise CatalogError(
             f".default_accelerator: unknown accelerator {accelerator!r}; known: {known}"
         )
-    return ModelEntry(name, engine, weights, window, accelerator)
+    template = raw.get("chat_template")
+    if template is not None and not (isinstance(template, str) and is_known(template)):
+        built_in = ", ".join(sorted(BUILT_IN))
+        raise CatalogError(
+            f".chat_template: {template!r} is neither a built-in template ({built_in}) "
+            "nor an existing file"
+        )
+    return ModelEntry(name, engine, weights, window, accelerator, template)
 
 
 def load_models_file(path: Path | None) -> dict[str, ModelEntry]:

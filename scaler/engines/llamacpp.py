@@ -14,6 +14,7 @@ from pathlib import Path
 from types import ModuleType
 
 from scaler.engines import Launcher, LaunchPlan, Target, custom_argv
+from scaler.replica import CHAT_TEMPLATE_ENV, LLAMACPP_CHAT_FORMAT
 from wakegate.catalog import MODELS
 from wakegate.engines import EngineRefused, custom_flags
 from wakegate.engines.llamacpp import LlamaCppProfile
@@ -22,6 +23,8 @@ from wakegate.spec import DeploymentSpec
 DEFAULT_CONTEXT = 4096
 # llama-cpp-python's server settings are pydantic settings: `--api_key` is also API_KEY.
 API_KEY_ENV = "API_KEY"
+# The replica's entry point: llama-cpp-python's server with the model's chat template.
+SERVER = [sys.executable, "-m", "scaler.replica.llamacpp"]
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +81,7 @@ class LlamaCppEngine(LlamaCppProfile, Launcher):
         # The deployment's flags first: llama-cpp-python's argparse takes the last of a repeated
         # option, so wakegate's address, model and context always win.
         argv = [
-            sys.executable,
-            "-m",
-            "llama_cpp.server",
+            *SERVER,
             *custom_argv(self.name, cfg),
             "--model",
             str(gguf),
@@ -95,14 +96,19 @@ class LlamaCppEngine(LlamaCppProfile, Launcher):
             # A new request must queue behind a running one, never cut it off.
             "--interrupt_requests",
             "False",
+            "--chat_format",
+            LLAMACPP_CHAT_FORMAT,
         ]
         if cfg.max_num_batched_tokens:
             argv += ["--n_batch", str(cfg.max_num_batched_tokens)]
+        env = _template_env(spec.base_model)
         if not at.api_key:
-            return LaunchPlan(argv=argv)
+            return LaunchPlan(argv=argv, env=env)
         # The server's settings read API_KEY from the environment when argv has no --api_key.
         return LaunchPlan(
-            argv=argv, env={API_KEY_ENV: at.api_key}, secret_env=frozenset({API_KEY_ENV})
+            argv=argv,
+            env={**env, API_KEY_ENV: at.api_key},
+            secret_env=frozenset({API_KEY_ENV}),
         )
 
     def _with_adapters(
@@ -117,7 +123,7 @@ class LlamaCppEngine(LlamaCppProfile, Launcher):
         if spec.config.max_num_batched_tokens:
             extra["n_batch"] = str(spec.config.max_num_batched_tokens)
         # wakegate's keys last, as on the command line.
-        base = {**extra, "model": str(gguf), "n_ctx": n_ctx}
+        base = {**extra, "model": str(gguf), "n_ctx": n_ctx, "chat_format": LLAMACPP_CHAT_FORMAT}
         config = {
             "host": at.host,
             "port": at.port,
@@ -138,5 +144,11 @@ class LlamaCppEngine(LlamaCppProfile, Launcher):
         with os.fdopen(fd, "w") as fh:
             fh.write(json.dumps(config, indent=1))
         return LaunchPlan(
-            argv=[sys.executable, "-m", "llama_cpp.server", "--config_file", str(path)]
+            argv=[*SERVER, "--config_file", str(path)], env=_template_env(spec.base_model)
         )
+
+
+def _template_env(base_model: str) -> dict[str, str]:
+    """The catalogue's chat template for the model, for the replica's entry point."""
+    template = MODELS[base_model].chat_template
+    return {CHAT_TEMPLATE_ENV: template} if template else {}
