@@ -128,6 +128,11 @@ BAD_FILES = [
         "models.my-llama.chat_template: 'no-such-template' is neither a built-in template",
         id="unknown-chat-template",
     ),
+    pytest.param(
+        GOOD.replace('"vllm"', '"tgi"') + 'chat_template = "gemma3"\n',
+        "models.my-llama.chat_template: tgi reads the template from the model's tokenizer",
+        id="chat-template-on-an-engine-that-takes-none",
+    ),
     pytest.param('[model."x"]\nengine = "vllm"\n', "unknown table 'model'", id="misspelt-table"),
     pytest.param('[models."x"\n', "models file", id="not-toml"),
 ]

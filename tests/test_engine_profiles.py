@@ -8,7 +8,6 @@ llama.cpp gets a local GGUF file so that it has nothing to assemble.
 from __future__ import annotations
 
 import dataclasses
-
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from router.dialects import get_dialect
 from scaler.engines import LaunchPlan, get_engine
 from scaler.engines import engine_names as scaler_engine_names
 from wakegate.catalog import MODELS, ModelEntry
+from wakegate.chat_templates import template_text
 from wakegate.engines import EngineRefused, engine_names, get_profile, validate_spec
 from wakegate.engines.sim import SimProfile
 from wakegate.spec import DeploymentConfig, DeploymentSpec, parse_create
@@ -287,6 +287,17 @@ def test_llamacpp_maps_each_field_to_its_flag(
         *extra,
     ]
     assert p.env == {}, "no chat template named: the GGUF's own (or a 400 for chat)"
+
+
+def test_vllm_gets_the_catalogues_chat_template_as_text() -> None:
+    saved = MODELS[VLLM]
+    MODELS[VLLM] = dataclasses.replace(saved, chat_template="gemma3")
+    try:
+        argv = plan(VLLM).argv
+    finally:
+        MODELS[VLLM] = saved
+    assert argv[argv.index("--chat-template") + 1] == template_text("gemma3")
+    assert "--chat-template" not in plan(VLLM).argv, "none named: the tokenizer's own"
 
 
 def test_llamacpp_passes_the_catalogues_chat_template_to_the_replica(local_gguf: str) -> None:

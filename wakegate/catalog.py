@@ -142,6 +142,9 @@ class CatalogError(ValueError):
     """A user catalogue entry is wrong; the message names the file, the entry and the key."""
 
 
+# Engines that take a chat template from wakegate (the others read the model's own).
+TEMPLATE_ENGINES: frozenset[str] = frozenset({"llamacpp", "vllm"})
+
 ENTRY_KEYS = ("engine", "weights", "context_window", "default_accelerator")
 OPTIONAL_KEYS = ("chat_template",)
 
@@ -198,6 +201,11 @@ def _entry(name: str, raw: Any) -> ModelEntry:
         raise CatalogError(
             f".chat_template: {template!r} is neither a built-in template ({built_in}) "
             "nor an existing file"
+        )
+    if template is not None and engine not in TEMPLATE_ENGINES:
+        raise CatalogError(
+            f".chat_template: {engine} reads the template from the model's tokenizer config "
+            f"only; a template can be named for {' and '.join(sorted(TEMPLATE_ENGINES))}"
         )
     return ModelEntry(name, engine, weights, window, accelerator, template)
 

@@ -14,6 +14,8 @@ from typing import Any
 
 from scaler.engines import Launcher, LaunchPlan, Target
 from scaler.engines import gpu as g
+from wakegate.catalog import MODELS
+from wakegate.chat_templates import template_text
 from wakegate.engines.gpu import Speculation, adapter_ids, speculation
 from wakegate.engines.vllm import VllmProfile
 from wakegate.spec import DeploymentSpec
@@ -49,6 +51,10 @@ class VllmEngine(VllmProfile, Launcher):
             argv += ["--quantization", method]
         argv += _speculative_config(speculation(cfg))
         argv += _lora(adapter_ids(cfg), at.adapters)
+        template = MODELS[spec.base_model].chat_template
+        if template:
+            # The template's text, not a path: the replica may run where no file of ours is.
+            argv += ["--chat-template", template_text(template)]
         return g.plan(self.name, cfg, argv, at, command_len=3, key_env=API_KEY_ENV)
 
 
