@@ -99,6 +99,10 @@ BAD_VALUES = [
     ("llamacpp", ["--n_threads", "1_000"], "integer"),
     ("sim", ["--load-s", "-1"], "within"),
     ("sim", ["--tps", " 5"], "number"),
+    # Review 2026-12b, finding 10: `$` let a trailing newline through to argv.
+    ("sim", ["--load-s", "1\n"], "number"),
+    ("sim", ["--batch=4\n"], "integer"),
+    ("llamacpp", ["--seed", "-1\n"], "integer"),
     ("llamacpp", ["--n_threads", "1"] * 33, "at most"),
     ("llamacpp", ["--n_threads", "1" * 300], "longer"),
 ]

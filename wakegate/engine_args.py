@@ -28,8 +28,8 @@ FIELD = "config.customArgs"
 MAX_ARGS = 64
 MAX_ARG_CHARS = 256
 
-_INT = re.compile(r"^-?\d{1,19}$")
-_FLOAT = re.compile(r"^-?(?:\d{1,19}(?:\.\d{0,19})?|\.\d{1,19})(?:[eE][-+]?\d{1,3})?$")
+_INT = re.compile(r"-?\d{1,19}")
+_FLOAT = re.compile(r"-?(?:\d{1,19}(?:\.\d{0,19})?|\.\d{1,19})(?:[eE][-+]?\d{1,3})?")
 _BOOLS = {"true": True, "false": False}
 
 
@@ -59,7 +59,8 @@ class Flag:
         if self.kind == "choice":
             return None if value in self.choices else f"must be {self.describe()}"
         pattern = _INT if self.kind == "int" else _FLOAT
-        if not pattern.match(value):
+        # fullmatch: `$` would let a trailing newline through to argv and config files.
+        if not pattern.fullmatch(value):
             return f"must be {'an integer' if self.kind == 'int' else 'a number'}"
         number = float(value)
         if not math.isfinite(number) or not self.low <= number <= self.high:
