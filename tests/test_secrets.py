@@ -22,7 +22,7 @@ from wakegate.catalog import MODELS
 from wakegate.engines import EngineRefused
 from wakegate.sealing import SecretBox, generate_key, seal_secrets
 from wakegate.spec import DeploymentConfig, DeploymentSpec, parse_create
-from wakegate.store import Store, dep_key, token_key
+from wakegate.store import Store, admin_token_key, dep_key, token_key
 
 PLAIN = "hf_PLAINTEXT_token_that_must_never_reach_redis"
 
@@ -154,10 +154,10 @@ async def test_secrets_stored_before_there_was_a_key_are_sealed_and_tokens_signe
     keyed = Store(store.redis, box)
     for token in ("pb_unsigned", "pb_bare"):
         assert await keyed.tenant_for_token(token) is None  # unsigned: refused under a key
-    assert await keyed.sign_legacy_tokens() == 2
+    assert len(await keyed.sign_legacy_tokens()) == 2
     for token in ("pb_unsigned", "pb_bare"):
         assert (await keyed.tenant_for_token(token) or {}).get("code") == "acme"
-    assert await keyed.sign_legacy_tokens() == 0
+    assert await keyed.sign_legacy_tokens() == []
 
     assert await keyed.seal_stored_secrets() == 1
     raw = await store.redis.get(dep_key("acme/old", "spec"))
@@ -165,6 +165,44 @@ async def test_secrets_stored_before_there_was_a_key_are_sealed_and_tokens_signe
     stored = await keyed.get_deployment("acme/old")
     assert stored is not None and box.open(stored.config.hf_token or "") == PLAIN
     assert await keyed.seal_stored_secrets() == 0
+
+
+async def test_unsigned_records_written_after_the_migration_are_never_signed(
+    store: Store,
+) -> None:
+    """Review 2026-12b, finding 5: every start signed whatever unsigned record it found, so a
+    record written into Redis became a token at the next restart. The migration runs once."""
+    keyed = Store(store.redis, SecretBox(generate_key()))
+    await keyed.ensure_tenant("acme")
+    assert await keyed.sign_legacy_tokens() == []  # a new installation: nothing to sign
+    await store.redis.set(token_key("pb_forged"), "acme")
+    await store.add_token("pb_forged_record", "acme")  # a record without a MAC
+    await store.redis.set(
+        admin_token_key("wga_forged"),
+        json.dumps({"id": "f0", "kind": "admin", "owner": "mallory", "created_at": 0}),
+    )
+    assert await keyed.sign_legacy_tokens() == []  # the next start
+    for token in ("pb_forged", "pb_forged_record"):
+        assert await keyed.tenant_for_token(token) is None
+    assert await keyed.admin_for_token("wga_forged") is None
+
+
+async def test_a_revoked_start_up_token_stays_revoked(store: Store) -> None:
+    """Finding 5 too: `wakegate up` re-added its state dir's tokens on every start."""
+    await store.ensure_tenant("acme")
+    assert await store.ensure_token("tenant", "pb_state_dir", "acme") == "added"
+    before = (await store.tokens())[-1]
+    assert await store.ensure_token("tenant", "pb_state_dir", "acme") == "kept"
+    assert [r.created_at for r in await store.tokens() if r.id == before.id] == [
+        before.created_at
+    ], "kept as it was, not rewritten"
+    assert await store.ensure_token("admin", "wga_state_dir", "admin") == "added"
+    for rec in await store.tokens():
+        assert await store.revoke_token(rec.id) is not None
+    assert await store.ensure_token("tenant", "pb_state_dir", "acme") == "revoked"
+    assert await store.ensure_token("admin", "wga_state_dir", "admin") == "revoked"
+    assert await store.tenant_for_token("pb_state_dir") is None
+    assert await store.admin_for_token("wga_state_dir") is None
 
 
 # --- tokens -----------------------------------------------------------------------------------

@@ -218,6 +218,11 @@ def token_key(token: str) -> str:
 
 
 TOKEN_INDEX = "wg:token-index"
+# Ids of revoked tokens: a start-up that finds a token of its state dir here leaves it revoked.
+REVOKED_TOKENS = "wg:revoked-tokens"
+# One-time data migrations that ran (field: its name, value: when), so none runs twice.
+MIGRATIONS = "wg:migrations"
+SIGN_TOKENS_MIGRATION = "sign-unsigned-tokens"
 
 
 def auth_failures_key(address: str) -> str:
@@ -885,16 +890,33 @@ class Store:
             pipe.get(key)
             pipe.delete(key)
             pipe.hdel(TOKEN_INDEX, token_id)
-            raw, _, _ = await pipe.execute()
+            pipe.sadd(REVOKED_TOKENS, token_id)
+            raw, _, _, _ = await pipe.execute()
         return TokenRecord(**json.loads(raw)) if raw and raw.startswith("{") else None
 
-    async def sign_legacy_tokens(self) -> int:
-        """Sign the tokens stored unsigned (bare values from before token records, or records
-        made while there was no key) with this store's key, as indexed records, so they keep
-        working once the key is configured. Returns how many it rewrote."""
+    async def ensure_token(self, kind: str, token: str, owner: str) -> str:
+        """A start-up's own token (the state dir's): added when Redis has none of it, kept as
+        it is when it has one, never brought back once revoked. Returns what it did:
+        `added`, `kept` or `revoked`."""
+        digest = token_digest(token)
+        if await self.redis.sismember(REVOKED_TOKENS, digest[:16]):
+            return "revoked"
+        if await self.redis.exists(_token_key_of(kind, digest)):
+            return "kept"
+        await self._put_token(kind, token, owner, None, None)
+        return "added"
+
+    async def sign_legacy_tokens(self) -> list[str]:
+        """Once per installation, when a key is first configured: sign the tokens stored
+        unsigned (bare values from before token records, or records made while there was no
+        key) with this store's key, as indexed records, so they keep working under the key.
+        Returns the ids it signed. After it has run (recorded in MIGRATIONS), an unsigned
+        record is never signed again: one written into Redis later opens nothing."""
         if self.box is None:
-            return 0
-        rewritten = 0
+            return []
+        if not await self.redis.hsetnx(MIGRATIONS, SIGN_TOKENS_MIGRATION, str(time.time())):
+            return []
+        signed: list[str] = []
         for kind, pattern in (("tenant", "wg:token:*"), ("admin", "wg:admin-token:*")):
             async for key in self.redis.scan_iter(match=pattern, count=1000):
                 raw = cast(str | None, await self.redis.get(key))
@@ -910,8 +932,8 @@ class Store:
                 rec = replace(rec, mac=self.box.sign(rec.signed_text(digest)))
                 await self.redis.set(key, rec.to_json(), keepttl=True)
                 await self.redis.hset(TOKEN_INDEX, rec.id, f"{kind}:{digest}")
-                rewritten += 1
-        return rewritten
+                signed.append(rec.id)
+        return signed
 
     async def seal_stored_secrets(self) -> int:
         """Encrypt the secrets of deployments stored in clear (before there was a key) with

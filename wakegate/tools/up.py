@@ -114,17 +114,27 @@ def write_connect_file(settings: Settings) -> Path:
     return path
 
 
-async def ensure_tenant_and_token(settings: Settings, token: str, admin_token: str) -> None:
+async def ensure_tenant_and_token(settings: Settings, token: str, admin_token: str) -> set[str]:
+    """The default tenant, its token and the admin token (the state dir's), in Redis. Returns
+    the kinds (`tenant`, `admin`) whose state-dir token was revoked: those stay revoked."""
     assert settings.redis_url
     store = Store.from_url(settings.redis_url, box=box_from_settings(settings.secret_key_file))
     try:
-        # Tokens made before token records were signed keep working under the key, and
-        # hfTokens stored before there was a key are encrypted now (nothing else runs yet).
-        await store.sign_legacy_tokens()
+        # Tokens made before token records were signed keep working under the key (once per
+        # installation: later unsigned records are no tokens), and hfTokens stored before there
+        # was a key are encrypted now (nothing else runs yet).
+        for token_id in await store.sign_legacy_tokens():
+            say(f"signed token {token_id}, stored before tokens were signed")
         await store.seal_stored_secrets()
         await store.ensure_tenant(settings.default_tenant)
-        await store.add_token(token, settings.default_tenant)
-        await store.add_admin_token(admin_token)
+        revoked = set()
+        for kind, value, owner in (
+            ("tenant", token, settings.default_tenant),
+            ("admin", admin_token, "admin"),
+        ):
+            if await store.ensure_token(kind, value, owner) == "revoked":
+                revoked.add(kind)
+        return revoked
     finally:
         await store.close()
 
@@ -256,9 +266,20 @@ class Stack:
 
         token = load_or_create_token(state, s.default_token)
         admin_token, self.admin_token_file = load_or_create_admin_token(state)
-        asyncio.run(ensure_tenant_and_token(s, token, admin_token))
-        self.say(f"tenant '{s.default_tenant}' and its API token are ready", ok=True)
-        self.say(f"admin token (quotas, /admin/v1) in {self.admin_token_file.resolve()}", ok=True)
+        revoked = asyncio.run(ensure_tenant_and_token(s, token, admin_token))
+        for kind, file in (("tenant", TOKEN_FILE), ("admin", ADMIN_TOKEN_FILE)):
+            if kind in revoked:
+                flag = " --admin" if kind == "admin" else f" --tenant {s.default_tenant}"
+                self.say(f"the {kind} token in {(state / file).resolve()} was revoked and stays "
+                         f"revoked: make another with `wakegate create-token{flag}`")  # fmt: skip
+        if "tenant" in revoked:
+            token = "(revoked)"
+        else:
+            self.say(f"tenant '{s.default_tenant}' and its API token are ready", ok=True)
+        if "admin" not in revoked:
+            self.say(
+                f"admin token (quotas, /admin/v1) in {self.admin_token_file.resolve()}", ok=True
+            )
 
         if s.backend == "local":
             with self.working(
