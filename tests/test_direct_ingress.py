@@ -79,6 +79,14 @@ def assert_hidden_on_public(stack: Stack, name: str) -> None:
     assert name not in model_ids(stack, stack.base)
 
 
+def cli(stack: Stack, *args: str) -> dict[str, Any]:
+    """`wakegate ARGS --json` against the stack's public gateway, as its tenant."""
+    env = {"WAKEGATE_URL": stack.base, "WAKEGATE_TOKEN": stack.token}
+    out = CliRunner().invoke(cli_main, list(args), env=env, catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    return dict(json.loads(out.stdout))
+
+
 def put(stack: Stack, name: str, **config: Any) -> dict[str, Any]:
     r = stack.api("PUT", f"/v2/deployments/{name}", json={"config": config})
     assert r.status_code == 200, r.text
@@ -227,7 +235,8 @@ def test_turning_direct_ingress_on_and_off_keeps_the_replica_and_every_request_s
     with Traffic(stack, stack.private_base, name) as private_traffic:
         streaming.start()
         wait_until(lambda: len(stream) > 2, 60, "the public stream's first tokens")
-        on = put(stack, name, directIngress=True)
+        # Turned on with the CLI (an update like any other), off below with the API.
+        on = cli(stack, "deployments", "update", name, "--direct-ingress", "--json")
         assert streaming.is_alive()  # the stream is in flight across the switch
         assert on["status"] == "ready" and on["privateEndpoint"]["servingUrl"] == stack.private_base
         wait_until(
