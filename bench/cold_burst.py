@@ -53,6 +53,7 @@ from wakegate.tools.up import Stack
 
 HERE = Path(__file__).resolve().parent
 HAS_WORKERS = "gateway_workers" in {f.name for f in fields(Settings)}
+HAS_PRIVATE = "private_port" in {f.name for f in fields(Settings)}
 NAME = "burst"
 LOAD_S, TTFT_S, TPS, BATCH, REPLICAS, TOKENS = 5.0, 0.05, 40.0, 64, 4, 20
 ENGINE = SimTiming(load_s=LOAD_S, ttft_s=TTFT_S, tps=TPS, batch=BATCH).args()
@@ -238,6 +239,8 @@ def run_one(n: int, args: argparse.Namespace) -> dict[str, Any]:
             # Versions before gateway workers existed ran one process: the same script
             # measures them too.
             **({"gateway_workers": args.workers} if HAS_WORKERS else {}),
+            # No private listener (direct ingress), in versions that have one.
+            **({"private_port": None} if HAS_PRIVATE else {}),
         )  # fmt: skip
         stack = Stack(settings, quiet=True)
         try:

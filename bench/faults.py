@@ -138,6 +138,7 @@ class FaultStack:
             "WAKEGATE_BACKEND": "sim",
             "WAKEGATE_SIM_POOL": "a10_24gb=8",
             "WAKEGATE_STATE_DIR": str(self.state),
+            "WAKEGATE_PRIVATE_PORT": "none",  # two gateways here; no direct ingress
             "PYTHONUNBUFFERED": "1",
         }
         self.gateway_ports = [free_port(), free_port()]

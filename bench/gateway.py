@@ -366,7 +366,7 @@ def create_deployment(stack: Stack) -> None:
 def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     settings = Settings(
         state_dir=tmp / "state", port=free_port(), scaler_port=free_port(), backend="sim",
-        sim_pool="a10_24gb=8", gateway_workers=1, log_level="WARNING",
+        sim_pool="a10_24gb=8", gateway_workers=1, log_level="WARNING", private_port=None,
     )  # fmt: skip
     stack = Stack(settings, quiet=True)
     rows: list[Row] = []

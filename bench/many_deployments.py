@@ -213,6 +213,7 @@ def main() -> None:
             state_dir=args.state_dir or Path(tmp),
             port=free_port(),
             scaler_port=free_port(),
+            private_port=None,
             backend="sim",
             sim_pool="a10_24gb=1000",
             quota_max_deployments_per_tenant=None,

@@ -2,11 +2,13 @@
 
     python -m router [--workers N]
 
-With N > 1 this process only supervises: it starts N gateway processes that all bind the
-port with SO_REUSEPORT (the kernel spreads connections over them), restarts one that dies,
-and stops them all on SIGTERM or Ctrl-C. The workers keep their metrics in files of one
-folder (prometheus_client's multiprocess mode), so whichever worker answers /metrics reports
-all of them. Each worker is a gateway of its own, with its own
+Each gateway process serves two listeners: the public one (`host`:`port`) and, unless
+`private_port` is none, the private data-plane one (`private_host`:`private_port`, direct
+ingress: README). With N > 1 this process only supervises: it starts N gateway processes
+that all bind both ports with SO_REUSEPORT (the kernel spreads connections over them),
+restarts one that dies, and stops them all on SIGTERM or Ctrl-C. The workers keep their
+metrics in files of one folder (prometheus_client's multiprocess mode), so whichever worker
+answers /metrics reports all of them. Each worker is a gateway of its own, with its own
 id, queue leases and assignment channel, exactly as if it ran on another machine: the queue
 in Redis keeps the global order across them, and a worker that dies frees its entries when
 their leases run out.
@@ -21,6 +23,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -44,6 +47,7 @@ log = logging.getLogger("router")
 WORKER_FLAG = "--worker"
 RESTART_BACKOFF_S = 1.0
 SHUTDOWN_TIMEOUT_S = 10
+PRIVATE_BACKLOG = 128  # as aiohttp's own listener
 # CPython collects its youngest generation every 700 new container objects. A request makes
 # hundreds and a relayed token several (its event's dict, list and strings), nearly all
 # short-lived, so collections ran every few tokens, and every older-generation pass walked the
@@ -59,9 +63,41 @@ async def _tune_gc(app: web.Application) -> None:
     gc.set_threshold(GC_YOUNG_OBJECTS, *gc.get_threshold()[1:])
 
 
-def serve(settings: Settings, reuse_port: bool) -> None:
+def private_socket(settings: Settings, reuse_port: bool) -> socket.socket | None:
+    """The private data-plane listener's socket (direct ingress), bound here so that the app
+    knows its port before it serves; None when there is none."""
+    if settings.private_port is None:
+        return None
+    if settings.private_port == settings.port:
+        raise SystemExit(
+            "bad configuration: WAKEGATE_PRIVATE_PORT must differ from WAKEGATE_PORT "
+            f"(both {settings.port}): the listener a request came in on is told by its port"
+        )
+    family, kind, proto, _, address = socket.getaddrinfo(
+        settings.private_host, settings.private_port, type=socket.SOCK_STREAM,
+        flags=socket.AI_PASSIVE,
+    )[0]  # fmt: skip
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
-        app = create_app(settings)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise SystemExit(
+            f"cannot listen on {settings.private_host}:{settings.private_port} (the private "
+            f"listener, WAKEGATE_PRIVATE_HOST / WAKEGATE_PRIVATE_PORT): {exc}"
+        ) from None
+    sock.listen(PRIVATE_BACKLOG)
+    sock.setblocking(False)
+    return sock
+
+
+def serve(settings: Settings, reuse_port: bool) -> None:
+    private = private_socket(settings, reuse_port)
+    try:
+        app = create_app(settings, private_port=private.getsockname()[1] if private else None)
     except (CatalogError, SecretKeyError) as exc:
         raise SystemExit(str(exc)) from None
     app.on_startup.append(_tune_gc)  # after the app's own start-up (its cleanup contexts)
@@ -69,6 +105,7 @@ def serve(settings: Settings, reuse_port: bool) -> None:
         app,
         host=settings.host,
         port=settings.port,
+        sock=private,
         reuse_port=reuse_port or None,
         # A client that goes away cancels its handler, which takes it out of the queue.
         handler_cancellation=True,

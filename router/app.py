@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from router import admin, control, lorax_api, openai_api, ui
@@ -30,7 +31,7 @@ from router.holding import Holding
 from router.jobs import JobRunner
 from router.lookups import LoadingCache
 from router.metrics import GatewayMetrics
-from router.middlewares import auth_middleware, errors_middleware
+from router.middlewares import auth_middleware, errors_middleware, ingress_middleware
 from router.openapi import OPENAPI_PATH, openapi_document
 from router.pipeline import wake_publisher
 from wakegate import topics
@@ -147,13 +148,17 @@ async def openapi_handler(request: web.Request) -> web.Response:
     return web.json_response(openapi_document())
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: Settings, private_port: int | None = None) -> web.Application:
+    """The gateway; `private_port`: the port of its private (direct-ingress) listener, whose
+    requests reach the data plane only, every deployment's (router/__main__.py binds it)."""
     # Deployments naming a user's catalogue entry validate only once it is loaded.
     load_models_file(settings.models_file)
-    app = web.Application(
-        middlewares=[errors_middleware, auth_middleware],
-        client_max_size=settings.max_body_bytes,
-    )
+    middlewares: list[Middleware] = [errors_middleware, auth_middleware]
+    if private_port is not None:
+        # After the errors middleware (which names the route's family), before auth: a
+        # control-plane path on the private listener is no route there, token or not.
+        middlewares.insert(1, ingress_middleware(private_port))
+    app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[METRICS] = GatewayMetrics()
     app[METRICS_TOKEN] = read_secret(settings.metrics_token_file)

@@ -17,6 +17,7 @@ from aiohttp import web
 from router.context import BUS, METRICS, SETTINGS, SPEC_CACHE, STORE
 from router.errors import ApiError
 from router.middlewares import tenant_of
+from router.pipeline import DEPLOY_URL
 from wakegate import engine_args, topics
 from wakegate.catalog import MODELS
 from wakegate.engines import EngineRefused, validate_spec
@@ -26,6 +27,7 @@ from wakegate.sealing import SEALED_FIELDS, SEALED_PREFIX, seal_secrets
 from wakegate.spec import (
     CONFIG_KEYS,
     ENGINE_FIELDS,
+    ConfigUpdate,
     DeploymentConfig,
     DeploymentSpec,
     InvalidSpec,
@@ -100,8 +102,35 @@ async def _visible(store: Store, key: str, name: str) -> DeploymentSpec:
     return spec
 
 
-async def _wire(store: Store, spec: DeploymentSpec) -> dict[str, Any]:
+def private_endpoint(spec: DeploymentSpec, serving_url: str | None) -> dict[str, str] | None:
+    """Where a direct-ingress deployment is served (the private listener): the serving base
+    to give the SDK (`serving_url_override`) and the deployment's own URL (lorax-client,
+    REST). None for any other deployment, or on a gateway without a private listener."""
+    if not spec.config.direct_ingress or serving_url is None:
+        return None
+    return {
+        "servingUrl": serving_url,
+        "url": f"{serving_url}{DEPLOY_URL.format(tenant=spec.tenant, name=spec.name)}",
+    }
+
+
+def _check_ingress(request: web.Request, config: ConfigUpdate | None) -> None:
+    """`directIngress: true` needs a private listener to be served on."""
+    if config is not None and config.direct_ingress and request.app[SETTINGS].private_port is None:
+        raise ApiError(
+            400,
+            "config.directIngress: this gateway has no private listener to serve it on "
+            "(WAKEGATE_PRIVATE_PORT is none)",
+            field="config.directIngress",
+        )
+
+
+async def _wire(request: web.Request, spec: DeploymentSpec) -> dict[str, Any]:
+    store = request.app[STORE]
     wire = spec.to_wire(current_replicas=await store.ready_count(spec.key))
+    # wakegate extension (the SDK ignores extra keys): a direct-ingress deployment's private
+    # endpoint; null otherwise.
+    wire["privateEndpoint"] = private_endpoint(spec, request.app[SETTINGS].private_url())
     # wakegate extension (the SDK ignores extra keys): why it runs fewer replicas than it
     # wants, while the pool or its tenant's GPU quota holds it back; null otherwise.
     (waiting,) = await store.waiting([spec.key])
@@ -199,6 +228,7 @@ async def create_deployment(request: web.Request) -> web.Response:
         req = parse_create(await read_json(request))
     except InvalidSpec as exc:
         raise ApiError(400, str(exc), field=exc.field) from None
+    _check_ingress(request, req.config)
     key = _key(request, req.name)
     plain = DeploymentConfig.from_update(req.config)
     _check_secrets(plain)
@@ -245,11 +275,11 @@ async def create_deployment(request: web.Request) -> web.Response:
             and seal_secrets(plain, store.box, existing.config) == existing.config
             and existing.description == req.description
         ):
-            return web.json_response({"data": await _wire(store, existing)})
+            return web.json_response({"data": await _wire(request, existing)})
         state = "is being deleted" if existing and existing.status == "deleting" else "exists"
         raise ApiError(409, f"deployment {req.name} already {state}", field="name")
     await _announce(request, key, "created")
-    return web.json_response({"data": await _wire(store, spec)})
+    return web.json_response({"data": await _wire(request, spec)})
 
 
 @routes.get("/v2/deployments")
@@ -262,7 +292,7 @@ async def list_deployments(request: web.Request) -> web.Response:
     # Every wakegate deployment is a private (dedicated) one.
     if kind is not None and kind.lower() in ("serverless", "shared"):
         specs = []
-    data = [await _wire(store, s) for s in specs if s.status in VISIBLE]
+    data = [await _wire(request, s) for s in specs if s.status in VISIBLE]
     return web.json_response({"data": data})
 
 
@@ -271,7 +301,7 @@ async def get_deployment(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     store = request.app[STORE]
     spec = await _visible(store, _key(request, name), name)
-    return web.json_response({"data": await _wire(store, spec)})
+    return web.json_response({"data": await _wire(request, spec)})
 
 
 # A PUT applies its change to the spec it read and stores it compare-and-set on that spec's
@@ -294,6 +324,7 @@ async def update_deployment(request: web.Request) -> web.Response:
             _check_secrets(DeploymentConfig.from_update(req.config))
     except InvalidSpec as exc:
         raise ApiError(400, str(exc), field=exc.field) from None
+    _check_ingress(request, req.config)
     for attempt in range(UPDATE_TRIES):
         if attempt:
             spec = await _visible(store, key, name)
@@ -341,7 +372,7 @@ async def update_deployment(request: web.Request) -> web.Response:
         events.append(event("Ready", revision, "applied"))
     await store.append_events(key, events)
     await _announce(request, key, "updated")
-    return web.json_response({"data": await _wire(store, updated)})
+    return web.json_response({"data": await _wire(request, updated)})
 
 
 @routes.delete("/v2/deployments/{name}")

@@ -14,7 +14,7 @@ import logging
 from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -34,6 +34,42 @@ UI_FILE = "/ui/{asset}"
 METRICS_PATH = "/metrics"
 OOM_RETRY_AFTER_S = 5
 ADMIN_PREFIX = "/admin/v1/"
+
+
+# Set on every request by the ingress middleware when the gateway has a private listener:
+# True when the request came in on it (direct ingress, README "Direct ingress").
+PRIVATE_KEY = "wakegate.private"
+# What the private listener serves besides the data plane: liveness, for probes.
+PRIVATE_EXTRA_PATHS = frozenset({"/healthz"})
+
+
+def _template(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else request.path
+
+
+def ingress_middleware(private_port: int) -> Middleware:
+    """Tells the private listener's requests (by the local port of their connection) from
+    the public ones, and answers the private listener's routes that are not the data plane
+    404, as a path no route has."""
+
+    @web.middleware
+    async def ingress(request: web.Request, handler: Handler) -> web.StreamResponse:
+        transport = request.transport
+        sockname = transport.get_extra_info("sockname") if transport is not None else None
+        private = isinstance(sockname, tuple) and sockname[1] == private_port
+        request[PRIVATE_KEY] = private
+        if private and request["wakegate.family"] == "control":
+            if _template(request) not in PRIVATE_EXTRA_PATHS:
+                raise web.HTTPNotFound()
+        return await handler(request)
+
+    return ingress
+
+
+def on_private_listener(request: web.Request) -> bool:
+    """Whether the request came in on the private (direct-ingress) listener."""
+    return bool(request.get(PRIVATE_KEY, False))
 
 
 def _family(request: web.Request) -> str:

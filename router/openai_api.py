@@ -24,7 +24,7 @@ from router.context import STORE
 from router.control import read_json
 from router.dialects import Finish, Token
 from router.errors import ApiError
-from router.middlewares import tenant_of
+from router.middlewares import on_private_listener, tenant_of
 from router.params import MAX_SEED, GenerateRequest, Parameters, TokenCount
 from router.pipeline import (
     DEPLOY_URL,
@@ -223,11 +223,13 @@ SERVING = frozenset({"ready", "updating"})
 @routes.get("/v1/models")
 async def gateway_models(request: web.Request) -> web.Response:
     """Every model the gateway's base URL serves the token's tenant: each deployment (its base
-    model) and `deployment/adapter` for each adapter it preloads."""
+    model) and `deployment/adapter` for each adapter it preloads; on the public listener, not
+    the deployments with direct ingress."""
     specs = await request.app[STORE].list_deployments(tenant_of(request)["code"])
+    private = on_private_listener(request)
     data: list[dict[str, Any]] = []
     for spec in sorted(specs, key=lambda s: s.name):
-        if spec.status not in SERVING:
+        if spec.status not in SERVING or (spec.config.direct_ingress and not private):
             continue
         data.append(_model_entry(spec, spec.name))
         if not spec.config.disable_adapters:

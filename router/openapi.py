@@ -119,6 +119,16 @@ class WaitingForCapacity(_Doc):
     wantedReplicas: int
 
 
+class PrivateEndpoint(_Doc):
+    """wakegate extension: where a deployment with `directIngress: true` is served (the
+    gateway's private listener, and only there)."""
+
+    servingUrl: str = Field(
+        description="the serving base: the SDK's serving_url_override, an OpenAI base URL with /v1"
+    )
+    url: str = Field(description="the deployment's URL on it (lorax-client, /generate)")
+
+
 class Deployment(_Doc):
     """The SDK's `Deployment` object (wire-protocol spec 4.1); `hfToken` is never shown."""
 
@@ -136,6 +146,9 @@ class Deployment(_Doc):
     )
     usesGuaranteedCapacity: bool
     waitingForCapacity: WaitingForCapacity | None
+    privateEndpoint: PrivateEndpoint | None = Field(
+        description="with directIngress: its private endpoint, the only place it is served"
+    )
 
 
 class DeploymentResponse(_Doc):
@@ -693,7 +706,10 @@ def openapi_document() -> dict[str, Any]:
             "version": "1",
             "description": (
                 "Serverless LLM deployments on your own GPUs: the Predibase-compatible control "
-                "plane, LoRAX and OpenAI data planes, and the operator API."
+                "plane, LoRAX and OpenAI data planes, and the operator API. The gateway's "
+                "private listener (direct ingress) serves the data-plane operations only, for "
+                "every deployment; the public one serves all operations, but not the data "
+                "plane of deployments with directIngress (404, as for no such deployment)."
             ),
         },
         "paths": paths,

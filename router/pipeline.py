@@ -36,7 +36,7 @@ from router.dialects import Finish, Generation, Token, UpstreamError, get_dialec
 from router.dispatch import Ticket
 from router.errors import ApiError
 from router.holding import deployment_problem
-from router.middlewares import tenant_of
+from router.middlewares import on_private_listener, tenant_of
 from router.params import GenerateRequest
 from router.request_log import REQUEST_LOG_MAX, RequestLogEntry
 from router.retries import ATTEMPTS, SUSPECT_MS, retry_elsewhere
@@ -64,7 +64,8 @@ async def lookup(
     request: web.Request, tenant: str, name: str, fresh: bool = False
 ) -> DeploymentSpec:
     """Deployment `name` of `tenant`, if the request's token may use it and it can serve:
-    404 when it does not exist for this token, 424 when it failed."""
+    404 when it does not exist for this token (or has direct ingress and the request did not
+    come in on the private listener), 424 when it failed."""
     if not valid_name(name):
         raise ApiError(404, f"deployment {name!r} not found")  # none can have this name
     if tenant != tenant_of(request)["code"]:
@@ -81,6 +82,9 @@ async def lookup(
         spec = cache.get(key)
         if spec is None:
             spec = await cache.load(key, lambda: store.get_deployment(key))
+    if spec is not None and spec.config.direct_ingress and not on_private_listener(request):
+        # Direct ingress: served on the private listener only; elsewhere it does not exist.
+        spec = None
     problem = await deployment_problem(store, key, spec)
     if problem is not None:
         raise problem

@@ -148,6 +148,8 @@ class Stack:
         self.mqtt_url = mqtt_url
         self.port = free_port()
         self.scaler_port = free_port()
+        # The gateway's private data-plane listener (direct ingress).
+        self.private_port = free_port()
         self.state_dir = tmp / "state"
         self.tenant = "acme"
         self.token = "pb_test_" + tmp.name.replace("_", "-")
@@ -160,6 +162,7 @@ class Stack:
             "WAKEGATE_STATE_DIR": str(self.state_dir),
             "WAKEGATE_PORT": str(self.port),
             "WAKEGATE_SCALER_PORT": str(self.scaler_port),
+            "WAKEGATE_PRIVATE_PORT": str(self.private_port),
             "WAKEGATE_RECONCILE_INTERVAL_S": "1",
             "WAKEGATE_SCALER_LEASE_TTL_S": "3",
             "WAKEGATE_LEASE_MS": "4000",
@@ -178,6 +181,7 @@ class Stack:
         self.gateway = Proc("gateway", [sys.executable, "-m", "router"], tmp / "gateway.log", env)
         self.scalers: list[Proc] = []
         self.base = f"http://127.0.0.1:{self.port}"
+        self.private_base = f"http://127.0.0.1:{self.private_port}"
 
     # --- processes --------------------------------------------------------------------------
 

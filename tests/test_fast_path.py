@@ -360,7 +360,7 @@ ONE_AT_A_TIME = ["--load-s", "0", "--ttft-s", "0", "--tps", "20", "--batch", "1"
 
 def second_gateway(stack: Stack) -> tuple[Proc, str]:
     port = free_port()
-    env = {**stack.env, "WAKEGATE_PORT": str(port)}
+    env = {**stack.env, "WAKEGATE_PORT": str(port), "WAKEGATE_PRIVATE_PORT": str(free_port())}
     proc = Proc("gateway2", [sys.executable, "-m", "router"], stack.tmp / "gateway2.log", env)
     proc.start()
     base = f"http://127.0.0.1:{port}"

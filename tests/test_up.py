@@ -38,6 +38,7 @@ def start_up(state: Path, port: int, log: Path, **extra_env: str) -> subprocess.
         "WAKEGATE_STATE_DIR": str(state),
         "WAKEGATE_PORT": str(port),
         "WAKEGATE_SCALER_PORT": str(free_port()),
+        "WAKEGATE_PRIVATE_PORT": str(free_port()),
     }
     for var in ("REDIS_URL", "MQTT_URL"):
         env.pop(var, None)
@@ -159,11 +160,15 @@ def test_up_guards_redis_and_the_broker_with_generated_credentials_in_a_private_
 
     state = tmp_path / "state"
     log = tmp_path / "up.log"
-    port, scaler_port = free_port(), free_port()
-    up = start_up(state, port, log, WAKEGATE_BACKEND="sim", WAKEGATE_SCALER_PORT=str(scaler_port))
+    port, scaler_port, private_port = free_port(), free_port(), free_port()
+    up = start_up(state, port, log, WAKEGATE_BACKEND="sim", WAKEGATE_SCALER_PORT=str(scaler_port),
+                  WAKEGATE_PRIVATE_PORT=str(private_port))  # fmt: skip
     try:
         wait_until(lambda: "wakegate is up." in log.read_text(), 90, "wakegate up")
         out = log.read_text()
+        # The gateway's private data-plane listener (direct ingress) is up and printed.
+        assert f"private      http://127.0.0.1:{private_port}" in out
+        assert httpx.get(f"http://127.0.0.1:{private_port}/healthz").status_code == 200
         redis_port = int(re.findall(r"embedded Redis .* on 127\.0\.0\.1:(\d+)", out)[0])
         mqtt_port = int(re.findall(r"embedded MQTT broker .* on 127\.0\.0\.1:(\d+)", out)[0])
         redis_password = (state / "redis-password").read_text().strip()

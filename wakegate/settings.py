@@ -12,12 +12,21 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import socket
 import tomllib
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BeforeValidator, ConfigDict, Field, ValidationError, create_model
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+)
 from pydantic.dataclasses import dataclass
 from pydantic_settings import (
     BaseSettings,
@@ -36,8 +45,16 @@ def _none_word(value: Any) -> Any:
     return value
 
 
+def _http_url(value: str | None) -> str | None:
+    # What clients are given as a base URL (the SDK refuses one without a scheme).
+    if value is not None and not value.startswith(("http://", "https://")):
+        raise ValueError("must be a URL starting with http:// or https://")
+    return value
+
+
 _OrNone = BeforeValidator(_none_word)
 OptionalStr = Annotated[str | None, _OrNone]
+OptionalHttpUrl = Annotated[str | None, _OrNone, AfterValidator(_http_url)]
 OptionalPath = Annotated[Path | None, _OrNone]
 # A quota: a count, or None for unlimited.
 Quota = Annotated[Annotated[int, Field(ge=0)] | None, _OrNone]
@@ -54,6 +71,15 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     scaler_port: int = 8081
+    # The gateway's private data-plane listener (direct ingress, docs in README "Direct
+    # ingress"): deployments with `directIngress: true` are served here and only here; every
+    # other deployment is served here too. Only data-plane routes answer on it (the control
+    # plane stays on `port`). None: no private listener (`directIngress: true` is refused).
+    # Its serving base URL as clients should reach it (a DNS name, a Service's; what the
+    # deployment JSON shows as `privateEndpoint`) defaults to http://private_host:private_port.
+    private_host: str = "127.0.0.1"
+    private_port: Annotated[Annotated[int, Field(ge=1, le=65535)] | None, _OrNone] = 8082
+    private_advertise_url: OptionalHttpUrl = None
     backend: str = "local"
     # Longest a queued request waits for a replica before 504 (cold start included).
     queue_timeout_s: PositiveSeconds = 300.0
@@ -164,6 +190,19 @@ class Settings:
     default_token: OptionalStr = None
     default_tenant: str = "default"
     log_level: str = "INFO"
+
+    def private_url(self) -> str | None:
+        """The serving base URL of the private listener (no trailing slash), or None."""
+        if self.private_port is None:
+            return None
+        if self.private_advertise_url:
+            return self.private_advertise_url.rstrip("/")
+        host = self.private_host
+        if host in ("", "0.0.0.0", "::"):
+            host = socket.gethostname()  # a wildcard is no address to connect to
+        elif ":" in host:
+            host = f"[{host}]"  # an IPv6 literal
+        return f"http://{host}:{self.private_port}"
 
     def with_overrides(self, **kw: Any) -> Settings:
         return dataclasses.replace(self, **{k: v for k, v in kw.items() if v is not None})

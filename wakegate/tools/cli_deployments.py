@@ -205,6 +205,13 @@ def deployment_detail(dep: dict[str, Any], events: list[dict[str, Any]] | None =
         rows.insert(5, ("engine args", " ".join(cfg["customArgs"])))
     if cfg.get("maxQueueLength") is not None:
         rows.insert(-1, ("queue limit", cfg["maxQueueLength"]))
+    private = dep.get("privateEndpoint")
+    if cfg.get("directIngress"):
+        # Served on the gateway's private listener only (README "Direct ingress").
+        where = private.get("url") if isinstance(private, dict) else None
+        rows.insert(-1, ("direct ingress", where or "on (this gateway has no private listener)"))
+        if isinstance(private, dict):
+            rows.insert(-1, ("serving url", private.get("servingUrl")))
     for key, value in rows:
         table.add_row(key, str(value))
     if events:
@@ -228,6 +235,7 @@ CONFIG_FLAGS: dict[str, tuple[str, tuple[str, ...]]] = {
     "accelerator": ("accelerator", ()),
     "routing": ("routing", ()),
     "max_queue_length": ("maxQueueLength", ("max_queue_length",)),
+    "direct_ingress": ("directIngress", ("direct_ingress",)),
 }
 
 
@@ -263,6 +271,11 @@ config_options = option_list(
         "--routing", help="How the gateway picks a replica: prefix, least-loaded, random."
     ),
     click.option("--max-queue-length", type=int, help="Waiting requests beyond: 429."),
+    click.option(
+        "--direct-ingress/--no-direct-ingress",
+        default=None,
+        help="Serve it on the gateway's private listener only (directIngress).",
+    ),
     click.option(
         "--custom-arg",
         "custom_args",

@@ -221,11 +221,15 @@ class Stack:
     def start(self) -> None:
         s = self.settings
         state = private_dir(s.state_dir)
-        for port, what in ((s.port, "gateway"), (s.scaler_port, "scaler metrics")):
-            if port_open(s.host, port):
+        listeners = [(s.host, s.port, "gateway"), (s.host, s.scaler_port, "scaler metrics")]
+        if s.private_port is not None:
+            listeners.append((s.private_host, s.private_port, "gateway's private listener"))
+        for host, port, what in listeners:
+            if port_open(host, port):
                 raise click.ClickException(
                     f"port {port} ({what}) is already in use; choose another with --port / "
-                    "WAKEGATE_PORT / WAKEGATE_SCALER_PORT"
+                    "WAKEGATE_PORT / WAKEGATE_SCALER_PORT / WAKEGATE_PRIVATE_PORT (none: no "
+                    "private listener)"
                 )
         if s.models_file is not None:
             from wakegate.catalog import CatalogError, parse_models_file
@@ -313,7 +317,13 @@ class Stack:
         )
         self.services = [scaler, gateway]
         self._start(scaler, f"scaler (backend '{s.backend}')", 60)
-        self._start(gateway, f"gateway on http://{s.host}:{s.port} ({workers} workers)", 60)
+        private = (
+            f", private listener on http://{s.private_host}:{s.private_port}"
+            if s.private_port is not None
+            else ""
+        )
+        self._start(gateway, f"gateway on http://{s.host}:{s.port}{private} ({workers} workers)",
+                    60)  # fmt: skip
         self.token = token
 
     def _summary(self, token: str) -> None:
@@ -323,6 +333,12 @@ class Stack:
         click.echo("")
         click.echo(click.style("wakegate is up.", bold=True, fg="green"))
         click.echo(f"  gateway      {base}")
+        private = s.private_url()
+        if private is not None:
+            click.echo(
+                f"  private      {private}   (data plane only: every deployment, and the only "
+                "place directIngress ones are served)"
+            )
         click.echo(f"  API token    {token}   (tenant '{s.default_tenant}')")
         if self.admin_token_file is not None:
             click.echo(

@@ -386,6 +386,7 @@ def replay_settings(state_dir: Path, speed: float, log_level: str, **extra: Any)
         state_dir=state_dir,
         port=free_port(),
         scaler_port=free_port(),
+        private_port=None,  # the replay's clients use the public listener
         backend="sim",
         sim_time_scale=speed,
         reconcile_interval_s=0.25,
