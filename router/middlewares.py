@@ -157,8 +157,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     tenant = await _tenant(request, token)
     if tenant is None:
-        await _failed(request)
-        raise ApiError(401, "invalid API token")
+        raise await _failed(request)
     request[TENANT_KEY] = tenant
     return await handler(request)
 
@@ -168,23 +167,26 @@ def _ui(request: web.Request) -> bool:
     return resource is not None and resource.canonical in (UI_PAGE, UI_FILE)
 
 
-async def _guard(request: web.Request) -> None:
-    """429 for an address that failed to authenticate too often in the current window: its
-    next guesses are not even looked up (guessing a token is hopeless, but not free)."""
+async def _failed(request: web.Request) -> ApiError:
+    """Count a failed authentication of the caller's address: the error to answer, a 429
+    once the address has failed too often in the window. Only failures are counted and
+    refused: a token that verifies is let in whatever its address did (behind a proxy or
+    NAT, every client shares one address)."""
     settings = request.app[SETTINGS]
-    failures, retry_s = await request.app[STORE].auth_failures(_address(request))
-    if failures >= settings.auth_failures_max:
-        raise ApiError(
+    failures, retry_s = await request.app[STORE].count_auth_failure(
+        _address(request), settings.auth_failures_window_s
+    )
+    if failures > settings.auth_failures_max:
+        return ApiError(
             429,
             f"too many failed authentications from this address; retry in {retry_s} s",
             headers={"Retry-After": str(max(retry_s, 1))},
         )
+    return ApiError(401, "invalid admin token" if _admin_path(request) else "invalid API token")
 
 
-async def _failed(request: web.Request) -> None:
-    await request.app[STORE].count_auth_failure(
-        _address(request), request.app[SETTINGS].auth_failures_window_s
-    )
+def _admin_path(request: web.Request) -> bool:
+    return request.path.startswith(ADMIN_PREFIX) or request.path == METRICS_PATH
 
 
 def _address(request: web.Request) -> str:
@@ -197,11 +199,10 @@ async def _tenant(request: web.Request, token: str) -> dict[str, Any] | None:
     if tenant is None:
 
         async def fetch() -> dict[str, Any] | None:
-            await _guard(request)
             return await request.app[STORE].tenant_for_token(token)
 
-        # One read for a burst of one address with one token (the guard is the address's).
-        tenant = await cache.load(token, fetch, flight=(_address(request), token))
+        # One read for a burst with one token.
+        tenant = await cache.load(token, fetch)
     return tenant
 
 
@@ -212,16 +213,14 @@ async def _admin(request: web.Request, token: str) -> str:
     if name is None:
 
         async def fetch() -> str | None:
-            await _guard(request)
             return await request.app[STORE].admin_for_token(token)
 
-        name = await cache.load(("admin", token), fetch, flight=(_address(request), "admin", token))
+        name = await cache.load(("admin", token), fetch)
     if name is not None:
         return name
     if await _tenant(request, token) is not None:
         raise ApiError(403, "this route needs an operator (admin) token, not a tenant's API token")
-    await _failed(request)
-    raise ApiError(401, "invalid admin token")
+    raise await _failed(request)
 
 
 def tenant_of(request: web.Request) -> dict[str, Any]:

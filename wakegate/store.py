@@ -963,15 +963,6 @@ class Store:
                     continue  # changed meanwhile: by a gateway, which sealed it
         return sealed
 
-    async def auth_failures(self, address: str) -> tuple[int, int]:
-        """Failed authentications from `address` in the current window, and the seconds
-        left in it."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.get(auth_failures_key(address))
-            pipe.ttl(auth_failures_key(address))
-            count, ttl = await pipe.execute()
-        return int(count or 0), max(int(ttl), 0)
-
     async def count_auth_failure(self, address: str, window_s: int) -> tuple[int, int]:
         """Count a failed authentication: (failures in the window, seconds left in it)."""
         count, ttl = await self._count_auth_failure(
