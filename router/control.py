@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 import time
 import uuid
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -18,15 +19,21 @@ from router.context import BUS, METRICS, SETTINGS, SPEC_CACHE, STORE
 from router.errors import ApiError
 from router.middlewares import tenant_of
 from router.pipeline import DEPLOY_URL
+from router.request_log import LogWindow, write_zip
 from wakegate import engine_args, topics
-from wakegate.catalog import MODELS
-from wakegate.engines import EngineRefused, validate_spec
+from wakegate.catalog import ACCELERATORS, MODELS
+from wakegate.engines import ADAPTER_ID, EngineRefused, validate_spec
 from wakegate.events import event
 from wakegate.quotas import QuotaExceeded, Quotas, check_deployment, tenant_quotas
 from wakegate.sealing import SEALED_FIELDS, SEALED_PREFIX, seal_secrets
 from wakegate.spec import (
     CONFIG_KEYS,
+    DEFAULT_COOLDOWN_S,
+    DEFAULT_MAX_REPLICAS,
+    DEFAULT_MIN_REPLICAS,
+    DEFAULT_SCALE_UP_THRESHOLD,
     ENGINE_FIELDS,
+    RECOMMENDED_CONFIG,
     ConfigUpdate,
     DeploymentConfig,
     DeploymentSpec,
@@ -296,6 +303,58 @@ async def list_deployments(request: web.Request) -> web.Response:
     return web.json_response({"data": data})
 
 
+def recommended_config(
+    base_model: str, accelerator: str | None, quantization: str | None
+) -> DeploymentConfig:
+    """What `pb.deployments.get_recommended_config` gets: the catalogue's engine, accelerator
+    and context window for the model, and wakegate's scale-to-zero defaults. It is checked
+    as a create would be (the engine's profile), so it can be created as it is; a value the
+    catalogue or the engine refuses raises ApiError naming its query parameter."""
+    model = MODELS.get(base_model)
+    if model is None:
+        known = ", ".join(sorted(MODELS))
+        raise ApiError(400, f"unknown base model {base_model!r}; known: {known}", field="baseModel")
+    if accelerator is not None and accelerator not in ACCELERATORS:
+        known = ", ".join(sorted(ACCELERATORS))
+        raise ApiError(
+            400, f"unknown accelerator {accelerator!r}; known: {known}", field="accelerator"
+        )
+    config = DeploymentConfig(
+        base_model=model.name,
+        accelerator=accelerator or model.default_accelerator,
+        quantization=quantization,
+        min_replicas=DEFAULT_MIN_REPLICAS,
+        max_replicas=DEFAULT_MAX_REPLICAS,
+        cooldown_time=DEFAULT_COOLDOWN_S,
+        scale_up_threshold=DEFAULT_SCALE_UP_THRESHOLD,
+        max_total_tokens=model.context_window,
+    )
+    now = time.time()
+    probe = DeploymentSpec("", "", "", None, config, "ready", 1, now, now)
+    try:
+        validate_spec(probe)
+    except EngineRefused as exc:
+        # The profile names config fields; here they came as query parameters.
+        raise ApiError(400, str(exc), field=exc.field.removeprefix("config.")) from None
+    return config
+
+
+# Registered before `/v2/deployments/{name}`; the name is reserved (wakegate/spec.py), so no
+# deployment is hidden behind it.
+@routes.get(f"/v2/deployments/{RECOMMENDED_CONFIG}")
+async def get_recommended_config(request: web.Request) -> web.Response:
+    """A DeploymentConfig (camelCase, as create takes it) for `baseModel`; the SDK returns
+    this body as it is."""
+    base_model = request.query.get("baseModel")
+    if not base_model:
+        raise ApiError(400, "baseModel: required", field="baseModel")
+    config = recommended_config(
+        base_model, request.query.get("accelerator"), request.query.get("quantization")
+    )
+    wire = {CONFIG_KEYS[k]: v for k, v in config.to_dict().items()}
+    return web.json_response(wire)
+
+
 @routes.get("/v2/deployments/{name}")
 async def get_deployment(request: web.Request) -> web.Response:
     name = request.match_info["name"]
@@ -420,18 +479,26 @@ async def deployment_events(request: web.Request) -> web.Response:
 
 # Query times lie between the epoch and the end of year 9999 (what ISO 8601 dates reach).
 LATEST_TIME_S = 253_402_300_799
+# A `+` of a UTC offset that came unescaped in a query string reads as a space (the SDK's
+# download_request_logs puts its times in the URL as they are).
+_SPACED_OFFSET = re.compile(r"(T[0-9:.]+) ([0-9]{2}(:?[0-9]{2})?)$")
 
 
 def _time_param(request: web.Request, name: str, default: float) -> int:
-    """A query time as ms: ISO 8601 (`2026-11-28T10:00:00Z`) or seconds since the epoch."""
+    """A query time as ms: ISO 8601 (`2026-11-28T10:00:00Z`; without an offset, UTC) or
+    seconds since the epoch."""
     raw = request.query.get(name)
     if raw is None:
         return int(default * 1000)
     try:
         seconds = float(raw)
     except ValueError:
+        text = _SPACED_OFFSET.sub(r"\1+\2", raw.strip()).replace("Z", "+00:00")
         try:
-            seconds = datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
+            when = datetime.fromisoformat(text)
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=UTC)
+            seconds = when.timestamp()
         except (ValueError, OverflowError, OSError):
             raise ApiError(
                 400, f"{name}: use ISO 8601 or seconds since the epoch", field=name
@@ -463,5 +530,33 @@ async def request_log(request: web.Request) -> web.StreamResponse:
             break
         await resp.write(b"".join(json.dumps(e).encode() + b"\n" for _, e in page))
         after = page[-1][0]
+    await resp.write_eof()
+    return resp
+
+
+@routes.get("/v2/deployments/{name}/request-logs")
+async def download_request_logs(request: web.Request) -> web.StreamResponse:
+    """The SDK's `download_request_logs`: the request log for [from, to) as a zip, optionally
+    of one adapter's requests (router/request_log.py `write_zip` says what is in it)."""
+    name = request.match_info["name"]
+    store = request.app[STORE]
+    spec = await _visible(store, _key(request, name), name)
+    start = _time_param(request, "from", 0)
+    end = _time_param(request, "to", time.time())
+    if start >= end:
+        raise ApiError(400, "to: must be after from", field="to")
+    adapter = request.query.get("adapterId")
+    if adapter is not None and not (ADAPTER_ID.fullmatch(adapter) and ".." not in adapter):
+        raise ApiError(400, f"adapterId: not an adapter id: {adapter[:80]!r}", field="adapterId")
+    window = LogWindow(name, start, end, adapter, bool(spec.config.request_logging_enabled))
+    resp = web.StreamResponse(
+        headers={
+            "Content-Type": "application/zip",
+            "Content-Disposition": f'attachment; filename="{name}_logs.zip"',
+        }
+    )
+    await resp.prepare(request)
+    await write_zip(window, lambda after: store.request_log(spec.key, start, end - 1, 200, after),
+                    resp.write)  # fmt: skip
     await resp.write_eof()
     return resp

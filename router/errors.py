@@ -1,4 +1,5 @@
-"""Error responses. Each API family has its own body shape (wire-protocol spec 2.2, 8.6, 10.4)."""
+"""Error responses. Each API family has its own body shape (wire-protocol spec 2.2, 8.6, 10.4);
+the request-log download has the one its SDK method reads (`logs_body`)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,15 @@ def control_body(err: ApiError) -> dict[str, Any]:
     return body
 
 
+def logs_body(err: ApiError) -> dict[str, Any]:
+    """The request-log download: the SDK's `download_request_logs` raises
+    `RuntimeError(error.message)` for this shape (any other it answers with a bare HTTPError)."""
+    body: dict[str, Any] = {"message": err.message}
+    if err.field:
+        body["field"] = err.field
+    return {"error": body}
+
+
 def lorax_body(err: ApiError) -> dict[str, Any]:
     body: dict[str, Any] = {"error": err.message, "error_type": err.error_type or _lorax_type(err)}
     if err.field:
@@ -72,6 +82,8 @@ def render(request: web.Request, err: ApiError) -> web.Response:
         body = openai_body(err)
     elif family == "lorax":
         body = lorax_body(err)
+    elif family == "logs":
+        body = logs_body(err)
     else:
         body = control_body(err)
     return web.json_response(body, status=err.status, headers=err.headers)

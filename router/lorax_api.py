@@ -1,4 +1,5 @@
-"""Data plane, LoRAX/TGI flavour: the SDK's deployment URL, /generate and /generate_stream."""
+"""Data plane, LoRAX/TGI flavour: the SDK's deployment URL, /generate and /generate_stream,
+async requests, and the rest of what the SDK's clients call (/metrics, /embed, /classify)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 
-from router.context import JOBS
+from router.context import JOBS, METRICS
 from router.control import read_json
 from router.dialects import Finish, Token
 from router.errors import ApiError
@@ -27,6 +29,7 @@ from router.pipeline import (
     serve_unary,
     tracked,
 )
+from wakegate.catalog import MODELS
 from wakegate.spec import DeploymentSpec
 from wakegate.store import QueueFull
 
@@ -140,3 +143,46 @@ async def async_status(request: web.Request) -> web.Response:
     if job is None:
         raise ApiError(404, "no such async request (or its result expired)", field="job_id")
     return web.json_response(job)
+
+
+@routes.get(DEPLOY_URL + "/metrics")
+async def deployment_metrics(request: web.Request) -> web.Response:
+    """LoRAX's `/metrics` (the SDK clients' `metrics()`): this deployment's series on this
+    gateway, as Prometheus text, or as JSON when `Accept` asks for it."""
+    spec = await resolve(request)
+    metrics = request.app[METRICS]
+    families = metrics.deployment_metrics(spec.key)
+    if "application/json" in request.headers.get("Accept", ""):
+        samples = [
+            {"name": s.name, "labels": s.labels, "value": s.value}
+            for family in families
+            for s in family.samples
+        ]
+        return web.json_response({"deployment": spec.name, "samples": samples})
+    return web.Response(body=metrics.text(families), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+# LoRAX's embedding and classification routes, which the SDK clients call: wakegate's
+# deployments generate text, so these answer what they cannot do rather than "no route"
+# (422, not 501: a client's request, not the gateway, is what cannot be served).
+NOT_SERVED = {
+    "embed": "embeddings",
+    "classify": "sequence classification",
+    "classify_batch": "sequence classification",
+}
+
+
+async def _not_served(request: web.Request) -> web.Response:
+    spec = await resolve(request)
+    what = NOT_SERVED[request.path.rsplit("/", 1)[1]]
+    engine = MODELS[spec.base_model].engine
+    raise ApiError(
+        422,
+        f"{what} is not served: deployment {spec.name} generates text ({spec.base_model} on "
+        f"{engine}); use /generate or /v1/completions",
+        error_type="unsupported",
+    )
+
+
+for _route in NOT_SERVED:
+    routes.post(f"{DEPLOY_URL}/{_route}")(_not_served)

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
@@ -118,6 +121,33 @@ class GatewayMetrics:
         MultiProcessCollector(merged, path=folder)  # type: ignore[no-untyped-call]
         return generate_latest(merged)
 
+    def _collected(self) -> Iterable[Metric]:
+        folder = os.environ.get(MULTIPROC_ENV)
+        if not folder:
+            return self.registry.collect()
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path=folder)  # type: ignore[no-untyped-call]
+        return merged.collect()
+
+    def deployment_metrics(self, deployment: str) -> list[Metric]:
+        """The series of one deployment (store key), as this gateway (all its workers) has
+        them: what a deployment's own `/metrics` shows its tenant."""
+        out = []
+        for family in self._collected():
+            samples = [s for s in family.samples if s.labels.get("deployment") == deployment]
+            if samples:
+                kept = Metric(family.name, family.documentation, family.type, family.unit)
+                kept.samples = samples
+                out.append(kept)
+        return out
+
+    @staticmethod
+    def text(families: list[Metric]) -> bytes:
+        """Prometheus text exposition of these families."""
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Fixed(families))
+        return generate_latest(registry)
+
     def of(self, deployment: str) -> DeploymentSeries:
         series = self._series.get(deployment)
         if series is None:
@@ -149,3 +179,13 @@ class GatewayMetrics:
             if labels[0] == deployment:
                 with contextlib.suppress(KeyError):
                     self.requests.remove(*labels)
+
+
+class _Fixed(Collector):
+    """A collector of families already collected."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return iter(self._families)

@@ -34,6 +34,8 @@ UI_FILE = "/ui/{asset}"
 METRICS_PATH = "/metrics"
 OOM_RETRY_AFTER_S = 5
 ADMIN_PREFIX = "/admin/v1/"
+# The SDK's download_request_logs reads its errors as `{"error": {"message"}}` (router/errors.py).
+REQUEST_LOGS = "/v2/deployments/{name}/request-logs"
 
 
 # Set on every request by the ingress middleware when the gateway has a private listener:
@@ -78,6 +80,8 @@ def _family(request: web.Request) -> str:
     path = resource.canonical if resource is not None else request.path
     if "/deployments/v2/llms/" in path:
         return "openai" if "/v1/" in path else "lorax"
+    if path == REQUEST_LOGS:
+        return "logs"
     # The gateway's own OpenAI base URL (no tenant or deployment name is called "v1").
     return "openai" if path.startswith("/v1/") else "control"
 

@@ -8,7 +8,8 @@ response of a real stack against them. Every route `create_app` registers has it
 here, and a test holds the two sets equal.
 
 Errors come in the shape of the route's family (router/errors.py): control plane and admin
-`{"error", "field", ...}`, LoRAX `{"error", "error_type"}`, OpenAI `{"error": {...}}`.
+`{"error", "field", ...}`, LoRAX `{"error", "error_type"}`, OpenAI `{"error": {...}}`, the
+request-log download `{"error": {"message", "field"}}`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
+from router.lorax_api import NOT_SERVED
 from router.openai_api import (
     ChatRequest,
     CompletionRequest,
@@ -31,7 +33,7 @@ from router.params import GenerateRequest
 from router.pipeline import DEPLOY_URL, PRIORITY_HEADER
 from router.ui import ASSETS, FILE_PATH, PAGE_PATH
 from wakegate.quotas import QuotaOverride
-from wakegate.spec import ConfigUpdate, CreateRequest, UpdateRequest
+from wakegate.spec import RECOMMENDED_CONFIG, ConfigUpdate, CreateRequest, UpdateRequest
 from wakegate.status import STATUS_PATH, Overview
 from wakegate.store import MAX_PRIORITY
 
@@ -75,6 +77,17 @@ class OpenAIError(_Doc):
     """OpenAI routes, as the OpenAI API answers them."""
 
     error: OpenAIErrorDetail
+
+
+class LogsErrorDetail(_Doc):
+    message: str
+    field: str | None = None
+
+
+class LogsError(_Doc):
+    """The request-log download, in the shape the SDK's `download_request_logs` reads."""
+
+    error: LogsErrorDetail
 
 
 # --- control plane ----------------------------------------------------------------------------
@@ -376,6 +389,19 @@ class RequestLogEntry(_Doc):
     attempts: int | None = Field(default=None, description="async requests: runs it took")
 
 
+class MetricSample(_Doc):
+    name: str
+    labels: dict[str, str]
+    value: float
+
+
+class DeploymentMetrics(_Doc):
+    """A deployment's series on the gateway that answers (`Accept: application/json`)."""
+
+    deployment: str
+    samples: list[MetricSample]
+
+
 class Health(_Doc):
     status: Literal["ok"]
     gateway: str
@@ -383,11 +409,12 @@ class Health(_Doc):
 
 # --- operations -------------------------------------------------------------------------------
 
-Family = Literal["control", "lorax", "openai"]
+Family = Literal["control", "lorax", "openai", "logs"]
 ERROR_MODELS: dict[Family, type[BaseModel]] = {
     "control": ControlError,
     "lorax": LoraxError,
     "openai": OpenAIError,
+    "logs": LogsError,
 }
 # What each status means, whichever route answers it.
 STATUS_TEXT = {
@@ -475,8 +502,10 @@ _STREAM_REPLY = Reply(
 )
 _TIME = {
     "type": "string",
-    "description": "ISO 8601 (2026-11-28T10:00:00Z) or seconds since the epoch",
+    "description": "ISO 8601 (2026-11-28T10:00:00Z; without an offset, UTC) or seconds since "
+    "the epoch",
 }
+_ZIP = {"type": "string", "contentMediaType": "application/zip"}
 
 OPERATIONS: tuple[Op, ...] = (
     Op("get", "/healthz", "health", "Liveness: the gateway and its Redis", "operations",
@@ -498,6 +527,12 @@ OPERATIONS: tuple[Op, ...] = (
        "control", {200: _json(DeploymentList, "the deployments")}, (401, 400, 503),
        query={"type": {"type": "string", "description":
                        "serverless, dedicated, shared or private (any case)"}}),
+    Op("get", f"/v2/deployments/{RECOMMENDED_CONFIG}", "recommendedConfig",
+       "A DeploymentConfig for a base model: its engine's accelerator and context window, "
+       "scale-to-zero defaults (the SDK's get_recommended_config)", "control", "control",
+       {200: _json(ConfigUpdate, "the config, as create takes it")}, (401, 400, 503),
+       query={"baseModel": {"type": "string", "description": "required: a catalogue model"},
+              "accelerator": {"type": "string"}, "quantization": {"type": "string"}}),
     Op("get", "/v2/deployments/{name}", "getDeployment", "One deployment", "control",
        "control", {200: _json(DeploymentResponse, "the deployment")}, (401, 400, 404, 503)),
     Op("put", "/v2/deployments/{name}", "updateDeployment",
@@ -514,6 +549,12 @@ OPERATIONS: tuple[Op, ...] = (
        {200: Reply("one JSON object per line", {NDJSON: Lines(RequestLogEntry)})},
        (401, 400, 404, 503),
        query={"start": _TIME, "end": _TIME}),
+    Op("get", "/v2/deployments/{name}/request-logs", "downloadRequestLogs",
+       "The request log for [from, to) as a zip: one JSON Lines file per UTC hour, then "
+       "manifest.json (the SDK's download_request_logs)", "control", "logs",
+       {200: Reply("a zip archive", {"application/zip": _ZIP})}, (401, 400, 404, 503),
+       query={"from": _TIME, "to": _TIME,
+              "adapterId": {"type": "string", "description": "only this adapter's requests"}}),
     # status overview (wakegate extension) and the page that shows it
     Op("get", STATUS_PATH, "status",
        "The tenant's deployments: replicas, load, scaling decisions, events, the last hour",
@@ -556,6 +597,13 @@ OPERATIONS: tuple[Op, ...] = (
        (*_DATA_ERRORS, 400, 408, 413, 422), body=GenerateRequest, priority_header=True),
     Op("get", DEPLOY_URL + "/async/{job_id}", "asyncStatus", "An async request's status",
        "lorax", "lorax", {200: _json(AsyncJob, "the request")}, _DATA_ERRORS),
+    Op("get", DEPLOY_URL + "/metrics", "deploymentMetrics",
+       "The deployment's series on this gateway (LoRAX's /metrics)", "lorax", "lorax",
+       {200: Reply("Prometheus text, or JSON with Accept: application/json",
+                   {"text/plain": _TEXT, JSON: DeploymentMetrics})}, _DATA_ERRORS),
+    *(Op("post", f"{DEPLOY_URL}/{route}", f"{route}Unsupported",
+         f"LoRAX's /{route}: not served; 422 (error_type unsupported) says why", "lorax",
+         "lorax", {}, (*_DATA_ERRORS, 422)) for route in NOT_SERVED),
     # OpenAI
     Op("get", DEPLOY_URL + "/v1/models", "listModels", "The deployment's model", "openai",
        "openai", {200: _json(ModelList, "the model")}, _DATA_ERRORS),

@@ -1,13 +1,18 @@
 """The request log: what it keeps of one request, each text clipped to a byte budget. Written
 only for deployments with `requestLoggingEnabled` (router/pipeline.py for the synchronous APIs,
-router/jobs.py for async requests)."""
+router/jobs.py for async requests). Read back as JSON lines (`GET .../requests`) or as the
+SDK's zip download (`GET .../request-logs`, `write_zip`)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
+import zipfile
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import IO, Any
 
 from router.dialects import Finish
 from router.params import GenerateRequest
@@ -87,3 +92,113 @@ class RequestLogEntry:
             "ttft_s": self.ttft_s,
             "duration_s": round(time.monotonic() - self.arrived, 4),
         }
+
+
+@dataclass(frozen=True)
+class LogWindow:
+    """What a request-log download asks for: deployment `name`'s entries logged in
+    [start_ms, end_ms), of one adapter's requests when `adapter` is set."""
+
+    name: str
+    start_ms: int
+    end_ms: int
+    adapter: str | None
+    logging_enabled: bool
+
+
+Page = list[tuple[str, dict[str, Any]]]  # (stream id "<ms>-<seq>", entry), oldest first
+
+
+class _Sink:
+    """zipfile's output stream: the bytes written since the last `take` (not seekable, so
+    zipfile writes each member's sizes after its data and the archive streams)."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def write(self, data: bytes) -> int:
+        self._buf += data
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def take(self) -> bytes:
+        out = bytes(self._buf)
+        self._buf.clear()
+        return out
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat()
+
+
+class _Archive:
+    """The zip being written: one JSON Lines member per UTC hour of requests
+    (`requests-2026-12-08T03.jsonl`, one entry a line, oldest first), then `manifest.json`."""
+
+    def __init__(self, sink: _Sink) -> None:
+        self.zip = zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6)
+        self.member: IO[bytes] | None = None
+        self.hour = ""
+        self.files: list[str] = []
+        self.count = 0
+
+    def add(self, page: Page, adapter: str | None) -> None:
+        """Runs in a thread (deflating is CPU work); never two at once."""
+        for entry_id, entry in page:
+            if adapter is not None and entry.get("adapter") != adapter:
+                continue
+            hour = _iso(int(entry_id.split("-")[0]))[:13]
+            if hour != self.hour or self.member is None:
+                self.close_member()
+                self.hour = hour
+                self.files.append(f"requests-{hour}.jsonl")
+                self.member = self.zip.open(self.files[-1], "w")
+            self.member.write(json.dumps(entry).encode() + b"\n")
+            self.count += 1
+
+    def close_member(self) -> None:
+        if self.member is not None:
+            self.member.close()
+            self.member = None
+
+    def finish(self, window: LogWindow) -> None:
+        self.close_member()
+        manifest = {
+            "deployment": window.name,
+            "from": _iso(window.start_ms),
+            "to": _iso(window.end_ms),
+            "adapterId": window.adapter,
+            "requests": self.count,
+            "files": self.files,
+            "requestLoggingEnabled": window.logging_enabled,
+        }
+        self.zip.writestr("manifest.json", json.dumps(manifest, indent=2) + "\n")
+        self.zip.close()
+
+
+async def write_zip(
+    window: LogWindow,
+    read_page: Callable[[str | None], Awaitable[Page]],
+    send: Callable[[bytes], Awaitable[None]],
+) -> int:
+    """Stream the window's entries as a zip through `send`, a page at a time (`read_page`
+    takes the last id read, None first), so no more than a page is held; returns how many
+    entries went in. `manifest.json`, written last, says what the archive holds: a download
+    cut short by an error has no manifest and no central directory, so it never reads as a
+    whole archive."""
+    sink = _Sink()
+    archive = _Archive(sink)
+    after: str | None = None
+    while page := await read_page(after):
+        after = page[-1][0]
+        await asyncio.to_thread(archive.add, page, window.adapter)
+        if chunk := sink.take():
+            await send(chunk)
+    archive.finish(window)
+    await send(sink.take())
+    return archive.count

@@ -5,13 +5,17 @@ from __future__ import annotations
 import itertools
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 from harness import REDIS_DATABASES, Proc, Stack, start_mosquitto, start_redis
 from hypothesis import settings as hypothesis_settings
+from lora import ADAPTER, make_lora
 
+from scaler.engines.llamacpp import resolve_weights
+from wakegate.catalog import MODELS
 from wakegate.store import Store
 
 # The property tests share the CPUs with whole stacks started by other tests: a stalled
@@ -81,6 +85,19 @@ def make_stack(
         s.stop()
 
 
+def use_predibase(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point the Predibase SDK at `stack`."""
+    monkeypatch.setenv("PREDIBASE_GATEWAY", stack.base)
+    monkeypatch.setenv("PREDIBASE_API_TOKEN", stack.token)
+    # The SDK's settings file lookup must not find anything of the developer's.
+    monkeypatch.chdir(stack.tmp)
+
+
+@pytest.fixture
+def predibase_env(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    use_predibase(stack, monkeypatch)
+
+
 @pytest.fixture
 def name() -> str:
     """A deployment name of its own for each test."""
@@ -94,3 +111,12 @@ async def store(infra: dict[str, Any]) -> Any:
     s = Store(client)
     yield s
     await s.close()
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder (`adapter_dir` setting) holding a LoRA adapter for Gemma 3 270M, as ADAPTER."""
+    root = tmp_path_factory.mktemp("adapters")
+    base = resolve_weights(MODELS["gemma-3-270m"].weights, root / "models")
+    make_lora(base, root / "lib" / f"{ADAPTER}.gguf")
+    return root / "lib"

@@ -13,6 +13,9 @@ from pathlib import Path
 import gguf
 import numpy as np
 
+# The adapter id tests serve it under (the `adapter_dir` fixture, tests/conftest.py).
+ADAPTER = "acme/tuned-1"
+
 
 def make_lora(base_gguf: Path, out: Path, rank: int = 8, alpha: float = 16.0,
               strength: float = 0.08, seed: int = 1) -> Path:  # fmt: skip

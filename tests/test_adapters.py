@@ -9,24 +9,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from harness import Stack, wait_until
-from lora import make_lora
+from lora import ADAPTER
 from openai import OpenAI
 
-from scaler.engines.llamacpp import resolve_weights
-from wakegate.catalog import MODELS
-
-ADAPTER = "acme/tuned-1"
 PROMPT = "The three most important things about the ocean are"
-
-
-@pytest.fixture(scope="module")
-def adapter_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("adapters")
-    base = resolve_weights(MODELS["gemma-3-270m"].weights, root / "models")
-    make_lora(base, root / "lib" / f"{ADAPTER}.gguf")
-    return root / "lib"
 
 
 def text(stack: Stack, name: str, adapter: str | None = None) -> str:

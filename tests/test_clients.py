@@ -6,17 +6,8 @@ import io
 import os
 from contextlib import redirect_stdout
 
-import pytest
 from harness import Stack, wait_until
 from lorax import Client as LoraxClient
-
-
-@pytest.fixture
-def predibase_env(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PREDIBASE_GATEWAY", stack.base)
-    monkeypatch.setenv("PREDIBASE_API_TOKEN", stack.token)
-    # The SDK's settings file lookup must not find anything of the developer's.
-    monkeypatch.chdir(stack.tmp)
 
 
 def test_predibase_sdk_full_lifecycle(stack: Stack, name: str, predibase_env: None) -> None:

@@ -45,7 +45,7 @@ from schemathesis.specs.openapi.checks import (
 from router.openapi import openapi_document
 from wakegate.store import Store
 
-# Examples per operation (valid and invalid ones together); 26 operations.
+# Examples per operation (valid and invalid ones together); 35 operations.
 # WAKEGATE_FUZZ_EXAMPLES raises it for a longer hunt.
 MAX_EXAMPLES = int(os.environ.get("WAKEGATE_FUZZ_EXAMPLES", "50"))
 DEPLOYMENT = "fuzz-llm"

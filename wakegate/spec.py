@@ -33,8 +33,13 @@ from wakegate.policy_params import known_params
 
 # Matched whole (fullmatch): `$` alone would also accept a trailing newline.
 NAME_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+# `GET /v2/deployments/recommended-config` (the SDK's get_recommended_config) is not a
+# deployment's URL.
+RECOMMENDED_CONFIG = "recommended-config"
 # Path segments the control plane owns; a tenant or deployment named like this would shadow them.
-RESERVED_NAMES = frozenset({"v1", "v2", "llms", "users", "metrics", "healthz", "deployments"})
+RESERVED_NAMES = frozenset(
+    {"v1", "v2", "llms", "users", "metrics", "healthz", "deployments", RECOMMENDED_CONFIG}
+)
 
 DEFAULT_MIN_REPLICAS = 0
 DEFAULT_MAX_REPLICAS = 1
@@ -398,6 +403,8 @@ def valid_name(name: str) -> bool:
 
 
 def validate_name(name: str, field: str = "name") -> str:
+    if name in RESERVED_NAMES:
+        raise InvalidSpec(field, f"{name!r} is reserved: the API uses it in its paths")
     if not valid_name(name):
         raise InvalidSpec(
             field,
