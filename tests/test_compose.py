@@ -174,8 +174,31 @@ def test_grafana_is_provisioned_with_prometheus_and_the_dashboard(compose: list[
     (prometheus,) = datasources["datasources"]
     assert prometheus["type"] == "prometheus"
     assert prometheus["url"] == "http://prometheus:9090"
-    # The port the data source's URL names.
-    assert {p["target"] for p in services["prometheus"]["ports"]} == {9090}
+    # The port the data source's URL names, open to the project's network only.
+    assert services["prometheus"]["expose"] == ["9090"]
+
+
+def test_only_the_gateway_is_published_and_the_ports_file_binds_loopback_only(
+    compose: list[str],
+) -> None:
+    """Review 2026-12b, finding 6: Prometheus (no authentication: every tenant's metrics),
+    the scaler and Grafana were published on every interface."""
+    for profile in ("cpu", "gpu"):
+        services = config(compose, profile)["services"]
+        published = {name: s["ports"] for name, s in services.items() if s.get("ports")}
+        assert list(published) == ["gateway"], profile
+        assert {p["target"] for p in published["gateway"]} == {8080}
+    env = {**os.environ, "COMPOSE_PROFILES": "cpu"}
+    out = subprocess.run(
+        [*compose, "-f", "docker-compose.yml", "-f", "deploy/compose.ports.yml", "config",
+         "--format", "json"],
+        cwd=ROOT, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    services = json.loads(out.stdout)["services"]
+    for name in ("grafana", "scaler"):
+        assert [p["host_ip"] for p in services[name]["ports"]] == ["127.0.0.1"], name
+    assert "ports" not in services["prometheus"]
 
 
 def test_the_gpu_profiles_model_catalogue_is_valid() -> None:
