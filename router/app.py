@@ -135,7 +135,10 @@ async def _dispatch_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
-    body = request.app[METRICS].exposition()
+    metrics = request.app[METRICS]
+    # Several workers' files keep deleted deployments' values: leave those series out.
+    live = set(await request.app[STORE].deployment_keys()) if metrics.multiprocess else None
+    body = metrics.exposition(live)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

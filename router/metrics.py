@@ -3,15 +3,16 @@
 Several workers on one port (`--workers`) keep their values in files of one folder, named by
 PROMETHEUS_MULTIPROC_DIR (prometheus_client's multiprocess mode): counters and histograms
 are added up over the workers, in-flight gauges over the live ones, the queue depth (read
-from Redis, the same for all) is the most recent. A deleted deployment's series then stay
-until the gateway restarts (its files are not rewritten).
+from Redis, the same for all) is the most recent. The workers' files keep a deleted
+deployment's values until the gateway restarts (prometheus_client never rewrites them), so
+the exposition leaves out the series of deployments that no longer exist.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,14 +113,28 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
-    def exposition(self) -> bytes:
-        """The text /metrics serves: this process's series, or every worker's."""
-        folder = os.environ.get(MULTIPROC_ENV)
-        if not folder:
+    @property
+    def multiprocess(self) -> bool:
+        """Whether /metrics merges the files of several workers."""
+        return bool(os.environ.get(MULTIPROC_ENV))
+
+    def exposition(self, live: Collection[str] | None = None) -> bytes:
+        """The text /metrics serves: this process's series, or every worker's; with `live`
+        (the deployments that exist), only theirs among the per-deployment series."""
+        if not self.multiprocess:
             return generate_latest(self.registry)
-        merged = CollectorRegistry()
-        MultiProcessCollector(merged, path=folder)  # type: ignore[no-untyped-call]
-        return generate_latest(merged)
+        families = list(self._collected())
+        if live is None:
+            return self.text(families)
+        kept = []
+        for family in families:
+            samples = [s for s in family.samples if s.labels.get("deployment", "") in live
+                       or "deployment" not in s.labels]  # fmt: skip
+            if samples or not family.samples:
+                only = Metric(family.name, family.documentation, family.type, family.unit)
+                only.samples = samples
+                kept.append(only)
+        return self.text(kept)
 
     def _collected(self) -> Iterable[Metric]:
         folder = os.environ.get(MULTIPROC_ENV)

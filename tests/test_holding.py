@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import httpx
 import psutil
 import pytest
 from harness import Stack, wait_until
@@ -219,3 +220,22 @@ def test_any_worker_answers_metrics_for_all_of_them(
     statuses, seen = asyncio.run(scenario())
     assert statuses == [200] * n
     assert seen == [n] * 8, seen
+
+    # Review 2026-12b, finding 8: the workers' files keep a deleted deployment's values (its
+    # queue depth gauge stuck at its last value); /metrics leaves them out, on every worker.
+    stack.delete(name)
+    key = f"{stack.tenant}/{name}"
+
+    def series_of_deleted() -> list[str]:
+        with httpx.Client() as fresh:  # a new connection: either worker may answer
+            text = fresh.get(stack.base + "/metrics", headers=stack.metrics_headers).text
+        return [
+            sample.name
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.labels.get("deployment") == key
+        ]
+
+    wait_until(lambda: stack.api("GET", f"/v2/deployments/{name}").status_code == 404, 30, "gone")
+    for _ in range(8):
+        assert series_of_deleted() == []
