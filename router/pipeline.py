@@ -24,6 +24,7 @@ from aiohttp_sse import EventSourceResponse
 from router.context import (
     BUS,
     DISPATCHER,
+    HEALTH,
     HOLDING,
     METRICS,
     QUOTA_CACHE,
@@ -238,6 +239,9 @@ async def request_log_entry(
         trail.status, trail.error = 499, "client went away"
         raise
     finally:
+        finish = trail.finish
+        tokens = finish.generated_tokens if finish is not None else len(trail.output)
+        request.app[HEALTH].ended(spec.key, trail.status, tokens)
         if spec.config.request_logging_enabled:
             try:
                 entry = trail.record(request.app[SETTINGS].request_log_max_bytes)
@@ -343,6 +347,7 @@ def _first_token(
     elapsed = time.monotonic() - arrived
     trail.ttft_s = round(elapsed, 4)
     metrics.of(spec.key).ttft.observe(elapsed)
+    request.app[HEALTH].first_token(spec.key, elapsed, ticket.cold)
     if ticket.cold:
         metrics.of(spec.key).cold_start.observe(elapsed)
 
@@ -407,6 +412,7 @@ async def _attempts(
                 ) from None
         waited = time.monotonic() - start
         metrics.queue_wait.observe(waited)
+        app[HEALTH].queue_wait(spec.key, waited)
         trail.queue_wait_s = round(waited + (trail.queue_wait_s or 0.0), 4)
         replica_id = ticket.assigned.result()
         # The record came with the assignment when this gateway's own dispatch made it.
