@@ -28,6 +28,8 @@ ASSETS = {
     "index.html": "text/html",
     "app.js": "text/javascript",
     "style.css": "text/css",
+    # The page links it, so the browser does not ask for /favicon.ico (which needs a token).
+    "favicon.svg": "image/svg+xml",
 }
 # The browser asks again after a change of wakegate (small files; no stale page after an upgrade).
 NO_CACHE = {"Cache-Control": "no-cache"}
