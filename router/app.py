@@ -135,7 +135,7 @@ async def _dispatch_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     jobs = JobRunner(
         app[STORE], app[UPSTREAM], on_wake, settings.lease_ms, settings.async_result_ttl_s,
-        settings.queue_timeout_s, settings.request_log_max_bytes,
+        settings.queue_timeout_s, settings.request_log_max_bytes, app[HEALTH],
     )  # fmt: skip
     app[JOBS] = jobs
     tasks += [asyncio.create_task(jobs.listen()), asyncio.create_task(jobs.sweep_forever())]

@@ -147,25 +147,36 @@ def test_the_health_of_a_deployment_counts_its_requests_cold_start_and_replicas(
     assert empty.json()["totals"]["requests"] == 0
     assert empty.json()["totals"]["ttftP50S"] is None
 
-    # The first request wakes it (a cold start), the second finds it warm.
+    # The first request wakes it (a cold start), the second finds it warm; an async one too.
     for _ in range(2):
         r = stack.generate(name, max_new_tokens=4)
         assert r.status_code == 200, r.text
+    job = httpx.post(
+        stack.deploy_url(name) + "/async",
+        headers=stack.headers,
+        json={"inputs": "Hello", "parameters": {"max_new_tokens": 4}},
+        timeout=30,
+    )
+    assert job.status_code == 202, job.text
+    job_url = f"{stack.deploy_url(name)}/async/{job.json()['id']}"
+    wait_until(
+        lambda: httpx.get(job_url, headers=stack.headers).json()["status"] == "done", 60, "the job"
+    )
 
     def counted() -> dict[str, Any] | None:
         body = _health(stack, name).json()
-        return body if body["totals"]["requests"] == 2 else None
+        return body if body["totals"]["requests"] == 3 else None
 
-    body = wait_until(counted, 10, "both requests in the health view")
+    body = wait_until(counted, 10, "the three requests in the health view")
     totals = body["totals"]
     assert totals["errors"] == 0
-    assert 2 <= totals["tokens"] <= 8
+    assert 3 <= totals["tokens"] <= 12
     assert totals["coldStarts"] == 1
     assert totals["coldStartMeanS"] > 0.2  # it waited for llama.cpp to load the model
     assert totals["ttftP50S"] > 0 and totals["ttftP95S"] >= totals["ttftP50S"]
     assert totals["queueWaitP95S"] is not None
     assert body["windowS"] == 300 and body["stepS"] == 10 and len(body["points"]) == 30
-    assert sum(p["requests"] for p in body["points"]) == 2
+    assert sum(p["requests"] for p in body["points"]) == 3
     assert any(p["tokensPerS"] > 0 for p in body["points"])
     assert body["replicas"][-1]["ready"] == 1
 
