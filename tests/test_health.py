@@ -88,6 +88,20 @@ def test_the_view_sums_buckets_into_steps_and_the_window() -> None:
     assert {"ttftP95S", "queueWaitP50S", "coldStartMeanS", "requestsPerS"} <= set(wire["points"][0])
 
 
+def test_an_hours_steps_sum_three_buckets_each() -> None:
+    now = 36_000.0  # a 30 s step boundary
+    rows = {}
+    for i, bucket in enumerate((35_940, 35_950, 35_960, 35_970)):  # 3 in one step, 1 in the next
+        row = empty_row()
+        row[health.REQUESTS] = i + 1
+        rows[bucket] = row
+    view = health_view("x", rows, [], now + 30, 3600)
+    assert view.step_s == 30 and len(view.points) == 120
+    by_start = {p.at: p.requests for p in view.points if p.requests}
+    assert by_start == {35_940.0: 1 + 2 + 3, 35_970.0: 4}
+    assert view.totals.requests == 10
+
+
 # --- the rows in a real Redis ------------------------------------------------------------------
 
 

@@ -219,7 +219,10 @@ def health_view(
     last = int(now // step) * step
     starts = [last - i * step for i in range(window_s // step - 1, -1, -1)]
     points = []
-    per_step = {s: [v for b, v in rows.items() if s <= b < s + step] for s in starts}
+    per_step: dict[int, list[Sequence[int]]] = {s: [] for s in starts}
+    for b, v in rows.items():
+        if starts[0] <= b < last + step:
+            per_step[starts[0] + (b - starts[0]) // step * step].append(v)
     for s in starts:
         figures = _figures(_sum_rows(per_step[s]))
         # The step in progress is divided by the time it has had, not its whole length.
@@ -232,7 +235,7 @@ def health_view(
                 **vars(figures),
             )
         )
-    window_rows = [v for b, v in rows.items() if starts[0] <= b]
+    window_rows = [v for vs in per_step.values() for v in vs]
     return DeploymentHealth(
         name=name,
         at=now,
