@@ -28,6 +28,11 @@ from wakegate.store import Store, keys_of
 # --- pure: windows, steps, percentiles, the view ------------------------------------------
 
 
+def sparse(row: list[int]) -> dict[int, int]:
+    """A row as stored: its counts by index, zeros left out."""
+    return {i: n for i, n in enumerate(row) if n}
+
+
 @pytest.mark.parametrize(
     ("raw", "seconds"),
     [(None, 900), ("900", 900), ("60s", 60), ("15m", 900), ("1h", 3600), (" 5m ", 300)],
@@ -72,7 +77,7 @@ def test_the_view_sums_buckets_into_steps_and_the_window() -> None:
     inside[health.QUEUE + latency_slot(0.01)] = 20
     inside[health.COLD], inside[health.COLD_MS] = 2, 3000
     old[health.REQUESTS] = 7  # before the window: in no point, not in the totals
-    rows = {bucket_of(now - 20): inside, bucket_of(now - 1000): old}
+    rows = {bucket_of(now - 20): sparse(inside), bucket_of(now - 1000): sparse(old)}
     live = HistoryPoint(at=now + 1, queued=0, in_flight=0, starting=0, ready=1, draining=0)
     view = health_view("x", rows, [live], now + 1, 300)
     assert view.step_s == 10 and len(view.points) == 30
@@ -90,11 +95,11 @@ def test_the_view_sums_buckets_into_steps_and_the_window() -> None:
 
 def test_an_hours_steps_sum_three_buckets_each() -> None:
     now = 36_000.0  # a 30 s step boundary
-    rows = {}
+    rows: dict[int, dict[int, int]] = {}
     for i, bucket in enumerate((35_940, 35_950, 35_960, 35_970)):  # 3 in one step, 1 in the next
         row = empty_row()
         row[health.REQUESTS] = i + 1
-        rows[bucket] = row
+        rows[bucket] = sparse(row)
     view = health_view("x", rows, [], now + 30, 3600)
     assert view.step_s == 30 and len(view.points) == 120
     by_start = {p.at: p.requests for p in view.points if p.requests}
@@ -124,6 +129,10 @@ async def test_two_gateways_counts_add_up_and_old_rows_go(store: Store) -> None:
     assert row is not None
     assert row.rows[1000][health.REQUESTS] == 5 and row.rows[1000][health.TOKENS] == 10
     assert row.rows[1000][health.TTFT + 3] == 4 and row.rows[1010][health.REQUESTS] == 2
+    # Stored sparse: the zeros of a row take no room.
+    assert row.rows[1000] == {health.REQUESTS: 5, health.TOKENS: 10, health.TTFT + 3: 4}
+    await store.add_health({key: {1020: empty_row()}}, 0, 60)
+    assert 1020 not in (await store.health_row(key) or row).rows
     # A new row drops those older than the oldest kept; the key expires with the ttl.
     await store.add_health({key: {5000: one}}, 1010, 60)
     row = await store.health_row(key)
@@ -136,11 +145,13 @@ async def test_a_purged_deployments_rows_go_and_a_late_flush_brings_none_back(
 ) -> None:
     key = "acme/gone"
     assert await store.create_deployment(_spec(key), [])
-    await store.add_health({key: {1000: empty_row()}}, 0, 60)
+    one = empty_row()
+    one[health.REQUESTS] = 1
+    await store.add_health({key: {1000: one}}, 0, 60)
     assert await store.redis.exists(keys_of(key).health)
     await store.purge_deployment(key)
     assert not await store.redis.exists(keys_of(key).health)
-    await store.add_health({key: {1010: empty_row()}}, 0, 60)  # a gateway's last second
+    await store.add_health({key: {1010: one}}, 0, 60)  # a gateway's last second
     assert not await store.redis.exists(keys_of(key).health)
     assert await store.health_row(key) is None
 

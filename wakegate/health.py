@@ -110,11 +110,13 @@ def quantile(hist: Sequence[int], q: float) -> float | None:
     return LATENCY_BOUNDS_MS[-1] / 1000.0
 
 
-def _sum_rows(rows: Iterable[Sequence[int]]) -> list[int]:
+def _sum_rows(rows: Iterable[Mapping[int, int]]) -> list[int]:
+    """Sparse rows (index -> count, as stored) added up into a dense one."""
     total = empty_row()
     for row in rows:
-        for i, v in enumerate(row[:ROW_LEN]):
-            total[i] += v
+        for i, v in row.items():
+            if 0 <= i < ROW_LEN:
+                total[i] += v
     return total
 
 
@@ -208,18 +210,19 @@ def _round(value: float | None) -> float | None:
 
 def health_view(
     name: str,
-    rows: Mapping[int, Sequence[int]],
+    rows: Mapping[int, Mapping[int, int]],
     replicas: list[HistoryPoint],
     now: float,
     window_s: int,
 ) -> DeploymentHealth:
-    """The window ending `now` from stored rows (bucket start -> counts): `window_s / step`
+    """The window ending `now` from stored rows (bucket start -> index -> count, zeros left
+    out): `window_s / step`
     points, each the sum of its buckets. The last point is the step in progress."""
     step = step_of(window_s)
     last = int(now // step) * step
     starts = [last - i * step for i in range(window_s // step - 1, -1, -1)]
     points = []
-    per_step: dict[int, list[Sequence[int]]] = {s: [] for s in starts}
+    per_step: dict[int, list[Mapping[int, int]]] = {s: [] for s in starts}
     for b, v in rows.items():
         if starts[0] <= b < last + step:
             per_step[starts[0] + (b - starts[0]) // step * step].append(v)

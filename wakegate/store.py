@@ -33,8 +33,9 @@ every operation, the purge included, takes its keys from there):
   history    LIST    JSON samples [at s, queued, in flight, starting, ready, draining] the
                      scaler took while it watched the deployment, oldest first, the last
                      HISTORY_MAX (the status overview's last hour)
-  health     HASH    bucket start (s) -> JSON array of counts its gateways added for the
-                     requests that ended in that bucket (wakegate/health.py lays it out),
+  health     HASH    bucket start (s) -> JSON {"index": count} of the counts its gateways
+                     added for the requests that ended in that bucket, zeros left out
+                     (wakegate/health.py lays the row out),
                      the last `RETENTION_S`; expires as a whole when no gateway writes
 Global keys:
   wg:deployments        SET   "tenant/name" of every deployment (the scaler's reconcile index)
@@ -555,8 +556,8 @@ return 1
 
 
 # Add counts to a deployment's health rows (wakegate/health.py): ARGV = oldest bucket kept,
-# ttl ms, then (bucket, JSON array of counts) pairs; each is added elementwise to the stored
-# row. Nothing is written for a deployment whose spec is gone (purged: its rows went with
+# ttl ms, then (bucket, JSON object of counts) pairs, sparse ({"index": count}, the zeros left
+# out: most of a row is); each is added to the stored row. Nothing is written for a deployment whose spec is gone (purged: its rows went with
 # it, and a late flush must not bring them back). A new row drops the rows older than the
 # oldest kept; the key expires as a whole when no gateway writes it for the ttl.
 ADD_HEALTH = """
@@ -569,7 +570,7 @@ for i = 3, #ARGV, 2 do
   local raw = redis.call('HGET', rows, bucket)
   if raw then
     local row = cjson.decode(raw)
-    for j = 1, #counts do row[j] = (row[j] or 0) + counts[j] end
+    for j, n in pairs(counts) do row[j] = (row[j] or 0) + n end
     counts = row
   else
     added = true
@@ -1668,8 +1669,9 @@ class Store:
     async def add_health(
         self, counts: Mapping[str, Mapping[int, Sequence[int]]], oldest: int, ttl_s: int
     ) -> None:
-        """Add each deployment's counts per bucket (deployment -> bucket start -> counts) to
-        its health rows: one script per deployment (one slot each), in one round trip."""
+        """Add each deployment's counts per bucket (deployment -> bucket start -> counts, a
+        dense row) to its health rows: one script per deployment (one slot each), in one
+        round trip. A row of zeros is no write."""
         if not counts:
             return
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -1677,7 +1679,11 @@ class Store:
                 k = keys_of(key)
                 args: list[Any] = [oldest, ttl_s * 1000]
                 for bucket, row in sorted(rows.items()):
-                    args += [bucket, json.dumps(list(row))]
+                    sparse = {str(i): n for i, n in enumerate(row) if n}
+                    if sparse:
+                        args += [bucket, json.dumps(sparse, separators=(",", ":"))]
+                if len(args) == 2:
+                    continue
                 await self._add_health(keys=[k.health, k.spec], args=args, client=pipe)
             await pipe.execute()
 
@@ -1701,7 +1707,9 @@ class Store:
             queued=seen.load.queued,
             in_flight=seen.load.in_flight,
             history=[json.loads(h) for h in history],
-            rows={int(b): [int(v) for v in json.loads(r)] for b, r in rows.items()},
+            rows={
+                int(b): {int(i): int(n) for i, n in json.loads(r).items()} for b, r in rows.items()
+            },
         )
 
     async def waiting(self, keys: Sequence[str]) -> list[dict[str, Any] | None]:
@@ -1811,4 +1819,4 @@ class HealthRow:
     queued: int
     in_flight: int
     history: list[list[float]]  # the scaler's load samples, oldest first
-    rows: dict[int, list[int]]  # bucket start (s) -> counts
+    rows: dict[int, dict[int, int]]  # bucket start (s) -> index in the row -> count (not 0)
