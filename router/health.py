@@ -3,7 +3,8 @@
 deployment (wakegate/store.py `add_health`). `GET /v2/deployments/{name}/health` (router/ui)
 reads every gateway's sums back over a window (wakegate/health.py).
 
-On a request's path a record is a few list increments: no I/O, no lock (one event loop).
+On a request's path a record is one call of a few list increments as it ends: no I/O, no lock
+(one event loop).
 """
 
 from __future__ import annotations
@@ -11,9 +12,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from bisect import bisect_left
 
 from wakegate import health
-from wakegate.health import bucket_of, latency_slot
+from wakegate.health import (
+    BUCKET_S,
+    COLD,
+    COLD_MS,
+    ERRORS,
+    LATENCY_BOUNDS_MS,
+    QUEUE,
+    REQUESTS,
+    TOKENS,
+    TTFT,
+    bucket_of,
+)
 from wakegate.store import Store
 
 log = logging.getLogger(__name__)
@@ -29,31 +42,35 @@ class HealthRecorder:
         self._store = store
         self._pending: dict[str, dict[int, list[int]]] = {}
 
-    def _row(self, deployment: str) -> list[int]:
+    def ended(
+        self,
+        deployment: str,
+        status: int,
+        tokens: int,
+        queue_wait_s: float | None = None,
+        ttft_s: float | None = None,
+        cold: bool = False,
+    ) -> None:
+        """A request ended: its outcome, tokens, queue wait and time to first token (None:
+        it never waited or never had one), whether it met a cold start. One call a request."""
         rows = self._pending.get(deployment)
         if rows is None:
             rows = self._pending[deployment] = {}
-        bucket = bucket_of(time.time())
+        bucket = int(time.time() // BUCKET_S) * BUCKET_S
         row = rows.get(bucket)
         if row is None:
             row = rows[bucket] = health.empty_row()
-        return row
-
-    def queue_wait(self, deployment: str, waited_s: float) -> None:
-        self._row(deployment)[health.QUEUE + latency_slot(waited_s)] += 1
-
-    def first_token(self, deployment: str, ttft_s: float, cold: bool) -> None:
-        row = self._row(deployment)
-        row[health.TTFT + latency_slot(ttft_s)] += 1
-        if cold:
-            row[health.COLD] += 1
-            row[health.COLD_MS] += round(ttft_s * 1000)
-
-    def ended(self, deployment: str, status: int, tokens: int) -> None:
-        row = self._row(deployment)
-        row[health.REQUESTS] += 1
-        row[health.ERRORS] += status >= 400
-        row[health.TOKENS] += tokens
+        row[REQUESTS] += 1
+        if status >= 400:
+            row[ERRORS] += 1
+        row[TOKENS] += tokens
+        if queue_wait_s is not None:
+            row[QUEUE + bisect_left(LATENCY_BOUNDS_MS, queue_wait_s * 1000.0)] += 1
+        if ttft_s is not None:
+            row[TTFT + bisect_left(LATENCY_BOUNDS_MS, ttft_s * 1000.0)] += 1
+            if cold:  # a cold start's latency: its time to first token
+                row[COLD] += 1
+                row[COLD_MS] += round(ttft_s * 1000)
 
     def forget(self, deployment: str) -> None:
         """A deleted deployment: what was not written yet is not."""

@@ -241,7 +241,9 @@ async def request_log_entry(
     finally:
         finish = trail.finish
         tokens = finish.generated_tokens if finish is not None else len(trail.output)
-        request.app[HEALTH].ended(spec.key, trail.status, tokens)
+        request.app[HEALTH].ended(
+            spec.key, trail.status, tokens, trail.queue_wait_s, trail.ttft_s, trail.cold
+        )
         if spec.config.request_logging_enabled:
             try:
                 entry = trail.record(request.app[SETTINGS].request_log_max_bytes)
@@ -347,7 +349,7 @@ def _first_token(
     elapsed = time.monotonic() - arrived
     trail.ttft_s = round(elapsed, 4)
     metrics.of(spec.key).ttft.observe(elapsed)
-    request.app[HEALTH].first_token(spec.key, elapsed, ticket.cold)
+    trail.cold = ticket.cold
     if ticket.cold:
         metrics.of(spec.key).cold_start.observe(elapsed)
 
@@ -412,7 +414,6 @@ async def _attempts(
                 ) from None
         waited = time.monotonic() - start
         metrics.queue_wait.observe(waited)
-        app[HEALTH].queue_wait(spec.key, waited)
         trail.queue_wait_s = round(waited + (trail.queue_wait_s or 0.0), 4)
         replica_id = ticket.assigned.result()
         # The record came with the assignment when this gateway's own dispatch made it.
