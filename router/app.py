@@ -15,6 +15,7 @@ from router import admin, control, lorax_api, openai_api, ui
 from router.context import (
     BUS,
     DISPATCHER,
+    HEALTH,
     HOLDING,
     JOBS,
     METRICS,
@@ -27,6 +28,7 @@ from router.context import (
     UPSTREAM,
 )
 from router.dispatch import Dispatcher
+from router.health import HealthRecorder
 from router.holding import Holding
 from router.jobs import JobRunner
 from router.lookups import LoadingCache
@@ -63,6 +65,18 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     await app[STORE].backfill_tenant_deployments()
     yield
     await app[STORE].close()
+
+
+async def _health_ctx(app: web.Application) -> AsyncIterator[None]:
+    # Requests' health counts, added to Redis once a second, and once more at shutdown.
+    recorder = HealthRecorder(app[STORE])
+    app[HEALTH] = recorder
+    task = asyncio.create_task(recorder.flush_forever())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await recorder.close()
 
 
 async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -109,6 +123,7 @@ async def _dispatch_ctx(app: web.Application) -> AsyncIterator[None]:
             # Deleted (through any gateway): its series go from this gateway's /metrics.
             elif isinstance(ev, topics.ConfigChanged) and ev.change == "deleted":
                 app[METRICS].forget(ev.deployment)
+                app[HEALTH].forget(ev.deployment)
 
         bus = Bus(
             mqtt_url,
@@ -121,7 +136,7 @@ async def _dispatch_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     jobs = JobRunner(
         app[STORE], app[UPSTREAM], on_wake, settings.lease_ms, settings.async_result_ttl_s,
-        settings.queue_timeout_s, settings.request_log_max_bytes,
+        settings.queue_timeout_s, settings.request_log_max_bytes, app[HEALTH],
     )  # fmt: skip
     app[JOBS] = jobs
     tasks += [asyncio.create_task(jobs.listen()), asyncio.create_task(jobs.sweep_forever())]
@@ -171,7 +186,7 @@ def create_app(settings: Settings, private_port: int | None = None) -> web.Appli
     app[TOKEN_CACHE] = LoadingCache(maxsize=10_000, ttl=TOKEN_TTL_S)
     app[SPEC_CACHE] = LoadingCache(maxsize=10_000, ttl=SPEC_TTL_S)
     app[QUOTA_CACHE] = LoadingCache(maxsize=10_000, ttl=QUOTA_TTL_S)
-    app.cleanup_ctx.extend([_redis_ctx, _upstream_ctx, _dispatch_ctx])
+    app.cleanup_ctx.extend([_redis_ctx, _health_ctx, _upstream_ctx, _dispatch_ctx])
     app.router.add_get("/healthz", health_handler)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get(OPENAPI_PATH, openapi_handler)

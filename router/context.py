@@ -13,6 +13,7 @@ from wakegate.store import Store
 
 if TYPE_CHECKING:
     from router.dispatch import Dispatcher
+    from router.health import HealthRecorder
     from router.holding import Holding
     from router.jobs import JobRunner
     from router.metrics import GatewayMetrics
@@ -31,6 +32,7 @@ DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher")
 # Waiting requests and open streams, re-checked and kept alive in bulk (router/holding.py).
 HOLDING: web.AppKey[Holding] = web.AppKey("holding")
 METRICS: web.AppKey[GatewayMetrics] = web.AppKey("metrics")
+HEALTH: web.AppKey[HealthRecorder] = web.AppKey("health")
 JOBS: web.AppKey[JobRunner] = web.AppKey("jobs")
 BUS: web.AppKey[Bus | None] = web.AppKey("bus")
 # The token that opens /metrics besides admin tokens ("" : none configured).

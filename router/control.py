@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from router.context import BUS, METRICS, SETTINGS, SPEC_CACHE, STORE
+from router.context import BUS, HEALTH, METRICS, SETTINGS, SPEC_CACHE, STORE
 from router.errors import ApiError
 from router.middlewares import tenant_of
 from router.pipeline import DEPLOY_URL
@@ -199,6 +199,7 @@ async def _announce(request: web.Request, key: str, change: str) -> None:
     request.app[SPEC_CACHE].pop(key, None)  # this gateway sees its own change at once
     if change == "deleted":
         request.app[METRICS].forget(key)  # other gateways hear it on the bus
+        request.app[HEALTH].forget(key)
     bus = request.app[BUS]
     if bus is not None:
         await bus.publish("config", topics.ConfigChanged(deployment=key, change=change))  # type: ignore[arg-type]

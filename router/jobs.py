@@ -30,6 +30,7 @@ import aiohttp
 
 from router.dialects import Generation, UpstreamError, get_dialect
 from router.dispatch import OnWake, listen_forever
+from router.health import HealthRecorder
 from router.lorax_json import lorax_response
 from router.params import GenerateRequest
 from router.request_log import REQUEST_LOG_MAX, RequestLogEntry
@@ -67,8 +68,10 @@ class JobRunner:
         result_ttl_s: int,
         queue_timeout_s: float,
         log_max_bytes: int,
+        health: HealthRecorder | None = None,
     ) -> None:
         self.store = store
+        self.health = health
         self.upstream = upstream
         self.on_wake = on_wake
         self.lease_ms = lease_ms
@@ -247,7 +250,10 @@ class JobRunner:
         gen: Generation | None = None,
         error: str | None = None,
     ) -> None:
-        """The job's entry in the request log, when the deployment keeps one."""
+        """The job's end in the deployment's health counts, and its entry in the request
+        log, when the deployment keeps one."""
+        if self.health is not None:
+            self.health.ended(key, status, gen.finish.generated_tokens if gen else 0)
         spec = await self.store.get_deployment(key)
         if spec is None or not spec.config.request_logging_enabled:
             return

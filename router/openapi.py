@@ -31,7 +31,8 @@ from router.openai_api import (
 )
 from router.params import GenerateRequest
 from router.pipeline import DEPLOY_URL, PRIORITY_HEADER
-from router.ui import ASSETS, FILE_PATH, PAGE_PATH
+from router.ui import ASSETS, FILE_PATH, HEALTH_PATH, PAGE_PATH
+from wakegate.health import MAX_WINDOW_S, MIN_WINDOW_S, DeploymentHealth
 from wakegate.quotas import QuotaOverride
 from wakegate.spec import RECOMMENDED_CONFIG, ConfigUpdate, CreateRequest, UpdateRequest
 from wakegate.status import STATUS_PATH, Overview
@@ -555,6 +556,14 @@ OPERATIONS: tuple[Op, ...] = (
        {200: Reply("a zip archive", {"application/zip": _ZIP})}, (401, 400, 404, 503),
        query={"from": _TIME, "to": _TIME,
               "adapterId": {"type": "string", "description": "only this adapter's requests"}}),
+    Op("get", HEALTH_PATH, "deploymentHealth",
+       "The deployment's health over a window: requests/s, tokens/s, time to first token "
+       "p50/p95, queue wait, cold starts, replicas by state", "status", "control",
+       {200: _json(DeploymentHealth, "the health view, oldest point first")},
+       (401, 400, 404, 429, 503),
+       query={"window": {"type": "string", "pattern": r"^\d{1,7}[smh]?$",
+                         "description": f"seconds (900) or a duration (15m, 1h), within "
+                                        f"[{MIN_WINDOW_S}, {MAX_WINDOW_S}] s; default 15 min"}}),
     # status overview (wakegate extension) and the page that shows it
     Op("get", STATUS_PATH, "status",
        "The tenant's deployments: replicas, load, scaling decisions, events, the last hour",

@@ -24,6 +24,7 @@ from aiohttp_sse import EventSourceResponse
 from router.context import (
     BUS,
     DISPATCHER,
+    HEALTH,
     HOLDING,
     METRICS,
     QUOTA_CACHE,
@@ -242,6 +243,11 @@ async def request_log_entry(
         trail.status, trail.error = 499, "client went away"
         raise
     finally:
+        finish = trail.finish
+        tokens = finish.generated_tokens if finish is not None else len(trail.output)
+        request.app[HEALTH].ended(
+            spec.key, trail.status, tokens, trail.queue_wait_s, trail.ttft_s, trail.cold
+        )
         if spec.config.request_logging_enabled:
             try:
                 entry = trail.record(request.app[SETTINGS].request_log_max_bytes)
@@ -347,6 +353,7 @@ def _first_token(
     elapsed = time.monotonic() - arrived
     trail.ttft_s = round(elapsed, 4)
     metrics.of(spec.key).ttft.observe(elapsed)
+    trail.cold = ticket.cold
     if ticket.cold:
         metrics.of(spec.key).cold_start.observe(elapsed)
 

@@ -56,6 +56,7 @@ class RequestLogEntry:
     replica: str | None = None
     queue_wait_s: float | None = None
     ttft_s: float | None = None
+    cold: bool = False  # no replica was ready when it was queued (health counts it)
     output: list[str] = field(default_factory=list)
     finish: Finish | None = None
     status: int = 200

@@ -33,6 +33,10 @@ every operation, the purge included, takes its keys from there):
   history    LIST    JSON samples [at s, queued, in flight, starting, ready, draining] the
                      scaler took while it watched the deployment, oldest first, the last
                      HISTORY_MAX (the status overview's last hour)
+  health     HASH    bucket start (s) -> JSON {"index": count} of the counts its gateways
+                     added for the requests that ended in that bucket, zeros left out
+                     (wakegate/health.py lays the row out),
+                     the last `RETENTION_S`; expires as a whole when no gateway writes
 Global keys:
   wg:deployments        SET   "tenant/name" of every deployment (the scaler's reconcile index)
   wg:tenant:<code>      STRING JSON tenant record
@@ -61,7 +65,7 @@ import json
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, cast, overload
 
@@ -173,6 +177,7 @@ class DeploymentKeys:
     capacity = _Key()
     decisions = _Key()
     history = _Key()
+    health = _Key()
 
     def __init__(self, deployment: str) -> None:
         self.deployment = deployment
@@ -555,6 +560,38 @@ return 1
 """
 
 
+# Add counts to a deployment's health rows (wakegate/health.py): ARGV = oldest bucket kept,
+# ttl ms, then (bucket, JSON object of counts) pairs, sparse ({"index": count}, the zeros left
+# out: most of a row is); each is added to the stored row. Nothing is written for a deployment whose spec is gone (purged: its rows went with
+# it, and a late flush must not bring them back). A new row drops the rows older than the
+# oldest kept; the key expires as a whole when no gateway writes it for the ttl.
+ADD_HEALTH = """
+local rows, spec_key = KEYS[1], KEYS[2]
+if redis.call('EXISTS', spec_key) == 0 then return 0 end
+local oldest, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+local added = false
+for i = 3, #ARGV, 2 do
+  local bucket, counts = ARGV[i], cjson.decode(ARGV[i + 1])
+  local raw = redis.call('HGET', rows, bucket)
+  if raw then
+    local row = cjson.decode(raw)
+    for j, n in pairs(counts) do row[j] = (row[j] or 0) + n end
+    counts = row
+  else
+    added = true
+  end
+  redis.call('HSET', rows, bucket, cjson.encode(counts))
+end
+if added then
+  for _, bucket in ipairs(redis.call('HKEYS', rows)) do
+    if tonumber(bucket) < oldest then redis.call('HDEL', rows, bucket) end
+  end
+end
+redis.call('PEXPIRE', rows, ttl)
+return 1
+"""
+
+
 # Take a place in the tenant's deployment index unless it already holds `limit` (< 0: no
 # limit). One key, so two creates racing for the last place cannot both get it.
 # Returns 1 when reserved now, 2 when the name was there already, 0 when the tenant is full.
@@ -767,6 +804,7 @@ class Store:
         self._advance_replica = redis.register_script(ADVANCE_REPLICA)
         self._reserve_deployment = redis.register_script(RESERVE_DEPLOYMENT)
         self._replace_spec = redis.register_script(REPLACE_SPEC)
+        self._add_health = redis.register_script(ADD_HEALTH)
 
     @classmethod
     def from_url(cls, url: str, max_connections: int = 256, box: SecretBox | None = None) -> Store:
@@ -1639,6 +1677,54 @@ class Store:
             )
         return rows
 
+    # --- health: what gateways saw of each deployment's requests (wakegate/health.py) ------
+
+    async def add_health(
+        self, counts: Mapping[str, Mapping[int, Sequence[int]]], oldest: int, ttl_s: int
+    ) -> None:
+        """Add each deployment's counts per bucket (deployment -> bucket start -> counts, a
+        dense row) to its health rows: one script per deployment (one slot each), in one
+        round trip. A row of zeros is no write."""
+        if not counts:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key, rows in counts.items():
+                k = keys_of(key)
+                args: list[Any] = [oldest, ttl_s * 1000]
+                for bucket, row in sorted(rows.items()):
+                    sparse = {str(i): n for i, n in enumerate(row) if n}
+                    if sparse:
+                        args += [bucket, json.dumps(sparse, separators=(",", ":"))]
+                if len(args) == 2:
+                    continue
+                await self._add_health(keys=[k.health, k.spec], args=args, client=pipe)
+            await pipe.execute()
+
+    async def health_row(self, key: str) -> HealthRow | None:
+        """What a deployment's health view needs, in one round trip: what the scaler observes
+        (`observe`), its load samples and its health rows; None when it is gone."""
+
+        def reads(pipe: Pipeline, k: DeploymentKeys, now: int) -> None:
+            _read_observed(pipe, k, now)
+            pipe.lrange(k.history, 0, -1)
+            pipe.hgetall(k.health)
+
+        (replies,) = await self._read_each([key], reads)
+        seen = _observed(key, replies[:-2])
+        if seen.spec is None:
+            return None
+        history, rows = replies[-2:]
+        return HealthRow(
+            spec=seen.spec,
+            replicas=seen.replicas,
+            queued=seen.load.queued,
+            in_flight=seen.load.in_flight,
+            history=[json.loads(h) for h in history],
+            rows={
+                int(b): {int(i): int(n) for i, n in json.loads(r).items()} for b, r in rows.items()
+            },
+        )
+
     async def waiting(self, keys: Sequence[str]) -> list[dict[str, Any] | None]:
         """The capacity waits of these deployments (None where it does not wait)."""
         if not keys:
@@ -1735,3 +1821,15 @@ class StatusRow:
     decisions: list[dict[str, Any]]  # oldest first
     history: list[list[float]]  # oldest first
     events: list[dict[str, Any]]  # oldest first
+
+
+@dataclass(frozen=True)
+class HealthRow:
+    """One deployment as its health view reads it (wakegate/health.py shapes it)."""
+
+    spec: DeploymentSpec
+    replicas: list[ReplicaRecord]
+    queued: int
+    in_flight: int
+    history: list[list[float]]  # the scaler's load samples, oldest first
+    rows: dict[int, dict[int, int]]  # bucket start (s) -> index in the row -> count (not 0)
