@@ -157,6 +157,13 @@ async def metrics_handler(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+async def _plain_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Every response: its content type is what it says (no sniffing), and no banner naming
+    the server's software and versions."""
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers.popall("Server", None)
+
+
 async def health_handler(request: web.Request) -> web.Response:
     await request.app[STORE].redis.ping()
     return web.json_response({"status": "ok", "gateway": request.app[DISPATCHER].gateway_id})
@@ -187,6 +194,7 @@ def create_app(settings: Settings, private_port: int | None = None) -> web.Appli
     app[SPEC_CACHE] = LoadingCache(maxsize=10_000, ttl=SPEC_TTL_S)
     app[QUOTA_CACHE] = LoadingCache(maxsize=10_000, ttl=QUOTA_TTL_S)
     app.cleanup_ctx.extend([_redis_ctx, _health_ctx, _upstream_ctx, _dispatch_ctx])
+    app.on_response_prepare.append(_plain_headers)
     app.router.add_get("/healthz", health_handler)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get(OPENAPI_PATH, openapi_handler)

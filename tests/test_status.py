@@ -206,8 +206,18 @@ def test_the_overview_shows_the_tenants_deployments_and_a_wakes_decision(
     r = httpx.get(f"{stack.base}/v2/status")
     assert r.status_code == 401 and "token" in r.json()["error"]
     # The page's files need none; a tenant "ui"'s data-plane paths do all the same.
-    assert httpx.get(f"{stack.base}/ui").status_code == 200
-    assert httpx.get(f"{stack.base}/ui/app.js").status_code == 200
+    for path in ("/ui", "/ui/app.js", "/ui/style.css", "/ui/favicon.svg"):
+        page = httpx.get(stack.base + path)
+        assert page.status_code == 200
+        # Review 2026-12b, finding 9: the page holds a bearer token; it runs nothing but its
+        # own files, is never framed and sends no referrer.
+        csp = page.headers["Content-Security-Policy"]
+        assert "default-src 'none'" in csp and "script-src 'self'" in csp
+        assert "frame-ancestors 'none'" in csp and page.headers["X-Frame-Options"] == "DENY"
+        assert page.headers["Referrer-Policy"] == "no-referrer"
+    for response in (page, r, httpx.get(f"{stack.base}/openapi.json")):
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert "Server" not in response.headers, "no banner naming the software"
     r = httpx.get(f"{stack.base}/ui/secrets.txt")
     assert r.status_code == 404 and r.json()["field"] == "asset"
     r = httpx.get(f"{stack.base}/ui/deployments/v2/llms/{mine}/v1/models")

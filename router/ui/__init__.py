@@ -32,7 +32,17 @@ ASSETS = {
     "favicon.svg": "image/svg+xml",
 }
 # The browser asks again after a change of wakegate (small files; no stale page after an upgrade).
-NO_CACHE = {"Cache-Control": "no-cache"}
+# The page runs only its own files (no inline script or style, nothing from elsewhere), talks
+# only to this origin, is never framed and sends no referrer: it holds a bearer token.
+PAGE_HEADERS = {
+    "Cache-Control": "no-cache",
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 def _asset(name: str) -> bytes:
@@ -73,7 +83,7 @@ async def deployment_health(request: web.Request) -> web.Response:
 
 @routes.get(PAGE_PATH)
 async def page(request: web.Request) -> web.Response:
-    return web.Response(body=_asset("index.html"), content_type="text/html", headers=NO_CACHE)
+    return web.Response(body=_asset("index.html"), content_type="text/html", headers=PAGE_HEADERS)
 
 
 @routes.get(FILE_PATH)
@@ -81,4 +91,4 @@ async def asset(request: web.Request) -> web.Response:
     name = request.match_info["asset"]
     if name not in ASSETS:
         raise ApiError(404, f"no file {name!r} on the status page", field="asset")
-    return web.Response(body=_asset(name), content_type=ASSETS[name], headers=NO_CACHE)
+    return web.Response(body=_asset(name), content_type=ASSETS[name], headers=PAGE_HEADERS)
