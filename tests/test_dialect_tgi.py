@@ -10,6 +10,7 @@ or TGI ran for these tests: the build machines have no GPU.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import uuid
@@ -27,6 +28,7 @@ from router.params import GenerateRequest, Parameters
 from scaler.sim.pool import Lease
 from scaler.sim.replica import SIM_TOKEN_ID, TOKEN_LOGPROB, TOKEN_TEXT, ReplicaParams, SimReplica
 from wakegate.engines import get_profile
+from wakegate.procs import free_port
 from wakegate.store import ReplicaRecord
 
 PROMPT = "one two three"  # three prompt tokens for the sim (it counts words)
@@ -329,3 +331,20 @@ async def test_a_validation_event_refuses_a_stream_before_the_first_byte(
         False,
         True,
     )
+
+
+@pytest.mark.parametrize("dialect", ["lorax", "tgi", "openai"])
+async def test_an_unreachable_replica_is_named_without_its_address(
+    replica: MakeReplica, client: aiohttp.ClientSession, dialect: str
+) -> None:
+    """Review 2026-12b, finding 13: the aiohttp error's repr (the replica's internal host and
+    port) reached clients and the request log; it goes to the gateway's log only."""
+    rep = dataclasses.replace(await replica(dialect), url=f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(UpstreamError) as unary:
+        await get_dialect(dialect).generate(client, rep, "m", native(max_new_tokens=2))
+    with pytest.raises(UpstreamError) as stream:
+        await collect(client, rep, native(max_new_tokens=2))
+    for err in (unary.value, stream.value):
+        assert err.retryable and err.before_first_byte
+        assert "127.0.0.1" not in str(err) and "Error" not in str(err), str(err)
+    assert str(unary.value) == "replica unreachable"

@@ -10,6 +10,7 @@ their own shapes, so each engine is written once. Dialects by name:
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
@@ -20,6 +21,8 @@ from multidict import CIMultiDictProxy
 
 from router.params import GenerateRequest
 from wakegate.store import ReplicaRecord
+
+log = logging.getLogger(__name__)
 
 
 class Token(NamedTuple):
@@ -94,17 +97,30 @@ async def post_json(
                 raise UpstreamError.answered(resp.status, raw)
             return raw, resp.headers
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise UpstreamError(f"replica unreachable: {exc!r}") from exc
+        raise failed("replica unreachable", exc) from exc
+
+
+def failed(what: str, exc: BaseException, before_first_byte: bool = True) -> UpstreamError:
+    """A call to a replica that broke: `what` for the client and the request log, the cause
+    (an aiohttp error naming the replica's internal address) for the gateway's log only."""
+    log.warning("%s: %r", what, exc)
+    return UpstreamError(what, before_first_byte=before_first_byte)
+
+
+# An engine's error reason reaches the client clipped (a whole body can be large).
+MAX_DETAIL_CHARS = 500
 
 
 def _error_message(status: int, raw: bytes) -> str:
     """The engine's own reason from an error body (JSON `detail` or `error`), else its start."""
     try:
         data = json.loads(raw)
-        detail = data.get("detail") or data.get("error") or data
-        return f"replica answered {status}: {detail}"
+        detail = str(data.get("detail") or data.get("error") or data)
     except ValueError:
-        return f"replica answered {status}: {raw[:200]!r}"
+        detail = repr(raw[:200])
+    if len(detail) > MAX_DETAIL_CHARS:
+        detail = detail[:MAX_DETAIL_CHARS] + "..."
+    return f"replica answered {status}: {detail}"
 
 
 class Dialect(Protocol):

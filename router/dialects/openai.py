@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from router.dialects import Finish, Generation, Token, UpstreamError, post_json
+from router.dialects import Finish, Generation, Token, UpstreamError, failed, post_json
 from router.dialects.sse import replica_events
 from router.errors import ApiError
 from router.params import GenerateRequest
@@ -150,9 +150,7 @@ class OpenAICompletions:
                         generated += len(tokens)
                         yield tokens
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise UpstreamError(
-                f"replica stream failed: {exc!r}", before_first_byte=generated == 0
-            ) from exc
+            raise failed("replica stream failed", exc, before_first_byte=generated == 0) from exc
         if reason is None and generated == 0:
             # llama-cpp-python answers 200 and then closes an empty stream when it refuses the
             # request (a prompt longer than the context): ask once without streaming, which

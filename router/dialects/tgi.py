@@ -37,7 +37,7 @@ from typing import Any
 
 import aiohttp
 
-from router.dialects import Finish, Generation, Token, UpstreamError, post_json
+from router.dialects import Finish, Generation, Token, UpstreamError, failed, post_json
 from router.dialects.openai import (
     DEFAULT_MAX_NEW_TOKENS,
     _finish_reason,
@@ -225,7 +225,7 @@ class NativeGenerate:
             finish = _finish(details, req, len(tokens), _prompt_tokens(details, prompt_header))
             return Generation(str(data.get("generated_text") or ""), tokens, finish)
         except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
-            raise UpstreamError(f"replica answered an unreadable body: {exc!r}") from exc
+            raise failed("replica answered an unreadable body", exc) from exc
 
     async def stream(
         self,
@@ -271,9 +271,7 @@ class NativeGenerate:
                     if error is not None:
                         raise error
         except (aiohttp.ClientError, TimeoutError, ValueError, TypeError, AttributeError) as exc:
-            raise UpstreamError(
-                f"replica stream failed: {exc!r}", before_first_byte=generated == 0
-            ) from exc
+            raise failed("replica stream failed", exc, before_first_byte=generated == 0) from exc
         if chat and chat_reason is not None:
             reason = _finish_reason(chat_reason, req)
             finish = Finish(reason, prompt_tokens, generated, req.parameters.seed)
