@@ -116,7 +116,10 @@ def test_a_local_replica_process_has_no_redis_url_or_wakegate_settings(
     assert env["WAKEGATE_REPLICA_ID"] == replica_id
     assert "PATH" in env
     leaked = sorted(n for n in env if n in ("REDIS_URL", "MQTT_URL") or n.startswith("WAKEGATE_"))
-    assert leaked == ["WAKEGATE_REPLICA_ID"]
+    # Only what the launch plan sets for the replica itself: its id and the model's chat
+    # template (scaler/replica/llamacpp.py), never the scaler's own settings.
+    assert leaked == ["WAKEGATE_CHAT_TEMPLATE", "WAKEGATE_REPLICA_ID"]
+    assert env["WAKEGATE_CHAT_TEMPLATE"] == "gemma3"
     stack.delete(name)
 
 

@@ -54,9 +54,25 @@ def test_sim_replica_refuses_calls_without_its_key_and_serves_the_gateway(
     assert re.fullmatch(rf"{name}-[0-9a-f]{{16}}", record["id"]), record["id"]
     assert_guarded(stack, name, record, "sim-llm")
     # The host's own listing (its control API) does not give the key away either.
-    host_url = json.loads((stack.state_dir / "sim-host.json").read_text())["url"]
-    host = httpx.get(host_url + "/replicas", timeout=10).text
-    assert record["key"] not in host
+    sim_host = json.loads((stack.state_dir / "sim-host.json").read_text())
+    host = httpx.get(sim_host["url"] + "/replicas", timeout=10, headers=bearer(sim_host["token"]))
+    assert host.status_code == 200 and record["id"] in host.text
+    assert record["key"] not in host.text
+    # Review 2026-12b, finding 11: the control API lists and stops every tenant's replicas;
+    # without the host's token (in its owner-only state file) it answers nothing but health.
+    assert (stack.state_dir / "sim-host.json").stat().st_mode & 0o077 == 0
+    for method, path in (
+        ("GET", "/replicas"),
+        ("GET", "/pool"),
+        ("GET", "/usage"),
+        ("DELETE", f"/replicas/{record['id']}"),
+        ("POST", "/shutdown"),
+    ):
+        r = httpx.request(method, sim_host["url"] + path, timeout=10,
+                          headers=bearer("wrong"))  # fmt: skip
+        assert r.status_code == 401, (method, path)
+    assert httpx.get(sim_host["url"] + "/health", timeout=10).status_code == 200
+    assert stack.sim_replicas(name), "nothing was stopped"
     assert record["key"] not in (stack.state_dir / "sim-host.log").read_text()
 
 
@@ -73,3 +89,7 @@ def test_llamacpp_replica_refuses_calls_without_its_key_and_serves_the_gateway(
     with open(f"/proc/{pid}/cmdline", "rb") as fh:
         assert record["key"].encode() not in fh.read()
     stack.delete(name)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}

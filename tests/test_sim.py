@@ -257,7 +257,8 @@ async def test_replica_lifecycle_timing_pool_and_usage(sim: Callable[..., SimBac
     # When the host received each create request: before the acquisition delay.
     first = leases[0]
     assert asked_at <= first["requested_at"] <= first["acquired_at"] - 0.3 + 1e-3
-    async with httpx.AsyncClient() as client:
+    auth = {"Authorization": f"Bearer {(backend._record() or {})['token']}"}
+    async with httpx.AsyncClient(headers=auth) as client:
         host = await backend.host_url()
         described = (await client.get(f"{host}/replicas/lc-1")).json()
         listed = (await client.get(f"{host}/replicas")).json()
@@ -338,7 +339,9 @@ async def test_crashed_replica_resets_its_streams_mid_way(
         while not events:
             await asyncio.sleep(0.02)
         host = await backend.host_url()
-        r = await client.delete(f"{host}/replicas/cr-1", params={"crash": "1"})
+        token = (backend._record() or {})["token"]
+        r = await client.delete(f"{host}/replicas/cr-1", params={"crash": "1"},
+                                headers={"Authorization": f"Bearer {token}"})  # fmt: skip
         assert r.status_code == 200 and r.json()["state"] == "stopped"
         with pytest.raises(httpx.HTTPError):
             await reading

@@ -124,8 +124,10 @@ class SimBackend:
     async def _call(self, method: str, url: str, limit_s: float = 10.0, **kwargs: Any) -> _Reply:
         if self._http is None or self._http.closed:
             self._http = aiohttp.ClientSession()
+        rec = self._record() or {}
+        headers = {"Authorization": f"Bearer {rec['token']}"} if rec.get("token") else {}
         async with self._http.request(
-            method, url, timeout=aiohttp.ClientTimeout(total=limit_s), **kwargs
+            method, url, timeout=aiohttp.ClientTimeout(total=limit_s), headers=headers, **kwargs
         ) as resp:
             return _Reply(resp.status, await resp.read())
 

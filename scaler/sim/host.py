@@ -29,6 +29,10 @@ Control API (JSON) on --port:
     GET    /health             liveness, pid, CPU seconds and RSS of this process
     POST   /shutdown           ?grace_s=: stop every replica, then exit
 
+Every route but /health needs `Authorization: Bearer <token>`, the token the host makes at
+start and keeps in <state-dir>/sim-host.json (readable by its owner only): the replicas of
+every tenant are listed and stopped here.
+
 The pool counts GPUs per SKU (an accelerator id in --pool counts for its SKU); a replica on
 accelerator `a10_24gb_400` takes 4 `a10_24gb` GPUs, a `cpu` replica one `cpu` slot. The host
 writes its address to <state-dir>/sim-host.json, and it and its replicas outlive the scaler
@@ -40,13 +44,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 import os
 import re
 import resource
+import secrets
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +64,7 @@ from scaler.sim.replica import ReplicaParams, SimReplica, bind_socket, json_erro
 from wakegate.logs import setup_logging
 
 log = logging.getLogger("scaler.sim.host")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 STATE_FILE = "sim-host.json"
 REPLICA_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
@@ -216,8 +224,18 @@ class SimHost:
 
     # --- control API ------------------------------------------------------------------------
 
-    def app(self) -> web.Application:
-        app = web.Application()
+    def app(self, token: str) -> web.Application:
+        """The control API; every route but /health needs `token` as a bearer token."""
+        expected = f"Bearer {token}".encode()
+
+        @web.middleware
+        async def authenticated(request: web.Request, handler: Handler) -> web.StreamResponse:
+            given = request.headers.get("Authorization", "").encode()
+            if request.path != "/health" and not hmac.compare_digest(given, expected):
+                return json_error(401, "the sim host's token is needed (sim-host.json)")
+            return await handler(request)
+
+        app = web.Application(middlewares=[authenticated])
         app.router.add_post("/replicas", self._h_create)
         app.router.add_get("/replicas", self._h_list)
         app.router.add_get("/replicas/{id}", self._h_get)
@@ -320,8 +338,11 @@ def state_path(state_dir: Path) -> Path:
 
 
 def _write_state(path: Path, record: dict[str, Any]) -> None:
+    """The record, readable by its owner only (it holds the control API's token)."""
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(record))
     tmp.replace(path)
 
 
@@ -335,7 +356,8 @@ async def serve(args: argparse.Namespace) -> None:
         advertise_host=args.advertise_host or args.host,
         state_dir=state_dir,
     )
-    runner = web.AppRunner(host.app(), access_log=None, shutdown_timeout=2.0)
+    token = secrets.token_urlsafe(24)
+    runner = web.AppRunner(host.app(token), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     sock = bind_socket(args.host, args.port)
     port = int(sock.getsockname()[1])
@@ -344,6 +366,7 @@ async def serve(args: argparse.Namespace) -> None:
     record = {
         "pid": os.getpid(),
         "url": url,
+        "token": token,
         "port": port,
         "state_dir": str(state_dir),
         "started_at": host.started_at,

@@ -353,7 +353,11 @@ async def _warm_up(store: Store, key: str, plan: Plan) -> None:
 async def sim_usage(settings: Settings) -> dict[str, Any]:
     """The sim host's `/usage`: lease intervals (wall clock) and token totals per deployment."""
     host = json.loads((settings.state_dir / "sim-host.json").read_text())
-    async with aiohttp.ClientSession() as client, client.get(f"{host['url']}/usage") as r:
+    auth = {"Authorization": f"Bearer {host['token']}"}
+    async with (
+        aiohttp.ClientSession() as client,
+        client.get(f"{host['url']}/usage", headers=auth) as r,
+    ):
         data: dict[str, Any] = await r.json()
     return data
 
