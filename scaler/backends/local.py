@@ -110,6 +110,7 @@ def _reap(pid: int) -> None:
 
 class LocalBackend:
     name = "local"
+    knows_whole_pool = True
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
