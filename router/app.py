@@ -18,6 +18,7 @@ from router.context import (
     JOBS,
     METRICS,
     METRICS_TOKEN,
+    POOL_CACHE,
     QUOTA_CACHE,
     SETTINGS,
     SPEC_CACHE,
@@ -33,6 +34,7 @@ from router.metrics import GatewayMetrics
 from router.middlewares import auth_middleware, errors_middleware
 from router.openapi import OPENAPI_PATH, openapi_document
 from router.pipeline import wake_publisher
+from router.pool import POOL_TTL_S, current_pool
 from wakegate import topics
 from wakegate.bus import Bus
 from wakegate.catalog import load_models_file
@@ -89,6 +91,7 @@ async def _dispatch_ctx(app: web.Application) -> AsyncIterator[None]:
         RECHECK_S,
         app[SETTINGS].keepalive_s,
         on_spec=lambda key, spec: spec_cache.__setitem__(key, spec),
+        pool=lambda: current_pool(app[POOL_CACHE], app[STORE]),
     )
     app[HOLDING] = holding
     tasks = [
@@ -163,6 +166,7 @@ def create_app(settings: Settings) -> web.Application:
     app[TOKEN_CACHE] = LoadingCache(maxsize=10_000, ttl=TOKEN_TTL_S)
     app[SPEC_CACHE] = LoadingCache(maxsize=10_000, ttl=SPEC_TTL_S)
     app[QUOTA_CACHE] = LoadingCache(maxsize=10_000, ttl=QUOTA_TTL_S)
+    app[POOL_CACHE] = LoadingCache(maxsize=1, ttl=POOL_TTL_S)
     app.cleanup_ctx.extend([_redis_ctx, _upstream_ctx, _dispatch_ctx])
     app.router.add_get("/healthz", health_handler)
     app.router.add_get("/metrics", metrics_handler)

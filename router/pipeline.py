@@ -26,6 +26,7 @@ from router.context import (
     DISPATCHER,
     HOLDING,
     METRICS,
+    POOL_CACHE,
     QUOTA_CACHE,
     SETTINGS,
     SPEC_CACHE,
@@ -38,6 +39,7 @@ from router.errors import ApiError
 from router.holding import deployment_problem
 from router.middlewares import tenant_of
 from router.params import GenerateRequest
+from router.pool import current_pool
 from router.request_log import REQUEST_LOG_MAX, RequestLogEntry
 from router.retries import ATTEMPTS, SUSPECT_MS, retry_elsewhere
 from router.sse_writer import EventWriter
@@ -81,7 +83,8 @@ async def lookup(
         spec = cache.get(key)
         if spec is None:
             spec = await cache.load(key, lambda: store.get_deployment(key))
-    problem = await deployment_problem(store, key, spec)
+    pool = await current_pool(request.app[POOL_CACHE], store)
+    problem = await deployment_problem(store, key, spec, pool)
     if problem is not None:
         raise problem
     assert spec is not None
