@@ -190,7 +190,8 @@ def test_an_update_to_what_the_pool_cannot_run_is_refused_and_changes_nothing(
 
 def _store_unchecked(stack: Stack, name: str, base_model: str) -> None:
     """A deployment stored while the pool was unknown (its scaler not reported yet): written
-    as a gateway writes it, so no check of the pool ran."""
+    as a gateway writes it, so no check of the pool ran. It keeps a replica (minReplicas 1),
+    so the scaler wants one at once."""
 
     async def put() -> None:
         store = stack.store()
@@ -200,7 +201,7 @@ def _store_unchecked(stack: Stack, name: str, base_model: str) -> None:
             name=name,
             uuid=str(uuid.uuid4()),
             description=None,
-            config=DeploymentConfig(base_model=base_model, min_replicas=0, max_replicas=1),
+            config=DeploymentConfig(base_model=base_model, min_replicas=1, max_replicas=1),
             status="ready",
             revision=1,
             created_at=now,
@@ -243,6 +244,13 @@ def test_requests_to_a_deployment_the_pool_cannot_run_fail_at_once_on_every_api(
         assert r.status_code == 424, (target, r.text)
         assert message(r.json()) == expected, target
     assert stack.queued(name) == 0
+
+    # The replica it keeps waits for capacity, and the wait says why it will not come.
+    def reason() -> str | None:
+        dep = stack.api("GET", f"/v2/deployments/{name}").json()["data"]
+        return (dep["waitingForCapacity"] or {}).get("reason")
+
+    assert wait_until(reason, 30, "the capacity wait") == why
     stack.delete(name)
 
 
