@@ -77,8 +77,11 @@ def test_the_message_says_what_the_pool_has_and_what_to_do() -> None:
     why = CPU_HOST.missing("l40s_48gb_100", "vllm")
     assert why == (
         "this pool has no l40s_48gb GPU, which accelerator l40s_48gb_100 needs; it has 8 CPU "
-        "replica slots: deploy a model it runs, such as gemma-3-270m or set "
-        "config.accelerator to one it has (cpu)"
+        "replica slots: deploy a model it runs, such as gemma-3-270m"
+    )  # not "accelerator cpu": vLLM would fail its first start there
+    llamacpp = GPU_HOST.missing("l40s_48gb_100", "llamacpp")
+    assert llamacpp is not None and llamacpp.endswith(
+        "set config.accelerator to one it has (cpu, a10_24gb_100, a10_24gb_400)"
     )
     gpus = GPU_HOST.missing("h100_80gb_sxm_100", "vllm")
     assert gpus is not None and "it has 8 CPU replica slots, 2 a10_24gb GPU(s)" in gpus

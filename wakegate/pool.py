@@ -30,6 +30,8 @@ from wakegate.catalog import ACCELERATORS, MODELS, pool_units
 UNLIMITED = -1  # a count a backend does not limit (cpu on some backends)
 CPU = "cpu"
 SIM = "sim"  # the simulated engine, and the backend that runs it
+# Engines that run on a CPU as well as on GPUs; the others need the GPUs they ask for.
+CPU_ENGINES = frozenset({"llamacpp", SIM})
 # How often the scaler reports, and how long a report says anything: a scaler gone for longer
 # leaves the pool unknown, and nothing is refused on its word.
 REPORT_EVERY_S = 5.0
@@ -86,7 +88,8 @@ class PoolReport:
             return None
         what = "CPU replica slots" if sku == CPU else f"{sku} GPU"
         models = self.runnable_models()
-        ids = self.accelerator_ids()
+        # A GPU engine is not told to try a CPU slot: it would fail at its first start.
+        ids = [i for i in self.accelerator_ids() if engine in CPU_ENGINES or i != CPU]
         advice = []
         if models:
             advice.append(f"deploy a model it runs, such as {', '.join(models[:3])}")
@@ -94,7 +97,7 @@ class PoolReport:
             advice.append(f"set config.accelerator to one it has ({', '.join(ids)})")
         return (
             f"this pool has no {what}, which accelerator {accelerator} needs; it has "
-            f"{self.describe()}: {' or '.join(advice) or 'add that hardware to the pool'}"
+            f"{self.describe()}: {', or '.join(advice) or 'add that hardware to the pool'}"
         )
 
     def describe(self) -> str:
