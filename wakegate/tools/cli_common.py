@@ -92,9 +92,10 @@ api_options = option_list(
 def gateway_and_token(gateway: str | None, token: str | None) -> tuple[str, str]:
     """The gateway URL and API token of a command that talks to the API. Given ones (a flag,
     else WAKEGATE_URL / WAKEGATE_TOKEN, else the Predibase SDK's PREDIBASE_GATEWAY /
-    PREDIBASE_API_TOKEN: click reads those) win; else the stack `wakegate up` runs from the
-    state dir (the address in its connect file, the token it left there); else
-    WAKEGATE_HOST / WAKEGATE_PORT and WAKEGATE_DEFAULT_TOKEN."""
+    PREDIBASE_API_TOKEN: click reads those) win. Else the gateway is the one `wakegate up`
+    runs from the state dir (the address in its connect file), or WAKEGATE_HOST /
+    WAKEGATE_PORT without one; the token WAKEGATE_DEFAULT_TOKEN, or the one `up` left in the
+    state dir."""
     from wakegate.tools.up import CONNECT_FILE, TOKEN_FILE
 
     settings = settings_from(None)
