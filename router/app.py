@@ -20,6 +20,7 @@ from router.context import (
     JOBS,
     METRICS,
     METRICS_TOKEN,
+    POOL_CACHE,
     QUOTA_CACHE,
     SETTINGS,
     SPEC_CACHE,
@@ -36,6 +37,7 @@ from router.metrics import GatewayMetrics
 from router.middlewares import auth_middleware, errors_middleware, ingress_middleware
 from router.openapi import OPENAPI_PATH, openapi_document
 from router.pipeline import wake_publisher
+from router.pool import POOL_TTL_S, current_pool
 from wakegate import topics
 from wakegate.bus import Bus
 from wakegate.catalog import load_models_file
@@ -104,6 +106,7 @@ async def _dispatch_ctx(app: web.Application) -> AsyncIterator[None]:
         RECHECK_S,
         app[SETTINGS].keepalive_s,
         on_spec=lambda key, spec: spec_cache.__setitem__(key, spec),
+        pool=lambda: current_pool(app[POOL_CACHE], app[STORE]),
     )
     app[HOLDING] = holding
     tasks = [
@@ -193,6 +196,7 @@ def create_app(settings: Settings, private_port: int | None = None) -> web.Appli
     app[TOKEN_CACHE] = LoadingCache(maxsize=10_000, ttl=TOKEN_TTL_S)
     app[SPEC_CACHE] = LoadingCache(maxsize=10_000, ttl=SPEC_TTL_S)
     app[QUOTA_CACHE] = LoadingCache(maxsize=10_000, ttl=QUOTA_TTL_S)
+    app[POOL_CACHE] = LoadingCache(maxsize=1, ttl=POOL_TTL_S)
     app.cleanup_ctx.extend([_redis_ctx, _health_ctx, _upstream_ctx, _dispatch_ctx])
     app.on_response_prepare.append(_plain_headers)
     app.router.add_get("/healthz", health_handler)

@@ -26,6 +26,8 @@ TOKEN_CACHE = web.AppKey("token_cache", LoadingCache)
 SPEC_CACHE = web.AppKey("spec_cache", LoadingCache)
 # Tenant code -> effective Quotas (wakegate/quotas.py), so requests do not read Redis for them.
 QUOTA_CACHE = web.AppKey("quota_cache", LoadingCache)
+# The scaler's report of the pool's accelerators (router/pool.py), one entry.
+POOL_CACHE = web.AppKey("pool_cache", LoadingCache)
 STORE = web.AppKey("store", Store)
 UPSTREAM = web.AppKey("upstream", aiohttp.ClientSession)
 DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher")

@@ -19,11 +19,13 @@ from router.context import BUS, HEALTH, METRICS, SETTINGS, SPEC_CACHE, STORE
 from router.errors import ApiError
 from router.middlewares import tenant_of
 from router.pipeline import DEPLOY_URL
+from router.pool import ACCELERATORS_PATH, refuse_missing
 from router.request_log import LogWindow, write_zip
 from wakegate import engine_args, topics
 from wakegate.catalog import ACCELERATORS, MODELS
 from wakegate.engines import ADAPTER_ID, EngineRefused, validate_spec
 from wakegate.events import event
+from wakegate.pool import pool_view
 from wakegate.quotas import QuotaExceeded, Quotas, check_deployment, tenant_quotas
 from wakegate.sealing import SEALED_FIELDS, SEALED_PREFIX, seal_secrets
 from wakegate.spec import (
@@ -257,6 +259,7 @@ async def create_deployment(request: web.Request) -> web.Response:
     _check_engine(spec)
     quotas = await _quotas(request, spec.tenant)
     _check_quotas(spec, quotas)
+    refuse_missing(await store.pool(), spec)
     # A scale-to-zero deployment accepts (queues) requests at once, so it is Ready at once;
     # one with min_replicas > 0 becomes Ready when its first replica is (the scaler says so).
     events = [event("Created", 1, f"base model {spec.base_model}")]
@@ -288,6 +291,13 @@ async def create_deployment(request: web.Request) -> web.Response:
         raise ApiError(409, f"deployment {req.name} already {state}", field="name")
     await _announce(request, key, "created")
     return web.json_response({"data": await _wire(request, spec)})
+
+
+@routes.get(ACCELERATORS_PATH)
+async def list_accelerators(request: web.Request) -> web.Response:
+    """The pool's SKUs, in all and free, and the models it runs (fresh from Redis)."""
+    report = await request.app[STORE].pool()
+    return web.json_response({"data": pool_view(report).model_dump()})
 
 
 @routes.get("/v2/deployments")
@@ -417,6 +427,9 @@ async def update_deployment(request: web.Request) -> web.Response:
         # The deployment as updated must fit the quotas, whichever field changed: a quota
         # lowered since is met on the next update.
         _check_quotas(updated, await _quotas(request, spec.tenant))
+        # Like the quotas: whichever field changed, the deployment as updated must be one the
+        # pool can run (a pool that lost a SKU since is met on the next update).
+        refuse_missing(await store.pool(), updated)
         if await store.replace_deployment(spec, updated):
             break
     else:

@@ -2,7 +2,8 @@
 
 A burst on a deployment at zero waits in the gateway for the whole cold start, thousands of
 requests at once. Two things used to cost each of them a timer and a Redis read every second:
-the re-check that answers a waiting request as soon as its deployment is deleted or failed,
+the re-check that answers a waiting request as soon as its deployment is deleted or failed
+(or turns out to need an accelerator the pool does not have),
 and the SSE keep-alive comment. Here both are done once per gateway: one task re-reads each
 deployment that has requests waiting (one GET per deployment, not per request) and fails the
 waiting requests of one that is gone; one task writes the keep-alive comment to every open
@@ -21,6 +22,8 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from router.errors import ApiError
+from router.pool import missing_accelerator
+from wakegate.pool import PoolReport
 from wakegate.spec import DeploymentSpec
 from wakegate.store import Store
 
@@ -33,9 +36,10 @@ KEEPALIVE_COMMENT = b": ping\n\n"
 
 
 async def deployment_problem(
-    store: Store, key: str, spec: DeploymentSpec | None
+    store: Store, key: str, spec: DeploymentSpec | None, pool: PoolReport | None = None
 ) -> ApiError | None:
-    """Why requests to `key` cannot be served (404 gone, 424 failed), or None."""
+    """Why requests to `key` cannot be served (404 gone, 424 failed, 424 its accelerator is
+    one the pool does not have at all), or None."""
     name = key.split("/", 1)[-1]
     if spec is None or spec.status == "deleting":
         return ApiError(404, f"deployment {name} not found")
@@ -43,6 +47,10 @@ async def deployment_problem(
         events = await store.events(spec.key)
         why = next((e["message"] for e in reversed(events) if e["eventType"] == "Failed"), "")
         return ApiError(424, f"deployment {name} failed: {why}", error_type="generation")
+    missing = missing_accelerator(pool, spec)
+    if missing is not None:
+        # Queued, it would wait for the queue timeout for hardware that is not there.
+        return ApiError(424, f"deployment {name} cannot run: {missing}", error_type="generation")
     return None
 
 
@@ -60,11 +68,13 @@ class Holding:
         recheck_s: float,
         keepalive_s: float,
         on_spec: Callable[[str, DeploymentSpec], None] = lambda key, spec: None,
+        pool: Callable[[], Awaitable[PoolReport | None]] | None = None,
     ) -> None:
         self.store = store
         self.recheck_s = recheck_s
         self.keepalive_s = keepalive_s
         self._on_spec = on_spec
+        self._pool = pool
         self._waiting: dict[str, dict[str, Ticket]] = defaultdict(dict)
         self._streams: dict[web.StreamResponse, web.Request] = {}
 
@@ -110,12 +120,13 @@ class Holding:
         if not keys:
             return
         specs = await self.store.list_specs(keys)
+        pool = None if self._pool is None else await self._pool()
         by_key = {spec.key: spec for spec in specs}
         for key in keys:
             spec = by_key.get(key)
             if spec is not None:
                 self._on_spec(key, spec)
-            problem = await deployment_problem(self.store, key, spec)
+            problem = await deployment_problem(self.store, key, spec, pool)
             if problem is not None:
                 self.fail(key, problem)
 

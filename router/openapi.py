@@ -31,8 +31,10 @@ from router.openai_api import (
 )
 from router.params import GenerateRequest
 from router.pipeline import DEPLOY_URL, PRIORITY_HEADER
+from router.pool import ACCELERATORS_PATH
 from router.ui import ASSETS, FILE_PATH, HEALTH_PATH, PAGE_PATH
 from wakegate.health import MAX_WINDOW_S, MIN_WINDOW_S, DeploymentHealth
+from wakegate.pool import PoolView
 from wakegate.quotas import QuotaOverride
 from wakegate.spec import RECOMMENDED_CONFIG, ConfigUpdate, CreateRequest, UpdateRequest
 from wakegate.status import STATUS_PATH, Overview
@@ -163,6 +165,10 @@ class Deployment(_Doc):
     privateEndpoint: PrivateEndpoint | None = Field(
         description="with directIngress: its private endpoint, the only place it is served"
     )
+
+
+class PoolResponse(_Doc):
+    data: PoolView
 
 
 class DeploymentResponse(_Doc):
@@ -419,7 +425,8 @@ ERROR_MODELS: dict[Family, type[BaseModel]] = {
 }
 # What each status means, whichever route answers it.
 STATUS_TEXT = {
-    400: "bad input (malformed JSON, a value out of bounds); the body names the field",
+    400: "bad input (malformed JSON, a value out of bounds, an accelerator the pool does not "
+    "have); the body names the field",
     401: "missing or invalid API token",
     403: "refused: a quota, or a tenant's token on an admin route",
     404: "no such deployment (or adapter, model, async request) for this token, or no such "
@@ -430,7 +437,8 @@ STATUS_TEXT = {
     "(field revision: read it again and retry)",
     413: "request body too large",
     422: "the request is invalid for this deployment or engine; the body names the field",
-    424: "the deployment failed; its events say why",
+    424: "the deployment failed (its events say why), or it needs an accelerator the pool "
+    "does not have at all (the message says what the pool has)",
     429: "the deployment's queue is full, or too many failed authentications from this "
     "address; retry after Retry-After seconds",
     502: "the replica failed the request",
@@ -564,6 +572,10 @@ OPERATIONS: tuple[Op, ...] = (
        query={"window": {"type": "string", "pattern": r"^\d{1,7}[smh]?$",
                          "description": f"seconds (900) or a duration (15m, 1h), within "
                                         f"[{MIN_WINDOW_S}, {MAX_WINDOW_S}] s; default 15 min"}}),
+    Op("get", ACCELERATORS_PATH, "listAccelerators",
+       "The pool's accelerators: SKUs in all and free, and the models it runs", "control",
+       "control", {200: _json(PoolResponse, "the pool as the scaler last reported it")},
+       (401, 429, 503)),
     # status overview (wakegate extension) and the page that shows it
     Op("get", STATUS_PATH, "status",
        "The tenant's deployments: replicas, load, scaling decisions, events, the last hour",

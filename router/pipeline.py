@@ -27,6 +27,7 @@ from router.context import (
     HEALTH,
     HOLDING,
     METRICS,
+    POOL_CACHE,
     QUOTA_CACHE,
     SETTINGS,
     SPEC_CACHE,
@@ -39,6 +40,7 @@ from router.errors import ApiError
 from router.holding import deployment_problem
 from router.middlewares import on_private_listener, tenant_of
 from router.params import GenerateRequest
+from router.pool import current_pool
 from router.request_log import REQUEST_LOG_MAX, RequestLogEntry
 from router.retries import ATTEMPTS, SUSPECT_MS, retry_elsewhere
 from router.sse_writer import EventWriter
@@ -86,7 +88,8 @@ async def lookup(
     if spec is not None and spec.config.direct_ingress and not on_private_listener(request):
         # Direct ingress: served on the private listener only; elsewhere it does not exist.
         spec = None
-    problem = await deployment_problem(store, key, spec)
+    pool = await current_pool(request.app[POOL_CACHE], store)
+    problem = await deployment_problem(store, key, spec, pool)
     if problem is not None:
         raise problem
     assert spec is not None

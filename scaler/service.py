@@ -38,6 +38,7 @@ from scaler.sharing import Sharing
 from scaler.status import announce_ready, finish_rollout, mark_failed
 from wakegate import topics
 from wakegate.bus import Bus
+from wakegate.pool import REPORT_EVERY_S
 from wakegate.settings import Settings
 from wakegate.spec import DeploymentSpec
 from wakegate.status import HISTORY_SAMPLE_S, decision_due, sample, sample_due
@@ -104,6 +105,7 @@ class Scaler:
             tg.create_task(self._pass_loop())
             tg.create_task(self._every(self.settings.reconcile_interval_s, self._level))
             tg.create_task(self._every(self.settings.full_sweep_interval_s, self._sweep))
+            tg.create_task(self._every(REPORT_EVERY_S, self._report_pool))
 
     async def close(self) -> None:
         await self.actuator.close()
@@ -126,6 +128,7 @@ class Scaler:
                 self._reset()
                 self.is_leader = True
                 try:
+                    await self._report_pool()
                     await self.actuator.sync_with_backend(None)
                     await self._sweep()
                 except Exception:
@@ -156,6 +159,15 @@ class Scaler:
                 await work()
             except Exception:
                 log.exception("%s failed", getattr(work, "__name__", work))
+
+    async def _report_pool(self) -> None:
+        """What the pool has, for the gateways (wakegate/pool.py); a SKU that joined or left
+        shows within REPORT_EVERY_S."""
+        try:
+            await self.sharing.report_pool()
+        except Exception as exc:
+            # The report expires by itself; gateways then refuse nothing on its word.
+            log.warning("reporting the pool failed: %s", exc)
 
     def schedule_pass(self, *keys: str, urgent: bool = False) -> None:
         """Pass these deployments soon; urgent ones (events) before any backlog."""

@@ -4,7 +4,8 @@ allocator's verdict applied (starts, reclaims), and who waits for capacity and w
 The allocator (scaler/allocator.py) decides; this applies: it starts replicas through the
 actuator, drains reclaimed ones, and announces each capacity wait once (a Redis record that
 `GET /v2/deployments/{name}` shows, a `WaitingForCapacity` event, an MQTT `capacity` event,
-a gauge), and its end (`CapacityAvailable`).
+a gauge), and its end (`CapacityAvailable`). It also reports the pool itself to Redis
+(wakegate/pool.py), which gateways read to refuse what needs a SKU the pool does not have.
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ from cachetools import TTLCache
 
 from scaler.actuator import Actuator
 from scaler.allocator import Demand, Mode, allocate, static_caps
+from scaler.backends import Backend
 from scaler.metrics import ScalerMetrics
 from wakegate import topics
+from wakegate.catalog import ACCELERATORS, ENGINES, MODELS
 from wakegate.events import event
+from wakegate.pool import CPU, PoolReport, pool_totals
 from wakegate.quotas import Quotas, tenant_quotas
 from wakegate.settings import Settings
-from wakegate.spec import DeploymentSpec
+from wakegate.spec import DeploymentConfig, DeploymentSpec
 from wakegate.store import Store
 
 log = logging.getLogger(__name__)
@@ -55,6 +59,7 @@ class Sharing:
         self._specs: dict[str, DeploymentSpec] = {}
         self._waiting: dict[str, str] = {}  # deployments announced waiting, and why
         self._quotas: TTLCache[str, Quotas] = TTLCache(maxsize=100_000, ttl=QUOTA_TTL_S)
+        self.pool: PoolReport | None = None  # the last report made
 
     async def quotas(self, tenant: str) -> Quotas:
         quotas = self._quotas.get(tenant)
@@ -84,6 +89,32 @@ class Sharing:
         elif need > 0 and stored and key not in self._waiting:
             self._waiting[key] = str(stored.get("reason", ""))
 
+    # --- the pool's report ---------------------------------------------------------------------
+
+    async def report_pool(self) -> PoolReport:
+        """Tell the gateways what the pool has (every SKU, in all and free now) and store it."""
+        backend = self.actuator.backend
+        free = await backend.free_accelerators()
+        held: dict[str, int] = {}
+        for d in self.demands.values():
+            held[d.sku] = held.get(d.sku, 0) + d.holding * d.units
+        self.pool = PoolReport(
+            backend=backend.name,
+            at=time.time(),
+            skus=pool_totals(free, held),
+            cpu_engines=cpu_engines(backend),
+            complete=backend.knows_whole_pool and not self.settings.pool_autoscaled,
+        )
+        await self.store.put_pool(self.pool)
+        return self.pool
+
+    def _missing(self, key: str) -> str | None:
+        """Why the deployment can never get a replica from this pool, if that is why."""
+        spec = self._specs.get(key)
+        if self.pool is None or spec is None or spec.base_model not in MODELS:
+            return None
+        return self.pool.missing(spec.accelerator, MODELS[spec.base_model].engine)
+
     # --- one allocation -----------------------------------------------------------------------
 
     async def allocate(self) -> None:
@@ -111,7 +142,7 @@ class Sharing:
         for victim, replica_ids in allocation.reclaims.items():
             await self._reclaim(victim, replica_ids)
         for key, why in allocation.waiting.items():
-            await self._start_waiting(key, why, self.demands[key].need)
+            await self._start_waiting(key, self._missing(key) or why, self.demands[key].need)
         for key in [k for k in self._waiting if k not in allocation.waiting]:
             if self.demands.get(key) is None or self.demands[key].need <= 0:
                 await self._stop_waiting(key)
@@ -228,3 +259,29 @@ class Sharing:
             key, [event("CapacityAvailable", spec.revision if spec else 0, "replicas starting")]
         )
         await self._publish("capacity", topics.CapacityWait(deployment=key, waiting=False))
+
+
+def cpu_engines(backend: Backend) -> frozenset[str]:
+    """The engines `backend` runs on CPU replica slots whatever the accelerator (the local
+    backend's CPU engines on a host without GPUs): those it places on `cpu` for every GPU
+    accelerator of the catalogue."""
+    gpu_accelerators = [a.id for a in ACCELERATORS.values() if a.gpu_count > 0]
+    out = set()
+    for engine in ENGINES:
+        probes = (
+            DeploymentSpec(
+                tenant="pool",
+                name="probe",
+                uuid="",
+                description="",
+                config=DeploymentConfig(accelerator=acc),
+                status="ready",
+                revision=1,
+                created_at=0.0,
+                updated_at=0.0,
+            )
+            for acc in gpu_accelerators
+        )
+        if all(backend.takes(spec, engine)[0] == CPU for spec in probes):
+            out.add(engine)
+    return frozenset(out)

@@ -17,9 +17,10 @@ import pytest
 from click.testing import CliRunner, Result
 from harness import ROOT, Stack, wait_until
 
+from wakegate.settings import Settings
 from wakegate.tools.cli import main
-from wakegate.tools.cli_deployments import TOKEN_ENV, URL_ENV
-from wakegate.tools.up import TOKEN_FILE
+from wakegate.tools.cli_common import TOKEN_ENV, URL_ENV
+from wakegate.tools.up import TOKEN_FILE, write_connect_file
 
 SIM_ARGS = ["--load-s", "1", "--ttft-s", "0.05", "--tps", "50", "--batch", "1"]
 
@@ -108,11 +109,26 @@ def test_without_a_gateway_or_token_given_the_stack_of_the_state_dir_is_used(
     env = {**unset, "WAKEGATE_STATE_DIR": str(state), "WAKEGATE_PORT": str(stack.port)}
     none = CliRunner().invoke(main, ["deployments", "list"], env=env)
     assert none.exit_code == 2 and "no API token" in none.stderr
+    assert CliRunner().invoke(main, ["status", "--once"], env=env).exit_code == 2
     state.mkdir()
     (state / TOKEN_FILE).write_text(stack.token + "\n")  # as `wakegate up` leaves it
     found = CliRunner().invoke(main, ["deployments", "list", "--json"], env=env)
     assert found.exit_code == 0, found.output
     assert isinstance(json.loads(found.stdout), list)
+    # Every command that talks to the API finds them the same way.
+    status = CliRunner().invoke(main, ["status", "--json"], env=env)
+    assert status.exit_code == 0, status.output
+    assert json.loads(status.stdout)["tenant"] == stack.tenant
+    pool = CliRunner().invoke(main, ["accelerators", "--json"], env=env)
+    assert pool.exit_code == 0, pool.output
+    assert "skus" in json.loads(pool.stdout)
+
+    # The gateway's address too: `wakegate up --port N` leaves it in its connect file.
+    write_connect_file(Settings(state_dir=state, port=stack.port))
+    del env["WAKEGATE_PORT"]
+    for args in (["deployments", "list", "--json"], ["status", "--json"], ["accelerators"]):
+        ran = CliRunner().invoke(main, args, env=env)
+        assert ran.exit_code == 0, (args, ran.output)
 
 
 class Lines:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
-from harness import Stack
+from harness import Stack, wait_until
 
 SDK_CREATE_KEYS = [
     "baseModel",
@@ -296,12 +297,18 @@ def test_update_the_engine_cannot_honour_gets_400_and_changes_nothing(
     stack.delete(name)
 
 
-def test_a_gpu_deployment_the_engine_can_honour_is_created(stack: Stack, name: str) -> None:
+def test_a_gpu_deployment_the_engine_can_honour_is_created(
+    make_stack: Callable[..., Stack], name: str
+) -> None:
+    # On a pool that has its GPU (this host's has none: tests/test_pool.py).
+    stack = make_stack(backend="sim", sim_pool="l40s_48gb=1")
+    wait_until(
+        lambda: stack.api("GET", "/v2/accelerators").json()["data"]["known"], 30, "pool report"
+    )
     cfg = {"baseModel": "qwen3-8b", "minReplicas": 0, "speculator": "auto", "prefixCaching": True}
     r = stack.api("POST", "/v2/deployments", json={"name": name, "config": cfg})
     assert r.status_code == 200, r.text
     assert r.json()["data"]["accelerator"] == {"id": "l40s_48gb_100"}
-    stack.delete(name)
 
 
 def test_bad_generate_parameters_get_422_naming_the_field(stack: Stack, name: str) -> None:

@@ -105,8 +105,8 @@ A10G_X2_L4 = gpus.parse_nvidia_smi(SMI_A10G_X2 + "2, NVIDIA L4, 23034\n")
     [
         (A10G_X2_L4, [], 8, {"cpu": 8, "a10_24gb": 2, "l4_24gb": 1}),
         (A10G_X2_L4, [[], []], 8, {"cpu": 6, "a10_24gb": 2, "l4_24gb": 1}),
-        (A10G_X2_L4, [[0], [2]], 8, {"cpu": 8, "a10_24gb": 1}),
-        (A10G_X2_L4, [[0, 1], []], 1, {"cpu": 0, "l4_24gb": 1}),
+        (A10G_X2_L4, [[0], [2]], 8, {"cpu": 8, "a10_24gb": 1, "l4_24gb": 0}),
+        (A10G_X2_L4, [[0, 1], []], 1, {"cpu": 0, "a10_24gb": 0, "l4_24gb": 1}),
         ([], [[], [], []], 2, {"cpu": 0}),
         ([], [[]], -1, {"cpu": -1}),
         ([], [], 8, {"cpu": 8}),
@@ -114,7 +114,7 @@ A10G_X2_L4 = gpus.parse_nvidia_smi(SMI_A10G_X2 + "2, NVIDIA L4, 23034\n")
     ids=[
         "idle-host-has-every-gpu-and-cpu-slot-free",
         "replicas-without-gpus-take-cpu-slots",
-        "gpu-replicas-take-their-gpus-not-cpu-slots",
+        "gpu-replicas-take-their-gpus-not-cpu-slots-a-busy-sku-stays-at-zero",
         "cpu-limit-reached-leaves-no-slot",
         "more-cpu-replicas-than-a-lowered-limit-leaves-none-not-fewer",
         "negative-limit-is-unlimited",
@@ -192,7 +192,7 @@ async def test_local_backend_gives_each_replica_its_own_gpu_and_hides_gpus_from_
     try:
         for i in range(2):
             started.append(await backend.start(spec_on("a10_24gb_100", f"g{i}"), f"r{i}", engine))
-        assert await backend.free_accelerators() == {"cpu": 1}
+        assert await backend.free_accelerators() == {"cpu": 1, "a10_24gb": 0}  # has, all busy
         assert sorted(visible_devices(r.handle["pid"]) or "" for r in started) == ["0", "1"]
         with pytest.raises(gpus.NoGpu):
             await backend.start(spec_on("a10_24gb_100", "g2"), "r2", engine)

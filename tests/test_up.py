@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -11,7 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from click.testing import CliRunner
 from harness import ROOT, free_port, wait_until
+
+from wakegate.tools.cli import main
+from wakegate.tools.cli_common import TOKEN_ENV, URL_ENV
 
 
 def processes_mentioning(marker: str) -> list[int]:
@@ -89,6 +94,24 @@ def test_up_serves_a_real_model_stops_cleanly_and_remembers_deployments(tmp_path
         assert r.status_code == 200, r.text
         assert r.json()["generated_text"].strip()
         assert processes_mentioning(str(state)), "the stack runs under its state dir"
+
+        # Every CLI command finds this stack's gateway (not on 8080) and token by itself.
+        unset: dict[str, str | None] = {v: None for v in (*URL_ENV, *TOKEN_ENV, "WAKEGATE_PORT")}
+        cli_env = {**unset, "WAKEGATE_STATE_DIR": str(state)}
+        for args in (["status", "--json"], ["deployments", "list", "--json"]):
+            ran = CliRunner().invoke(main, args, env=cli_env)
+            assert ran.exit_code == 0 and "my-llm" in ran.stdout, (args, ran.output)
+        # Predibase's quick start as is, on this machine without a GPU: refused, saying what
+        # the pool has and what to do; the pool is listed.
+        pool = CliRunner().invoke(main, ["accelerators", "--json"], env=cli_env)
+        assert pool.exit_code == 0 and json.loads(pool.stdout)["known"], pool.output
+        r = httpx.post(
+            f"{base}/v2/deployments",
+            headers=headers,
+            json={"name": "quick-start", "config": {"baseModel": "qwen3-8b"}},
+        )
+        assert r.status_code == 400 and r.json()["field"] == "config.baseModel", r.text
+        assert "no l40s_48gb GPU" in r.text and "gemma-3-270m" in r.text
     finally:
         up.send_signal(signal.SIGINT)
         assert up.wait(60) == 0

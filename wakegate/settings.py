@@ -135,6 +135,10 @@ class Settings:
     # A replica younger than this (since ready) is never reclaimed: what was just started for
     # a deployment is not taken back before it served.
     reclaim_grace_s: float = 30.0
+    # The pool grows by itself (a cluster autoscaler adds GPU nodes on demand): a SKU missing
+    # now may come, so no deployment is refused, nor its requests failed, for lacking it
+    # (wakegate/pool.py). False: what the backend reports is the whole pool.
+    pool_autoscaled: bool = False
     # Replica processes launched by the local backend bind here, and gateways reach them at
     # replica_advertise_host (defaults to replica_host; set it when binding 0.0.0.0).
     replica_host: str = "127.0.0.1"

@@ -54,6 +54,8 @@ Global keys:
   wg:jobs               SET   deployments that have async requests (what gateways sweep)
   wg:dirty              SET   deployments the scaler should look at now: a cold request came,
                               or the spec changed (the level path behind MQTT's wake/config)
+  wg:pool               STRING JSON PoolReport: the pool's SKUs as the leading scaler last saw
+                              them (wakegate/pool.py); expires REPORT_TTL_S after its write
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from wakegate.pool import REPORT_TTL_S, PoolReport
 from wakegate.quotas import QuotaOverride
 from wakegate.sealing import SecretBox, seal_secrets
 from wakegate.spec import DeploymentConfig, DeploymentSpec
@@ -115,6 +118,7 @@ DIRTY = "wg:dirty"
 ASYNC_OWNER = "async"
 FOREVER_MS = 10**15
 SCALER_LEADER = "wg:scaler:leader"
+POOL = "wg:pool"
 WAKE_DEDUP_MS = 10_000  # one wake event per cold deployment per window, however many requests
 EVENTS_MAX = 200  # events kept per deployment
 # The status overview (wakegate/status.py): scaling decisions kept per deployment, and load
@@ -1626,6 +1630,17 @@ class Store:
 
     async def clear_waiting(self, key: str) -> None:
         await self.redis.delete(keys_of(key).capacity)
+
+    # --- the pool's accelerators (wakegate/pool.py) ---------------------------------------
+
+    async def put_pool(self, report: PoolReport) -> None:
+        """The scaler's report; it says nothing once REPORT_TTL_S passes without another."""
+        await self.redis.set(POOL, json.dumps(report.to_dict()), px=int(REPORT_TTL_S * 1000))
+
+    async def pool(self) -> PoolReport | None:
+        """The pool as last reported, or None: unknown (no scaler has reported lately)."""
+        raw = cast(str | None, await self.redis.get(POOL))
+        return None if raw is None else PoolReport.from_dict(json.loads(raw))
 
     # --- the status overview: what the scaler decided and saw, for people -----------------
 

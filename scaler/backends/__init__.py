@@ -27,6 +27,9 @@ class RunningReplica:
 
 class Backend(Protocol):
     name: str
+    # Whether `free_accelerators()` names every SKU the pool has (busy ones at 0), so that a
+    # SKU it leaves out is one the pool lacks; false while it cannot look (wakegate/pool.py).
+    knows_whole_pool: bool
 
     async def start(
         self,
@@ -49,7 +52,8 @@ class Backend(Protocol):
 
     async def free_accelerators(self) -> dict[str, int]:
         """What this backend can still start, by SKU: free GPUs, and for `cpu` free CPU
-        replica slots; -1 means unlimited. A SKU that is absent has none. The scaler starts a
+        replica slots; -1 means unlimited. Every SKU the pool has is there, at 0 when all of
+        it is busy; a SKU that is absent the pool does not have. The scaler starts a
         replica only where this leaves room (wakegate.catalog.pool_units says what one
         takes)."""
         ...

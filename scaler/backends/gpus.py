@@ -97,8 +97,10 @@ def pick(gpus: Iterable[Gpu], busy: set[int], accelerator: Accelerator) -> list[
 
 
 def free_by_sku(gpus: Iterable[Gpu], busy: set[int]) -> dict[str, int]:
+    """Free GPUs by SKU; a SKU whose GPUs are all busy is there with 0 (the host has it,
+    busy: wakegate/pool.py tells that apart from a SKU it does not have)."""
     counts: dict[str, int] = {}
     for g in gpus:
-        if g.index not in busy and g.sku is not None:
-            counts[g.sku] = counts.get(g.sku, 0) + 1
+        if g.sku is not None:
+            counts[g.sku] = counts.get(g.sku, 0) + (g.index not in busy)
     return counts

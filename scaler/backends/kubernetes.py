@@ -653,6 +653,7 @@ STOP_MARGIN_S = 15.0
 
 class KubernetesBackend:
     name = "kubernetes"
+    knows_whole_pool = True
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -832,7 +833,9 @@ class KubernetesBackend:
             )
         except ApiException as exc:
             log.warning("cannot count free GPUs: %s", _api_error("listing nodes and pods", exc))
+            self.knows_whole_pool = False  # a SKU left out may well be there
             return {"cpu": -1}
+        self.knows_whole_pool = True
         return free_gpus([self._json(n) for n in nodes.items], [self._json(p) for p in pods.items])
 
     def takes(self, spec: DeploymentSpec, engine_name: str) -> tuple[str, int]:

@@ -29,14 +29,12 @@ from scaler.backends.adapters import adapter_path
 from scaler.engines import Engine
 from wakegate.catalog import ACCELERATORS, Accelerator, pool_units
 from wakegate.engines import EngineRefused
+from wakegate.pool import CPU_ENGINES  # on a host without GPUs they ignore the accelerator
 from wakegate.procs import free_port
 from wakegate.settings import Settings
 from wakegate.spec import DeploymentSpec
 
 log = logging.getLogger(__name__)
-
-# Engines that also run on a CPU: on a host without GPUs they ignore the accelerator.
-CPU_ENGINES = frozenset({"llamacpp", "sim"})
 
 
 def replica_takes(
@@ -110,6 +108,7 @@ def _reap(pid: int) -> None:
 
 class LocalBackend:
     name = "local"
+    knows_whole_pool = True
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings

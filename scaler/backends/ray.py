@@ -316,6 +316,7 @@ def _connect(settings: Settings) -> bool:
 
 class RayBackend:
     name = "ray"
+    knows_whole_pool = True
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings

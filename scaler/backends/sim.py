@@ -95,6 +95,7 @@ def _detail(resp: _Reply) -> str:
 
 class SimBackend:
     name = "sim"
+    knows_whole_pool = True
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings

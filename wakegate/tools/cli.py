@@ -16,7 +16,12 @@ import click
 
 from wakegate import __version__
 from wakegate.settings import Settings
-from wakegate.tools.cli_common import TOKEN_ENV, URL_ENV, config_option, option_list
+from wakegate.tools.cli_common import (
+    api_options,
+    config_option,
+    gateway_and_token,
+    option_list,
+)
 from wakegate.tools.cli_common import client_settings as _client_settings
 from wakegate.tools.cli_common import settings_from as _settings
 from wakegate.tools.cli_common import tenant_name as _tenant_name
@@ -226,21 +231,8 @@ def tokens_revoke(token_id: str, config: str | None) -> None:
 
 
 @main.command()
-@click.option(
-    "--url",
-    envvar=URL_ENV,
-    default="http://127.0.0.1:8080",
-    show_default=True,
-    help="The gateway (env WAKEGATE_URL, else PREDIBASE_GATEWAY).",
-)
-@click.option(
-    "--token",
-    envvar=TOKEN_ENV,
-    required=True,
-    help="A tenant's API token (env WAKEGATE_TOKEN, else PREDIBASE_API_TOKEN).",
-)
+@api_options
 @click.option("--once", is_flag=True, help="Print the overview once and exit.")
-@click.option("--json", "as_json", is_flag=True, help="Print the overview once, as JSON.")
 @click.option(
     "--interval",
     type=click.FloatRange(min=0.2),
@@ -248,14 +240,18 @@ def tokens_revoke(token_id: str, config: str | None) -> None:
     show_default=True,
     help="Seconds between refreshes of the live view.",
 )
-def status(url: str, token: str, once: bool, as_json: bool, interval: float) -> None:
+def status(
+    gateway: str | None, token: str | None, as_json: bool, once: bool, interval: float
+) -> None:
     """The token's deployments, live: replicas by state, queued, in flight, the last scaling
-    decision and its reason (what the status page at /ui shows too)."""
+    decision and its reason (what the status page at /ui shows too). --json prints the
+    overview once, as JSON."""
     from rich.console import Console
     from rich.live import Live
 
     from wakegate.tools.status_cli import StatusUnavailable, fetch_overview, render
 
+    url, token = gateway_and_token(gateway, token)
     try:
         view = fetch_overview(url, token)
     except StatusUnavailable as exc:
@@ -690,9 +686,11 @@ def _check_out(out: Path, plots: bool) -> None:
 
 def _add_commands() -> None:
     """Commands kept in modules of their own."""
+    from wakegate.tools.cli_accelerators import accelerators
     from wakegate.tools.cli_deployments import deployments
     from wakegate.tools.cli_events import events
 
+    main.add_command(accelerators)
     main.add_command(deployments)
     main.add_command(events)
 

@@ -12,7 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from wakegate.tools.cli_common import TOKEN_ENV, URL_ENV, option_list, settings_from
+from wakegate.tools.cli_common import (
+    api_options,
+    gateway_and_token,
+    option_list,
+)
 from wakegate.tools.control_client import ApiFailure, ControlClient
 
 if TYPE_CHECKING:  # rich is imported when a command runs: `--help` stays quick
@@ -49,53 +53,8 @@ def stderr_console() -> Console:
     return Console(stderr=True, highlight=False)
 
 
-def _local_defaults() -> tuple[str, str | None]:
-    """The gateway and token of the stack `wakegate up` runs from the state dir."""
-    from wakegate.tools.up import TOKEN_FILE
-
-    settings = settings_from(None)
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-    token = settings.default_token
-    if token is None:
-        try:
-            token = (settings.state_dir / TOKEN_FILE).read_text().strip() or None
-        except OSError:  # no stack here, or another user's
-            token = None
-    return f"http://{host}:{settings.port}", token
-
-
 def connect(gateway: str | None, token: str | None) -> ControlClient:
-    if gateway is None or token is None:
-        default_url, default_token = _local_defaults()
-        gateway = gateway or default_url
-        token = token or default_token
-    if not token:
-        raise click.UsageError(
-            "no API token: give --token, set WAKEGATE_TOKEN (or PREDIBASE_API_TOKEN), or run "
-            "`wakegate up` here (it leaves its token in the state dir)"
-        )
-    return ControlClient(gateway, token)
-
-
-# --gateway, --token and --json, shared by every command that talks to the API.
-api_options = option_list(
-    click.option(
-        "--gateway",
-        envvar=URL_ENV,
-        show_envvar=True,
-        metavar="URL",
-        help="The gateway's URL (default: the one `wakegate up` runs here, from "
-        "WAKEGATE_HOST and WAKEGATE_PORT).",
-    ),
-    click.option(
-        "--token",
-        envvar=TOKEN_ENV,
-        show_envvar=True,
-        help="A tenant's API token (default: the token `wakegate up` made in the "
-        "state dir). Deployments are that tenant's.",
-    ),
-    click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts."),
-)
+    return ControlClient(*gateway_and_token(gateway, token))
 
 
 @contextmanager

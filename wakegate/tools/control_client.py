@@ -114,6 +114,10 @@ class ControlClient:
         data = self._call("GET", f"/llms/{name}/events")
         return Events(str(data.get("deploymentStatus", "")), list(data.get("ComputeEvents") or []))
 
+    def accelerators(self) -> dict[str, Any]:
+        """The pool as the scaler last reported it (`GET /v2/accelerators`)."""
+        return dict(self._call("GET", "/v2/accelerators")["data"])
+
     def tenant(self) -> str:
         """The short code of the token's tenant."""
         return str(self._call("GET", "/users/current")["tenant"]["shortCode"])

@@ -99,6 +99,12 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def _toml_value(value: object) -> int | str:
+    if isinstance(value, int):
+        return value
+    return str(value.resolve() if isinstance(value, Path) else value)
+
+
 def write_connect_file(settings: Settings) -> Path:
     path = settings.state_dir / CONNECT_FILE
     path.unlink(missing_ok=True)
@@ -107,9 +113,11 @@ def write_connect_file(settings: Settings) -> Path:
         "mqtt_url": settings.mqtt_url,
         "secret_key_file": settings.secret_key_file,
         "metrics_token_file": settings.metrics_token_file,
+        # Where its gateway listens: the CLI's commands find it here (cli_common.py).
+        "host": settings.host,
+        "port": settings.port,
     }
-    lines = [f"{k} = {json.dumps(str(v.resolve() if isinstance(v, Path) else v))}"
-             for k, v in values.items() if v is not None]  # fmt: skip
+    lines = [f"{k} = {json.dumps(_toml_value(v))}" for k, v in values.items() if v is not None]
     write_private(path, "\n".join(["[wakegate]", *lines]) + "\n")
     return path
 
