@@ -572,7 +572,7 @@ def test_the_network_policy_admits_only_gateways_and_scalers_to_replica_pods() -
     for version in K8S_VERSIONS:
         kubernetes_validate.validate(policy, version, strict=True)
     spec = policy["spec"]
-    assert spec["policyTypes"] == ["Ingress"]
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
     # It selects every replica Pod the backend renders...
     for engine in ENGINES:
         pod, _ = rendered("l4_24gb_100", engine)
@@ -586,6 +586,22 @@ def test_the_network_policy_admits_only_gateways_and_scalers_to_replica_pods() -
     assert components == {"gateway", "scaler"}
     assert all("namespaceSelector" not in p for p in rule["from"])
     assert rule["ports"] == [{"protocol": "TCP", "port": 8000}]
+
+
+def test_the_network_policy_lets_replicas_reach_dns_and_outside_https_only() -> None:
+    """Review 2026-12b, finding 12: replicas (tenant-chosen weights) could reach Redis, the
+    broker, the Kubernetes API and the cloud metadata endpoint."""
+    (policy,) = [d for d in yaml.safe_load_all(NETWORK_POLICY.read_text()) if d]
+    dns, https = policy["spec"]["egress"]
+    assert {p["port"] for p in dns["ports"]} == {53}
+    (dns_peer,) = dns["to"]
+    assert dns_peer["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
+    assert https["ports"] == [{"protocol": "TCP", "port": 443}]
+    (outside,) = https["to"]
+    block = outside["ipBlock"]
+    assert block["cidr"] == "0.0.0.0/0"
+    for private in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"):
+        assert private in block["except"]
 
 
 @pytest.mark.parametrize(
