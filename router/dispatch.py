@@ -106,7 +106,7 @@ async def listen_forever(
             if listening is not None:
                 listening.clear()
             with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
 
 
 class Dispatcher:
