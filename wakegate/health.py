@@ -17,7 +17,6 @@ import bisect
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
@@ -129,35 +128,27 @@ class _Wire(BaseModel):
     )
 
 
-class HealthPoint(_Wire):
-    """The step from `at` to `at + stepS`; latencies are null where nothing was measured."""
+class HealthTotals(_Wire):
+    """Counts and latencies over a span (the whole window, or one point's step); latencies
+    are null where nothing was measured."""
+
+    requests: int
+    errors: int
+    tokens: int
+    ttft_p50_s: float | None
+    ttft_p95_s: float | None
+    queue_wait_p50_s: float | None
+    queue_wait_p95_s: float | None
+    cold_starts: int
+    cold_start_mean_s: float | None
+
+
+class HealthPoint(HealthTotals):
+    """The step from `at` to `at + stepS`, with its rates."""
 
     at: float
-    requests: int
-    errors: int
     requests_per_s: float
-    tokens: int
     tokens_per_s: float
-    ttft_p50_s: float | None
-    ttft_p95_s: float | None
-    queue_wait_p50_s: float | None
-    queue_wait_p95_s: float | None
-    cold_starts: int
-    cold_start_mean_s: float | None
-
-
-class HealthTotals(_Wire):
-    """The whole window."""
-
-    requests: int
-    errors: int
-    tokens: int
-    ttft_p50_s: float | None
-    ttft_p95_s: float | None
-    queue_wait_p50_s: float | None
-    queue_wait_p95_s: float | None
-    cold_starts: int
-    cold_start_mean_s: float | None
 
 
 class DeploymentHealth(_Wire):
@@ -175,23 +166,10 @@ class DeploymentHealth(_Wire):
         return self.model_dump_json(by_alias=True)
 
 
-@dataclass(frozen=True)
-class _Figures:
-    requests: int
-    errors: int
-    tokens: int
-    ttft_p50_s: float | None
-    ttft_p95_s: float | None
-    queue_wait_p50_s: float | None
-    queue_wait_p95_s: float | None
-    cold_starts: int
-    cold_start_mean_s: float | None
-
-
-def _figures(row: Sequence[int]) -> _Figures:
+def _figures(row: Sequence[int]) -> HealthTotals:
     ttft, queue = row[TTFT:QUEUE], row[QUEUE:ROW_LEN]
     cold = row[COLD]
-    return _Figures(
+    return HealthTotals(
         requests=row[REQUESTS],
         errors=row[ERRORS],
         tokens=row[TOKENS],
@@ -235,7 +213,7 @@ def health_view(
                 at=float(s),
                 requests_per_s=round(figures.requests / span, 3),
                 tokens_per_s=round(figures.tokens / span, 3),
-                **vars(figures),
+                **figures.model_dump(),
             )
         )
     window_rows = [v for vs in per_step.values() for v in vs]
@@ -245,6 +223,6 @@ def health_view(
         window_s=window_s,
         step_s=step,
         points=points,
-        totals=HealthTotals(**vars(_figures(_sum_rows(window_rows)))),
+        totals=_figures(_sum_rows(window_rows)),
         replicas=replicas,
     )
