@@ -534,7 +534,7 @@ def quota_unset(tenant: str, config: str | None) -> None:
     type=click.IntRange(min=0),
     default=0,
     show_default=True,
-    help="Shared pool: the first N deployments use guaranteed capacity.",
+    help="Shared pool: the first N deployments use guaranteed capacity (their tenants granted it).",
 )
 @click.option(
     "--stagger-s",
