@@ -217,6 +217,8 @@ def main() -> None:
             backend="sim",
             sim_pool="a10_24gb=1000",
             quota_max_deployments_per_tenant=None,
+            quota_max_gpus_per_tenant=None,
+            quota_max_replicas_per_tenant=None,
             full_sweep_interval_s=args.full_sweep_s,
             log_level="WARNING",
         )

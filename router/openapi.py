@@ -207,7 +207,11 @@ class QuotaValues(_Doc):
 
     maxDeploymentsPerTenant: int | None
     maxReplicasPerDeployment: int | None
+    maxReplicasPerTenant: int | None
     maxGpusPerTenant: int | None
+    guaranteedGpusPerTenant: int | None = Field(
+        description="GPUs of reserved capacity granted (usesGuaranteedCapacity); null: all"
+    )
     maxQueueLengthPerDeployment: int | None
 
 

@@ -7,7 +7,10 @@ and what every active deployment holds and needs.
 
 The rule of the `fair` mode (README "Sharing a finite pool"), per SKU:
 
-1. `usesGuaranteedCapacity` deployments first, as many replicas as they need.
+1. Reserved capacity first: `usesGuaranteedCapacity` deployments get the replicas they need
+   within their tenant's grant (`guaranteedGpusPerTenant`, an operator's; none by default),
+   and the replicas they run within it are never taken (by any rule below). Beyond the grant
+   a guaranteed deployment is an ordinary one.
 2. Then deployments with queued requests and no replica (cold): one replica each, the tenant
    holding the least of the SKU (per weight) first. Queued work at zero is the most urgent
    demand: those requests wait for a whole start-up already.
@@ -15,9 +18,9 @@ The rule of the `fair` mode (README "Sharing a finite pool"), per SKU:
    the tenant holding the least of the SKU per weight, within it to the deployment holding
    the fewest replicas.
 4. Reclaim: a deployment the pool left short takes idle replicas (their deployment has had
-   no request for a grace time; above its `min_replicas`; not guaranteed: scaler/plan.py
-   `reclaimable`) of the SKU, from the tenant holding the
-   most first: a guaranteed one for every replica it needs, a cold one for its first, and one
+   no request for a grace time; above its `min_replicas`; not reserved capacity:
+   scaler/plan.py `reclaimable`) of the SKU, from the tenant holding the most first:
+   reserved capacity for every replica the grant covers, a cold one for its first, and one
    with requests queued for the rest of its need, but only from its own tenant or a tenant
    holding more than its own (never from a poorer one). Replicas already draining count as
    room on the way, so nothing is reclaimed twice for one need.
@@ -27,22 +30,26 @@ The rule of the `fair` mode (README "Sharing a finite pool"), per SKU:
    the newest first: it is cancelled (stopped before it serves), so nothing runs on it,
    only its load time is lost and its units free with no request to wait for. Only then
    is a *serving* one drained (new requests go to its deployment's other replicas, those
-   in flight finish, and its units free only when they have). Neither is ever a guaranteed
-   deployment's nor below `min_replicas`; a starting replica is never its deployment's
-   only one while that deployment has requests queued, a serving one never its
-   deployment's last. Without this, one tenant's load (sustained, or a start-up in
-   lock-step with the others) would hold the pool for as long as it lasts. Nothing is ever
-   preempted: no request in flight is cut.
+   in flight finish, and its units free only when they have). Last, a replica that only
+   its deployment's `min_replicas` keeps, beyond its tenant's grant (what guaranteed
+   deployments leave of the grant keeps `min_replicas` floors): a floor holds while its
+   tenant is within its fair share, so `minReplicas` cannot pin a shared pool. Never
+   reserved capacity; a starting replica is never its deployment's only one while that
+   deployment has requests queued, a serving one never the last of a deployment with
+   load. Without this, one tenant's load (sustained, or a start-up in lock-step with the
+   others) would hold the pool for as long as it lasts. Nothing is ever preempted: no
+   request in flight is cut.
 
-Operator limits apply in every mode: a tenant's GPU quota (cpu replicas count no GPU) and a
-per-deployment cap in replicas (the `static` mode's share of the pool). `fcfs` grants in the
-order the deployments began to wait, with no priority and no reclaim (a baseline).
+Operator limits apply in every mode: a tenant's GPU quota (cpu replicas count no GPU), its
+replica quota (cpu replicas count) and a per-deployment cap in replicas (the `static`
+mode's share of the pool). `fcfs` grants in the order the deployments began to wait, with
+no priority and no reclaim (a baseline).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -65,7 +72,7 @@ class Demand:
     cold: bool = False  # requests queued and no replica starting or ready
     queued: int = 0  # requests waiting
     draining: int = 0  # of `holding`, replicas on their way out (their units free soon)
-    guaranteed: bool = False
+    guaranteed: bool = False  # it asks for reserved capacity (honoured within its grant)
     # Idle replicas that may be drained for others, the first to go first.
     reclaimable: tuple[str, ...] = ()
     # Starting (not yet ready) replicas beyond its min_replicas, and beyond its only one while
@@ -77,6 +84,10 @@ class Demand:
     # first: drained (gracefully) only for a cold deployment of a tenant below its fair share
     # when this tenant is above its own.
     drainable: tuple[str, ...] = ()
+    # Replicas only its min_replicas keeps from the lists above (idle, starting, then
+    # serving): within its tenant's grant they stay; beyond it they go, last, to a cold
+    # deployment of a tenant below its fair share when this tenant stays at or above its own.
+    floor: tuple[str, ...] = ()
     since: float = 0.0  # when it began to want `need` more (first come, first served)
     weight: float = 1.0  # its tenant's share weight
 
@@ -117,14 +128,21 @@ def allocate(
     mode: Mode = "fair",
     gpu_quota: Mapping[str, int | None] | None = None,
     caps: Mapping[str, int] | None = None,
+    replica_quota: Mapping[str, int | None] | None = None,
+    grants: Mapping[str, int | None] | None = None,
 ) -> Allocation:
     """Starts, reclaims and waiting reasons for this pass.
 
     `free`: units the backend can still start per SKU (UNLIMITED: no limit; absent: none),
     net of starts already under way. `gpu_quota`: GPUs each tenant may hold (None or absent:
     unlimited). `caps`: the most replicas a deployment may hold (absent: no cap).
+    `replica_quota`: replicas each tenant may hold, CPU ones included (None or absent:
+    unlimited). `grants`: GPUs of reserved capacity each tenant was granted (absent: none;
+    None: every GPU it holds), what `guaranteed` deployments get (fair mode only).
     """
-    return _Pass(free, demands, gpu_quota or {}, caps or {}).run(mode)
+    return _Pass(free, demands, gpu_quota or {}, caps or {}, replica_quota or {}, grants or {}).run(
+        mode
+    )
 
 
 class _Pass:
@@ -134,18 +152,53 @@ class _Pass:
         demands: Sequence[Demand],
         gpu_quota: Mapping[str, int | None],
         caps: Mapping[str, int],
+        replica_quota: Mapping[str, int | None],
+        grants: Mapping[str, int | None],
     ) -> None:
         self.room = dict(free)
         self.demands = sorted(demands, key=lambda d: d.key)
         self.gpu_quota = gpu_quota
         self.caps = caps
+        self.replica_quota = replica_quota
         self.starts: Counter[str] = Counter()
         self.held = {d.key: d.holding for d in self.demands}
         self.usage: Counter[tuple[str, str]] = Counter()  # (sku, tenant) -> units held
         self.tenant_gpus: Counter[str] = Counter()
+        self.tenant_replicas: Counter[str] = Counter()
         for d in self.demands:
             self.usage[(d.sku, d.tenant)] += d.holding * d.units
             self.tenant_gpus[d.tenant] += d.holding * d.gpus_per_replica
+            self.tenant_replicas[d.tenant] += d.holding
+        # Reserved capacity within each tenant's grant: replicas held that no rule takes
+        # (`pinned`), and of each deployment's need, replicas served first (`covered`).
+        self.pinned: Counter[str] = Counter()
+        self.covered: Counter[str] = Counter()
+        self.taken: Counter[str] = Counter()  # replicas this pass takes from each deployment
+        self._reserve(grants)
+
+    def _reserve(self, grants: Mapping[str, int | None]) -> None:
+        """Spread each tenant's grant over its guaranteed deployments on GPUs, one replica at
+        a time in turn: first over the replicas they run (kept), then over what they need
+        (served first, the most urgent first). Beyond the grant (never granted, or lowered
+        since) a guaranteed deployment is an ordinary one: its further replicas take their
+        fair share, and those it runs beyond the grant may be reclaimed like any other."""
+        by_tenant: dict[str, list[Demand]] = {}
+        for d in self.demands:
+            if d.guaranteed and d.gpus_per_replica > 0:
+                by_tenant.setdefault(d.tenant, []).append(d)
+        floors: dict[str, list[Demand]] = {}
+        for d in self.demands:
+            if d.floor and not d.guaranteed and d.gpus_per_replica > 0:
+                floors.setdefault(d.tenant, []).append(d)
+        for tenant in {*by_tenant, *floors}:
+            grant = grants.get(tenant, 0)
+            budget = float("inf") if grant is None else float(grant)
+            group = by_tenant.get(tenant, [])
+            budget = _spread(group, lambda d: d.holding - d.draining, budget, self.pinned)
+            urgent = sorted(group, key=self._urgency)
+            budget = _spread(urgent, lambda d: d.need, budget, self.covered)
+            # What is left of the grant keeps the tenant's minReplicas floors.
+            _spread(floors.get(tenant, []), lambda d: len(d.floor), budget, self.pinned)
 
     # --- the modes --------------------------------------------------------------------------
 
@@ -154,10 +207,10 @@ class _Pass:
         reclaims: dict[str, tuple[str, ...]] = {}
         reclaiming: set[str] = set()
         if mode == "fair":
-            for d in sorted((d for d in wanting if d.guaranteed), key=self._urgency):
-                self._grant(d, d.need)
-            self._cold_first([d for d in wanting if d.cold and not d.guaranteed])
-            self._fill([d for d in wanting if not d.guaranteed])
+            for d in sorted((d for d in wanting if self.covered[d.key]), key=self._urgency):
+                self._grant(d, self.covered[d.key])
+            self._cold_first([d for d in wanting if d.cold and self.starts[d.key] == 0])
+            self._fill(wanting)
             reclaims, reclaiming = self._reclaim(wanting)
         else:
             for d in sorted(wanting, key=lambda d: (d.since, d.key)):
@@ -201,17 +254,25 @@ class _Pass:
             (
                 d
                 for d in wanting
-                if (d.guaranteed or d.cold or d.queued > 0) and self.starts[d.key] < d.need
+                if (self._reserved_left(d) or d.cold or d.queued > 0)
+                and self.starts[d.key] < d.need
             ),
-            key=lambda d: (not d.guaranteed, not d.cold, self._share(d), d.since, d.key),
+            key=lambda d: (self._reserved_left(d) <= 0, not d.cold, self._share(d), d.since, d.key),
         )
         for d in beneficiaries:
             if self._limit(d) is not None:
                 continue  # a quota or cap holds it back, not the pool
+            reserved = self._reserved_left(d)
             # A cold deployment's first replica is what its queue waits for; the rest of its
-            # need, like a warm one's, only shortens a queue that moves.
-            first_only = d.cold and not d.guaranteed and self.starts[d.key] == 0
-            replicas = 1 - self.starts[d.key] if first_only else d.need - self.starts[d.key]
+            # need, like a warm one's, only shortens a queue that moves. Reserved capacity
+            # reclaims for every replica its grant covers.
+            first_only = d.cold and not reserved and self.starts[d.key] == 0
+            if reserved:
+                replicas = reserved
+            elif first_only:
+                replicas = 1 - self.starts[d.key]
+            else:
+                replicas = d.need - self.starts[d.key]
             if replicas <= 0:
                 continue
             short = replicas * d.units - max(self.room.get(d.sku, 0), 0)
@@ -219,22 +280,24 @@ class _Pass:
             on_the_way[d.sku] -= covered
             short -= covered
             freed = 0
-            for victim in self._victims(d):
+            for victim in self._victims(d, urgent=bool(reserved) or d.cold):
                 if freed >= short:
                     break
                 for rid in victim.reclaimable:
-                    if freed >= short:
+                    if freed >= short or self._takeable(victim) <= 0:
                         break
                     if rid in taken:
                         continue
                     taken.add(rid)
+                    self.taken[victim.key] += 1
                     victims.setdefault(victim.key, []).append(rid)
                     freed += victim.units
-            if freed < short and d.cold and not d.guaranteed:
+            if freed < short and d.cold and not reserved:
                 for victim, rid in self._over_share(d, taken):
                     if freed >= short:
                         break
                     taken.add(rid)
+                    self.taken[victim.key] += 1
                     victims.setdefault(victim.key, []).append(rid)
                     freed += victim.units
                     self.usage[(victim.sku, victim.tenant)] -= victim.units
@@ -244,17 +307,17 @@ class _Pass:
             on_the_way[d.sku] += max(0, freed - short)
         return {k: tuple(v) for k, v in victims.items()}, reclaiming
 
-    def _victims(self, beneficiary: Demand) -> list[Demand]:
+    def _victims(self, beneficiary: Demand, *, urgent: bool) -> list[Demand]:
         """Deployments whose idle replicas may go, the tenant holding the most first. For a
-        deployment that already serves, only its own tenant's or a richer tenant's."""
-        urgent = beneficiary.guaranteed or beneficiary.cold
+        deployment that already serves (and is not reclaiming for reserved capacity), only
+        its own tenant's or a richer tenant's."""
         pool = [
             v
             for v in self.demands
             if v.sku == beneficiary.sku
             and v.key != beneficiary.key
             and v.reclaimable
-            and not v.guaranteed
+            and self._takeable(v) > 0
             and self.starts[v.key] == 0
             and (
                 urgent
@@ -269,8 +332,10 @@ class _Pass:
         have drained: of tenants that stay at or above their fair share of the SKU without
         them, while the cold one's tenant is below its own. Every such starting replica
         comes before any serving one (a cancel loses only load time, cuts nothing and frees
-        its units without waiting for requests); within each, the tenant furthest above
-        first, then the deployment's own order (newest start, least busy)."""
+        its units without waiting for requests), and those before any replica that only its
+        deployment's min_replicas keeps (beyond its tenant's grant: the owner's floor goes
+        last); within each, the tenant furthest above first, then the deployment's own order
+        (newest start, least busy)."""
         fair = self._fair_shares(cold.sku)
         if self.usage[(cold.sku, cold.tenant)] + cold.units > fair.get(cold.tenant, 0.0):
             return []
@@ -280,19 +345,23 @@ class _Pass:
                 v
                 for v in self.demands
                 if v.sku == cold.sku and v.tenant != cold.tenant
-                and (v.cancellable or v.drainable)
-                and not v.guaranteed and self.starts[v.key] == 0
+                and (v.cancellable or v.drainable or v.floor)
+                and self._takeable(v) > 0 and self.starts[v.key] == 0
             ),
             key=lambda v: (-(self.usage[(v.sku, v.tenant)] - fair.get(v.tenant, 0.0)), v.key),
         )  # fmt: skip
         spare: Counter[str] = Counter()
-        for starting in (True, False):
+        given: Counter[str] = Counter()  # replicas of each giver listed here
+        for phase in range(3):
             for v in givers:
-                for rid in v.cancellable if starting else v.drainable:
+                for rid in (v.cancellable, v.drainable, v.floor)[phase]:
                     above = self.usage[(v.sku, v.tenant)] - spare[v.tenant] - v.units
                     if rid in taken or above < fair.get(v.tenant, 0.0):
                         continue
+                    if self._takeable(v) - given[v.key] <= 0:
+                        break  # the rest of it is reserved capacity
                     spare[v.tenant] += v.units
+                    given[v.key] += 1
                     out.append((v, rid))
         return out
 
@@ -324,11 +393,20 @@ class _Pass:
             self.held[d.key] += 1
             self.usage[(d.sku, d.tenant)] += d.units
             self.tenant_gpus[d.tenant] += d.gpus_per_replica
+            self.tenant_replicas[d.tenant] += 1
             granted += 1
         return granted > 0
 
     def _remaining(self, d: Demand) -> int:
         return d.need - self.starts[d.key]
+
+    def _reserved_left(self, d: Demand) -> int:
+        """Replicas of its need that its tenant's grant covers and it has not got yet."""
+        return max(0, self.covered[d.key] - self.starts[d.key])
+
+    def _takeable(self, v: Demand) -> int:
+        """How many more of its replicas any rule may take: those beyond its reserved ones."""
+        return v.holding - v.draining - self.pinned[v.key] - self.taken[v.key]
 
     def _fits(self, d: Demand) -> bool:
         room = self.room.get(d.sku, 0)
@@ -339,6 +417,9 @@ class _Pass:
         cap = self.caps.get(d.key)
         if cap is not None and self.held[d.key] + 1 > cap:
             return f"at its share of the pool ({cap} replica(s))"
+        replicas = self.replica_quota.get(d.tenant)
+        if replicas is not None and self.tenant_replicas[d.tenant] + 1 > replicas:
+            return f"tenant replica quota reached (maxReplicasPerTenant={replicas})"
         quota = self.gpu_quota.get(d.tenant)
         if quota is not None and d.gpus_per_replica:
             if self.tenant_gpus[d.tenant] + d.gpus_per_replica > quota:
@@ -358,6 +439,22 @@ class _Pass:
         if reclaiming:
             return f"waiting for a reclaimed {_unit(d.sku)}"
         return f"waiting for a free {_unit(d.sku)}"
+
+
+def _spread(
+    group: Sequence[Demand], limit: Callable[[Demand], int], budget: float, out: Counter[str]
+) -> float:
+    """Deal `budget` GPUs to the deployments of `group`, one replica each in turn, up to
+    `limit` replicas each; counts go to `out`. Returns what is left of the budget."""
+    progress = True
+    while progress:
+        progress = False
+        for d in group:
+            if out[d.key] < limit(d) and d.gpus_per_replica <= budget:
+                out[d.key] += 1
+                budget -= d.gpus_per_replica
+                progress = True
+    return budget
 
 
 def _unit(sku: str) -> str:

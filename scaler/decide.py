@@ -113,32 +113,35 @@ def decide(
     victims = {r.id for r in plan.victims}
     guaranteed = bool(spec.config.uses_guaranteed_capacity)
     staying = [r for r in active if r.id not in victims]
-    idle = reclaimable(
-        staying,
-        load=load.queued + load.in_flight,
-        idle_s=None if observation.last_activity_at is None else now - observation.last_activity_at,
-        min_replicas=spec.min_replicas,
-        guaranteed=guaranteed,
-        now=now,
-        grace_s=reclaim_grace_s,
-    )
-    starting = cancellable(
-        staying,
-        idle=idle,
-        queued=load.queued,
-        min_replicas=spec.min_replicas,
-        guaranteed=guaranteed,
-    )
-    serving = drainable(
-        staying,
-        idle=idle,
-        busy=seen.busy,
-        min_replicas=spec.min_replicas,
-        guaranteed=guaranteed,
-        now=now,
-        grace_s=reclaim_grace_s,
-        cancellable=starting,
-    )
+    idle_s = None if observation.last_activity_at is None else now - observation.last_activity_at
+
+    def givable(min_replicas: int) -> tuple[tuple[str, ...], ...]:
+        """Idle, starting and serving replicas other deployments may take above a floor."""
+        idle = reclaimable(
+            staying,
+            load=load.queued + load.in_flight,
+            idle_s=idle_s,
+            min_replicas=min_replicas,
+            now=now,
+            grace_s=reclaim_grace_s,
+        )
+        starting = cancellable(staying, idle=idle, queued=load.queued, min_replicas=min_replicas)
+        serving = drainable(
+            staying,
+            idle=idle,
+            busy=seen.busy,
+            min_replicas=min_replicas,
+            now=now,
+            grace_s=reclaim_grace_s,
+            cancellable=starting,
+        )
+        return idle, starting, serving
+
+    idle, starting, serving = givable(spec.min_replicas)
+    # What only min_replicas keeps: the fair-share rule may take it beyond the tenant's
+    # grant (scaler/allocator.py); idle ones first, then starts, then serving ones.
+    kept = {*idle, *starting, *serving}
+    floor = tuple(rid for group in givable(0) for rid in group if rid not in kept)
     sku, per_replica = units
     demand = Demand(
         key=seen.key,
@@ -154,6 +157,7 @@ def decide(
         reclaimable=idle,
         cancellable=starting,
         drainable=serving,
+        floor=floor,
         since=wanting_since or now,
     )
     busy = bool(seen.replicas or need or load.queued or load.in_flight)

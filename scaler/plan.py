@@ -71,20 +71,19 @@ def reclaimable(
     load: int,
     idle_s: float | None,
     min_replicas: int,
-    guaranteed: bool,
     now: float,
     grace_s: float,
 ) -> tuple[str, ...]:
     """Replicas kept only by the cooldown, which another deployment may reclaim: those of a
     deployment with nothing queued or in flight (`load`) and no request come or gone for at
     least `grace_s` (`idle_s`; None: never any), above its `min_replicas`, ready for at least
-    `grace_s`; never a guaranteed deployment's. The longest ready first.
+    `grace_s` (reserved capacity is kept by the allocator). The longest ready first.
 
     A replica that is merely between two requests of a serving deployment is not idle
     capacity: taking it makes its deployment pay a start-up at its next request (the
     shared-pool replay measured that churn when single idle replicas of serving deployments
     were reclaimed)."""
-    if guaranteed or load > 0 or (idle_s is not None and idle_s < grace_s):
+    if load > 0 or (idle_s is not None and idle_s < grace_s):
         return ()
     spare = len(active) - min_replicas
     if spare <= 0:
@@ -103,15 +102,12 @@ def cancellable(
     idle: Sequence[str],
     queued: int,
     min_replicas: int,
-    guaranteed: bool,
 ) -> tuple[str, ...]:
     """Starting (not yet ready) replicas that a cold deployment of a poorer tenant may have
     cancelled: stopped before they serve, so no request is cut and only their load time is
     lost. Never below the deployment's `min_replicas`, nor its only replica (starting or
-    ready) while it has requests queued, nor a guaranteed deployment's; the newest first
-    (the least load time lost). `idle` (reclaimable anyway) are not counted twice."""
-    if guaranteed:
-        return ()
+    ready) while it has requests queued (reserved capacity is kept by the allocator); the
+    newest first (the least load time lost). `idle` (reclaimable anyway) are not counted twice."""
     spare = len(active) - max(min_replicas, 1 if queued > 0 else 0) - len(idle)
     if spare <= 0:
         return ()
@@ -126,18 +122,15 @@ def drainable(
     idle: Sequence[str],
     busy: Mapping[str, int],
     min_replicas: int,
-    guaranteed: bool,
     now: float,
     grace_s: float,
     cancellable: Sequence[str] = (),
 ) -> tuple[str, ...]:
     """Serving replicas that a cold deployment of a poorer tenant may have drained (their
     requests in flight finish first): never the deployment's last one, nor below its
-    `min_replicas`, nor one ready for less than `grace_s`, nor a guaranteed deployment's;
-    the fewest requests in flight first. `idle` (reclaimable anyway) and `cancellable`
+    `min_replicas`, nor one ready for less than `grace_s` (reserved capacity is kept by the
+    allocator); the fewest requests in flight first. `idle` (reclaimable anyway) and `cancellable`
     (starting replicas, which go first) are not counted twice."""
-    if guaranteed:
-        return ()
     spare = len(active) - max(1, min_replicas) - len(idle) - len(cancellable)
     if spare <= 0:
         return ()

@@ -131,8 +131,16 @@ class Sharing:
                 if total.get(d.sku, 0) != -1:
                     total[d.sku] = total.get(d.sku, 0) + d.holding * d.units
             caps = static_caps(total, await self._static_members(demands))
-        gpu_quota = {t: (await self.quotas(t)).max_gpus for t in {d.tenant for d in demands}}
-        allocation = allocate(free, demands, mode=self.mode, gpu_quota=gpu_quota, caps=caps)
+        quotas = {t: await self.quotas(t) for t in {d.tenant for d in demands}}
+        allocation = allocate(
+            free,
+            demands,
+            mode=self.mode,
+            gpu_quota={t: q.max_gpus for t, q in quotas.items()},
+            caps=caps,
+            replica_quota={t: q.max_tenant_replicas for t, q in quotas.items()},
+            grants={t: q.guaranteed_gpus for t, q in quotas.items()},
+        )
         for key, count in allocation.starts.items():
             for _ in range(count):
                 await self.actuator.start(self._specs[key])
@@ -174,12 +182,12 @@ class Sharing:
             rec = records.get(rid)
             if rec is None:
                 continue
-            if rid in d.cancellable:
+            if rid in d.cancellable or (rid in d.floor and rec.state == "starting"):
                 if rec.state == "starting":
                     cancelled.append(rec)
             elif rec.state != "ready":
                 continue
-            elif rid in d.drainable:
+            elif rid in d.drainable or (rid in d.floor and (queued or busy)):
                 serving.append(rec)
             elif not queued and not busy:
                 idle.append(rec)  # its deployment is still idle
@@ -195,6 +203,7 @@ class Sharing:
             reclaimable=tuple(r for r in d.reclaimable if r not in gone),
             cancellable=tuple(r for r in d.cancellable if r not in gone),
             drainable=tuple(r for r in d.drainable if r not in gone),
+            floor=tuple(r for r in d.floor if r not in gone),
         )
         self.metrics.reclaims.labels(d.sku).inc(len(taken))
         parts = []
@@ -211,6 +220,12 @@ class Sharing:
             parts.append(
                 f"{len(serving)} replica(s) drained for a deployment at zero of a tenant below "
                 "its fair share (requests in flight finish)"
+            )
+        below = sum(1 for r in taken if r.id in d.floor)
+        if below:
+            parts.append(
+                f"{below} of them below minReplicas (its tenant holds more than its fair share "
+                "and has no reserved capacity for them: guaranteedGpusPerTenant)"
             )
         message = "; ".join(parts)
         log.info("%s: %s", victim, message)

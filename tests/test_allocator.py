@@ -52,11 +52,61 @@ CASES: list[tuple[str, dict[str, int], list[Demand], dict[str, Any], Allocation]
         Allocation({"a/x": 5}),
     ),
     (
-        "guaranteed-first-even-when-others-came-earlier",
+        "guaranteed-within-its-grant-first-even-when-others-came-earlier",
+        {A10: 2},
+        [d("a/early", need=2, since=1.0), d("b/guaranteed", need=2, since=9.0, guaranteed=True)],
+        {"grants": {"b": 2}},
+        Allocation({"b/guaranteed": 2}, {}, {"a/early": "waiting for a free a10_24gb GPU"}),
+    ),
+    (
+        "guaranteed-without-a-grant-is-an-ordinary-deployment",
         {A10: 2},
         [d("a/early", need=2, since=1.0), d("b/guaranteed", need=2, since=9.0, guaranteed=True)],
         {},
-        Allocation({"b/guaranteed": 2}, {}, {"a/early": "waiting for a free a10_24gb GPU"}),
+        Allocation(
+            {"a/early": 1, "b/guaranteed": 1},
+            {},
+            {k: "waiting for a free a10_24gb GPU" for k in ("a/early", "b/guaranteed")},
+        ),
+    ),
+    (
+        "beyond-its-grant-a-guaranteed-deployment-takes-its-fair-share",
+        {A10: 4},
+        [d("a/x", need=4), d("b/guaranteed", need=4, guaranteed=True)],
+        {"grants": {"b": 1}},
+        # b's granted GPU first, then one each in turn: 2 and 2.
+        Allocation(
+            {"a/x": 2, "b/guaranteed": 2},
+            {},
+            {k: "waiting for a free a10_24gb GPU" for k in ("a/x", "b/guaranteed")},
+        ),
+    ),
+    (
+        "a-grant-counts-the-gpus-a-guaranteed-deployment-already-runs",
+        {A10: 2},
+        [
+            d("a/early", need=2, since=1.0),
+            d("b/guaranteed", holding=2, need=2, since=9.0, guaranteed=True),
+        ],
+        {"grants": {"b": 2}},
+        Allocation({"a/early": 2}, {}, {"b/guaranteed": "waiting for a free a10_24gb GPU"}),
+    ),
+    (
+        "an-unlimited-grant-covers-every-gpu",
+        {A10: 3},
+        [d("a/early", need=3, since=1.0), d("b/guaranteed", need=3, since=9.0, guaranteed=True)],
+        {"grants": {"b": None}},
+        Allocation({"b/guaranteed": 3}, {}, {"a/early": "waiting for a free a10_24gb GPU"}),
+    ),
+    (
+        "a-grant-too-small-for-one-replica-covers-nothing",
+        {"a100_80gb": 2},
+        [
+            d("a/early", sku="a100_80gb", need=1, since=1.0),
+            d("b/guaranteed", sku="a100_80gb", units=2, need=1, since=9.0, guaranteed=True),
+        ],
+        {"grants": {"b": 1}},
+        Allocation({"a/early": 1}, {}, {"b/guaranteed": "waiting for a free a100_80gb GPU"}),
     ),
     (
         "cold-deployment-before-scaling-out-a-warm-one",
@@ -123,28 +173,105 @@ CASES: list[tuple[str, dict[str, int], list[Demand], dict[str, Any], Allocation]
         ),
     ),
     (
-        "guaranteed-replicas-are-never-reclaimed",
+        "guaranteed-replicas-within-the-grant-are-never-reclaimed",
+        {A10: 0},
+        [
+            d("a/guaranteed", holding=1, guaranteed=True, reclaimable=("r1",)),
+            d("b/cold", need=1, cold=True),
+        ],
+        {"grants": {"a": 1}},
+        Allocation({}, {}, {"b/cold": "waiting for a free a10_24gb GPU"}),
+    ),
+    (
+        "guaranteed-replicas-without-a-grant-are-reclaimed-like-any",
         {A10: 0},
         [
             d("a/guaranteed", holding=1, guaranteed=True, reclaimable=("r1",)),
             d("b/cold", need=1, cold=True),
         ],
         {},
-        Allocation({}, {}, {"b/cold": "waiting for a free a10_24gb GPU"}),
+        Allocation(
+            {}, {"a/guaranteed": ("r1",)}, {"b/cold": "waiting for a reclaimed a10_24gb GPU"}
+        ),
     ),
     (
-        "guaranteed-deployment-reclaims-idle-replicas-it-needs",
+        "replicas-beyond-a-lowered-grant-are-reclaimable",
+        {A10: 0},
+        [
+            d("a/guaranteed", holding=3, guaranteed=True, reclaimable=("r1", "r2", "r3")),
+            d("b/cold", need=1, cold=True),
+            d("c/cold", need=1, cold=True),
+            d("e/cold", need=1, cold=True),
+        ],
+        {"grants": {"a": 1}},
+        Allocation(
+            {},
+            {"a/guaranteed": ("r1", "r2")},
+            {
+                "b/cold": "waiting for a reclaimed a10_24gb GPU",
+                "c/cold": "waiting for a reclaimed a10_24gb GPU",
+                "e/cold": "waiting for a free a10_24gb GPU",
+            },
+        ),
+    ),
+    (
+        "a-grant-is-dealt-in-turn-over-a-tenants-guaranteed-deployments",
+        {A10: 0},
+        [
+            d("a/g1", holding=2, guaranteed=True, reclaimable=("x1", "x2")),
+            d("a/g2", holding=2, guaranteed=True, reclaimable=("y1", "y2")),
+            d("b/cold", need=1, cold=True),
+            d("c/cold", need=1, cold=True),
+            d("e/cold", need=1, cold=True),
+        ],
+        {"grants": {"a": 2}},
+        Allocation(
+            {},
+            {"a/g1": ("x1",), "a/g2": ("y1",)},
+            {
+                "b/cold": "waiting for a reclaimed a10_24gb GPU",
+                "c/cold": "waiting for a reclaimed a10_24gb GPU",
+                "e/cold": "waiting for a free a10_24gb GPU",
+            },
+        ),
+    ),
+    (
+        "guaranteed-deployment-reclaims-idle-replicas-its-grant-covers",
+        {A10: 0},
+        [
+            d("a/idle", holding=2, reclaimable=("r1", "r2")),
+            d("b/guaranteed", need=2, guaranteed=True),
+        ],
+        {"grants": {"b": 2}},
+        Allocation(
+            {},
+            {"a/idle": ("r1", "r2")},
+            {"b/guaranteed": "waiting for a reclaimed a10_24gb GPU"},
+        ),
+    ),
+    (
+        "guaranteed-deployment-reclaims-no-more-than-its-grant",
+        {A10: 0},
+        [
+            d("a/idle", holding=2, reclaimable=("r1", "r2")),
+            d("b/guaranteed", need=2, guaranteed=True),
+        ],
+        {"grants": {"b": 1}},
+        Allocation(
+            {},
+            {"a/idle": ("r1",)},
+            {"b/guaranteed": "waiting for a reclaimed a10_24gb GPU"},
+        ),
+    ),
+    (
+        "guaranteed-deployment-without-a-grant-reclaims-nothing-for-a-warm-need",
         {A10: 0},
         [
             d("a/idle", holding=2, reclaimable=("r1", "r2")),
             d("b/guaranteed", need=2, guaranteed=True),
         ],
         {},
-        Allocation(
-            {},
-            {"a/idle": ("r1", "r2")},
-            {"b/guaranteed": "waiting for a reclaimed a10_24gb GPU"},
-        ),
+        Allocation({}, {}, {"b/guaranteed": "waiting for a free a10_24gb GPU"}),
     ),
     (
         "warm-deployment-without-a-queue-does-not-reclaim",
@@ -361,14 +488,26 @@ CASES: list[tuple[str, dict[str, int], list[Demand], dict[str, Any], Allocation]
         Allocation({}, {}, {"c/cold": "waiting for a free a10_24gb GPU"}),
     ),
     (
-        "a-guaranteed-deployments-start-is-never-cancelled",
+        "a-guaranteed-deployments-start-within-its-grant-is-never-cancelled",
         {A10: 0},
         [
             d("a/guaranteed", holding=4, guaranteed=True, cancellable=("a4",)),
             d("b/cold", need=1, cold=True),
         ],
-        {},
+        {"grants": {"a": 4}},
         Allocation({}, {}, {"b/cold": "waiting for a free a10_24gb GPU"}),
+    ),
+    (
+        "a-guaranteed-deployments-start-beyond-its-grant-is-cancelled",
+        {A10: 0},
+        [
+            d("a/guaranteed", holding=4, guaranteed=True, cancellable=("a4",)),
+            d("b/cold", need=1, cold=True),
+        ],
+        {"grants": {"a": 3}},
+        Allocation(
+            {}, {"a/guaranteed": ("a4",)}, {"b/cold": "waiting for a reclaimed a10_24gb GPU"}
+        ),
     ),
     (
         "a-warm-deployment-with-a-queue-never-cancels-a-start",
@@ -479,6 +618,90 @@ CASES: list[tuple[str, dict[str, int], list[Demand], dict[str, Any], Allocation]
         Allocation({}, {}, {"b/cold": "tenant GPU quota reached (maxGpusPerTenant=0)"}),
     ),
     (
+        "min-replicas-beyond-the-grant-give-way-to-a-poorer-tenants-cold-deployment",
+        {A10: 0},
+        [d("a/pin", holding=4, floor=("p1", "p2", "p3", "p4")), d("b/cold", need=1, cold=True)],
+        {},
+        Allocation({}, {"a/pin": ("p1",)}, {"b/cold": "waiting for a reclaimed a10_24gb GPU"}),
+    ),
+    (
+        "min-replicas-within-the-grant-stay",
+        {A10: 0},
+        [d("a/pin", holding=4, floor=("p1", "p2", "p3", "p4")), d("b/cold", need=1, cold=True)],
+        {"grants": {"a": 4}},
+        Allocation({}, {}, {"b/cold": "waiting for a free a10_24gb GPU"}),
+    ),
+    (
+        "a-grant-keeps-as-many-min-replicas-as-it-covers",
+        {A10: 0},
+        [
+            d("a/pin", holding=4, floor=("p1", "p2", "p3", "p4")),
+            d("b/cold", need=1, cold=True),
+            d("c/cold", need=1, cold=True),
+        ],
+        {"grants": {"a": 3}},
+        Allocation(
+            {},
+            {"a/pin": ("p1",)},
+            {
+                "b/cold": "waiting for a reclaimed a10_24gb GPU",
+                "c/cold": "waiting for a free a10_24gb GPU",
+            },
+        ),
+    ),
+    (
+        "a-guaranteed-deployment-leaves-the-rest-of-the-grant-to-min-replicas",
+        {A10: 0},
+        [
+            d("a/g", holding=1, guaranteed=True),
+            d("a/pin", holding=3, floor=("p1", "p2", "p3")),
+            d("b/cold", need=1, cold=True),
+        ],
+        {"grants": {"a": 3}},
+        Allocation({}, {"a/pin": ("p1",)}, {"b/cold": "waiting for a reclaimed a10_24gb GPU"}),
+    ),
+    (
+        "min-replicas-of-a-tenant-within-its-fair-share-stay",
+        {A10: 0},
+        [
+            d("a/pin", holding=2, floor=("p1", "p2")),
+            d("e/x", holding=2),
+            d("b/cold", need=1, cold=True),
+        ],
+        {},
+        # 4 GPUs over 3 tenants: 1.33 each; a would keep 1.
+        Allocation({}, {}, {"b/cold": "waiting for a free a10_24gb GPU"}),
+    ),
+    (
+        "a-start-above-min-replicas-goes-before-a-min-replica",
+        {A10: 0},
+        [d("a/x", holding=4, cancellable=("s1",), floor=("f1",)), d("b/cold", need=1, cold=True)],
+        {},
+        Allocation({}, {"a/x": ("s1",)}, {"b/cold": "waiting for a reclaimed a10_24gb GPU"}),
+    ),
+    (
+        "tenant-replica-quota-counts-cpu-replicas",
+        {"cpu": UNLIMITED},
+        [d("a/x", sku="cpu", holding=2, need=5), d("a/y", sku="cpu", need=1)],
+        {"replica_quota": {"a": 4}},
+        Allocation(
+            {"a/x": 1, "a/y": 1},
+            {},
+            {"a/x": "tenant replica quota reached (maxReplicasPerTenant=4)"},
+        ),
+    ),
+    (
+        "tenant-replica-quota-is-per-tenant",
+        {A10: 4},
+        [d("a/x", need=3), d("b/y", need=3)],
+        {"replica_quota": {"a": 1}},
+        Allocation(
+            {"a/x": 1, "b/y": 3},
+            {},
+            {"a/x": "tenant replica quota reached (maxReplicasPerTenant=1)"},
+        ),
+    ),
+    (
         "fcfs-serves-in-arrival-order-without-priorities",
         {A10: 2},
         [
@@ -580,20 +803,20 @@ def starting(rid: str, age_s: float) -> ReplicaRecord:
 
 def test_a_start_below_min_replicas_is_never_cancelled() -> None:
     active = [starting("s1", 20), starting("s2", 10)]
-    floor = cancellable(active, idle=(), queued=0, min_replicas=2, guaranteed=False)
+    floor = cancellable(active, idle=(), queued=0, min_replicas=2)
     assert floor == ()
     victim = d("a/x", holding=2, cancellable=floor)
     others = [d("a/other", holding=2), d("b/cold", need=1, cold=True)]
     assert allocate({A10: 0}, [victim, *others]).reclaims == {}
     # One above the floor may go, the newest.
-    one = cancellable(active, idle=(), queued=0, min_replicas=1, guaranteed=False)
+    one = cancellable(active, idle=(), queued=0, min_replicas=1)
     assert allocate({A10: 0}, [replace(victim, cancellable=one), *others]).reclaims == {
         "a/x": ("s2",)
     }
 
 
 def test_the_only_replica_of_a_deployment_with_queued_requests_is_never_cancelled() -> None:
-    only = cancellable([starting("s1", 5)], idle=(), queued=3, min_replicas=0, guaranteed=False)
+    only = cancellable([starting("s1", 5)], idle=(), queued=3, min_replicas=0)
     assert only == ()
     victims = [d("a/x", holding=1, queued=3, cancellable=only), d("a/y", holding=2)]
     assert allocate({A10: 0}, [*victims, d("b/cold", need=1, cold=True)]).reclaims == {}
@@ -629,6 +852,7 @@ demand_lists = st.lists(
         reclaimable=st.lists(st.sampled_from(["r1", "r2", "r3"]), unique=True).map(tuple),
         cancellable=st.lists(st.sampled_from(["c1", "c2"]), unique=True).map(tuple),
         drainable=st.lists(st.sampled_from(["s1", "s2"]), unique=True).map(tuple),
+        floor=st.lists(st.sampled_from(["f1", "f2"]), unique=True).map(tuple),
         weight=st.sampled_from([0.5, 1.0, 2.0]),
     ),
     unique_by=lambda x: x.key,
@@ -641,12 +865,14 @@ demand_lists = st.lists(
     free=st.fixed_dictionaries({A10: st.integers(0, 8), "l4_24gb": st.integers(0, 8)}),
     mode=st.sampled_from(["fair", "fcfs"]),
     quota=st.one_of(st.none(), st.integers(0, 8)),
+    grant=st.one_of(st.none(), st.integers(0, 8)),
 )
 def test_never_starts_beyond_room_need_or_quota(
-    demands: list[Demand], free: dict[str, int], mode: Any, quota: int | None
+    demands: list[Demand], free: dict[str, int], mode: Any, quota: int | None, grant: int | None
 ) -> None:
     quotas = {t: quota for t in "abc"}
-    out = allocate(free, demands, mode=mode, gpu_quota=quotas)
+    grants = {t: grant for t in "abc"}
+    out = allocate(free, demands, mode=mode, gpu_quota=quotas, grants=grants)
     by_key = {x.key: x for x in demands}
     for sku, room in free.items():
         used = sum(n * by_key[k].units for k, n in out.starts.items() if by_key[k].sku == sku)
@@ -661,11 +887,14 @@ def test_never_starts_beyond_room_need_or_quota(
         if quota is not None and added:
             assert held + added <= quota
     for victim, rids in out.reclaims.items():
-        assert not by_key[victim].guaranteed
+        # An unlimited grant keeps every replica of a guaranteed deployment.
+        assert grant is not None or not by_key[victim].guaranteed
+        assert len(rids) <= by_key[victim].holding - by_key[victim].draining
         assert set(rids) <= (
             set(by_key[victim].reclaimable)
             | set(by_key[victim].cancellable)
             | set(by_key[victim].drainable)
+            | set(by_key[victim].floor)
         )
         assert victim not in out.starts
     for x in demands:

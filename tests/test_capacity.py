@@ -8,6 +8,7 @@ failed for a full pool.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -69,7 +70,8 @@ def test_full_pool_request_waits_then_is_served_once_a_gpu_frees(
 ) -> None:
     stack = one_gpu_stack(make_stack)
     hog, cold = f"{name}-hog", f"{name}-cold"
-    # min_replicas are the owner's floor: never reclaimed, so the pool stays full.
+    # min_replicas hold the GPU: the cold deployment is the same tenant's, which is at its
+    # fair share (the whole pool), so nothing is taken and the pool stays full.
     create(stack, hog, minReplicas=1, maxReplicas=1)
     wait_until(lambda: stack.ready_replicas(hog) == 1, 30, "the hog's replica")
     create(stack, cold, minReplicas=0, maxReplicas=1)
@@ -124,7 +126,8 @@ def test_idle_replica_in_its_cooldown_is_reclaimed_for_a_cold_deployment(
 def test_guaranteed_deployment_keeps_its_idle_replica(
     make_stack: Callable[..., Stack], name: str
 ) -> None:
-    stack = one_gpu_stack(make_stack, reclaim_grace_s=0)
+    # The operator grants every tenant one GPU of reserved capacity.
+    stack = one_gpu_stack(make_stack, reclaim_grace_s=0, quota_guaranteed_gpus_per_tenant=1)
     guaranteed, cold = f"{name}-g", f"{name}-cold"
     create(stack, guaranteed, minReplicas=0, maxReplicas=1, usesGuaranteedCapacity=True)
     warm_up(stack, guaranteed)
@@ -142,6 +145,98 @@ def test_guaranteed_deployment_keeps_its_idle_replica(
         r = waiting.result(timeout=60)
     assert r.status_code == 200, r.text + stack.logs()
     assert "Failed" not in events(stack, cold)
+
+
+def set_quotas(stack: Stack, tenant: str, **wire: int | None) -> None:
+    """The operator's PUT /admin/v1/tenants/{tenant}/quotas, with an admin token of its own."""
+    from wakegate.store import Store
+
+    token = "wga_" + uuid.uuid4().hex
+
+    async def seed() -> None:
+        store = Store.from_url(stack.redis_url)
+        try:
+            await store.add_admin_token(token, "test-operator")
+        finally:
+            await store.close()
+
+    asyncio.run(seed())
+    r = httpx.put(
+        f"{stack.base}/admin/v1/tenants/{tenant}/quotas",
+        headers={"Authorization": f"Bearer {token}"},
+        json=wire,
+    )
+    assert r.status_code == 200, r.text
+
+
+def test_guaranteed_replicas_beyond_a_lowered_grant_are_reclaimed(
+    make_stack: Callable[..., Stack], name: str
+) -> None:
+    """Review 2026-12b, finding 1: a guaranteed deployment's idle replica held the pool
+    against another tenant's request. The flag counts only within the operator's grant: once
+    the grant is withdrawn, the idle replica goes to the other tenant's cold deployment."""
+    stack = one_gpu_stack(make_stack, reclaim_grace_s=0)
+    set_quotas(stack, stack.tenant, guaranteedGpusPerTenant=1)
+    guaranteed, cold = f"{name}-g", f"{name}-cold"
+    create(stack, guaranteed, minReplicas=0, maxReplicas=1, usesGuaranteedCapacity=True)
+    warm_up(stack, guaranteed)
+    (kept,) = stack.sim_replicas(guaranteed)
+    beta_headers = cold_deployment_of_beta(stack, name, cold)
+    set_quotas(stack, stack.tenant, guaranteedGpusPerTenant=0)
+    r = beta_generates(stack, beta_headers, cold)
+    assert r.status_code == 200, r.text + stack.logs()
+    assert "Reclaimed" in events(stack, guaranteed)
+    wait_until(lambda: kept not in stack.sim_replicas(guaranteed), 30, "the replica stopped")
+
+
+def test_min_replicas_beyond_the_grant_give_way_to_a_poorer_tenant(
+    make_stack: Callable[..., Stack], name: str
+) -> None:
+    """Review 2026-12b, finding 3: minReplicas equal to the pool held it against every other
+    tenant. Without a grant for them, a tenant above its fair share gives one of its replicas
+    to another tenant's cold deployment, and then waits for capacity (no flapping)."""
+    stack = make_stack(backend="sim", sim_pool="a10_24gb=2", reclaim_grace_s=0)
+    pin, cold = f"{name}-pin", f"{name}-cold"
+    create(stack, pin, minReplicas=2, maxReplicas=2)
+    wait_until(lambda: stack.ready_replicas(pin) == 2, 30, "the pin holding the whole pool")
+    beta_headers = cold_deployment_of_beta(stack, name, cold)
+    r = beta_generates(stack, beta_headers, cold)
+    assert r.status_code == 200, r.text + stack.logs()
+    wait_until(lambda: len(stack.sim_replicas(pin)) == 1, 30, "one of the pin's replicas gone")
+    body = stack.api("GET", f"/v2/deployments/{pin}").json()["data"]
+    assert body["status"] == "ready"
+    assert body["waitingForCapacity"]["reason"] == "waiting for a free a10_24gb GPU"
+    assert "Reclaimed" in events(stack, pin)
+    # Several passes later nothing moved back: beta keeps its replica, the pin its one.
+    three_more_passes(stack)
+    assert len(stack.sim_replicas(pin)) == 1 and stack.ready_replicas(pin) == 1
+
+
+def test_min_replicas_within_the_grant_keep_the_pool(
+    make_stack: Callable[..., Stack], name: str
+) -> None:
+    """The same pin with a grant covering its minReplicas: the operator reserved them, so the
+    other tenant's request waits for capacity."""
+    stack = make_stack(backend="sim", sim_pool="a10_24gb=2", reclaim_grace_s=0)
+    set_quotas(stack, stack.tenant, guaranteedGpusPerTenant=2)
+    pin, cold = f"{name}-pin", f"{name}-cold"
+    create(stack, pin, minReplicas=2, maxReplicas=2)
+    wait_until(lambda: stack.ready_replicas(pin) == 2, 30, "the pin holding the whole pool")
+    beta_headers = cold_deployment_of_beta(stack, name, cold)
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(beta_generates, stack, beta_headers, cold)
+        url = f"{stack.base}/v2/deployments/{cold}"
+        wait_until(
+            lambda: httpx.get(url, headers=beta_headers).json()["data"]["waitingForCapacity"],
+            30,
+            "beta waiting for capacity",
+        )
+        three_more_passes(stack)
+        assert len(stack.sim_replicas(pin)) == 2 and not waiting.done()
+        assert "Reclaimed" not in events(stack, pin)
+        stack.delete(pin)
+        r = waiting.result(timeout=60)
+    assert r.status_code == 200, r.text + stack.logs()
 
 
 def test_gpu_quota_makes_a_deployment_wait_with_gpus_free_in_the_pool(

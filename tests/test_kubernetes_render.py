@@ -461,7 +461,7 @@ def test_unschedulable_pods_are_told_apart(pod: dict[str, Any], no_node: str | N
     assert unschedulable(pod) == no_node
 
 
-def test_cpu_replicas_take_the_settings_cpu_and_memory_and_cpu_slots_stay_unlimited() -> None:
+def test_cpu_replicas_take_the_settings_cpu_and_memory() -> None:
     pod, _ = rendered("cpu", "llamacpp")
     amounts = {"cpu": "2", "memory": "4Gi"}
     assert container(pod)["resources"] == {"requests": amounts, "limits": amounts}
@@ -470,8 +470,6 @@ def test_cpu_replicas_take_the_settings_cpu_and_memory_and_cpu_slots_stay_unlimi
     plan = launch_plan(spec, LlamaCppEngine(), settings)
     pod = render_pod(spec, "chat-1", LlamaCppEngine(), plan, settings)
     assert container(pod)["resources"]["limits"] == {"cpu": "500m", "memory": "1Gi"}
-    # The scheduler places CPU replicas: the backend counts no CPU slots.
-    assert free_gpus([], []) == {"cpu": -1}
 
 
 @pytest.mark.parametrize(("accelerator", "engine"), ALL, ids=[f"{a}-{e}" for a, e in ALL])
@@ -646,7 +644,43 @@ def test_free_gpus_are_allocatable_less_requested_by_sku() -> None:
         node("f", {}, 0),
     ]
     pods = [gpu_pod("a", 3), gpu_pod("a", 2, "Succeeded"), gpu_pod("c", 2), gpu_pod("f", 0)]
-    assert free_gpus(nodes, pods) == {"cpu": -1, "a10_24gb": 2, "l4_24gb": 0}
+    free = free_gpus(nodes, pods, "2")
+    assert {k: v for k, v in free.items() if k != "cpu"} == {"a10_24gb": 2, "l4_24gb": 0}
+
+
+def cpu_pod(node_name: str, cpu: str, phase: str = "Running") -> dict[str, Any]:
+    resources = {"requests": {"cpu": cpu}, "limits": {"cpu": cpu}}
+    return {
+        "spec": {"nodeName": node_name, "containers": [{"resources": resources}]},
+        "status": {"phase": phase},
+    }
+
+
+CPU_CAPACITY = [
+    ("an-empty-cluster-holds-no-cpu-replica", [], [], "2", 0),
+    ("allocatable-cpu-over-the-replica-request", [node("a", {}, 0)], [], "2", 16),
+    ("requests-of-running-pods-are-used", [node("a", {}, 0)], [cpu_pod("a", "7")], "2", 12),
+    ("finished-pods-free-their-cpu", [node("a", {}, 0)],
+     [cpu_pod("a", "30", "Succeeded")], "2", 16),
+    ("millicores-on-both-sides", [node("a", {}, 0)], [cpu_pod("a", "1500m")], "500m", 61),
+    ("counted-node-by-node-no-replica-spans-two", [node("a", {}, 0), node("b", {}, 0)],
+     [cpu_pod("a", "31"), cpu_pod("b", "31")], "2", 0),
+    ("unschedulable-nodes-hold-none", [node("a", {}, 0, unschedulable=True)], [], "2", 0),
+    ("gpu-nodes-hold-cpu-replicas-too",
+     [node("g", {GPU_PRODUCT_LABEL: "NVIDIA-A10G"}, 1)], [], "4", 8),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("nodes", "pods", "per_replica", "expected"),
+    [c[1:] for c in CPU_CAPACITY],
+    ids=[c[0] for c in CPU_CAPACITY],
+)
+def test_cpu_capacity_is_unrequested_cpu_over_the_replica_request(
+    nodes: list[dict[str, Any]], pods: list[dict[str, Any]], per_replica: str, expected: int
+) -> None:
+    """Review 2026-12b, finding 3: `cpu` was reported unlimited (-1)."""
+    assert free_gpus(nodes, pods, per_replica)["cpu"] == expected
 
 
 def test_the_registry_builds_the_backend_without_touching_a_cluster() -> None:

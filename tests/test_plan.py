@@ -57,7 +57,6 @@ RECLAIMABLE: list[tuple[str, list[ReplicaRecord], dict[str, Any], tuple[str, ...
         {"min_replicas": 1},
         ("a",),
     ),
-    ("guaranteed-deployment-gives-nothing", [rep("a")], {"guaranteed": True}, ()),
     (
         "replica-inside-its-grace-time-is-kept",
         [rep("fresh", ready_s_ago=5), rep("old")],
@@ -80,7 +79,6 @@ def test_reclaimable(
         "load": 0,
         "idle_s": 600.0,
         "min_replicas": 0,
-        "guaranteed": False,
         "now": NOW,
         "grace_s": 0.0,
     }
@@ -97,7 +95,6 @@ DRAINABLE: list[tuple[str, list[ReplicaRecord], dict[str, Any], tuple[str, ...]]
     ("a-single-replica-is-never-drained", [rep("a")], {}, ()),
     ("min-replicas-stay", [rep("a"), rep("b"), rep("c")], {"min_replicas": 2}, ("a",)),
     ("idle-ones-count-against-the-spare", [rep("a"), rep("b"), rep("c")], {"idle": ("c",)}, ("a",)),
-    ("guaranteed-gives-nothing", [rep("a"), rep("b")], {"guaranteed": True}, ()),
     ("young-replica-is-kept", [rep("a"), rep("b", ready_s_ago=5)], {"grace_s": 30}, ("a",)),
     ("cancellable-starts-count-against-the-spare",
      [rep("a"), rep("b"), rep("s", state="starting")], {"cancellable": ("s",)}, ("a",)),
@@ -116,7 +113,6 @@ def test_drainable(
         "idle": (),
         "busy": {},
         "min_replicas": 0,
-        "guaranteed": False,
         "now": NOW,
         "grace_s": 0.0,
     }
@@ -138,7 +134,6 @@ CANCELLABLE: list[tuple[str, list[ReplicaRecord], dict[str, Any], tuple[str, ...
      {"min_replicas": 2}, ("c",)),
     ("idle-ones-count-against-the-spare", [rep("a"), booting("s", 5)],
      {"idle": ("a",), "min_replicas": 1}, ()),
-    ("guaranteed-gives-nothing", [booting("a", 5), booting("b", 5)], {"guaranteed": True}, ()),
     ("ready-replicas-are-not-cancellable", [rep("a"), rep("b")], {}, ()),
 ]  # fmt: skip
 
@@ -151,7 +146,7 @@ CANCELLABLE: list[tuple[str, list[ReplicaRecord], dict[str, Any], tuple[str, ...
 def test_cancellable(
     active: list[ReplicaRecord], options: dict[str, Any], expected: tuple[str, ...]
 ) -> None:
-    args: dict[str, Any] = {"idle": (), "queued": 0, "min_replicas": 0, "guaranteed": False}
+    args: dict[str, Any] = {"idle": (), "queued": 0, "min_replicas": 0}
     assert cancellable(active, **{**args, **options}) == expected
 
 

@@ -67,6 +67,16 @@ MERGES = [
         Quotas(10, 8, None, MAX_QUEUE_LENGTH),
     ),
     ("fields-left-out-keep-the-default", QuotaOverride(), DEFAULTS),
+    (
+        "override-grants-reserved-gpus-and-bounds-the-tenants-replicas",
+        QuotaOverride(guaranteed_gpus_per_tenant=2, max_replicas_per_tenant=6),
+        Quotas(10, 8, None, 100, max_tenant_replicas=6, guaranteed_gpus=2),
+    ),
+    (
+        "null-grant-is-every-gpu",
+        QuotaOverride(guaranteed_gpus_per_tenant=None),
+        Quotas(10, 8, None, 100, guaranteed_gpus=None),
+    ),
 ]
 
 
@@ -96,7 +106,52 @@ def test_queue_limit_is_the_deployments_own_clamped_to_the_quota(
 
 
 GPUS2 = Quotas(None, 8, 2, 100)
+GRANT2 = Quotas(None, 8, None, 100, guaranteed_gpus=2)
+GUARANTEED = {"uses_guaranteed_capacity": True, "accelerator": "a10_24gb_100"}
 CHECKS: list[tuple[str, dict[str, Any], Quotas, tuple[str, str, int] | None]] = [
+    (
+        "guaranteed-capacity-without-a-grant-is-refused",
+        GUARANTEED,
+        DEFAULTS,
+        ("config.usesGuaranteedCapacity", "guaranteedGpusPerTenant", 0),
+    ),
+    ("guaranteed-capacity-within-a-grant", GUARANTEED, GRANT2, None),
+    (
+        "guaranteed-capacity-with-an-unlimited-grant",
+        GUARANTEED,
+        Quotas(None, 8, None, 100, guaranteed_gpus=None),
+        None,
+    ),
+    (
+        "guaranteed-replica-larger-than-the-grant-is-refused",
+        {**GUARANTEED, "accelerator": "a10_24gb_400"},
+        GRANT2,
+        ("config.usesGuaranteedCapacity", "guaranteedGpusPerTenant", 2),
+    ),
+    (
+        "guaranteed-capacity-on-cpu-is-refused-the-grant-is-gpus",
+        {**GUARANTEED, "accelerator": "cpu"},
+        GRANT2,
+        ("config.usesGuaranteedCapacity", "guaranteedGpusPerTenant", 2),
+    ),
+    (
+        "not-asking-for-guaranteed-capacity-needs-no-grant",
+        {"uses_guaranteed_capacity": False},
+        DEFAULTS,
+        None,
+    ),
+    (
+        "min-replicas-above-the-tenants-replica-quota-cpu-included",
+        {"accelerator": "cpu", "min_replicas": 5, "max_replicas": 5},
+        Quotas(None, 8, None, 100, max_tenant_replicas=4),
+        ("config.minReplicas", "maxReplicasPerTenant", 4),
+    ),
+    (
+        "max-replicas-beyond-the-tenants-replica-quota-wait-for-capacity",
+        {"accelerator": "cpu", "min_replicas": 4, "max_replicas": 8},
+        Quotas(None, 8, None, 100, max_tenant_replicas=4),
+        None,
+    ),
     ("replicas-within-the-quota", {"min_replicas": 8, "max_replicas": 8}, DEFAULTS, None),
     (
         "min-replicas-above-the-quota",
@@ -349,6 +404,61 @@ def test_gpu_quota_refuses_only_what_could_never_run_within_it(stack: Stack) -> 
     assert cpu.status_code == 200, cpu.text
 
 
+def test_guaranteed_capacity_is_the_operators_grant(stack: Stack) -> None:
+    """Review 2026-12b, finding 1: any tenant could set usesGuaranteedCapacity. Now a tenant
+    without a grant gets a 403 naming it, on create and update, and nothing changes."""
+    tenant, headers = new_tenant(stack)
+    assert_refused(
+        post(stack, headers, "gua", usesGuaranteedCapacity=True),
+        "config.usesGuaranteedCapacity", "guaranteedGpusPerTenant", 0,
+    )  # fmt: skip
+    assert listed(stack, headers) == []
+    assert post(stack, headers, "plain").status_code == 200
+    url = f"{stack.base}/v2/deployments/plain"
+    before = httpx.get(url, headers=headers).json()["data"]
+    r = httpx.put(url, headers=headers, json={"config": {"usesGuaranteedCapacity": True}})
+    assert_refused(r, "config.usesGuaranteedCapacity", "guaranteedGpusPerTenant", 0)
+    assert httpx.get(url, headers=headers).json()["data"] == before
+
+    # The operator grants one GPU: one-GPU replicas may ask for it, larger ones may not.
+    shown = set_quotas(stack, tenant, guaranteedGpusPerTenant=1)
+    assert shown["quotas"]["guaranteedGpusPerTenant"] == 1
+    r = httpx.put(url, headers=headers, json={"config": {"usesGuaranteedCapacity": True}})
+    assert r.status_code == 200, r.text
+    assert r.json()["data"]["usesGuaranteedCapacity"] is True
+    assert_refused(
+        post(stack, headers, "big", accelerator="a10_24gb_400", usesGuaranteedCapacity=True),
+        "config.usesGuaranteedCapacity", "guaranteedGpusPerTenant", 1,
+    )  # fmt: skip
+
+    # Withdrawn: the next update must give the flag up (the allocator already ignores it).
+    set_quotas(stack, tenant, guaranteedGpusPerTenant=0)
+    r = httpx.put(url, headers=headers, json={"config": {"cooldownTime": 30}})
+    assert_refused(r, "config.usesGuaranteedCapacity", "guaranteedGpusPerTenant", 0)
+    r = httpx.put(
+        url, headers=headers, json={"config": {"cooldownTime": 30, "usesGuaranteedCapacity": False}}
+    )
+    assert r.status_code == 200, r.text
+
+
+def test_tenant_replica_quota_counts_cpu_replicas(stack: Stack) -> None:
+    """Review 2026-12b, finding 3: CPU replicas counted against nothing. The shared stack
+    runs with the defaults: 64 replicas per tenant, 8 GPUs per tenant."""
+    tenant, headers = new_tenant(stack)
+    admin = admin_headers(stack)
+    defaults = httpx.get(f"{stack.base}/admin/v1/quotas", headers=admin).json()["defaults"]
+    assert defaults["maxReplicasPerTenant"] == 64 and defaults["maxGpusPerTenant"] == 8
+    assert defaults["guaranteedGpusPerTenant"] == 0
+    set_quotas(stack, tenant, maxReplicasPerTenant=4, maxReplicasPerDeployment=None)
+    assert_refused(
+        post(stack, headers, "cpu-many", accelerator="cpu", minReplicas=5, maxReplicas=5),
+        "config.minReplicas", "maxReplicasPerTenant", 4,
+    )  # fmt: skip
+    assert listed(stack, headers) == []
+    r = post(stack, headers, "cpu-some", accelerator="cpu", minReplicas=0, maxReplicas=64)
+    assert r.status_code == 200, r.text
+
+
 def test_concurrent_creates_never_exceed_the_deployments_quota(stack: Stack) -> None:
     tenant, headers = new_tenant(stack)
     set_quotas(stack, tenant, maxDeploymentsPerTenant=3)
@@ -414,6 +524,9 @@ def test_admin_api_shows_sets_and_removes_overrides(stack: Stack) -> None:
 
 BAD_OVERRIDES = [
     ({"maxGpusPerTenant": -1}, "maxGpusPerTenant"),
+    ({"guaranteedGpusPerTenant": -1}, "guaranteedGpusPerTenant"),
+    ({"guaranteedGpusPerTenant": True}, "guaranteedGpusPerTenant"),
+    ({"maxReplicasPerTenant": "8"}, "maxReplicasPerTenant"),
     ({"maxReplicasPerDeployment": 1001}, "maxReplicasPerDeployment"),
     ({"maxDeploymentsPerTenant": 1.5}, "maxDeploymentsPerTenant"),
     ({"maxQueueLengthPerDeployment": 0}, "maxQueueLengthPerDeployment"),
@@ -492,12 +605,23 @@ def test_cli_sets_shows_and_unsets_a_tenants_quotas(fresh_redis_url: str) -> Non
     assert shown["override"] is None and shown["quotas"] == shown["defaults"]
     set_ = run("quota", "set", "--tenant", "acme", "--max-gpus", "4", "--max-replicas", "8")
     assert set_["override"] == {"maxGpusPerTenant": 4, "maxReplicasPerDeployment": 8}
+    set_ = run(
+        "quota", "set", "--tenant", "acme", "--guaranteed-gpus", "2",
+        "--max-tenant-replicas", "16",
+    )  # fmt: skip
+    assert set_["quotas"]["guaranteedGpusPerTenant"] == 2
+    assert set_["quotas"]["maxReplicasPerTenant"] == 16
     run("quota", "set", "--tenant", "acme", "--max-deployments", "none")
     shown = run("quota", "show", "--tenant", "acme")
     assert shown["quotas"]["maxGpusPerTenant"] == 4
     assert shown["quotas"]["maxReplicasPerDeployment"] == 8
     assert shown["quotas"]["maxDeploymentsPerTenant"] is None
+    assert shown["quotas"]["guaranteedGpusPerTenant"] == 2
     assert run("quota", "show")["overrides"] == {"acme": shown["override"]}
+    bad = runner.invoke(
+        cli, ["quota", "set", "--tenant", "acme", "--guaranteed-gpus", "-1"], env=env
+    )
+    assert bad.exit_code == 2 and "--guaranteed-gpus" in bad.output
 
     # The same validation as the admin API, naming the option.
     bad = runner.invoke(cli, ["quota", "set", "--tenant", "acme", "--max-gpus", "-1"], env=env)

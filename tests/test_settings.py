@@ -113,14 +113,14 @@ def test_toml_values_are_converted_and_none_spells_unlimited(
         "port = 9100\n"
         "queue_timeout_s = 30\n"
         'quota_max_deployments_per_tenant = "none"\n'
-        "quota_max_gpus_per_tenant = 8\n"
+        "quota_max_gpus_per_tenant = 12\n"
         'models_file = "/etc/wakegate/models.toml"\n'
     )
     settings = load_settings(config)
     assert settings.port == 9100
     assert settings.queue_timeout_s == 30.0
     assert settings.quota_max_deployments_per_tenant is None
-    assert settings.quota_max_gpus_per_tenant == 8
+    assert settings.quota_max_gpus_per_tenant == 12
     assert settings.models_file == Path("/etc/wakegate/models.toml")
 
 

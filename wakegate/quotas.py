@@ -1,21 +1,30 @@
 """Operator quotas: how much one tenant may hold, with per-tenant overrides.
 
-Four quotas, each a default from `Settings` that an operator may override per tenant (stored
+Six quotas, each a default from `Settings` that an operator may override per tenant (stored
 in Redis, see wakegate/store.py; set with the admin API or `wakegate quota set`):
 
   maxDeploymentsPerTenant      deployments one tenant has (hard: create answers 403)
   maxReplicasPerDeployment     min/maxReplicas of one deployment (hard: create/update 403)
+  maxReplicasPerTenant         replicas the tenant's deployments hold, CPU replicas included.
+                               Soft for running (the scaler makes a deployment beyond it wait
+                               for capacity); hard for a deployment whose minReplicas alone
+                               exceed it.
   maxGpusPerTenant             GPUs the tenant's replicas hold; CPU replicas count none. Soft
                                for running: the scaler makes a deployment beyond it wait for
                                capacity. Hard only for a deployment that could never run
                                within it (one replica, or minReplicas of them, need more).
+  guaranteedGpusPerTenant      the operator's grant of reserved capacity: GPUs of the tenant
+                               that the allocator serves first and never takes for others
+                               (its `usesGuaranteedCapacity` deployments first, then its
+                               deployments' `minReplicas`). 0 by default: a create or update
+                               asking for `usesGuaranteedCapacity` without a grant is a 403.
   maxQueueLengthPerDeployment  requests waiting per deployment; a deployment's own
                                `maxQueueLength` above it is accepted, stored as given and
                                clamped where it is used (`queue_limit`).
 
 `None` is unlimited (for the queue, unlimited means the largest `maxQueueLength` any
-deployment may set). This module is a shared contract: the gateway checks and the scaler
-bounds with the same values.
+deployment may set; for the grant, every GPU the tenant holds). This module is a shared
+contract: the gateway checks and the scaler bounds with the same values.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ MAX_GPUS_QUOTA = 1_000_000
 
 DeploymentsQuota = Annotated[StrictInt, Field(ge=0, le=MAX_DEPLOYMENTS_QUOTA)]
 ReplicasQuota = Annotated[StrictInt, Field(ge=0, le=MAX_REPLICAS)]
+TenantReplicasQuota = Annotated[StrictInt, Field(ge=0, le=MAX_GPUS_QUOTA)]
 GpusQuota = Annotated[StrictInt, Field(ge=0, le=MAX_GPUS_QUOTA)]
 # Every queue is bounded: at least one request may wait.
 QueueQuota = Annotated[StrictInt, Field(ge=1, le=MAX_QUEUE_LENGTH)]
@@ -54,12 +64,16 @@ class Quotas:
     max_replicas: int | None  # per deployment
     max_gpus: int | None  # per tenant, GPUs its replicas hold
     max_queue_length: int  # per deployment, requests waiting
+    max_tenant_replicas: int | None = None  # per tenant, replicas held (CPU ones included)
+    guaranteed_gpus: int | None = 0  # per tenant, GPUs of reserved capacity granted
 
     def to_wire(self) -> dict[str, int | None]:
         return {
             "maxDeploymentsPerTenant": self.max_deployments,
             "maxReplicasPerDeployment": self.max_replicas,
+            "maxReplicasPerTenant": self.max_tenant_replicas,
             "maxGpusPerTenant": self.max_gpus,
+            "guaranteedGpusPerTenant": self.guaranteed_gpus,
             "maxQueueLengthPerDeployment": self.max_queue_length,
         }
 
@@ -73,7 +87,9 @@ class QuotaOverride(WireModel):
 
     max_deployments_per_tenant: DeploymentsQuota | None = None
     max_replicas_per_deployment: ReplicasQuota | None = None
+    max_replicas_per_tenant: TenantReplicasQuota | None = None
     max_gpus_per_tenant: GpusQuota | None = None
+    guaranteed_gpus_per_tenant: GpusQuota | None = None
     max_queue_length_per_deployment: QueueQuota | None = None
 
     def merged(self, change: QuotaOverride) -> QuotaOverride:
@@ -101,6 +117,8 @@ def default_quotas(settings: Settings) -> Quotas:
         max_replicas=settings.quota_max_replicas_per_deployment,
         max_gpus=settings.quota_max_gpus_per_tenant,
         max_queue_length=settings.max_queue_length,
+        max_tenant_replicas=settings.quota_max_replicas_per_tenant,
+        guaranteed_gpus=settings.quota_guaranteed_gpus_per_tenant,
     )
 
 
@@ -120,6 +138,8 @@ def effective_quotas(defaults: Quotas, override: QuotaOverride | None) -> Quotas
         max_gpus=pick("max_gpus_per_tenant", defaults.max_gpus),
         # An unlimited queue is the longest that any deployment may ask for.
         max_queue_length=MAX_QUEUE_LENGTH if queue is None else queue,
+        max_tenant_replicas=pick("max_replicas_per_tenant", defaults.max_tenant_replicas),
+        guaranteed_gpus=pick("guaranteed_gpus_per_tenant", defaults.guaranteed_gpus),
     )
 
 
@@ -176,8 +196,19 @@ class QuotaExceeded(Exception):
 
 
 def check_deployment(spec: DeploymentSpec, quotas: Quotas) -> None:
-    """Refuse a deployment beyond the hard quotas: replicas per deployment, and GPUs per
-    tenant where the deployment alone could never run within them. Raises QuotaExceeded."""
+    """Refuse a deployment beyond the hard quotas: replicas per deployment, replicas and
+    GPUs per tenant where the deployment alone could never run within them, and
+    `usesGuaranteedCapacity` beyond the tenant's grant. Raises QuotaExceeded."""
+    _check_guaranteed(spec, quotas)
+    tenant_limit = quotas.max_tenant_replicas
+    if tenant_limit is not None and spec.min_replicas > tenant_limit:
+        raise QuotaExceeded(
+            "config.minReplicas",
+            "maxReplicasPerTenant",
+            tenant_limit,
+            f"config.minReplicas: {spec.min_replicas} is above the quota of {tenant_limit} "
+            "replicas per tenant (maxReplicasPerTenant)",
+        )
     limit = quotas.max_replicas
     if limit is not None:
         replicas = (("minReplicas", spec.min_replicas), ("maxReplicas", spec.max_replicas))
@@ -212,6 +243,30 @@ def check_deployment(spec: DeploymentSpec, quotas: Quotas) -> None:
             f"need {spec.min_replicas * per_replica}, above the quota of {gpu_limit} GPUs per "
             "tenant (maxGpusPerTenant)",
         )
+
+
+def _check_guaranteed(spec: DeploymentSpec, quotas: Quotas) -> None:
+    """`usesGuaranteedCapacity` is the operator's to grant: refused without a grant, on CPU
+    (the grant is in GPUs) and where one replica needs more GPUs than the grant."""
+    grant = quotas.guaranteed_gpus
+    if not spec.config.uses_guaranteed_capacity or grant is None:
+        return
+    field = "config.usesGuaranteedCapacity"
+    per_replica = gpus_per_replica(spec)
+    if grant == 0:
+        why = "the tenant has no reserved capacity: the operator grants it"
+    elif per_replica == 0:
+        why = f"a replica on {spec.accelerator} holds no GPU, and reserved capacity is GPUs"
+    elif per_replica > grant:
+        why = f"one replica on {spec.accelerator} needs {per_replica} GPU(s), above the grant"
+    else:
+        return
+    raise QuotaExceeded(
+        field,
+        "guaranteedGpusPerTenant",
+        grant,
+        f"{field}: {why} (guaranteedGpusPerTenant={grant})",
+    )
 
 
 def _accelerator_field(spec: DeploymentSpec) -> str:

@@ -97,12 +97,18 @@ class Settings:
     # operator's queue quota (a deployment's `maxQueueLength` is clamped to it).
     max_queue_length: Annotated[int, Field(ge=1)] = 10_000
     # Operator quotas (wakegate/quotas.py), None: unlimited; per-tenant overrides live in
-    # Redis (`wakegate quota set`). Deployments and GPUs per tenant (GPUs its replicas hold;
-    # CPU replicas count none), replicas per deployment. The GPU quota is soft: a deployment
-    # that fits it alone is accepted and waits for the tenant's other replicas to go.
+    # Redis (`wakegate quota set`). Deployments, replicas (CPU ones included) and GPUs per
+    # tenant (GPUs its replicas hold; CPU replicas count none), replicas per deployment. The
+    # tenant replica and GPU quotas are soft: a deployment that fits them alone is accepted
+    # and waits for the tenant's other replicas to go. Finite by default, so that one tenant
+    # of a shared installation cannot take a whole pool (or start CPU replicas without end).
     quota_max_deployments_per_tenant: Quota = 1000
     quota_max_replicas_per_deployment: Quota = 64
-    quota_max_gpus_per_tenant: Quota = None
+    quota_max_replicas_per_tenant: Quota = 64
+    quota_max_gpus_per_tenant: Quota = 8
+    # Reserved capacity: GPUs per tenant served first and never taken for others
+    # (`usesGuaranteedCapacity`, then `minReplicas`). An operator grant, none by default.
+    quota_guaranteed_gpus_per_tenant: Quota = 0
     # How long results of async requests stay retrievable. A job itself expires
     # queue_timeout_s + 3 x 600 s + this after its creation (router/jobs.py `job_ttl_s`).
     async_result_ttl_s: int = 86_400

@@ -588,26 +588,59 @@ def _gpu_request(pod: Mapping[str, Any]) -> int:
     return total
 
 
-def free_gpus(nodes: list[Mapping[str, Any]], pods: list[Mapping[str, Any]]) -> dict[str, int]:
-    """Unrequested GPUs by SKU on schedulable nodes with known GPU labels. `cpu`: -1, since
-    replica Pods request no CPU (render_pod), so CPU is no limit the scheduler applies."""
+def cpu_millis(quantity: object) -> int:
+    """A Kubernetes CPU quantity ("2", "500m", "1.5") in millicores; 0 for none or nonsense."""
+    text = str(quantity or "").strip()
+    try:
+        if text.endswith("m"):
+            return max(0, int(float(text[:-1])))
+        return max(0, int(float(text) * 1000))
+    except ValueError:
+        return 0
+
+
+def _cpu_request(pod: Mapping[str, Any]) -> int:
+    """Millicores the Pod's containers request (their limit where they request none)."""
+    total = 0
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        resources = container.get("resources") or {}
+        amount = (resources.get("requests") or {}).get("cpu") or (
+            resources.get("limits") or {}
+        ).get("cpu")
+        total += cpu_millis(amount)
+    return total
+
+
+def free_gpus(
+    nodes: list[Mapping[str, Any]], pods: list[Mapping[str, Any]], cpu_replica: str
+) -> dict[str, int]:
+    """Unrequested GPUs by SKU on schedulable nodes with known GPU labels, and `cpu`: how many
+    more CPU replicas (each requesting `cpu_replica` cores, render_pod) fit in the
+    unrequested CPU of the schedulable nodes, node by node."""
     used: dict[str, int] = {}
+    used_cpu: dict[str, int] = {}
     for pod in pods:
         if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
             continue
         node = (pod.get("spec") or {}).get("nodeName")
         if node:
             used[node] = used.get(node, 0) + _gpu_request(pod)
-    free: dict[str, int] = {"cpu": -1}
+            used_cpu[node] = used_cpu.get(node, 0) + _cpu_request(pod)
+    per_replica = max(1, cpu_millis(cpu_replica))
+    free: dict[str, int] = {"cpu": 0}
     for node in nodes:
         meta = node.get("metadata") or {}
-        sku = node_sku(meta.get("labels") or {})
-        if sku is None or (node.get("spec") or {}).get("unschedulable"):
+        if (node.get("spec") or {}).get("unschedulable"):
             continue
-        allocatable = int(
-            ((node.get("status") or {}).get("allocatable") or {}).get(GPU_RESOURCE) or 0
-        )
-        free[sku] = free.get(sku, 0) + max(0, allocatable - used.get(meta.get("name", ""), 0))
+        allocatable = (node.get("status") or {}).get("allocatable") or {}
+        name = meta.get("name", "")
+        spare_cpu = cpu_millis(allocatable.get("cpu")) - used_cpu.get(name, 0)
+        free["cpu"] += max(0, spare_cpu) // per_replica
+        sku = node_sku(meta.get("labels") or {})
+        if sku is None:
+            continue
+        gpus = int(allocatable.get(GPU_RESOURCE) or 0)
+        free[sku] = free.get(sku, 0) + max(0, gpus - used.get(name, 0))
     return free
 
 
@@ -822,9 +855,11 @@ class KubernetesBackend:
 
     async def free_accelerators(self) -> dict[str, int]:
         """Best effort: allocatable GPUs of schedulable nodes with known GPU labels, less what
-        running Pods request. Needs to list nodes and Pods cluster-wide (a ClusterRole); without
-        that, only `cpu` (-1, unlimited) is reported. Ignores taints the Pods do not tolerate
-        and GPUs a cluster autoscaler could still add."""
+        running Pods request, and the CPU replicas their unrequested CPU still holds. Needs to
+        list nodes and Pods cluster-wide (a ClusterRole); without that, only `cpu` (-1: no
+        count, the scheduler and the tenants' maxReplicasPerTenant bound CPU replicas) is
+        reported. Ignores taints the Pods do not tolerate and nodes a cluster autoscaler
+        could still add."""
         core = await self._client()
         try:
             nodes = await core.list_node()
@@ -836,7 +871,11 @@ class KubernetesBackend:
             self.knows_whole_pool = False  # a SKU left out may well be there
             return {"cpu": -1}
         self.knows_whole_pool = True
-        return free_gpus([self._json(n) for n in nodes.items], [self._json(p) for p in pods.items])
+        return free_gpus(
+            [self._json(n) for n in nodes.items],
+            [self._json(p) for p in pods.items],
+            self._settings.kubernetes_cpu_replica_cpu,
+        )
 
     def takes(self, spec: DeploymentSpec, engine_name: str) -> tuple[str, int]:
         # A Pod asks for its accelerator's GPUs whatever the engine: CPU engines too.

@@ -307,7 +307,9 @@ def _limit(option: str, raw: str) -> int | None:
 _QUOTA_OPTIONS = {
     "max_deployments": "maxDeploymentsPerTenant",
     "max_replicas": "maxReplicasPerDeployment",
+    "max_tenant_replicas": "maxReplicasPerTenant",
     "max_gpus": "maxGpusPerTenant",
+    "guaranteed_gpus": "guaranteedGpusPerTenant",
     "max_queue_length": "maxQueueLengthPerDeployment",
 }
 _OPTION_OF_FIELD = {v: "--" + k.replace("_", "-") for k, v in _QUOTA_OPTIONS.items()}
@@ -347,7 +349,15 @@ def quota_show(tenant: str | None, config: str | None) -> None:
 @click.option("--tenant", required=True, help="Tenant short code.")
 @click.option("--max-deployments", metavar="N|none", help="Deployments per tenant.")
 @click.option("--max-replicas", metavar="N|none", help="Replicas per deployment.")
+@click.option(
+    "--max-tenant-replicas", metavar="N|none", help="Replicas per tenant, CPU included (soft)."
+)
 @click.option("--max-gpus", metavar="N|none", help="GPUs per tenant (soft).")
+@click.option(
+    "--guaranteed-gpus",
+    metavar="N|none",
+    help="Reserved GPUs granted to the tenant (usesGuaranteedCapacity; 0: none).",
+)
 @click.option("--max-queue-length", metavar="N|none", help="Waiting requests per deployment.")
 @config_option
 def quota_set(tenant: str, config: str | None, **limits: str | None) -> None:
@@ -520,7 +530,7 @@ def quota_unset(tenant: str, config: str | None) -> None:
     type=click.IntRange(min=0),
     default=0,
     show_default=True,
-    help="Shared pool: the first N deployments use guaranteed capacity.",
+    help="Shared pool: the first N deployments use guaranteed capacity (their tenants granted it).",
 )
 @click.option(
     "--stagger-s",

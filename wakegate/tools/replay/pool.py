@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from wakegate.catalog import ACCELERATORS
+from wakegate.quotas import QuotaOverride
 from wakegate.sealing import box_from_settings
 from wakegate.settings import Settings
 from wakegate.spec import validate_name
@@ -206,6 +207,10 @@ async def _drive_pool(
     store = Store.from_url(settings.redis_url, box=box_from_settings(settings.secret_key_file))
     try:
         tokens = await _tenant_tokens(store, plan.members)
+        # Reserved capacity is the operator's grant: the replay's operator grants the tenants
+        # of its guaranteed deployments all they hold (what `--guaranteed` measures).
+        for tenant in sorted({m.tenant for m in plan.members if m.guaranteed}):
+            await store.set_quota_override(tenant, QuotaOverride(guaranteed_gpus_per_tenant=None))
         async with client_session() as client:
             for m in plan.members:
                 config = deployment_config(plan, guaranteed=m.guaranteed)

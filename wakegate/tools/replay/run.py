@@ -397,6 +397,10 @@ def replay_settings(state_dir: Path, speed: float, log_level: str, **extra: Any)
         queue_timeout_s=3600.0,
         keepalive_s=5.0,
         log_level=log_level,
+        # The replay measures the policies and the allocator on its own pool: no tenant
+        # quota bounds a trace's deployment below what the pool holds.
+        quota_max_gpus_per_tenant=None,
+        quota_max_replicas_per_tenant=None,
         **extra,
     )
 
