@@ -22,6 +22,7 @@ from router.context import (
     QUOTA_CACHE,
     SETTINGS,
     SPEC_CACHE,
+    STORAGE,
     STORE,
     TOKEN_CACHE,
     UPSTREAM,
@@ -34,6 +35,7 @@ from router.metrics import GatewayMetrics
 from router.middlewares import auth_middleware, errors_middleware, ingress_middleware
 from router.openapi import OPENAPI_PATH, openapi_document
 from router.pipeline import wake_publisher
+from router.storage import StorageWatch
 from wakegate import topics
 from wakegate.bus import Bus
 from wakegate.catalog import load_models_file
@@ -119,12 +121,15 @@ async def _dispatch_ctx(app: web.Application) -> AsyncIterator[None]:
         tasks.append(asyncio.create_task(bus.run()))
     app[BUS] = bus
     settings = app[SETTINGS]
+    app[STORAGE] = StorageWatch(app[STORE], settings.storage_bulk_limit)
     jobs = JobRunner(
         app[STORE], app[UPSTREAM], on_wake, settings.lease_ms, settings.async_result_ttl_s,
-        settings.queue_timeout_s, settings.request_log_max_bytes,
+        settings.queue_timeout_s, settings.request_log_max_bytes, app[STORAGE],
+        settings.request_log_max_bytes_per_deployment,
     )  # fmt: skip
     app[JOBS] = jobs
     tasks += [asyncio.create_task(jobs.listen()), asyncio.create_task(jobs.sweep_forever())]
+    tasks.append(asyncio.create_task(app[STORAGE].run()))
     yield
     await jobs.close()
     for task in tasks:

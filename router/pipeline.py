@@ -29,6 +29,7 @@ from router.context import (
     QUOTA_CACHE,
     SETTINGS,
     SPEC_CACHE,
+    STORAGE,
     STORE,
     UPSTREAM,
 )
@@ -38,7 +39,7 @@ from router.errors import ApiError
 from router.holding import deployment_problem
 from router.middlewares import on_private_listener, tenant_of
 from router.params import GenerateRequest
-from router.request_log import REQUEST_LOG_MAX, RequestLogEntry
+from router.request_log import RequestLogEntry, write_entry
 from router.retries import ATTEMPTS, SUSPECT_MS, retry_elsewhere
 from router.sse_writer import EventWriter
 from wakegate import topics
@@ -94,8 +95,12 @@ async def lookup(
 
 async def queue_limit_of(request: web.Request, spec: DeploymentSpec) -> int:
     """How many requests the deployment's queue takes, sync and async alike (its own limit
-    within its tenant's quota); the tenant's quotas are cached for a few seconds (every
-    request needs them)."""
+    within its tenant's quota)."""
+    return queue_limit(spec, await quotas_of(request, spec))
+
+
+async def quotas_of(request: web.Request, spec: DeploymentSpec) -> Quotas:
+    """The deployment's tenant's quotas, cached for a few seconds (every request needs them)."""
     cache = request.app[QUOTA_CACHE]
     quotas: Quotas | None = cache.get(spec.tenant)
     if quotas is None:
@@ -104,7 +109,7 @@ async def queue_limit_of(request: web.Request, spec: DeploymentSpec) -> int:
             spec.tenant, lambda: tenant_quotas(app[STORE], app[SETTINGS], spec.tenant)
         )
         assert quotas is not None
-    return queue_limit(spec, quotas)
+    return quotas
 
 
 def overloaded(spec: DeploymentSpec, full: QueueFull) -> ApiError:
@@ -243,13 +248,12 @@ async def request_log_entry(
         raise
     finally:
         if spec.config.request_logging_enabled:
-            try:
-                entry = trail.record(request.app[SETTINGS].request_log_max_bytes)
-                await asyncio.shield(
-                    request.app[STORE].log_request(spec.key, entry, REQUEST_LOG_MAX)
-                )
-            except Exception:
-                log.exception("request log of %s failed", spec.key)
+            settings, app = request.app[SETTINGS], request.app
+            entry = trail.record(settings.request_log_max_bytes)
+            await asyncio.shield(
+                write_entry(app[STORE], app[STORAGE], spec.key, entry,
+                            settings.request_log_max_bytes_per_deployment)
+            )  # fmt: skip
 
 
 class StreamRenderer(Protocol):

@@ -1,6 +1,6 @@
 """Operator quotas: how much one tenant may hold, with per-tenant overrides.
 
-Four quotas, each a default from `Settings` that an operator may override per tenant (stored
+Six quotas, each a default from `Settings` that an operator may override per tenant (stored
 in Redis, see wakegate/store.py; set with the admin API or `wakegate quota set`):
 
   maxDeploymentsPerTenant      deployments one tenant has (hard: create answers 403)
@@ -12,6 +12,12 @@ in Redis, see wakegate/store.py; set with the admin API or `wakegate quota set`)
   maxQueueLengthPerDeployment  requests waiting per deployment; a deployment's own
                                `maxQueueLength` above it is accepted, stored as given and
                                clamped where it is used (`queue_limit`).
+  maxAsyncJobsPerTenant        async requests the tenant has stored (queued, running or
+                               results kept), and
+  maxAsyncBytesPerTenant       the bytes they take (request and result): a submission
+                               beyond either answers 429 naming it. Counted in Redis with
+                               each job's expiry (wakegate/store.py `reserve_job`): a job
+                               counts until it expires or its deployment is deleted.
 
 `None` is unlimited (for the queue, unlimited means the largest `maxQueueLength` any
 deployment may set). This module is a shared contract: the gateway checks and the scaler
@@ -44,6 +50,11 @@ ReplicasQuota = Annotated[StrictInt, Field(ge=0, le=MAX_REPLICAS)]
 GpusQuota = Annotated[StrictInt, Field(ge=0, le=MAX_GPUS_QUOTA)]
 # Every queue is bounded: at least one request may wait.
 QueueQuota = Annotated[StrictInt, Field(ge=1, le=MAX_QUEUE_LENGTH)]
+# Async requests (jobs) per tenant, and the bytes they may take.
+MAX_JOBS_QUOTA = 10_000_000
+MAX_JOB_BYTES_QUOTA = 1 << 40
+JobsQuota = Annotated[StrictInt, Field(ge=0, le=MAX_JOBS_QUOTA)]
+JobBytesQuota = Annotated[StrictInt, Field(ge=0, le=MAX_JOB_BYTES_QUOTA)]
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,8 @@ class Quotas:
     max_replicas: int | None  # per deployment
     max_gpus: int | None  # per tenant, GPUs its replicas hold
     max_queue_length: int  # per deployment, requests waiting
+    max_async_jobs: int | None = None  # per tenant, async requests stored
+    max_async_bytes: int | None = None  # per tenant, bytes of its async requests
 
     def to_wire(self) -> dict[str, int | None]:
         return {
@@ -61,6 +74,8 @@ class Quotas:
             "maxReplicasPerDeployment": self.max_replicas,
             "maxGpusPerTenant": self.max_gpus,
             "maxQueueLengthPerDeployment": self.max_queue_length,
+            "maxAsyncJobsPerTenant": self.max_async_jobs,
+            "maxAsyncBytesPerTenant": self.max_async_bytes,
         }
 
 
@@ -75,6 +90,8 @@ class QuotaOverride(WireModel):
     max_replicas_per_deployment: ReplicasQuota | None = None
     max_gpus_per_tenant: GpusQuota | None = None
     max_queue_length_per_deployment: QueueQuota | None = None
+    max_async_jobs_per_tenant: JobsQuota | None = None
+    max_async_bytes_per_tenant: JobBytesQuota | None = None
 
     def merged(self, change: QuotaOverride) -> QuotaOverride:
         """This override with the fields `change` sets replaced."""
@@ -101,6 +118,8 @@ def default_quotas(settings: Settings) -> Quotas:
         max_replicas=settings.quota_max_replicas_per_deployment,
         max_gpus=settings.quota_max_gpus_per_tenant,
         max_queue_length=settings.max_queue_length,
+        max_async_jobs=settings.quota_max_async_jobs_per_tenant,
+        max_async_bytes=settings.quota_max_async_bytes_per_tenant,
     )
 
 
@@ -120,6 +139,8 @@ def effective_quotas(defaults: Quotas, override: QuotaOverride | None) -> Quotas
         max_gpus=pick("max_gpus_per_tenant", defaults.max_gpus),
         # An unlimited queue is the longest that any deployment may ask for.
         max_queue_length=MAX_QUEUE_LENGTH if queue is None else queue,
+        max_async_jobs=pick("max_async_jobs_per_tenant", defaults.max_async_jobs),
+        max_async_bytes=pick("max_async_bytes_per_tenant", defaults.max_async_bytes),
     )
 
 
@@ -129,6 +150,8 @@ class QuotaRecords(Protocol):
     async def quota_override(self, tenant: str) -> QuotaOverride | None: ...
 
     async def tenant_deployment_count(self, tenant: str) -> int: ...
+
+    async def job_usage(self, tenant: str) -> tuple[int, int]: ...
 
 
 async def tenant_quotas(store: QuotaRecords, settings: Settings, tenant: str) -> Quotas:
@@ -147,7 +170,12 @@ async def quota_report(store: QuotaRecords, settings: Settings, tenant: str) -> 
         "override": override.to_wire() if override is not None else None,
         "defaults": defaults.to_wire(),
         "deployments": await store.tenant_deployment_count(tenant),
+        **_job_usage_report(*await store.job_usage(tenant)),
     }
+
+
+def _job_usage_report(jobs: int, job_bytes: int) -> dict[str, int]:
+    return {"asyncJobs": jobs, "asyncBytes": job_bytes}
 
 
 def queue_limit(spec: DeploymentSpec, quotas: Quotas) -> int:

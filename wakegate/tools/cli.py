@@ -313,6 +313,8 @@ _QUOTA_OPTIONS = {
     "max_replicas": "maxReplicasPerDeployment",
     "max_gpus": "maxGpusPerTenant",
     "max_queue_length": "maxQueueLengthPerDeployment",
+    "max_async_jobs": "maxAsyncJobsPerTenant",
+    "max_async_bytes": "maxAsyncBytesPerTenant",
 }
 _OPTION_OF_FIELD = {v: "--" + k.replace("_", "-") for k, v in _QUOTA_OPTIONS.items()}
 
@@ -353,6 +355,8 @@ def quota_show(tenant: str | None, config: str | None) -> None:
 @click.option("--max-replicas", metavar="N|none", help="Replicas per deployment.")
 @click.option("--max-gpus", metavar="N|none", help="GPUs per tenant (soft).")
 @click.option("--max-queue-length", metavar="N|none", help="Waiting requests per deployment.")
+@click.option("--max-async-jobs", metavar="N|none", help="Async requests stored per tenant.")
+@click.option("--max-async-bytes", metavar="N|none", help="Bytes of async requests per tenant.")
 @config_option
 def quota_set(tenant: str, config: str | None, **limits: str | None) -> None:
     """Override quotas of one tenant (`none`: unlimited); options left out are kept."""
