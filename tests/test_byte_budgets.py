@@ -16,9 +16,11 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from click.testing import CliRunner
 from harness import Stack, run_async, start_redis, wait_until
 from test_quotas import admin_headers
 
+from router.control import LOG_PAGE_BYTES, log_page_entries
 from router.jobs import job_ttl_s
 from router.middlewares import is_out_of_memory
 from router.params import GenerateRequest
@@ -34,6 +36,7 @@ from wakegate.store import (
     now_ms,
     tenant_deployments_key,
 )
+from wakegate.tools.cli import main as cli
 
 LOADS_FOR_EVER = ["--load-s", "600"]
 FAST = ["--load-s", "0.2", "--ttft-s", "0.01", "--tps", "500"]
@@ -553,3 +556,26 @@ def other_tenant(stack: Stack) -> str:
 
     run_async(seed())
     return token
+
+
+def test_the_cli_sets_the_async_quotas_and_refuses_bad_ones(fresh_redis_url: str) -> None:
+    runner = CliRunner()
+    env = {"REDIS_URL": fresh_redis_url}
+    args = ["quota", "set", "--tenant", "acme", "--max-async-jobs", "5"]
+    result = runner.invoke(cli, [*args, "--max-async-bytes", "none"], env=env)
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.output)
+    assert shown["override"] == {"maxAsyncJobsPerTenant": 5, "maxAsyncBytesPerTenant": None}
+    assert shown["quotas"]["maxAsyncJobsPerTenant"] == 5
+    assert shown["quotas"]["maxAsyncBytesPerTenant"] is None
+    assert (shown["asyncJobs"], shown["asyncBytes"]) == (0, 0)
+    bad = runner.invoke(
+        cli, ["quota", "set", "--tenant", "acme", "--max-async-jobs", "-1"], env=env
+    )
+    assert bad.exit_code != 0 and "--max-async-jobs" in bad.output
+
+
+def test_a_request_log_download_page_is_bounded_in_bytes() -> None:
+    assert log_page_entries(65_536) * (4 * 65_536 + 2048) <= LOG_PAGE_BYTES
+    assert log_page_entries(100) == 500
+    assert log_page_entries(10**9) == 1
