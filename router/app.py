@@ -39,6 +39,7 @@ from router.storage import StorageWatch
 from wakegate import topics
 from wakegate.bus import Bus
 from wakegate.catalog import load_models_file
+from wakegate.quotas import tenant_quotas
 from wakegate.sealing import box_from_settings, read_secret
 from wakegate.settings import Settings
 from wakegate.store import Store
@@ -125,7 +126,7 @@ async def _dispatch_ctx(app: web.Application) -> AsyncIterator[None]:
     jobs = JobRunner(
         app[STORE], app[UPSTREAM], on_wake, settings.lease_ms, settings.async_result_ttl_s,
         settings.queue_timeout_s, settings.request_log_max_bytes, app[STORAGE],
-        settings.request_log_max_bytes_per_deployment,
+        lambda tenant: tenant_quotas(app[STORE], settings, tenant),
     )  # fmt: skip
     app[JOBS] = jobs
     tasks += [asyncio.create_task(jobs.listen()), asyncio.create_task(jobs.sweep_forever())]

@@ -25,6 +25,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -77,7 +78,7 @@ class JobRunner:
         queue_timeout_s: float,
         log_max_bytes: int,
         storage: StorageWatch,
-        log_max_bytes_per_deployment: int,
+        quotas_of: Callable[[str], Awaitable[Quotas]],
     ) -> None:
         self.store = store
         self.upstream = upstream
@@ -87,7 +88,7 @@ class JobRunner:
         self.job_ttl_s = job_ttl_s(queue_timeout_s, result_ttl_s)
         self.log_max_bytes = log_max_bytes
         self.storage = storage
-        self.log_max_bytes_per_deployment = log_max_bytes_per_deployment
+        self.quotas_of = quotas_of  # a tenant's quotas
         self.runner_id = uuid.uuid4().hex[:12]
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -284,4 +285,9 @@ class JobRunner:
             trail.output, trail.finish = [gen.text], gen.finish
         entry = {**trail.record(self.log_max_bytes), "duration_s": round(time.time() - created, 4),
                  "attempts": int(job.get("attempts", 0))}  # fmt: skip
-        await write_entry(self.store, self.storage, key, entry, self.log_max_bytes_per_deployment)
+        try:
+            limit = (await self.quotas_of(spec.tenant)).max_request_log_bytes
+        except Exception:
+            log.exception("request log of %s failed", key)
+            return
+        await write_entry(self.store, self.storage, key, entry, limit)

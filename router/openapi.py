@@ -191,6 +191,7 @@ class QuotaValues(_Doc):
     maxQueueLengthPerDeployment: int | None
     maxAsyncJobsPerTenant: int | None
     maxAsyncBytesPerTenant: int | None
+    maxRequestLogBytesPerDeployment: int | None
 
 
 class AllQuotas(_Doc):

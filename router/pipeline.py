@@ -248,12 +248,19 @@ async def request_log_entry(
         raise
     finally:
         if spec.config.request_logging_enabled:
-            settings, app = request.app[SETTINGS], request.app
-            entry = trail.record(settings.request_log_max_bytes)
-            await asyncio.shield(
-                write_entry(app[STORE], app[STORAGE], spec.key, entry,
-                            settings.request_log_max_bytes_per_deployment)
-            )  # fmt: skip
+            app = request.app
+            entry = trail.record(app[SETTINGS].request_log_max_bytes)
+            await asyncio.shield(log_entry(request, spec, entry))
+
+
+async def log_entry(request: web.Request, spec: DeploymentSpec, entry: dict[str, Any]) -> None:
+    app = request.app
+    try:
+        limit = (await quotas_of(request, spec)).max_request_log_bytes
+    except Exception:
+        log.exception("request log of %s failed", spec.key)
+        return
+    await write_entry(app[STORE], app[STORAGE], spec.key, entry, limit)
 
 
 class StreamRenderer(Protocol):

@@ -60,9 +60,10 @@ def clip_parameters(params: dict[str, Any], budget: int) -> tuple[dict[str, Any]
 
 
 async def write_entry(
-    store: Store, storage: StorageWatch, key: str, entry: dict[str, Any], max_bytes: int
+    store: Store, storage: StorageWatch, key: str, entry: dict[str, Any], max_bytes: int | None
 ) -> None:
-    """Append an entry to the deployment's log (at most `max_bytes` of entries kept), unless
+    """Append an entry to the deployment's log (at most `max_bytes` of entries kept: its
+    tenant's quota `maxRequestLogBytesPerDeployment`, None: no limit), unless
     Redis is nearly full; a failure is logged, never the request's."""
     if storage.bulk_refused:
         log.debug("request log of %s skipped: Redis is nearly full", key)

@@ -158,6 +158,22 @@ def test_request_log_entries_are_truncated_served_or_refused(
         assert len(e["prompt"].encode()) <= 1000
     assert entries[0]["prompt"] == "é" * 500
     assert entries[0]["output"]
+    # The tenant's request-log quota per deployment, lowered below one entry: the log keeps
+    # the newest entry only (once the gateway's quota cache has the override).
+    put = stack.api(
+        "PUT",
+        f"/admin/v1/tenants/{stack.tenant}/quotas",
+        headers=admin_headers(stack),
+        json={"maxRequestLogBytesPerDeployment": 1},
+    )
+    assert put.status_code == 200, put.text
+
+    def newest_only() -> bool:
+        assert stack.generate(name, "last", 2).status_code == 200
+        log = stack.api("GET", f"/v2/deployments/{name}/requests", params={"start": 0})
+        return [json.loads(line)["prompt"] for line in log.text.splitlines()] == ["last"]
+
+    wait_until(newest_only, 30, "the log cut to its newest entry", every=0.5)
     stack.delete(name)
 
 

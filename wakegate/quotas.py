@@ -1,6 +1,6 @@
 """Operator quotas: how much one tenant may hold, with per-tenant overrides.
 
-Six quotas, each a default from `Settings` that an operator may override per tenant (stored
+Seven quotas, each a default from `Settings` that an operator may override per tenant (stored
 in Redis, see wakegate/store.py; set with the admin API or `wakegate quota set`):
 
   maxDeploymentsPerTenant      deployments one tenant has (hard: create answers 403)
@@ -18,6 +18,9 @@ in Redis, see wakegate/store.py; set with the admin API or `wakegate quota set`)
                                beyond either answers 429 naming it. Counted in Redis with
                                each job's expiry (wakegate/store.py `reserve_job`): a job
                                counts until it expires or its deployment is deleted.
+  maxRequestLogBytesPerDeployment  bytes of entries one deployment's request log keeps (the
+                               oldest go first): with maxDeploymentsPerTenant, what the
+                               tenant's request logs may take.
 
 `None` is unlimited (for the queue, unlimited means the largest `maxQueueLength` any
 deployment may set). This module is a shared contract: the gateway checks and the scaler
@@ -55,6 +58,7 @@ MAX_JOBS_QUOTA = 10_000_000
 MAX_JOB_BYTES_QUOTA = 1 << 40
 JobsQuota = Annotated[StrictInt, Field(ge=0, le=MAX_JOBS_QUOTA)]
 JobBytesQuota = Annotated[StrictInt, Field(ge=0, le=MAX_JOB_BYTES_QUOTA)]
+LogBytesQuota = Annotated[StrictInt, Field(ge=0, le=MAX_JOB_BYTES_QUOTA)]
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,7 @@ class Quotas:
     max_queue_length: int  # per deployment, requests waiting
     max_async_jobs: int | None = None  # per tenant, async requests stored
     max_async_bytes: int | None = None  # per tenant, bytes of its async requests
+    max_request_log_bytes: int | None = None  # per deployment, bytes its request log keeps
 
     def to_wire(self) -> dict[str, int | None]:
         return {
@@ -76,6 +81,7 @@ class Quotas:
             "maxQueueLengthPerDeployment": self.max_queue_length,
             "maxAsyncJobsPerTenant": self.max_async_jobs,
             "maxAsyncBytesPerTenant": self.max_async_bytes,
+            "maxRequestLogBytesPerDeployment": self.max_request_log_bytes,
         }
 
 
@@ -92,6 +98,7 @@ class QuotaOverride(WireModel):
     max_queue_length_per_deployment: QueueQuota | None = None
     max_async_jobs_per_tenant: JobsQuota | None = None
     max_async_bytes_per_tenant: JobBytesQuota | None = None
+    max_request_log_bytes_per_deployment: LogBytesQuota | None = None
 
     def merged(self, change: QuotaOverride) -> QuotaOverride:
         """This override with the fields `change` sets replaced."""
@@ -120,6 +127,7 @@ def default_quotas(settings: Settings) -> Quotas:
         max_queue_length=settings.max_queue_length,
         max_async_jobs=settings.quota_max_async_jobs_per_tenant,
         max_async_bytes=settings.quota_max_async_bytes_per_tenant,
+        max_request_log_bytes=settings.quota_max_request_log_bytes_per_deployment,
     )
 
 
@@ -141,6 +149,9 @@ def effective_quotas(defaults: Quotas, override: QuotaOverride | None) -> Quotas
         max_queue_length=MAX_QUEUE_LENGTH if queue is None else queue,
         max_async_jobs=pick("max_async_jobs_per_tenant", defaults.max_async_jobs),
         max_async_bytes=pick("max_async_bytes_per_tenant", defaults.max_async_bytes),
+        max_request_log_bytes=pick(
+            "max_request_log_bytes_per_deployment", defaults.max_request_log_bytes
+        ),
     )
 
 

@@ -110,6 +110,9 @@ class Settings:
     # and the bytes they take: a submission beyond either gets 429 naming the quota.
     quota_max_async_jobs_per_tenant: Quota = 1000
     quota_max_async_bytes_per_tenant: Quota = 64 * 1024 * 1024
+    # Bytes of entries the request log of one deployment keeps (the oldest go first; it also
+    # keeps at most 10,000 entries).
+    quota_max_request_log_bytes_per_deployment: Quota = 16 * 1024 * 1024
     # How long results of async requests stay retrievable. A job itself expires
     # queue_timeout_s + 3 x 600 s + this after its creation (router/jobs.py `job_ttl_s`).
     async_result_ttl_s: int = 86_400
@@ -117,9 +120,6 @@ class Settings:
     # as many of the output; an entry that was cut says `"truncated": true`.
     # `parameters` and `error` keep as many each (an entry holds at most about 4 x this).
     request_log_max_bytes: Annotated[int, Field(ge=0)] = 65_536
-    # The request log of one deployment keeps at most this many bytes of entries (the oldest
-    # go first), and at most 10,000 entries.
-    request_log_max_bytes_per_deployment: Annotated[int, Field(ge=0)] = 16 * 1024 * 1024
     # Above this share of Redis's maxmemory (sampled every second) the gateway refuses bulk
     # writes (async submissions 503, request-log entries skipped), keeping the rest for the
     # control plane and every tenant's queue. 1: never.

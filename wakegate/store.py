@@ -641,7 +641,8 @@ return 1
 """
 
 # Append a request-log entry (the write that may be refused, first), then drop the oldest
-# until the log holds at most `max_entries` and `max_bytes` (the newest always stays).
+# until the log holds at most `max_entries` and `max_bytes` (< 0: no byte limit; the newest
+# always stays).
 # KEYS: reqlog, logbytes. ARGV: entry JSON, max_entries, max_bytes. Returns the log's bytes.
 LOG_REQUEST = """
 local log, counted = KEYS[1], KEYS[2]
@@ -649,7 +650,7 @@ local max_entries, max_bytes = tonumber(ARGV[2]), tonumber(ARGV[3])
 redis.call('XADD', log, '*', 'entry', ARGV[1])
 local total = redis.call('INCRBY', counted, string.len(ARGV[1]))
 local n = redis.call('XLEN', log)
-while n > 1 and (total > max_bytes or n > max_entries) do
+while n > 1 and ((max_bytes >= 0 and total > max_bytes) or n > max_entries) do
   local first = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)[1]
   redis.call('XDEL', log, first[1])
   total = redis.call('INCRBY', counted, -string.len(first[2][2]))
@@ -1431,14 +1432,16 @@ class Store:
             await pipe.execute()
 
     async def log_request(
-        self, key: str, entry: dict[str, Any], max_entries: int, max_bytes: int
+        self, key: str, entry: dict[str, Any], max_entries: int, max_bytes: int | None
     ) -> int:
         """Append to the deployment's request log, which keeps at most `max_entries` entries
-        and `max_bytes` bytes of them (the oldest go first); returns the bytes it holds."""
+        and `max_bytes` bytes of them (None: no byte limit; the oldest go first); returns the
+        bytes it holds."""
         k = keys_of(key)
         text = json.dumps(entry)
+        limit = -1 if max_bytes is None else max_bytes
         return int(await self._log_request(keys=[k.reqlog, k.logbytes],
-                                           args=[text, max_entries, max_bytes]))  # fmt: skip
+                                           args=[text, max_entries, limit]))  # fmt: skip
 
     async def request_log(
         self, key: str, start_ms: int, end_ms: int, count: int, after: str | None = None
