@@ -25,6 +25,7 @@ from router.jobs import job_ttl_s
 from router.middlewares import is_out_of_memory
 from router.params import GenerateRequest
 from router.request_log import RequestLogEntry, clip_messages, clip_text
+from router.storage import StorageWatch
 from wakegate.store import (
     JOB_DEPLOYMENTS,
     Admission,
@@ -595,3 +596,25 @@ def test_a_request_log_download_page_is_bounded_in_bytes() -> None:
     assert log_page_entries(65_536) * (4 * 65_536 + 2048) <= LOG_PAGE_BYTES
     assert log_page_entries(100) == 500
     assert log_page_entries(10**9) == 1
+
+
+async def test_the_storage_watch_refuses_bulk_writes_above_its_share(small_redis: str) -> None:
+    store = Store.from_url(small_redis)
+    watch = StorageWatch(store, 0.8)
+    try:
+        await watch.sample()
+        assert watch.maxmemory == MAXMEMORY and not watch.bulk_refused
+        watch.note(MAXMEMORY)  # this gateway's own writes count until the next sample
+        assert watch.bulk_refused
+        await watch.sample()
+        assert not watch.bulk_refused
+        fill(sync_client(small_redis))
+        await watch.sample()
+        assert watch.bulk_refused
+        unfill(sync_client(small_redis))
+        await watch.sample()
+        assert not watch.bulk_refused
+        assert not StorageWatch(store, 1.0).bulk_refused, "no sample yet: nothing refused"
+    finally:
+        unfill(sync_client(small_redis))
+        await store.close()
