@@ -24,6 +24,7 @@ from router.context import (
     QUOTA_CACHE,
     SETTINGS,
     SPEC_CACHE,
+    STORAGE,
     STORE,
     TOKEN_CACHE,
     UPSTREAM,
@@ -38,9 +39,11 @@ from router.middlewares import auth_middleware, errors_middleware, ingress_middl
 from router.openapi import OPENAPI_PATH, openapi_document
 from router.pipeline import wake_publisher
 from router.pool import POOL_TTL_S, current_pool
+from router.storage import StorageWatch
 from wakegate import topics
 from wakegate.bus import Bus
 from wakegate.catalog import load_models_file
+from wakegate.quotas import tenant_quotas
 from wakegate.sealing import box_from_settings, read_secret
 from wakegate.settings import Settings
 from wakegate.store import Store
@@ -137,12 +140,15 @@ async def _dispatch_ctx(app: web.Application) -> AsyncIterator[None]:
         tasks.append(asyncio.create_task(bus.run()))
     app[BUS] = bus
     settings = app[SETTINGS]
+    app[STORAGE] = StorageWatch(app[STORE], settings.storage_bulk_limit)
     jobs = JobRunner(
         app[STORE], app[UPSTREAM], on_wake, settings.lease_ms, settings.async_result_ttl_s,
-        settings.queue_timeout_s, settings.request_log_max_bytes, app[HEALTH],
+        settings.queue_timeout_s, settings.request_log_max_bytes, app[STORAGE],
+        lambda tenant: tenant_quotas(app[STORE], settings, tenant), app[HEALTH],
     )  # fmt: skip
     app[JOBS] = jobs
     tasks += [asyncio.create_task(jobs.listen()), asyncio.create_task(jobs.sweep_forever())]
+    tasks.append(asyncio.create_task(app[STORAGE].run()))
     yield
     await jobs.close()
     for task in tasks:

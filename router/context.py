@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from router.holding import Holding
     from router.jobs import JobRunner
     from router.metrics import GatewayMetrics
+    from router.storage import StorageWatch
     from wakegate.bus import Bus
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -37,6 +38,8 @@ METRICS: web.AppKey[GatewayMetrics] = web.AppKey("metrics")
 HEALTH: web.AppKey[HealthRecorder] = web.AppKey("health")
 JOBS: web.AppKey[JobRunner] = web.AppKey("jobs")
 BUS: web.AppKey[Bus | None] = web.AppKey("bus")
+# How full Redis is (router/storage.py): bulk writes stop above the operator's share.
+STORAGE: web.AppKey[StorageWatch] = web.AppKey("storage")
 # The token that opens /metrics besides admin tokens ("" : none configured).
 METRICS_TOKEN = web.AppKey("metrics_token", str)
 

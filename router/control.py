@@ -67,10 +67,20 @@ def _finite(text: str) -> float:
     return value
 
 
-async def read_json(request: web.Request) -> Any:
+def body_too_large(max_bytes: int) -> ApiError:
+    return ApiError(
+        413, f"request body too large: an async request takes at most {max_bytes} bytes",
+        field="body", extra={"limit": max_bytes},
+    )  # fmt: skip
+
+
+async def read_json(request: web.Request, max_bytes: int | None = None) -> Any:
     """The request's JSON body, read under the body deadline (408 when the client stops
-    sending it: a silent client must not hold its handler forever)."""
+    sending it: a silent client must not hold its handler forever); 413 beyond `max_bytes`
+    where given (smaller than the gateway's body limit, which aiohttp enforces)."""
     timeout_s = request.app[SETTINGS].body_timeout_s
+    if max_bytes is not None and (request.content_length or 0) > max_bytes:
+        raise body_too_large(max_bytes)
     try:
         if request.content.is_eof():  # all of it arrived with the headers: nothing to wait for
             raw = await request.read()
@@ -81,6 +91,8 @@ async def read_json(request: web.Request) -> Any:
         raise ApiError(
             408, f"request body not received within {timeout_s:g} s", field="body"
         ) from None
+    if max_bytes is not None and len(raw) > max_bytes:
+        raise body_too_large(max_bytes)
     if not raw:
         return {}
     try:
@@ -525,6 +537,16 @@ def _time_param(request: web.Request, name: str, default: float) -> int:
     return int(seconds * 1000)
 
 
+# A request-log download reads the log in pages of at most this many bytes (and 500 entries).
+LOG_PAGE_BYTES = 4 * 1024 * 1024
+
+
+def log_page_entries(entry_budget: int) -> int:
+    """Entries per page of a request-log download: an entry keeps at most four texts of
+    `entry_budget` bytes (prompt, output, parameters, error) and some fields besides."""
+    return max(1, min(500, LOG_PAGE_BYTES // (4 * entry_budget + 2048)))
+
+
 @routes.get("/v2/deployments/{name}/requests")
 async def request_log(request: web.Request) -> web.StreamResponse:
     """The deployment's request log for [start, end] as JSON lines, oldest first."""
@@ -538,8 +560,9 @@ async def request_log(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await resp.prepare(request)
     after: str | None = None
+    count = log_page_entries(request.app[SETTINGS].request_log_max_bytes)
     while True:
-        page = await store.request_log(spec.key, start, end, 500, after)
+        page = await store.request_log(spec.key, start, end, count, after)
         if not page:
             break
         await resp.write(b"".join(json.dumps(e).encode() + b"\n" for _, e in page))

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -33,8 +35,10 @@ from router.dispatch import OnWake, listen_forever
 from router.health import HealthRecorder
 from router.lorax_json import lorax_response
 from router.params import GenerateRequest
-from router.request_log import REQUEST_LOG_MAX, RequestLogEntry
+from router.request_log import RequestLogEntry, write_entry
 from router.retries import ATTEMPTS, SUSPECT_MS
+from router.storage import StorageWatch
+from wakegate.quotas import Quotas
 from wakegate.spec import DeploymentSpec
 from wakegate.store import (
     ASYNC_OWNER,
@@ -53,6 +57,12 @@ ATTEMPT_S = 600
 SWEEP_EVERY_S = 2.0
 
 
+def job_bytes(fields: dict[str, Any]) -> int:
+    """What a job's fields take in Redis, as stored (each value as JSON), as its tenant's
+    async-bytes quota counts it."""
+    return sum(len(k) + len(json.dumps(v).encode()) for k, v in fields.items())
+
+
 def job_ttl_s(queue_timeout_s: float, result_ttl_s: int) -> int:
     """How long a job may live from its creation: waiting, every attempt, then its result."""
     return int(queue_timeout_s) + ATTEMPTS * ATTEMPT_S + result_ttl_s
@@ -68,6 +78,8 @@ class JobRunner:
         result_ttl_s: int,
         queue_timeout_s: float,
         log_max_bytes: int,
+        storage: StorageWatch,
+        quotas_of: Callable[[str], Awaitable[Quotas]],
         health: HealthRecorder | None = None,
     ) -> None:
         self.store = store
@@ -78,29 +90,43 @@ class JobRunner:
         self.result_ttl_s = result_ttl_s
         self.job_ttl_s = job_ttl_s(queue_timeout_s, result_ttl_s)
         self.log_max_bytes = log_max_bytes
+        self.storage = storage
+        self.quotas_of = quotas_of  # a tenant's quotas
         self.runner_id = uuid.uuid4().hex[:12]
         self._tasks: set[asyncio.Task[None]] = set()
 
     # --- the API's view -----------------------------------------------------------------------
 
     async def submit(
-        self, spec: DeploymentSpec, req: GenerateRequest, priority: int, max_queue: int
+        self,
+        spec: DeploymentSpec,
+        req: GenerateRequest,
+        priority: int,
+        max_queue: int,
+        quotas: Quotas,
     ) -> str:
-        """Store the job and queue it; returns its id at once (QueueFull when full)."""
+        """Store the job and queue it; returns its id at once (QueueFull when full, JobsFull
+        when its tenant is at an async quota: then nothing is stored)."""
         job_id = uuid.uuid4().hex
-        await self.store.put_job(
-            spec.key,
-            job_id,
-            {
-                "request": req.model_dump(mode="json", exclude={"parameters": {"api_token"}}),
-                "base_model": spec.base_model,
-                "status": "queued",
-                "attempts": 0,
-                "priority": priority,
-                "created": time.time(),
-            },
-            self.job_ttl_s,
+        fields = {
+            "request": req.model_dump(mode="json", exclude={"parameters": {"api_token"}}),
+            "base_model": spec.base_model,
+            "status": "queued",
+            "attempts": 0,
+            "priority": priority,
+            "created": time.time(),
+        }
+        # Counted in the tenant's ledger first; given back when it cannot be stored.
+        size = job_bytes(fields)
+        await self.store.reserve_job(
+            spec.key, job_id, size, self.job_ttl_s, quotas.max_async_jobs, quotas.max_async_bytes
         )
+        self.storage.note(size)
+        try:
+            await self.store.put_job(spec.key, job_id, fields, self.job_ttl_s)
+        except BaseException:
+            await self.store.settle_job(spec.key, job_id, None, 0)
+            raise
         queued_at = time.monotonic()
         try:
             _, depth, woke, _ = await self.store.enqueue(
@@ -266,6 +292,8 @@ class JobRunner:
         entry = {**trail.record(self.log_max_bytes), "duration_s": round(time.time() - created, 4),
                  "attempts": int(job.get("attempts", 0))}  # fmt: skip
         try:
-            await self.store.log_request(key, entry, REQUEST_LOG_MAX)
+            limit = (await self.quotas_of(spec.tenant)).max_request_log_bytes
         except Exception:
             log.exception("request log of %s failed", key)
+            return
+        await write_entry(self.store, self.storage, key, entry, limit)

@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from router.context import JOBS, METRICS
+from router.context import JOBS, METRICS, SETTINGS, STORAGE
 from router.control import read_json
 from router.dialects import Finish, Token
 from router.errors import ApiError
@@ -23,15 +23,17 @@ from router.pipeline import (
     check_length,
     overloaded,
     priority_of,
-    queue_limit_of,
+    quotas_of,
     resolve,
     serve_stream,
     serve_unary,
     tracked,
 )
+from router.storage import BULK_RETRY_AFTER_S
 from wakegate.catalog import MODELS
+from wakegate.quotas import queue_limit
 from wakegate.spec import DeploymentSpec
-from wakegate.store import QueueFull
+from wakegate.store import JobsFull, QueueFull
 
 routes = web.RouteTableDef()
 
@@ -116,21 +118,43 @@ class LoraxStream:
         return None
 
 
+def jobs_full(full: JobsFull) -> ApiError:
+    """429 naming the tenant's async quota that is reached (nothing was stored)."""
+    what = "async requests" if full.quota == "maxAsyncJobsPerTenant" else "bytes of async requests"
+    return ApiError(
+        429,
+        f"{full.quota}: the tenant has {full.used} {what} stored, its quota is {full.limit}; "
+        "they count until they expire or their deployment is deleted",
+        error_type="quota", extra={"quota": full.quota, "limit": full.limit},
+    )  # fmt: skip
+
+
 @routes.post(DEPLOY_URL + "/async")
 async def submit_async(request: web.Request) -> web.Response:
     """Queue a request and answer its id at once; the result is fetched later (GET)."""
     spec = await resolve(request)
-    req = parse_generate(await read_json(request))
+    req = parse_generate(await read_json(request, request.app[SETTINGS].max_async_body_bytes))
     if req.stream:
         raise ApiError(422, "stream: async requests cannot stream", field="stream",
                        error_type="validation")  # fmt: skip
     check_adapter(spec, req)
     check_max_new_tokens(spec, req)
-    limit = await queue_limit_of(request, spec)
+    if request.app[STORAGE].bulk_refused:
+        # Redis is nearly full: what is left is for the control plane and every queue.
+        raise ApiError(
+            503, "async requests are refused for now: storage is nearly full; retry later",
+            error_type="overloaded", headers={"Retry-After": str(BULK_RETRY_AFTER_S)},
+        )  # fmt: skip
+    quotas = await quotas_of(request, spec)
+    jobs = request.app[JOBS]
     try:
-        job_id = await request.app[JOBS].submit(spec, req, priority_of(request, req), limit)
+        job_id = await jobs.submit(
+            spec, req, priority_of(request, req), queue_limit(spec, quotas), quotas
+        )
     except QueueFull as full:
         raise overloaded(spec, full) from None
+    except JobsFull as full:
+        raise jobs_full(full) from None
     url = f"{request.path}/{job_id}"
     return web.json_response({"id": job_id, "status": "queued", "url": url}, status=202,
                              headers={"Location": url})  # fmt: skip

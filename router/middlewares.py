@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError
+from redis.exceptions import OutOfMemoryError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from router.context import ADMIN_KEY, METRICS_TOKEN, SETTINGS, STORE, TENANT_KEY, TOKEN_CACHE
@@ -115,6 +115,21 @@ def store_unavailable() -> ApiError:
     )
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether Redis refused a write for its maxmemory: `OutOfMemoryError`, or (Redis 6) a
+    script's `ResponseError` carrying the same `-OOM` refusal. Redis refuses a script only at
+    its first write, before any effect: nothing is left half-written (wakegate/store.py)."""
+    if isinstance(exc, OutOfMemoryError):
+        return True
+    return isinstance(exc, ResponseError) and "OOM command not allowed" in str(exc)
+
+
+def out_of_storage() -> ApiError:
+    """503 with Retry-After: Redis is at its maxmemory and refuses writes."""
+    retry = {"Retry-After": str(OOM_RETRY_AFTER_S)}
+    return ApiError(503, "out of storage; retry later", error_type="overloaded", headers=retry)
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     request["wakegate.family"] = _family(request)
@@ -130,9 +145,12 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return render(request, http_error(request, exc))
     except OutOfMemoryError:
         # Redis is at its maxmemory and refuses writes (nothing is left half-written).
-        retry = {"Retry-After": str(OOM_RETRY_AFTER_S)}
-        full = ApiError(503, "out of storage; retry later", error_type="overloaded", headers=retry)
-        return render(request, full)
+        return render(request, out_of_storage())
+    except ResponseError as exc:
+        if is_out_of_memory(exc):  # refused inside a Lua script (Redis 6 reports it so)
+            return render(request, out_of_storage())
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return render(request, ApiError(500, "internal error"))
     except (RedisConnectionError, RedisTimeoutError) as exc:
         log.warning("Redis unreachable on %s %s: %s", request.method, request.path, exc)
         return render(request, store_unavailable())

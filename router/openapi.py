@@ -213,6 +213,9 @@ class QuotaValues(_Doc):
         description="GPUs of reserved capacity granted (usesGuaranteedCapacity); null: all"
     )
     maxQueueLengthPerDeployment: int | None
+    maxAsyncJobsPerTenant: int | None
+    maxAsyncBytesPerTenant: int | None
+    maxRequestLogBytesPerDeployment: int | None
 
 
 class AllQuotas(_Doc):
@@ -226,6 +229,8 @@ class TenantQuotas(_Doc):
     override: QuotaOverride | None
     defaults: QuotaValues
     deployments: int
+    asyncJobs: int
+    asyncBytes: int
 
 
 # --- data plane -------------------------------------------------------------------------------
@@ -439,14 +444,17 @@ STATUS_TEXT = {
     408: "the request body did not arrive within the gateway's deadline (body_timeout_s)",
     409: "a deployment of that name exists, or is being deleted, or it changed meanwhile "
     "(field revision: read it again and retry)",
-    413: "request body too large",
+    413: "request body too large (an async request: at most max_async_body_bytes, 256 KiB by "
+    "default)",
     422: "the request is invalid for this deployment or engine; the body names the field",
     424: "the deployment failed (its events say why), or it needs an accelerator the pool "
     "does not have at all (the message says what the pool has)",
     429: "the deployment's queue is full, or too many failed authentications from this "
-    "address; retry after Retry-After seconds",
+    "address: retry after Retry-After seconds; or the tenant is at an async quota "
+    "(maxAsyncJobsPerTenant, maxAsyncBytesPerTenant: the message names it)",
     502: "the replica failed the request",
-    503: "temporarily unavailable (Redis unreachable or full, the replica went away)",
+    503: "temporarily unavailable (Redis unreachable or full, or nearly full for async "
+    "requests; the replica went away): retry after Retry-After seconds",
     504: "no replica became available within the queue timeout",
 }
 STREAM = "text/event-stream"

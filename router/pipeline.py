@@ -31,6 +31,7 @@ from router.context import (
     QUOTA_CACHE,
     SETTINGS,
     SPEC_CACHE,
+    STORAGE,
     STORE,
     UPSTREAM,
 )
@@ -41,7 +42,7 @@ from router.holding import deployment_problem
 from router.middlewares import on_private_listener, tenant_of
 from router.params import GenerateRequest
 from router.pool import current_pool
-from router.request_log import REQUEST_LOG_MAX, RequestLogEntry
+from router.request_log import RequestLogEntry, write_entry
 from router.retries import ATTEMPTS, SUSPECT_MS, retry_elsewhere
 from router.sse_writer import EventWriter
 from wakegate import topics
@@ -98,8 +99,12 @@ async def lookup(
 
 async def queue_limit_of(request: web.Request, spec: DeploymentSpec) -> int:
     """How many requests the deployment's queue takes, sync and async alike (its own limit
-    within its tenant's quota); the tenant's quotas are cached for a few seconds (every
-    request needs them)."""
+    within its tenant's quota)."""
+    return queue_limit(spec, await quotas_of(request, spec))
+
+
+async def quotas_of(request: web.Request, spec: DeploymentSpec) -> Quotas:
+    """The deployment's tenant's quotas, cached for a few seconds (every request needs them)."""
     cache = request.app[QUOTA_CACHE]
     quotas: Quotas | None = cache.get(spec.tenant)
     if quotas is None:
@@ -108,7 +113,7 @@ async def queue_limit_of(request: web.Request, spec: DeploymentSpec) -> int:
             spec.tenant, lambda: tenant_quotas(app[STORE], app[SETTINGS], spec.tenant)
         )
         assert quotas is not None
-    return queue_limit(spec, quotas)
+    return quotas
 
 
 def overloaded(spec: DeploymentSpec, full: QueueFull) -> ApiError:
@@ -252,13 +257,19 @@ async def request_log_entry(
             spec.key, trail.status, tokens, trail.queue_wait_s, trail.ttft_s, trail.cold
         )
         if spec.config.request_logging_enabled:
-            try:
-                entry = trail.record(request.app[SETTINGS].request_log_max_bytes)
-                await asyncio.shield(
-                    request.app[STORE].log_request(spec.key, entry, REQUEST_LOG_MAX)
-                )
-            except Exception:
-                log.exception("request log of %s failed", spec.key)
+            app = request.app
+            entry = trail.record(app[SETTINGS].request_log_max_bytes)
+            await asyncio.shield(log_entry(request, spec, entry))
+
+
+async def log_entry(request: web.Request, spec: DeploymentSpec, entry: dict[str, Any]) -> None:
+    app = request.app
+    try:
+        limit = (await quotas_of(request, spec)).max_request_log_bytes
+    except Exception:
+        log.exception("request log of %s failed", spec.key)
+        return
+    await write_entry(app[STORE], app[STORAGE], spec.key, entry, limit)
 
 
 class StreamRenderer(Protocol):

@@ -1,12 +1,15 @@
-"""The request log: what it keeps of one request, each text clipped to a byte budget. Written
+"""The request log: what it keeps of one request, each part clipped to a byte budget. Written
 only for deployments with `requestLoggingEnabled` (router/pipeline.py for the synchronous APIs,
-router/jobs.py for async requests). Read back as JSON lines (`GET .../requests`) or as the
-SDK's zip download (`GET .../request-logs`, `write_zip`)."""
+router/jobs.py for async requests); each deployment's log is bounded in entries and in bytes
+(wakegate/store.py LOG_REQUEST), and skipped while Redis is nearly full (router/storage.py).
+Read back as JSON lines (`GET .../requests`) or as the SDK's zip download
+(`GET .../request-logs`, `write_zip`)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import zipfile
 from collections.abc import Awaitable, Callable
@@ -16,6 +19,10 @@ from typing import IO, Any
 
 from router.dialects import Finish
 from router.params import GenerateRequest
+from router.storage import StorageWatch
+from wakegate.store import Store
+
+log = logging.getLogger(__name__)
 
 # Request-log entries kept per deployment (a Redis stream, trimmed as it grows).
 REQUEST_LOG_MAX = 10_000
@@ -43,6 +50,36 @@ def clip_messages(messages: list[dict[str, str]], budget: int) -> tuple[list[dic
     return out, cut
 
 
+def clip_parameters(params: dict[str, Any], budget: int) -> tuple[dict[str, Any], bool]:
+    """The parameters whose JSON together keeps at most `budget` bytes, the smallest first
+    (a huge `stop` or `response_format` goes, the sampling knobs stay); whether any went."""
+    sized = sorted(params.items(), key=lambda kv: len(json.dumps(kv[1])) + len(kv[0]))
+    kept: dict[str, Any] = {}
+    for name, value in sized:
+        size = len(json.dumps({name: value}).encode())
+        if size > budget:
+            break
+        kept[name] = value
+        budget -= size
+    return {k: params[k] for k in params if k in kept}, len(kept) < len(params)
+
+
+async def write_entry(
+    store: Store, storage: StorageWatch, key: str, entry: dict[str, Any], max_bytes: int | None
+) -> None:
+    """Append an entry to the deployment's log (at most `max_bytes` of entries kept: its
+    tenant's quota `maxRequestLogBytesPerDeployment`, None: no limit), unless
+    Redis is nearly full; a failure is logged, never the request's."""
+    if storage.bulk_refused:
+        log.debug("request log of %s skipped: Redis is nearly full", key)
+        return
+    try:
+        await store.log_request(key, entry, REQUEST_LOG_MAX, max_bytes)
+        storage.note(len(json.dumps(entry)))
+    except Exception:
+        log.exception("request log of %s failed", key)
+
+
 @dataclass
 class RequestLogEntry:
     """What the request log keeps of one request; written only when the deployment has
@@ -63,9 +100,9 @@ class RequestLogEntry:
     error: str | None = None
 
     def record(self, max_bytes: int) -> dict[str, Any]:
-        """What is stored of the entry; its prompt (or messages) and its output keep at most
-        `max_bytes` bytes each (the setting `request_log_max_bytes`), `truncated` says whether
-        any was cut."""
+        """What is stored of the entry; its prompt (or messages), its output, its parameters
+        and its error keep at most `max_bytes` bytes each (the setting
+        `request_log_max_bytes`), `truncated` says whether any was cut."""
         p = self.req.parameters
         prompt, messages, cut_in = None, None, False
         if self.req.messages is None:
@@ -73,21 +110,25 @@ class RequestLogEntry:
         else:
             messages, cut_in = clip_messages(self.req.messages, max_bytes)
         output, cut_out = clip_text("".join(self.output), max_bytes)
+        params, cut_params = clip_parameters(
+            p.model_dump(mode="json", exclude_none=True, exclude={"api_token"}), max_bytes
+        )
+        error, cut_error = clip_text(self.error, max_bytes) if self.error else (self.error, False)
         return {
             "time": datetime.fromtimestamp(self.at, UTC).isoformat(),
             "api": self.api,
             "stream": self.stream,
             "prompt": prompt,
             "messages": messages,
-            "truncated": cut_in or cut_out,
-            "parameters": p.model_dump(exclude_none=True, exclude={"api_token"}),
+            "truncated": cut_in or cut_out or cut_params or cut_error,
+            "parameters": params,
             "adapter": p.adapter_id,
             "output": output,
             "finish_reason": self.finish.reason if self.finish else None,
             "prompt_tokens": self.finish.prompt_tokens if self.finish else None,
             "generated_tokens": self.finish.generated_tokens if self.finish else None,
             "status": self.status,
-            "error": self.error,
+            "error": error,
             "replica": self.replica,
             "queue_wait_s": self.queue_wait_s,
             "ttft_s": self.ttft_s,

@@ -92,9 +92,10 @@ class Proc:
             return ""
 
 
-def start_redis(tmp: Path, *extra: str) -> tuple[Proc, str]:
-    """A redis-server on a free port; `extra` arguments are added to its command line."""
-    binary = shutil.which("redis-server")
+def start_redis(tmp: Path, *extra: str, binary: str | None = None) -> tuple[Proc, str]:
+    """A redis-server on a free port (`binary`: another one than PATH's); `extra` arguments
+    are added to its command line."""
+    binary = binary or shutil.which("redis-server")
     assert binary, "redis-server is required (make test installs it)"
     port = free_port()
     data = tmp / "redis"

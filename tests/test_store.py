@@ -391,7 +391,7 @@ async def test_a_purge_leaves_no_key_of_the_deployment(store: Store) -> None:
     await store.put_job(D, "job-2", {"status": "queued"}, 600)
     assert await store.claim_job(D, "job-2", "runner", 10_000)
     await store.suspect(D, "b", 10_000)
-    await store.log_request(D, {"status": 200}, 10)
+    await store.log_request(D, {"status": 200}, 10, 1_000_000)
     await store.set_waiting(D, {"reason": "pool full"})
     await store.record_status([(D, {"desired": 1})], [(D, [0.0, 1, 0, 0, 1, 0])])
     await store.redis.set(keys_of(D).wake, 1)

@@ -1,6 +1,6 @@
 """Operator quotas: how much one tenant may hold, with per-tenant overrides.
 
-Six quotas, each a default from `Settings` that an operator may override per tenant (stored
+Quotas, each a default from `Settings` that an operator may override per tenant (stored
 in Redis, see wakegate/store.py; set with the admin API or `wakegate quota set`):
 
   maxDeploymentsPerTenant      deployments one tenant has (hard: create answers 403)
@@ -21,6 +21,15 @@ in Redis, see wakegate/store.py; set with the admin API or `wakegate quota set`)
   maxQueueLengthPerDeployment  requests waiting per deployment; a deployment's own
                                `maxQueueLength` above it is accepted, stored as given and
                                clamped where it is used (`queue_limit`).
+  maxAsyncJobsPerTenant        async requests the tenant has stored (queued, running or
+                               results kept), and
+  maxAsyncBytesPerTenant       the bytes they take (request and result): a submission
+                               beyond either answers 429 naming it. Counted in Redis with
+                               each job's expiry (wakegate/store.py `reserve_job`): a job
+                               counts until it expires or its deployment is deleted.
+  maxRequestLogBytesPerDeployment  bytes of entries one deployment's request log keeps (the
+                               oldest go first): with maxDeploymentsPerTenant, what the
+                               tenant's request logs may take.
 
 `None` is unlimited (for the queue, unlimited means the largest `maxQueueLength` any
 deployment may set; for the grant, every GPU the tenant holds). This module is a shared
@@ -54,6 +63,12 @@ TenantReplicasQuota = Annotated[StrictInt, Field(ge=0, le=MAX_GPUS_QUOTA)]
 GpusQuota = Annotated[StrictInt, Field(ge=0, le=MAX_GPUS_QUOTA)]
 # Every queue is bounded: at least one request may wait.
 QueueQuota = Annotated[StrictInt, Field(ge=1, le=MAX_QUEUE_LENGTH)]
+# Async requests (jobs) per tenant, and the bytes they may take.
+MAX_JOBS_QUOTA = 10_000_000
+MAX_JOB_BYTES_QUOTA = 1 << 40
+JobsQuota = Annotated[StrictInt, Field(ge=0, le=MAX_JOBS_QUOTA)]
+JobBytesQuota = Annotated[StrictInt, Field(ge=0, le=MAX_JOB_BYTES_QUOTA)]
+LogBytesQuota = Annotated[StrictInt, Field(ge=0, le=MAX_JOB_BYTES_QUOTA)]
 
 
 @dataclass(frozen=True)
@@ -66,6 +81,9 @@ class Quotas:
     max_queue_length: int  # per deployment, requests waiting
     max_tenant_replicas: int | None = None  # per tenant, replicas held (CPU ones included)
     guaranteed_gpus: int | None = 0  # per tenant, GPUs of reserved capacity granted
+    max_async_jobs: int | None = None  # per tenant, async requests stored
+    max_async_bytes: int | None = None  # per tenant, bytes of its async requests
+    max_request_log_bytes: int | None = None  # per deployment, bytes its request log keeps
 
     def to_wire(self) -> dict[str, int | None]:
         return {
@@ -75,6 +93,9 @@ class Quotas:
             "maxGpusPerTenant": self.max_gpus,
             "guaranteedGpusPerTenant": self.guaranteed_gpus,
             "maxQueueLengthPerDeployment": self.max_queue_length,
+            "maxAsyncJobsPerTenant": self.max_async_jobs,
+            "maxAsyncBytesPerTenant": self.max_async_bytes,
+            "maxRequestLogBytesPerDeployment": self.max_request_log_bytes,
         }
 
 
@@ -91,6 +112,9 @@ class QuotaOverride(WireModel):
     max_gpus_per_tenant: GpusQuota | None = None
     guaranteed_gpus_per_tenant: GpusQuota | None = None
     max_queue_length_per_deployment: QueueQuota | None = None
+    max_async_jobs_per_tenant: JobsQuota | None = None
+    max_async_bytes_per_tenant: JobBytesQuota | None = None
+    max_request_log_bytes_per_deployment: LogBytesQuota | None = None
 
     def merged(self, change: QuotaOverride) -> QuotaOverride:
         """This override with the fields `change` sets replaced."""
@@ -119,6 +143,9 @@ def default_quotas(settings: Settings) -> Quotas:
         max_queue_length=settings.max_queue_length,
         max_tenant_replicas=settings.quota_max_replicas_per_tenant,
         guaranteed_gpus=settings.quota_guaranteed_gpus_per_tenant,
+        max_async_jobs=settings.quota_max_async_jobs_per_tenant,
+        max_async_bytes=settings.quota_max_async_bytes_per_tenant,
+        max_request_log_bytes=settings.quota_max_request_log_bytes_per_deployment,
     )
 
 
@@ -140,6 +167,11 @@ def effective_quotas(defaults: Quotas, override: QuotaOverride | None) -> Quotas
         max_queue_length=MAX_QUEUE_LENGTH if queue is None else queue,
         max_tenant_replicas=pick("max_replicas_per_tenant", defaults.max_tenant_replicas),
         guaranteed_gpus=pick("guaranteed_gpus_per_tenant", defaults.guaranteed_gpus),
+        max_async_jobs=pick("max_async_jobs_per_tenant", defaults.max_async_jobs),
+        max_async_bytes=pick("max_async_bytes_per_tenant", defaults.max_async_bytes),
+        max_request_log_bytes=pick(
+            "max_request_log_bytes_per_deployment", defaults.max_request_log_bytes
+        ),
     )
 
 
@@ -149,6 +181,8 @@ class QuotaRecords(Protocol):
     async def quota_override(self, tenant: str) -> QuotaOverride | None: ...
 
     async def tenant_deployment_count(self, tenant: str) -> int: ...
+
+    async def job_usage(self, tenant: str) -> tuple[int, int]: ...
 
 
 async def tenant_quotas(store: QuotaRecords, settings: Settings, tenant: str) -> Quotas:
@@ -167,7 +201,12 @@ async def quota_report(store: QuotaRecords, settings: Settings, tenant: str) -> 
         "override": override.to_wire() if override is not None else None,
         "defaults": defaults.to_wire(),
         "deployments": await store.tenant_deployment_count(tenant),
+        **_job_usage_report(*await store.job_usage(tenant)),
     }
+
+
+def _job_usage_report(jobs: int, job_bytes: int) -> dict[str, int]:
+    return {"asyncJobs": jobs, "asyncBytes": job_bytes}
 
 
 def queue_limit(spec: DeploymentSpec, quotas: Quotas) -> int:

@@ -86,6 +86,9 @@ class Settings:
     # Keep-alive comment interval on streams that wait in the queue.
     keepalive_s: float = 5.0
     max_body_bytes: Annotated[int, Field(ge=0)] = 8 * 1024 * 1024
+    # An async submission is stored in Redis until it expires (about a day): its body may be
+    # at most this large (413 beyond), far less than a synchronous request's.
+    max_async_body_bytes: Annotated[int, Field(ge=0)] = 256 * 1024
     # Gateway processes serving the one port (SO_REUSEPORT), each a gateway of its own (own
     # id, leases and hand-offs). 0: one for `wakegate gateway`, the machine's cores for
     # `wakegate up`. Each process has its own /metrics.
@@ -109,12 +112,24 @@ class Settings:
     # Reserved capacity: GPUs per tenant served first and never taken for others
     # (`usesGuaranteedCapacity`, then `minReplicas`). An operator grant, none by default.
     quota_guaranteed_gpus_per_tenant: Quota = 0
+    # Async requests one tenant may have stored at once (queued, running, or results kept),
+    # and the bytes they take: a submission beyond either gets 429 naming the quota.
+    quota_max_async_jobs_per_tenant: Quota = 1000
+    quota_max_async_bytes_per_tenant: Quota = 64 * 1024 * 1024
+    # Bytes of entries the request log of one deployment keeps (the oldest go first; it also
+    # keeps at most 10,000 entries).
+    quota_max_request_log_bytes_per_deployment: Quota = 16 * 1024 * 1024
     # How long results of async requests stay retrievable. A job itself expires
     # queue_timeout_s + 3 x 600 s + this after its creation (router/jobs.py `job_ttl_s`).
     async_result_ttl_s: int = 86_400
     # Request-log entries keep at most this many bytes of the prompt (or chat messages) and
     # as many of the output; an entry that was cut says `"truncated": true`.
+    # `parameters` and `error` keep as many each (an entry holds at most about 4 x this).
     request_log_max_bytes: Annotated[int, Field(ge=0)] = 65_536
+    # Above this share of Redis's maxmemory (sampled every second) the gateway refuses bulk
+    # writes (async submissions 503, request-log entries skipped), keeping the rest for the
+    # control plane and every tenant's queue. 1: never.
+    storage_bulk_limit: Annotated[float, Field(gt=0, le=1)] = 0.8
     # The embedded Redis (`wakegate up`; docker-compose.yml likewise): its memory limit
     # (Redis syntax: "2gb"), beyond which it refuses writes (noeviction) and the gateway
     # answers 503 with Retry-After; and its AOF fsync policy: "everysec" (a crash of the

@@ -10,6 +10,7 @@ typed `DeploymentConfig` (snake_case attributes; the JSON names live only here a
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -65,6 +66,17 @@ Threshold = Annotated[StrictInt, Field(ge=1, le=MAX_SCALE_UP_THRESHOLD)]
 Tokens = Annotated[StrictInt, Field(ge=1, le=MAX_TOKENS)]
 SpeculationBatch = Annotated[StrictInt, Field(ge=0, le=MAX_SPECULATION_BATCH)]
 QueueLength = Annotated[StrictInt, Field(ge=1, le=MAX_QUEUE_LENGTH)]
+# What a spec stores is bounded (review 2026-12b, finding 2): every deployment's spec is
+# re-read by the scaler and every gateway, and a tenant may have many.
+MAX_DESCRIPTION_CHARS = 1024
+MAX_ADAPTERS = 64
+MAX_ADAPTER_CHARS = 256
+MAX_TOKEN_CHARS = 1024  # hfToken
+MAX_NAME_CHARS = 256  # image tags, speculator, quantization, region
+MAX_INFERENCE_BYTES = 1024  # computeSpec.requests.inference as JSON
+Description = Annotated[StrictStr, Field(max_length=MAX_DESCRIPTION_CHARS)]
+ShortStr = Annotated[StrictStr, Field(max_length=MAX_NAME_CHARS)]
+AdapterId = Annotated[StrictStr, Field(max_length=MAX_ADAPTER_CHARS)]
 
 
 # Ranges of the scaling policies' knobs (wakegate/policy_params.py), by name: durations
@@ -128,10 +140,18 @@ class WireModel(BaseModel):
 class ComputeRequests(WireModel):
     inference: dict[str, Any]
 
+    @field_validator("inference")
+    @classmethod
+    def _bounded(cls, v: dict[str, Any]) -> dict[str, Any]:
+        size = len(json.dumps(v, separators=(",", ":")))
+        if size > MAX_INFERENCE_BYTES:
+            raise ValueError(f"at most {MAX_INFERENCE_BYTES} bytes as JSON, not {size}")
+        return v
+
 
 class ComputeSpec(WireModel):
     requests: ComputeRequests
-    region: StrictStr | None = None
+    region: ShortStr | None = None
 
     @field_validator("requests")
     @classmethod
@@ -175,16 +195,16 @@ class ConfigUpdate(WireModel):
     base_model: StrictStr | None = None
     custom_args: list[StrictStr] | None = None
     cooldown_time: CooldownS | None = None
-    hf_token: StrictStr | None = None
+    hf_token: Annotated[StrictStr, Field(max_length=MAX_TOKEN_CHARS)] | None = None
     min_replicas: MinReplicas | None = None
     max_replicas: MaxReplicas | None = None
     scale_up_threshold: Threshold | None = Field(default=None, alias="scaleUpRequestThreshold")
     max_total_tokens: Tokens | None = None
-    lorax_image_tag: StrictStr | None = None
+    lorax_image_tag: ShortStr | None = None
     request_logging_enabled: StrictBool | None = None
     direct_ingress: StrictBool | None = None
-    preloaded_adapters: list[StrictStr] | None = None
-    speculator: StrictStr | None = None
+    preloaded_adapters: Annotated[list[AdapterId], Field(max_length=MAX_ADAPTERS)] | None = None
+    speculator: ShortStr | None = None
     prefix_caching: StrictBool | None = None
     backend: Literal["v1", "v2", "v3"] | None = None
     disable_adapters: StrictBool | None = None
@@ -195,7 +215,7 @@ class ConfigUpdate(WireModel):
     cache_model: StrictBool | None = None
     merge_adapter: StrictBool | None = None
     compute_spec: ComputeSpec | None = None
-    quantization: StrictStr | None = None
+    quantization: ShortStr | None = None
     accelerator: StrictStr | None = None
     scaling_policy: ScalingPolicy | None = None
     # wakegate extension: requests beyond this many waiting get 429 with Retry-After. The
@@ -235,12 +255,12 @@ class ConfigUpdate(WireModel):
 class CreateRequest(WireModel):
     name: StrictStr
     config: ConfigUpdate
-    description: StrictStr | None = None
+    description: Description | None = None
 
 
 class UpdateRequest(WireModel):
     config: ConfigUpdate | None = None
-    description: StrictStr | None = None
+    description: Description | None = None
 
 
 # JSON key for each config field, in the SDK's order.

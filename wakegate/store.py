@@ -22,7 +22,9 @@ every operation, the purge included, takes its keys from there):
   adapters   HASH    replica id -> " a b c " adapters loaded there (adapter affinity)
   prefixes   HASH    prompt-prefix key -> replica id that last served a prompt with it
   prefixage  ZSET    prompt-prefix key -> ms it was last routed (trims prefixes)
-  reqlog     STREAM  request log entries (only with request_logging_enabled), capped
+  reqlog     STREAM  request log entries (only with request_logging_enabled), capped in
+                     entries and in bytes (LOG_REQUEST)
+  logbytes   STRING  bytes of the entries `reqlog` holds (LOG_REQUEST keeps it)
   job:<id>   HASH    an async request: request, status, attempts, result, error; expires
                      (TTL from creation: router/jobs.py `job_ttl_s`, then result TTL once done)
   claim:<id> STRING  gateway running that async request; a lease it renews
@@ -52,6 +54,9 @@ Global keys:
                         (digest only; never a tenant token)
   wg:scaler:leader      STRING id of the scaler instance holding the lease
   wg:jobs               SET   deployments that have async requests (what gateways sweep)
+  wg:{jobs:<code>}:expiry ZSET "name/job id" of each async request the tenant has stored ->
+                        ms it expires (the async quotas count these; RESERVE_JOB)
+  wg:{jobs:<code>}:bytes  HASH  "name/job id" -> bytes the request takes; `#total`: their sum
   wg:dirty              SET   deployments the scaler should look at now: a cold request came,
                               or the spec changed (the level path behind MQTT's wake/config)
   wg:pool               STRING JSON PoolReport: the pool's SKUs as the leading scaler last saw
@@ -177,6 +182,7 @@ class DeploymentKeys:
     prefixes = _Key()
     prefixage = _Key()
     reqlog = _Key()
+    logbytes = _Key()
     running = _Key()
     capacity = _Key()
     decisions = _Key()
@@ -251,6 +257,14 @@ def _token_key_of(kind: str, digest: str) -> str:
 
 
 QUOTAS = "wg:quotas"
+
+
+def job_usage_keys(code: str) -> tuple[str, str]:
+    """The tenant's async-request ledger: expiry ZSET and bytes HASH (one hash tag)."""
+    return f"wg:{{jobs:{code}}}:expiry", f"wg:{{jobs:{code}}}:bytes"
+
+
+JOB_BYTES_TOTAL = "#total"
 
 
 def gateway_channel(gateway_id: str) -> str:
@@ -609,6 +623,84 @@ return 1
 """
 
 
+# OOM and scripts: at maxmemory Redis refuses a script's first write that may grow memory
+# (and only while the script has written nothing yet: a script is never refused half-way),
+# as OutOfMemoryError (Redis 7) or a ResponseError carrying "-OOM" (Redis 6); the gateway
+# answers either with 503 and Retry-After (router/middlewares.py). Each script below makes
+# its refusable write first where it has one; tests/test_byte_budgets.py checks both cases.
+
+# A tenant's async-request ledger (KEYS: expiry ZSET, bytes HASH). Forget what expired (at
+# most 1000 per call), then take a place for a new job unless the tenant already has
+# `max_jobs` or the job would take it past `max_bytes` (< 0: no limit). ARGV: now ms, member,
+# bytes, expiry ms, max_jobs, max_bytes. Returns {1 reserved, 0 jobs full, -1 bytes full;
+# jobs, bytes} (after it).
+RESERVE_JOB = """
+local expiry, sizes = KEYS[1], KEYS[2]
+local now, member, size, expires = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local max_jobs, max_bytes = tonumber(ARGV[5]), tonumber(ARGV[6])
+local gone = redis.call('ZRANGEBYSCORE', expiry, '-inf', now, 'LIMIT', 0, 1000)
+local freed = 0
+if #gone > 0 then
+  for _, v in ipairs(redis.call('HMGET', sizes, unpack(gone))) do freed = freed + (tonumber(v) or 0) end
+end
+local jobs = redis.call('ZCARD', expiry) - #gone
+local total = tonumber(redis.call('HGET', sizes, '#total') or '0') - freed
+local verdict = 1
+if max_jobs >= 0 and jobs >= max_jobs then verdict = 0
+elseif max_bytes >= 0 and total + size > max_bytes then verdict = -1 end
+if verdict == 1 then
+  redis.call('ZADD', expiry, expires, member)
+  redis.call('HSET', sizes, member, size)
+  jobs, total = jobs + 1, total + size
+end
+if #gone > 0 then
+  redis.call('ZREM', expiry, unpack(gone))
+  redis.call('HDEL', sizes, unpack(gone))
+end
+redis.call('HSET', sizes, '#total', total)
+return {verdict, jobs, total}
+"""
+
+# Change a stored job's entry in its tenant's ledger: its bytes and expiry (it finished), or
+# take it out (ARGV[2] < 0: the job was dropped or purged). KEYS as RESERVE_JOB; ARGV: member,
+# expiry ms, bytes. Nothing happens to a member that is not there (expired meanwhile).
+SETTLE_JOB = """
+local expiry, sizes = KEYS[1], KEYS[2]
+local member, expires, size = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local old = redis.call('HGET', sizes, member)
+if not old then return 0 end
+if expires < 0 then
+  redis.call('ZREM', expiry, member)
+  redis.call('HDEL', sizes, member)
+  redis.call('HINCRBY', sizes, '#total', -tonumber(old))
+else
+  redis.call('ZADD', expiry, 'XX', expires, member)
+  redis.call('HSET', sizes, member, size)
+  redis.call('HINCRBY', sizes, '#total', size - tonumber(old))
+end
+return 1
+"""
+
+# Append a request-log entry (the write that may be refused, first), then drop the oldest
+# until the log holds at most `max_entries` and `max_bytes` (< 0: no byte limit; the newest
+# always stays).
+# KEYS: reqlog, logbytes. ARGV: entry JSON, max_entries, max_bytes. Returns the log's bytes.
+LOG_REQUEST = """
+local log, counted = KEYS[1], KEYS[2]
+local max_entries, max_bytes = tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('XADD', log, '*', 'entry', ARGV[1])
+local total = redis.call('INCRBY', counted, string.len(ARGV[1]))
+local n = redis.call('XLEN', log)
+while n > 1 and ((max_bytes >= 0 and total > max_bytes) or n > max_entries) do
+  local first = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)[1]
+  redis.call('XDEL', log, first[1])
+  total = redis.call('INCRBY', counted, -string.len(first[2][2]))
+  n = n - 1
+end
+return total
+"""
+
+
 # Count a failed authentication from one address; the window starts with the first failure.
 # Returns {failures in the window, seconds until it ends}.
 COUNT_AUTH_FAILURE = """
@@ -664,6 +756,18 @@ class TenantFull(Exception):
     def __init__(self, limit: int) -> None:
         super().__init__(f"the tenant already has {limit} deployments")
         self.limit = limit
+
+
+class JobsFull(Exception):
+    """A tenant's async requests are at one of its quotas: `quota` is its wire name
+    (maxAsyncJobsPerTenant or maxAsyncBytesPerTenant), `limit` its value, `used` what the
+    tenant holds."""
+
+    def __init__(self, quota: str, limit: int, used: int) -> None:
+        super().__init__(f"{quota}: {used} of {limit} in use")
+        self.quota = quota
+        self.limit = limit
+        self.used = used
 
 
 class QueueFull(Exception):
@@ -809,6 +913,9 @@ class Store:
         self._reserve_deployment = redis.register_script(RESERVE_DEPLOYMENT)
         self._replace_spec = redis.register_script(REPLACE_SPEC)
         self._add_health = redis.register_script(ADD_HEALTH)
+        self._reserve_job = redis.register_script(RESERVE_JOB)
+        self._settle_job = redis.register_script(SETTLE_JOB)
+        self._log_request = redis.register_script(LOG_REQUEST)
 
     @classmethod
     def from_url(cls, url: str, max_connections: int = 256, box: SecretBox | None = None) -> Store:
@@ -1161,16 +1268,18 @@ class Store:
         """Forget a deleted deployment once its replicas are gone: every key `keys_of` names."""
         k = keys_of(key)
         await self.redis.delete(*(part for part in k.all() if part != k.spec))
-        # Async requests and their claims, by the hash-tag prefix (each job has its own key).
+        # Async requests and their claims, by the hash-tag prefix (each job has its own key);
+        # each job leaves its tenant's ledger with it.
+        job_prefix = k.job("")
         for pattern in k.per_request_patterns():
             batch: list[str] = []
             async for found in self.redis.scan_iter(match=pattern, count=1000):
                 batch.append(cast(str, found))
                 if len(batch) >= 1000:
-                    await self.redis.delete(*batch)
+                    await self._purge_jobs(key, job_prefix, batch)
                     batch = []
             if batch:
-                await self.redis.delete(*batch)
+                await self._purge_jobs(key, job_prefix, batch)
         # The spec last: until it goes the name stays taken (409), so nothing deleted above
         # belongs to a new deployment of the same name.
         await self.redis.delete(k.spec)
@@ -1178,6 +1287,17 @@ class Store:
         await self.redis.srem(DEPLOYMENTS, key)
         tenant, name = key.split("/", 1)
         await self.redis.srem(tenant_deployments_key(tenant), name)
+
+    async def memory_use(self) -> tuple[int, int]:
+        """Redis's used memory and its maxmemory (0: no limit), in bytes (INFO memory)."""
+        info = await self.redis.info("memory")
+        return int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
+
+    async def _purge_jobs(self, key: str, job_prefix: str, found: list[str]) -> None:
+        await self.redis.delete(*found)
+        for job_key in found:
+            if job_key.startswith(job_prefix):
+                await self.settle_job(key, job_key[len(job_prefix) :], None, 0)
 
     async def append_events(self, key: str, events: list[dict[str, Any]]) -> None:
         if not events:
@@ -1344,10 +1464,17 @@ class Store:
                     pipe.zadd(keys_of(key).inflight, dict.fromkeys(members, expiry), xx=True)
             await pipe.execute()
 
-    async def log_request(self, key: str, entry: dict[str, Any], maxlen: int) -> None:
-        await self.redis.xadd(
-            keys_of(key).reqlog, {"entry": json.dumps(entry)}, maxlen=maxlen, approximate=True
-        )
+    async def log_request(
+        self, key: str, entry: dict[str, Any], max_entries: int, max_bytes: int | None
+    ) -> int:
+        """Append to the deployment's request log, which keeps at most `max_entries` entries
+        and `max_bytes` bytes of them (None: no byte limit; the oldest go first); returns the
+        bytes it holds."""
+        k = keys_of(key)
+        text = json.dumps(entry)
+        limit = -1 if max_bytes is None else max_bytes
+        return int(await self._log_request(keys=[k.reqlog, k.logbytes],
+                                           args=[text, max_entries, limit]))  # fmt: skip
 
     async def request_log(
         self, key: str, start_ms: int, end_ms: int, count: int, after: str | None = None
@@ -1374,21 +1501,77 @@ class Store:
             await pipe.execute()
 
     async def drop_job(self, key: str, job_id: str) -> None:
-        """Forget an async request that was never queued (DEL works at maxmemory)."""
+        """Forget an async request that was never queued (DEL works at maxmemory), and its
+        place in the tenant's ledger."""
         await self.redis.delete(keys_of(key).job(job_id))
+        await self.settle_job(key, job_id, None, 0)
+
+    async def reserve_job(
+        self,
+        key: str,
+        job_id: str,
+        size: int,
+        ttl_s: int,
+        max_jobs: int | None,
+        max_bytes: int | None,
+    ) -> None:
+        """Count a new async request of `size` bytes, living `ttl_s`, in its tenant's ledger,
+        or raise JobsFull when the tenant is at its jobs or bytes quota (nothing counted)."""
+        tenant, name = key.split("/", 1)
+        now = now_ms()
+        verdict, jobs, total = cast(
+            list[int],
+            await self._reserve_job(
+                keys=list(job_usage_keys(tenant)),
+                args=[now, f"{name}/{job_id}", size, now + ttl_s * 1000,
+                      -1 if max_jobs is None else max_jobs,
+                      -1 if max_bytes is None else max_bytes],
+            ),
+        )  # fmt: skip
+        if verdict == 0:
+            raise JobsFull("maxAsyncJobsPerTenant", int(max_jobs or 0), int(jobs))
+        if verdict == -1:
+            raise JobsFull("maxAsyncBytesPerTenant", int(max_bytes or 0), int(total))
+
+    async def settle_job(self, key: str, job_id: str, ttl_s: int | None, size: int) -> None:
+        """A job's entry in its tenant's ledger now takes `size` bytes and expires `ttl_s`
+        from now; None: the job is gone (dropped, purged)."""
+        tenant, name = key.split("/", 1)
+        expires = -1 if ttl_s is None else now_ms() + ttl_s * 1000
+        await self._settle_job(
+            keys=list(job_usage_keys(tenant)), args=[f"{name}/{job_id}", expires, size]
+        )
+
+    async def job_usage(self, tenant: str) -> tuple[int, int]:
+        """Async requests the tenant has stored and their bytes (those not yet expired)."""
+        expiry, sizes = job_usage_keys(tenant)
+        now = now_ms()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrangebyscore(expiry, f"({now}", "+inf")  # at `now` it has expired
+            pipe.hget(sizes, JOB_BYTES_TOTAL)
+            live, _ = await pipe.execute()
+        if not live:
+            return 0, 0
+        sizes_of = await self.redis.hmget(sizes, live)
+        return len(live), sum(int(v) for v in sizes_of if v is not None)
 
     async def job(self, key: str, job_id: str) -> dict[str, Any] | None:
         raw = cast(dict[str, str], await self.redis.hgetall(keys_of(key).job(job_id)))
         return {k: json.loads(v) for k, v in raw.items()} if raw else None
 
     async def finish_job(self, key: str, job_id: str, fields: dict[str, Any], ttl_s: int) -> None:
+        """Store a job's outcome, kept `ttl_s` from now; its tenant's ledger counts what the
+        job now takes until then."""
         k = keys_of(key)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(k.job(job_id), mapping={f: json.dumps(v) for f, v in fields.items()})
             pipe.expire(k.job(job_id), ttl_s)
             pipe.zrem(k.running, job_id)
             pipe.delete(k.claim(job_id))
-            await pipe.execute()
+            pipe.hgetall(k.job(job_id))
+            stored = cast(dict[str, str], (await pipe.execute())[-1])
+        size = sum(len(f) + len(v.encode()) for f, v in stored.items())
+        await self.settle_job(key, job_id, ttl_s, size)
 
     async def claim_job(self, key: str, job_id: str, owner: str, lease_ms: int) -> bool:
         """Take an assigned async request to run it; one gateway wins."""

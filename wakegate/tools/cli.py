@@ -311,6 +311,9 @@ _QUOTA_OPTIONS = {
     "max_gpus": "maxGpusPerTenant",
     "guaranteed_gpus": "guaranteedGpusPerTenant",
     "max_queue_length": "maxQueueLengthPerDeployment",
+    "max_async_jobs": "maxAsyncJobsPerTenant",
+    "max_async_bytes": "maxAsyncBytesPerTenant",
+    "max_request_log_bytes": "maxRequestLogBytesPerDeployment",
 }
 _OPTION_OF_FIELD = {v: "--" + k.replace("_", "-") for k, v in _QUOTA_OPTIONS.items()}
 
@@ -359,6 +362,11 @@ def quota_show(tenant: str | None, config: str | None) -> None:
     help="Reserved GPUs granted to the tenant (usesGuaranteedCapacity; 0: none).",
 )
 @click.option("--max-queue-length", metavar="N|none", help="Waiting requests per deployment.")
+@click.option("--max-async-jobs", metavar="N|none", help="Async requests stored per tenant.")
+@click.option("--max-async-bytes", metavar="N|none", help="Bytes of async requests per tenant.")
+@click.option(
+    "--max-request-log-bytes", metavar="N|none", help="Bytes of request log per deployment."
+)
 @config_option
 def quota_set(tenant: str, config: str | None, **limits: str | None) -> None:
     """Override quotas of one tenant (`none`: unlimited); options left out are kept."""
