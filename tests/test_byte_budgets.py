@@ -214,15 +214,18 @@ def small_redis(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]
 
 
 def fill(r: redis.Redis) -> None:
-    """Write until Redis refuses, then hold it there (a limit just under what it uses, so
-    nothing the stack frees meanwhile opens room)."""
+    """Write until Redis refuses, then hold it there: a limit well under what it uses (the
+    used figure counts clients' buffers of the moment, a few MB on a busy box, which go
+    again), checked by a write it must refuse."""
     for i in itertools.count():
         try:
             r.set(f"filler:{i}", b"x" * (1024 * 1024))
         except redis.exceptions.OutOfMemoryError:
             break
     used = int(r.info("memory")["used_memory"])
-    r.config_set("maxmemory", used - 4 * 1024 * 1024)
+    r.config_set("maxmemory", used - 16 * 1024 * 1024)
+    with pytest.raises(redis.exceptions.OutOfMemoryError):
+        r.set("filler:probe", b"x")
 
 
 def unfill(r: redis.Redis) -> None:
