@@ -219,8 +219,9 @@ http {{
 def bare_proxy(upstream: str, key: str) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     """aiohttp's server and client alone, relaying to the replica (bench/bare_proxy.py)."""
     port = free_port()
+    # `--key=`: a replica key may start with "-", which argparse would take for an option.
     argv = [sys.executable, str(HERE / "bare_proxy.py"), "--port", str(port),
-            "--upstream", upstream, "--key", key]  # fmt: skip
+            "--upstream", upstream, f"--key={key}"]  # fmt: skip
     with serving(argv, port) as proc:
         yield port, proc
 
