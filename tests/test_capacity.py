@@ -8,13 +8,13 @@ failed for a full pool.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import httpx
 from harness import Stack, wait_until
+from test_quotas import set_quotas
 
 FAST = ["--load-s", "0.5", "--ttft-s", "0.02", "--tps", "200", "--batch", "4"]
 
@@ -145,28 +145,6 @@ def test_guaranteed_deployment_keeps_its_idle_replica(
         r = waiting.result(timeout=60)
     assert r.status_code == 200, r.text + stack.logs()
     assert "Failed" not in events(stack, cold)
-
-
-def set_quotas(stack: Stack, tenant: str, **wire: int | None) -> None:
-    """The operator's PUT /admin/v1/tenants/{tenant}/quotas, with an admin token of its own."""
-    from wakegate.store import Store
-
-    token = "wga_" + uuid.uuid4().hex
-
-    async def seed() -> None:
-        store = Store.from_url(stack.redis_url)
-        try:
-            await store.add_admin_token(token, "test-operator")
-        finally:
-            await store.close()
-
-    asyncio.run(seed())
-    r = httpx.put(
-        f"{stack.base}/admin/v1/tenants/{tenant}/quotas",
-        headers={"Authorization": f"Bearer {token}"},
-        json=wire,
-    )
-    assert r.status_code == 200, r.text
 
 
 def test_guaranteed_replicas_beyond_a_lowered_grant_are_reclaimed(

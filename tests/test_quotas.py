@@ -303,7 +303,7 @@ def admin_headers(stack: Stack) -> dict[str, str]:
     token = "wga_" + uuid.uuid4().hex
 
     async def seed() -> None:
-        store = Store.from_url(stack.redis_url)
+        store = stack.store()  # with the stack's key, if it has one: a signed token
         try:
             await store.add_admin_token(token, "test-operator")
         finally:

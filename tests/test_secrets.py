@@ -14,7 +14,8 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from harness import ROOT, Stack, run_async, wait_until
+from harness import ROOT, Stack, wait_until
+from test_quotas import admin_headers
 
 from scaler.actuator import launch_spec
 from scaler.engines import get_engine
@@ -260,13 +261,12 @@ def test_a_token_record_written_into_redis_without_the_key_opens_nothing(
 
 
 def test_failed_authentications_from_one_address_get_429_and_valid_tokens_still_pass(
-    make_stack: Callable[..., Stack], tmp_path: Path
+    make_stack: Callable[..., Stack],
 ) -> None:
     """Review 2026-12b, finding 4: the limiter refused valid tenant and admin tokens of an
     address that had failed too often (behind a proxy, everyone). Only failures are refused."""
-    admin = "wga_" + tmp_path.name
     stack = make_stack(auth_failures_max=3, auth_failures_window_s=600)
-    run_async(add_admin(stack, admin))
+    admin = admin_headers(stack)
     for i in range(3):
         assert status_of(stack, f"pb_guess_{i}") == 401
     r = httpx.get(f"{stack.base}/users/current", headers={"Authorization": "Bearer pb_guess_x"})
@@ -279,17 +279,9 @@ def test_failed_authentications_from_one_address_get_429_and_valid_tokens_still_
     assert bad_admin.status_code == 429
     # A valid token not seen before, from the same address, is let in: tenant and admin.
     assert status_of(stack, stack.token) == 200
-    quotas = httpx.get(
-        f"{stack.base}/admin/v1/quotas", headers={"Authorization": f"Bearer {admin}"}
-    )
+    quotas = httpx.get(f"{stack.base}/admin/v1/quotas", headers=admin)
     assert quotas.status_code == 200, quotas.text
     assert status_of(stack, "pb_guess_y") == 429, "and failures still are not"
-
-
-async def add_admin(stack: Stack, token: str) -> None:
-    store = stack.store()
-    await store.add_admin_token(token)
-    await store.close()
 
 
 # --- /metrics ---------------------------------------------------------------------------------
