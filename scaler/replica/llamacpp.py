@@ -15,6 +15,7 @@ Run as `python -m scaler.replica.llamacpp <llama_cpp.server arguments> --chat_fo
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -61,25 +62,30 @@ def _handler_for(llama: Llama, template: str | None) -> LlamaChatCompletionHandl
     if source is None:
         return _no_template
     eos, bos = llama.token_eos(), llama.token_bos()
+    return _formatted(
+        source,
+        llama._model.token_get_text(eos) if eos != -1 else "",
+        llama._model.token_get_text(bos) if bos != -1 else "",
+        eos,
+    )
+
+
+@functools.cache
+def _formatted(source: str, eos: str, bos: str, eos_id: int) -> LlamaChatCompletionHandler:
+    """A template compiled once per model tokens (a config file may serve several aliases,
+    and llama-cpp-python loads and drops their models as requests name them)."""
     formatter = Jinja2ChatFormatter(
-        template=source,
-        eos_token=llama._model.token_get_text(eos) if eos != -1 else "",
-        bos_token=llama._model.token_get_text(bos) if bos != -1 else "",
-        stop_token_ids=[eos],
+        template=source, eos_token=eos, bos_token=bos, stop_token_ids=[eos_id]
     )
     return chat_formatter_to_chat_completion_handler(_Refusing(formatter))
 
 
 def chat_handler(template: str | None) -> LlamaChatCompletionHandler:
-    """The `wakegate` chat format: one handler per loaded model (a config file can serve
-    several aliases), made on its first chat, when the model's tokens are known."""
-    made: dict[int, LlamaChatCompletionHandler] = {}
+    """The `wakegate` chat format: the handler for the model a request names, made when the
+    model's tokens are known."""
 
     def handle(*, llama: Llama, **kwargs: Any) -> Any:
-        inner = made.get(id(llama))
-        if inner is None:
-            inner = made[id(llama)] = _handler_for(llama, template)
-        return inner(llama=llama, **kwargs)
+        return _handler_for(llama, template)(llama=llama, **kwargs)
 
     return handle
 
